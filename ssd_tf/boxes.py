@@ -1,0 +1,90 @@
+"""Box maths as small pure functions on `[ymin, xmin, ymax, xmax]` boxes normalised to [0, 1].
+
+Every function accepts numpy arrays or tensors and returns tensors; the last dimension of any
+box argument must be 4. Formats other than yxyx appear only in a function's name
+(`yxyx_to_cxcywh`, `pixel_to_relative`).
+"""
+import tensorflow as tf
+
+
+def _as_boxes(boxes, dtype=None, name="boxes"):
+    """Converts to a float tensor and checks the last dimension is 4."""
+    boxes = tf.convert_to_tensor(boxes, dtype=dtype)
+    if not boxes.dtype.is_floating:
+        boxes = tf.cast(boxes, tf.float32)
+    if boxes.shape.rank is not None and boxes.shape.rank >= 1 and boxes.shape[-1] is not None \
+            and boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have a last dimension of 4 ([ymin, xmin, ymax, xmax]), "
+                         f"got shape {boxes.shape}")
+    return boxes
+
+
+def area(boxes):
+    """Area of boxes `[..., 4]` (yxyx) -> `[...]`; inverted boxes have area 0."""
+    boxes = _as_boxes(boxes)
+    h = tf.maximum(boxes[..., 2] - boxes[..., 0], 0.)
+    w = tf.maximum(boxes[..., 3] - boxes[..., 1], 0.)
+    return h * w
+
+
+def intersection(boxes1, boxes2):
+    """Pairwise intersection areas: boxes1 `[N, 4]`, boxes2 `[M, 4]` (yxyx) -> `[N, M]`."""
+    boxes1 = _as_boxes(boxes1, name="boxes1")
+    boxes2 = _as_boxes(boxes2, dtype=boxes1.dtype, name="boxes2")
+    b1 = boxes1[:, None, :]  # [N, 1, 4]
+    b2 = boxes2[None, :, :]  # [1, M, 4]
+    h = tf.maximum(tf.minimum(b1[..., 2], b2[..., 2]) - tf.maximum(b1[..., 0], b2[..., 0]), 0.)
+    w = tf.maximum(tf.minimum(b1[..., 3], b2[..., 3]) - tf.maximum(b1[..., 1], b2[..., 1]), 0.)
+    return h * w
+
+
+def iou(boxes1, boxes2):
+    """Pairwise IoU: boxes1 `[N, 4]`, boxes2 `[M, 4]` (yxyx) -> `[N, M]` in [0, 1].
+
+    The matrix is boxes1 x boxes2. A pair whose union is 0 (two zero-area boxes) has IoU 0.
+    """
+    boxes1 = _as_boxes(boxes1, name="boxes1")
+    boxes2 = _as_boxes(boxes2, dtype=boxes1.dtype, name="boxes2")
+    inter = intersection(boxes1, boxes2)
+    union = area(boxes1)[:, None] + area(boxes2)[None, :] - inter
+    return tf.math.divide_no_nan(inter, union)
+
+
+def clip_boxes(boxes, window=(0., 0., 1., 1.)):
+    """Clips boxes `[..., 4]` (yxyx) to `window` `[4]` (yxyx); returns the same shape."""
+    boxes = _as_boxes(boxes)
+    window = tf.cast(_as_boxes(window, name="window"), boxes.dtype)
+    ymin = tf.clip_by_value(boxes[..., 0], window[0], window[2])
+    xmin = tf.clip_by_value(boxes[..., 1], window[1], window[3])
+    ymax = tf.clip_by_value(boxes[..., 2], window[0], window[2])
+    xmax = tf.clip_by_value(boxes[..., 3], window[1], window[3])
+    return tf.stack([ymin, xmin, ymax, xmax], axis=-1)
+
+
+def yxyx_to_cxcywh(boxes):
+    """`[..., 4]` yxyx -> `[..., 4]` as `[cy, cx, h, w]` (centre first, y before x)."""
+    boxes = _as_boxes(boxes)
+    h = boxes[..., 2] - boxes[..., 0]
+    w = boxes[..., 3] - boxes[..., 1]
+    return tf.stack([boxes[..., 0] + h / 2., boxes[..., 1] + w / 2., h, w], axis=-1)
+
+
+def cxcywh_to_yxyx(boxes):
+    """`[..., 4]` as `[cy, cx, h, w]` -> `[..., 4]` yxyx."""
+    boxes = _as_boxes(boxes)
+    cy, cx, h, w = tf.unstack(boxes, axis=-1)
+    return tf.stack([cy - h / 2., cx - w / 2., cy + h / 2., cx + w / 2.], axis=-1)
+
+
+def pixel_to_relative(boxes, height, width):
+    """Pixel yxyx `[..., 4]` -> relative yxyx, dividing y by `height` and x by `width`."""
+    boxes = _as_boxes(boxes)
+    scale = tf.cast(tf.stack([height, width, height, width]), boxes.dtype)
+    return boxes / scale
+
+
+def relative_to_pixel(boxes, height, width):
+    """Relative yxyx `[..., 4]` -> pixel yxyx (inverse of `pixel_to_relative`)."""
+    boxes = _as_boxes(boxes)
+    scale = tf.cast(tf.stack([height, width, height, width]), boxes.dtype)
+    return boxes * scale
