@@ -1,0 +1,75 @@
+"""Default boxes (anchors) per feature layer, in the slim SSD's order and values.
+
+An anchor layer is `(y, x, h, w)`: centres `y, x: [H, W, 1]` and sizes `h, w: [A]`, all
+relative to the image, so that broadcasting gives `[H, W, A]`. Aspect ratio r means w/h = r.
+Nothing is clipped: centres of the last column can fall slightly outside [0, 1].
+"""
+import math
+
+import numpy as np
+
+
+def ssd_anchor_one_layer(img_shape, feat_shape, sizes, ratios, step, offset=0.5,
+                         dtype=np.float32):
+    """Anchors of one feature layer.
+
+    img_shape: `(img_h, img_w)` in pixels. feat_shape: `(H, W)`. sizes: `(s0, s1)` in pixels
+    (or `(s0,)`). ratios: list of w/h ratios. step: pixels between centres.
+    Returns `(y [H, W, 1], x [H, W, 1], h [A], w [A])` with `A = len(sizes) + len(ratios)`,
+    sizes ordered `s0`, `sqrt(s0*s1)`, then one per ratio in list order.
+    """
+    y, x = np.mgrid[0:feat_shape[0], 0:feat_shape[1]]
+    y = (y.astype(dtype) + offset) * step / img_shape[0]
+    x = (x.astype(dtype) + offset) * step / img_shape[1]
+    y = np.expand_dims(y, axis=-1)  # [H, W, 1]
+    x = np.expand_dims(x, axis=-1)  # [H, W, 1]
+
+    num_anchors = len(sizes) + len(ratios)
+    h = np.zeros((num_anchors,), dtype=dtype)
+    w = np.zeros((num_anchors,), dtype=dtype)
+    h[0] = sizes[0] / img_shape[0]
+    w[0] = sizes[0] / img_shape[1]
+    di = 1
+    if len(sizes) > 1:
+        h[1] = math.sqrt(sizes[0] * sizes[1]) / img_shape[0]
+        w[1] = math.sqrt(sizes[0] * sizes[1]) / img_shape[1]
+        di += 1
+    for i, r in enumerate(ratios):
+        h[i + di] = sizes[0] / img_shape[0] / math.sqrt(r)
+        w[i + di] = sizes[0] / img_shape[1] * math.sqrt(r)
+    return y, x, h, w
+
+
+def ssd_anchors_all_layers(img_shape, layers_shape, anchor_sizes, anchor_ratios, anchor_steps,
+                           offset=0.5, dtype=np.float32):
+    """Anchors of every feature layer: a list of `(y, x, h, w)` (see `ssd_anchor_one_layer`)."""
+    if not (len(layers_shape) == len(anchor_sizes) == len(anchor_ratios) == len(anchor_steps)):
+        raise ValueError(
+            "feat_shapes, anchor_sizes, anchor_ratios and anchor_steps need one entry per "
+            f"feature layer; got {len(layers_shape)}, {len(anchor_sizes)}, "
+            f"{len(anchor_ratios)}, {len(anchor_steps)}")
+    return [ssd_anchor_one_layer(img_shape, s, anchor_sizes[i], anchor_ratios[i],
+                                 anchor_steps[i], offset=offset, dtype=dtype)
+            for i, s in enumerate(layers_shape)]
+
+
+def num_anchors_per_layer(anchors):
+    """Number of anchors `H * W * A` of each layer."""
+    return [int(y.shape[0] * y.shape[1] * h.shape[0]) for y, x, h, w in anchors]
+
+
+def anchors_to_boxes(anchors):
+    """Flattens anchor layers into yxyx boxes `[K, 4]` (layer-major, then H, W, A).
+
+    `K = sum(H * W * A)`; the order is the one of `tf.reshape(layer_tensor, [-1, ...])` on
+    per-layer `[H, W, A, ...]` tensors, concatenated over layers.
+    """
+    out = []
+    for y, x, h, w in anchors:
+        yy = np.broadcast_to(y, (y.shape[0], y.shape[1], h.shape[0]))  # [H, W, A]
+        xx = np.broadcast_to(x, (x.shape[0], x.shape[1], w.shape[0]))
+        hh = np.broadcast_to(h, yy.shape)
+        ww = np.broadcast_to(w, xx.shape)
+        box = np.stack([yy - hh / 2., xx - ww / 2., yy + hh / 2., xx + ww / 2.], axis=-1)
+        out.append(box.reshape(-1, 4))
+    return np.concatenate(out, axis=0)

@@ -1,0 +1,197 @@
+"""Matching ground truth to anchors and encoding/decoding box offsets.
+
+It is the job of this module to turn one image's labels and boxes into per-layer training
+targets (and offsets back into boxes); it does not compute losses or run NMS.
+
+Boxes are `[ymin, xmin, ymax, xmax]` relative to the image. Offsets are in the slim order
+`[x, y, w, h]`: `t_x = (cx - xa) / wa / s0`, `t_y = (cy - ya) / ha / s1`,
+`t_w = log(w / wa) / s2`, `t_h = log(h / ha) / s3` with `prior_scaling = [s0, s1, s2, s3]`.
+
+Two matchers:
+- reference (`reference_compat=True`), the slim SSD: every anchor takes the ground-truth box
+  of highest IoU (strictly above 0; ties keep the earlier box; labels >= num_classes skipped),
+  with that box's label whatever the IoU; the 0.5 threshold is applied later, in the loss
+  (`gscores > match_threshold`). Anchors with IoU 0 get label 0, score 0 and the target of the
+  box `[0, 0, 1, 1]`.
+- default, the paper's: each valid box's best anchor is positive (bipartite step), then every
+  anchor whose best IoU is `>= match_threshold`; other anchors get label 0 and zero offsets.
+  Valid boxes have `1 <= label < num_classes` and a positive area (padding rows, zero-area boxes
+  and out-of-range labels are ignored). `gscores` is the IoU with the matched box (for an
+  unmatched anchor, its best IoU with any valid box).
+
+Everything runs as graph ops with no loop over boxes or anchors, works in tf.data and compiles
+under XLA (`tf.function(jit_compile=True)`).
+"""
+import numpy as np
+import tensorflow as tf
+
+
+def _flat_anchors(anchors, dtype):
+    """Anchor layers -> flat `(ya, xa, ha, wa)`, each `[K]`, layer-major then H, W, A."""
+    ys, xs, hs, ws = [], [], [], []
+    for y, x, h, w in anchors:
+        y, x, h, w = (np.asarray(v) for v in (y, x, h, w))
+        shape = (y.shape[0], y.shape[1], h.shape[0])
+        ys.append(np.broadcast_to(y, shape).reshape(-1))
+        xs.append(np.broadcast_to(x, shape).reshape(-1))
+        hs.append(np.broadcast_to(h, shape).reshape(-1))
+        ws.append(np.broadcast_to(w, shape).reshape(-1))
+    return tuple(tf.constant(np.concatenate(v).astype(dtype.as_numpy_dtype))
+                 for v in (ys, xs, hs, ws))
+
+
+def _layer_shapes(anchors):
+    return [(int(y.shape[0]), int(y.shape[1]), int(np.asarray(h).shape[0]))
+            for y, x, h, w in anchors]
+
+
+def _split_layers(flat, anchors):
+    """Splits a flat `[K, ...]` tensor into per-layer `[H, W, A, ...]` tensors."""
+    shapes = _layer_shapes(anchors)
+    sizes = [h * w * a for h, w, a in shapes]
+    parts = tf.split(flat, sizes, axis=0)
+    return [tf.reshape(p, list(s) + p.shape.as_list()[1:]) for p, s in zip(parts, shapes)]
+
+
+def _first_argmax(x, axis):
+    """Index of the first maximum along `axis` (deterministic ties), and the maximum."""
+    m = tf.reduce_max(x, axis=axis, keepdims=True)
+    n = tf.shape(x)[axis]
+    idx_shape = [1] * x.shape.rank
+    idx_shape[axis] = -1
+    idx = tf.reshape(tf.range(n), idx_shape)
+    first = tf.reduce_min(tf.where(tf.equal(x, m), idx, n), axis=axis)
+    return first, tf.squeeze(m, axis=axis)
+
+
+def _iou_with_anchors(bboxes, ya, xa, ha, wa):
+    """IoU `[N, K]` of boxes `[N, 4]` (yxyx) with anchors, in the slim code's operation order.
+
+    The slim code computes `vol_anchors = (xmax - xmin) * (ymax - ymin)` and
+    `union = vol_anchors - inter + (bymax - bymin) * (bxmax - bxmin)`; the same order is kept so
+    that reference results match to the bit.
+    """
+    ymin = ya - ha / 2.
+    xmin = xa - wa / 2.
+    ymax = ya + ha / 2.
+    xmax = xa + wa / 2.
+    vol_anchors = (xmax - xmin) * (ymax - ymin)  # [K]
+    b = bboxes[:, None, :]  # [N, 1, 4]
+    int_ymin = tf.maximum(ymin, b[..., 0])
+    int_xmin = tf.maximum(xmin, b[..., 1])
+    int_ymax = tf.minimum(ymax, b[..., 2])
+    int_xmax = tf.minimum(xmax, b[..., 3])
+    h = tf.maximum(int_ymax - int_ymin, 0.)
+    w = tf.maximum(int_xmax - int_xmin, 0.)
+    inter_vol = h * w  # [N, K]
+    union_vol = vol_anchors - inter_vol + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return tf.math.divide_no_nan(inter_vol, union_vol)
+
+
+def _encode_offsets(ymin, xmin, ymax, xmax, ya, xa, ha, wa, prior_scaling):
+    """Box corners `[K]` each -> offsets `[K, 4]` (`[x, y, w, h]`), in the slim order of ops."""
+    cy = (ymax + ymin) / 2.
+    cx = (xmax + xmin) / 2.
+    h = ymax - ymin
+    w = xmax - xmin
+    cy = (cy - ya) / ha / prior_scaling[0]
+    cx = (cx - xa) / wa / prior_scaling[1]
+    h = tf.math.log(h / ha) / prior_scaling[2]
+    w = tf.math.log(w / wa) / prior_scaling[3]
+    return tf.stack([cx, cy, w, h], axis=-1)
+
+
+def bboxes_encode(labels, bboxes, anchors, num_classes, prior_scaling=(0.1, 0.1, 0.2, 0.2),
+                  match_threshold=0.5, reference_compat=False, dtype=tf.float32):
+    """Encodes one image's ground truth on all anchor layers.
+
+    labels: `[N]` int (0 background, 1..C-1 objects). bboxes: `[N, 4]` yxyx relative.
+    anchors: list of `(y [H,W,1], x [H,W,1], h [A], w [A])`.
+    Returns `(gclasses, glocalisations, gscores)`: lists per layer of `[H, W, A]` int64,
+    `[H, W, A, 4]` (`[x, y, w, h]` offsets) and `[H, W, A]` float.
+    """
+    labels = tf.cast(tf.reshape(tf.convert_to_tensor(labels), [-1]), tf.int64)  # [N]
+    bboxes = tf.cast(tf.convert_to_tensor(bboxes), dtype)
+    if bboxes.shape.rank is not None and bboxes.shape[-1] not in (None, 4):
+        raise ValueError(f"bboxes must be [N, 4] (ymin, xmin, ymax, xmax), got {bboxes.shape}")
+    bboxes = tf.reshape(bboxes, [-1, 4])  # [N, 4]
+    ya, xa, ha, wa = _flat_anchors(anchors, tf.as_dtype(dtype))  # [K] each
+    iou = _iou_with_anchors(bboxes, ya, xa, ha, wa)  # [N, K]
+    n = tf.shape(labels)[0]
+    k = tf.shape(ya)[0]
+
+    if reference_compat:
+        usable = labels < num_classes  # [N]
+        scores = tf.where(usable[:, None], iou, tf.zeros_like(iou))
+    else:
+        box_area = (bboxes[:, 2] - bboxes[:, 0]) * (bboxes[:, 3] - bboxes[:, 1])
+        usable = (labels >= 1) & (labels < num_classes) & (box_area > 0.)
+        scores = tf.where(usable[:, None], iou, -tf.ones_like(iou))
+    # A zero row of index N so that images without boxes reduce to "no match" cleanly.
+    scores = tf.concat([scores, tf.zeros([1, k], dtype)], axis=0)  # [N+1, K]
+    best_gt, best_iou = _first_argmax(scores, axis=0)  # [K], [K]
+
+    if reference_compat:
+        matched = best_iou > 0.  # the strict "jaccard > running score" update from 0
+    else:
+        # Bipartite step: each usable box's best anchor (first on ties), when it overlaps at all.
+        best_anchor, gt_best_iou = _first_argmax(scores[:-1], axis=1)  # [N], [N]
+        forced_pair = (tf.equal(best_anchor[:, None], tf.range(k)[None, :])
+                       & (usable & (gt_best_iou > 0.))[:, None])  # [N, K]
+        # Several boxes may pick the same anchor: the one with the highest IoU wins, then the
+        # lowest index, so the result does not depend on scatter order.
+        forced_scores = tf.where(forced_pair, scores[:-1], -2. * tf.ones_like(iou))
+        forced_gt, _ = _first_argmax(forced_scores, axis=0)  # [K]
+        forced = tf.reduce_any(forced_pair, axis=0)  # [K]
+        best_gt = tf.where(forced, forced_gt, best_gt)
+        threshold_match = best_iou >= match_threshold
+        # The winner of a forced anchor has the highest IoU among the boxes that picked it.
+        forced_iou = tf.reduce_max(tf.where(forced_pair, iou, tf.zeros_like(iou)), axis=0)
+        best_iou = tf.where(forced, forced_iou, best_iou)
+        matched = forced | threshold_match
+
+    labels_pad = tf.concat([labels, tf.zeros([1], tf.int64)], axis=0)  # [N+1]
+    boxes_pad = tf.concat([bboxes, tf.constant([[0., 0., 1., 1.]], dtype)], axis=0)  # [N+1, 4]
+    gclasses = tf.where(matched, tf.gather(labels_pad, best_gt), tf.zeros([k], tf.int64))
+    gscores = tf.where(matched, best_iou, tf.zeros([k], dtype)) if reference_compat \
+        else best_iou
+    # Unmatched anchors point at the padding row, whose box is [0, 0, 1, 1].
+    gt_boxes = tf.gather(boxes_pad, tf.where(matched, best_gt, n))  # [K, 4]
+    glocs = _encode_offsets(gt_boxes[:, 0], gt_boxes[:, 1], gt_boxes[:, 2], gt_boxes[:, 3],
+                            ya, xa, ha, wa, prior_scaling)  # [K, 4]
+    if not reference_compat:
+        glocs = tf.where(matched[:, None], glocs, tf.zeros_like(glocs))
+    return (_split_layers(gclasses, anchors), _split_layers(glocs, anchors),
+            _split_layers(gscores, anchors))
+
+
+def bboxes_decode(feat_localizations, anchors, prior_scaling=(0.1, 0.1, 0.2, 0.2)):
+    """Decodes per-layer offsets into boxes.
+
+    feat_localizations: list per layer of `[..., H, W, A, 4]` (`[x, y, w, h]` offsets).
+    Returns a list per layer of `[..., H, W, A, 4]` yxyx boxes, unclipped.
+    """
+    if len(feat_localizations) != len(anchors):
+        raise ValueError(f"{len(feat_localizations)} localisation layers for "
+                         f"{len(anchors)} anchor layers")
+    out = []
+    for loc, (yref, xref, href, wref) in zip(feat_localizations, anchors):
+        loc = tf.convert_to_tensor(loc)
+        dt = loc.dtype
+        yref, xref, href, wref = (tf.constant(np.asarray(v), dtype=dt)
+                                  for v in (yref, xref, href, wref))
+        # The slim code uses prior_scaling[0] for x and [1] for y here (both 0.1 by default).
+        cx = loc[..., 0] * wref * prior_scaling[0] + xref
+        cy = loc[..., 1] * href * prior_scaling[1] + yref
+        w = wref * tf.exp(loc[..., 2] * prior_scaling[2])
+        h = href * tf.exp(loc[..., 3] * prior_scaling[3])
+        out.append(tf.stack([cy - h / 2., cx - w / 2., cy + h / 2., cx + w / 2.], axis=-1))
+    return out
+
+
+def bboxes_encode_flat(labels, bboxes, anchors, num_classes, **kwargs):
+    """`bboxes_encode` with outputs concatenated over layers: `[K]`, `[K, 4]`, `[K]`."""
+    gclasses, glocs, gscores = bboxes_encode(labels, bboxes, anchors, num_classes, **kwargs)
+    return (tf.concat([tf.reshape(g, [-1]) for g in gclasses], 0),
+            tf.concat([tf.reshape(g, [-1, 4]) for g in glocs], 0),
+            tf.concat([tf.reshape(g, [-1]) for g in gscores], 0))

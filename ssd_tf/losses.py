@@ -1,0 +1,160 @@
+"""The SSD multibox loss: softmax cross-entropy with hard-negative mining plus smooth-L1.
+
+Inputs are batched per-layer tensors: logits `[B, H, W, A, C]`, localisations
+`[B, H, W, A, 4]`, gclasses `[B, H, W, A]`, glocalisations `[B, H, W, A, 4]`,
+gscores `[B, H, W, A]`. The output is a dict of scalar float32 tensors `cross_entropy_pos`,
+`cross_entropy_neg`, `localization` and their sum `total` (regularisation not included).
+
+- reference (`reference_compat=True`), the slim `ssd_losses`: positives `gscores >
+  match_threshold`; hard negatives mined over the whole batch: `n_neg = min(int(ratio * n_pos)
+  + batch_size, #candidates)`, the n_neg-th smallest background probability is the cut and only
+  negatives strictly below it count; each term divided by the batch size; label smoothing is
+  ignored, as it was.
+- default: positives are the anchors the encoder labelled (`gclasses > 0`; the default encoder
+  has already applied the bipartite step and the threshold, so `match_threshold` is not used
+  again here); for each image exactly `min(ratio * n_pos_image, #negatives_image)` negatives
+  with the highest background loss (ties broken by anchor index); every term divided by the
+  number of positives in the batch (or `num_positives` when given, e.g. the global count across
+  replicas); zero positives give a zero loss, never NaN; label smoothing spreads `eps` over all
+  classes.
+
+The mining uses sorts and top-k on fixed shapes only, so the loss compiles under XLA.
+"""
+import tensorflow as tf
+
+
+def abs_smooth(x):
+    """Smooth-L1 in the slim form: `0.5 x^2` if |x| < 1 else `|x| - 0.5`."""
+    absx = tf.abs(x)
+    minx = tf.minimum(absx, 1.)
+    return 0.5 * ((absx - 1.) * minx + absx)
+
+
+def _check_layers(logits, localisations, gclasses, glocalisations, gscores):
+    n = len(logits)
+    if not (len(localisations) == len(gclasses) == len(glocalisations) == len(gscores) == n):
+        raise ValueError("logits, localisations, gclasses, glocalisations and gscores need the "
+                         f"same number of layers; got {len(logits)}, {len(localisations)}, "
+                         f"{len(gclasses)}, {len(glocalisations)}, {len(gscores)}")
+
+
+def ssd_losses(logits, localisations, gclasses, glocalisations, gscores, match_threshold=0.5,
+               negative_ratio=3., alpha=1., label_smoothing=0., reference_compat=False,
+               num_positives=None):
+    """Multibox loss; see the module docstring for the two behaviours.
+
+    num_positives: optional scalar normaliser for the default loss (the positives of the
+    global batch under tf.distribute, so that replicas sum to the single-replica loss).
+    """
+    _check_layers(logits, localisations, gclasses, glocalisations, gscores)
+    if reference_compat:
+        return _ssd_losses_reference(logits, localisations, gclasses, glocalisations, gscores,
+                                     match_threshold, negative_ratio, alpha)
+    return _ssd_losses_default(logits, localisations, gclasses, glocalisations, negative_ratio,
+                               alpha, label_smoothing, num_positives)
+
+
+def _ssd_losses_reference(logits, localisations, gclasses, glocalisations, gscores,
+                          match_threshold, negative_ratio, alpha):
+    logits = [tf.convert_to_tensor(x) for x in logits]
+    num_classes = logits[0].shape[-1]
+    batch_size = tf.shape(logits[0])[0]
+    # Flatten layer by layer, batch inside the layer, then concatenate (the slim order).
+    flogits = tf.concat([tf.reshape(x, [-1, num_classes]) for x in logits], 0)  # [M, C]
+    fgclasses = tf.concat([tf.reshape(x, [-1]) for x in gclasses], 0)  # [M]
+    fgscores = tf.concat([tf.reshape(x, [-1]) for x in gscores], 0)  # [M]
+    flocs = tf.concat([tf.reshape(x, [-1, 4]) for x in localisations], 0)  # [M, 4]
+    fglocs = tf.concat([tf.reshape(x, [-1, 4]) for x in glocalisations], 0)  # [M, 4]
+    dtype = flogits.dtype
+    fgscores = tf.cast(fgscores, dtype)
+    fgclasses = tf.cast(fgclasses, tf.int64)
+
+    pmask = fgscores > match_threshold
+    fpmask = tf.cast(pmask, dtype)
+    n_positives = tf.reduce_sum(fpmask)
+
+    no_classes = tf.cast(pmask, tf.int32)
+    predictions = tf.nn.softmax(flogits)
+    nmask = tf.logical_and(tf.logical_not(pmask), fgscores > -0.5)
+    fnmask = tf.cast(nmask, dtype)
+    nvalues = tf.where(nmask, predictions[:, 0], 1. - fnmask)
+    max_neg_entries = tf.cast(tf.reduce_sum(fnmask), tf.int32)
+    n_neg = tf.cast(negative_ratio * n_positives, tf.int32) + batch_size
+    n_neg = tf.minimum(n_neg, max_neg_entries)
+    # top_k with a dynamic k is not XLA friendly: sort once (static shape) and pick the
+    # n_neg-th value, which is what `top_k(-nvalues, n_neg)[-1]` gives.
+    sorted_vals = tf.sort(nvalues, direction='ASCENDING')
+    max_hard_pred = tf.gather(sorted_vals, tf.maximum(n_neg - 1, 0))
+    max_hard_pred = tf.where(n_neg > 0, max_hard_pred, tf.cast(-1., dtype))
+    nmask = tf.logical_and(nmask, nvalues < max_hard_pred)
+    fnmask = tf.cast(nmask, dtype)
+
+    bsize = tf.cast(batch_size, dtype)
+    ce_pos = tf.nn.sparse_softmax_cross_entropy_with_logits(logits=flogits, labels=fgclasses)
+    ce_pos = tf.math.divide(tf.reduce_sum(ce_pos * fpmask), bsize)
+    ce_neg = tf.nn.sparse_softmax_cross_entropy_with_logits(logits=flogits, labels=no_classes)
+    ce_neg = tf.math.divide(tf.reduce_sum(ce_neg * fnmask), bsize)
+    weights = tf.expand_dims(alpha * fpmask, axis=-1)
+    loc = abs_smooth(flocs - tf.cast(fglocs, dtype))
+    loc = tf.math.divide(tf.reduce_sum(loc * weights), bsize)
+    return _as_dict(ce_pos, ce_neg, loc)
+
+
+def _flatten_per_image(tensors, last):
+    """Per-layer `[B, H, W, A, (last)]` -> `[B, K, (last)]`, layers concatenated per image."""
+    b = tf.shape(tensors[0])[0]
+    shape = [b, -1] + ([last] if last else [])
+    return tf.concat([tf.reshape(t, shape) for t in tensors], axis=1)
+
+
+def _rank_descending(values):
+    """Rank of each entry along the last axis, highest first, ties by index: `[B, K]` int32."""
+    order = tf.argsort(values, axis=-1, direction='DESCENDING', stable=True)  # [B, K]
+    return tf.argsort(order, axis=-1, stable=True)
+
+
+def _ssd_losses_default(logits, localisations, gclasses, glocalisations, negative_ratio, alpha,
+                        label_smoothing, num_positives):
+    # The loss is computed in float32 even when the network runs in float16/bfloat16.
+    num_classes = logits[0].shape[-1]
+    flogits = tf.cast(_flatten_per_image(logits, num_classes), tf.float32)  # [B, K, C]
+    flocs = tf.cast(_flatten_per_image(localisations, 4), tf.float32)  # [B, K, 4]
+    fgclasses = tf.cast(_flatten_per_image(gclasses, None), tf.int32)  # [B, K]
+    fglocs = tf.cast(_flatten_per_image(glocalisations, 4), tf.float32)  # [B, K, 4]
+
+    # Labels outside [0, C) would silently index out of range: they are treated as background.
+    valid_label = (fgclasses >= 0) & (fgclasses < num_classes)
+    fgclasses = tf.where(valid_label, fgclasses, 0)
+    pmask = fgclasses > 0  # [B, K]
+    fpmask = tf.cast(pmask, tf.float32)
+    n_pos_image = tf.reduce_sum(tf.cast(pmask, tf.int32), axis=1)  # [B]
+
+    log_probs = tf.nn.log_softmax(flogits, axis=-1)  # [B, K, C], stable for large logits
+    # Hard-negative mining on the background loss -log p0 (same order as low p0).
+    bg_loss = -log_probs[..., 0]  # [B, K]
+    neg_candidates = tf.logical_not(pmask)
+    mining_score = tf.where(neg_candidates, bg_loss, -tf.ones_like(bg_loss))
+    rank = _rank_descending(mining_score)  # [B, K]
+    n_neg_cand = tf.reduce_sum(tf.cast(neg_candidates, tf.int32), axis=1)  # [B]
+    n_neg = tf.minimum(tf.cast(tf.cast(n_pos_image, tf.float32) * negative_ratio, tf.int32),
+                       n_neg_cand)  # [B]
+    nmask = neg_candidates & (rank < n_neg[:, None])
+    fnmask = tf.cast(nmask, tf.float32)
+
+    onehot = tf.one_hot(fgclasses, num_classes, dtype=tf.float32)  # [B, K, C]
+    if label_smoothing:
+        onehot = onehot * (1. - label_smoothing) + label_smoothing / num_classes
+    ce = -tf.reduce_sum(onehot * log_probs, axis=-1)  # [B, K]
+
+    if num_positives is None:
+        num_positives = tf.reduce_sum(fpmask)
+    normaliser = tf.maximum(tf.cast(num_positives, tf.float32), 1.)
+    ce_pos = tf.reduce_sum(ce * fpmask) / normaliser
+    ce_neg = tf.reduce_sum(ce * fnmask) / normaliser
+    loc = tf.reduce_sum(abs_smooth(flocs - fglocs) * fpmask[..., None]) * alpha / normaliser
+    return _as_dict(ce_pos, ce_neg, loc)
+
+
+def _as_dict(ce_pos, ce_neg, loc):
+    return {'cross_entropy_pos': ce_pos, 'cross_entropy_neg': ce_neg, 'localization': loc,
+            'total': ce_pos + ce_neg + loc}
