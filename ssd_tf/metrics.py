@@ -1,0 +1,589 @@
+"""Detection metrics: PASCAL VOC average precision and COCO metrics (through pycocotools).
+
+Pure numpy/python; nothing here knows about networks. Inside, boxes are `[ymin, xmin, ymax,
+xmax]` in PIXELS (VOC coordinates: 1-based inclusive pixel indices, as written in the VOC
+XML files), because the VOC rules below measure areas with the "+1" pixel convention. VOC
+results files and COCO JSON use their own orders (`xmin ymin xmax ymax`, `[x, y, w, h]`);
+conversion happens only where those files are read or written.
+
+VOC rules (those of the widely used py-faster-rcnn `voc_eval`, from which published SSD
+numbers come), shared by the file-based `voc_eval` and the in-memory `VOCEvaluator` through one
+core (`_match_detections`), so the two cannot disagree:
+- detections of a class are sorted by descending score (stable: ties keep input order);
+- each is compared with the ground truth of its image and class; IoU uses the +1 convention
+  (a box xmin..xmax covers `xmax - xmin + 1` pixels);
+- the best-overlapping GT box is matched when IoU > ovthresh (strictly greater);
+  if that box is `difficult` the detection is neither TP nor FP; if it was already matched the
+  detection is a FP (no fall-back to the second best box); otherwise TP;
+- a detection whose best IoU is <= ovthresh, or on an image without GT of its class, is FP;
+- npos counts the non-difficult GT boxes.
+- A class with npos == 0 has an undefined AP (nan) and is left out of the mAP.
+"""
+import contextlib
+import io
+import json
+import os
+import xml.etree.ElementTree as ET
+
+import numpy as np
+
+# The 11 recall thresholds of the VOC2007 metric exactly as py-faster-rcnn computes them
+# (np.arange, so 0.30000000000000004, 0.6000000000000001, 0.7000000000000001): kept bit for
+# bit so that published VOC07 numbers are reproduced; a recall of exactly 3/10 does not reach
+# the third threshold.
+VOC07_RECALL_THRESHOLDS = np.arange(0., 1.1, 0.1)
+
+# Keys of the dict returned by `coco_metrics`, in the order of pycocotools' `stats`.
+COCO_METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
+                     'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
+
+
+# ---------------------------------------------------------------------------- AP from PR
+def average_precision_voc07(precision, recall):
+    """VOC2007 11-point AP: mean over t in {0, 0.1, .., 1} of max precision at recall >= t.
+
+    precision, recall: `[D]` arrays (cumulative, one entry per ranked detection). A threshold
+    no recall reaches contributes 0. Empty inputs give 0.
+    """
+    precision = np.asarray(precision, dtype=np.float64).reshape(-1)
+    recall = np.asarray(recall, dtype=np.float64).reshape(-1)
+    if precision.shape != recall.shape:
+        raise ValueError(f"precision and recall must have the same length, got "
+                         f"{precision.shape} and {recall.shape}")
+    ap = 0.
+    for t in VOC07_RECALL_THRESHOLDS:
+        reached = recall >= t
+        ap += (np.max(precision[reached]) if np.any(reached) else 0.) / 11.
+    return float(ap)
+
+
+def average_precision_voc12(precision, recall):
+    """VOC2010+ AP: area under the monotone (non-increasing) precision envelope.
+
+    Sentinels: recall 0 and 1 are added at both ends with precision 0; the envelope at each
+    recall is the max precision at any higher-or-equal recall; the area sums rectangles where
+    the recall changes. precision, recall: `[D]` arrays. Empty inputs give 0.
+    """
+    precision = np.asarray(precision, dtype=np.float64).reshape(-1)
+    recall = np.asarray(recall, dtype=np.float64).reshape(-1)
+    if precision.shape != recall.shape:
+        raise ValueError(f"precision and recall must have the same length, got "
+                         f"{precision.shape} and {recall.shape}")
+    mrec = np.concatenate([[0.], recall, [1.]])
+    mpre = np.concatenate([[0.], precision, [0.]])
+    envelope = np.maximum.accumulate(mpre[::-1])[::-1]  # max precision to the right
+    steps = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[steps + 1] - mrec[steps]) * envelope[steps + 1]))
+
+
+def average_precision(precision, recall, use_07_metric=False):
+    """`average_precision_voc07` if use_07_metric else `average_precision_voc12`."""
+    if use_07_metric:
+        return average_precision_voc07(precision, recall)
+    return average_precision_voc12(precision, recall)
+
+
+# ---------------------------------------------------------------------------- the VOC core
+def iou_voc_pixels(box, boxes):
+    """IoU of one pixel box `[4]` with pixel boxes `[N, 4]` (yxyx) -> `[N]`, +1 convention.
+
+    Coordinates are inclusive pixel indices: a box covers `(ymax-ymin+1) * (xmax-xmin+1)`
+    pixels, so two identical 1-pixel boxes (ymin == ymax) have IoU 1.
+    """
+    box = np.asarray(box, dtype=np.float64)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    ih = np.maximum(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]) + 1., 0.)
+    iw = np.maximum(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]) + 1., 0.)
+    inter = ih * iw
+    union = ((box[2] - box[0] + 1.) * (box[3] - box[1] + 1.)
+             + (boxes[:, 2] - boxes[:, 0] + 1.) * (boxes[:, 3] - boxes[:, 1] + 1.) - inter)
+    return inter / union
+
+
+def _match_detections(gt_by_image, det_image_ids, det_scores, det_boxes, ovthresh=0.5):
+    """The VOC matching of one class (rules in the module docstring).
+
+    gt_by_image: dict image_id -> (boxes `[N, 4]` yxyx pixels, difficult `[N]` bool) for every
+      image of the evaluated set (N may be 0).
+    det_image_ids: `[D]` image ids; det_scores `[D]`; det_boxes `[D, 4]` yxyx pixels.
+    Returns `(tp [D], fp [D], scores [D], npos)`, tp/fp as 0/1 floats in descending-score order.
+    """
+    det_scores = np.asarray(det_scores, dtype=np.float64).reshape(-1)
+    det_boxes = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
+    if len(det_image_ids) != det_scores.shape[0] or det_boxes.shape[0] != det_scores.shape[0]:
+        raise ValueError(f"{len(det_image_ids)} image ids, {det_scores.shape[0]} scores and "
+                         f"{det_boxes.shape[0]} boxes: detections must be aligned")
+    npos = 0
+    matched = {}
+    for image_id, (boxes, difficult) in gt_by_image.items():
+        npos += int(np.sum(~np.asarray(difficult, dtype=bool)))
+        matched[image_id] = np.zeros(len(difficult), dtype=bool)
+    order = np.argsort(-det_scores, kind='stable')
+    tp = np.zeros(len(order))
+    fp = np.zeros(len(order))
+    for rank, d in enumerate(order):
+        image_id = det_image_ids[d]
+        if image_id not in gt_by_image:
+            raise ValueError(f"detection on image {image_id!r}, which is not in the evaluated "
+                             f"image set; evaluate only images of the set")
+        gt_boxes, difficult = gt_by_image[image_id]
+        if len(difficult) == 0:
+            fp[rank] = 1.
+            continue
+        overlaps = iou_voc_pixels(det_boxes[d], gt_boxes)
+        best = int(np.argmax(overlaps))
+        if overlaps[best] > ovthresh:
+            if difficult[best]:
+                continue  # neither TP nor FP
+            if matched[image_id][best]:
+                fp[rank] = 1.
+            else:
+                tp[rank] = 1.
+                matched[image_id][best] = True
+        else:
+            fp[rank] = 1.
+    return tp, fp, det_scores[order], npos
+
+
+def _precision_recall(tp, fp, npos):
+    """Cumulative recall and precision `[D]` from ranked tp/fp flags; recall 0 if npos == 0."""
+    tp = np.cumsum(tp)
+    fp = np.cumsum(fp)
+    recall = tp / npos if npos > 0 else np.zeros_like(tp)
+    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    return recall, precision
+
+
+def _class_result(gt_by_image, det_image_ids, det_scores, det_boxes, ovthresh):
+    """Runs the core for one class; returns dict recall, precision, ap07, ap12, npos, ndet."""
+    tp, fp, _, npos = _match_detections(gt_by_image, det_image_ids, det_scores, det_boxes,
+                                        ovthresh)
+    recall, precision = _precision_recall(tp, fp, npos)
+    if npos == 0:
+        ap07 = ap12 = float('nan')
+    else:
+        ap07 = average_precision_voc07(precision, recall)
+        ap12 = average_precision_voc12(precision, recall)
+    return dict(recall=recall, precision=precision, ap07=ap07, ap12=ap12, npos=npos,
+                num_detections=int(len(tp)), tp=int(tp.sum()), fp=int(fp.sum()))
+
+
+# ---------------------------------------------------------------------------- VOC files
+def _xml_int_flag(obj, tag):
+    """Reads a 0/1 child element's text; a missing or empty element means 0."""
+    node = obj.find(tag)
+    if node is None or node.text is None or not node.text.strip():
+        return 0
+    return int(float(node.text.strip()))
+
+
+def parse_voc_xml(path):
+    """Reads a VOC annotation file.
+
+    Returns a dict: `filename`, `height`, `width` (None when `<size>` is absent) and `objects`,
+    a list of dicts `name`, `bbox` (`[ymin, xmin, ymax, xmax]` pixels, float), `difficult`,
+    `truncated` (bool; absent -> False) and `pose` (absent -> 'Unspecified').
+    """
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as e:
+        raise ValueError(f"cannot read VOC annotation {path}: {e}") from e
+    size = root.find('size')
+    height = width = None
+    if size is not None and size.find('height') is not None and size.find('width') is not None:
+        height = int(float(size.find('height').text))
+        width = int(float(size.find('width').text))
+    objects = []
+    for obj in root.findall('object'):
+        bnd = obj.find('bndbox')
+        name = obj.find('name')
+        if bnd is None or name is None:
+            raise ValueError(f"{path}: an <object> lacks <name> or <bndbox>")
+        try:
+            bbox = [float(bnd.find(k).text) for k in ('ymin', 'xmin', 'ymax', 'xmax')]
+        except (AttributeError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: bad <bndbox> for object {name.text!r}: {e}") from e
+        pose = obj.find('pose')
+        objects.append(dict(
+            name=name.text.strip(), bbox=bbox,
+            difficult=bool(_xml_int_flag(obj, 'difficult')),
+            truncated=bool(_xml_int_flag(obj, 'truncated')),
+            pose=pose.text.strip() if pose is not None and pose.text else 'Unspecified'))
+    filename = root.find('filename')
+    return dict(filename=filename.text if filename is not None else None, height=height,
+                width=width, objects=objects)
+
+
+def read_image_set(imagesetfile):
+    """Image ids of a VOC ImageSets file, one per line (blank lines skipped)."""
+    try:
+        with open(imagesetfile) as f:
+            return [line.strip().split()[0] for line in f if line.strip()]
+    except OSError as e:
+        raise ValueError(f"cannot read image set file {imagesetfile}: {e}") from e
+
+
+def read_voc_results(path):
+    """Reads a VOC results file (`image_id score xmin ymin xmax ymax` per line, pixels).
+
+    Returns `(image_ids list[D], scores [D], boxes [D, 4] yxyx pixels)`. A missing file is an
+    error naming it.
+    """
+    image_ids, scores, boxes = [], [], []
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError as e:
+        raise ValueError(f"cannot read VOC results file {path}: {e}") from e
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 6:
+            raise ValueError(f"{path}:{n}: expected 'image_id score xmin ymin xmax ymax', "
+                             f"got {line.strip()!r}")
+        image_ids.append(parts[0])
+        scores.append(float(parts[1]))
+        xmin, ymin, xmax, ymax = (float(v) for v in parts[2:])
+        boxes.append([ymin, xmin, ymax, xmax])
+    return (image_ids, np.asarray(scores, dtype=np.float64),
+            np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+
+
+def voc_eval(detpath, annopath, imagesetfile, classname, ovthresh=0.5, use_07_metric=False):
+    """VOC evaluation of one class from files, with the py-faster-rcnn rules (no cache).
+
+    detpath: results file pattern, `detpath.format(classname)`, lines
+      `image_id score xmin ymin xmax ymax` in pixels.
+    annopath: annotation pattern, `annopath.format(image_id)`, VOC XML.
+    imagesetfile: text file with one image id per line.
+    Returns `(recall [D], precision [D], ap)`; ap is nan when the class has no non-difficult
+    ground truth in the set.
+    """
+    gt_by_image = {}
+    for image_id in read_image_set(imagesetfile):
+        objects = [o for o in parse_voc_xml(annopath.format(image_id))['objects']
+                   if o['name'] == classname]
+        gt_by_image[image_id] = (
+            np.asarray([o['bbox'] for o in objects], dtype=np.float64).reshape(-1, 4),
+            np.asarray([o['difficult'] for o in objects], dtype=bool))
+    image_ids, scores, boxes = read_voc_results(detpath.format(classname))
+    res = _class_result(gt_by_image, image_ids, scores, boxes, ovthresh)
+    return res['recall'], res['precision'], res['ap07'] if use_07_metric else res['ap12']
+
+
+# ---------------------------------------------------------------------------- in memory
+def _as_array(x, dtype, shape_tail=()):
+    a = np.asarray(x if x is not None else [], dtype=dtype)
+    return a.reshape((-1,) + shape_tail)
+
+
+class VOCEvaluator:
+    """Accumulates ground truth and detections per image; computes VOC07/VOC12 AP per class.
+
+    `VOCEvaluator(num_classes, class_names=None, ovthresh=0.5, use_07_metric=False)`.
+    Labels are 0 = background, 1..num_classes-1 objects; `class_names` lists names for labels
+    1..num_classes-1 (default 'class_<id>'). Boxes given to `add_image` are yxyx in pixels
+    (VOC coordinates), or relative to the image when `image_shape=(height, width)` is passed
+    (then multiplied by height/width, the inverse of the VOC readers' `pixel / size`).
+    `use_07_metric` chooses which AP is reported as the primary 'ap' / 'map'.
+    """
+
+    def __init__(self, num_classes, class_names=None, ovthresh=0.5, use_07_metric=False):
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background + objects), got "
+                             f"{num_classes}")
+        if class_names is None:
+            class_names = [f'class_{i}' for i in range(1, num_classes)]
+        class_names = list(class_names)
+        if len(class_names) != num_classes - 1:
+            raise ValueError(f"class_names must name labels 1..{num_classes - 1} "
+                             f"({num_classes - 1} names), got {len(class_names)}")
+        self.num_classes = int(num_classes)
+        self.class_names = class_names
+        self.ovthresh = float(ovthresh)
+        self.use_07_metric = bool(use_07_metric)
+        self.image_ids = []
+        self.image_shapes = {}  # image_id -> (height, width) or None
+        self._gt = {}    # image_id -> (boxes [N,4] pixels, labels [N], difficult [N])
+        self._det = {}   # image_id -> (boxes [K,4] pixels, scores [K], classes [K])
+
+    def add_image(self, image_id, gt_boxes, gt_labels, gt_difficult=None, det_boxes=None,
+                  det_scores=None, det_classes=None, image_shape=None):
+        """Adds one image.
+
+        gt_boxes `[N, 4]` yxyx, gt_labels `[N]` in 1..C-1, gt_difficult `[N]` bool (default
+        all False); det_boxes `[K, 4]` yxyx, det_scores `[K]`, det_classes `[K]` in 1..C-1
+        (pass only real detections, no zero padding). image_shape: (height, width) when boxes
+        are relative. An image may be added only once.
+        """
+        if image_id in self._gt:
+            raise ValueError(f"image {image_id!r} was added twice")
+        gt_boxes = _as_array(gt_boxes, np.float64, (4,))
+        gt_labels = _as_array(gt_labels, np.int64)
+        gt_difficult = (np.zeros(len(gt_labels), dtype=bool) if gt_difficult is None
+                        else _as_array(gt_difficult, bool))
+        det_boxes = _as_array(det_boxes, np.float64, (4,))
+        det_scores = _as_array(det_scores, np.float64)
+        det_classes = _as_array(det_classes, np.int64)
+        if not (len(gt_boxes) == len(gt_labels) == len(gt_difficult)):
+            raise ValueError(f"image {image_id!r}: {len(gt_boxes)} gt boxes, {len(gt_labels)} "
+                             f"labels, {len(gt_difficult)} difficult flags")
+        if not (len(det_boxes) == len(det_scores) == len(det_classes)):
+            raise ValueError(f"image {image_id!r}: {len(det_boxes)} detected boxes, "
+                             f"{len(det_scores)} scores, {len(det_classes)} classes")
+        for what, labels in (('ground-truth label', gt_labels),
+                             ('detection class', det_classes)):
+            bad = labels[(labels < 1) | (labels >= self.num_classes)]
+            if bad.size:
+                raise ValueError(f"image {image_id!r}: {what} {int(bad[0])} outside "
+                                 f"1..{self.num_classes - 1} (num_classes={self.num_classes})")
+        if image_shape is not None:
+            h, w = (float(v) for v in image_shape[:2])
+            scale = np.array([h, w, h, w])
+            gt_boxes = gt_boxes * scale
+            det_boxes = det_boxes * scale
+            self.image_shapes[image_id] = (int(h), int(w))
+        else:
+            self.image_shapes[image_id] = None
+        self.image_ids.append(image_id)
+        self._gt[image_id] = (gt_boxes, gt_labels, gt_difficult)
+        self._det[image_id] = (det_boxes, det_scores, det_classes)
+
+    def _class_inputs(self, label):
+        """The core's inputs for one label: gt_by_image and detections in image order."""
+        gt_by_image = {}
+        ids, scores, boxes = [], [], []
+        for image_id in self.image_ids:
+            g_boxes, g_labels, g_diff = self._gt[image_id]
+            sel = g_labels == label
+            gt_by_image[image_id] = (g_boxes[sel], g_diff[sel])
+            d_boxes, d_scores, d_classes = self._det[image_id]
+            sel = d_classes == label
+            ids.extend([image_id] * int(sel.sum()))
+            scores.append(d_scores[sel])
+            boxes.append(d_boxes[sel])
+        scores = np.concatenate(scores) if scores else np.zeros(0)
+        boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+        return gt_by_image, ids, scores, boxes
+
+    def evaluate(self):
+        """Returns a dict:
+        `ap07`, `ap12`: {class_name: AP} (nan for a class without non-difficult GT);
+        `map07`, `map12`: mean over classes with GT (nan if none);
+        `ap`, `map`: the primary metric (VOC07 if use_07_metric else VOC12);
+        `per_class`: {class_name: dict(recall [D], precision [D], npos, num_detections, tp, fp)}.
+        """
+        per_class, ap07, ap12 = {}, {}, {}
+        for label, name in enumerate(self.class_names, 1):
+            res = _class_result(*self._class_inputs(label), ovthresh=self.ovthresh)
+            ap07[name], ap12[name] = res.pop('ap07'), res.pop('ap12')
+            per_class[name] = res
+
+        def _mean(aps):
+            vals = [v for v in aps.values() if not np.isnan(v)]
+            return float(np.mean(vals)) if vals else float('nan')
+
+        out = dict(ap07=ap07, ap12=ap12, map07=_mean(ap07), map12=_mean(ap12),
+                   per_class=per_class)
+        out['ap'] = ap07 if self.use_07_metric else ap12
+        out['map'] = out['map07'] if self.use_07_metric else out['map12']
+        return out
+
+    # ------------------------------------------------------------------ writers
+    def write_voc_results(self, out_dir, split='test', prefix='comp4_det_'):
+        """Writes one VOC results file per class, `<prefix><split>_<class>.txt`.
+
+        Lines `image_id score xmin ymin xmax ymax` (pixels, 6 decimals), in the order the
+        detections were added (so `voc_eval` on these files ranks ties like `evaluate`).
+        Returns {class_name: path}.
+        """
+        os.makedirs(out_dir, exist_ok=True)
+        paths = {}
+        for label, name in enumerate(self.class_names, 1):
+            _, ids, scores, boxes = self._class_inputs(label)
+            path = os.path.join(out_dir, f'{prefix}{split}_{name}.txt')
+            with open(path, 'w') as f:
+                for image_id, s, b in zip(ids, scores, boxes):
+                    f.write(f'{image_id} {s:.6f} {b[1]:.6f} {b[0]:.6f} {b[3]:.6f} {b[2]:.6f}\n')
+            paths[name] = path
+        return paths
+
+    def coco_ground_truth(self):
+        """The accumulated ground truth as a COCO dict (see `voc_to_coco_dict`)."""
+        images = []
+        for image_id in self.image_ids:
+            boxes, labels, difficult = self._gt[image_id]
+            shape = self.image_shapes[image_id]
+            images.append(dict(image_id=image_id, boxes=boxes, labels=labels,
+                               difficult=difficult,
+                               height=shape[0] if shape else None,
+                               width=shape[1] if shape else None))
+        return voc_to_coco_dict(images, self.class_names)
+
+    def coco_detections(self):
+        """The accumulated detections as a COCO results list (image ids as in
+        `coco_ground_truth`: position in the order of `add_image`)."""
+        results = []
+        for index, image_id in enumerate(self.image_ids):
+            boxes, scores, classes = self._det[image_id]
+            results.extend(detections_to_coco(index, boxes, scores, classes))
+        return results
+
+    def write_coco_results(self, path):
+        """Writes the COCO results JSON (list of image_id/category_id/bbox/score)."""
+        return write_coco_results(path, self.coco_detections())
+
+
+def evaluate_detections(groundtruths, detections, num_classes, class_names=None,
+                        ovthresh=0.5, use_07_metric=False, image_shapes=None):
+    """VOC07 and VOC12 AP per class and mAP of in-memory detections.
+
+    groundtruths: dict image_id -> dict(boxes `[N, 4]` yxyx, labels `[N]`, difficult `[N]`
+      optional). detections: dict image_id -> dict(boxes `[K, 4]` yxyx, scores `[K]`,
+      classes `[K]`); a missing image has no detections; a detection on an image absent from
+      groundtruths is an error. Boxes are pixels, or relative when image_shapes maps image_id
+      -> (height, width). Returns `VOCEvaluator.evaluate()`'s dict.
+    """
+    unknown = set(detections) - set(groundtruths)
+    if unknown:
+        raise ValueError(f"detections on images without ground truth entries: "
+                         f"{sorted(unknown)[:5]}")
+    ev = VOCEvaluator(num_classes, class_names, ovthresh=ovthresh, use_07_metric=use_07_metric)
+    for image_id, gt in groundtruths.items():
+        det = detections.get(image_id, {})
+        ev.add_image(image_id, gt.get('boxes'), gt.get('labels'), gt.get('difficult'),
+                     det.get('boxes'), det.get('scores'), det.get('classes'),
+                     image_shape=None if image_shapes is None else image_shapes[image_id])
+    return ev.evaluate()
+
+
+# ---------------------------------------------------------------------------- COCO
+# Box convention VOC -> COCO: VOC coordinates are 1-based inclusive pixel indices; pixel i
+# covers the continuous interval [i - 1, i). So [xmin, ymin, xmax, ymax] becomes
+# x = xmin - 1, y = ymin - 1, w = xmax - xmin + 1, h = ymax - ymin + 1: COCO areas equal the VOC
+# "+1" areas, and ground truth and detections go through the same conversion (IoUs are the VOC
+# ones). Difficult objects become `iscrowd = 1`: pycocotools then neither counts them as
+# positives nor counts detections matched to them as false positives (the VOC rule); it is the
+# only such mechanism in pycocotools (its `ignore` field is overwritten by `iscrowd`). Caveat:
+# pycocotools measures overlap with a crowd box as intersection / detection area, which is
+# >= the IoU, so slightly more detections are ignored than under the VOC rule.
+def yxyx_pixels_to_coco_xywh(boxes):
+    """VOC pixel boxes `[N, 4]` yxyx -> COCO `[N, 4]` `[x, y, w, h]` (convention above)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.stack([boxes[:, 1] - 1., boxes[:, 0] - 1., boxes[:, 3] - boxes[:, 1] + 1.,
+                     boxes[:, 2] - boxes[:, 0] + 1.], axis=-1)
+
+
+def voc_to_coco_dict(images, class_names):
+    """VOC ground truth -> a COCO dataset dict (images, annotations, categories).
+
+    images: list of dicts `image_id` (any string), `boxes` `[N, 4]` yxyx pixels, `labels` `[N]`
+      in 1..len(class_names), `difficult` `[N]` (optional), `height`, `width` (optional).
+    COCO image ids are the positions in `images` (ints); `file_name` keeps the VOC id;
+    category ids are the labels. See the convention comment above for boxes and difficult.
+    """
+    coco_images, annotations = [], []
+    for index, im in enumerate(images):
+        entry = dict(id=index, file_name=str(im['image_id']))
+        if im.get('height') is not None:
+            entry.update(height=int(im['height']), width=int(im['width']))
+        coco_images.append(entry)
+        labels = _as_array(im.get('labels'), np.int64)
+        difficult = im.get('difficult')
+        difficult = (np.zeros(len(labels), bool) if difficult is None
+                     else _as_array(difficult, bool))
+        for box, label, diff in zip(yxyx_pixels_to_coco_xywh(im.get('boxes', [])), labels,
+                                    difficult):
+            annotations.append(dict(
+                id=len(annotations) + 1, image_id=index, category_id=int(label),
+                bbox=[float(v) for v in box], area=float(box[2] * box[3]),
+                iscrowd=int(diff), ignore=int(diff)))
+    categories = [dict(id=i, name=n, supercategory='none') for i, n in enumerate(class_names, 1)]
+    return dict(images=coco_images, annotations=annotations, categories=categories)
+
+
+def voc_dataset_to_coco_dict(annopath, imagesetfile, class_names):
+    """Reads VOC XMLs of an image set into a COCO dict (`voc_to_coco_dict`); objects whose
+    name is not in class_names are an error naming the file."""
+    index = {n: i for i, n in enumerate(class_names, 1)}
+    images = []
+    for image_id in read_image_set(imagesetfile):
+        path = annopath.format(image_id)
+        ann = parse_voc_xml(path)
+        for o in ann['objects']:
+            if o['name'] not in index:
+                raise ValueError(f"{path}: class {o['name']!r} not in class_names {class_names}")
+        images.append(dict(image_id=image_id, height=ann['height'], width=ann['width'],
+                           boxes=[o['bbox'] for o in ann['objects']],
+                           labels=[index[o['name']] for o in ann['objects']],
+                           difficult=[o['difficult'] for o in ann['objects']]))
+    return voc_to_coco_dict(images, class_names)
+
+
+def detections_to_coco(coco_image_id, boxes, scores, classes):
+    """Detections of one image (boxes `[K, 4]` yxyx VOC pixels) -> COCO result dicts."""
+    xywh = yxyx_pixels_to_coco_xywh(boxes)
+    return [dict(image_id=coco_image_id, category_id=int(c), bbox=[float(v) for v in b],
+                 score=float(s))
+            for b, s, c in zip(xywh, np.asarray(scores).reshape(-1),
+                               np.asarray(classes).reshape(-1))]
+
+
+def write_coco_results(path, results):
+    """Writes a COCO results list to JSON; returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(results, f)
+    return path
+
+
+def coco_metrics(gt_coco, detections, verbose=False):
+    """COCO box metrics through pycocotools.
+
+    gt_coco: a COCO dataset dict or the path of its JSON. detections: a list of COCO result
+    dicts (image_id, category_id, bbox [x, y, w, h], score) or the path of such a JSON.
+    Returns {name: value} for COCO_METRIC_NAMES (AP@[.5:.95], AP50, AP75, APs, APm, APl, AR1,
+    AR10, AR100, ARs, ARm, ARl); pycocotools reports -1 where a value is undefined (e.g. no GT
+    in a size range). No detections at all gives 0 for every metric that has GT.
+    """
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as e:
+        raise ImportError("COCO metrics need pycocotools: pip install pycocotools "
+                          "(or the 'coco' extra of ssd-tf)") from e
+    if isinstance(gt_coco, (str, os.PathLike)):
+        try:
+            with open(gt_coco) as f:
+                gt_coco = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read COCO ground truth {gt_coco}: {e}") from e
+    if isinstance(detections, (str, os.PathLike)):
+        try:
+            with open(detections) as f:
+                detections = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read COCO detections {detections}: {e}") from e
+    gt_coco = dict(gt_coco)
+    gt_coco.setdefault('info', {})
+    gt_coco.setdefault('licenses', [])
+    # pycocotools mutates annotations (adds fields); work on copies.
+    gt_coco['annotations'] = [dict(a) for a in gt_coco.get('annotations', [])]
+    detections = [dict(d) for d in detections]
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink):
+        coco_gt = COCO()
+        coco_gt.dataset = gt_coco
+        coco_gt.createIndex()
+        if not detections:
+            has_gt = any(not a.get('iscrowd', 0) for a in gt_coco['annotations'])
+            return {k: (0. if has_gt else -1.) for k in COCO_METRIC_NAMES}
+        coco_dt = coco_gt.loadRes(detections)
+        ev = COCOeval(coco_gt, coco_dt, iouType='bbox')
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    if verbose:
+        print(sink.getvalue())
+    return {k: float(v) for k, v in zip(COCO_METRIC_NAMES, ev.stats)}
