@@ -1,0 +1,169 @@
+"""Matching and encoding: goldens, the slim reference, the default matcher, properties."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings, strategies as st
+
+import slim_port
+from nets import ssd_vgg_300
+from ssd_tf import encoding
+
+NET_REF = ssd_vgg_300.SSDNet(reference_compat=True)
+NET = ssd_vgg_300.SSDNet()
+ANCHORS = NET.anchors()
+
+
+def _flat(layers, last=None):
+    return np.concatenate([np.reshape(np.asarray(x), [-1] + ([last] if last else []))
+                           for x in layers])
+
+
+def _random_gt(rng, n, num_classes=21):
+    c = rng.uniform(0.1, 0.9, size=(n, 2))
+    hw = rng.uniform(0.02, 0.6, size=(n, 2))
+    b = np.concatenate([c - hw / 2, c + hw / 2], axis=1)[:, [0, 1, 2, 3]]
+    b = np.clip(b, 0., 1.).astype(np.float32)
+    return rng.integers(1, num_classes, size=n).astype(np.int64), b
+
+
+def test_output_shapes_and_dtypes():
+    gc, gl, gs = NET.bboxes_encode(np.array([3]), np.array([[.1, .1, .6, .5]]), ANCHORS)
+    assert [g.shape.as_list() for g in gc] == [[38, 38, 4], [19, 19, 6], [10, 10, 6],
+                                               [5, 5, 6], [3, 3, 4], [1, 1, 4]]
+    assert [g.shape.as_list() for g in gl][0] == [38, 38, 4, 4]
+    assert gc[0].dtype == tf.int64 and gl[0].dtype == tf.float32 and gs[0].dtype == tf.float32
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_reference_matches_literal_slim_loop(seed):
+    rng = np.random.default_rng(seed)
+    labels, bboxes = _random_gt(rng, 6)
+    labels[2] = 25  # >= num_classes: skipped by the original
+    bboxes[4] = bboxes[1]  # identical boxes: the earlier one keeps the anchors
+    gc, gl, gs = NET_REF.bboxes_encode(labels, bboxes, ANCHORS)
+    for i, layer in enumerate(ANCHORS):
+        el, eloc, es = slim_port.encode_layer(labels, bboxes, layer, 21)
+        np.testing.assert_array_equal(gc[i].numpy(), el)
+        np.testing.assert_allclose(gs[i].numpy(), es, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(gl[i].numpy(), eloc, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_iou0_anchor_gets_unit_box_target():
+    gc, gl, gs = NET_REF.bboxes_encode(np.array([1]), np.array([[.0, .0, .1, .1]]), ANCHORS)
+    y, x, h, w = ANCHORS[5]  # the single 1x1 anchor cell: centre 0.5, first size 261/300
+    # The box [0,0,.1,.1] overlaps the big centred anchors of layer 5, so look at layer 0,
+    # cell (37, 37): far from the box, IoU 0 -> target of [0,0,1,1]:
+    # t_x = (0.5 - xa) / wa / 0.1, t_w = log(1 / wa) / 0.2.
+    y, x, h, w = ANCHORS[0]
+    assert gc[0].numpy()[37, 37, 0] == 0 and gs[0].numpy()[37, 37, 0] == 0
+    xa, wa, ha = x[37, 37, 0], w[0], h[0]
+    np.testing.assert_allclose(gl[0].numpy()[37, 37, 0],
+                               [(0.5 - xa) / wa / 0.1, (0.5 - xa) / ha / 0.1,
+                                np.log(1 / wa) / 0.2, np.log(1 / ha) / 0.2], rtol=1e-5)
+    # the default leaves unmatched anchors at zero offsets
+    _, gl_def, _ = NET.bboxes_encode(np.array([1]), np.array([[.0, .0, .1, .1]]), ANCHORS)
+    np.testing.assert_array_equal(gl_def[0].numpy()[37, 37, 0], [0., 0., 0., 0.])
+
+
+def test_reference_labels_low_iou_default_does_not():
+    labels, bboxes = np.array([7]), np.array([[.2, .2, .7, .6]], np.float32)
+    gc_r, _, gs_r = NET_REF.bboxes_encode(labels, bboxes, ANCHORS)
+    gc_d, _, gs_d = NET.bboxes_encode(labels, bboxes, ANCHORS)
+    gc_r, gs_r, gc_d, gs_d = _flat(gc_r), _flat(gs_r), _flat(gc_d), _flat(gs_d)
+    # slim: every anchor with IoU > 0 carries the label
+    np.testing.assert_array_equal(gc_r > 0, gs_r > 0)
+    assert np.sum((gc_r > 0) & (gs_r < 0.5)) > 100
+    # default: labelled anchors are exactly the threshold matches (+ the bipartite best)
+    np.testing.assert_array_equal(gc_d > 0, (gs_d >= 0.5) | (gs_d == gs_d.max()))
+
+
+def test_bipartite_step_gives_thin_box_a_positive():
+    # A thin box (0.3 x 0.02) overlaps no anchor with IoU >= 0.5.
+    labels, bboxes = np.array([4]), np.array([[.35, .5, .65, .52]], np.float32)
+    gc_r, _, gs_r = NET_REF.bboxes_encode(labels, bboxes, ANCHORS)
+    gc_d, gl_d, gs_d = NET.bboxes_encode(labels, bboxes, ANCHORS)
+    assert _flat(gs_r).max() < 0.5  # so the slim loss sees no positive at all
+    pos = _flat(gc_d) > 0
+    assert pos.sum() == 1
+    best = np.argmax(_flat(gs_r))  # the anchor of highest IoU is the forced one
+    assert pos[best] and _flat(gc_d)[best] == 4
+
+
+def test_two_boxes_same_best_anchor_deterministic():
+    # Two identical boxes with different labels: the forced anchor goes to the lower index.
+    bboxes = np.array([[.35, .5, .65, .52]] * 2, np.float32)
+    gc, _, _ = NET.bboxes_encode(np.array([4, 9]), bboxes, ANCHORS)
+    assert set(_flat(gc)[_flat(gc) > 0]) == {4}
+
+
+def test_no_ground_truth():
+    for net in (NET, NET_REF):
+        gc, gl, gs = net.bboxes_encode(np.zeros([0], np.int64), np.zeros([0, 4], np.float32),
+                                       ANCHORS)
+        assert _flat(gc).sum() == 0 and _flat(gs).sum() == 0
+        assert np.all(np.isfinite(_flat(gl, 4)))
+
+
+def test_zero_area_padding_and_out_of_range_labels_are_ignored():
+    labels = np.array([0, 3, 30, -1])
+    bboxes = np.array([[.1, .1, .5, .5], [.4, .4, .4, .4], [.2, .2, .8, .8], [.1, .1, .9, .9]],
+                      np.float32)
+    gc, gl, gs = NET.bboxes_encode(labels, bboxes, ANCHORS)
+    assert _flat(gc).sum() == 0
+    assert np.all(np.isfinite(_flat(gl, 4)))
+    # the original also skips labels >= num_classes
+    gc_r, _, _ = NET_REF.bboxes_encode(np.array([30]), bboxes[2:3], ANCHORS)
+    assert _flat(gc_r).sum() == 0
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1), st.integers(1, 5))
+def test_decode_encode_round_trip_on_matched_anchors(seed, n):
+    labels, bboxes = _random_gt(np.random.default_rng(seed), n)
+    gc, gl, gs = NET.bboxes_encode(labels, bboxes, ANCHORS)
+    decoded = NET.bboxes_decode([g[None] for g in gl], ANCHORS)
+    gc_f = _flat(gc)
+    dec = _flat([d[0] for d in decoded], 4)[gc_f > 0]
+    # every positive decodes to one of the ground-truth boxes of its label
+    d = np.abs(dec[:, None, :] - bboxes[None, :, :]).max(-1)  # [P, N]
+    assert np.all(d.min(axis=1) < 1e-4)
+    assert np.all(labels[np.argmin(d, axis=1)] == gc_f[gc_f > 0])
+    # and every valid box has at least one positive (bipartite step)
+    assert len(set(np.argmin(d, axis=1))) == len({tuple(b) for b in bboxes})
+
+
+def test_decode_golden():
+    # zero offsets decode to the anchor itself: y +- h/2, x +- w/2
+    y, x, h, w = ANCHORS[4]
+    locs = [np.zeros([1] + list(a[0].shape[:2]) + [a[2].shape[0], 4], np.float32)
+            for a in ANCHORS]
+    dec = NET.bboxes_decode(locs, ANCHORS)[4].numpy()
+    np.testing.assert_allclose(dec[0, 1, 2, 1], [y[1, 2, 0] - h[1] / 2, x[1, 2, 0] - w[1] / 2,
+                                                 y[1, 2, 0] + h[1] / 2, x[1, 2, 0] + w[1] / 2],
+                               rtol=1e-6)
+    # t_w = 0.2 * log(2) doubles the width (prior scaling 0.2)
+    locs[4][0, 1, 2, 1, 2] = np.log(2.) / 0.2
+    dec2 = NET.bboxes_decode(locs, ANCHORS)[4].numpy()[0, 1, 2, 1]
+    assert dec2[3] - dec2[1] == pytest.approx(2 * w[1], rel=1e-5)
+
+
+def test_encoding_compiles_with_xla_and_in_graph():
+    fn = tf.function(lambda l, b: encoding.bboxes_encode_flat(l, b, ANCHORS, 21),
+                     jit_compile=True)
+    labels, bboxes = np.array([2, 5]), np.array([[.1, .1, .4, .5], [.5, .5, .9, .8]], np.float32)
+    got = fn(tf.constant(labels), tf.constant(bboxes))
+    want = encoding.bboxes_encode_flat(labels, bboxes, ANCHORS, 21)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-6)
+    # inside tf.data with a variable number of boxes
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter([(labels, bboxes), (labels[:0], bboxes[:0])]),
+        output_signature=(tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, 4], tf.float32)))
+    # (tf.data treats Python lists as tensors to stack: per-layer lists travel as tuples)
+    out = list(ds.map(lambda l, b: tuple(tuple(x) for x in NET.bboxes_encode(l, b, ANCHORS))))
+    assert _flat(out[0][0]).sum() > 0 and _flat(out[1][0]).sum() == 0
+
+
+def test_bad_box_shape_rejected():
+    with pytest.raises(ValueError, match=r'\[N, 4\]'):
+        NET.bboxes_encode(np.array([1]), np.zeros([1, 5], np.float32), ANCHORS)
