@@ -309,13 +309,14 @@ class VOCEvaluator:
         self._det = {}   # image_id -> (boxes [K,4] pixels, scores [K], classes [K])
 
     def add_image(self, image_id, gt_boxes, gt_labels, gt_difficult=None, det_boxes=None,
-                  det_scores=None, det_classes=None, image_shape=None):
+                  det_scores=None, det_classes=None, image_shape=None, relative=None):
         """Adds one image.
 
         gt_boxes `[N, 4]` yxyx, gt_labels `[N]` in 1..C-1, gt_difficult `[N]` bool (default
         all False); det_boxes `[K, 4]` yxyx, det_scores `[K]`, det_classes `[K]` in 1..C-1
-        (pass only real detections, no zero padding). image_shape: (height, width) when boxes
-        are relative. An image may be added only once.
+        (pass only real detections, no zero padding). image_shape: (height, width) of the
+        image; boxes are relative (and scaled by it) unless `relative=False` (pixel boxes, the
+        shape only recorded for the COCO export). An image may be added only once.
         """
         if image_id in self._gt:
             raise ValueError(f"image {image_id!r} was added twice")
@@ -338,11 +339,16 @@ class VOCEvaluator:
             if bad.size:
                 raise ValueError(f"image {image_id!r}: {what} {int(bad[0])} outside "
                                  f"1..{self.num_classes - 1} (num_classes={self.num_classes})")
+        if relative is None:
+            relative = image_shape is not None
+        if relative and image_shape is None:
+            raise ValueError(f"image {image_id!r}: relative boxes need image_shape")
         if image_shape is not None:
             h, w = (float(v) for v in image_shape[:2])
-            scale = np.array([h, w, h, w])
-            gt_boxes = gt_boxes * scale
-            det_boxes = det_boxes * scale
+            if relative:
+                scale = np.array([h, w, h, w])
+                gt_boxes = gt_boxes * scale
+                det_boxes = det_boxes * scale
             self.image_shapes[image_id] = (int(h), int(w))
         else:
             self.image_shapes[image_id] = None

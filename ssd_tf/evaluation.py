@@ -1,0 +1,530 @@
+"""Runs an SSD detector over an evaluation set and reports VOC / COCO metrics and files.
+
+It is not the job of this module to build networks or pre-process images: the network object
+(`SSDNet`: `anchors()`, `bboxes_decode`), the Keras model (or a SavedModel) and a
+`preprocess_fn` are arguments. Boxes are `[ymin, xmin, ymax, xmax]` relative to the network
+input inside the detector; they are mapped back to the ORIGINAL image (through the
+pre-processing's `bbox_img`, the original image's extent in network-input coordinates), then
+to VOC pixels (`relative * size`, the inverse of the VOC readers' `pixel / size`) for the
+metrics (`ssd_tf.metrics`).
+
+Pieces:
+- `make_eval_dataset(records, preprocess_fn, batch_size)`: a tf.data pipeline of batches.
+- `keras_detector(model, net, ...)`, `saved_model_detector(path, net, ...)`: images ->
+  detections dict (scores [B, K], bboxes [B, K, 4], classes [B, K], num_detections [B]).
+- `run_evaluation(detector, dataset, class_names, ...)`: detections in original pixels,
+  accumulated in a `metrics.VOCEvaluator`; returns an `EvalRun`.
+- `write_report(run, eval_dir, ...)`: table, JSON, VOC and COCO results files, PR curves and a
+  grid of detections (PNG, drawn with cv2).
+- `watch_checkpoints(...)`: evaluates each new checkpoint of a training run.
+"""
+import collections
+import json
+import logging
+import os
+import time
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from ssd_tf import metrics as metrics_lib
+from ssd_tf import postprocess
+
+_LOG = logging.getLogger(__name__)
+
+# Detection defaults of the slim eval script (eval_ssd_network.py).
+SELECT_THRESHOLD = 0.01
+SELECT_TOP_K = 400
+KEEP_TOP_K = 200
+NMS_THRESHOLD = 0.45
+MATCHING_THRESHOLD = 0.5
+# VOC GT boxes are integers; relative float32 boxes carry ~1e-5 pixel of rounding, removed by
+# rounding the recovered pixel coordinates to this many decimals.
+_GT_PIXEL_DECIMALS = 4
+
+
+# ---------------------------------------------------------------------------- data
+def _record_bytes(record):
+    """The encoded image of a Record-like object (image_path, encoded or image array)."""
+    if getattr(record, 'encoded', None) is not None:
+        return bytes(record.encoded)
+    if getattr(record, 'image_path', None):
+        with open(record.image_path, 'rb') as f:
+            return f.read()
+    image = getattr(record, 'image', None)
+    if image is None:
+        raise ValueError(f"record {record.image_id!r} has no image_path, encoded or image")
+    ok, buf = cv2.imencode('.png', cv2.cvtColor(np.asarray(image, np.uint8), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"cannot encode the in-memory image of record {record.image_id!r}")
+    return buf.tobytes()
+
+
+def decode_record_image(record):
+    """RGB uint8 `[H, W, 3]` image of a Record-like object (for drawing)."""
+    image = getattr(record, 'image', None)
+    if image is not None and getattr(record, 'encoded', None) is None \
+            and not getattr(record, 'image_path', None):
+        return np.asarray(image, np.uint8)
+    return tf.io.decode_image(_record_bytes(record), channels=3,
+                              expand_animations=False).numpy()
+
+
+def make_eval_dataset(records, preprocess_fn, batch_size=1, num_parallel_calls=None):
+    """tf.data batches for evaluation from Record-like objects (`ssd_tf.datasets.records`).
+
+    records: sequence with `image_id`, `height`, `width`, `boxes` `[N, 4]` relative yxyx,
+      `labels` `[N]`, `difficult` `[N]` and the image (`image_path`, `encoded` or `image`).
+    preprocess_fn: `(image uint8 [H, W, 3], labels [N], bboxes [N, 4]) -> (image float32
+      [h, w, 3], bbox_img [4])`, graph code; bbox_img is the original image's extent in
+      coordinates relative to the returned image (`[0, 0, 1, 1]` for a warp resize).
+    Yields dicts: `image [B, h, w, 3]`, `bbox_img [B, 4]`, `image_id [B]` (string),
+    `index [B]` (position in records), `height`, `width [B]`, `boxes [B, N, 4]`, `labels
+    [B, N]` (0 = padding), `difficult [B, N]`; ground truth stays relative to the original.
+    """
+    records = list(records)
+    if not records:
+        raise ValueError("the evaluation set is empty")
+
+    def gen():
+        for i, r in enumerate(records):
+            yield dict(encoded=_record_bytes(r), index=i, image_id=str(r.image_id),
+                       height=int(r.height), width=int(r.width),
+                       boxes=np.asarray(r.boxes, np.float32).reshape(-1, 4),
+                       labels=np.asarray(r.labels, np.int64).reshape(-1),
+                       difficult=np.asarray(r.difficult, np.int64).reshape(-1))
+
+    sig = dict(encoded=tf.TensorSpec([], tf.string), index=tf.TensorSpec([], tf.int64),
+               image_id=tf.TensorSpec([], tf.string), height=tf.TensorSpec([], tf.int64),
+               width=tf.TensorSpec([], tf.int64), boxes=tf.TensorSpec([None, 4], tf.float32),
+               labels=tf.TensorSpec([None], tf.int64), difficult=tf.TensorSpec([None], tf.int64))
+
+    def prepare(ex):
+        image = tf.io.decode_image(ex.pop('encoded'), channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        image, bbox_img = preprocess_fn(image, ex['labels'], ex['boxes'])
+        ex['image'] = tf.cast(image, tf.float32)
+        ex['bbox_img'] = tf.cast(bbox_img, tf.float32)
+        return ex
+
+    ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
+    ds = ds.map(prepare, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE)
+    ds = ds.padded_batch(batch_size, padding_values=dict(
+        index=tf.constant(0, tf.int64), image_id=tf.constant('', tf.string),
+        height=tf.constant(0, tf.int64), width=tf.constant(0, tf.int64),
+        boxes=0., labels=tf.constant(0, tf.int64), difficult=tf.constant(0, tf.int64),
+        image=0., bbox_img=0.))
+    return ds.prefetch(2)
+
+
+# ---------------------------------------------------------------------------- detectors
+def keras_detector(model, net, select_threshold=SELECT_THRESHOLD, nms_threshold=NMS_THRESHOLD,
+                   top_k=SELECT_TOP_K, keep_top_k=KEEP_TOP_K):
+    """A compiled function `images [B, h, w, 3] -> detections` for a Keras SSD model.
+
+    The model's `localisations` are decoded on `net.anchors()` with `net.bboxes_decode`, then
+    `postprocess.detected_bboxes_combined` (boxes clipped to the network input).
+    Returns dict scores `[B, K]`, bboxes `[B, K, 4]` yxyx relative to the network input,
+    classes `[B, K]` int32 1..C-1, num_detections `[B]` int32.
+    """
+    anchors = net.anchors()
+
+    @tf.function(reduce_retracing=True)
+    def detect(images):
+        out = model(images, training=False)
+        return detections_from_raw(out['predictions'], out['localisations'], net, anchors,
+                                   select_threshold, nms_threshold, top_k, keep_top_k)
+    return detect
+
+
+def detections_from_raw(predictions, localisations, net, anchors, select_threshold,
+                        nms_threshold, top_k, keep_top_k):
+    """Per-layer raw outputs -> the combined detections dict (decode, select, NMS, clip)."""
+    decoded = net.bboxes_decode(localisations, anchors)
+    # top_k cannot exceed the number of anchors (small networks); the flattened anchor count
+    # is not always static inside detected_bboxes_combined, so cap it here.
+    num_anchors = sum(int(np.prod(y.shape[:2])) * len(h) for y, _, h, _ in anchors)
+    return postprocess.detected_bboxes_combined(
+        predictions, decoded, select_threshold=select_threshold, nms_threshold=nms_threshold,
+        clipping_bbox=(0., 0., 1., 1.), top_k=min(top_k, num_anchors), keep_top_k=keep_top_k)
+
+
+_DETECTION_KEYS = {
+    'scores': ('scores', 'detection_scores'),
+    'bboxes': ('bboxes', 'boxes', 'detection_boxes'),
+    'classes': ('classes', 'detection_classes'),
+    'num_detections': ('num_detections',),
+}
+
+
+def _group_layers(outputs, name):
+    """Flattened signature outputs `name`, `name_1`, .. (or `name_0`, ..) -> ordered list."""
+    items = []
+    for key, value in outputs.items():
+        if key == name:
+            items.append((0, value))
+        elif key.startswith(name + '_') and key[len(name) + 1:].isdigit():
+            items.append((int(key[len(name) + 1:]), value))
+    return [v for _, v in sorted(items, key=lambda kv: kv[0])]
+
+
+def saved_model_detector(path, net=None, select_threshold=SELECT_THRESHOLD,
+                         nms_threshold=NMS_THRESHOLD, top_k=SELECT_TOP_K,
+                         keep_top_k=KEEP_TOP_K, signature='serving_default'):
+    """A detector from an exported SavedModel directory (with saved_model.pb).
+
+    Uses the `signature` (default serving_default) when present, else calls the loaded object.
+    Its outputs are either final detections (keys scores/detection_scores, bboxes/boxes/
+    detection_boxes, classes/detection_classes, num_detections; boxes relative yxyx, classes
+    1..C-1) or the raw per-layer `predictions` and `localisations` (a nested dict, or flattened
+    signature keys `predictions`, `predictions_1`, ...), then decoded with `net` (required).
+    """
+    if not os.path.isfile(os.path.join(path, 'saved_model.pb')):
+        raise ValueError(f"--checkpoint_path={path} is not a SavedModel directory (no "
+                         f"saved_model.pb)")
+    loaded = tf.saved_model.load(path)
+    sigs = getattr(loaded, 'signatures', {})
+    if signature in sigs:
+        fn = sigs[signature]
+        _, kw = fn.structured_input_signature
+        if len(kw) != 1:
+            raise ValueError(f"SavedModel {path}: signature {signature!r} takes inputs "
+                             f"{sorted(kw)}; expected exactly one image input")
+        input_name = next(iter(kw))
+
+        def call(images):
+            return fn(**{input_name: images})
+    elif callable(loaded):
+        def call(images):
+            return loaded(images)
+    else:
+        raise ValueError(f"SavedModel {path} has no {signature!r} signature (has "
+                         f"{sorted(sigs)}) and is not callable")
+    anchors = net.anchors() if net is not None else None
+
+    def detect(images):
+        out = call(tf.convert_to_tensor(images, tf.float32))
+        if isinstance(out, dict) and any(k in out for k in _DETECTION_KEYS['num_detections']):
+            res = {}
+            for key, names in _DETECTION_KEYS.items():
+                name = next((n for n in names if n in out), None)
+                if name is None:
+                    raise ValueError(f"SavedModel {path}: outputs {sorted(out)} lack {key}")
+                res[key] = out[name]
+            res['classes'] = tf.cast(res['classes'], tf.int32)
+            res['num_detections'] = tf.cast(res['num_detections'], tf.int32)
+            return res
+        if isinstance(out, dict) and isinstance(out.get('predictions'), (list, tuple)):
+            preds, locs = list(out['predictions']), list(out['localisations'])
+        else:
+            preds, locs = _group_layers(out, 'predictions'), _group_layers(out, 'localisations')
+        if not preds or len(preds) != len(locs):
+            raise ValueError(f"SavedModel {path}: cannot find detections or per-layer "
+                             f"predictions/localisations in its outputs {sorted(out)}")
+        if net is None:
+            raise ValueError(f"SavedModel {path} returns raw per-layer outputs; the network "
+                             f"(--model_name) is needed to decode them")
+        return detections_from_raw(preds, locs, net, anchors, select_threshold, nms_threshold,
+                                   top_k, keep_top_k)
+    return detect
+
+
+# ---------------------------------------------------------------------------- evaluation
+EvalRun = collections.namedtuple('EvalRun', [
+    'evaluator',        # metrics.VOCEvaluator with GT and detections in original pixels
+    'num_images',       # images evaluated
+    'seconds',          # wall time of the detection loop (data + model + NMS)
+    'detect_seconds',   # time inside the detector only
+    'detections',       # dict image index -> (boxes [K,4] relative to original, scores, classes)
+])
+
+
+def to_original_relative(boxes, bbox_img):
+    """Boxes `[K, 4]` relative to the network input -> relative to the original image.
+
+    bbox_img `[4]`: the original image's extent in network-input coordinates. The result is
+    clipped to [0, 1] (padding added by the pre-processing is not image).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    bbox_img = np.asarray(bbox_img, np.float64)
+    origin = bbox_img[[0, 1, 0, 1]]
+    extent = (bbox_img[[2, 3, 2, 3]] - origin)
+    return np.clip((boxes - origin) / extent, 0., 1.)
+
+
+def run_evaluation(detector, dataset, num_classes, class_names=None, max_num_batches=None,
+                   remove_difficult=True, matching_threshold=MATCHING_THRESHOLD,
+                   use_07_metric=False):
+    """Runs `detector` over `dataset` (from `make_eval_dataset`) and accumulates VOC metrics.
+
+    remove_difficult: True applies the VOC rule (difficult objects are neither TP nor FP and
+      not counted); False treats difficult objects as ordinary ground truth.
+    Detections and labels must be in 1..num_classes-1; a ground-truth label >= num_classes is
+    an error naming --num_classes. Returns an `EvalRun`.
+    """
+    ev = metrics_lib.VOCEvaluator(num_classes, class_names, ovthresh=matching_threshold,
+                                  use_07_metric=use_07_metric)
+    kept = {}
+    n_images = 0
+    detect_seconds = 0.
+    start = time.perf_counter()
+    for step, batch in enumerate(dataset):
+        if max_num_batches is not None and step >= max_num_batches:
+            break
+        t0 = time.perf_counter()
+        det = detector(batch['image'])
+        det = {k: v.numpy() for k, v in det.items()}
+        detect_seconds += time.perf_counter() - t0
+        max_label = int(np.max(batch['labels'].numpy(), initial=0))
+        if max_label >= num_classes:
+            raise ValueError(f"the data set has label {max_label} but --num_classes="
+                             f"{num_classes}; set --num_classes to the data set's number of "
+                             f"classes + 1 (background)")
+        for i in range(int(batch['image'].shape[0])):
+            h, w = int(batch['height'][i]), int(batch['width'][i])
+            scale = np.array([h, w, h, w], np.float64)
+            real = batch['labels'][i].numpy() > 0
+            gt_boxes = np.round(batch['boxes'][i].numpy()[real].astype(np.float64) * scale,
+                                _GT_PIXEL_DECIMALS)
+            difficult = batch['difficult'][i].numpy()[real].astype(bool)
+            if not remove_difficult:
+                difficult = np.zeros_like(difficult)
+            n = int(det['num_detections'][i])
+            boxes = to_original_relative(det['bboxes'][i][:n], batch['bbox_img'][i].numpy())
+            scores = det['scores'][i][:n].astype(np.float64)
+            classes = det['classes'][i][:n].astype(np.int64)
+            index = int(batch['index'][i])
+            image_id = batch['image_id'][i].numpy().decode()
+            ev.add_image(image_id, gt_boxes, batch['labels'][i].numpy()[real], difficult,
+                         boxes * scale, scores, classes, image_shape=(h, w), relative=False)
+            kept[index] = (boxes, scores, classes)
+            n_images += 1
+    if n_images == 0:
+        raise ValueError("no image was evaluated (empty data set or --max_num_batches=0)")
+    return EvalRun(ev, n_images, time.perf_counter() - start, detect_seconds, kept)
+
+
+# ---------------------------------------------------------------------------- reporting
+def compute_metrics(run, coco=False):
+    """Metrics of an EvalRun: dict with voc07/voc12 (`map`, `ap` per class), per-class
+    `npos`, `num_detections`, optional `coco` (see `metrics.coco_metrics`), timing."""
+    res = run.evaluator.evaluate()
+    out = dict(
+        num_images=run.num_images,
+        voc07=dict(map=res['map07'], ap=res['ap07']),
+        voc12=dict(map=res['map12'], ap=res['ap12']),
+        npos={k: v['npos'] for k, v in res['per_class'].items()},
+        num_detections={k: v['num_detections'] for k, v in res['per_class'].items()},
+        images_per_second=run.num_images / max(run.seconds, 1e-9),
+    )
+    if coco:
+        out['coco'] = metrics_lib.coco_metrics(run.evaluator.coco_ground_truth(),
+                                               run.evaluator.coco_detections())
+    out['_per_class'] = res['per_class']
+    return out
+
+
+def _fmt(v):
+    return '   nan' if v is None or (isinstance(v, float) and np.isnan(v)) else f'{v:6.4f}'
+
+
+def format_table(m):
+    """A per-class text table (npos, detections, AP VOC07, AP VOC12), mAP and COCO lines."""
+    names = list(m['voc12']['ap'])
+    width = max([len(n) for n in names] + [5])
+    lines = [f"{'class':<{width}}  {'npos':>5}  {'dets':>6}  {'AP07':>6}  {'AP12':>6}",
+             '-' * (width + 33)]
+    for n in names:
+        lines.append(f"{n:<{width}}  {m['npos'][n]:>5d}  {m['num_detections'][n]:>6d}  "
+                     f"{_fmt(m['voc07']['ap'][n])}  {_fmt(m['voc12']['ap'][n])}")
+    lines.append('-' * (width + 33))
+    lines.append(f"{'mAP':<{width}}  {sum(m['npos'].values()):>5d}  "
+                 f"{sum(m['num_detections'].values()):>6d}  {_fmt(m['voc07']['map'])}  "
+                 f"{_fmt(m['voc12']['map'])}")
+    if 'coco' in m:
+        c = m['coco']
+        lines.append('COCO: ' + '  '.join(f'{k}={c[k]:.4f}' for k in metrics_lib.COCO_METRIC_NAMES))
+    lines.append(f"{m['num_images']} images, {m['images_per_second']:.2f} images/s")
+    return '\n'.join(lines)
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items() if not str(k).startswith('_')}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if np.isnan(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+# Class colours (RGB); no pure green, which marks ground truth in the detection grid.
+_PALETTE = [(230, 25, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128),
+            (170, 110, 40), (128, 0, 0), (128, 128, 0), (0, 0, 128), (128, 128, 128),
+            (255, 225, 25), (170, 255, 195), (255, 215, 180), (0, 0, 0), (220, 190, 255)]
+
+
+def draw_pr_curves(m, path, panel=240, columns=4):
+    """Precision-recall curve per class as a grid of panels (cv2), written to `path` (PNG)."""
+    per_class = m['_per_class']
+    names = list(per_class)
+    rows = max(1, int(np.ceil(len(names) / columns)))
+    cols = min(columns, max(1, len(names)))
+    canvas = np.full((rows * panel, cols * panel, 3), 255, np.uint8)
+    margin = 30
+    for k, name in enumerate(names):
+        oy, ox = (k // cols) * panel, (k % cols) * panel
+        x0, y0 = ox + margin, oy + panel - margin
+        size = panel - 2 * margin + 10
+        cv2.rectangle(canvas, (x0, y0 - size), (x0 + size, y0), (0, 0, 0), 1)
+        for t in (0.5,):
+            cv2.line(canvas, (x0, int(y0 - t * size)), (x0 + size, int(y0 - t * size)),
+                     (220, 220, 220), 1)
+            cv2.line(canvas, (int(x0 + t * size), y0), (int(x0 + t * size), y0 - size),
+                     (220, 220, 220), 1)
+        rec = per_class[name]['recall']
+        prec = per_class[name]['precision']
+        if len(rec):
+            # the curve as a step plot of the precision envelope's input, point by point
+            pts = np.stack([x0 + np.concatenate([[0.], rec]) * size,
+                            y0 - np.concatenate([[prec[0]], prec]) * size], -1)
+            cv2.polylines(canvas, [np.round(pts).astype(np.int32)], False,
+                          _PALETTE[k % len(_PALETTE)][::-1], 2, cv2.LINE_AA)
+        ap = m['voc12']['ap'][name]
+        cv2.putText(canvas, f"{name[:14]} AP={_fmt(ap).strip()}", (ox + 5, oy + 16),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(canvas, 'recall', (x0 + size // 2 - 20, y0 + 22), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, (80, 80, 80), 1, cv2.LINE_AA)
+        cv2.putText(canvas, 'P', (ox + 8, y0 - size // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (80, 80, 80), 1, cv2.LINE_AA)
+    _write_png(path, canvas)
+    return path
+
+
+def _write_png(path, rgb):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise ValueError(f"cannot write {path}")
+
+
+def _draw_detections_cv2(image, boxes, labels, scores, names, color):
+    """Draws relative yxyx boxes on an RGB uint8 image copy (fallback without visualize.py)."""
+    image = np.ascontiguousarray(image.copy())
+    h, w = image.shape[:2]
+    for b, l, s in zip(boxes, labels, scores):
+        y0, x0, y1, x1 = (int(round(v)) for v in np.asarray(b) * [h, w, h, w])
+        c = color if color is not None else _PALETTE[(int(l) - 1) % len(_PALETTE)]
+        cv2.rectangle(image, (x0, y0), (x1, y1), c, 2)
+        text = names[int(l) - 1] if 0 < int(l) <= len(names) else str(int(l))
+        if s is not None:
+            text += f' {s:.2f}'
+        cv2.putText(image, text, (x0 + 2, max(y0 + 12, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, c,
+                    1, cv2.LINE_AA)
+    return image
+
+
+def draw_detection_grid(run, records, class_names, path, num_images=8, score_threshold=0.3,
+                        max_boxes=20, tile=300, columns=4):
+    """PNG grid of the first `num_images` evaluated images: ground truth in green, the best
+    `max_boxes` detections with score >= score_threshold in class colours (drawn with cv2).
+    Returns the path, or None when no evaluated image is available."""
+    indices = sorted(run.detections)[:num_images]
+    if not indices:
+        return None
+    tiles = []
+    for idx in indices:
+        rec = records[idx]
+        image = decode_record_image(rec)
+        scale = tile / max(image.shape[:2])
+        image = cv2.resize(image, (max(1, int(image.shape[1] * scale)),
+                                   max(1, int(image.shape[0] * scale))))
+        boxes, scores, classes = run.detections[idx]
+        keep = np.nonzero(scores >= score_threshold)[0][:max_boxes]  # scores are sorted
+        gt = np.asarray(rec.boxes).reshape(-1, 4)
+        image = _draw_detections_cv2(image, gt, np.asarray(rec.labels), [None] * len(gt),
+                                     class_names, (0, 200, 0))
+        image = _draw_detections_cv2(image, boxes[keep], classes[keep], scores[keep],
+                                     class_names, None)
+        canvas = np.full((tile, tile, 3), 255, np.uint8)
+        canvas[:image.shape[0], :image.shape[1]] = image
+        tiles.append(canvas)
+    cols = min(columns, len(tiles))
+    rows = int(np.ceil(len(tiles) / cols))
+    grid = np.full((rows * tile, cols * tile, 3), 255, np.uint8)
+    for k, t in enumerate(tiles):
+        grid[(k // cols) * tile:(k // cols + 1) * tile, (k % cols) * tile:(k % cols + 1) * tile] = t
+    _write_png(path, grid)
+    return path
+
+
+def write_report(run, eval_dir, split='test', coco=False, step=None, records=None,
+                 num_sample_images=8, extra=None):
+    """Writes the evaluation outputs to `eval_dir` and returns `(metrics dict, paths dict)`.
+
+    Files: `metrics.json` (numbers; null for undefined APs), `metrics.txt` (the table),
+    `results/comp4_det_<split>_<class>.txt` (VOC results), `coco_detections.json` (COCO
+    results; image ids are positions in `coco_groundtruth.json`, also written),
+    `pr_curves.png`, and `detections.png` when `records` (the evaluated Record list) is given.
+    """
+    os.makedirs(eval_dir, exist_ok=True)
+    m = compute_metrics(run, coco=coco)
+    if step is not None:
+        m['step'] = int(step)
+    if extra:
+        m.update(extra)
+    table = format_table(m)
+    paths = {}
+    paths['voc_results'] = run.evaluator.write_voc_results(os.path.join(eval_dir, 'results'),
+                                                           split=split)
+    paths['coco_results'] = run.evaluator.write_coco_results(
+        os.path.join(eval_dir, 'coco_detections.json'))
+    paths['coco_groundtruth'] = os.path.join(eval_dir, 'coco_groundtruth.json')
+    with open(paths['coco_groundtruth'], 'w') as f:
+        json.dump(run.evaluator.coco_ground_truth(), f)
+    paths['pr_curves'] = draw_pr_curves(m, os.path.join(eval_dir, 'pr_curves.png'))
+    if records is not None and num_sample_images > 0:
+        paths['detections'] = draw_detection_grid(
+            run, records, run.evaluator.class_names, os.path.join(eval_dir, 'detections.png'),
+            num_images=num_sample_images)
+    paths['table'] = os.path.join(eval_dir, 'metrics.txt')
+    with open(paths['table'], 'w') as f:
+        f.write(table + '\n')
+    paths['json'] = os.path.join(eval_dir, 'metrics.json')
+    with open(paths['json'], 'w') as f:
+        json.dump(_json_safe(m), f, indent=2, sort_keys=True)
+    m['table'] = table
+    return m, paths
+
+
+def write_summaries(summary_dir, m, step):
+    """TensorBoard scalars of one evaluation: mAP VOC07/VOC12, AP per class, COCO."""
+    writer = tf.summary.create_file_writer(summary_dir)
+    with writer.as_default():
+        tf.summary.scalar('eval/mAP_VOC07', np.nan_to_num(m['voc07']['map']), step=step)
+        tf.summary.scalar('eval/mAP_VOC12', np.nan_to_num(m['voc12']['map']), step=step)
+        for name, ap in m['voc07']['ap'].items():
+            tf.summary.scalar(f'eval/AP_VOC07/{name}', np.nan_to_num(ap), step=step)
+        for key, value in m.get('coco', {}).items():
+            tf.summary.scalar(f'eval/COCO/{key}', value, step=step)
+    writer.flush()
+    writer.close()
+
+
+def watch_checkpoints(checkpoint_dir, evaluate_fn, timeout=None, min_interval_secs=0,
+                      max_evaluations=None):
+    """Calls `evaluate_fn(checkpoint_path)` for each new checkpoint in `checkpoint_dir`.
+
+    Stops after `timeout` seconds without a new checkpoint (None waits forever) or after
+    `max_evaluations`. Returns the list of evaluate_fn results.
+    """
+    results = []
+    for path in tf.train.checkpoints_iterator(checkpoint_dir, min_interval_secs=min_interval_secs,
+                                              timeout=timeout):
+        results.append(evaluate_fn(path))
+        if max_evaluations is not None and len(results) >= max_evaluations:
+            break
+    return results
