@@ -253,15 +253,31 @@ def to_original_relative(boxes, bbox_img):
     return np.clip((boxes - origin) / extent, 0., 1.)
 
 
+def _as_eval_batch(batch):
+    """A batch of `make_eval_dataset` (dict) or of `ssd_tf.data.build_eval_dataset`
+    (`(images, targets)`, warp-resized: bbox_img = [0, 0, 1, 1]) -> numpy dict."""
+    if isinstance(batch, (tuple, list)):
+        images, t = batch
+        n = int(images.shape[0])
+        return dict(image=images, bbox_img=np.tile([[0., 0., 1., 1.]], (n, 1)),
+                    image_id=t['image_id'].numpy(), height=t['height'].numpy(),
+                    width=t['width'].numpy(), boxes=t['bboxes'].numpy(),
+                    labels=t['labels'].numpy(), difficult=t['difficult'].numpy())
+    out = {k: (v if k == 'image' else v.numpy()) for k, v in batch.items()}
+    return out
+
+
 def run_evaluation(detector, dataset, num_classes, class_names=None, max_num_batches=None,
                    remove_difficult=True, matching_threshold=MATCHING_THRESHOLD,
                    use_07_metric=False):
-    """Runs `detector` over `dataset` (from `make_eval_dataset`) and accumulates VOC metrics.
+    """Runs `detector` over `dataset` and accumulates VOC metrics in original pixels.
 
+    dataset: batches of `make_eval_dataset`, or of `ssd_tf.data.build_eval_dataset` (whose
+      preprocessing must keep relative coordinates, i.e. a warp resize).
     remove_difficult: True applies the VOC rule (difficult objects are neither TP nor FP and
       not counted); False treats difficult objects as ordinary ground truth.
-    Detections and labels must be in 1..num_classes-1; a ground-truth label >= num_classes is
-    an error naming --num_classes. Returns an `EvalRun`.
+    A ground-truth label >= num_classes is an error naming --num_classes. Returns an
+    `EvalRun`; its `detections` are keyed by the image's position in the data set.
     """
     ev = metrics_lib.VOCEvaluator(num_classes, class_names, ovthresh=matching_threshold,
                                   use_07_metric=use_07_metric)
@@ -272,11 +288,12 @@ def run_evaluation(detector, dataset, num_classes, class_names=None, max_num_bat
     for step, batch in enumerate(dataset):
         if max_num_batches is not None and step >= max_num_batches:
             break
+        batch = _as_eval_batch(batch)
         t0 = time.perf_counter()
         det = detector(batch['image'])
-        det = {k: v.numpy() for k, v in det.items()}
+        det = {k: np.asarray(v) for k, v in det.items()}
         detect_seconds += time.perf_counter() - t0
-        max_label = int(np.max(batch['labels'].numpy(), initial=0))
+        max_label = int(np.max(batch['labels'], initial=0))
         if max_label >= num_classes:
             raise ValueError(f"the data set has label {max_label} but --num_classes="
                              f"{num_classes}; set --num_classes to the data set's number of "
@@ -284,21 +301,21 @@ def run_evaluation(detector, dataset, num_classes, class_names=None, max_num_bat
         for i in range(int(batch['image'].shape[0])):
             h, w = int(batch['height'][i]), int(batch['width'][i])
             scale = np.array([h, w, h, w], np.float64)
-            real = batch['labels'][i].numpy() > 0
-            gt_boxes = np.round(batch['boxes'][i].numpy()[real].astype(np.float64) * scale,
+            real = batch['labels'][i] > 0
+            gt_boxes = np.round(batch['boxes'][i][real].astype(np.float64) * scale,
                                 _GT_PIXEL_DECIMALS)
-            difficult = batch['difficult'][i].numpy()[real].astype(bool)
+            difficult = batch['difficult'][i][real].astype(bool)
             if not remove_difficult:
                 difficult = np.zeros_like(difficult)
             n = int(det['num_detections'][i])
-            boxes = to_original_relative(det['bboxes'][i][:n], batch['bbox_img'][i].numpy())
+            boxes = to_original_relative(det['bboxes'][i][:n], batch['bbox_img'][i])
             scores = det['scores'][i][:n].astype(np.float64)
             classes = det['classes'][i][:n].astype(np.int64)
-            index = int(batch['index'][i])
-            image_id = batch['image_id'][i].numpy().decode()
-            ev.add_image(image_id, gt_boxes, batch['labels'][i].numpy()[real], difficult,
+            image_id = batch['image_id'][i]
+            image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+            ev.add_image(image_id, gt_boxes, batch['labels'][i][real], difficult,
                          boxes * scale, scores, classes, image_shape=(h, w), relative=False)
-            kept[index] = (boxes, scores, classes)
+            kept[n_images] = (boxes, scores, classes)
             n_images += 1
     if n_images == 0:
         raise ValueError("no image was evaluated (empty data set or --max_num_batches=0)")
@@ -528,3 +545,104 @@ def watch_checkpoints(checkpoint_dir, evaluate_fn, timeout=None, min_interval_se
         if max_evaluations is not None and len(results) >= max_evaluations:
             break
     return results
+
+
+# ---------------------------------------------------------------------------- checkpoints
+CONFIG_FILENAME = 'config.json'
+
+
+def resolve_checkpoint(checkpoint_path):
+    """What `--checkpoint_path` points to: `(kind, path)`.
+
+    kind 'saved_model' (a directory with saved_model.pb), 'tf2' (an object-based
+    tf.train.Checkpoint, e.g. from training's CheckpointManager) or 'slim' (a name-based TF1
+    checkpoint). A directory resolves to its latest checkpoint. Anything else is a ValueError
+    naming the path.
+    """
+    path = os.fspath(checkpoint_path) if checkpoint_path else ''
+    if not path:
+        raise ValueError("--checkpoint_path is empty; pass a checkpoint prefix, a training "
+                         "directory or a SavedModel directory")
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, 'saved_model.pb')):
+            return 'saved_model', path
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise ValueError(f"--checkpoint_path={path} is a directory with neither a "
+                             f"checkpoint (no 'checkpoint' index file) nor saved_model.pb")
+        path = latest
+    elif not tf.io.gfile.exists(path + '.index'):
+        raise ValueError(f"--checkpoint_path={path} does not exist (no directory, and no "
+                         f"checkpoint prefix with {os.path.basename(path)}.index)")
+    try:
+        names = {n for n, _ in tf.train.list_variables(path)}
+    except (tf.errors.OpError, ValueError) as e:
+        raise ValueError(f"--checkpoint_path={path} is not a readable checkpoint: {e}") from e
+    return ('tf2' if '_CHECKPOINTABLE_OBJECT_GRAPH' in names else 'slim'), path
+
+
+def checkpoint_step(path):
+    """Training step of a checkpoint: its 'step'/'global_step' variable if stored, else the
+    number ending the prefix (`ckpt-1200`, `model.ckpt-1200`), else 0."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            base = name.split('/')[0]
+            if base in ('step', 'global_step') and not reader.get_variable_to_shape_map()[name]:
+                return int(reader.get_tensor(name))
+    except (tf.errors.OpError, ValueError):
+        pass
+    tail = os.path.basename(path).rsplit('-', 1)
+    return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else 0
+
+
+def read_run_config(checkpoint_path):
+    """The resolved training config (`config.json`) next to a checkpoint, or {} if absent.
+
+    Looked for in the checkpoint's directory (the train_dir) and its parent.
+    """
+    path = os.fspath(checkpoint_path)
+    base = path if os.path.isdir(path) else os.path.dirname(path)
+    for d in (base, os.path.dirname(base)):
+        cfg = os.path.join(d, CONFIG_FILENAME)
+        if os.path.isfile(cfg):
+            try:
+                with open(cfg) as f:
+                    return json.load(f)
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"cannot read the training config {cfg}: {e}") from e
+    return {}
+
+
+def restore_model(model, kind, path, slim_variable_map=None, model_scope=None):
+    """Restores `model` weights from a checkpoint resolved by `resolve_checkpoint`.
+
+    'tf2': `tf.train.Checkpoint(model=model)`; every model variable must be in the checkpoint.
+    'slim': `ssd_tf.checkpoints.load_slim_checkpoint(slim_variable_map, ...)`; pass the map
+    (e.g. `nets.ssd_vgg_keras.slim_variable_map(model)`). Shape mismatches (usually another
+    --num_classes or --model_name than at training) are ValueErrors naming the path and flags.
+    """
+    hint = (f"check --model_name and --num_classes (they must match the network that wrote "
+            f"{path})")
+    if kind == 'tf2':
+        ckpt = tf.train.Checkpoint(model=model)
+        try:
+            status = ckpt.restore(path)
+            status.expect_partial()
+            status.assert_existing_objects_matched()
+        except (ValueError, AssertionError, tf.errors.OpError) as e:
+            raise ValueError(f"cannot restore the model from --checkpoint_path={path}: {e}\n"
+                             f"{hint}") from e
+        return status
+    if kind == 'slim':
+        from ssd_tf import checkpoints as checkpoints_lib
+        if slim_variable_map is None:
+            raise ValueError(f"{path} is a slim (name-based) checkpoint; a slim variable map "
+                             f"of the model is needed to load it")
+        try:
+            return checkpoints_lib.load_slim_checkpoint(
+                slim_variable_map, path, model_scope=model_scope or model.name)
+        except ValueError as e:
+            raise ValueError(f"cannot load the slim checkpoint --checkpoint_path={path}: {e}\n"
+                             f"{hint}") from e
+    raise ValueError(f"unknown checkpoint kind {kind!r} for {path}")
