@@ -32,13 +32,14 @@ def load_records(dataset_name, dataset_dir, split, label_map=None, strict=False,
                  num_images=1000, seed=0, image_size=synthetic_lib.DEFAULT_IMAGE_SIZE):
     """`(records, label_map, report_summary)` for one split of a data set.
 
-    label_map (voc only): a LabelMap, a label map file, or None for all names sorted."""
+    label_map (voc only): a LabelMap, a label map file, or None for the roots' labels.txt
+    or else all class names sorted."""
     if dataset_name == 'voc':
         if not dataset_dir:
             raise ValueError("--dataset_dir is required for voc (comma-separated roots)")
         dirs = [d for d in dataset_dir.split(',') if d]
         if label_map is None:
-            label_map = voc_lib.infer_label_map(dirs)
+            label_map = voc_lib.default_label_map(dirs)
         elif not isinstance(label_map, labelmap_lib.LabelMap):
             label_map = labelmap_lib.LabelMap.read(label_map)
         records, report = voc_lib.read_voc(dirs, split, label_map=label_map, strict=strict)
@@ -72,7 +73,8 @@ def main(argv=None):
     p.add_argument('--shards', type=int, default=1)
     p.add_argument('--name', default=None, help='file name prefix (default: dataset_name)')
     p.add_argument('--label_map', default=None,
-                   help='voc: labels.txt/json to use (default: all class names, sorted); '
+                   help='voc: labels.txt/json to use (default: the root\'s labels.txt, else all class '
+                        'names sorted); '
                         'for Pascal VOC ids pass --voc_ids instead')
     p.add_argument('--voc_ids', action='store_true',
                    help='voc: use the original 20 VOC classes (aeroplane=1 .. tvmonitor=20)')

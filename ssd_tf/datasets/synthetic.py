@@ -1,7 +1,7 @@
 """A procedural, seeded detection data set that needs no download: coloured shapes on
 textured backgrounds, with exact boxes.
 
-Four classes (circle, rectangle, triangle, cross), 0-4 objects per image, sizes 10%-60% of
+Four classes (circle, cross, rectangle, triangle = 1..4), 0-4 objects per image, sizes 10%-60% of
 the image side, random colours kept apart from the local background, gradient + stripes +
 noise backgrounds, and at most moderate overlap (an earlier, partly hidden object keeps at
 least 70% of its box visible; boxes are amodal). Each box is the exact pixel extent of its
@@ -18,7 +18,8 @@ import numpy as np
 from ssd_tf.datasets import labelmap as labelmap_lib
 from ssd_tf.datasets import records as records_lib
 
-SYNTHETIC_CLASSES = ('circle', 'rectangle', 'triangle', 'cross')
+# Alphabetical, like VOC, so that a label map inferred from the written XMLs agrees.
+SYNTHETIC_CLASSES = ('circle', 'cross', 'rectangle', 'triangle')
 SYNTHETIC_LABEL_MAP = labelmap_lib.LabelMap(SYNTHETIC_CLASSES)
 
 DEFAULT_IMAGE_SIZE = 160
@@ -135,7 +136,8 @@ def synthetic_image(seed, index, image_size=DEFAULT_IMAGE_SIZE, with_masks=False
         labels.append(label)
         masks.append(m)
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
-    rel = np.array(boxes, np.float32).reshape(-1, 4) / np.float32(size)
+    # float64 then float32, exactly as the readers' pixel / size, so a VOC round trip is exact.
+    rel = (np.array(boxes, np.float64).reshape(-1, 4) / size).astype(np.float32)
     masks = np.array(masks, bool).reshape(-1, size, size) if with_masks else None
     return image, rel, np.array(labels, np.int64), masks
 
@@ -157,7 +159,7 @@ def _voc_xml(record, filename):
     for box, text in zip(record.boxes, record.label_text):
         # Exact integers: boxes are pixel edges / size and the VOC reader divides by the size.
         ymin, xmin, ymax, xmax = (int(round(v)) for v in
-                                  box * [record.height, record.width] * 2)
+                                  box * np.array([record.height, record.width] * 2))
         objs.append(
             f"  <object>\n    <name>{text}</name>\n    <pose>Unspecified</pose>\n"
             f"    <truncated>0</truncated>\n    <difficult>0</difficult>\n    <bndbox>\n"

@@ -59,6 +59,17 @@ def infer_label_map(dataset_dirs):
     return labelmap_lib.LabelMap(sorted(names))
 
 
+def default_label_map(dataset_dirs):
+    """The label map of VOC roots: the first root's `labels.txt` if there is one, else every
+    class name in the Annotations, sorted (`infer_label_map`)."""
+    if isinstance(dataset_dirs, (str, os.PathLike)):
+        dataset_dirs = [dataset_dirs]
+    for d in dataset_dirs:
+        if os.path.isfile(os.path.join(d, labelmap_lib.LABELS_FILENAME)):
+            return labelmap_lib.LabelMap.read(d)
+    return infer_label_map(dataset_dirs)
+
+
 def _flag(obj, tag, xml_path, report):
     """0/1 from the text of `<tag>` (missing or empty -> 0)."""
     text = obj.findtext(tag)
@@ -135,9 +146,9 @@ def read_voc(dataset_dirs, split='trainval', label_map=None, strict=False, check
         ImageSets/Main); ids from several roots are kept apart (`image_id` is prefixed with the
         root's folder name when more than one root is given).
       split: name of the `ImageSets/Main/<split>.txt` list.
-      label_map: a LabelMap, a path to a label map file, or None to use every class name in
-        the roots' Annotations sorted alphabetically (`infer_label_map`). For Pascal VOC pass
-        `labelmap.VOC_LABEL_MAP` (the original's ids).
+      label_map: a LabelMap, a path to a label map file, or None for `default_label_map`
+        (a root's `labels.txt`, else every class name in the Annotations, sorted). For Pascal
+        VOC pass `labelmap.VOC_LABEL_MAP` (the original's ids).
       strict: raise `DataError` on the first bad record instead of skipping it.
       check_images: decode every image once (catches corrupt/truncated files); False only
         checks the header and end marker.
@@ -153,7 +164,7 @@ def read_voc(dataset_dirs, split='trainval', label_map=None, strict=False, check
     if report is None:
         report = records_lib.DataReport(strict=strict, name=f"VOC {split}")
     if label_map is None:
-        label_map = infer_label_map(dataset_dirs)
+        label_map = default_label_map(dataset_dirs)
     elif not isinstance(label_map, labelmap_lib.LabelMap):
         label_map = labelmap_lib.LabelMap.read(label_map)
 
