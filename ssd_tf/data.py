@@ -109,8 +109,10 @@ def build_dataset(source, preprocess_fn, encode_fn=None, batch_size=32, is_train
       source: a list of `Record`s (from voc/coco/synthetic readers; images from files, bytes
         or in-memory arrays), or a TFRecord file pattern / list of patterns (slim key layout).
       preprocess_fn: `(image uint8 [H, W, 3], labels [N] int64, bboxes [N, 4] relative yxyx)
-        -> (image float32 [h, w, 3], labels [N'], bboxes [N', 4])`; if it takes a `seed`
-        keyword it gets a per-element stateless seed `[2]` int64 (see `seed`).
+        -> (image float32 [h, w, 3], labels [N'], bboxes [N', 4], ...)` (outputs after the
+        third, e.g. `preprocess_for_eval`'s bbox_img, are ignored); if it takes a `seed`
+        keyword it gets a per-element stateless seed `[2]` int64 `(seed, position in the
+        stream)` (see `seed`).
       encode_fn: `(labels, bboxes) -> (gclasses, glocalisations, gscores)` lists per layer,
         e.g. `lambda l, b: net.bboxes_encode(l, b, anchors)`; None to skip targets.
       batch_size: images per batch.
@@ -184,7 +186,7 @@ def build_dataset(source, preprocess_fn, encode_fn=None, batch_size=32, is_train
         kwargs = {}
         if pass_seed:
             kwargs['seed'] = tf.stack([tf.constant(base_seed, tf.int64), position])
-        out_image, p_labels, p_bboxes = preprocess_fn(image, p_labels, p_bboxes, **kwargs)
+        out_image, p_labels, p_bboxes = preprocess_fn(image, p_labels, p_bboxes, **kwargs)[:3]
         p_labels = tf.cast(p_labels, tf.int64)
         p_bboxes = tf.reshape(tf.cast(p_bboxes, tf.float32), [-1, 4])
         targets = {}

@@ -1,0 +1,216 @@
+"""The tf.data builder: output structure, zero-object images, eval GT, determinism, sources."""
+import functools
+import os
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ssd_tf import anchors as anchors_lib
+from ssd_tf import data
+from ssd_tf import encoding
+from ssd_tf.datasets import records, synthetic, tfrecord
+
+OUT = 32
+MEANS = (123., 117., 104.)
+# Two tiny layers on a 32x32 input: 4x4 with 2 anchors (s0, sqrt(s0*s1)), 2x2 with 3 (+ ratio 2).
+ANCHORS = anchors_lib.ssd_anchors_all_layers(
+    (OUT, OUT), [(4, 4), (2, 2)], [(8., 16.), (16., 32.)], [[], [2.]], [8, 16])
+NUM_CLASSES = 5
+
+
+def resize_preprocess(image, labels, bboxes):
+    """The trivial preprocess of these tests: warp to 32x32 and subtract the means."""
+    image = tf.image.resize(tf.cast(image, tf.float32), [OUT, OUT]) - MEANS
+    return image, labels, bboxes
+
+
+def flip_preprocess(image, labels, bboxes, seed):
+    """resize_preprocess + a stateless random horizontal flip (boxes flipped too)."""
+    image, labels, bboxes = resize_preprocess(image, labels, bboxes)
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+    flipped = tf.stack([bboxes[:, 0], 1. - bboxes[:, 3], bboxes[:, 2], 1. - bboxes[:, 1]], 1)
+    return image, labels, tf.cond(flip, lambda: flipped, lambda: bboxes)
+
+
+def encode(labels, bboxes):
+    return encoding.bboxes_encode(labels, bboxes, ANCHORS, NUM_CLASSES)
+
+
+def empty_record(image_id, size=40):
+    return records.make_record(image_id, size, size, np.zeros([0, 4]), [], [],
+                               image=np.full([size, size, 3], 90, np.uint8))
+
+
+def synthetic_records(n, seed=0):
+    return synthetic.make_synthetic_examples(n, seed=seed, image_size=40)
+
+
+def write_jpeg(path, h, w, channels=3):
+    img = np.random.default_rng(0).integers(0, 255, size=(h, w, channels), dtype=np.uint8)
+    cv2.imwrite(str(path), img if channels == 3 else img[..., 0])
+    return str(path)
+
+
+def test_training_structure_with_zero_object_images():
+    recs = synthetic_records(5) + [empty_record('e1'), empty_record('e2')]
+    ds = data.build_dataset(recs, resize_preprocess, encode, batch_size=7, seed=0, with_gt=True)
+    images, t = next(iter(ds))
+    spec = ds.element_spec
+    assert spec[0].shape == (7, OUT, OUT, 3) and spec[0].dtype == tf.float32
+    assert [s.shape for s in spec[1]['gclasses']] == [(7, 4, 4, 2), (7, 2, 2, 3)]
+    assert [s.shape for s in spec[1]['glocalisations']] == [(7, 4, 4, 2, 4), (7, 2, 2, 3, 4)]
+    assert all(s.dtype == tf.int64 for s in spec[1]['gclasses'])
+    assert all(s.dtype == tf.float32 for s in spec[1]['gscores'])
+    assert t['labels'].dtype == tf.int64 and t['bboxes'].shape[-1] == 4
+    num = t['num_boxes'].numpy()
+    assert sorted(num)[:2] == [0, 0]  # the two empty images, shuffled somewhere in the batch
+    for i in np.flatnonzero(num == 0):
+        assert all(int(tf.reduce_max(g[i])) == 0 for g in t['gclasses'])
+        assert all(float(tf.reduce_max(g[i])) == 0. for g in t['gscores'])
+        assert not np.any(t['labels'][i].numpy())
+    for i in np.flatnonzero(num > 0):
+        assert max(int(tf.reduce_max(g[i])) for g in t['gclasses']) >= 1
+    assert t['labels'].shape[1] == num.max()  # padded to the largest count in the batch
+
+
+def test_training_repeats_and_drops_remainder():
+    ds = data.build_dataset(synthetic_records(5), resize_preprocess, None, batch_size=2, seed=0)
+    batches = list(ds.take(6))  # 12 images from 5 records: only possible with repeat
+    assert all(b[0].shape[0] == 2 for b in batches)
+    assert batches[0][1] == {}  # no encode_fn, no ground truth asked
+
+
+def test_eval_dataset_keeps_order_ids_sizes_and_original_gt(tmp_path):
+    # Files of different sizes, one greyscale, one PNG named .jpg.
+    paths = [write_jpeg(tmp_path / 'a.jpg', 30, 50), write_jpeg(tmp_path / 'b.jpg', 64, 20, 1)]
+    cv2.imwrite(str(tmp_path / 'c.png'), np.zeros([10, 12, 3], np.uint8))
+    os.rename(tmp_path / 'c.png', tmp_path / 'c.jpg')
+    paths.append(str(tmp_path / 'c.jpg'))
+    recs = [
+        records.make_record('a', 30, 50, [[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1]], [1, 3],
+                            ['x', 'y'], difficult=[0, 1], image_path=paths[0]),
+        records.make_record('b', 64, 20, np.zeros([0, 4]), [], [], image_path=paths[1]),
+        records.make_record('c', 10, 12, [[0.5, 0.5, 1, 1]], [2], ['z'], is_crowd=[1],
+                            image_path=paths[2]),
+    ]
+    ds = data.build_eval_dataset(recs, resize_preprocess, batch_size=2, encode_fn=encode)
+    batches = list(ds)
+    assert [b[0].shape[0] for b in batches] == [2, 1]  # every image once, last batch kept
+    t = {k: np.concatenate([np.asarray(b[1][k]) for b in batches if k in b[1]], 0)
+         for k in ('image_id', 'height', 'width', 'num_boxes')}
+    assert t['image_id'].tolist() == [b'a', b'b', b'c']
+    assert t['height'].tolist() == [30, 64, 10] and t['width'].tolist() == [50, 20, 12]
+    assert t['num_boxes'].tolist() == [2, 0, 1]
+    first = batches[0][1]
+    np.testing.assert_allclose(first['bboxes'][0].numpy(), recs[0].boxes)
+    assert first['difficult'][0].numpy().tolist() == [0, 1]
+    assert first['labels'][1].numpy().tolist() == [0, 0]  # padding
+    last = batches[1][1]
+    assert last['is_crowd'][0].numpy().tolist() == [1] and last['labels'][0].numpy().tolist() == [2]
+    assert 'gclasses' in first
+
+
+def test_training_drops_crowd_boxes():
+    rec = records.make_record('c', 40, 40, [[0.1, 0.1, 0.5, 0.5], [0.5, 0.5, 0.9, 0.9]], [1, 2],
+                              ['a', 'b'], is_crowd=[0, 1],
+                              image=np.zeros([40, 40, 3], np.uint8))
+    ds = data.build_dataset([rec], resize_preprocess, None, batch_size=1, seed=0, with_gt=True)
+    _, t = next(iter(ds))
+    assert t['labels'].numpy().tolist() == [[1]]
+
+
+def _batches(ds, n):
+    return [tf.nest.map_structure(lambda x: x.numpy(), b) for b in ds.take(n)]
+
+
+def test_pipeline_is_deterministic_with_a_seed():
+    recs = synthetic_records(12)
+
+    def build(seed):
+        return data.build_dataset(recs, flip_preprocess, encode, batch_size=4, seed=seed,
+                                  with_gt=True, num_parallel_calls=4)
+
+    a, b, c = _batches(build(7), 6), _batches(build(7), 6), _batches(build(8), 6)
+    for x, y in zip(a, b):
+        tf.nest.map_structure(np.testing.assert_array_equal, x, y)
+    assert any(not np.array_equal(x[0], y[0]) for x, y in zip(a, c))
+    # The second epoch (batches 3..5) is another shuffle of the same 12 images.
+    assert not all(np.array_equal(x[0], y[0]) for x, y in zip(a[:3], a[3:]))
+
+
+def test_seed_reaches_the_preprocessing():
+    rec = synthetic_records(1)
+    ds = data.build_dataset(rec * 1, flip_preprocess, None, batch_size=1, seed=3)
+    flips = set()
+    first = None
+    for images, _ in ds.take(16):  # the same image 16 times: both flips must occur
+        if first is None:
+            first = images.numpy()
+        flips.add(bool(np.array_equal(images.numpy(), first)))
+    assert flips == {True, False}
+
+
+def test_tfrecord_source_matches_record_source(tmp_path):
+    recs = synthetic_records(5) + [empty_record('e')]
+    recs[1].difficult[:] = 1
+    tfrecord.write_tfrecords(recs, str(tmp_path), 'syn', 'test', num_shards=2)
+    from_records = _batches(data.build_eval_dataset(recs, resize_preprocess, batch_size=3), 2)
+    from_files = _batches(data.build_eval_dataset(str(tmp_path / 'syn_test_*.tfrecord'),
+                                                  resize_preprocess, batch_size=3), 2)
+    # Round-robin shards read back interleaved one by one: the original order.
+    for x, y in zip(from_records, from_files):
+        tf.nest.map_structure(np.testing.assert_array_equal, x, y)
+    train = data.build_dataset(str(tmp_path / '*.tfrecord'), resize_preprocess, encode,
+                               batch_size=4, seed=0, shuffle_buffer=10)
+    images, t = next(iter(train))
+    assert images.shape == (4, OUT, OUT, 3) and t['gclasses'][0].shape == (4, 4, 4, 2)
+
+
+def test_max_boxes_pads_to_a_fixed_size_and_overflow_fails_loudly():
+    recs = synthetic_records(6)
+    ds = data.build_eval_dataset(recs, resize_preprocess, batch_size=3, max_boxes=10)
+    assert ds.element_spec[1]['bboxes'].shape.as_list() == [None, 10, 4]
+    _, t = next(iter(ds))
+    assert t['labels'].shape == (3, 10)
+    busy = max(recs, key=lambda r: r.num_boxes)
+    assert busy.num_boxes >= 2
+    ds = data.build_eval_dataset([busy], resize_preprocess, batch_size=1, max_boxes=1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match='max_boxes'):
+        next(iter(ds))
+
+
+def test_in_memory_images_of_different_sizes_and_extra_preprocess_outputs():
+    recs = [empty_record('s', 20), empty_record('l', 50)]
+
+    def four_outputs(image, labels, bboxes):
+        return resize_preprocess(image, labels, bboxes) + (tf.constant([0., 0., 1., 1.]),)
+
+    ds = data.build_eval_dataset(recs, four_outputs, batch_size=2)
+    images, t = next(iter(ds))
+    assert images.shape == (2, OUT, OUT, 3)
+    assert t['height'].numpy().tolist() == [20, 50]
+    np.testing.assert_allclose(images.numpy()[0, 0, 0], np.array([90., 90., 90.]) - MEANS)
+
+
+def test_empty_source_is_a_clear_error():
+    with pytest.raises(ValueError, match='empty list of records'):
+        data.build_dataset([], resize_preprocess)
+    with pytest.raises(FileNotFoundError, match='no TFRecord files'):
+        data.build_dataset('/nonexistent/*.tfrecord', resize_preprocess)
+
+
+def test_with_the_augmentation_of_preprocessing_if_present():
+    prep = pytest.importorskip('preprocessing.ssd_vgg_preprocessing')
+    fn = functools.partial(prep.preprocess_for_train, out_shape=(OUT, OUT))
+    recs = synthetic_records(6) + [empty_record('e')]
+
+    def build():
+        return data.build_dataset(recs, fn, encode, batch_size=4, seed=1, with_gt=True)
+
+    a, b = _batches(build(), 2), _batches(build(), 2)
+    for x, y in zip(a, b):
+        tf.nest.map_structure(np.testing.assert_array_equal, x, y)
+    assert a[0][0].shape == (4, OUT, OUT, 3)
