@@ -192,7 +192,7 @@ BAD_RECORDS = {
                 voc_xml('corrupt.jpg', [GOOD_OBJ]), 'cannot decode'),
     'notimage': (b'hello world', voc_xml('notimage.jpg', [GOOD_OBJ]), 'not an image'),
     'truncated': (jpeg_bytes(100, 200)[:600], voc_xml('truncated.jpg', [GOOD_OBJ]),
-                  'truncated JPEG'),
+                  'cannot decode'),
     'empty': (b'', voc_xml('empty.jpg', [GOOD_OBJ]), 'empty image'),
     'nobox': (jpeg_bytes(100, 200), voc_xml('nobox.jpg', [voc_object('cat', None)]),
               'no <bndbox>'),
@@ -267,6 +267,16 @@ def test_odd_but_valid_images_named_jpg_are_read(tmp_path, kind):
     image = tf.io.decode_image(open(recs[0].image_path, 'rb').read(), channels=3,
                                expand_animations=False)
     assert image.shape == (recs[0].height, recs[0].width, 3)
+
+
+def test_header_only_check_catches_truncated_jpeg(tmp_path):
+    data = jpeg_bytes(100, 200)
+    root = make_voc(tmp_path, [('cut', data[:600], voc_xml('cut.jpg', [GOOD_OBJ])),
+                               ('padded', data + b'\x00' * 100, voc_xml('padded.jpg', [GOOD_OBJ]))])
+    recs, report = voc.read_voc(root, 'train', label_map=LABELS, check_images=False)
+    assert [r.image_id for r in recs] == ['padded']
+    assert (recs[0].height, recs[0].width) == (100, 200)  # from <size>
+    assert 'cut.jpg' in report.skipped[0][0] and 'truncated JPEG' in report.skipped[0][1]
 
 
 def test_size_mismatch_uses_decoded_size(tmp_path):

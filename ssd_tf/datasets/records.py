@@ -138,10 +138,12 @@ def sniff_format(data):
 def check_image_bytes(data, where, decode=True):
     """Checks encoded image bytes; returns `(height, width, format)` or raises ValueError.
 
-    Cheap checks first (empty, unknown format, JPEG without its end marker), then a full decode
-    with the decoder the pipeline uses (`tf.io.decode_image(channels=3,
-    expand_animations=False)`), which reads PNG, GIF or BMP files named `.jpg`, greyscale
-    and CMYK JPEGs (TF converts those to RGB). With `decode=False` the size is None.
+    Cheap checks first (empty, unknown format), then a full decode with the decoder the
+    pipeline uses (`tf.io.decode_image(channels=3, expand_animations=False)`), which reads
+    PNG, GIF or BMP files named `.jpg`, greyscale and CMYK JPEGs (TF 2.21 converts those to
+    RGB itself, so no conversion is needed) and fails on truncated files ("Premature end of
+    JPEG data"). With `decode=False` a JPEG is only checked for its end-of-image marker and
+    the size is None.
     """
     if not data:
         raise ValueError("empty image file")
@@ -151,9 +153,11 @@ def check_image_bytes(data, where, decode=True):
     ext = os.path.splitext(os.fspath(where))[1].lower()
     if ext in ('.jpg', '.jpeg') and fmt != 'JPEG':
         logger.info("%s: %s data in a %s file; decoded by content", where, fmt, ext)
-    if fmt == 'JPEG' and b'\xff\xd9' not in data[-16:]:
-        raise ValueError("truncated JPEG (no end-of-image marker)")
     if not decode:
+        # Without a decode, a JPEG must at least end with its end-of-image marker (some
+        # writers pad after it, hence the search in the tail).
+        if fmt == 'JPEG' and b'\xff\xd9' not in data.rstrip(b'\x00')[-64:]:
+            raise ValueError("truncated JPEG (no end-of-image marker)")
         return None, None, fmt
     import tensorflow as tf  # here so that readers import fast when not decoding
     try:
