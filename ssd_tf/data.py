@@ -102,7 +102,7 @@ def _tfrecord_files(source):
 def build_dataset(source, preprocess_fn, encode_fn=None, batch_size=32, is_training=True,
                   shuffle_buffer=2048, seed=None, num_parallel_calls=AUTOTUNE,
                   drop_remainder=None, repeat=None, with_gt=None, max_boxes=None,
-                  prefetch=AUTOTUNE):
+                  prefetch=AUTOTUNE, start=0):
     """Builds the batched input dataset (element structure in the module docstring).
 
     Args:
@@ -127,6 +127,9 @@ def build_dataset(source, preprocess_fn, encode_fn=None, batch_size=32, is_train
       max_boxes: pad ground truth to this fixed count (an image with more fails loudly);
         None pads to the largest count in each batch.
       prefetch: batches to prefetch (0 for none).
+      start: skip the first `start` elements of the (shuffled, repeated) stream before any
+        image is decoded, keeping each element's position-derived seed: a resumed run passes
+        `step * batch_size` and continues with exactly the batches it would have seen.
     """
     if drop_remainder is None:
         drop_remainder = is_training
@@ -158,7 +161,10 @@ def build_dataset(source, preprocess_fn, encode_fn=None, batch_size=32, is_train
             ds = ds.shuffle(int(ds.cardinality()), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.enumerate()  # the element's position in the stream -> its preprocessing seed
+    if start:
+        ds = ds.skip(int(start))
+    # the element's position in the stream -> its preprocessing seed
+    ds = ds.enumerate(start=int(start))
     base_seed = 0 if seed is None else int(seed)
 
     def load(position, ex):
