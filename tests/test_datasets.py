@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ssd_tf.datasets import coco, convert, labelmap, records, synthetic, tfrecord, voc
+from ssd_tf.datasets import coco, convert, factory, labelmap, records, synthetic, tfrecord, voc
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
 
@@ -401,7 +401,7 @@ def test_convert_cli_voc_and_synthetic(tmp_path):
                                        'shapes_test_00001-of-00002.tfrecord']
     assert labelmap.LabelMap.read(out) == synthetic.SYNTHETIC_LABEL_MAP
     back = tfrecord.read_tfrecord_records(str(out / '*.tfrecord'))
-    assert sorted(r.image_id for r in back) == ['000006', '000007', '000008']
+    assert sorted(r.image_id for r in back) == ['1000000', '1000001', '1000002']
     assert convert.main(['--dataset_name', 'synthetic', '--split', 'train', '--num_images', '4',
                          '--image_size', '32', '--output_dir', str(tmp_path / 's')]) == 0
     assert len(tfrecord.read_tfrecord_records(str(tmp_path / 's' / '*.tfrecord'))) == 4
@@ -484,7 +484,8 @@ def test_synthetic_class_and_count_balance():
 def test_synthetic_voc_round_trip(tmp_path):
     root = synthetic.write_synthetic_voc(str(tmp_path), num_train=5, num_test=2, seed=2,
                                          image_size=64)
-    mem = synthetic.make_synthetic_examples(7, seed=2, image_size=64)
+    mem = (synthetic.make_synthetic_split('train', 5, seed=2, image_size=64) +
+           synthetic.make_synthetic_split('test', 2, seed=2, image_size=64))
     train, _ = voc.read_voc(root, 'train', label_map=synthetic.SYNTHETIC_LABEL_MAP, strict=True)
     test, _ = voc.read_voc(root, 'test', label_map=labelmap.LabelMap.read(root), strict=True)
     assert [r.image_id for r in train + test] == [r.image_id for r in mem]
@@ -493,3 +494,19 @@ def test_synthetic_voc_round_trip(tmp_path):
         np.testing.assert_array_equal(r.labels, m.labels)
         img = cv2.cvtColor(cv2.imread(r.image_path), cv2.COLOR_BGR2RGB)
         np.testing.assert_array_equal(img, m.image)
+
+
+def test_factory_loads_each_kind(tmp_path):
+    recs, lm, summary = factory.load_records('synthetic', '', 'test', num_images=3,
+                                             image_size=32)
+    assert lm == synthetic.SYNTHETIC_LABEL_MAP and len(recs) == 3 and '3 records' in summary
+    train, _, _ = factory.load_records('synthetic', '', 'train', num_images=3, image_size=32)
+    assert not {r.image_id for r in recs} & {r.image_id for r in train}
+    root = synthetic.write_synthetic_voc(str(tmp_path), 2, 1, image_size=32)
+    vrecs, vlm, _ = factory.load_records('voc', root, 'test')
+    assert vlm == lm and [r.image_id for r in vrecs] == [recs[0].image_id]
+    np.testing.assert_array_equal(vrecs[0].boxes, recs[0].boxes)
+    with pytest.raises(ValueError, match='dataset_name'):
+        factory.load_records('imagenet', '', 'train')
+    with pytest.raises(ValueError, match='synthetic splits'):
+        factory.load_records('synthetic', '', 'val')

@@ -14,58 +14,18 @@ the first one instead).
 """
 import argparse
 import logging
-import os
 import sys
 
-from ssd_tf.datasets import coco as coco_lib
 from ssd_tf.datasets import labelmap as labelmap_lib
 from ssd_tf.datasets import synthetic as synthetic_lib
 from ssd_tf.datasets import tfrecord as tfrecord_lib
-from ssd_tf.datasets import voc as voc_lib
-
-# The synthetic 'test' split starts after this many 'train' images (write_synthetic_voc does
-# the same with its num_train), so that the two never share an image.
-SYNTHETIC_TEST_OFFSET = 1_000_000
-
-
-def load_records(dataset_name, dataset_dir, split, label_map=None, strict=False,
-                 num_images=1000, seed=0, image_size=synthetic_lib.DEFAULT_IMAGE_SIZE):
-    """`(records, label_map, report_summary)` for one split of a data set.
-
-    label_map (voc only): a LabelMap, a label map file, or None for the roots' labels.txt
-    or else all class names sorted."""
-    if dataset_name == 'voc':
-        if not dataset_dir:
-            raise ValueError("--dataset_dir is required for voc (comma-separated roots)")
-        dirs = [d for d in dataset_dir.split(',') if d]
-        if label_map is None:
-            label_map = voc_lib.default_label_map(dirs)
-        elif not isinstance(label_map, labelmap_lib.LabelMap):
-            label_map = labelmap_lib.LabelMap.read(label_map)
-        records, report = voc_lib.read_voc(dirs, split, label_map=label_map, strict=strict)
-        return records, label_map, report.summary()
-    if dataset_name == 'coco':
-        if not dataset_dir:
-            raise ValueError("--dataset_dir is required for coco (with annotations/ and "
-                             "<split>/ inside)")
-        ann = os.path.join(dataset_dir, 'annotations', f'instances_{split}.json')
-        records, label_map, report = coco_lib.read_coco(
-            ann, os.path.join(dataset_dir, split), strict=strict)
-        return records, label_map, report.summary()
-    if dataset_name == 'synthetic':
-        first = {'train': 0, 'trainval': 0, 'test': SYNTHETIC_TEST_OFFSET}.get(split)
-        if first is None:
-            raise ValueError(f"synthetic splits are train, trainval and test, got {split!r}")
-        records = synthetic_lib.make_synthetic_examples(num_images, seed, image_size,
-                                                        first_index=first)
-        return records, synthetic_lib.SYNTHETIC_LABEL_MAP, f"synthetic: {len(records)} records"
-    raise ValueError(f"--dataset_name must be voc, coco or synthetic, got {dataset_name!r}")
+from ssd_tf.datasets.factory import DATASET_NAMES, load_records
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--dataset_name', required=True, choices=['voc', 'coco', 'synthetic'])
+    p.add_argument('--dataset_name', required=True, choices=DATASET_NAMES)
     p.add_argument('--dataset_dir', default='',
                    help='voc: root(s), comma-separated; coco: folder with annotations/')
     p.add_argument('--output_dir', required=True)
@@ -73,9 +33,8 @@ def main(argv=None):
     p.add_argument('--shards', type=int, default=1)
     p.add_argument('--name', default=None, help='file name prefix (default: dataset_name)')
     p.add_argument('--label_map', default=None,
-                   help='voc: labels.txt/json to use (default: the root\'s labels.txt, else all class '
-                        'names sorted); '
-                        'for Pascal VOC ids pass --voc_ids instead')
+                   help="voc: labels.txt/json to use (default: the root's labels.txt, else "
+                        "all class names sorted); for Pascal VOC's ids pass --voc_ids")
     p.add_argument('--voc_ids', action='store_true',
                    help='voc: use the original 20 VOC classes (aeroplane=1 .. tvmonitor=20)')
     p.add_argument('--strict', action='store_true', help='stop at the first bad record')

@@ -28,6 +28,9 @@ NUM_OBJECTS_P = (0.05, 0.30, 0.30, 0.20, 0.15)  # P(0..4 objects per image)
 MAX_HIDDEN = 0.30                        # largest part of an earlier box a later one may cover
 MIN_COLOUR_DISTANCE = 120.               # L1 RGB distance object colour vs local background
 _PLACEMENT_TRIES = 40
+# Image index of the first 'test' image: far above any train set, so the splits never share an
+# image whatever their sizes (in memory or written as VOC).
+TEST_FIRST_INDEX = 1_000_000
 
 
 def _background(rng, size):
@@ -154,6 +157,15 @@ def make_synthetic_examples(num, seed=0, image_size=DEFAULT_IMAGE_SIZE, first_in
     return out
 
 
+def make_synthetic_split(split, num, seed=0, image_size=DEFAULT_IMAGE_SIZE):
+    """Records of split 'train' (= 'trainval', indices 0..num-1) or 'test' (indices
+    TEST_FIRST_INDEX..), the same images `write_synthetic_voc` writes."""
+    first = {'train': 0, 'trainval': 0, 'test': TEST_FIRST_INDEX}.get(split)
+    if first is None:
+        raise ValueError(f"synthetic splits are train, trainval and test, got {split!r}")
+    return make_synthetic_examples(num, seed, image_size, first_index=first)
+
+
 def _voc_xml(record, filename):
     objs = []
     for box, text in zip(record.boxes, record.label_text):
@@ -176,14 +188,13 @@ def write_synthetic_voc(out_dir, num_train, num_test, seed=0, image_size=DEFAULT
     """Writes the data set as a VOC directory readable by `voc.read_voc`.
 
     Images are lossless PNG files (`JPEGImages/<id>.png`, named in the XML `<filename>`) so the
-    boxes stay exact; splits `train` (ids 0..num_train-1), `trainval` (= train) and `test`
-    (the next num_test ids); `labels.txt` beside. Returns `out_dir`.
+    boxes stay exact; splits `train` (ids 000000..), `trainval` (= train) and `test` (ids from
+    TEST_FIRST_INDEX, as `make_synthetic_split`); `labels.txt` beside. Returns `out_dir`.
     """
     for sub in ('Annotations', 'JPEGImages', os.path.join('ImageSets', 'Main')):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-    splits = {'train': make_synthetic_examples(num_train, seed, image_size),
-              'test': make_synthetic_examples(num_test, seed, image_size,
-                                              first_index=num_train)}
+    splits = {'train': make_synthetic_split('train', num_train, seed, image_size),
+              'test': make_synthetic_split('test', num_test, seed, image_size)}
     for split, recs in splits.items():
         for r in recs:
             filename = r.image_id + '.png'
