@@ -517,16 +517,29 @@ def write_report(run, eval_dir, split='test', coco=False, step=None, records=Non
     return m, paths
 
 
+def _scalar_metadata():
+    """Summary metadata of a TensorBoard scalar, built without the tensorboard package (which
+    `tf.summary.scalar` needs and which is not a dependency)."""
+    from tensorflow.core.framework import summary_pb2
+    meta = summary_pb2.SummaryMetadata()
+    meta.plugin_data.plugin_name = 'scalars'
+    return meta
+
+
 def write_summaries(summary_dir, m, step):
-    """TensorBoard scalars of one evaluation: mAP VOC07/VOC12, AP per class, COCO."""
+    """TensorBoard scalars of one evaluation: mAP VOC07/VOC12, AP per class (VOC07), COCO.
+
+    Undefined values (nan: a class without ground truth) are written as 0.
+    """
+    values = {'eval/mAP_VOC07': m['voc07']['map'], 'eval/mAP_VOC12': m['voc12']['map']}
+    values.update({f'eval/AP_VOC07/{n}': ap for n, ap in m['voc07']['ap'].items()})
+    values.update({f'eval/COCO/{k}': v for k, v in m.get('coco', {}).items()})
     writer = tf.summary.create_file_writer(summary_dir)
+    meta = _scalar_metadata()
     with writer.as_default():
-        tf.summary.scalar('eval/mAP_VOC07', np.nan_to_num(m['voc07']['map']), step=step)
-        tf.summary.scalar('eval/mAP_VOC12', np.nan_to_num(m['voc12']['map']), step=step)
-        for name, ap in m['voc07']['ap'].items():
-            tf.summary.scalar(f'eval/AP_VOC07/{name}', np.nan_to_num(ap), step=step)
-        for key, value in m.get('coco', {}).items():
-            tf.summary.scalar(f'eval/COCO/{key}', value, step=step)
+        for tag, value in values.items():
+            tf.summary.write(tag, tf.constant(float(np.nan_to_num(value)), tf.float32),
+                             step=int(step), metadata=meta)
     writer.flush()
     writer.close()
 

@@ -1,0 +1,285 @@
+"""Tests of ssd_tf.evaluation and eval_ssd.py on a tiny random network."""
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+import eval_ssd
+from nets import ssd_vgg_keras
+from nets.ssd_base import SSDNet, SSDParams
+from ssd_tf import evaluation
+from ssd_tf import metrics
+from ssd_tf.datasets import records as records_lib
+from ssd_tf.datasets import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A VGG-style SSD small enough for tests: 64x64 input, feature maps 8, 4, 2.
+_TINY_SPEC = ssd_vgg_keras.ARCH_SPECS['ssd_300_vgg']._replace(
+    blocks=((1, 8), (1, 8), (1, 16), (1, 16), (1, 16)), conv6=(16, 3, 1), conv7=16,
+    extras=(ssd_vgg_keras.ExtraBlock('block8', 8, 16, 3, 2, 1),), dropout=False)
+
+
+class TinyNet(SSDNet):
+    model_name = 'tiny'
+    default_params = SSDParams(
+        img_shape=(64, 64), num_classes=5, no_annotation_label=5,
+        feat_layers=['block4', 'block7', 'block8'], feat_shapes=[(8, 8), (4, 4), (2, 2)],
+        anchor_size_bounds=[.15, .9], anchor_sizes=[(10., 20.), (20., 40.), (40., 60.)],
+        anchor_ratios=[[2, .5], [2, .5], [2, .5]], anchor_steps=[8, 16, 32],
+        anchor_offset=.5, normalizations=[20, -1, -1], prior_scaling=[.1, .1, .2, .2])
+
+    def keras_model(self, **kw):
+        return ssd_vgg_keras.build_ssd_vgg_keras(self.params, arch=_TINY_SPEC, name='tiny',
+                                                 **kw)
+
+
+def _get_network(name):
+    if name != 'tiny':
+        raise ValueError(f'unknown {name}')
+    return TinyNet
+
+
+def _tiny_model(num_classes=5, seed=0):
+    """A randomly initialised (seeded) TinyNet and its Keras model."""
+    keras.utils.set_random_seed(seed)
+    net = TinyNet(TinyNet.default_params._replace(num_classes=num_classes,
+                                                  no_annotation_label=num_classes))
+    return net, net.keras_model()
+
+
+def _save_train_dir(path, model, step=7, config=None):
+    os.makedirs(path, exist_ok=True)
+    mgr = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(path), 3)
+    prefix = mgr.save(checkpoint_number=step)
+    with open(os.path.join(path, 'config.json'), 'w') as f:
+        json.dump(config or {'model_name': 'tiny', 'num_classes': 5}, f)
+    return prefix
+
+
+def _flags(*args):
+    argv = ['eval_ssd'] + list(args)
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+
+
+@pytest.fixture(autouse=True)
+def _reset_flags():
+    yield
+    flags.FLAGS.unparse_flags()
+
+
+# ---------------------------------------------------------------------------- pieces
+def test_to_original_relative_pad_and_resize():
+    # A 100x200 image shrunk to 50x100 and centred in a 100x100 input: the original spans
+    # rows 25..75 -> bbox_img [.25, 0, .75, 1]. A box on the input at [.25, .5, .5, 1] is
+    # rows 0..50% and columns 50..100% of the original: [0, .5, .5, 1].
+    out = evaluation.to_original_relative([[.25, .5, .5, 1.], [0., 0., .1, .1]],
+                                          [.25, 0., .75, 1.])
+    np.testing.assert_allclose(out, [[0., .5, .5, 1.], [0., 0., 0., .1]])  # clipped to image
+
+
+def test_resolve_checkpoint_errors_name_the_path(tmp_path):
+    with pytest.raises(ValueError, match='nowhere/model.ckpt-5'):
+        evaluation.resolve_checkpoint(str(tmp_path / 'nowhere' / 'model.ckpt-5'))
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        evaluation.resolve_checkpoint(str(tmp_path))  # an empty directory
+    with pytest.raises(ValueError, match='checkpoint_path'):
+        evaluation.resolve_checkpoint('')
+
+
+def test_resolve_kinds_and_step(tmp_path):
+    _, model = _tiny_model()
+    prefix = _save_train_dir(str(tmp_path / 'train'), model, step=12)
+    assert evaluation.resolve_checkpoint(str(tmp_path / 'train')) == ('tf2', prefix)
+    assert evaluation.checkpoint_step(prefix) == 12
+    # a name-based (slim-like) checkpoint
+    slim = str(tmp_path / 'slim' / 'model.ckpt-3')
+    os.makedirs(os.path.dirname(slim))
+    with tf.compat.v1.Graph().as_default():
+        tf.compat.v1.get_variable('tiny/conv6/biases', initializer=tf.zeros([16]))
+        tf.compat.v1.train.get_or_create_global_step()
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, slim)
+    assert evaluation.resolve_checkpoint(slim) == ('slim', slim)
+    assert evaluation.checkpoint_step(slim) == 0  # global_step variable is stored as 0
+
+
+def test_run_evaluation_matches_voc_eval_on_written_voc_set(tmp_path):
+    """End to end on a VOC directory: metrics.json AP == voc_eval(results files, XMLs)."""
+    voc_dir = synthetic.write_synthetic_voc(str(tmp_path / 'voc'), 2, 6, seed=3, image_size=96)
+    train = str(tmp_path / 'train')
+    _, model = _tiny_model()
+    _save_train_dir(train, model)
+    out = str(tmp_path / 'eval')
+    _flags(f'--checkpoint_path={train}', f'--eval_dir={out}', '--dataset_name=voc',
+           f'--dataset_dir={voc_dir}', '--dataset_split_name=test', '--batch_size=4',
+           '--coco_metrics')
+    e = eval_ssd.Evaluation(get_network=_get_network)
+    m = e.evaluate(e.path, e.kind)
+    for name in ('metrics.json', 'metrics.txt', 'coco_detections.json',
+                 'coco_groundtruth.json', 'pr_curves.png', 'detections.png'):
+        assert os.path.isfile(os.path.join(out, name)), name
+    saved = json.load(open(os.path.join(out, 'metrics.json')))
+    assert saved['step'] == 7 and saved['num_images'] == 6
+    assert set(saved['coco']) == set(metrics.COCO_METRIC_NAMES)
+    detpath = os.path.join(out, 'results', 'comp4_det_test_{}.txt')
+    annopath = os.path.join(voc_dir, 'Annotations', '{}.xml')
+    imageset = os.path.join(voc_dir, 'ImageSets', 'Main', 'test.txt')
+    checked = 0
+    for name in e.class_names:
+        for use07, key in ((True, 'voc07'), (False, 'voc12')):
+            _, _, ap = metrics.voc_eval(detpath, annopath, imageset, name, use_07_metric=use07)
+            want = saved[key]['ap'][name]
+            if want is None:
+                assert np.isnan(ap)
+            else:
+                assert ap == pytest.approx(want, abs=1e-6)
+                checked += 1
+    assert checked > 0
+    assert m['voc07']['map'] == pytest.approx(saved['voc07']['map'])
+    # COCO numbers equal pycocotools on the written files
+    assert metrics.coco_metrics(os.path.join(out, 'coco_groundtruth.json'),
+                                os.path.join(out, 'coco_detections.json')) == pytest.approx(
+        saved['coco'])
+
+
+def test_perfect_detector_scores_one():
+    """A detector returning the ground truth gives AP 1 (checks the coordinate chain)."""
+    recs = synthetic.make_synthetic_examples(4, seed=1, image_size=80)
+    recs = [r for r in recs if r.num_boxes] or pytest.skip('no boxes drawn')
+    gt = {r.image_id: r for r in recs}
+    order = [r.image_id for r in recs]
+    calls = {'i': 0}
+
+    def detector(images):
+        b = int(images.shape[0])
+        k = 8
+        out = dict(scores=np.zeros((b, k), np.float32), bboxes=np.zeros((b, k, 4), np.float32),
+                   classes=np.zeros((b, k), np.int32), num_detections=np.zeros(b, np.int32))
+        for j in range(b):
+            r = gt[order[calls['i']]]
+            calls['i'] += 1
+            n = r.num_boxes
+            out['scores'][j, :n] = .9
+            out['bboxes'][j, :n] = r.boxes
+            out['classes'][j, :n] = r.labels
+            out['num_detections'][j] = n
+        return out
+
+    ds = evaluation.make_eval_dataset(
+        recs, lambda im, l, b: (tf.image.resize(tf.cast(im, tf.float32), (32, 32)),
+                                tf.constant([0., 0., 1., 1.])), batch_size=3)
+    run = evaluation.run_evaluation(detector, ds, 5, list(synthetic.SYNTHETIC_LABEL_MAP.names))
+    res = run.evaluator.evaluate()
+    assert run.num_images == len(recs)
+    for name, ap in res['ap12'].items():
+        assert np.isnan(ap) or ap == pytest.approx(1.), name
+    assert res['map07'] == pytest.approx(1.)
+
+
+def test_label_out_of_range_is_a_clear_error():
+    recs = [records_lib.make_record('a', 20, 20, [[.1, .1, .5, .5]], [7], ['x'],
+                                    image=np.zeros((20, 20, 3), np.uint8))]
+    net, model = _tiny_model()
+    ds = evaluation.make_eval_dataset(
+        recs, lambda im, l, b: (tf.image.resize(tf.cast(im, tf.float32), (64, 64)),
+                                tf.constant([0., 0., 1., 1.])))
+    with pytest.raises(ValueError, match='--num_classes=5'):
+        evaluation.run_evaluation(evaluation.keras_detector(model, net), ds, 5)
+
+
+# ---------------------------------------------------------------------------- eval_ssd
+def test_eval_ssd_checkpoint_and_savedmodel_agree(tmp_path):
+    net, model = _tiny_model()
+    train = str(tmp_path / 'train')
+    _save_train_dir(train, model)
+    # SavedModel with a raw (flattened per-layer) serving signature.
+    sm = str(tmp_path / 'saved_model')
+    h, w = net.params.img_shape
+
+    @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)])
+    def serve(images):
+        out = model(images, training=False)
+        return {f'{k}_{i}': t for k in ('predictions', 'localisations')
+                for i, t in enumerate(out[k])}
+    module = tf.Module()
+    module.model = model
+    tf.saved_model.save(module, sm, signatures={'serving_default': serve})
+    with open(os.path.join(sm, 'config.json'), 'w') as f:
+        json.dump({'model_name': 'tiny', 'num_classes': 5}, f)
+    results = {}
+    for name, path in (('ckpt', train), ('sm', sm)):
+        out = str(tmp_path / f'eval_{name}')
+        _flags(f'--checkpoint_path={path}', f'--eval_dir={out}', '--synthetic_num_images=5',
+               '--batch_size=2', '--num_sample_images=0')
+        e = eval_ssd.Evaluation(get_network=_get_network)
+        assert e.kind == ('tf2' if name == 'ckpt' else 'saved_model')
+        e.evaluate(e.path, e.kind)
+        results[name] = (json.load(open(os.path.join(out, 'metrics.json'))),
+                         metrics.read_voc_results(
+                             os.path.join(out, 'results', 'comp4_det_test_circle.txt')))
+    (m1, det1), (m2, det2) = results['ckpt'], results['sm']
+    # Same detections (the two graphs may round the last float bit differently).
+    assert len(det1[0]) > 0 and det1[0] == det2[0]
+    np.testing.assert_allclose(det1[1], det2[1], atol=1e-5)
+    np.testing.assert_allclose(det1[2], det2[2], atol=1e-3)
+    for key in ('voc07', 'voc12'):
+        assert m1[key]['map'] == pytest.approx(m2[key]['map'], abs=1e-9)
+
+
+def test_eval_ssd_class_count_mismatch_is_an_error(tmp_path):
+    _, model = _tiny_model(num_classes=3)
+    train = str(tmp_path / 'train')
+    # the config claims 5 classes, the weights have 3
+    _save_train_dir(train, model)
+    _flags(f'--checkpoint_path={train}', f'--eval_dir={tmp_path / "e"}',
+           '--synthetic_num_images=2')
+    e = eval_ssd.Evaluation(get_network=_get_network)
+    with pytest.raises(ValueError, match='--num_classes'):
+        e.evaluate(e.path, e.kind)
+    # a flag contradicting the run config
+    _flags(f'--checkpoint_path={train}', '--num_classes=21')
+    with pytest.raises(ValueError, match='--num_classes=21'):
+        eval_ssd.Evaluation(get_network=_get_network)
+
+
+def test_eval_ssd_wait_for_checkpoints_writes_summaries(tmp_path):
+    _, model = _tiny_model()
+    train = str(tmp_path / 'train')
+    _save_train_dir(train, model, step=3)
+    out = str(tmp_path / 'eval')
+    _flags(f'--checkpoint_path={train}', f'--eval_dir={out}', '--wait_for_checkpoints',
+           '--checkpoint_timeout=1', '--synthetic_num_images=2', '--num_sample_images=0')
+    e = eval_ssd.Evaluation(get_network=_get_network)
+    res = evaluation.watch_checkpoints(
+        train, lambda p: e.evaluate(p, evaluation.resolve_checkpoint(p)[0], summaries=True),
+        timeout=1)
+    assert len(res) == 1 and res[0]['step'] == 3
+    events = [f for f in os.listdir(out) if f.startswith('events.out.tfevents')]
+    assert events
+    values = {}
+    for ev in tf.compat.v1.train.summary_iterator(os.path.join(out, events[0])):
+        for v in ev.summary.value:
+            values[v.tag] = (ev.step, float(tf.make_ndarray(v.tensor)))
+    assert values['eval/mAP_VOC07'][0] == 3
+    assert values['eval/mAP_VOC07'][1] == pytest.approx(np.nan_to_num(res[0]['voc07']['map']))
+
+
+def test_eval_ssd_cli_wrong_path_errors_clearly(tmp_path):
+    missing = str(tmp_path / 'no_such_run')
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'eval_ssd.py'),
+                           f'--checkpoint_path={missing}', f'--eval_dir={tmp_path / "e"}'],
+                          capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+    assert proc.returncode != 0
+    assert missing in proc.stderr and 'Traceback' not in proc.stderr
+    assert not os.path.exists(tmp_path / 'e' / 'metrics.json')
