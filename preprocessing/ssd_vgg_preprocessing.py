@@ -120,8 +120,7 @@ def _seeds(seed, num):
     seed = tf.convert_to_tensor(seed)
     if not seed.dtype.is_integer or seed.shape.rank != 1 or seed.shape[0] not in (None, 2):
         raise ValueError(f"seed must be an int32/int64 tensor of shape [2], got {seed!r}")
-    if seed.dtype not in (tf.int32, tf.int64):
-        seed = tf.cast(seed, tf.int64)
+    seed = tf.cast(seed, tf.int64)  # so that int32 and int64 seeds give the same stream
     return tf.random.experimental.stateless_split(seed, num)
 
 
@@ -357,6 +356,23 @@ def distort_color(image, color_ordering, seed):
     return tf.clip_by_value(image, 0., 1.)
 
 
+def bboxes_resize(bbox_ref, bboxes):
+    """Expresses bboxes `[N, 4]` (yxyx) in the frame of `bbox_ref` `[4]` (yxyx), not clipped."""
+    bbox_ref = tf.convert_to_tensor(bbox_ref, tf.float32)
+    origin = tf.tile(bbox_ref[0:2], [2])
+    size = tf.tile(bbox_ref[2:4] - bbox_ref[0:2], [2])
+    return (bboxes - origin) / size
+
+
+def bboxes_filter_overlap(labels, bboxes, threshold=BBOX_CROP_OVERLAP, difficults=None):
+    """The slim rule: keeps boxes `[N, 4]` (yxyx) with more than `threshold` of their area
+    inside `[0, 1]^2`, unclipped (a zero-area box is dropped). Returns
+    `(labels, bboxes, difficults)` filtered alike (difficults None if not given)."""
+    inside = tf.squeeze(boxes_lib.intersection(tf.constant([[0., 0., 1., 1.]]), bboxes), 0)
+    overlap = tf.math.divide_no_nan(inside, boxes_lib.area(bboxes))
+    return _gather_all(overlap > threshold, labels, bboxes, difficults)
+
+
 def _resize_legacy(image, size):
     """TF1 `resize_images(..., BILINEAR, align_corners=False)` (no half-pixel centres)."""
     return tf.raw_ops.ResizeBilinear(images=image[None], size=size, align_corners=False,
@@ -374,15 +390,10 @@ def _preprocess_train_slim(image, labels, bboxes, difficults, out_shape, seed):
         min_object_covered=MIN_OBJECT_COVERED, aspect_ratio_range=CROP_RATIO_RANGE,
         area_range=CROP_AREA_RANGE, max_attempts=CROP_MAX_ATTEMPTS,
         use_image_if_no_bounding_boxes=True)
-    crop = distort_bbox[0, 0]  # [4] yxyx relative
     image = tf.slice(image, begin, size)
-    # bboxes_resize: express in crop coordinates, no clipping; then bboxes_filter_overlap.
-    crop_size = tf.tile(crop[2:4] - crop[0:2], [2])
-    bboxes = (bboxes - tf.tile(crop[0:2], [2])) / crop_size
-    inside = tf.squeeze(boxes_lib.intersection(tf.constant([[0., 0., 1., 1.]]), bboxes), 0)
-    overlap = tf.math.divide_no_nan(inside, boxes_lib.area(bboxes))
-    labels, bboxes, difficults = _gather_all(overlap > BBOX_CROP_OVERLAP, labels, bboxes,
-                                             difficults)
+    bboxes = bboxes_resize(distort_bbox[0, 0], bboxes)
+    labels, bboxes, difficults = bboxes_filter_overlap(labels, bboxes, BBOX_CROP_OVERLAP,
+                                                       difficults)
     image = _resize_legacy(image, out_shape)
     flip = _uniform(seeds[1]) < FLIP_PROB
     image = tf.where(flip, tf.reverse(image, axis=[1]), image)

@@ -1,0 +1,313 @@
+"""Augmentation invariants on synthetic images with known objects, eval goldens, seeds."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from preprocessing import ssd_vgg_preprocessing as prep
+
+MEANS = np.array(prep._MEANS, np.float32)
+BG = (40, 40, 40)
+# label -> colour of a solid rectangle; far apart so bilinear edges never look like another.
+COLOURS = {1: (255, 0, 0), 2: (0, 255, 0), 3: (0, 0, 255)}
+# label -> box [ymin, xmin, ymax, xmax] relative to a 120 x 160 image (pixel edges / size).
+BOXES = {1: (12 / 120, 16 / 160, 60 / 120, 72 / 160),
+         2: (66 / 120, 80 / 160, 114 / 120, 152 / 160),
+         3: (6 / 120, 100 / 160, 30 / 120, 124 / 160)}
+
+
+def scene(height=120, width=160):
+    """(image uint8 [H, W, 3], labels [3], boxes [3, 4], difficult [3]) with solid rectangles."""
+    image = np.zeros((height, width, 3), np.uint8) + np.array(BG, np.uint8)
+    labels = np.array(sorted(COLOURS), np.int64)
+    boxes = np.array([BOXES[l] for l in labels], np.float32)
+    for l, (y0, x0, y1, x1) in zip(labels, boxes):
+        image[round(y0 * height):round(y1 * height), round(x0 * width):round(x1 * width)] = \
+            COLOURS[l]
+    difficult = (labels == 2).astype(np.int64)  # flags follow label 2 wherever it goes
+    return image, labels, boxes, difficult
+
+
+def unwhiten(image):
+    return np.asarray(image) + MEANS
+
+
+def is_colour(pixels, colour, tol=40.):
+    return np.all(np.abs(pixels - np.array(colour, np.float32)) < tol, axis=-1)
+
+
+@pytest.fixture
+def no_photometric(monkeypatch):
+    """Identity photometric map, so that the geometry can be checked on exact colours."""
+    monkeypatch.setattr(prep, '_photometric_affine', lambda mean, seeds: (tf.eye(3), tf.zeros(3)))
+
+
+def check_boxes_on_objects(image, labels, boxes, size):
+    """Every kept box lies in [0,1] and frames its object: its interior is the label's colour
+    and (almost) no pixel of that colour lies outside it."""
+    rgb = unwhiten(image)
+    assert np.all(boxes >= 0.) and np.all(boxes <= 1.)
+    assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+    for l, (y0, x0, y1, x1) in zip(labels, boxes):
+        py0, px0, py1, px1 = (np.array([y0, x0, y1, x1]) * size).round().astype(int)
+        inner = rgb[py0 + 1:py1 - 1, px0 + 1:px1 - 1]
+        if inner.size:
+            assert is_colour(inner, COLOURS[l]).mean() > 0.95, (l, y0, x0, y1, x1)
+        mask = is_colour(rgb, COLOURS[l])
+        mask[max(py0 - 2, 0):py1 + 2, max(px0 - 2, 0):px1 + 2] = False
+        assert mask.sum() <= 2, (l, mask.sum())
+
+
+def test_paper_chain_boxes_frame_their_objects(no_photometric):
+    image, labels, boxes, difficult = scene()
+    size = 96
+    saw_fill = saw_flip = saw_drop = False
+    for s in range(24):
+        out, l, b, d = [x.numpy() for x in prep.preprocess_for_train(
+            image, labels, boxes, (size, size), seed=[s, 3], difficults=difficult)]
+        assert out.shape == (size, size, 3) and out.dtype == np.float32
+        assert len(l) == len(b) == len(d)
+        np.testing.assert_array_equal(d, (l == 2).astype(np.int64))  # aligned with labels
+        check_boxes_on_objects(out, l, b, size)
+        saw_fill |= bool(np.any(np.all(out == 0., axis=-1)))  # expand canvas = mean colour
+        saw_drop |= len(l) < 3
+        if 1 in l:
+            # Object 1 is left of object 2's centre in the source; a flip reverses the order.
+            i1 = list(l).index(1)
+            saw_flip |= b[i1, 1] > 0.5 and 2 in l and b[list(l).index(2), 1] < b[i1, 1]
+    assert saw_fill and saw_flip and saw_drop  # expand, flip and cropping paths exercised
+
+
+def test_paper_chain_with_photometric_keeps_range_and_greys():
+    """Grey stays grey (saturation and hue act on chroma only, contrast is per channel around
+    equal means) and values stay in [0, 255] before the means are subtracted."""
+    grey = np.zeros((64, 80, 3), np.uint8) + np.arange(80, dtype=np.uint8)[None, :, None] * 3
+    for s in range(8):
+        out = prep.preprocess_for_train(grey, [1], [[0.2, 0.2, 0.8, 0.8]], (48, 48),
+                                        seed=[s, 0])[0].numpy()
+        rgb = unwhiten(out)
+        assert rgb.min() >= -1e-3 and rgb.max() <= 255. + 1e-3
+        on_image = ~np.all(out == 0., axis=-1)  # the expand canvas is the (non-grey) mean
+        spread = rgb[on_image].max(axis=-1) - rgb[on_image].min(axis=-1)
+        assert spread.max() < 1.
+
+
+def test_photometric_affine_maps_grey_to_grey():
+    """Around a grey mean, a grey pixel stays grey; each distortion has probability 0.5, so
+    some seeds give the identity (all four off, p = 1/16) and most do not."""
+    identity = 0
+    for s in range(48):
+        m, b = prep._photometric_affine(tf.constant([90., 90., 90.]),
+                                        prep._seeds(tf.constant([s, 1]), 2))
+        m, b = m.numpy(), b.numpy()
+        assert np.ptp(np.array([50., 50., 50.]) @ m + b) < 1e-3
+        identity += np.allclose(m, np.eye(3), atol=1e-6) and np.allclose(b, 0., atol=1e-4)
+    assert 0 < identity < 20
+
+
+def test_sampled_patches_satisfy_constraints():
+    boxes = tf.constant([[0.1, 0.1, 0.4, 0.3], [0.5, 0.6, 0.9, 0.95]])
+    whole = 0
+    for s in range(60):
+        p = prep._sample_patch(boxes, tf.constant([0., 0., 1., 1.]),
+                               prep._seeds(tf.constant([s, 9]), 4)).numpy()
+        if np.allclose(p, [0, 0, 1, 1]):
+            whole += 1
+            continue
+        h, w = p[2] - p[0], p[3] - p[1]
+        assert 0.3 ** 2 - 1e-5 <= h * w <= 1. + 1e-6
+        assert 0.5 - 1e-4 <= w / h <= 2. + 1e-4
+        assert np.all(p >= 0.) and np.all(p <= 1. + 1e-6)
+        c = (boxes.numpy()[:, :2] + boxes.numpy()[:, 2:]) / 2.
+        assert np.any(np.all((c > p[:2]) & (c < p[2:]), axis=1))  # holds a box centre
+    assert 0 < whole < 60
+
+
+@pytest.mark.parametrize('reference_compat', [False, True])
+def test_zero_boxes(reference_compat):
+    image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    for boxes, labels in [(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)), (None, None)]:
+        for s in range(4):
+            out, l, b = prep.preprocess_for_train(image, labels, boxes, (32, 32),
+                                                  reference_compat=reference_compat,
+                                                  seed=[s, 1])
+            assert out.shape == (32, 32, 3)
+            assert l.shape == (0,) and b.shape == (0, 4)
+            assert np.all(np.isfinite(out.numpy()))
+    out = prep.preprocess_for_eval(image, np.zeros((0,), np.int64), np.zeros((0, 4)), (32, 32))
+    assert out[0].shape == (32, 32, 3) and out[2].shape == (0, 4)
+
+
+@pytest.mark.parametrize('reference_compat', [False, True])
+def test_seeded_determinism(reference_compat):
+    image, labels, boxes, _ = scene()
+
+    def run(seed):
+        return [x.numpy() for x in prep.preprocess_for_train(
+            image, labels, boxes, (64, 64), reference_compat=reference_compat, seed=seed)]
+
+    a, b = run([5, 7]), run(tf.constant([5, 7], tf.int64))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    others = [run([s, 7])[0] for s in range(6, 9)]
+    assert any(not np.array_equal(a[0], o) for o in others)
+
+
+def test_runs_in_tf_data_map_with_unknown_shapes():
+    image, labels, boxes, difficult = scene()
+
+    def gen():
+        yield image, labels, boxes, difficult
+        yield image[:60, :100], labels[:0], boxes[:0], difficult[:0]
+
+    spec = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None], tf.int64),
+            tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int64))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=spec).enumerate()
+    for rc in (False, True):
+        mapped = ds.map(lambda i, ex: prep.preprocess_for_train(
+            ex[0], ex[1], ex[2], (40, 50), reference_compat=rc, seed=tf.stack([i, 0]),
+            difficults=ex[3]))
+        assert mapped.element_spec[0].shape == (40, 50, 3)
+        results = list(mapped)
+        assert len(results) == 2 and results[1][1].shape == (0,)
+
+
+def test_nchw():
+    image, labels, boxes, _ = scene()
+    out = prep.preprocess_for_train(image, labels, boxes, (40, 50), data_format='NCHW',
+                                    seed=[1, 2])[0]
+    assert out.shape == (3, 40, 50)
+    assert prep.preprocess_for_eval(image, labels, boxes, (40, 50),
+                                    data_format='NCHW')[0].shape == (3, 40, 50)
+    with pytest.raises(ValueError, match='data_format'):
+        prep.preprocess_for_eval(image, labels, boxes, (40, 50), data_format='HWC')
+
+
+def test_bad_inputs_name_the_problem():
+    with pytest.raises(ValueError, match='channels=3'):
+        prep.preprocess_for_train(np.zeros((10, 10, 1), np.uint8), [1], [[0, 0, 1, 1]],
+                                  (8, 8), seed=[0, 0])
+    with pytest.raises(ValueError, match='seed'):
+        prep.preprocess_for_train(np.zeros((10, 10, 3), np.uint8), [1], [[0, 0, 1, 1]],
+                                  (8, 8), seed=[0, 0, 1])
+    with pytest.raises(ValueError, match='last dimension of 4'):
+        prep.preprocess_for_train(np.zeros((10, 10, 3), np.uint8), [1], [[0, 0, 1]],
+                                  (8, 8), seed=[0, 0])
+
+
+# ------------------------------------------------------------------ slim (reference) chain
+def test_slim_overlap_rule_golden():
+    # Crop = top half of the image. Box A fully inside -> y doubled: [0.2, 0.1, 0.6, 0.3].
+    # Box B: rows 0.4..0.8, only 0.4..0.5 inside = 25% of its area -> dropped.
+    # Box C: rows 0.3..0.6, 0.3..0.5 inside = 2/3 -> kept and NOT clipped: [0.6, .5, 1.2, .6].
+    boxes = tf.constant([[0.1, 0.1, 0.3, 0.3], [0.4, 0.1, 0.8, 0.3], [0.3, 0.5, 0.6, 0.6]])
+    resized = prep.bboxes_resize([0., 0., 0.5, 1.], boxes)
+    labels, kept, diff = prep.bboxes_filter_overlap(tf.constant([1, 2, 3]), resized,
+                                                    difficults=tf.constant([0, 1, 0]))
+    np.testing.assert_array_equal(labels, [1, 3])
+    np.testing.assert_array_equal(diff, [0, 0])
+    np.testing.assert_allclose(kept, [[0.2, 0.1, 0.6, 0.3], [0.6, 0.5, 1.2, 0.6]], atol=1e-6)
+    # Exactly half inside is not "more than half": dropped.
+    _, kept, _ = prep.bboxes_filter_overlap([1], [[0.5, 0., 1.5, 1.]])
+    assert kept.shape == (0, 4)
+
+
+def test_slim_chain_keeps_unclipped_boxes_with_majority_inside():
+    image, labels, boxes, difficult = scene()
+    saw_unclipped = False
+    for s in range(30):
+        out, l, b, d = [x.numpy() for x in prep.preprocess_for_train(
+            image, labels, boxes, (64, 64), reference_compat=True, seed=[s, 4],
+            difficults=difficult)]
+        assert out.shape == (64, 64, 3)
+        rgb = unwhiten(out)
+        assert rgb.min() >= -1e-3 and rgb.max() <= 255. + 1e-3  # distort_color clips to [0, 1]
+        np.testing.assert_array_equal(d, (l == 2).astype(np.int64))
+        inside = (np.clip(b[:, 2], 0, 1) - np.clip(b[:, 0], 0, 1)) * \
+                 (np.clip(b[:, 3], 0, 1) - np.clip(b[:, 1], 0, 1))
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        assert np.all(inside > 0.5 * area - 1e-6)
+        saw_unclipped |= bool(np.any((b < -1e-6) | (b > 1 + 1e-6)))
+    assert saw_unclipped
+
+
+# ------------------------------------------------------------------ evaluation
+def eval_image():
+    """100 x 200 constant image (value 100) and two boxes with hand-checkable coordinates."""
+    image = np.full((100, 200, 3), 100, np.uint8)
+    boxes = np.array([[0.2, 0.1, 0.6, 0.5], [0.0, 0.5, 1.0, 1.0]], np.float32)
+    return image, np.array([3, 7], np.int64), boxes
+
+
+def test_eval_warp():
+    image, labels, boxes = eval_image()
+    out, l, b, bbox_img = prep.preprocess_for_eval(image, labels, boxes, (300, 300))
+    assert out.shape == (300, 300, 3)
+    np.testing.assert_allclose(out[150, 150], 100. - MEANS, atol=1e-4)
+    np.testing.assert_allclose(b, boxes)  # relative coordinates survive a warp
+    np.testing.assert_array_equal(l, labels)
+    np.testing.assert_allclose(bbox_img, [0, 0, 1, 1])
+
+
+def test_eval_pad_and_resize_golden():
+    image, labels, boxes = eval_image()
+    # out 100x100: factor = min(1, 100/100, 100/200) = 0.5 -> 50 x 100, padded by 25 rows top
+    # and bottom: y' = (50 y + 25) / 100 = 0.5 y + 0.25; x unchanged.
+    out, l, b, bbox_img = prep.preprocess_for_eval(image, labels, boxes, (100, 100),
+                                                   resize=prep.Resize.PAD_AND_RESIZE)
+    want = boxes.copy()
+    want[:, [0, 2]] = boxes[:, [0, 2]] * 0.5 + 0.25
+    np.testing.assert_allclose(b, want, atol=1e-6)
+    np.testing.assert_allclose(bbox_img, [0.25, 0., 0.75, 1.], atol=1e-6)
+    np.testing.assert_allclose(out[10, 50], 0.)  # padding = the mean colour
+    np.testing.assert_allclose(out[50, 50], 100. - MEANS, atol=1e-4)
+    # out 300x300: never enlarged (factor 1), padded by 100 rows and 50 columns on each side:
+    # y' = (100 y + 100) / 300, x' = (200 x + 50) / 300.
+    out, _, b, _ = prep.preprocess_for_eval(image, labels, boxes, (300, 300),
+                                            resize='PAD_AND_RESIZE')
+    assert out.shape == (300, 300, 3)
+    want = np.stack([(100 * boxes[:, 0] + 100) / 300, (200 * boxes[:, 1] + 50) / 300,
+                     (100 * boxes[:, 2] + 100) / 300, (200 * boxes[:, 3] + 50) / 300], -1)
+    np.testing.assert_allclose(b, want, atol=1e-6)
+
+
+def test_eval_central_crop_golden():
+    image, labels, boxes = eval_image()
+    # 100 x 200 -> 100 x 100: 50 columns cropped on the left: x' = (200 x - 50) / 100.
+    out, _, b, bbox_img = prep.preprocess_for_eval(image, labels, boxes, (100, 100),
+                                                   resize=prep.Resize.CENTRAL_CROP)
+    assert out.shape == (100, 100, 3)
+    want = boxes.copy()
+    want[:, [1, 3]] = 2. * boxes[:, [1, 3]] - 0.5
+    np.testing.assert_allclose(b, want, atol=1e-6)
+    np.testing.assert_allclose(bbox_img, [0., -0.5, 1., 1.5], atol=1e-6)
+
+
+def test_eval_none_and_difficults():
+    image, labels, boxes = eval_image()
+    out, l, b, bbox_img, d = prep.preprocess_for_eval(image, labels, boxes, None,
+                                                      resize=prep.Resize.NONE,
+                                                      difficults=[0, 1])
+    assert out.shape == (100, 200, 3)
+    np.testing.assert_allclose(b, boxes)
+    np.testing.assert_array_equal(d, [0, 1])  # default: difficult boxes kept, flags aligned
+    _, l, b, _, d = prep.preprocess_for_eval(image, labels, boxes, (300, 300),
+                                             difficults=[0, 1], reference_compat=True)
+    np.testing.assert_array_equal(l, [3])  # slim: difficult boxes removed
+    np.testing.assert_array_equal(d, [0])
+    np.testing.assert_allclose(b, boxes[:1])
+
+
+def test_preprocess_image_dispatch():
+    image, labels, boxes = eval_image()
+    train = prep.preprocess_image(image, labels, boxes, (64, 64), 'NHWC', is_training=True,
+                                  seed=[0, 1])
+    assert len(train) == 3 and train[0].shape == (64, 64, 3)
+    evals = prep.preprocess_image(image, labels, boxes, (64, 64), 'NHWC')
+    assert len(evals) == 4
+
+
+def test_unwhiten_round_trip():
+    image = np.random.default_rng(1).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    whitened = prep.tf_image_whitened(image)
+    np.testing.assert_array_equal(prep.np_image_unwhitened(whitened.numpy()), image)
+    np.testing.assert_array_equal(prep.tf_image_unwhitened(whitened).numpy(), image)
