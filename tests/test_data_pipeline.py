@@ -141,6 +141,19 @@ def test_pipeline_is_deterministic_with_a_seed():
     assert not all(np.array_equal(x[0], y[0]) for x, y in zip(a[:3], a[3:]))
 
 
+def test_start_resumes_the_stream_exactly():
+    recs = synthetic_records(10)
+
+    def build(start):
+        return data.build_dataset(recs, flip_preprocess, encode, batch_size=4, seed=7,
+                                  with_gt=True, start=start)
+
+    full = _batches(build(0), 5)
+    resumed = _batches(build(3 * 4), 2)  # after 3 steps of 4 images (crosses an epoch)
+    for x, y in zip(full[3:], resumed):
+        tf.nest.map_structure(np.testing.assert_array_equal, x, y)
+
+
 def test_seed_reaches_the_preprocessing():
     rec = synthetic_records(1)
     ds = data.build_dataset(rec * 1, flip_preprocess, None, batch_size=1, seed=3)
