@@ -55,18 +55,25 @@ flags.DEFINE_float('moving_average_decay', None, 'Not supported (TF1 EMA shadow 
 flags.DEFINE_string('master', '', 'Ignored (TF1 distributed master).')
 flags.DEFINE_float('gpu_memory_fraction', 0.1, 'Ignored (TF2 allocates GPU memory on demand).')
 # Data set.
-flags.DEFINE_string('dataset_name', 'synthetic',
-                    "'synthetic' (built-in shapes), 'pascalvoc_2007' / 'pascalvoc_2012' (VOC "
-                    "class ids), or 'voc' (any VOC-layout directory; labels.txt or the "
-                    "annotations' class names).")
+flags.DEFINE_string('dataset_name', None,
+                    "synthetic (built-in shapes), voc (a VOC root; labels.txt or the "
+                    "annotations' class names), coco, tfrecord (slim keys), or pascalvoc_2007 "
+                    "/ pascalvoc_2012 (a VOC root with the Pascal VOC class ids). Default: the "
+                    "run config's, else synthetic.")
 flags.DEFINE_integer('num_classes', None,
                      'Classes including background; default: the run config, else the data '
                      'set\'s label map.')
 flags.DEFINE_string('dataset_split_name', 'test', 'Split (ImageSets/Main/<split>.txt, or the '
                     'split in TFRecord file names).')
-flags.DEFINE_string('dataset_dir', None, 'VOC root directory or directory of TFRecords.')
-flags.DEFINE_integer('synthetic_num_images', 64, 'Images of the synthetic eval set.')
-flags.DEFINE_integer('synthetic_seed', 0, 'Seed of the synthetic data set.')
+flags.DEFINE_string('dataset_dir', None, 'VOC root, COCO root, or TFRecord directory / '
+                    'file pattern. Default: the run config\'s.')
+flags.DEFINE_string('label_map', None, 'Label map file (labels.txt); default: the run config\'s '
+                    'class names, else the data set\'s.')
+flags.DEFINE_integer('synthetic_num_images', None,
+                     'Images of the synthetic test split; default: the run config\'s '
+                     'synthetic_num_test, else 300.')
+flags.DEFINE_integer('synthetic_seed', None,
+                     'Seed of the synthetic data set; default: the run config\'s seed, else 0.')
 # Network.
 flags.DEFINE_string('model_name', None, "Network ('ssd_small', 'ssd_300_vgg', "
                     "'ssd_512_vgg'); default: the run config, else 'ssd_small'.")
@@ -79,9 +86,8 @@ flags.DEFINE_integer('num_sample_images', 8, 'Images in the detections.png grid 
 FLAGS = flags.FLAGS
 
 DEFAULT_MODEL_NAME = 'ssd_small'
-# Synthetic eval images start at this index of the seed's stream, far from training's
-# images 0..N-1, so the two never overlap.
-SYNTHETIC_EVAL_FIRST_INDEX = 1_000_000
+DEFAULT_DATASET_NAME = 'synthetic'
+DEFAULT_SYNTHETIC_NUM_TEST = 300  # train_ssd.py's --synthetic_num_test default
 
 
 # ---------------------------------------------------------------------------- wiring
@@ -96,9 +102,8 @@ def get_network_class(model_name):
             return nets_factory.get_network(model_name)
         except (KeyError, ValueError) as e:
             raise ValueError(f"--model_name={model_name}: {e}") from e
-    from nets import ssd_small, ssd_vgg_300, ssd_vgg_512
-    known = {'ssd_small': ssd_small.SSDNet, 'ssd_300_vgg': ssd_vgg_300.SSDNet,
-             'ssd_512_vgg': ssd_vgg_512.SSDNet}
+    from nets import ssd_vgg_300, ssd_vgg_512
+    known = {'ssd_300_vgg': ssd_vgg_300.SSDNet, 'ssd_512_vgg': ssd_vgg_512.SSDNet}
     if model_name not in known:
         raise ValueError(f"--model_name={model_name} is unknown; choose one of {sorted(known)}")
     return known[model_name]
@@ -123,47 +128,57 @@ def _image_size(value):
     return int(value), int(value)
 
 
-def load_eval_records(dataset_name, dataset_dir, split, label_names=None):
-    """`(records, class_names)` of the evaluation set (see the --dataset_name flag)."""
+# slim dataset names accepted as VOC directories with the Pascal VOC class ids.
+_PASCAL_NAMES = ('pascalvoc_2007', 'pascalvoc_2012', 'pascalvoc')
+
+
+def load_eval_records(dataset_name, dataset_dir, split, label_names=None, num_images=None,
+                      seed=0):
+    """`(records, class_names)` of the evaluation set (see the --dataset_name flag).
+
+    label_names: class names of labels 1..C-1 the network was trained with (run config or
+    --label_map); they fix the label ids of VOC and TFRecord sets.
+    """
+    from ssd_tf.datasets import factory
     from ssd_tf.datasets import labelmap as labelmap_lib
-    from ssd_tf.datasets import synthetic
-    from ssd_tf.datasets import voc
-    if dataset_name == 'synthetic':
-        records = synthetic.make_synthetic_examples(
-            FLAGS.synthetic_num_images, seed=FLAGS.synthetic_seed,
-            first_index=SYNTHETIC_EVAL_FIRST_INDEX)
-        return records, list(synthetic.SYNTHETIC_LABEL_MAP.names)
-    if dataset_name not in ('pascalvoc_2007', 'pascalvoc_2012', 'pascalvoc', 'voc'):
-        raise ValueError(f"--dataset_name={dataset_name} is unknown; use synthetic, "
-                         f"pascalvoc_2007, pascalvoc_2012 or voc")
-    if not dataset_dir or not os.path.isdir(dataset_dir):
-        raise ValueError(f"--dataset_dir={dataset_dir} is not a directory (a VOC root with "
-                         f"Annotations/, JPEGImages/, ImageSets/Main/, or TFRecords)")
-    if label_names:
-        label_map = labelmap_lib.LabelMap(list(label_names))
-    elif dataset_name.startswith('pascalvoc'):
-        label_map = labelmap_lib.VOC_LABEL_MAP
-    elif os.path.isfile(os.path.join(dataset_dir, labelmap_lib.LABELS_FILENAME)):
-        label_map = labelmap_lib.LabelMap.read(dataset_dir)
-    else:
-        label_map = None  # the class names found in Annotations, sorted
-    if os.path.isdir(os.path.join(dataset_dir, 'Annotations')):
-        try:
-            records, report = voc.read_voc(dataset_dir, split, label_map=label_map)
-        except FileNotFoundError as e:
-            raise ValueError(f"--dataset_split_name={split}: {e}") from e
-        if label_map is None:
-            label_map = voc.infer_label_map(dataset_dir)
-        logging.info('%s', report)
-        return records, list(label_map.names)
-    files = sorted(glob.glob(os.path.join(dataset_dir, f'*{split}*.tfrecord*')))
-    if not files:
-        raise ValueError(f"--dataset_dir={dataset_dir} has neither Annotations/ nor TFRecords "
-                         f"named *{split}*.tfrecord (--dataset_split_name={split})")
-    if label_map is None:
-        raise ValueError(f"TFRecords in {dataset_dir} carry no label map: add labels.txt or "
-                         f"use --dataset_name=pascalvoc_2007")
+    label_map = labelmap_lib.LabelMap(list(label_names)) if label_names else None
+    if dataset_name in _PASCAL_NAMES:
+        dataset_name, label_map = 'voc', label_map or labelmap_lib.VOC_LABEL_MAP
+    if dataset_name == 'tfrecord':
+        return _load_tfrecords(dataset_dir, split, label_map)
+    if dataset_name not in factory.DATASET_NAMES:
+        raise ValueError(f"--dataset_name={dataset_name} is unknown; use one of "
+                         f"{', '.join(factory.DATASET_NAMES + ('tfrecord',) + _PASCAL_NAMES)}")
+    if dataset_name != 'synthetic' and not dataset_dir:
+        raise ValueError(f"--dataset_name={dataset_name} needs --dataset_dir")
+    try:
+        records, label_map, summary = factory.load_records(
+            dataset_name, dataset_dir, split, label_map=label_map,
+            num_images=num_images or FLAGS.synthetic_num_images, seed=seed)
+    except FileNotFoundError as e:
+        raise ValueError(f"--dataset_dir={dataset_dir} --dataset_split_name={split}: {e}") from e
+    logging.info('eval data: %s', summary)
+    if not records:
+        raise ValueError(f"no usable image in split {split!r} of --dataset_dir={dataset_dir} "
+                         f"({summary})")
+    return records, list(label_map.names)
+
+
+def _load_tfrecords(dataset_dir, split, label_map):
+    """TFRecords (slim keys): a directory (files named *<split>*.tfrecord*) or a pattern."""
     from ssd_tf.datasets import tfrecord
+    if not dataset_dir:
+        raise ValueError("--dataset_name=tfrecord needs --dataset_dir (a directory or a file "
+                         "pattern)")
+    pattern = (os.path.join(dataset_dir, f'*{split}*.tfrecord*') if os.path.isdir(dataset_dir)
+               else dataset_dir)
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise ValueError(f"--dataset_dir={dataset_dir}: no TFRecord files match {pattern} "
+                         f"(--dataset_split_name={split})")
+    if label_map is None:
+        raise ValueError("TFRecords carry no label map: pass --label_map (labels.txt) or "
+                         "evaluate a training directory whose config.json has label_names")
     records = []
     for f in files:
         records.extend(tfrecord.read_tfrecord_records(f))
@@ -215,14 +230,32 @@ class Evaluation:
         if FLAGS.model_name and cfg_model and cfg_model != FLAGS.model_name:
             raise ValueError(f"--model_name={FLAGS.model_name} but the run config of {path} "
                              f"says model_name={cfg_model}")
+        label_names = None
+        if FLAGS.label_map:
+            from ssd_tf.datasets import labelmap as labelmap_lib
+            try:
+                label_names = labelmap_lib.LabelMap.read(FLAGS.label_map).names
+            except (OSError, ValueError) as e:
+                raise ValueError(f"--label_map={FLAGS.label_map}: {e}") from e
+        label_names = label_names or _config_value(config, 'label_names', 'class_names')
+        if FLAGS.dataset_name:
+            dataset_name, dataset_dir = FLAGS.dataset_name, FLAGS.dataset_dir
+        else:
+            dataset_name = _config_value(config, 'dataset_name') or DEFAULT_DATASET_NAME
+            dataset_dir = FLAGS.dataset_dir or _config_value(config, 'dataset_dir')
+        self.dataset_name = dataset_name
         self.records, class_names = load_eval_records(
-            FLAGS.dataset_name, FLAGS.dataset_dir, FLAGS.dataset_split_name,
-            _config_value(config, 'class_names', 'label_names'))
+            dataset_name, dataset_dir, FLAGS.dataset_split_name, label_names,
+            num_images=(FLAGS.synthetic_num_images or
+                        _config_value(config, 'synthetic_num_test') or
+                        DEFAULT_SYNTHETIC_NUM_TEST),
+            seed=(FLAGS.synthetic_seed if FLAGS.synthetic_seed is not None
+                  else _config_value(config, 'seed') or 0))
         num_classes = FLAGS.num_classes or (int(cfg_classes) if cfg_classes else None) or \
             len(class_names) + 1
         if num_classes != len(class_names) + 1:
             raise ValueError(f"--num_classes={num_classes} but the data set "
-                             f"{FLAGS.dataset_name} has {len(class_names)} classes + "
+                             f"{dataset_name} has {len(class_names)} classes + "
                              f"background = {len(class_names) + 1}")
         self.class_names = class_names
         self.num_classes = num_classes
@@ -230,10 +263,11 @@ class Evaluation:
         params = net_cls.default_params._replace(num_classes=num_classes,
                                                  no_annotation_label=num_classes)
         size = _image_size(FLAGS.eval_image_size) or _image_size(
-            _config_value(config, 'img_shape', 'image_size', 'train_image_size'))
+            _config_value(config, 'image_shape', 'img_shape', 'image_size'))
         if size is not None and tuple(size) != tuple(params.img_shape):
             params = params._replace(img_shape=tuple(size))
-        self.net = net_cls(params)
+        self.net = net_cls(params,
+                           reference_compat=bool(_config_value(config, 'reference_compat')))
         self.model_name = model_name
         self.preprocess_fn = make_preprocess_fn(tuple(self.net.params.img_shape),
                                                 FLAGS.eval_resize)
@@ -274,7 +308,7 @@ class Evaluation:
             run, FLAGS.eval_dir, split=FLAGS.dataset_split_name, coco=FLAGS.coco_metrics,
             step=step, records=self.records, num_sample_images=FLAGS.num_sample_images,
             extra=dict(checkpoint_path=path, model_name=self.model_name,
-                       dataset_name=FLAGS.dataset_name))
+                       dataset_name=self.dataset_name))
         if summaries:
             self.ev.write_summaries(FLAGS.eval_dir, m, step or 0)
         logging.info('Evaluation of %s:\n%s', path, m['table'])
