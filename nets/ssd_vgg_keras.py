@@ -32,7 +32,11 @@ ExtraBlock = collections.namedtuple(
 #   conv6: (channels, kernel, dilation); conv7: channels of the 1x1 conv.
 #   extras: ExtraBlock list (block8, block9, ...).
 #   dropout: whether the original applied dropout (rate 0.5) after conv6 and conv7 in training.
-VGGSpec = collections.namedtuple('VGGSpec', ['blocks', 'conv6', 'conv7', 'extras', 'dropout'])
+#   input_scale: None, or a factor the (mean-subtracted 0..255) input is multiplied by first
+#     (a `Rescaling` layer); networks trained from scratch use it to see inputs of unit scale.
+VGGSpec = collections.namedtuple('VGGSpec',
+                                 ['blocks', 'conv6', 'conv7', 'extras', 'dropout', 'input_scale'],
+                                 defaults=(None,))
 
 _VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 
@@ -69,7 +73,7 @@ def num_anchors_per_layer(params):
 
 def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weight_decay=0.0,
                         dropout=None, name=None, kernel_initializer='glorot_uniform',
-                        batch_size=None):
+                        head_initializer=None, batch_size=None):
     """Builds a VGG-style SSD as a Keras functional model.
 
     Args:
@@ -84,6 +88,7 @@ def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weig
       dropout: None (follow reference_compat) or a bool.
       name: model name; defaults to the arch name (also the default slim model scope).
       kernel_initializer: conv kernel initialiser (slim: Xavier uniform = glorot_uniform).
+      head_initializer: kernel initialiser of the conv_loc/conv_cls heads (default: the same).
       batch_size: optional static batch size of the input.
 
     Returns:
@@ -107,16 +112,18 @@ def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weig
                    if weight_decay else None)
 
     def conv(x, filters, kernel, layer_name, strides=1, padding='same', dilation=1,
-             activation='relu'):
+             activation='relu', initializer=kernel_initializer):
         return keras.layers.Conv2D(
             filters, kernel, strides=strides, padding=padding, dilation_rate=dilation,
-            activation=activation, use_bias=True, kernel_initializer=kernel_initializer,
+            activation=activation, use_bias=True, kernel_initializer=initializer,
             bias_initializer='zeros', kernel_regularizer=regularizer, name=layer_name)(x)
 
     height, width = params.img_shape
     inputs = keras.Input(shape=(height, width, 3), batch_size=batch_size, name='image')
     end_points = {}
     net = inputs
+    if spec.input_scale is not None:
+        net = keras.layers.Rescaling(spec.input_scale, name='input_scale')(net)
     # VGG conv1..conv5.
     for b, (n_convs, channels) in enumerate(spec.blocks, start=1):
         for i in range(1, n_convs + 1):
@@ -166,8 +173,11 @@ def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weig
                      else float(params.normalizations[i]))
             feat = L2Normalization(gamma_init=gamma, name=f'{box}_L2Normalization')(feat)
         n_anchors = anchors_per_layer[i]
-        loc = conv(feat, n_anchors * 4, 3, f'{box}_conv_loc', activation=None)
-        cls = conv(feat, n_anchors * num_classes, 3, f'{box}_conv_cls', activation=None)
+        head_init = head_initializer or kernel_initializer
+        loc = conv(feat, n_anchors * 4, 3, f'{box}_conv_loc', activation=None,
+                   initializer=head_init)
+        cls = conv(feat, n_anchors * num_classes, 3, f'{box}_conv_cls', activation=None,
+                   initializer=head_init)
         # [B, H, W, A*X] -> [B, H, W, A, X]: channel index a*X + x, as slim's reshape.
         loc = keras.layers.Reshape(feat_hw + (n_anchors, 4), dtype='float32',
                                    name=f'{box}_loc_reshape')(loc)
