@@ -34,19 +34,20 @@ TEST_FIRST_INDEX = 1_000_000
 
 
 def _background(rng, size):
-    """Gradient between two muted colours + faint stripes + noise: float `[S, S, 3]`."""
-    c0, c1 = rng.uniform(40, 215, size=(2, 3))
+    """Gradient between two muted colours + faint stripes + noise: float32 `[S, S, 3]`."""
+    c0, c1 = rng.uniform(40, 215, size=(2, 3)).astype(np.float32)
+    coords = (np.arange(size, dtype=np.float32) + 0.5) / size
+    yy, xx = coords[:, None], coords[None, :]
     angle = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    t = (np.cos(angle) * xx + np.sin(angle) * yy)
+    t = np.float32(np.cos(angle)) * xx + np.float32(np.sin(angle)) * yy  # [S, S]
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-    img = c0 + (c1 - c0) * t[..., None]
-    freq = rng.uniform(2, 8)
-    phase = rng.uniform(0, 2 * np.pi)
-    s_angle = rng.uniform(0, np.pi)
-    stripes = np.sin(2 * np.pi * freq * (np.cos(s_angle) * xx + np.sin(s_angle) * yy) + phase)
-    img += rng.uniform(0, 15) * stripes[..., None]
-    img += rng.normal(0, rng.uniform(3, 10), size=img.shape)
+    freq, phase, s_angle = rng.uniform(2, 8), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
+    stripes = np.sin(np.float32(2 * np.pi * freq) * (np.float32(np.cos(s_angle)) * xx +
+                                                      np.float32(np.sin(s_angle)) * yy)
+                     + np.float32(phase))
+    amplitude, sigma = np.float32(rng.uniform(0, 15)), np.float32(rng.uniform(3, 10))
+    img = c0 + (c1 - c0) * t[..., None] + amplitude * stripes[..., None]
+    img += sigma * rng.standard_normal(size=(size, size, 3), dtype=np.float32)
     return img
 
 
@@ -134,7 +135,7 @@ def synthetic_image(seed, index, image_size=DEFAULT_IMAGE_SIZE, with_masks=False
             continue  # no room left: fewer objects
         m = mask.astype(bool)
         colour = _colour(rng, img[m].mean(axis=0))
-        img[m] = colour + rng.normal(0, 6, size=(int(m.sum()), 3))
+        img[m] = colour + 6 * rng.standard_normal(size=(int(m.sum()), 3), dtype=np.float32)
         boxes.append(box)
         labels.append(label)
         masks.append(m)
