@@ -1,0 +1,8 @@
+"""Data set readers: each returns `Record`s (`records.py`) with relative yxyx boxes.
+
+voc.read_voc (Pascal VOC directories), coco.read_coco (instances JSON), synthetic (procedural
+shapes, no download), tfrecord (slim key layout: parse_example, write_tfrecords), factory
+(load_records by name), convert (command line to sharded TFRecords), labelmap (names <-> ids).
+Bad records are skipped and counted in a `records.DataReport`, or raise `records.DataError`
+with `strict=True`. The tf.data builder is `ssd_tf.data.build_dataset`.
+"""
