@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from ssd_tf import metrics as metrics_lib
 from ssd_tf import postprocess
+from ssd_tf import visualize
 
 _LOG = logging.getLogger(__name__)
 
@@ -378,13 +379,6 @@ def _json_safe(x):
     return x
 
 
-# Class colours (RGB); no pure green, which marks ground truth in the detection grid.
-_PALETTE = [(230, 25, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128),
-            (170, 110, 40), (128, 0, 0), (128, 128, 0), (0, 0, 128), (128, 128, 128),
-            (255, 225, 25), (170, 255, 195), (255, 215, 180), (0, 0, 0), (220, 190, 255)]
-
-
 def draw_pr_curves(m, path, panel=240, columns=4):
     """Precision-recall curve per class as a grid of panels (cv2), written to `path` (PNG)."""
     per_class = m['_per_class']
@@ -410,7 +404,7 @@ def draw_pr_curves(m, path, panel=240, columns=4):
             pts = np.stack([x0 + np.concatenate([[0.], rec]) * size,
                             y0 - np.concatenate([[prec[0]], prec]) * size], -1)
             cv2.polylines(canvas, [np.round(pts).astype(np.int32)], False,
-                          _PALETTE[k % len(_PALETTE)][::-1], 2, cv2.LINE_AA)
+                          visualize.class_color(k + 1), 2, cv2.LINE_AA)
         ap = m['voc12']['ap'][name]
         cv2.putText(canvas, f"{name[:14]} AP={_fmt(ap).strip()}", (ox + 5, oy + 16),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
@@ -424,57 +418,36 @@ def draw_pr_curves(m, path, panel=240, columns=4):
 
 def _write_png(path, rgb):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise ValueError(f"cannot write {path}")
-
-
-def _draw_detections_cv2(image, boxes, labels, scores, names, color):
-    """Draws relative yxyx boxes on an RGB uint8 image copy (fallback without visualize.py)."""
-    image = np.ascontiguousarray(image.copy())
-    h, w = image.shape[:2]
-    for b, l, s in zip(boxes, labels, scores):
-        y0, x0, y1, x1 = (int(round(v)) for v in np.asarray(b) * [h, w, h, w])
-        c = color if color is not None else _PALETTE[(int(l) - 1) % len(_PALETTE)]
-        cv2.rectangle(image, (x0, y0), (x1, y1), c, 2)
-        text = names[int(l) - 1] if 0 < int(l) <= len(names) else str(int(l))
-        if s is not None:
-            text += f' {s:.2f}'
-        cv2.putText(image, text, (x0 + 2, max(y0 + 12, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, c,
-                    1, cv2.LINE_AA)
-    return image
+    visualize.save_png(path, rgb)
 
 
 def draw_detection_grid(run, records, class_names, path, num_images=8, score_threshold=0.3,
-                        max_boxes=20, tile=300, columns=4):
-    """PNG grid of the first `num_images` evaluated images: ground truth in green, the best
-    `max_boxes` detections with score >= score_threshold in class colours (drawn with cv2).
-    Returns the path, or None when no evaluated image is available."""
+                        max_boxes=20, tile=300, columns=2):
+    """PNG grid of the first `num_images` evaluated images, each as a pair: ground truth
+    (left) and the best `max_boxes` detections with score >= score_threshold (right), drawn
+    with `ssd_tf.visualize`. Returns the path, or None when no image was evaluated."""
     indices = sorted(run.detections)[:num_images]
     if not indices:
         return None
-    tiles = []
+    names = ['none'] + list(class_names)
+    pairs = []
     for idx in indices:
         rec = records[idx]
         image = decode_record_image(rec)
         scale = tile / max(image.shape[:2])
-        image = cv2.resize(image, (max(1, int(image.shape[1] * scale)),
-                                   max(1, int(image.shape[0] * scale))))
+        image = cv2.resize(image, (max(1, int(round(image.shape[1] * scale))),
+                                   max(1, int(round(image.shape[0] * scale)))),
+                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         boxes, scores, classes = run.detections[idx]
         keep = np.nonzero(scores >= score_threshold)[0][:max_boxes]  # scores are sorted
-        gt = np.asarray(rec.boxes).reshape(-1, 4)
-        image = _draw_detections_cv2(image, gt, np.asarray(rec.labels), [None] * len(gt),
-                                     class_names, (0, 200, 0))
-        image = _draw_detections_cv2(image, boxes[keep], classes[keep], scores[keep],
-                                     class_names, None)
-        canvas = np.full((tile, tile, 3), 255, np.uint8)
-        canvas[:image.shape[0], :image.shape[1]] = image
-        tiles.append(canvas)
-    cols = min(columns, len(tiles))
-    rows = int(np.ceil(len(tiles) / cols))
-    grid = np.full((rows * tile, cols * tile, 3), 255, np.uint8)
-    for k, t in enumerate(tiles):
-        grid[(k // cols) * tile:(k // cols + 1) * tile, (k % cols) * tile:(k % cols + 1) * tile] = t
-    _write_png(path, grid)
+        gt = visualize.draw_boxes(image, np.asarray(rec.boxes).reshape(-1, 4),
+                                  np.asarray(rec.labels).reshape(-1), label_names=names)
+        det = visualize.draw_boxes(image, boxes[keep], classes[keep], scores=scores[keep],
+                                   label_names=names)
+        pairs.append(np.concatenate([gt, np.full((gt.shape[0], 4, 3), 255, np.uint8), det],
+                                    axis=1))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    visualize.save_png(path, visualize.make_grid(pairs, columns, pad=6))
     return path
 
 
