@@ -16,7 +16,9 @@ Element structure: `(images, targets)`:
     batch (or to `max_boxes`), padding rows being label 0 and box zeros:
       'labels' `[B, M]` int64, 'bboxes' `[B, M, 4]` float32, 'num_boxes' `[B]` int32,
       and for eval datasets also 'difficult', 'is_crowd' `[B, M]` int64,
-      'image_id' `[B]` string, 'height', 'width' `[B]` int32 (original image size).
+      'image_id' `[B]` string (TFRecords without `image/filename`, as the original
+      converter wrote them: the position in the file order, '0', '1', ...),
+      'height', 'width' `[B]` int32 (original image size).
     Training datasets carry the boxes after `preprocess_fn` (what the network sees, e.g. for
     drawing the augmentation); eval datasets carry the original annotation, in relative
     coordinates of the original image, so evaluation is against the unmodified ground truth
@@ -205,8 +207,11 @@ def build_dataset(source, preprocess_fn, encode_fn=None, batch_size=32, is_train
             if is_training:
                 targets.update(labels=p_labels, bboxes=p_bboxes)
             else:
+                # Records of the original converter carry no id: use the stream position.
+                image_id = tf.where(tf.strings.length(ex['image_id']) > 0, ex['image_id'],
+                                    tf.strings.as_string(position))
                 targets.update(labels=labels, bboxes=bboxes, difficult=difficult,
-                               is_crowd=is_crowd, image_id=ex['image_id'],
+                               is_crowd=is_crowd, image_id=image_id,
                                height=shape[0], width=shape[1])
             targets['num_boxes'] = tf.size(targets['labels'], out_type=tf.int32)
         return tf.cast(out_image, tf.float32), targets

@@ -182,6 +182,18 @@ def test_tfrecord_source_matches_record_source(tmp_path):
     assert images.shape == (4, OUT, OUT, 3) and t['gclasses'][0].shape == (4, 4, 4, 2)
 
 
+def test_slim_records_without_ids_get_positions(tmp_path):
+    path = str(tmp_path / 'voc_2007_test_000.tfrecord')  # the original's file naming
+    with tf.io.TFRecordWriter(path) as w:
+        for r in synthetic_records(3):
+            ex = tfrecord.record_to_example(r)
+            del ex.features.feature['image/filename']
+            del ex.features.feature['image/object/bbox/is_crowd']
+            w.write(ex.SerializeToString())
+    _, t = next(iter(data.build_eval_dataset(path, resize_preprocess, batch_size=3)))
+    assert t['image_id'].numpy().tolist() == [b'0', b'1', b'2']
+
+
 def test_max_boxes_pads_to_a_fixed_size_and_overflow_fails_loudly():
     recs = synthetic_records(6)
     ds = data.build_eval_dataset(recs, resize_preprocess, batch_size=3, max_boxes=10)
