@@ -9,10 +9,17 @@ BGR swap) and boxes relative to the returned image. Everything is TF graph code 
 Two training chains:
 - default: the SSD paper's augmentation (photometric distortions, expand / zoom-out, min-IoU
   patch sampling, horizontal flip, one resize). Boxes are clipped to the sampled patch; boxes
-  whose centre leaves the patch are dropped.
+  whose centre leaves the patch, or thinner than `MIN_BOX_SIZE`, are dropped. For speed the
+  expand + patch + flip + resize is one `crop_and_resize` read straight from the uint8 image
+  (no full-resolution float copy), and the photometric distortions run afterwards on the
+  output pixels as one affine colour map (see `_photometric_affine`): the same as caffe's
+  order for these pointwise ops except that contrast uses the mean of the visible patch,
+  values are clipped once at the end rather than after each step, and hue is a rotation of
+  the YIQ chroma plane rather than an HSV shift.
 - `reference_compat=True`: the slim SSD's chain (`sample_distorted_bounding_box` crop, boxes
   kept when more than half of their area is inside the crop and NOT clipped, warp resize, flip,
-  colour distortion in [0, 1], x255 minus means).
+  colour distortion in [0, 1], x255 minus means). Same distributions as the original, drawn
+  from stateless ops, so not the original's random numbers.
 
 Randomness is stateless: `seed` is an int32/int64 tensor of shape `[2]` (e.g. built per element
 in tf.data from a base seed and the element index) and the same seed gives the same output.
