@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from preprocessing import ssd_vgg_preprocessing as prep
 
@@ -122,6 +124,29 @@ def test_sampled_patches_satisfy_constraints():
     assert 0 < whole < 60
 
 
+@settings(max_examples=15, deadline=None)
+@given(height=st.integers(8, 90), width=st.integers(8, 90), n=st.integers(0, 6),
+       seed=st.integers(0, 2 ** 31 - 1), data=st.data())
+def test_property_boxes_valid_and_labels_aligned(height, width, n, seed, data):
+    """Random image sizes and boxes: output boxes inside [0, 1] with positive size, and the
+    kept labels a subsequence of the input ones (label i marks box i, order kept)."""
+    corners = np.array(data.draw(st.lists(
+        st.tuples(*[st.floats(0., 1.)] * 4), min_size=n, max_size=n)), np.float32).reshape(-1, 4)
+    boxes = np.concatenate([np.minimum(corners[:, :2], corners[:, 2:]),
+                            np.maximum(corners[:, :2], corners[:, 2:])], axis=1)
+    labels = np.arange(1, n + 1, dtype=np.int64)
+    image = np.zeros((height, width, 3), np.uint8)
+    for rc in (False, True):
+        out, l, b = [x.numpy() for x in prep.preprocess_for_train(
+            image, labels, boxes, (24, 24), reference_compat=rc, seed=[seed, 0])]
+        assert out.shape == (24, 24, 3) and np.all(np.isfinite(out))
+        assert len(l) == len(b) <= n
+        assert np.all(np.diff(l) > 0)  # a subsequence of 1..n
+        assert np.all(b[:, 2] > b[:, 0]) and np.all(b[:, 3] > b[:, 1])
+        if not rc:  # the slim chain keeps boxes unclipped by design
+            assert np.all(b >= 0.) and np.all(b <= 1.)
+
+
 @pytest.mark.parametrize('reference_compat', [False, True])
 def test_zero_boxes(reference_compat):
     image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
@@ -152,23 +177,24 @@ def test_seeded_determinism(reference_compat):
     assert any(not np.array_equal(a[0], o) for o in others)
 
 
-def test_runs_in_tf_data_map_with_unknown_shapes():
+def test_graph_mode_with_unknown_shapes_and_tf_data_map():
     image, labels, boxes, difficult = scene()
-
-    def gen():
-        yield image, labels, boxes, difficult
-        yield image[:60, :100], labels[:0], boxes[:0], difficult[:0]
-
     spec = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None], tf.int64),
-            tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int64))
-    ds = tf.data.Dataset.from_generator(gen, output_signature=spec).enumerate()
+            tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int64),
+            tf.TensorSpec([2], tf.int64))
     for rc in (False, True):
-        mapped = ds.map(lambda i, ex: prep.preprocess_for_train(
-            ex[0], ex[1], ex[2], (40, 50), reference_compat=rc, seed=tf.stack([i, 0]),
-            difficults=ex[3]))
-        assert mapped.element_spec[0].shape == (40, 50, 3)
-        results = list(mapped)
-        assert len(results) == 2 and results[1][1].shape == (0,)
+        fn = tf.function(lambda i, l, b, d, s, rc=rc: prep.preprocess_for_train(
+            i, l, b, (40, 50), reference_compat=rc, seed=s, difficults=d), input_signature=spec)
+        out = fn.get_concrete_function().structured_outputs
+        assert out[0].shape == (40, 50, 3) and out[2].shape.as_list() == [None, 4]
+        _, l, b, d = fn(image[:60, :100], labels[:0], boxes[:0], difficult[:0], [1, 2])
+        assert l.shape == (0,) and b.shape == (0, 4) and d.shape == (0,)
+    # Inside tf.data.Dataset.map, with a per-element seed from the element's position.
+    ds = tf.data.Dataset.range(3).map(lambda i: prep.preprocess_for_train(
+        tf.image.crop_to_bounding_box(image, 0, 0, 100 - 10 * tf.cast(i, tf.int32), 160),
+        labels, boxes, (40, 50), seed=tf.stack([i, 0])), num_parallel_calls=2)
+    assert ds.element_spec[0].shape == (40, 50, 3)
+    assert len(list(ds)) == 3
 
 
 def test_nchw():
