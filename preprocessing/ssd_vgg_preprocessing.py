@@ -107,7 +107,11 @@ def _check_inputs(image, labels, bboxes, difficults, where):
                          f"{image.shape}; decode with channels=3")
     if bboxes is None:
         bboxes = tf.zeros([0, 4], tf.float32)
-    bboxes = tf.cast(boxes_lib._as_boxes(bboxes, name=f"{where}: bboxes"), tf.float32)
+    bboxes = tf.cast(tf.convert_to_tensor(bboxes), tf.float32)
+    if bboxes.shape.rank is not None and bboxes.shape.rank >= 1 and \
+            bboxes.shape[-1] not in (None, 4):
+        raise ValueError(f"{where}: bboxes must be [N, 4] ([ymin, xmin, ymax, xmax]) with a "
+                         f"last dimension of 4, got shape {bboxes.shape}")
     bboxes = tf.reshape(bboxes, [-1, 4])
     if labels is None:
         labels = tf.zeros([tf.shape(bboxes)[0]], tf.int64)
