@@ -50,8 +50,9 @@ flags.DEFINE_boolean('wait_for_checkpoints', False,
 flags.DEFINE_float('checkpoint_timeout', 600.,
                    'With --wait_for_checkpoints: stop after this many seconds without a new '
                    'checkpoint (<= 0: wait forever).')
-flags.DEFINE_float('moving_average_decay', None, 'Not supported (TF1 EMA shadow variables); '
-                   'an error if set.')
+flags.DEFINE_float('moving_average_decay', None,
+                   'If set, evaluate the moving-average weights that training wrote at the end '
+                   '(ema.weights.h5 in the training directory) instead of the checkpoint\'s.')
 flags.DEFINE_string('master', '', 'Ignored (TF1 distributed master).')
 flags.DEFINE_float('gpu_memory_fraction', 0.1, 'Ignored (TF2 allocates GPU memory on demand).')
 # Data set.
@@ -87,6 +88,7 @@ FLAGS = flags.FLAGS
 
 DEFAULT_MODEL_NAME = 'ssd_small'
 DEFAULT_DATASET_NAME = 'synthetic'
+EMA_WEIGHTS_FILENAME = 'ema.weights.h5'  # written by train_ssd.py with --moving_average_decay
 DEFAULT_SYNTHETIC_NUM_TEST = 300  # train_ssd.py's --synthetic_num_test default
 
 
@@ -206,9 +208,6 @@ class Evaluation:
     def __init__(self, get_network=get_network_class):
         from ssd_tf import evaluation
         self.ev = evaluation
-        if FLAGS.moving_average_decay:
-            raise ValueError("--moving_average_decay is not supported (TF2 checkpoints of this "
-                             "project store the weights to evaluate directly)")
         if FLAGS.batch_size < 1:
             raise ValueError(f"--batch_size={FLAGS.batch_size} must be >= 1")
         path = FLAGS.checkpoint_path
@@ -295,6 +294,13 @@ class Evaluation:
             from nets import ssd_vgg_keras
             slim_map = ssd_vgg_keras.slim_variable_map(self.model)
         self.ev.restore_model(self.model, kind, path, slim_variable_map=slim_map)
+        if FLAGS.moving_average_decay:
+            ema = os.path.join(os.path.dirname(path), EMA_WEIGHTS_FILENAME)
+            if not os.path.isfile(ema):
+                raise ValueError(f"--moving_average_decay is set but {ema} does not exist "
+                                 f"(training writes it when a run with "
+                                 f"--moving_average_decay finishes)")
+            self.model.load_weights(ema)
 
     def evaluate(self, path, kind, summaries=False):
         """Restores `path`, evaluates, writes the report; returns the metrics dict."""

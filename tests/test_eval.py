@@ -11,6 +11,7 @@ import tensorflow as tf
 from absl import flags
 
 import eval_ssd
+from nets import serving
 from nets import ssd_vgg_keras
 from nets.ssd_base import SSDNet, SSDParams
 from ssd_tf import evaluation
@@ -199,21 +200,13 @@ def test_label_out_of_range_is_a_clear_error():
 
 # ---------------------------------------------------------------------------- eval_ssd
 def test_eval_ssd_checkpoint_and_savedmodel_agree(tmp_path):
-    net, model = _tiny_model()
+    _, model = _tiny_model()
     train = str(tmp_path / 'train')
     _save_train_dir(train, model)
-    # SavedModel with a raw (flattened per-layer) serving signature.
+    # SavedModel with the networks' raw serving signature (flattened per-layer outputs).
     sm = str(tmp_path / 'saved_model')
-    h, w = net.params.img_shape
-
-    @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)])
-    def serve(images):
-        out = model(images, training=False)
-        return {f'{k}_{i}': t for k in ('predictions', 'localisations')
-                for i, t in enumerate(out[k])}
-    module = tf.Module()
-    module.model = model
-    tf.saved_model.save(module, sm, signatures={'serving_default': serve})
+    tf.saved_model.save(model, sm, signatures={'serving_default':
+                                               serving.serving_signature(model)})
     with open(os.path.join(sm, 'config.json'), 'w') as f:
         json.dump({'model_name': 'tiny', 'num_classes': 5}, f)
     results = {}
