@@ -2,8 +2,9 @@
 
 Prints a markdown table: images/s (median of --runs timed runs after 2 warm-ups), the model's
 multiply-adds (counted analytically from the conv/dense layer shapes), achieved GFLOP/s
-(2 * MACs * images/s) beside the machine's float32 matmul GFLOP/s, and the machine (CPU model,
-cores, TF version). Numbers are noisy on a shared machine: compare runs, not single figures.
+(2 * MACs * images/s) beside the machine's float32 matmul GFLOP/s measured just before that
+row (so both see the same load), and the machine (CPU model, cores, TF version). Numbers are
+noisy on a shared machine: compare runs, not single figures.
 
     python bench/bench_forward.py [--runs 5] [--only ssd_small,ssd_300_vgg]
 """
@@ -114,7 +115,6 @@ def _train_step_fn(net, model, batch):
 def main(argv):
     del argv
     only = set(filter(None, FLAGS.only.split(',')))
-    peak = matmul_gflops(FLAGS.matmul_size, FLAGS.runs)
     rows = []
     models = {}
     for name, batch, what in CONFIGS:
@@ -134,22 +134,23 @@ def main(argv):
         else:
             fn = _train_step_fn(net, model, batch)
             flops_per_image = 3 * 2. * macs  # backward ~ 2x forward
+        peak = matmul_gflops(FLAGS.matmul_size, FLAGS.runs)
         seconds = timed(fn, FLAGS.runs)
         ips = batch / seconds
         gflops = flops_per_image * ips / 1e9
-        rows.append((name, what, batch, model.count_params(), macs / 1e9, ips, gflops,
-                     100. * gflops / peak))
+        rows.append((name, what, batch, model.count_params(), macs / 1e9, ips, gflops, peak))
         print(f'{name} {what} batch {batch}: {ips:.2f} images/s', file=sys.stderr, flush=True)
 
     print(f'Machine: {cpu_model()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, '
           f'Keras {keras.__version__}, Python {platform.python_version()}')
-    print(f'float32 matmul {FLAGS.matmul_size}x{FLAGS.matmul_size}: {peak:.1f} GFLOP/s; '
-          f'median of {FLAGS.runs} runs; shared machine, expect noise.\n')
-    print('| model | pass | batch | params | GMAC/image | images/s | GFLOP/s | % of matmul |')
+    print(f'Medians of {FLAGS.runs} runs; matmul = float32 {FLAGS.matmul_size}x'
+          f'{FLAGS.matmul_size} tf.matmul measured just before each row; shared machine, '
+          f'expect noise.\n')
+    print('| model | pass | batch | params | GMAC/image | images/s | GFLOP/s | matmul GFLOP/s |')
     print('|---|---|---:|---:|---:|---:|---:|---:|')
-    for name, what, batch, params, gmac, ips, gflops, pct in rows:
+    for name, what, batch, params, gmac, ips, gflops, peak in rows:
         print(f'| {name} | {what} | {batch} | {params:,} | {gmac:.2f} | {ips:.2f} | '
-              f'{gflops:.1f} | {pct:.0f}% |')
+              f'{gflops:.1f} | {peak:.1f} |')
     if any(what == 'train step' for _, what, *_ in rows):
         print('\nTrain step GFLOP/s counts backward as 2x forward (3x forward MACs in all).')
 
