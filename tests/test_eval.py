@@ -187,6 +187,26 @@ def test_perfect_detector_scores_one():
     assert res['map07'] == pytest.approx(1.)
 
 
+def test_run_evaluation_accepts_build_eval_dataset_batches():
+    """`ssd_tf.data.build_eval_dataset` batches (training's validation) give the same result
+    as `make_eval_dataset` batches."""
+    from ssd_tf import data as data_lib
+    recs = synthetic.make_synthetic_examples(5, seed=2, image_size=80)
+    net, model = _tiny_model()
+    detector = evaluation.keras_detector(model, net)
+    resize = lambda im: tf.image.resize(tf.cast(im, tf.float32), (64, 64))  # noqa: E731
+    ds1 = evaluation.make_eval_dataset(
+        recs, lambda im, l, b: (resize(im), tf.constant([0., 0., 1., 1.])), batch_size=2)
+    ds2 = data_lib.build_eval_dataset(recs, lambda im, l, b: (resize(im), l, b), batch_size=2)
+    names = list(synthetic.SYNTHETIC_LABEL_MAP.names)
+    r1 = evaluation.run_evaluation(detector, ds1, 5, names).evaluator.evaluate()
+    r2 = evaluation.run_evaluation(detector, ds2, 5, names).evaluator.evaluate()
+    assert r1['map07'] == pytest.approx(r2['map07'], abs=1e-9)
+    for name in names:
+        np.testing.assert_allclose(r1['per_class'][name]['precision'],
+                                   r2['per_class'][name]['precision'])
+
+
 def test_label_out_of_range_is_a_clear_error():
     recs = [records_lib.make_record('a', 20, 20, [[.1, .1, .5, .5]], [7], ['x'],
                                     image=np.zeros((20, 20, 3), np.uint8))]
@@ -243,6 +263,22 @@ def test_eval_ssd_class_count_mismatch_is_an_error(tmp_path):
     _flags(f'--checkpoint_path={train}', '--num_classes=21')
     with pytest.raises(ValueError, match='--num_classes=21'):
         eval_ssd.Evaluation(get_network=_get_network)
+
+
+def test_eval_ssd_moving_average_needs_the_ema_file(tmp_path):
+    _, model = _tiny_model()
+    train = str(tmp_path / 'train')
+    _save_train_dir(train, model)
+    _flags(f'--checkpoint_path={train}', f'--eval_dir={tmp_path / "e"}',
+           '--synthetic_num_images=2', '--moving_average_decay=0.999')
+    e = eval_ssd.Evaluation(get_network=_get_network)
+    with pytest.raises(ValueError, match='ema.weights.h5'):
+        e.evaluate(e.path, e.kind)
+    # with the file, its weights are the ones evaluated
+    _, other = _tiny_model(seed=1)
+    other.save_weights(os.path.join(train, 'ema.weights.h5'))
+    e.restore(e.path, e.kind)
+    np.testing.assert_array_equal(e.model.get_weights()[0], other.get_weights()[0])
 
 
 def test_eval_ssd_wait_for_checkpoints_writes_summaries(tmp_path):
