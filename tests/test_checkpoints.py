@@ -132,7 +132,8 @@ def test_missing_variables_raise_unless_ignored(ssd300, tmp_path):
     vmap = ssd_vgg_keras.slim_variable_map(ssd300)
     with pytest.raises(ValueError, match='block9/conv1x1/biases.*\n.*ignore_missing_vars'):
         checkpoints.load_slim_checkpoint(vmap, prefix)
-    report = checkpoints.load_slim_checkpoint(vmap, prefix, ignore_missing_vars=True)
+    # A callable returning the map is accepted too.
+    report = checkpoints.load_slim_checkpoint(lambda: vmap, prefix, ignore_missing_vars=True)
     assert list(report.skipped) == ['ssd_300_vgg/block9/conv1x1/biases']
     assert len(report.restored) == 70
 
