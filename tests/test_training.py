@@ -1,0 +1,241 @@
+"""Training: resume, signals, kill -9, distribution, mixed precision, NaN skipping, fine-tuning.
+
+Command-line behaviour runs `train_ssd.py` in subprocesses on a tiny synthetic set; the step,
+checkpoint and loss-scaling logic is tested in-process on `ssd_small`.
+"""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nets import ssd_small
+from preprocessing import ssd_vgg_preprocessing as prep
+from ssd_tf import data as data_lib
+from ssd_tf import training
+from ssd_tf.datasets import synthetic
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ['--synthetic_num_train=64', '--synthetic_num_test=16', '--batch_size=8',
+        '--log_every_n_steps=1', '--warmup_steps=2']
+
+
+def run_train(args, timeout=600, **kw):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
+    return subprocess.run([sys.executable, str(ROOT / 'train_ssd.py')] + list(args),
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+                          **kw)
+
+
+def start_train(args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
+    return subprocess.Popen([sys.executable, str(ROOT / 'train_ssd.py')] + list(args),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, cwd=ROOT)
+
+
+def latest_step(train_dir):
+    latest = tf.train.latest_checkpoint(str(train_dir))
+    return None if latest is None else int(latest.rsplit('-', 1)[1])
+
+
+# ------------------------------------------------------------------ flags
+@pytest.mark.parametrize('args, needle', [
+    (['--momentum=0.5'], '--momentum applies to --optimizer=momentum'),
+    (['--checkpoint_exclude_scopes=a/b'], '--checkpoint_exclude_scopes needs --checkpoint_path'),
+    (['--dataset_dir=/tmp'], '--dataset_dir is not used with --dataset_name=synthetic'),
+    (['--no_such_flag=1'], 'no_such_flag'),
+    (['--optimizer=adamm'], 'optimizer'),
+    (['--reference_compat', '--label_smoothing=0.1'], '--label_smoothing with --reference_compat'),
+])
+def test_bad_flags_fail_at_once_naming_them(args, needle, tmp_path):
+    t0 = time.time()
+    r = run_train(['--train_dir', str(tmp_path / 'r')] + args, timeout=120)
+    assert r.returncode != 0
+    assert needle in r.stderr + r.stdout
+    assert not (tmp_path / 'r').exists()  # nothing was started
+    assert time.time() - t0 < 60
+
+
+def test_num_classes_disagreeing_with_data_is_an_error(tmp_path):
+    r = run_train(['--train_dir', str(tmp_path / 'r'), '--num_classes=21'] + TINY)
+    assert r.returncode == 2
+    assert '--num_classes=21' in r.stderr and '4 classes + background' in r.stderr
+
+
+# ------------------------------------------------------------------ in-process helpers
+def _setup(tmp_path, steps_records=64, batch=8, optimizer='adam', lr=1e-3, seed=0):
+    keras.utils.set_random_seed(seed)
+    net = ssd_small.SSDNet()
+    model = net.keras_model()
+    opt = training.build_optimizer(optimizer, lr)
+    trainer = training.Trainer(net, model, opt, tf.distribute.get_strategy(),
+                               str(tmp_path), batch)
+    anchors = net.anchors()
+    records = synthetic.make_synthetic_examples(steps_records, seed=3, image_size=96)
+
+    def dataset(start=0):
+        return data_lib.build_dataset(
+            records, lambda i, l, b, seed=None: prep.preprocess_for_train(
+                i, l, b, out_shape=net.params.img_shape, seed=seed),
+            lambda l, b: net.bboxes_encode(l, b, anchors), batch_size=batch, seed=1,
+            start=start)
+    return net, model, opt, trainer, dataset
+
+
+class _Quiet(training.ProgressBar):
+    def __init__(self, total, start=0):
+        super().__init__(total, start, 1000, stream=open(os.devnull, 'w'))
+        self.messages = []
+
+    def message(self, text):
+        self.messages.append(text)
+
+
+def _opt_state(opt):
+    return [v.numpy().copy() for v in opt.variables]
+
+
+def test_resume_gives_same_step_optimizer_state_and_weights(tmp_path):
+    # Uninterrupted: 4 steps.
+    _, model_a, opt_a, tr_a, ds_a = _setup(tmp_path / 'a')
+    tr_a.train(ds_a(), 4, progress=_Quiet(4))
+    # Interrupted after 2 steps, then a fresh process-like restart: new objects, restore, resume
+    # the data stream at the saved position.
+    _, _, opt_b, tr_b, ds_b = _setup(tmp_path / 'b')
+    tr_b.train(ds_b(), 2, progress=_Quiet(2))
+    saved_state = _opt_state(opt_b)
+    _, model_c, opt_c, tr_c, ds_c = _setup(tmp_path / 'b')
+    model_c.set_weights([np.zeros_like(w) for w in model_c.get_weights()])  # restored over
+    assert tr_c.restore() is not None
+    assert int(tr_c.global_step.numpy()) == 2
+    for x, y in zip(saved_state, _opt_state(opt_c)):
+        np.testing.assert_array_equal(x, y)
+    tr_c.train(ds_c(start=2 * 8), 4, progress=_Quiet(4, 2))
+    assert int(tr_c.global_step.numpy()) == 4
+    assert int(opt_c.iterations.numpy()) == 4
+    for wa, wc in zip(model_a.get_weights(), model_c.get_weights()):
+        np.testing.assert_allclose(wa, wc, rtol=1e-4, atol=1e-6)
+
+
+def test_nan_in_data_is_skipped_then_repeated_nans_stop(tmp_path):
+    net, model, opt, trainer, ds = _setup(tmp_path)
+    batches = list(ds().take(3))
+    images, targets = batches[1]
+    # NaN box targets (NaN pixels are not enough: the graph's fused conv+ReLU maps NaN to 0)
+    glocs = tuple(tf.fill(tf.shape(g), float('nan')) for g in targets['glocalisations'])
+    poisoned = (images, dict(targets, glocalisations=glocs))
+    seen = []
+    trainer.train([batches[0]], 1, progress=_Quiet(1))
+    before = [w.copy() for w in model.get_weights()]
+    iters = int(opt.iterations.numpy())
+    progress = _Quiet(3, 1)
+    trainer.train([poisoned, batches[2]], 3, progress=progress,
+                  on_step=lambda s, l: seen.append(s))
+    assert any('non-finite loss at step 2' in m for m in progress.messages)
+    assert seen == [3]  # step 2 skipped, step 3 trained
+    assert int(opt.iterations.numpy()) == iters + 1  # one real update
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    # Several in a row: stop, keep the last good checkpoint.
+    good = trainer.save()
+    with pytest.raises(training.NonFiniteLossError, match='last good checkpoint is kept'):
+        trainer.train([poisoned] * 5, 100, max_consecutive_nonfinite=3, progress=_Quiet(100, 4))
+    assert trainer.manager.latest_checkpoint == good
+
+
+def test_mixed_precision_steps_are_finite(tmp_path):
+    for policy in ('mixed_float16', 'mixed_bfloat16'):
+        keras.mixed_precision.set_dtype_policy(policy)
+        try:
+            net = ssd_small.SSDNet()
+            model = net.keras_model()
+            opt = training.build_optimizer('adam', 1e-3, mixed_precision=policy)
+            trainer = training.Trainer(net, model, opt, tf.distribute.get_strategy(),
+                                       str(tmp_path / policy), 4)
+            assert model.layers[-1].compute_dtype in ('float16', 'bfloat16', 'float32')
+            records = synthetic.make_synthetic_examples(8, seed=0, image_size=96)
+            anchors = net.anchors()
+            ds = data_lib.build_dataset(
+                records, lambda i, l, b: prep.preprocess_for_eval(
+                    i, l, b, out_shape=net.params.img_shape)[:3],
+                lambda l, b: net.bboxes_encode(l, b, anchors), batch_size=4, seed=0)
+            losses = trainer.train_step(next(iter(ds)))
+            assert all(np.isfinite(float(v)) for v in losses.values()), (policy, losses)
+            assert float(losses['total']) > 0
+        finally:
+            keras.mixed_precision.set_dtype_policy('float32')
+
+
+def test_schedule_warmup_and_decays():
+    s = training.WarmupDecaySchedule(1.0, 'cosine', total_steps=100, warmup_steps=10,
+                                     end_learning_rate=0.)
+    assert float(s(0)) == pytest.approx(0.1)  # (0 + 1) / 10
+    assert float(s(50)) == pytest.approx(0.5, abs=1e-6)  # half way down the cosine
+    assert float(s(100)) == pytest.approx(0., abs=1e-7)
+    e = training.WarmupDecaySchedule(0.01, 'exponential', decay_steps=10, decay_factor=0.5)
+    assert float(e(25)) == pytest.approx(0.0025)  # 0.01 * 0.5 ** floor(25 / 10)
+    p = training.WarmupDecaySchedule(1.0, 'polynomial', decay_steps=10, end_learning_rate=0.1)
+    assert float(p(5)) == pytest.approx(0.55) and float(p(50)) == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------ subprocess behaviour
+def test_sigterm_saves_kill9_loses_nothing_and_resume_continues(tmp_path):
+    train_dir = tmp_path / 'run'
+    args = ['--train_dir', str(train_dir), '--max_number_of_steps=100000',
+            '--eval_split_name=', '--save_interval_secs=100000'] + TINY
+    # 1. SIGTERM: a checkpoint at the current step, clean exit.
+    p = start_train(args)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith('step 3/'):
+            p.send_signal(signal.SIGTERM)
+            break
+    out = ''.join(lines) + p.stdout.read()
+    assert p.wait(timeout=120) == 0, out
+    assert 'SIGTERM received: checkpoint saved at step' in out
+    step1 = latest_step(train_dir)
+    assert step1 is not None and step1 >= 3
+    # 2. Resume (a --checkpoint_path is reported as not used), then kill -9 after some saves.
+    p = start_train(args + ['--save_every_n_steps=2', '--checkpoint_path=/no/such/ckpt'])
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith(f'step {step1 + 5}/'):
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait(timeout=60)
+    out = ''.join(lines)
+    assert f'resuming from' in out and f'(step {step1})' in out, out
+    assert '--checkpoint_path=/no/such/ckpt is NOT used' in out
+    step2 = latest_step(train_dir)
+    assert step2 is not None and step2 > step1
+    # the newest checkpoint is complete and loads
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(train_dir)))
+    assert 'global_step/.ATTRIBUTES/VARIABLE_VALUE' in reader.get_variable_to_shape_map()
+    assert int(reader.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE')) == step2
+    # 3. Resume to the end.
+    final = step2 + 3
+    r = run_train(args[:2] + [f'--max_number_of_steps={final}'] + args[3:])
+    assert r.returncode == 0, r.stderr
+    assert f'(step {step2})' in r.stderr
+    assert latest_step(train_dir) == final
+    config = json.loads((train_dir / 'config.json').read_text())
+    assert config['model_name'] == 'ssd_small' and config['num_classes'] == 5
+
+
+def test_resume_with_changed_model_is_refused(tmp_path):
+    train_dir = tmp_path / 'run'
+    r = run_train(['--train_dir', str(train_dir), '--max_number_of_steps=1',
+                   '--eval_split_name='] + TINY)
+    assert r.returncode == 0, r.stderr
+    r = run_train(['--train_dir', str(train_dir), '--max_number_of_steps=2',
+                   '--eval_split_name=', '--seed=5'] + TINY)
+    assert r.returncode == 2 and '--seed=0 there, 5 now' in r.stderr
