@@ -239,3 +239,52 @@ def test_resume_with_changed_model_is_refused(tmp_path):
     r = run_train(['--train_dir', str(train_dir), '--max_number_of_steps=2',
                    '--eval_split_name=', '--seed=5'] + TINY)
     assert r.returncode == 2 and '--seed=0 there, 5 now' in r.stderr
+
+
+# ------------------------------------------------------------------ distribution
+def _dist(mode, out, weights, env=None, wait=True):
+    e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+    e.update(env or {})
+    cmd = [sys.executable, str(ROOT / 'tests' / 'dist_check.py'), mode, str(out), str(weights)]
+    if not wait:
+        return subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    r = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(pathlib.Path(out).read_text())
+
+
+def _free_ports(n):
+    import socket
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(('127.0.0.1', 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _assert_same_step(single, other, replicas):
+    assert other['replicas'] == replicas
+    for k, v in single['losses'].items():
+        assert other['losses'][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+    np.testing.assert_allclose(other['weights'], single['weights'], rtol=1e-4)
+    np.testing.assert_allclose(other['first_kernel'], single['first_kernel'], rtol=1e-3,
+                               atol=1e-6)
+
+
+def test_mirrored_and_multi_worker_equal_single_replica(tmp_path):
+    weights = tmp_path / 'w0.npz'
+    single = _dist('single', tmp_path / 'single.json', weights)
+    assert single['replicas'] == 1 and single['losses']['total'] > 0
+    mirrored = _dist('mirrored', tmp_path / 'mirrored.json', weights)
+    _assert_same_step(single, mirrored, 2)
+    ports = _free_ports(2)
+    cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
+    procs = [_dist('multi_worker', tmp_path / 'mw.json', weights, wait=False, env={
+        'TF_CONFIG': json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': i}})})
+        for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    _assert_same_step(single, json.loads((tmp_path / 'mw.json').read_text()), 2)
