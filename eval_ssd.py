@@ -317,7 +317,7 @@ class Evaluation:
                        dataset_name=self.dataset_name))
         if summaries:
             self.ev.write_summaries(FLAGS.eval_dir, m, step or 0)
-        logging.info('Evaluation of %s:\n%s', path, m['table'])
+        logging.info('Evaluated %s: VOC07 mAP %.4f', path, m['voc07']['map'])
         print(m['table'])
         return m
 
