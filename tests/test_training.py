@@ -288,3 +288,32 @@ def test_mirrored_and_multi_worker_equal_single_replica(tmp_path):
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     _assert_same_step(single, json.loads((tmp_path / 'mw.json').read_text()), 2)
+
+
+# ------------------------------------------------------------------ fine-tuning
+def test_fine_tune_from_slim_checkpoint_with_another_class_count(tmp_path):
+    from nets import ssd_vgg_keras
+    # A slim-named checkpoint of the same network trained on 21 classes (VOC).
+    net21 = ssd_small.SSDNet(ssd_small.SSDNet.default_params._replace(num_classes=21))
+    model21 = net21.keras_model()
+    varmap = ssd_vgg_keras.slim_variable_map(model21, model_scope='ssd_small')
+    prefix = str(tmp_path / 'voc' / 'model.ckpt-1000')
+    os.makedirs(tmp_path / 'voc')
+    names = sorted(varmap)
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[''] * len(names),
+                      tensors=[varmap[n].value for n in names])
+    base = ['--max_number_of_steps=2', '--eval_split_name=', '--checkpoint_path', prefix] + TINY
+    # Without excluding the class heads: a clear error naming them and the flag.
+    r = run_train(['--train_dir', str(tmp_path / 'a')] + base)
+    assert r.returncode == 2
+    assert 'ssd_small/block4_box/conv_cls/weights' in r.stderr
+    assert '--checkpoint_exclude_scopes' in r.stderr
+    # Excluding them: everything else restored, trains on the 5-class synthetic set.
+    heads = ','.join(f'ssd_small/{b}_box/conv_cls' for b in net21.params.feat_layers)
+    r = run_train(['--train_dir', str(tmp_path / 'b'), '--checkpoint_exclude_scopes', heads]
+                  + base)
+    assert r.returncode == 0, r.stderr
+    assert 'initialised from --checkpoint_path' in r.stderr
+    assert 'skipped  ssd_small/block4_box/conv_cls/weights' in r.stderr
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / 'b')))
+    assert int(reader.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE')) == 2
