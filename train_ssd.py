@@ -113,6 +113,9 @@ flags.DEFINE_string('tpu', None, 'TPU name or address for --strategy=tpu.')
 flags.DEFINE_enum('mixed_precision', None, ['mixed_float16', 'mixed_bfloat16'],
                   'Mixed precision policy (loss and L2 normalisation stay float32).')
 flags.DEFINE_boolean('jit_compile', False, 'XLA-compile the forward/loss/gradient computation.')
+flags.DEFINE_float('max_train_secs', None,
+                   'Stop training after this many seconds (then evaluate as if finished): a fixed '
+                   'time budget for comparisons.')
 flags.DEFINE_integer('log_every_n_steps', 10, 'Progress line and scalar summaries period.')
 flags.DEFINE_integer('save_interval_secs', 600, 'Checkpoint period in seconds.')
 flags.DEFINE_integer('save_every_n_steps', None, 'Also checkpoint every this many steps.')
@@ -458,12 +461,13 @@ def run(cfg):
             save_every_n_steps=cfg['save_every_n_steps'],
             max_consecutive_nonfinite=cfg['max_consecutive_nonfinite'], summary_writer=writer,
             save_summaries_secs=cfg['save_summaries_secs'], on_summary=on_summary,
-            on_step=on_step, progress=trainer_progress)
+            on_step=on_step, progress=trainer_progress, max_seconds=cfg['max_train_secs'])
     except training.NonFiniteLossError as e:
         print(f"train_ssd.py: error: {e}", file=sys.stderr)
         return 3
-    if reason != 'done':
+    if reason in ('SIGINT', 'SIGTERM'):
         return 0
+    final_step = int(trainer.global_step.numpy())
     if cfg['moving_average_decay']:
         optimizer.inner_optimizer.finalize_variable_values(model.trainable_variables)
         model.save_weights(os.path.join(train_dir, 'ema.weights.h5'))
@@ -474,14 +478,14 @@ def run(cfg):
             eval_dir = os.path.join(train_dir, 'eval')
             m, _ = evaluation.write_report(run_, eval_dir, split=cfg['eval_split_name'],
                                            records=eval_records[cfg['eval_split_name']],
-                                           step=cfg['max_number_of_steps'])
-            with writer.as_default(step=cfg['max_number_of_steps']):
+                                           step=final_step)
+            with writer.as_default(step=final_step):
                 tf.summary.scalar('eval/mAP_voc07', m['voc07']['map'])
             print(evaluation.format_table(m))
             print(f"VOC07 mAP ({cfg['eval_split_name']}, {m['num_images']} images): "
                   f"{m['voc07']['map']:.4f}   (report: {eval_dir})")
             with open(os.path.join(train_dir, 'final_metrics.json'), 'w') as f:
-                json.dump({'step': cfg['max_number_of_steps'], 'voc07_map': m['voc07']['map'],
+                json.dump({'step': final_step, 'voc07_map': m['voc07']['map'],
                            'voc12_map': m['voc12']['map']}, f, indent=2)
     return 0
 

@@ -371,13 +371,16 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self, dataset, max_steps, log_every_n_steps=10, save_interval_secs=600,
               save_every_n_steps=None, max_consecutive_nonfinite=5, summary_writer=None,
-              save_summaries_secs=60, on_summary=None, on_step=None, progress=None):
+              save_summaries_secs=60, on_summary=None, on_step=None, progress=None,
+              max_seconds=None):
         """Runs steps until `max_steps` (global), a signal or too many non-finite losses.
 
         dataset: a distributed dataset (or iterable) positioned at the current global step.
         on_summary(step, batch): called every `save_summaries_secs` for image/mAP summaries.
         on_step(step, losses): called after each step (tests, callbacks).
-        Returns the reason it stopped: 'done', 'SIGINT' or 'SIGTERM'.
+        max_seconds: a wall-clock budget; when spent, training stops as if done (checkpoint
+          saved), so a fixed-time comparison can be made.
+        Returns the reason it stopped: 'done', 'time budget', 'SIGINT' or 'SIGTERM'.
         """
         step = int(self.global_step.numpy())
         progress = progress or ProgressBar(max_steps, step, log_every_n_steps)
@@ -397,10 +400,15 @@ class Trainer:
         bad_in_a_row = 0
         reason = 'done'
         iterator = iter(dataset)
+        t_start = time.perf_counter()
         try:
             while step < max_steps:
                 if stop['signal']:
                     reason = stop['signal']
+                    break
+                if max_seconds is not None and time.perf_counter() - t_start >= max_seconds:
+                    reason = 'time budget'
+                    progress.message(f"time budget of {max_seconds:.0f} s spent at step {step}")
                     break
                 t0 = time.perf_counter()
                 batch = next(iterator)
@@ -444,7 +452,7 @@ class Trainer:
                 signal.signal(sig, h)
         if reason != 'done' or step >= max_steps:
             path = self.save()
-            if reason != 'done':
+            if reason in ('SIGINT', 'SIGTERM'):
                 progress.message(f"{reason} received: checkpoint saved at step {step} to {path}; "
                                  "run the same command to resume.")
         return reason
