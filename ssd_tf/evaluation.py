@@ -20,7 +20,6 @@ Pieces:
 """
 import collections
 import json
-import logging
 import os
 import time
 
@@ -32,7 +31,6 @@ from ssd_tf import metrics as metrics_lib
 from ssd_tf import postprocess
 from ssd_tf import visualize
 
-_LOG = logging.getLogger(__name__)
 
 # Detection defaults of the slim eval script (eval_ssd_network.py).
 SELECT_THRESHOLD = 0.01
@@ -406,7 +404,7 @@ def draw_pr_curves(m, path, panel=240, columns=4):
             cv2.polylines(canvas, [np.round(pts).astype(np.int32)], False,
                           visualize.class_color(k + 1), 2, cv2.LINE_AA)
         ap = m['voc12']['ap'][name]
-        cv2.putText(canvas, f"{name[:14]} AP={_fmt(ap).strip()}", (ox + 5, oy + 16),
+        cv2.putText(canvas, f"{name[:14]} AP(VOC12)={_fmt(ap).strip()}", (ox + 5, oy + 16),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         cv2.putText(canvas, 'recall', (x0 + size // 2 - 20, y0 + 22), cv2.FONT_HERSHEY_SIMPLEX,
                     0.4, (80, 80, 80), 1, cv2.LINE_AA)
