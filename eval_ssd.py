@@ -341,7 +341,6 @@ def run_main():
         try:
             main(argv)
         except ValueError as err:
-            logging.error('%s', err)
             raise SystemExit(f"eval_ssd.py: error: {err}")
     app.run(guarded)
 

@@ -19,6 +19,7 @@ Pieces:
 - `watch_checkpoints(...)`: evaluates each new checkpoint of a training run.
 """
 import collections
+import gc
 import json
 import os
 import time
@@ -610,14 +611,26 @@ def restore_model(model, kind, path, slim_variable_map=None, model_scope=None):
             f"{path})")
     if kind == 'tf2':
         ckpt = tf.train.Checkpoint(model=model)
+        error = None
         try:
             status = ckpt.restore(path)
             status.expect_partial()
             status.assert_existing_objects_matched()
         except (ValueError, AssertionError, tf.errors.OpError) as e:
-            raise ValueError(f"cannot restore the model from --checkpoint_path={path}: {e}\n"
-                             f"{hint}") from e
-        return status
+            error = f"cannot restore the model from --checkpoint_path={path}: {e}\n{hint}"
+        if error is None:
+            return status
+        # A failed restore leaves a Checkpoint with unrestored values that logs one warning
+        # per optimizer slot when collected; collect it quietly so the error stands alone.
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel('ERROR')
+        try:
+            del ckpt
+            gc.collect()
+        finally:
+            logger.setLevel(level)
+        raise ValueError(error)
     if kind == 'slim':
         from ssd_tf import checkpoints as checkpoints_lib
         if slim_variable_map is None:
