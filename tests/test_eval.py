@@ -249,6 +249,44 @@ def test_eval_ssd_checkpoint_and_savedmodel_agree(tmp_path):
         assert m1[key]['map'] == pytest.approx(m2[key]['map'], abs=1e-9)
 
 
+def _write_slim_checkpoint(prefix, model):
+    """A TF1 name-based checkpoint of `model` under its slim names (as users' ones)."""
+    values = {name: v.numpy() for name, v in ssd_vgg_keras.slim_variable_map(model).items()}
+    with tf.compat.v1.Graph().as_default():
+        for name, value in values.items():
+            tf.compat.v1.get_variable(name, initializer=tf.constant(value))
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, prefix)
+
+
+def test_eval_ssd_slim_checkpoint_equals_tf2_checkpoint(tmp_path):
+    _, model = _tiny_model(seed=4)
+    train = str(tmp_path / 'train')
+    _save_train_dir(train, model)
+    slim = str(tmp_path / 'slim' / 'model.ckpt-9')
+    os.makedirs(os.path.dirname(slim))
+    _write_slim_checkpoint(slim, model)
+    steps, dets = [], []
+    for path, kind in ((train, 'tf2'), (slim, 'slim')):
+        out = str(tmp_path / f'eval_{kind}')
+        _flags(f'--checkpoint_path={path}', f'--eval_dir={out}', '--synthetic_num_images=3',
+               '--num_sample_images=0', '--model_name=tiny', '--num_classes=5')
+        e = eval_ssd.Evaluation(get_network=_get_network)
+        assert e.kind == kind
+        steps.append(e.evaluate(e.path, e.kind)['step'])
+        dets.append([metrics.read_voc_results(os.path.join(out, 'results',
+                                                           f'comp4_det_test_{n}.txt'))
+                     for n in e.class_names])
+    assert steps == [7, 9]
+    for (ids1, s1, b1), (ids2, s2, b2) in zip(*dets):  # same weights -> same detections
+        assert ids1 == ids2
+        np.testing.assert_array_equal(s1, s2)
+        np.testing.assert_array_equal(b1, b2)
+    assert sum(len(d[0]) for d in dets[0]) > 0
+
+
 def test_eval_ssd_class_count_mismatch_is_an_error(tmp_path):
     _, model = _tiny_model(num_classes=3)
     train = str(tmp_path / 'train')
