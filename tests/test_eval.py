@@ -187,6 +187,42 @@ def test_perfect_detector_scores_one():
     assert res['map07'] == pytest.approx(1.)
 
 
+@pytest.mark.parametrize('resize,out_shape', [('PAD_AND_RESIZE', (64, 48)),
+                                               ('CENTRAL_CROP', (96, 112)),
+                                               ('WARP_RESIZE', (50, 70))])
+def test_detections_map_back_to_the_original_image(resize, out_shape):
+    """A detector returning the ground truth as the eval pre-processing moved it (relative to
+    the network input) scores AP 1: bbox_img maps boxes back to the original image."""
+    from preprocessing import ssd_vgg_preprocessing as prep
+    recs = [r for r in synthetic.make_synthetic_examples(6, seed=5, image_size=80)
+            if r.num_boxes]
+    moved = [prep.preprocess_for_eval(r.image, r.labels, r.boxes, out_shape=out_shape,
+                                      resize=resize)[2].numpy() for r in recs]
+    assert not np.allclose(moved[0], recs[0].boxes) or resize == 'WARP_RESIZE'
+    served = iter(range(len(recs)))
+
+    def detector(images):
+        b, k = int(images.shape[0]), 8
+        out = dict(scores=np.zeros((b, k), np.float32), bboxes=np.zeros((b, k, 4), np.float32),
+                   classes=np.zeros((b, k), np.int32), num_detections=np.zeros(b, np.int32))
+        for j in range(b):
+            i = next(served)
+            n = recs[i].num_boxes
+            out['scores'][j, :n] = np.linspace(.9, .5, n)
+            out['bboxes'][j, :n] = moved[i]
+            out['classes'][j, :n] = recs[i].labels
+            out['num_detections'][j] = n
+        return out
+
+    ds = evaluation.make_eval_dataset(recs, eval_ssd.make_preprocess_fn(out_shape,
+                                                                        prep.Resize[resize]),
+                                      batch_size=4)
+    run = evaluation.run_evaluation(detector, ds, 5, list(synthetic.SYNTHETIC_LABEL_MAP.names))
+    for i, r in enumerate(recs):
+        np.testing.assert_allclose(run.detections[i][0], r.boxes, atol=1e-5)
+    assert run.evaluator.evaluate()['map12'] == pytest.approx(1.)
+
+
 def test_run_evaluation_accepts_build_eval_dataset_batches():
     """`ssd_tf.data.build_eval_dataset` batches (training's validation) give the same result
     as `make_eval_dataset` batches."""
