@@ -1,0 +1,425 @@
+"""Export of a trained SSD for serving: a SavedModel for TF Serving and TFLite flatbuffers.
+
+It is not the job of this module to build networks or pre-process images: the network object
+(`SSDNet`: `params`, `anchors()`, `bboxes_decode`), the Keras model and a `preprocess_fn` are
+arguments (the scripts `export_savedmodel.py` and `python -m ssd_tf.detect` wire them up).
+
+SavedModel (`export_saved_model`), written in TF Serving's versioned layout
+`output_dir/<version>/{saved_model.pb, variables/, assets/labels.txt}`:
+- `serving_default`: input `image_bytes` `tf.string [None]` (encoded JPEG/PNG/GIF/BMP images of
+  any size; in a TF Serving REST request `{"instances": [{"b64": "<base64>"}, ...]}`, the name
+  ending in `_bytes` also meets Cloud AI Platform's convention);
+- `serving_images`: input `images` `uint8 [None, None, None, 3]` RGB (one size per batch).
+Both decode (bytes only), pre-process each image with `preprocess_fn` (the evaluation
+pre-processing: warp resize to the network input, minus the VGG means), run the network,
+decode boxes on the anchors and apply combined NMS (`postprocess.detected_bboxes_combined`).
+Outputs (TF Object Detection API names and dtypes), K = max_detections:
+  `detection_boxes [B, K, 4]` float32 `[ymin, xmin, ymax, xmax]` relative to the ORIGINAL image,
+  `detection_scores [B, K]` float32, sorted, `detection_classes [B, K]` float32 class ids
+  1..C-1 (labels.txt `id:name`), `num_detections [B]` float32; rows past num_detections are 0.
+
+TFLite (`convert_tflite`): batch 1, fixed input `images` uint8 `[1, H, W, 3]` RGB already resized
+to the network's `img_shape` (the app resizes the camera frame; the mean subtraction is in the
+model). Outputs, in this order (alphabetical, as the converter orders a signature's outputs,
+and the order of the TFLite SSD convention boxes, classes, scores, count):
+`detection_boxes [1, K, 4]`, `detection_classes [1, K]` (float ids 1..C-1),
+`detection_scores [1, K]`, `num_detections [1]` (float32). Post-processing uses builtin ops
+only (TOPK_V2, GATHER, NON_MAX_SUPPRESSION_V4 per class, unrolled over the C-1 classes, then a
+TOPK_V2 over all kept boxes): the same semantics as the SavedModel's combined NMS.
+Variants: float32, float16 (weights), dynamic (int8 weights, float activations), int8 (full
+integer weights and activations calibrated on representative images; the NMS ops keep float
+kernels, so the model mixes int8 and float builtins).
+"""
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from ssd_tf import evaluation
+
+# Detection defaults of a deployed model (the slim eval thresholds; 100 detections as the TF
+# Object Detection API's exported SSDs).
+SELECT_THRESHOLD = 0.01
+NMS_THRESHOLD = 0.45
+MAX_DETECTIONS = 100
+SELECT_TOP_K = 400
+
+BYTES_INPUT = 'image_bytes'
+IMAGES_INPUT = 'images'
+BYTES_SIGNATURE = 'serving_default'
+IMAGES_SIGNATURE = 'serving_images'
+OUTPUT_KEYS = ('detection_boxes', 'detection_classes', 'detection_scores', 'num_detections')
+LABELS_FILENAME = 'labels.txt'          # `id:name` lines, 0:none first (datasets.labelmap)
+TFLITE_LABELS_FILENAME = 'labels_tflite.txt'  # one name per line, line i = class id i
+EXPORT_CONFIG_FILENAME = 'export_config.json'
+TFLITE_QUANTIZATIONS = ('float32', 'float16', 'dynamic', 'int8')
+
+# First bytes of the formats tf.io.decode_image reads.
+_MAGIC = ((b'\xff\xd8\xff', 'JPEG'), (b'\x89PNG', 'PNG'), (b'GIF8', 'GIF'), (b'BM', 'BMP'))
+
+
+def _check_model(net, model):
+    h, w = net.params.img_shape
+    shape = tuple(model.input.shape)
+    if len(shape) != 4 or tuple(shape[1:3]) != (h, w) or shape[3] != 3:
+        raise ValueError(f"the model input {shape} does not match the network's img_shape "
+                         f"{(h, w)}; build the model with net.keras_model()")
+
+
+def _is_known_image(data):
+    """Scalar bool: `data` (scalar string) starts like a JPEG, PNG, GIF or BMP file."""
+    ok = tf.constant(False)
+    for magic, _ in _MAGIC:
+        ok = tf.logical_or(ok, tf.equal(tf.strings.substr(data, 0, len(magic)), magic))
+    return ok
+
+
+def decode_image(data, index):
+    """Decodes one encoded image to uint8 `[H, W, 3]` RGB (first frame of a GIF).
+
+    Bytes that are not a JPEG/PNG/GIF/BMP image raise InvalidArgumentError 'image <index> of
+    the batch could not be decoded ...'; a corrupt body of a known format raises the decoder's
+    InvalidArgumentError.
+    """
+    check = tf.debugging.Assert(_is_known_image(data), [tf.strings.format(
+        'image {} of the batch (0-based) could not be decoded as JPEG/PNG/GIF/BMP: its first '
+        'bytes are not an image header', index)], name='check_image_format')
+    with tf.control_dependencies([check]):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+class DetectionModule(tf.Module):
+    """The exported object: the network plus decode, pre-processing and NMS in the graph.
+
+    Args:
+      net: `SSDNet` (params.img_shape, anchors(), bboxes_decode).
+      model: its Keras model (`net.keras_model()`, weights restored).
+      preprocess_fn: `image uint8 [H, W, 3] -> (image float32 [h, w, 3], bbox_img [4])`, graph
+        code; bbox_img is the original image's extent in network-input coordinates
+        (`[0, 0, 1, 1]` for a warp resize).
+      select_threshold, nms_threshold, max_detections, top_k: post-processing (top_k
+        candidates per class before NMS).
+    Methods `detect_bytes(image_bytes)` and `detect_images(images)` are the two signatures.
+    """
+
+    def __init__(self, net, model, preprocess_fn, select_threshold=SELECT_THRESHOLD,
+                 nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
+                 top_k=SELECT_TOP_K, label_file=None):
+        super().__init__(name='ssd_detection')
+        _check_model(net, model)
+        self.model = model
+        self._net = net
+        self._anchors = net.anchors()
+        self._preprocess_fn = preprocess_fn
+        self._nms = dict(select_threshold=float(select_threshold),
+                         nms_threshold=float(nms_threshold), top_k=int(top_k),
+                         keep_top_k=int(max_detections))
+        h, w = net.params.img_shape
+        self._out_spec = (tf.TensorSpec([h, w, 3], tf.float32), tf.TensorSpec([4], tf.float32))
+        if label_file is not None:
+            self.labels_file = tf.saved_model.Asset(label_file)
+        self.detect_bytes = tf.function(
+            self._detect_bytes,
+            input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
+        self.detect_images = tf.function(
+            self._detect_images,
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)])
+
+    def _preprocess(self, image):
+        image, bbox_img = self._preprocess_fn(image)
+        return tf.cast(image, tf.float32), tf.cast(bbox_img, tf.float32)
+
+    def _detect_bytes(self, image_bytes):
+        n = tf.shape(image_bytes)[0]
+
+        def one(args):
+            data, index = args
+            return self._preprocess(decode_image(data, index))
+
+        images, bbox_img = tf.map_fn(one, (image_bytes, tf.range(n)),
+                                     fn_output_signature=self._out_spec)
+        return self._detect(images, bbox_img)
+
+    def _detect_images(self, images):
+        images, bbox_img = tf.map_fn(self._preprocess, images,
+                                     fn_output_signature=self._out_spec)
+        return self._detect(images, bbox_img)
+
+    def _detect(self, images, bbox_img):
+        """Pre-processed `[B, h, w, 3]`, bbox_img `[B, 4]` -> the output dict."""
+        out = self.model(images, training=False)
+        det = evaluation.detections_from_raw(out['predictions'], out['localisations'],
+                                             self._net, self._anchors, **self._nms)
+        boxes = to_original_relative(det['bboxes'], bbox_img)
+        live = tf.range(self._nms['keep_top_k'])[None, :] < det['num_detections'][:, None]
+        boxes = tf.where(live[..., None], boxes, 0.)
+        return {'detection_boxes': boxes,
+                'detection_scores': det['scores'],
+                'detection_classes': tf.cast(det['classes'], tf.float32),
+                'num_detections': tf.cast(det['num_detections'], tf.float32)}
+
+    def signatures(self):
+        """`{'serving_default': ..., 'serving_images': ...}` concrete functions."""
+        return {BYTES_SIGNATURE: self.detect_bytes.get_concrete_function(),
+                IMAGES_SIGNATURE: self.detect_images.get_concrete_function()}
+
+
+def to_original_relative(boxes, bbox_img):
+    """Boxes `[B, K, 4]` yxyx relative to the network input -> relative to the original image
+    (bbox_img `[B, 4]`: the original's extent in network-input coordinates), clipped to [0, 1]."""
+    origin = tf.gather(bbox_img, [0, 1, 0, 1], axis=-1)[:, None, :]
+    extent = tf.gather(bbox_img, [2, 3, 2, 3], axis=-1)[:, None, :] - origin
+    return tf.clip_by_value((boxes - origin) / extent, 0., 1.)
+
+
+def version_dir(output_dir, version):
+    """`output_dir/<version>` (TF Serving's layout); version must be a positive integer."""
+    if int(version) != version or int(version) < 1:
+        raise ValueError(f"--version={version} must be a positive integer (TF Serving loads "
+                         f"numbered subdirectories)")
+    return os.path.join(os.fspath(output_dir), str(int(version)))
+
+
+def export_saved_model(net, model, preprocess_fn, output_dir, version=1, overwrite=False,
+                       label_names=None, select_threshold=SELECT_THRESHOLD,
+                       nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
+                       top_k=SELECT_TOP_K, metadata=None):
+    """Writes the SavedModel to `output_dir/<version>/` and returns that path.
+
+    label_names: object class names (ids 1..C-1), written as `assets/labels.txt` (`id:name`
+    lines, `0:none` first) and `assets/labels_tflite.txt`; `assets/export_config.json` records
+    the thresholds, image shape and `metadata`. An existing version directory is an error
+    unless `overwrite`. The export is written to a temporary directory and then renamed, so a
+    server watching `output_dir` never sees a half-written version.
+    """
+    target = version_dir(output_dir, version)
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass --overwrite to replace it or "
+                              f"choose another --version")
+    num_classes = net.params.num_classes
+    if label_names is not None and len(label_names) != num_classes - 1:
+        raise ValueError(f"the label map has {len(label_names)} classes but the network has "
+                         f"num_classes={num_classes} (= classes + background); pass the run's "
+                         f"labels.txt with --label_map")
+    os.makedirs(os.fspath(output_dir), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f'.{int(version)}-tmp-', dir=os.fspath(output_dir))
+    try:
+        extra = tempfile.mkdtemp(prefix='.assets-', dir=staging)
+        label_file = None
+        if label_names is not None:
+            label_file = write_label_files(label_names, extra)[0]
+        config = dict(model_name=getattr(net, 'model_name', None), num_classes=num_classes,
+                      image_shape=list(net.params.img_shape), select_threshold=select_threshold,
+                      nms_threshold=nms_threshold, max_detections=max_detections, top_k=top_k,
+                      label_names=list(label_names) if label_names is not None else None,
+                      signatures={BYTES_SIGNATURE: BYTES_INPUT, IMAGES_SIGNATURE: IMAGES_INPUT},
+                      **(metadata or {}))
+        module = DetectionModule(net, model, preprocess_fn, select_threshold, nms_threshold,
+                                 max_detections, top_k, label_file=label_file)
+        out = os.path.join(staging, 'model')
+        tf.saved_model.save(module, out, signatures=module.signatures())
+        assets = os.path.join(out, 'assets')
+        os.makedirs(assets, exist_ok=True)
+        if label_names is not None:
+            shutil.copy(os.path.join(extra, TFLITE_LABELS_FILENAME), assets)
+        with open(os.path.join(assets, EXPORT_CONFIG_FILENAME), 'w') as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.replace(out, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def write_label_files(label_names, directory):
+    """Writes `labels.txt` (`id:name`, `0:none` first) and `labels_tflite.txt` (one name per
+    line, line i = class id i, line 0 'none') into `directory`; returns both paths."""
+    from ssd_tf.datasets import labelmap as labelmap_lib
+    path = labelmap_lib.LabelMap(list(label_names)).write(os.path.join(directory,
+                                                                       LABELS_FILENAME))
+    plain = os.path.join(directory, TFLITE_LABELS_FILENAME)
+    with open(plain, 'w', encoding='utf-8') as f:
+        f.write('\n'.join([labelmap_lib.BACKGROUND_NAME] + list(label_names)) + '\n')
+    return path, plain
+
+
+# ---------------------------------------------------------------------------- TFLite
+def tflite_postprocess(scores, boxes, num_classes, select_threshold=SELECT_THRESHOLD,
+                       nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
+                       top_k=SELECT_TOP_K):
+    """Per-class NMS with TFLite builtin ops, for ONE image.
+
+    scores `[K, C]` class probabilities (0 = background), boxes `[K, 4]` yxyx relative (clipped
+    here to [0, 1]). Per class 1..C-1: the `top_k` best anchors, NMS V4 (padded) with the
+    score threshold, at most `max_detections`; then the best `max_detections` over all classes.
+    Returns `(boxes [M, 4], classes [M] float32, scores [M], count [] float32)`, M =
+    max_detections, rows past count zero. Same selection as `detected_bboxes_combined`.
+    """
+    boxes = tf.clip_by_value(boxes, 0., 1.)
+    k = min(int(top_k), int(scores.shape[0]))
+    all_scores, all_boxes, all_classes = [], [], []
+    for c in range(1, num_classes):  # unrolled: C-1 NMS ops, static shapes throughout
+        cand_scores, cand_idx = tf.math.top_k(scores[:, c], k=k)
+        cand_boxes = tf.gather(boxes, cand_idx)
+        keep, count = tf.raw_ops.NonMaxSuppressionV4(
+            boxes=cand_boxes, scores=cand_scores, max_output_size=max_detections,
+            iou_threshold=nms_threshold, score_threshold=select_threshold,
+            pad_to_max_output_size=True)
+        live = tf.range(max_detections) < count
+        all_scores.append(tf.where(live, tf.gather(cand_scores, keep), -1.))
+        all_boxes.append(tf.gather(cand_boxes, keep))
+        all_classes.append(tf.fill([max_detections], float(c)))
+    scores_m, pick = tf.math.top_k(tf.concat(all_scores, 0), k=max_detections)
+    live = scores_m >= 0.
+    boxes_m = tf.where(live[:, None], tf.gather(tf.concat(all_boxes, 0), pick), 0.)
+    classes_m = tf.where(live, tf.gather(tf.concat(all_classes, 0), pick), 0.)
+    scores_m = tf.where(live, scores_m, 0.)
+    return boxes_m, classes_m, scores_m, tf.reduce_sum(tf.cast(live, tf.float32))
+
+
+def tflite_detection_function(net, model, whiten_fn, select_threshold=SELECT_THRESHOLD,
+                              nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
+                              top_k=SELECT_TOP_K):
+    """A concrete function `images uint8 [1, H, W, 3] -> dict of the four TFLite outputs`.
+
+    whiten_fn: `image uint8 [H, W, 3] (already the network's size) -> float32 [H, W, 3]`, the
+    pre-processing without the resize (e.g. the eval pre-processing, whose warp resize to the
+    same size is the identity).
+    """
+    _check_model(net, model)
+    h, w = net.params.img_shape
+    anchors = net.anchors()
+    num_classes = net.params.num_classes
+
+    @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name=IMAGES_INPUT)])
+    def detect(images):
+        image = tf.cast(whiten_fn(images[0]), tf.float32)[None]
+        out = model(image, training=False)
+        decoded = net.bboxes_decode(out['localisations'], anchors)
+        scores = tf.concat([tf.reshape(p, [-1, num_classes]) for p in out['predictions']], 0)
+        boxes = tf.concat([tf.reshape(b, [-1, 4]) for b in decoded], 0)
+        b, c, s, n = tflite_postprocess(scores, boxes, num_classes, select_threshold,
+                                        nms_threshold, max_detections, top_k)
+        return {'detection_boxes': b[None], 'detection_classes': c[None],
+                'detection_scores': s[None], 'num_detections': n[None]}
+
+    return detect.get_concrete_function()
+
+
+def convert_tflite(concrete_fn, quantization='float32', representative_images=None):
+    """Converts a `tflite_detection_function` to a TFLite flatbuffer (bytes).
+
+    quantization: 'float32'; 'float16' (float16 weights); 'dynamic' (int8 weights, float
+    activations); 'int8' (int8 weights and activations calibrated on `representative_images`,
+    an iterable of uint8 `[1, H, W, 3]` arrays; float kernels where no int8 one exists, e.g.
+    NMS). Uses TFLite builtin ops only (no Select TF ops).
+    """
+    if quantization not in TFLITE_QUANTIZATIONS:
+        raise ValueError(f"--tflite_quantization={quantization} must be one of "
+                         f"{', '.join(TFLITE_QUANTIZATIONS)}")
+    # Keras 3 variables captured by the function are not frozen by the converter (they stay
+    # READ_VARIABLE ops without values): freeze them to constants first, then re-wrap the frozen
+    # graph so that the TFLite signature keeps the output names (a frozen function's outputs are
+    # output_0..), via a variable-free SavedModel.
+    from tensorflow.python.framework import convert_to_constants
+    frozen = convert_to_constants.convert_variables_to_constants_v2(concrete_fn)
+    spec = concrete_fn.structured_input_signature[0][0]
+    keys = sorted(concrete_fn.structured_outputs)
+
+    @tf.function(input_signature=[spec])
+    def named(images):
+        outputs = frozen(images)
+        if isinstance(outputs, dict):
+            return {k: outputs[k] for k in keys}
+        return dict(zip(keys, tf.nest.flatten(outputs)))
+
+    holder = tf.Module()
+    holder.detect = named
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(holder, tmp, signatures={'serving_default':
+                                                     named.get_concrete_function()})
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization != 'float32':
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == 'float16':
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantization == 'int8':
+            if representative_images is None:
+                raise ValueError("int8 quantization needs representative images for calibration")
+            images = list(representative_images)
+            if not images:
+                raise ValueError("int8 quantization: the representative data set is empty")
+            converter.representative_dataset = lambda: ([np.asarray(im, np.uint8)] for im in images)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                                   tf.lite.OpsSet.TFLITE_BUILTINS]
+        return converter.convert()
+
+
+def export_tflite(net, model, whiten_fn, output_dir, quantizations=('float32',),
+                  representative_images=None, select_threshold=SELECT_THRESHOLD,
+                  nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
+                  top_k=SELECT_TOP_K, label_names=None):
+    """Writes `output_dir/model_<quantization>.tflite` for each variant; returns their paths.
+
+    representative_images: needed for 'int8' (uint8 `[1, H, W, 3]` arrays, resized to the
+    network input). label_names: also writes labels.txt and labels_tflite.txt beside.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    fn = tflite_detection_function(net, model, whiten_fn, select_threshold, nms_threshold,
+                                   max_detections, top_k)
+    paths = {}
+    for q in quantizations:
+        data = convert_tflite(fn, q, representative_images)
+        paths[q] = os.path.join(output_dir, f'model_{q}.tflite')
+        with open(paths[q], 'wb') as f:
+            f.write(data)
+    if label_names is not None:
+        write_label_files(label_names, output_dir)
+    return paths
+
+
+def representative_images(images, img_shape, limit=100):
+    """uint8 `[1, h, w, 3]` arrays (bilinear warp to `img_shape`, as the eval pre-processing)
+    from RGB uint8 images of any size, for int8 calibration; at most `limit`."""
+    out = []
+    for image in images:
+        if len(out) >= limit:
+            break
+        resized = tf.image.resize(tf.convert_to_tensor(image)[None], img_shape)
+        out.append(np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8))
+    return out
+
+
+class TFLiteDetector:
+    """Runs a detection `.tflite` model: `detector(image uint8 [H, W, 3] any size)` -> dict of
+    numpy `detection_boxes [K, 4]` (relative yxyx), `detection_classes [K]` int, `scores [K]`,
+    `num_detections` int. The image is warp-resized to the model input (bilinear, as the
+    SavedModel's pre-processing)."""
+
+    def __init__(self, path, num_threads=None):
+        self.interpreter = tf.lite.Interpreter(model_path=os.fspath(path),
+                                               num_threads=num_threads)
+        self.runner = self.interpreter.get_signature_runner()
+        detail = self.runner.get_input_details()[IMAGES_INPUT]
+        self.input_shape = tuple(int(s) for s in detail['shape'])
+
+    def run_resized(self, images):
+        """Raw outputs for uint8 `[1, H, W, 3]` already the model's size."""
+        return self.runner(**{IMAGES_INPUT: np.asarray(images, np.uint8)})
+
+    def __call__(self, image):
+        h, w = self.input_shape[1:3]
+        batch = representative_images([image], (h, w))[0]
+        out = self.run_resized(batch)
+        n = int(round(float(out['num_detections'][0])))
+        return {'detection_boxes': out['detection_boxes'][0, :n],
+                'detection_classes': out['detection_classes'][0, :n].astype(np.int64),
+                'detection_scores': out['detection_scores'][0, :n],
+                'num_detections': n}
