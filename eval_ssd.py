@@ -161,8 +161,10 @@ def load_eval_records(dataset_name, dataset_dir, split, label_names=None, num_im
         raise ValueError(f"--dataset_dir={dataset_dir} --dataset_split_name={split}: {e}") from e
     logging.info('eval data: %s', summary)
     if not records:
+        hint = (f"; the network's classes (run config or --label_map) are {list(label_names)}: "
+                f"is this the data set it was trained for?" if label_names else "")
         raise ValueError(f"no usable image in split {split!r} of --dataset_dir={dataset_dir} "
-                         f"({summary})")
+                         f"({summary}){hint}")
     return records, list(label_map.names)
 
 
