@@ -423,3 +423,68 @@ class TFLiteDetector:
                 'detection_classes': out['detection_classes'][0, :n].astype(np.int64),
                 'detection_scores': out['detection_scores'][0, :n],
                 'num_detections': n}
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _config_value(config, key):
+    for scope in (config, config.get('flags', {}), config.get('params', {})):
+        if isinstance(scope, dict) and scope.get(key) is not None:
+            return scope[key]
+    return None
+
+
+def load_from_checkpoint(checkpoint_path, get_network, model_name=None, num_classes=None,
+                         label_map=None, slim_variable_map_fn=None):
+    """Builds the network of a training run and restores its weights.
+
+    checkpoint_path: a train_dir (its latest checkpoint) or checkpoint prefix written by
+      train_ssd.py (config.json beside it gives model_name, num_classes, image_shape and
+      label_names), or a slim TF1 checkpoint (pass model_name and num_classes).
+    get_network: `name -> SSDNet class` (nets.nets_factory.get_network).
+    label_map: a label map file; default the run's labels.txt, else config label_names.
+    slim_variable_map_fn: `model -> slim variable map`, needed for slim checkpoints.
+    Returns `(net, model, label_names or None, checkpoint prefix)`. A model_name/num_classes
+    that contradicts the run config or the checkpoint is a ValueError naming the flag.
+    """
+    from ssd_tf.datasets import labelmap as labelmap_lib
+    kind, path = evaluation.resolve_checkpoint(checkpoint_path)
+    if kind == 'saved_model':
+        raise ValueError(f"--checkpoint_path={checkpoint_path} is already a SavedModel; "
+                         f"export from a training directory or checkpoint")
+    config = evaluation.read_run_config(checkpoint_path)
+    cfg_model, cfg_classes = _config_value(config, 'model_name'), _config_value(config,
+                                                                             'num_classes')
+    for flag, value, cfg in (('model_name', model_name, cfg_model),
+                             ('num_classes', num_classes, cfg_classes)):
+        if value is not None and cfg is not None and str(value) != str(cfg):
+            raise ValueError(f"--{flag}={value} but the run config beside {checkpoint_path} "
+                             f"says {flag}={cfg}; drop the flag or fix it")
+    model_name = model_name or cfg_model
+    num_classes = num_classes or cfg_classes
+    if not model_name or not num_classes:
+        raise ValueError(f"{checkpoint_path} has no config.json beside it (a slim or foreign "
+                         f"checkpoint): pass --model_name and --num_classes")
+    net_cls = get_network(model_name)
+    params = net_cls.default_params._replace(num_classes=int(num_classes),
+                                             no_annotation_label=int(num_classes))
+    shape = _config_value(config, 'image_shape')
+    if shape is not None:
+        params = params._replace(img_shape=tuple(int(s) for s in shape))
+    net = net_cls(params, reference_compat=bool(_config_value(config, 'reference_compat')))
+    model = net.keras_model()
+    slim_map = slim_variable_map_fn(model) if kind == 'slim' and slim_variable_map_fn else None
+    evaluation.restore_model(model, kind, path, slim_variable_map=slim_map)
+    label_names = None
+    if label_map:
+        label_names = list(labelmap_lib.LabelMap.read(label_map).names)
+    else:
+        run_dir = checkpoint_path if os.path.isdir(checkpoint_path) else \
+            os.path.dirname(checkpoint_path)
+        if os.path.isfile(os.path.join(run_dir, LABELS_FILENAME)):
+            label_names = list(labelmap_lib.LabelMap.read(run_dir).names)
+        elif _config_value(config, 'label_names'):
+            label_names = list(_config_value(config, 'label_names'))
+    if label_names is not None and len(label_names) != net.params.num_classes - 1:
+        raise ValueError(f"the label map has {len(label_names)} classes but num_classes="
+                         f"{net.params.num_classes} (classes + background); check --label_map")
+    return net, model, label_names, path

@@ -1,0 +1,94 @@
+"""Exports a trained SSD as a TF Serving SavedModel (and optionally TFLite flatbuffers).
+
+  python export_savedmodel.py --checkpoint_path=runs/ssd_small_synthetic \
+      --output_dir=/tmp/serving/ssd --version=1 --tflite_quantization=float32,int8
+
+Writes `output_dir/<version>/` (saved_model.pb, variables/, assets/labels.txt,
+assets/labels_tflite.txt, assets/export_config.json) and, with --tflite or
+--tflite_quantization, `output_dir/<version>/tflite/model_<variant>.tflite` beside the
+SavedModel. Signatures, inputs and outputs: see `ssd_tf/export.py`.
+"""
+from absl import app
+from absl import flags
+
+flags.DEFINE_string('checkpoint_path', None, 'Training directory or checkpoint prefix written '
+                    'by train_ssd.py, or a slim TF1 checkpoint (with --model_name and '
+                    '--num_classes).')
+flags.DEFINE_string('model_name', None, 'Network; default: the run config (config.json).')
+flags.DEFINE_integer('num_classes', None, 'Classes incl. background; default: the run config.')
+flags.DEFINE_string('output_dir', None, 'Model base directory (TF Serving --model_base_path).')
+flags.DEFINE_integer('version', 1, 'Version subdirectory to write.')
+flags.DEFINE_boolean('overwrite', False, 'Replace an existing version directory.')
+flags.DEFINE_float('select_threshold', 0.01, 'Score threshold of the detections.')
+flags.DEFINE_float('nms_threshold', 0.45, 'NMS IoU threshold.')
+flags.DEFINE_integer('max_detections', 100, 'Detections per image.')
+flags.DEFINE_integer('select_top_k', 400, 'Candidates per class before NMS.')
+flags.DEFINE_string('label_map', None, "Label map file; default: the run's labels.txt.")
+flags.DEFINE_boolean('tflite', False, 'Also write the float32 TFLite model.')
+flags.DEFINE_list('tflite_quantization', [], 'TFLite variants to write: any of float32, '
+                  'float16, dynamic, int8 (implies --tflite).')
+flags.DEFINE_string('dataset_dir', None, 'VOC directory of int8 calibration images; default: '
+                    'the built-in synthetic images.')
+flags.DEFINE_integer('num_calibration_images', 100, 'Images for int8 calibration.')
+flags.mark_flags_as_required(['checkpoint_path', 'output_dir'])
+FLAGS = flags.FLAGS
+
+
+def calibration_images(img_shape):
+    """uint8 [1, h, w, 3] images for int8 calibration (VOC --dataset_dir or synthetic)."""
+    from ssd_tf import evaluation
+    from ssd_tf import export
+    from ssd_tf.datasets import factory
+    if FLAGS.dataset_dir:
+        records, _, _ = factory.load_records('voc', FLAGS.dataset_dir, 'trainval')
+    else:
+        records, _, _ = factory.load_records('synthetic', None, 'train',
+                                             num_images=FLAGS.num_calibration_images)
+    images = (evaluation.decode_record_image(r) for r in records)
+    return export.representative_images(images, img_shape, FLAGS.num_calibration_images)
+
+
+def main(argv):
+    del argv
+    import os
+    from nets import nets_factory
+    from nets import ssd_vgg_keras
+    from preprocessing import ssd_vgg_preprocessing as prep
+    from ssd_tf import export
+
+    net, model, label_names, path = export.load_from_checkpoint(
+        FLAGS.checkpoint_path, nets_factory.get_network, FLAGS.model_name, FLAGS.num_classes,
+        FLAGS.label_map, slim_variable_map_fn=ssd_vgg_keras.slim_variable_map)
+    shape = tuple(net.params.img_shape)
+
+    def preprocess(image):
+        out = prep.preprocess_for_eval(image, None, None, out_shape=shape)
+        return out[0], out[3]
+
+    nms = dict(select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
+               max_detections=FLAGS.max_detections, top_k=FLAGS.select_top_k)
+    target = export.export_saved_model(
+        net, model, preprocess, FLAGS.output_dir, FLAGS.version, FLAGS.overwrite,
+        label_names=label_names, metadata=dict(checkpoint_path=path), **nms)
+    print(f"SavedModel: {target}")
+    variants = list(FLAGS.tflite_quantization) or (['float32'] if FLAGS.tflite else [])
+    if variants:
+        reps = calibration_images(shape) if 'int8' in variants else None
+        paths = export.export_tflite(net, model, lambda im: preprocess(im)[0],
+                                     os.path.join(target, 'tflite'), variants, reps,
+                                     label_names=label_names, **nms)
+        for q, p in paths.items():
+            print(f"TFLite {q}: {p}")
+
+
+def run_main():
+    def guarded(argv):
+        try:
+            main(argv)
+        except (ValueError, FileExistsError, FileNotFoundError) as err:
+            raise SystemExit(f"export_savedmodel.py: error: {err}")
+    app.run(guarded)
+
+
+if __name__ == '__main__':
+    run_main()
