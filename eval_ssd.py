@@ -10,7 +10,9 @@ network is `ssd_small` and the default data set the built-in synthetic shapes (a
 
 --checkpoint_path: a training directory (its latest tf.train.Checkpoint; `config.json` beside
 it gives model_name / num_classes / image size unless the flags are set), a checkpoint prefix
-(object-based or slim name-based), or a SavedModel directory. Outputs in --eval_dir: see
+(object-based or slim name-based), or a SavedModel directory (also export_savedmodel.py's
+versioned output directory; its end-to-end signature keeps the thresholds it was exported
+with, so --select_threshold/--nms_threshold/--keep_top_k do not apply). Outputs in --eval_dir: see
 `ssd_tf.evaluation.write_report`. --wait_for_checkpoints evaluates each new checkpoint of a
 training directory and writes TensorBoard summaries (mAP per step) to --eval_dir.
 """
@@ -220,7 +222,7 @@ class Evaluation:
             self.kind, self.path = 'tf2', path
         else:
             self.kind, self.path = evaluation.resolve_checkpoint(path)
-        config = evaluation.read_run_config(path)
+        config = evaluation.read_run_config(self.path if self.kind == 'saved_model' else path)
         model_name = FLAGS.model_name or _config_value(config, 'model_name') or \
             DEFAULT_MODEL_NAME
         cfg_classes = _config_value(config, 'num_classes')

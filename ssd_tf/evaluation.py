@@ -79,7 +79,8 @@ def make_eval_dataset(records, preprocess_fn, batch_size=1, num_parallel_calls=N
     preprocess_fn: `(image uint8 [H, W, 3], labels [N], bboxes [N, 4]) -> (image float32
       [h, w, 3], bbox_img [4])`, graph code; bbox_img is the original image's extent in
       coordinates relative to the returned image (`[0, 0, 1, 1]` for a warp resize).
-    Yields dicts: `image [B, h, w, 3]`, `bbox_img [B, 4]`, `image_id [B]` (string),
+    Yields dicts: `image [B, h, w, 3]`, `bbox_img [B, 4]`, `encoded [B]` (the image files, for
+    end-to-end SavedModels), `image_id [B]` (string),
     `index [B]` (position in records), `height`, `width [B]`, `boxes [B, N, 4]`, `labels
     [B, N]` (0 = padding), `difficult [B, N]`; ground truth stays relative to the original.
     """
@@ -101,7 +102,7 @@ def make_eval_dataset(records, preprocess_fn, batch_size=1, num_parallel_calls=N
                labels=tf.TensorSpec([None], tf.int64), difficult=tf.TensorSpec([None], tf.int64))
 
     def prepare(ex):
-        image = tf.io.decode_image(ex.pop('encoded'), channels=3, expand_animations=False)
+        image = tf.io.decode_image(ex['encoded'], channels=3, expand_animations=False)
         image.set_shape([None, None, 3])
         image, bbox_img = preprocess_fn(image, ex['labels'], ex['boxes'])
         ex['image'] = tf.cast(image, tf.float32)
@@ -111,8 +112,8 @@ def make_eval_dataset(records, preprocess_fn, batch_size=1, num_parallel_calls=N
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
     ds = ds.map(prepare, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE)
     ds = ds.padded_batch(batch_size, padding_values=dict(
-        index=tf.constant(0, tf.int64), image_id=tf.constant('', tf.string),
-        height=tf.constant(0, tf.int64), width=tf.constant(0, tf.int64),
+        encoded=tf.constant('', tf.string), index=tf.constant(0, tf.int64),
+        image_id=tf.constant('', tf.string), height=tf.constant(0, tf.int64), width=tf.constant(0, tf.int64),
         boxes=0., labels=tf.constant(0, tf.int64), difficult=tf.constant(0, tf.int64),
         image=0., bbox_img=0.))
     return ds.prefetch(2)
@@ -175,23 +176,32 @@ def saved_model_detector(path, net=None, select_threshold=SELECT_THRESHOLD,
     """A detector from an exported SavedModel directory (with saved_model.pb).
 
     Uses the `signature` (default serving_default) when present, else calls the loaded object.
-    Its outputs are either final detections (keys scores/detection_scores, bboxes/boxes/
-    detection_boxes, classes/detection_classes, num_detections; boxes relative yxyx, classes
-    1..C-1) or the raw per-layer `predictions` and `localisations` (a nested dict, or flattened
-    signature keys `predictions`, `predictions_1`, ...), then decoded with `net` (required).
+    - A signature taking a string tensor (`ssd_tf.export`'s `image_bytes`) is end to end: it
+      gets the encoded image files and returns boxes relative to the ORIGINAL image; the
+      detector then has `input_kind = 'encoded'` (see `run_evaluation`). Such a model applies
+      the thresholds it was exported with (the arguments here do not apply).
+    - Otherwise it gets the pre-processed images (`input_kind = 'preprocessed'`); its outputs
+      are either final detections (keys scores/detection_scores, bboxes/boxes/detection_boxes,
+      classes/detection_classes, num_detections; boxes relative to the network input, classes
+      1..C-1) or the raw per-layer `predictions` and `localisations` (a nested dict, or
+      flattened signature keys `predictions_0`, `predictions_1`, ... as `nets.serving`
+      writes), then decoded with `net` (required) and the thresholds given here.
     """
     if not os.path.isfile(os.path.join(path, 'saved_model.pb')):
         raise ValueError(f"--checkpoint_path={path} is not a SavedModel directory (no "
                          f"saved_model.pb)")
     loaded = tf.saved_model.load(path)
     sigs = getattr(loaded, 'signatures', {})
+    input_kind = 'preprocessed'
     if signature in sigs:
         fn = sigs[signature]
         _, kw = fn.structured_input_signature
         if len(kw) != 1:
             raise ValueError(f"SavedModel {path}: signature {signature!r} takes inputs "
                              f"{sorted(kw)}; expected exactly one image input")
-        input_name = next(iter(kw))
+        input_name, spec = next(iter(kw.items()))
+        if spec.dtype == tf.string:
+            input_kind = 'encoded'
 
         def call(images):
             return fn(**{input_name: images})
@@ -204,7 +214,11 @@ def saved_model_detector(path, net=None, select_threshold=SELECT_THRESHOLD,
     anchors = net.anchors() if net is not None else None
 
     def detect(images):
-        out = call(tf.convert_to_tensor(images, tf.float32))
+        if input_kind == 'encoded':
+            images = tf.convert_to_tensor(images, tf.string)
+        else:
+            images = tf.convert_to_tensor(images, tf.float32)
+        out = call(images)
         if isinstance(out, dict) and any(k in out for k in _DETECTION_KEYS['num_detections']):
             res = {}
             for key, names in _DETECTION_KEYS.items():
@@ -212,9 +226,12 @@ def saved_model_detector(path, net=None, select_threshold=SELECT_THRESHOLD,
                 if name is None:
                     raise ValueError(f"SavedModel {path}: outputs {sorted(out)} lack {key}")
                 res[key] = out[name]
-            res['classes'] = tf.cast(res['classes'], tf.int32)
-            res['num_detections'] = tf.cast(res['num_detections'], tf.int32)
+            res['classes'] = tf.cast(tf.round(res['classes']), tf.int32)
+            res['num_detections'] = tf.cast(tf.round(res['num_detections']), tf.int32)
             return res
+        if input_kind == 'encoded':
+            raise ValueError(f"SavedModel {path}: signature {signature!r} takes image bytes "
+                             f"but returns no detections ({sorted(out)})")
         if isinstance(out, dict) and isinstance(out.get('predictions'), (list, tuple)):
             preds, locs = list(out['predictions']), list(out['localisations'])
         else:
@@ -227,6 +244,7 @@ def saved_model_detector(path, net=None, select_threshold=SELECT_THRESHOLD,
                              f"(--model_name) is needed to decode them")
         return detections_from_raw(preds, locs, net, anchors, select_threshold, nms_threshold,
                                    top_k, keep_top_k)
+    detect.input_kind = input_kind
     return detect
 
 
@@ -274,6 +292,9 @@ def run_evaluation(detector, dataset, num_classes, class_names=None, max_num_bat
 
     dataset: batches of `make_eval_dataset`, or of `ssd_tf.data.build_eval_dataset` (whose
       preprocessing must keep relative coordinates, i.e. a warp resize).
+    detector: images -> detections dict; one with `input_kind == 'encoded'` (an end-to-end
+      SavedModel) gets the batch's encoded image files and returns boxes relative to the
+      original image.
     remove_difficult: True applies the VOC rule (difficult objects are neither TP nor FP and
       not counted); False treats difficult objects as ordinary ground truth.
     A ground-truth label >= num_classes is an error naming --num_classes. Returns an
@@ -284,13 +305,22 @@ def run_evaluation(detector, dataset, num_classes, class_names=None, max_num_bat
     kept = {}
     n_images = 0
     detect_seconds = 0.
+    end_to_end = getattr(detector, 'input_kind', 'preprocessed') == 'encoded'
     start = time.perf_counter()
     for step, batch in enumerate(dataset):
         if max_num_batches is not None and step >= max_num_batches:
             break
         batch = _as_eval_batch(batch)
         t0 = time.perf_counter()
-        det = detector(batch['image'])
+        if end_to_end:
+            if 'encoded' not in batch:
+                raise ValueError("an end-to-end SavedModel (image bytes in) needs batches with "
+                                 "the encoded images: use make_eval_dataset")
+            det = detector(batch['encoded'])
+            # boxes are already relative to the original image
+            batch['bbox_img'] = np.tile([[0., 0., 1., 1.]], (len(batch['encoded']), 1))
+        else:
+            det = detector(batch['image'])
         det = {k: np.asarray(v) for k, v in det.items()}
         detect_seconds += time.perf_counter() - t0
         max_label = int(np.max(batch['labels'], initial=0))
@@ -298,7 +328,7 @@ def run_evaluation(detector, dataset, num_classes, class_names=None, max_num_bat
             raise ValueError(f"the data set has label {max_label} but --num_classes="
                              f"{num_classes}; set --num_classes to the data set's number of "
                              f"classes + 1 (background)")
-        for i in range(int(batch['image'].shape[0])):
+        for i in range(len(batch['image_id'])):
             h, w = int(batch['height'][i]), int(batch['width'][i])
             scale = np.array([h, w, h, w], np.float64)
             real = batch['labels'][i] > 0
@@ -534,12 +564,14 @@ def watch_checkpoints(checkpoint_dir, evaluate_fn, timeout=None, min_interval_se
 
 # ---------------------------------------------------------------------------- checkpoints
 CONFIG_FILENAME = 'config.json'
+EXPORT_CONFIG_FILENAME = 'export_config.json'  # ssd_tf.export's assets/ file
 
 
 def resolve_checkpoint(checkpoint_path):
     """What `--checkpoint_path` points to: `(kind, path)`.
 
-    kind 'saved_model' (a directory with saved_model.pb), 'tf2' (an object-based
+    kind 'saved_model' (a directory with saved_model.pb, or TF Serving's versioned layout:
+    the highest numbered subdirectory), 'tf2' (an object-based
     tf.train.Checkpoint, e.g. from training's CheckpointManager) or 'slim' (a name-based TF1
     checkpoint). A directory resolves to its latest checkpoint. Anything else is a ValueError
     naming the path.
@@ -551,6 +583,10 @@ def resolve_checkpoint(checkpoint_path):
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, 'saved_model.pb')):
             return 'saved_model', path
+        versions = [int(d) for d in os.listdir(path) if d.isdigit() and
+                    os.path.isfile(os.path.join(path, d, 'saved_model.pb'))]
+        if versions:  # TF Serving's layout output_dir/<version>/ (ssd_tf.export)
+            return 'saved_model', os.path.join(path, str(max(versions)))
         latest = tf.train.latest_checkpoint(path)
         if latest is None:
             raise ValueError(f"--checkpoint_path={path} is a directory with neither a "
@@ -584,12 +620,14 @@ def checkpoint_step(path):
 def read_run_config(checkpoint_path):
     """The resolved training config (`config.json`) next to a checkpoint, or {} if absent.
 
-    Looked for in the checkpoint's directory (the train_dir) and its parent.
+    Looked for in the checkpoint's directory (the train_dir) and its parent; for a SavedModel
+    of `ssd_tf.export` also `assets/export_config.json`.
     """
     path = os.fspath(checkpoint_path)
     base = path if os.path.isdir(path) else os.path.dirname(path)
-    for d in (base, os.path.dirname(base)):
-        cfg = os.path.join(d, CONFIG_FILENAME)
+    candidates = [os.path.join(d, CONFIG_FILENAME) for d in (base, os.path.dirname(base))]
+    candidates.append(os.path.join(base, 'assets', EXPORT_CONFIG_FILENAME))
+    for cfg in candidates:
         if os.path.isfile(cfg):
             try:
                 with open(cfg) as f:

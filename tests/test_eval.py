@@ -285,6 +285,45 @@ def test_eval_ssd_checkpoint_and_savedmodel_agree(tmp_path):
         assert m1[key]['map'] == pytest.approx(m2[key]['map'], abs=1e-9)
 
 
+def test_eval_ssd_end_to_end_export_agrees_with_checkpoint(tmp_path):
+    """`ssd_tf.export`'s SavedModel (image bytes in, boxes relative to the original out, TF
+    Serving's versioned layout) evaluates like the checkpoint it came from."""
+    from preprocessing import ssd_vgg_preprocessing as prep
+    from ssd_tf import export
+    net, model = _tiny_model(seed=6)
+    train = str(tmp_path / 'train')
+    _save_train_dir(train, model)
+    h, w = net.params.img_shape
+
+    def preprocess(image):
+        out = prep.preprocess_for_eval(image, tf.zeros([0], tf.int64), tf.zeros([0, 4]),
+                                       out_shape=(h, w))
+        return out[0], out[3]
+    exported = str(tmp_path / 'export')
+    version = export.export_saved_model(net, model, preprocess, exported, version=3,
+                                        label_names=list(synthetic.SYNTHETIC_LABEL_MAP.names),
+                                        select_threshold=evaluation.SELECT_THRESHOLD,
+                                        nms_threshold=evaluation.NMS_THRESHOLD,
+                                        max_detections=evaluation.KEEP_TOP_K,
+                                        top_k=evaluation.SELECT_TOP_K)
+    assert evaluation.resolve_checkpoint(exported) == ('saved_model', version)
+    dets = []
+    for name, path in (('ckpt', train), ('export', exported)):
+        out = str(tmp_path / f'eval_{name}')
+        _flags(f'--checkpoint_path={path}', f'--eval_dir={out}', '--synthetic_num_images=4',
+               '--batch_size=3', '--num_sample_images=0')
+        e = eval_ssd.Evaluation(get_network=_get_network)
+        e.evaluate(e.path, e.kind)
+        dets.append([metrics.read_voc_results(os.path.join(out, 'results',
+                                                           f'comp4_det_test_{n}.txt'))
+                     for n in e.class_names])
+    assert sum(len(d[0]) for d in dets[0]) > 0
+    for (ids1, s1, b1), (ids2, s2, b2) in zip(*dets):
+        assert ids1 == ids2
+        np.testing.assert_allclose(s1, s2, atol=1e-5)
+        np.testing.assert_allclose(b1, b2, atol=1e-2)  # pixels
+
+
 def _write_slim_checkpoint(prefix, model):
     """A TF1 name-based checkpoint of `model` under its slim names (as users' ones)."""
     values = {name: v.numpy() for name, v in ssd_vgg_keras.slim_variable_map(model).items()}
