@@ -113,7 +113,8 @@ def make_eval_dataset(records, preprocess_fn, batch_size=1, num_parallel_calls=N
     ds = ds.map(prepare, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE)
     ds = ds.padded_batch(batch_size, padding_values=dict(
         encoded=tf.constant('', tf.string), index=tf.constant(0, tf.int64),
-        image_id=tf.constant('', tf.string), height=tf.constant(0, tf.int64), width=tf.constant(0, tf.int64),
+        image_id=tf.constant('', tf.string), height=tf.constant(0, tf.int64),
+        width=tf.constant(0, tf.int64),
         boxes=0., labels=tf.constant(0, tf.int64), difficult=tf.constant(0, tf.int64),
         image=0., bbox_img=0.))
     return ds.prefetch(2)
