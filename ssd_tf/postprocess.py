@@ -10,6 +10,7 @@ module to decode offsets.
   `tf.image.combined_non_max_suppression` keeping `keep_top_k` detections over all classes,
   boxes clipped, and a count of valid detections (padding rows are not detections).
 """
+import numpy as np
 import tensorflow as tf
 
 
@@ -23,8 +24,12 @@ def _flatten_layers(predictions, localisations):
         p = tf.convert_to_tensor(p)
         l = tf.convert_to_tensor(l)
         b = tf.shape(p)[0]
-        preds.append(tf.reshape(p, tf.stack([b, -1, tf.shape(p)[-1]])))
-        boxes.append(tf.reshape(l, tf.stack([b, -1, 4])))
+        # Keep the anchor count static when the layer shape is known (top-k needs it).
+        inner = p.shape[1:-1]
+        k = int(np.prod(inner)) if inner.is_fully_defined() else -1
+        c = p.shape[-1] if p.shape[-1] is not None else tf.shape(p)[-1]
+        preds.append(tf.reshape(p, [b, k, c]))
+        boxes.append(tf.reshape(l, [b, k, 4]))
     return tf.concat(preds, axis=1), tf.concat(boxes, axis=1)
 
 

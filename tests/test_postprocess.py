@@ -119,3 +119,14 @@ def test_ssdnet_detected_bboxes_modes():
             assert out['bboxes'].shape == (1, 200, 4)
             assert out['bboxes'].numpy().min() >= 0 and out['bboxes'].numpy().max() <= 1
             assert 0 < int(out['num_detections'][0]) <= 200
+
+
+def test_top_k_larger_than_anchor_count():
+    # 10 anchors, top_k 400: the candidates are all the anchors (small networks hit this)
+    p, b = _random(np.random.default_rng(5), b=1, k=10, c=3)
+    out = postprocess.detected_bboxes_combined(*_layers(p, b), select_threshold=0.,
+                                               nms_threshold=1., top_k=400, keep_top_k=50)
+    assert int(out['num_detections'][0]) == 20  # 10 anchors x 2 classes, nothing suppressed
+    rs, _ = postprocess.detected_bboxes_reference(*_layers(p, b), num_classes=3, top_k=400,
+                                                  keep_top_k=5)
+    assert rs[1].shape == (1, 5)
