@@ -318,3 +318,24 @@ def test_detect_writes_pngs_and_json(exported, tmp_path, kind):
         np.testing.assert_allclose(d['box_pixels'], np.array(d['box']) * 160, rtol=1e-6)
     with pytest.raises(ValueError, match='neither a file nor a directory'):
         detect.list_images([str(tmp_path / 'missing.jpg')])
+
+
+def test_detect_from_training_checkpoint_equals_saved_model(exported, tmp_path):
+    from ssd_tf import detect
+    image = _images(1, 50, size=160)[0]
+    path = tmp_path / 'a.png'
+    path.write_bytes(_encode(image))
+    sm_fn, _ = detect.make_detector(exported['saved_model'])
+    with pytest.raises(ValueError, match='is a checkpoint'):
+        detect.make_detector(exported['train_dir'])
+    ck_fn, labels = detect.make_detector(
+        exported['train_dir'], nets_factory.get_network,
+        lambda shape: (lambda im: tuple(prep.preprocess_for_eval(
+            im, None, None, out_shape=shape)[i] for i in (0, 3))))
+    assert labels == CLASS_NAMES
+    a = detect.run(sm_fn, [str(path)], str(tmp_path / 'sm'), labels, 0.3)
+    b = detect.run(ck_fn, [str(path)], str(tmp_path / 'ck'), labels, 0.3)
+    assert a[0]['detections'] and len(a[0]['detections']) == len(b[0]['detections'])
+    for da, db in zip(a[0]['detections'], b[0]['detections']):
+        assert da['class_id'] == db['class_id']
+        np.testing.assert_allclose(da['box'], db['box'], atol=1e-4)
