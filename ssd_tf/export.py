@@ -20,10 +20,12 @@ Outputs (TF Object Detection API names and dtypes), K = max_detections:
 
 TFLite (`convert_tflite`): batch 1, fixed input `images` uint8 `[1, H, W, 3]` RGB already resized
 to the network's `img_shape` (the app resizes the camera frame; the mean subtraction is in the
-model). Outputs, in this order (alphabetical, as the converter orders a signature's outputs,
-and the order of the TFLite SSD convention boxes, classes, scores, count):
-`detection_boxes [1, K, 4]`, `detection_classes [1, K]` (float ids 1..C-1),
-`detection_scores [1, K]`, `num_detections [1]` (float32). Post-processing uses builtin ops
+model). One signature, `serving_default`, with named outputs `detection_boxes [1, K, 4]`,
+`detection_classes [1, K]` (float ids 1..C-1), `detection_scores [1, K]`, `num_detections [1]`
+(float32): look them up by name (SignatureRunner / `Interpreter.runSignature`). The raw output
+tensor order the converter produces is num_detections, boxes, classes, scores (index 0..3),
+not the boxes, classes, scores, count order of the TF OD API's custom post-processing op.
+Post-processing uses builtin ops
 only (TOPK_V2, GATHER, NON_MAX_SUPPRESSION_V4 per class, unrolled over the C-1 classes, then a
 TOPK_V2 over all kept boxes): the same semantics as the SavedModel's combined NMS.
 Variants: float32, float16 (weights), dynamic (int8 weights, float activations), int8 (full

@@ -339,3 +339,13 @@ def test_detect_from_training_checkpoint_equals_saved_model(exported, tmp_path):
     for da, db in zip(a[0]['detections'], b[0]['detections']):
         assert da['class_id'] == db['class_id']
         np.testing.assert_allclose(da['box'], db['box'], atol=1e-4)
+
+
+def test_tflite_output_tensor_order_is_documented(exported):
+    """Apps that index outputs instead of using the signature names rely on this order
+    (documented in ssd_tf/export.py): num_detections, boxes, classes, scores."""
+    interp = tf.lite.Interpreter(model_path=exported['tflite']['float32'])
+    shapes = [tuple(int(s) for s in d['shape']) for d in interp.get_output_details()]
+    assert shapes == [(1,), (1, MAX_DET, 4), (1, MAX_DET), (1, MAX_DET)]
+    sig = interp.get_signature_list()['serving_default']
+    assert sig['inputs'] == ['images'] and sig['outputs'] == list(export.OUTPUT_KEYS)
