@@ -341,7 +341,8 @@ def test_short_default_run_clearly_beats_untrained(tmp_path):
     # The default job (ssd_small, synthetic shapes, paper augmentation), shortened: 300 steps.
     r = run_train(['--train_dir', str(tmp_path / 'run'), '--max_number_of_steps=300',
                    '--synthetic_num_train=1000', '--synthetic_num_test=100',
-                   '--log_every_n_steps=50'], timeout=900)
+                   '--log_every_n_steps=50', '--save_summaries_secs=0',
+                   '--validation_split=test', '--eval_every_n_steps=150'], timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'VOC07 mAP (test, 100 images)' in r.stdout
     trained = json.loads((tmp_path / 'run' / 'final_metrics.json').read_text())['voc07_map']
@@ -352,3 +353,13 @@ def test_short_default_run_clearly_beats_untrained(tmp_path):
     # the report a user looks at
     for f in ('metrics.json', 'pr_curves.png', 'detections.png'):
         assert (tmp_path / 'run' / 'eval' / f).exists()
+    # TensorBoard: loss terms, learning rate, images/s, pictures, periodic validation mAP
+    tags = {}
+    for f in (tmp_path / 'run').glob('events.out.tfevents.*'):
+        for e in tf.compat.v1.train.summary_iterator(str(f)):
+            for v in e.summary.value:
+                tags.setdefault(v.tag, set()).add(e.step)
+    for tag in ('losses/cross_entropy_pos', 'losses/cross_entropy_neg', 'losses/localization',
+                'learning_rate', 'images_per_second', 'ground_truth_vs_predictions'):
+        assert tag in tags, sorted(tags)
+    assert {150, 300} <= tags['eval/mAP_voc07']
