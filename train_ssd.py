@@ -38,7 +38,7 @@ flags.DEFINE_integer('eval_every_n_steps', 0, 'Periodic validation mAP (0: never
 flags.DEFINE_string('label_map', None, 'Label map file (labels.txt); default: the data set\'s.')
 flags.DEFINE_boolean('strict_data', False,
                      'Stop at the first bad image or annotation instead of skipping it.')
-flags.DEFINE_integer('synthetic_num_train', 6000, 'Synthetic training images.')
+flags.DEFINE_integer('synthetic_num_train', 4000, 'Synthetic training images.')
 flags.DEFINE_integer('synthetic_num_test', 300, 'Synthetic test images.')
 flags.DEFINE_integer('seed', 0, 'Seed of the data order, augmentation and initialisation.')
 flags.DEFINE_integer('num_preprocessing_threads', 4,
