@@ -38,12 +38,75 @@ def _jpeg(seed):
     return cv2.imencode('.jpg', image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
+def accuracy(checkpoint_path, num_images):
+    """VOC mAP of a trained synthetic-data run (train_ssd.py's train_dir) exported as a
+    SavedModel and as each TFLite variant, on the synthetic test split (int8 calibrated on
+    100 synthetic training images)."""
+    import tensorflow as tf
+    from nets import nets_factory
+    from preprocessing import ssd_vgg_preprocessing as prep
+    from ssd_tf import evaluation
+    from ssd_tf import export
+    from ssd_tf import metrics
+    from ssd_tf.datasets import synthetic
+
+    net, model, names, _ = export.load_from_checkpoint(checkpoint_path,
+                                                       nets_factory.get_network)
+    shape = tuple(net.params.img_shape)
+
+    def preprocess(image):
+        out = prep.preprocess_for_eval(image, None, None, out_shape=shape)
+        return out[0], out[3]
+
+    tmp = tempfile.mkdtemp(prefix='bench_export_acc_')
+    sm = export.export_saved_model(net, model, preprocess, tmp, label_names=names)
+    calib = export.representative_images(
+        (r.image for r in synthetic.make_synthetic_split('train', 100)), shape)
+    paths = export.export_tflite(net, model, lambda im: preprocess(im)[0],
+                                 os.path.join(tmp, 'tflite'), export.TFLITE_QUANTIZATIONS, calib)
+    records = synthetic.make_synthetic_split('test', num_images)
+    fn = tf.saved_model.load(sm).signatures['serving_default']
+
+    def saved_model_detect(rec):
+        out = fn(image_bytes=tf.constant([evaluation._record_bytes(rec)]))
+        n = int(out['num_detections'][0])
+        return (out['detection_boxes'][0, :n].numpy(), out['detection_scores'][0, :n].numpy(),
+                out['detection_classes'][0, :n].numpy().astype(int))
+
+    detectors = {'SavedModel': saved_model_detect}
+    for q, p in paths.items():
+        det = export.TFLiteDetector(p)
+        detectors[f'TFLite {q}'] = lambda rec, det=det: (
+            lambda o: (o['detection_boxes'], o['detection_scores'],
+                       o['detection_classes']))(det(rec.image))
+    rows = []
+    for name, detect in detectors.items():
+        ev = metrics.VOCEvaluator(net.params.num_classes, names)
+        for rec in records:
+            boxes, scores, classes = detect(rec)
+            ev.add_image(rec.image_id, rec.boxes, rec.labels, det_boxes=boxes,
+                         det_scores=scores, det_classes=classes,
+                         image_shape=(rec.height, rec.width))
+        res = ev.evaluate()
+        rows.append([name, f"{res['map07']:.4f}", f"{res['map12']:.4f}"])
+        print(rows[-1], flush=True)
+    print(f"\nAccuracy of {checkpoint_path} on {num_images} synthetic test images:")
+    print_table(['model', 'VOC07 mAP', 'VOC12 mAP'], rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--runs', type=int, default=5)
     ap.add_argument('--models', default='ssd_300_vgg,ssdlite_mobilenet_v2,ssd_small')
     ap.add_argument('--no_tflite', action='store_true')
+    ap.add_argument('--accuracy_checkpoint', default=None,
+                    help='A train_ssd.py train_dir (synthetic data): report the mAP of the '
+                    'SavedModel and each TFLite variant instead of timings.')
+    ap.add_argument('--accuracy_images', type=int, default=200)
     args = ap.parse_args()
+    if args.accuracy_checkpoint:
+        print(machine_info())
+        return accuracy(args.accuracy_checkpoint, args.accuracy_images)
 
     import keras
     import tensorflow as tf

@@ -28,9 +28,11 @@ not the boxes, classes, scores, count order of the TF OD API's custom post-proce
 Post-processing uses builtin ops
 only (TOPK_V2, GATHER, NON_MAX_SUPPRESSION_V4 per class, unrolled over the C-1 classes, then a
 TOPK_V2 over all kept boxes): the same semantics as the SavedModel's combined NMS.
-Variants: float32, float16 (weights), dynamic (int8 weights, float activations), int8 (full
-integer weights and activations calibrated on representative images; the NMS ops keep float
-kernels, so the model mixes int8 and float builtins).
+Variants: float32, float16 (weights), dynamic (int8 weights, float activations), int8 (the
+network's weights and activations in int8, calibrated on representative images; the
+pre-processing, box decoding and NMS stay float32 by selective quantisation, since quantising
+them cost most of the mAP). Measured on a trained ssd_small (200 synthetic test images, VOC07
+mAP): SavedModel 0.832, float32 0.832, float16 0.832, dynamic 0.830, int8 0.830.
 """
 import json
 import os
@@ -314,13 +316,16 @@ def tflite_detection_function(net, model, whiten_fn, select_threshold=SELECT_THR
     return detect.get_concrete_function()
 
 
-def convert_tflite(concrete_fn, quantization='float32', representative_images=None):
+def convert_tflite(concrete_fn, quantization='float32', representative_images=None,
+                   network_scope=None):
     """Converts a `tflite_detection_function` to a TFLite flatbuffer (bytes).
 
     quantization: 'float32'; 'float16' (float16 weights); 'dynamic' (int8 weights, float
     activations); 'int8' (int8 weights and activations calibrated on `representative_images`,
     an iterable of uint8 `[1, H, W, 3]` arrays; float kernels where no int8 one exists, e.g.
-    NMS). Uses TFLite builtin ops only (no Select TF ops).
+    NMS). Uses TFLite builtin ops only (no Select TF ops). network_scope: with 'int8', the
+    Keras model's name; only ops whose tensor names contain it are quantised (the network),
+    the pre-processing, box decoding and NMS keep float32 (see the comment in the code).
     """
     if quantization not in TFLITE_QUANTIZATIONS:
         raise ValueError(f"--tflite_quantization={quantization} must be one of "
@@ -361,7 +366,29 @@ def convert_tflite(concrete_fn, quantization='float32', representative_images=No
             converter.representative_dataset = lambda: ([np.asarray(im, np.uint8)] for im in images)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                    tf.lite.OpsSet.TFLITE_BUILTINS]
+            if network_scope:
+                # Selective quantisation: int8 inside the network only; box decoding (exp,
+                # anchor arithmetic), score flattening and NMS stay float. Quantising them
+                # cost ~60% of the mAP of a trained ssd_small (VOC07 0.83 -> 0.33).
+                float_converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+                nodes = _nodes_outside(float_converter.convert(), network_scope)
+                debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=converter, debug_dataset=converter.representative_dataset,
+                    debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                        denylisted_nodes=nodes))
+                return debugger.get_nondebug_quantized_model()
         return converter.convert()
+
+
+def _nodes_outside(tflite_model, scope):
+    """Output tensor names of the ops of a TFLite model whose names lack `scope` (the Keras
+    model's name): the pre- and post-processing around the network."""
+    interp = tf.lite.Interpreter(model_content=tflite_model)
+    names = {d['index']: d['name'] for d in interp.get_tensor_details()}
+    out = []
+    for op in interp._get_ops_details():  # pylint: disable=protected-access
+        out.extend(names[i] for i in op['outputs'] if scope not in names[i])
+    return out
 
 
 def export_tflite(net, model, whiten_fn, output_dir, quantizations=('float32',),
@@ -378,7 +405,7 @@ def export_tflite(net, model, whiten_fn, output_dir, quantizations=('float32',),
                                    max_detections, top_k)
     paths = {}
     for q in quantizations:
-        data = convert_tflite(fn, q, representative_images)
+        data = convert_tflite(fn, q, representative_images, network_scope=model.name)
         paths[q] = os.path.join(output_dir, f'model_{q}.tflite')
         with open(paths[q], 'wb') as f:
             f.write(data)

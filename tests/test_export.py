@@ -36,13 +36,13 @@ MAX_DET = 100
 # Quantised variants are judged by VOC mAP (VOC12) of their detections against the float
 # SavedModel's detections with score >= GT_SCORE taken as ground truth, on NUM_EVAL images.
 # Margins: float16 and dynamic-range weights keep float activations (near-identical boxes);
-# full int8 also quantises activations: measured 0.45 on this random network, whose amplified
-# random class heads turn small activation rounding into reordered, near-tied scores (its
-# quantised softmax scores come in steps of 1/256). The bound guards against a broken
-# conversion (wrong input scaling, swapped outputs: mAP ~0), not against quantisation noise.
+# int8 quantises the network's weights and activations (pre-processing, box decoding and NMS
+# stay float): measured 1.0 / 0.998 / 0.996 / 0.985 for float32 / float16 / dynamic / int8.
+# On a trained ssd_small (bench/bench_export.py --accuracy_checkpoint) int8 loses 0.002
+# VOC07 mAP (0.832 -> 0.830, 200 synthetic test images).
 GT_SCORE = 0.5
 NUM_EVAL = 16
-MIN_MAP = {'float32': 0.99, 'float16': 0.95, 'dynamic': 0.85, 'int8': 0.35}
+MIN_MAP = {'float32': 0.99, 'float16': 0.97, 'dynamic': 0.97, 'int8': 0.9}
 
 
 def _preprocess(image):
@@ -279,7 +279,8 @@ def test_tflite_variants_match_saved_model(exported, variant):
         refs.append({k: ref[k][i, :n] for k in export.OUTPUT_KEYS[:3]})
         dets.append({k: o[k][0, :m] for k in export.OUTPUT_KEYS[:3]})
     assert sum(int((r['detection_scores'] >= GT_SCORE).sum()) for r in refs) >= 10
-    assert _agreement_map(dets, refs) >= MIN_MAP[variant]
+    agreement = _agreement_map(dets, refs)
+    assert agreement >= MIN_MAP[variant]
 
 
 def test_tflite_sizes(exported):
@@ -291,6 +292,14 @@ def test_tflite_sizes(exported):
     assert 0.8 * 4 * params < size["float32"] < 4 * params + 3e5
     assert size['float16'] < 0.6 * size['float32']
     assert size['int8'] < 0.35 * size['float32'] and size['dynamic'] < 0.35 * size['float32']
+    # int8: the network's conv kernels are int8, the box decoding / NMS ops float32.
+    interp = tf.lite.Interpreter(model_path=exported['tflite']['int8'])
+    ops = interp._get_ops_details()  # pylint: disable=protected-access
+    dtypes = {d['index']: d['dtype'] for d in interp.get_tensor_details()}
+    conv_in = {dtypes[op['inputs'][0]] for op in ops if op['op_name'] == 'CONV_2D'}
+    assert conv_in == {np.int8}
+    nms = [op for op in ops if op['op_name'] == 'NON_MAX_SUPPRESSION_V4']
+    assert len(nms) == 4 and all(dtypes[op['inputs'][1]] == np.float32 for op in nms)
 
 
 @pytest.mark.parametrize('kind', ['saved_model', 'tflite'])
