@@ -29,6 +29,8 @@ flags.DEFINE_list('tflite_quantization', [], 'TFLite variants to write: any of f
                   'float16, dynamic, int8 (implies --tflite).')
 flags.DEFINE_string('dataset_dir', None, 'VOC directory of int8 calibration images; default: '
                     'the built-in synthetic images.')
+flags.DEFINE_string('dataset_split_name', 'train', 'Split of --dataset_dir used for int8 '
+                    'calibration (ImageSets/Main/<split>.txt).')
 flags.DEFINE_integer('num_calibration_images', 100, 'Images for int8 calibration.')
 flags.mark_flags_as_required(['checkpoint_path', 'output_dir'])
 FLAGS = flags.FLAGS
@@ -40,7 +42,8 @@ def calibration_images(img_shape):
     from ssd_tf import export
     from ssd_tf.datasets import factory
     if FLAGS.dataset_dir:
-        records, _, _ = factory.load_records('voc', FLAGS.dataset_dir, 'trainval')
+        records, _, _ = factory.load_records('voc', FLAGS.dataset_dir,
+                                             FLAGS.dataset_split_name)
     else:
         records, _, _ = factory.load_records('synthetic', None, 'train',
                                              num_images=FLAGS.num_calibration_images)

@@ -108,6 +108,8 @@ class DetectionModule(tf.Module):
         (`[0, 0, 1, 1]` for a warp resize).
       select_threshold, nms_threshold, max_detections, top_k: post-processing (top_k
         candidates per class before NMS).
+      label_file: optional labels.txt path, saved as the asset `labels_file` (copied into
+        the SavedModel's assets/).
     Methods `detect_bytes(image_bytes)` and `detect_images(images)` are the two signatures.
     """
 
@@ -339,7 +341,7 @@ def convert_tflite(concrete_fn, quantization='float32', representative_images=No
     spec = concrete_fn.structured_input_signature[0][0]
     keys = sorted(concrete_fn.structured_outputs)
 
-    @tf.function(input_signature=[spec])
+    @tf.function(input_signature=[spec], autograph=False)
     def named(images):
         outputs = frozen(images)
         if isinstance(outputs, dict):
