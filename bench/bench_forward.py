@@ -9,10 +9,7 @@ noisy on a shared machine: compare runs, not single figures.
     python bench/bench_forward.py [--runs 5] [--only ssd_small,ssd_300_vgg]
 """
 import os
-import platform
-import statistics
 import sys
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,6 +19,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from bench.machine import machine_info, median_time  # noqa: E402
 from nets import nets_factory  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -59,35 +57,12 @@ def count_macs(model):
     return macs
 
 
-def timed(fn, runs):
-    """Median seconds of `fn()` over `runs` calls after two warm-ups."""
-    fn()
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def matmul_gflops(n, runs):
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n))
     mm = tf.function(lambda: tf.matmul(a, b))
-    seconds = timed(lambda: mm().numpy(), runs)
+    seconds = median_time(lambda: mm().numpy(), runs=runs, warmup=2)
     return 2. * n ** 3 / seconds / 1e9
-
-
-def cpu_model():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
 
 
 def _train_step_fn(net, model, batch):
@@ -135,14 +110,13 @@ def main(argv):
             fn = _train_step_fn(net, model, batch)
             flops_per_image = 3 * 2. * macs  # backward ~ 2x forward
         peak = matmul_gflops(FLAGS.matmul_size, FLAGS.runs)
-        seconds = timed(fn, FLAGS.runs)
+        seconds = median_time(fn, runs=FLAGS.runs, warmup=2)
         ips = batch / seconds
         gflops = flops_per_image * ips / 1e9
         rows.append((name, what, batch, model.count_params(), macs / 1e9, ips, gflops, peak))
         print(f'{name} {what} batch {batch}: {ips:.2f} images/s', file=sys.stderr, flush=True)
 
-    print(f'Machine: {cpu_model()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, '
-          f'Keras {keras.__version__}, Python {platform.python_version()}')
+    print(f'Machine: {machine_info()}, Keras {keras.__version__}')
     print(f'Medians of {FLAGS.runs} runs; matmul = float32 {FLAGS.matmul_size}x'
           f'{FLAGS.matmul_size} tf.matmul measured just before each row; shared machine, '
           f'expect noise.\n')
