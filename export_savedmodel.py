@@ -24,6 +24,10 @@ flags.DEFINE_float('nms_threshold', 0.45, 'NMS IoU threshold.')
 flags.DEFINE_integer('max_detections', 100, 'Detections per image.')
 flags.DEFINE_integer('select_top_k', 400, 'Candidates per class before NMS.')
 flags.DEFINE_string('label_map', None, "Label map file; default: the run's labels.txt.")
+flags.DEFINE_enum('mixed_precision', None, ['mixed_bfloat16'],
+                  'SavedModel only: run the network in bfloat16 (float32 variables, decode and '
+                  'NMS in float32); about 2x faster on CPUs with AVX512_BF16/AMX, slower '
+                  'elsewhere.')
 flags.DEFINE_boolean('tflite', False, 'Also write the float32 TFLite model.')
 flags.DEFINE_list('tflite_quantization', [], 'TFLite variants to write: any of float32, '
                   'float16, dynamic, int8 (implies --tflite).')
@@ -59,6 +63,13 @@ def main(argv):
     from preprocessing import ssd_vgg_preprocessing as prep
     from ssd_tf import export
 
+    variants = list(FLAGS.tflite_quantization) or (['float32'] if FLAGS.tflite else [])
+    if FLAGS.mixed_precision:
+        if variants:
+            raise ValueError("--mixed_precision applies to the SavedModel only; export the "
+                             "TFLite models in a run without it")
+        import keras
+        keras.mixed_precision.set_dtype_policy(FLAGS.mixed_precision)
     net, model, label_names, path = export.load_from_checkpoint(
         FLAGS.checkpoint_path, nets_factory.get_network, FLAGS.model_name, FLAGS.num_classes,
         FLAGS.label_map, slim_variable_map_fn=ssd_vgg_keras.slim_variable_map)
@@ -72,9 +83,9 @@ def main(argv):
                max_detections=FLAGS.max_detections, top_k=FLAGS.select_top_k)
     target = export.export_saved_model(
         net, model, preprocess, FLAGS.output_dir, FLAGS.version, FLAGS.overwrite,
-        label_names=label_names, metadata=dict(checkpoint_path=path), **nms)
+        label_names=label_names,
+        metadata=dict(checkpoint_path=path, mixed_precision=FLAGS.mixed_precision), **nms)
     print(f"SavedModel: {target}")
-    variants = list(FLAGS.tflite_quantization) or (['float32'] if FLAGS.tflite else [])
     if variants:
         reps = calibration_images(shape) if 'int8' in variants else None
         paths = export.export_tflite(net, model, lambda im: preprocess(im)[0],

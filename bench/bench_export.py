@@ -5,7 +5,8 @@
 SavedModel rows: `serving_default` end to end from encoded JPEG bytes (decode, warp resize,
 mean subtraction, network, box decoding, combined NMS) at batch 1 and 8, 21 classes (VOC)
 for SSD300/SSDLite, 5 for ssd_small; random weights, select threshold 0.01, so NMS works on
-full candidate lists (the worst case). TFLite rows: batch 1, the uint8 network-size input,
+full candidate lists (the worst case); SSD300 also with the network in bfloat16
+(`export_savedmodel.py --mixed_precision=mixed_bfloat16`). TFLite rows: batch 1, the uint8 network-size input,
 per-class builtin NMS inside, `tf.lite.Interpreter` with 2 threads. Median of --runs timed
 calls after one warm-up. Prints the machine and its load average (the machine is shared).
 """
@@ -23,6 +24,7 @@ from bench.machine import machine_info, median_time, print_table  # noqa: E402
 PHOTO_SHAPE = (375, 500)  # a typical VOC photo (height, width)
 TFLITE_VARIANTS = {'ssd_300_vgg': ('float32',), 'ssdlite_mobilenet_v2': ('float32', 'int8'),
                    'ssd_small': ('float32', 'int8')}
+BFLOAT16_MODELS = ('ssd_300_vgg',)  # also timed with --mixed_precision=mixed_bfloat16
 NUM_CLASSES = {'ssd_300_vgg': 21, 'ssdlite_mobilenet_v2': 21, 'ssd_small': 5}
 
 
@@ -142,6 +144,24 @@ def main():
             rows.append([name, 'SavedModel (JPEG bytes, NMS)', batch, f'{1e3 * t:.1f}',
                          f'{batch / t:.2f}'])
             print(rows[-1], flush=True)
+        if name in BFLOAT16_MODELS:
+            # The same weights, network in bfloat16 (export_savedmodel.py --mixed_precision).
+            keras.mixed_precision.set_dtype_policy('mixed_bfloat16')
+            try:
+                bf_model = net.keras_model()
+            finally:
+                keras.mixed_precision.set_dtype_policy('float32')
+            bf_model.set_weights(model.get_weights())
+            bf_path = export.export_saved_model(net, bf_model, preprocess,
+                                                os.path.join(tmp, name + '_bf16'))
+            bf_fn = tf.saved_model.load(bf_path).signatures['serving_default']
+            for batch in (1, 8):
+                data = tf.constant(jpegs[:batch])
+                t = median_time(lambda: bf_fn(image_bytes=data)['num_detections'].numpy(),
+                                runs=args.runs)
+                rows.append([name, 'SavedModel bfloat16 (JPEG bytes, NMS)', batch,
+                             f'{1e3 * t:.1f}', f'{batch / t:.2f}'])
+                print(rows[-1], flush=True)
         if args.no_tflite:
             continue
         variants = TFLITE_VARIANTS[name]
