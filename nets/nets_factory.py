@@ -9,6 +9,7 @@ networks_map = {
     'ssd_512_vgg': ssd_vgg_512.SSDNet,
     'ssdlite_mobilenet_v2': ssd_mobilenet_v2.SSDNet,
     'ssd_small': ssd_small.SSDNet,
+    'ssd_small_192': ssd_small.SSDNet192,
 }
 
 

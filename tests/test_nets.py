@@ -279,9 +279,21 @@ def test_slim_scope_names_are_reversible():
 
 # ---------------------------------------------------------------------------- factory
 def test_factory_names_and_unknown_name():
-    assert NAMES == ['ssd_300_vgg', 'ssd_512_vgg', 'ssd_small', 'ssdlite_mobilenet_v2']
+    assert NAMES == ['ssd_300_vgg', 'ssd_512_vgg', 'ssd_small', 'ssd_small_192',
+                     'ssdlite_mobilenet_v2']
     for name in NAMES:
         assert nets_factory.get_network(name).model_name == name
     with pytest.raises(ValueError, match='ssd_300_vgg, ssd_512_vgg, ssd_small, '
-                                         'ssdlite_mobilenet_v2'):
+                                         'ssd_small_192, ssdlite_mobilenet_v2'):
         nets_factory.get_network('ssd_300')
+
+
+def test_small_params_scale_with_the_input():
+    from nets import ssd_small
+    # 192: ceil(192 / 8) = 24, then halved rounding up: 12, 6, 3, 2; steps 192 / map
+    p = ssd_small.small_params(192)
+    assert p.feat_shapes == [(24, 24), (12, 12), (6, 6), (3, 3), (2, 2)]
+    assert p.anchor_steps == [8., 16., 32., 64., 96.]
+    # anchor sizes are the same fractions of the side at any size: 0.10 * 192 = 19.2
+    assert p.anchor_sizes[0] == (19.2, 38.4)
+    assert ssd_small.small_params(128) == ssd_small.SSDNet.default_params
