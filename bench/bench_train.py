@@ -42,15 +42,18 @@ def fixed_batch(net, batch, rng):
     return images, targets
 
 
-def step_throughput(model_name, batch, jit, runs):
+def step_throughput(model_name, batch, jit, runs, policy=None):
+    import keras
+    keras.mixed_precision.set_dtype_policy(policy or 'float32')
     net = nets_factory.get_network(model_name)()
     model = net.keras_model(weight_decay=0.0005)
-    opt = training.build_optimizer('adam', 1e-4)
+    opt = training.build_optimizer('adam', 1e-4, mixed_precision=policy)
     with tempfile.TemporaryDirectory() as d:
         trainer = training.Trainer(net, model, opt, tf.distribute.get_strategy(), d, batch,
                                    jit_compile=jit)
         data = fixed_batch(net, batch, np.random.default_rng(0))
         t = median_time(lambda: float(trainer.train_step(data)['total']), runs=runs, warmup=2)
+    keras.mixed_precision.set_dtype_policy('float32')
     return batch / t, t
 
 
@@ -61,18 +64,25 @@ def main():
     args = ap.parse_args()
     print(f'Machine: {machine_info()}\n')
     rows = []
-    cases = [('ssd_small', 32, False), ('ssd_small', 32, True)]
+    cases = [('ssd_small', 32, False, None), ('ssd_small', 32, True, None)]
     if not args.skip_ssd300:
-        cases = [('ssd_300_vgg', 8, False), ('ssd_300_vgg', 8, True)] + cases
+        cases = [('ssd_300_vgg', 8, False, None), ('ssd_300_vgg', 8, True, None),
+                 ('ssd_300_vgg', 8, False, 'mixed_bfloat16')] + cases
     results = {}
-    for name, batch, jit in cases:
-        ips, t = step_throughput(name, batch, jit, args.runs)
-        results[(name, jit)] = ips
-        rows.append([name, batch, 'XLA' if jit else 'graph', f'{t:.2f}', f'{ips:.2f}'])
-    print_table(['model', 'batch', 'mode', 's/step', 'images/s'], rows)
+    for name, batch, jit, policy in cases:
+        ips, t = step_throughput(name, batch, jit, args.runs, policy)
+        results[(name, jit, policy)] = ips
+        rows.append([name, batch, 'XLA' if jit else 'graph', policy or 'float32', f'{t:.2f}',
+                     f'{ips:.2f}'])
+    print_table(['model', 'batch', 'mode', 'precision', 's/step', 'images/s'], rows)
     for name in ('ssd_300_vgg', 'ssd_small'):
-        if (name, True) in results:
-            print(f'\n{name}: XLA / graph = {results[(name, True)] / results[(name, False)]:.2f}')
+        if (name, True, None) in results:
+            ratio = results[(name, True, None)] / results[(name, False, None)]
+            print(f'\n{name}: XLA / graph = {ratio:.2f}')
+    if ('ssd_300_vgg', False, 'mixed_bfloat16') in results:
+        ratio = results[('ssd_300_vgg', False, 'mixed_bfloat16')] / \
+            results[('ssd_300_vgg', False, None)]
+        print(f'ssd_300_vgg: mixed_bfloat16 / float32 = {ratio:.2f}')
 
 
 if __name__ == '__main__':
