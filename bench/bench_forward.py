@@ -30,7 +30,7 @@ flags.DEFINE_integer('matmul_size', 2048, 'side of the square float32 matmul for
 # (model name, batch size, what): forward passes, plus the ssd_small training step the
 # from-scratch recipe depends on (forward + loss + backward + Adam update).
 CONFIGS = [('ssd_300_vgg', 1, 'forward'), ('ssd_300_vgg', 8, 'forward'),
-           ('ssd_512_vgg', 1, 'forward'), ('ssd_512_vgg', 8, 'forward'),
+           ('ssd_300_vgg', 8, 'forward bfloat16'), ('ssd_512_vgg', 1, 'forward'), ('ssd_512_vgg', 8, 'forward'),
            ('ssdlite_mobilenet_v2', 1, 'forward'), ('ssd_small', 32, 'forward'),
            ('ssd_small', 32, 'train step')]
 
@@ -100,7 +100,12 @@ def main(argv):
             models[name] = (net, net.keras_model())
         net, model = models[name]
         macs = count_macs(model)
-        if what == 'forward':
+        if what == 'forward bfloat16':
+            # The same network under the mixed_bfloat16 policy (AVX512-BF16 / AMX CPUs, TPUs).
+            keras.mixed_precision.set_dtype_policy('mixed_bfloat16')
+            model = net.keras_model()
+            keras.mixed_precision.set_dtype_policy('float32')
+        if what.startswith('forward'):
             images = tf.random.uniform((batch,) + tuple(net.params.img_shape) + (3,),
                                        -120., 130.)
             forward = tf.function(lambda x, m=model: m(x, training=False))
