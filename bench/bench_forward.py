@@ -30,7 +30,8 @@ flags.DEFINE_integer('matmul_size', 2048, 'side of the square float32 matmul for
 # (model name, batch size, what): forward passes, plus the ssd_small training step the
 # from-scratch recipe depends on (forward + loss + backward + Adam update).
 CONFIGS = [('ssd_300_vgg', 1, 'forward'), ('ssd_300_vgg', 8, 'forward'),
-           ('ssd_300_vgg', 8, 'forward bfloat16'), ('ssd_512_vgg', 1, 'forward'), ('ssd_512_vgg', 8, 'forward'),
+           ('ssd_300_vgg', 8, 'forward bfloat16'),
+           ('ssd_512_vgg', 1, 'forward'), ('ssd_512_vgg', 8, 'forward'),
            ('ssdlite_mobilenet_v2', 1, 'forward'), ('ssd_small', 32, 'forward'),
            ('ssd_small', 32, 'train step')]
 
