@@ -202,10 +202,10 @@ class UserError(Exception):
 
 
 def _load_split(cfg, split, num_synthetic):
-    from ssd_tf.datasets import convert
+    from ssd_tf.datasets import factory
     if cfg['dataset_name'] == 'tfrecord':
         return None, None, ''
-    records, label_map, summary = convert.load_records(
+    records, label_map, summary = factory.load_records(
         cfg['dataset_name'], cfg['dataset_dir'], split, label_map=cfg['label_map'],
         strict=cfg['strict_data'], num_images=num_synthetic, seed=cfg['seed'])
     if not records:

@@ -20,7 +20,7 @@ Design (the same code as SSD300, `nets.ssd_vgg_keras`, with a smaller `VGGSpec`)
   of the image side (the synthetic shapes data set): s = 0.10, 0.20, 0.37, 0.55, 0.75, 0.95 of
   the side, layer k using (s_k, s_{k+1}); successive anchor sizes differ by at most ~1.4x, so
   a centred square object always has an anchor with IoU >= 0.5.
-- Default 5 classes: background + the synthetic data set's circle, rectangle, triangle, cross.
+- Default 5 classes: background + the synthetic data set's circle, cross, rectangle, triangle.
 
 Cost: 0.07 GMAC per 128x128 image forward (bench/bench_forward.py counts it).
 """

@@ -15,17 +15,23 @@ from ssd_tf import data as data_lib
 from ssd_tf import visualize
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('dataset_dir', None,
-                    'Pascal VOC root (Annotations/, JPEGImages/, ImageSets/Main/). Default: the '
-                    'built-in synthetic shapes data set.')
-flags.DEFINE_string('split', 'train', 'ImageSets/Main/<split>.txt list to read from dataset_dir.')
-flags.DEFINE_integer('num', 16, 'Number of augmented samples in the grid.')
-flags.DEFINE_integer('cols', 4, 'Columns of the grid.')
-flags.DEFINE_string('out', 'samples.png', 'Output PNG path.')
-flags.DEFINE_integer('seed', 0, 'Seed of the sample order and of the augmentation.')
-flags.DEFINE_integer('out_size', 300, 'Side of the (square) network input, in pixels.')
-flags.DEFINE_bool('reference_compat', False,
-                  'Show the slim SSD augmentation instead of the SSD paper chain.')
+
+
+def define_flags():
+    """Defines the command's flags; only when run as a program, so that importing this module
+    (tests, notebooks) next to another absl program never defines a flag twice."""
+    flags.DEFINE_string('dataset_dir', None,
+                        'Pascal VOC root (Annotations/, JPEGImages/, ImageSets/Main/). Default: '
+                        'the built-in synthetic shapes data set.')
+    flags.DEFINE_string('split', 'train',
+                        'ImageSets/Main/<split>.txt list to read from dataset_dir.')
+    flags.DEFINE_integer('num', 16, 'Number of augmented samples in the grid.')
+    flags.DEFINE_integer('cols', 4, 'Columns of the grid.')
+    flags.DEFINE_string('out', 'samples.png', 'Output PNG path.')
+    flags.DEFINE_integer('seed', 0, 'Seed of the sample order and of the augmentation.')
+    flags.DEFINE_integer('out_size', 300, 'Side of the (square) network input, in pixels.')
+    flags.DEFINE_bool('reference_compat', False,
+                      'Show the slim SSD augmentation instead of the SSD paper chain.')
 
 
 def load_source(dataset_dir, split, seed):
@@ -68,4 +74,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)

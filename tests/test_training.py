@@ -322,11 +322,11 @@ def test_fine_tune_from_slim_checkpoint_with_another_class_count(tmp_path):
 # ------------------------------------------------------------------ it learns
 def _untrained_map(num_test):
     from ssd_tf import evaluation
-    from ssd_tf.datasets import convert
+    from ssd_tf.datasets import factory
     keras.utils.set_random_seed(0)
     net = ssd_small.SSDNet()
     model = net.keras_model()
-    records, label_map, _ = convert.load_records('synthetic', None, 'test',
+    records, label_map, _ = factory.load_records('synthetic', None, 'test',
                                                  num_images=num_test, seed=0)
     ds = data_lib.build_eval_dataset(
         records, lambda i, l, b: prep.preprocess_for_eval(i, l, b,
