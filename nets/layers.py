@@ -60,3 +60,23 @@ class L2Normalization(keras.layers.Layer):
         config = super().get_config()
         config.update(gamma_init=self.gamma_init, epsilon=self.epsilon)
         return config
+
+
+def feature_map(end_points, params, i):
+    """The network's output for feature layer `i` of `params`, checked against the params.
+
+    end_points: `{block name: tensor [B, H, W, C]}` of the built network. Raises ValueError
+    when `params.feat_layers[i]` is not a block of the network or its map is not
+    `params.feat_shapes[i]` at `params.img_shape`.
+    """
+    layer = params.feat_layers[i]
+    if layer not in end_points:
+        raise ValueError(f"params.feat_layers names {layer!r}, which this network does "
+                         f"not have; available: {sorted(end_points)}")
+    feat = end_points[layer]
+    feat_hw = tuple(feat.shape[1:3])
+    if tuple(params.feat_shapes[i]) != feat_hw:
+        raise ValueError(f"params.feat_shapes[{i}] is {tuple(params.feat_shapes[i])} but "
+                         f"{layer} is {feat_hw} for an input of {params.img_shape}; fix "
+                         f"feat_shapes or img_shape")
+    return feat

@@ -19,6 +19,7 @@ after the last 1x1 conv), 'extra1'..'extra4'.
 """
 import keras
 
+from nets.layers import feature_map
 from nets.ssd_base import SSDNet as _SSDNetBase
 from nets.ssd_base import SSDParams
 
@@ -87,14 +88,8 @@ def build_ssdlite_mobilenet_v2(params, backbone_weights=None, alpha=1.0, weight_
     num_classes = params.num_classes
     predictions, localisations, logits = [], [], []
     for i, layer in enumerate(params.feat_layers):
-        if layer not in end_points:
-            raise ValueError(f"params.feat_layers names {layer!r}; {name} has "
-                             f"{sorted(end_points)}")
-        feat = end_points[layer]
-        feat_hw = tuple(feat.shape[1:3])
-        if tuple(params.feat_shapes[i]) != feat_hw:
-            raise ValueError(f"params.feat_shapes[{i}] is {tuple(params.feat_shapes[i])} but "
-                             f"{layer} is {feat_hw} for an input of {params.img_shape}")
+        feat = feature_map(end_points, params, i)
+        feat_hw = tuple(params.feat_shapes[i])  # checked equal to the map's H, W
         n_anchors = len(params.anchor_sizes[i]) + len(params.anchor_ratios[i])
         box = f'{layer}_box'
         outs = {}

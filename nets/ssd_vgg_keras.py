@@ -21,7 +21,7 @@ import re
 
 import keras
 
-from nets.layers import GAMMA_INIT_REFERENCE, L2Normalization
+from nets.layers import GAMMA_INIT_REFERENCE, L2Normalization, feature_map
 
 # One extra feature block after conv7: `1x1 conv (mid) -> [zero pad] -> kxk conv (out)`.
 ExtraBlock = collections.namedtuple(
@@ -158,15 +158,8 @@ def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weig
     num_classes = params.num_classes
     predictions, localisations, logits = [], [], []
     for i, layer in enumerate(params.feat_layers):
-        if layer not in end_points:
-            raise ValueError(f"params.feat_layers names {layer!r}, which this network does "
-                             f"not have; available: {sorted(end_points)}")
-        feat = end_points[layer]
-        feat_hw = tuple(feat.shape[1:3])
-        if tuple(params.feat_shapes[i]) != feat_hw:
-            raise ValueError(f"params.feat_shapes[{i}] is {tuple(params.feat_shapes[i])} but "
-                             f"{layer} is {feat_hw} for an input of {params.img_shape}; fix "
-                             f"feat_shapes or img_shape")
+        feat = feature_map(end_points, params, i)
+        feat_hw = tuple(params.feat_shapes[i])  # checked equal to the map's H, W
         box = f'{layer}_box'
         if params.normalizations[i] > 0:
             gamma = (GAMMA_INIT_REFERENCE if reference_compat
