@@ -58,18 +58,24 @@ def num_anchors_per_layer(anchors):
     return [int(y.shape[0] * y.shape[1] * h.shape[0]) for y, x, h, w in anchors]
 
 
-def anchors_to_boxes(anchors):
-    """Flattens anchor layers into yxyx boxes `[K, 4]` (layer-major, then H, W, A).
+def anchors_flat(anchors):
+    """Anchor layers -> `(ya, xa, ha, wa)`, numpy `[K]` each, layer-major then H, W, A.
 
     `K = sum(H * W * A)`; the order is the one of `tf.reshape(layer_tensor, [-1, ...])` on
     per-layer `[H, W, A, ...]` tensors, concatenated over layers.
     """
-    out = []
+    ys, xs, hs, ws = [], [], [], []
     for y, x, h, w in anchors:
-        yy = np.broadcast_to(y, (y.shape[0], y.shape[1], h.shape[0]))  # [H, W, A]
-        xx = np.broadcast_to(x, (x.shape[0], x.shape[1], w.shape[0]))
-        hh = np.broadcast_to(h, yy.shape)
-        ww = np.broadcast_to(w, xx.shape)
-        box = np.stack([yy - hh / 2., xx - ww / 2., yy + hh / 2., xx + ww / 2.], axis=-1)
-        out.append(box.reshape(-1, 4))
-    return np.concatenate(out, axis=0)
+        y, x, h, w = (np.asarray(v) for v in (y, x, h, w))
+        shape = (y.shape[0], y.shape[1], h.shape[0])
+        ys.append(np.broadcast_to(y, shape).reshape(-1))
+        xs.append(np.broadcast_to(x, shape).reshape(-1))
+        hs.append(np.broadcast_to(h, shape).reshape(-1))
+        ws.append(np.broadcast_to(w, shape).reshape(-1))
+    return tuple(np.concatenate(v) for v in (ys, xs, hs, ws))
+
+
+def anchors_to_boxes(anchors):
+    """Flattens anchor layers into yxyx boxes `[K, 4]` (order of `anchors_flat`)."""
+    y, x, h, w = anchors_flat(anchors)
+    return np.stack([y - h / 2., x - w / 2., y + h / 2., x + w / 2.], axis=-1)

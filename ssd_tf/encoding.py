@@ -25,19 +25,13 @@ under XLA (`tf.function(jit_compile=True)`).
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf import anchors as anchors_lib
+
 
 def _flat_anchors(anchors, dtype):
-    """Anchor layers -> flat `(ya, xa, ha, wa)`, each `[K]`, layer-major then H, W, A."""
-    ys, xs, hs, ws = [], [], [], []
-    for y, x, h, w in anchors:
-        y, x, h, w = (np.asarray(v) for v in (y, x, h, w))
-        shape = (y.shape[0], y.shape[1], h.shape[0])
-        ys.append(np.broadcast_to(y, shape).reshape(-1))
-        xs.append(np.broadcast_to(x, shape).reshape(-1))
-        hs.append(np.broadcast_to(h, shape).reshape(-1))
-        ws.append(np.broadcast_to(w, shape).reshape(-1))
-    return tuple(tf.constant(np.concatenate(v).astype(dtype.as_numpy_dtype))
-                 for v in (ys, xs, hs, ws))
+    """Anchor layers -> flat `(ya, xa, ha, wa)` constants, each `[K]`, layer-major then H, W, A."""
+    return tuple(tf.constant(v.astype(dtype.as_numpy_dtype))
+                 for v in anchors_lib.anchors_flat(anchors))
 
 
 def _layer_shapes(anchors):
