@@ -544,6 +544,17 @@ def write_coco_results(path, results):
     return path
 
 
+def _json_or_path(value, what):
+    """`value` itself, or the JSON read from it when it is a path (ValueError naming it)."""
+    if not isinstance(value, (str, os.PathLike)):
+        return value
+    try:
+        with open(value) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {what} {value}: {e}") from e
+
+
 def coco_metrics(gt_coco, detections, verbose=False):
     """COCO box metrics through pycocotools.
 
@@ -559,18 +570,8 @@ def coco_metrics(gt_coco, detections, verbose=False):
     except ImportError as e:
         raise ImportError("COCO metrics need pycocotools: pip install pycocotools "
                           "(or the 'coco' extra of ssd-tf)") from e
-    if isinstance(gt_coco, (str, os.PathLike)):
-        try:
-            with open(gt_coco) as f:
-                gt_coco = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read COCO ground truth {gt_coco}: {e}") from e
-    if isinstance(detections, (str, os.PathLike)):
-        try:
-            with open(detections) as f:
-                detections = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read COCO detections {detections}: {e}") from e
+    gt_coco = _json_or_path(gt_coco, 'COCO ground truth')
+    detections = _json_or_path(detections, 'COCO detections')
     gt_coco = dict(gt_coco)
     gt_coco.setdefault('info', {})
     gt_coco.setdefault('licenses', [])
