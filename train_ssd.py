@@ -229,14 +229,25 @@ def _resolve_num_classes(cfg, label_map, net_cls):
     return cfg['num_classes']
 
 
+def _slim_variable_map(net, model):
+    """`{slim name: variable}` of a VGG-style model; a UserError for networks without slim
+    names (the MobileNet), since slim checkpoints only load into the VGG networks."""
+    from nets import ssd_vgg_keras
+    try:
+        return ssd_vgg_keras.slim_variable_map(model, model_scope=net.model_name)
+    except ValueError as e:
+        raise UserError(f"--model_name={net.model_name} has no slim variable names ({e}); "
+                        "slim checkpoints, vgg_16 and Keras VGG16 weights load into the VGG "
+                        "networks") from e
+
+
 def _init_from_checkpoint(cfg, net, model):
     """Initialises a new run from --checkpoint_path (slim, vgg_16, Keras .h5 or ssd-tf)."""
     import tensorflow as tf
     from ssd_tf import checkpoints
     path = cfg['checkpoint_path']
     if path.endswith('.h5'):
-        from nets import ssd_vgg_keras
-        report = checkpoints.load_keras_vgg16_h5(ssd_vgg_keras.slim_variable_map(model), path,
+        report = checkpoints.load_keras_vgg16_h5(_slim_variable_map(net, model), path,
                                                  model_scope=net.model_name)
         return str(report)
     resolved = checkpoints.resolve_checkpoint_path(path)
@@ -245,13 +256,8 @@ def _init_from_checkpoint(cfg, net, model):
         status = tf.train.Checkpoint(model=model).restore(resolved)
         status.expect_partial()
         return f"restored the model from the ssd-tf checkpoint {resolved}"
-    if not hasattr(model, 'name') or not model.name.startswith('ssd_') or \
-            net.model_name == 'ssdlite_mobilenet_v2':
-        raise UserError(f"--checkpoint_path: slim checkpoints load into the VGG networks, not "
-                        f"--model_name={net.model_name}")
-    from nets import ssd_vgg_keras
     report = checkpoints.load_slim_checkpoint(
-        ssd_vgg_keras.slim_variable_map(model, model_scope=net.model_name), resolved,
+        _slim_variable_map(net, model), resolved,
         model_scope=net.model_name, checkpoint_model_scope=cfg['checkpoint_model_scope'],
         exclude_scopes=cfg['checkpoint_exclude_scopes'],
         ignore_missing_vars=cfg['ignore_missing_vars'])
@@ -263,15 +269,12 @@ def _trainable_variables(cfg, net, model):
     if not scopes:
         return model.trainable_variables
     try:
-        from nets import ssd_vgg_keras
-        named = {v.path if hasattr(v, 'path') else v.name: k for k, v in
-                 ssd_vgg_keras.slim_variable_map(model, model_scope=net.model_name).items()}
-    except ValueError:
-        named = {}
+        named = {v.path: k for k, v in _slim_variable_map(net, model).items()}
+    except UserError:
+        named = {}  # no slim names (the MobileNet): scopes match Keras variable paths
     chosen = []
     for v in model.trainable_variables:
-        key = v.path if hasattr(v, 'path') else v.name
-        name = named.get(key, key)
+        name = named.get(v.path, v.path)
         if any(name == s or name.startswith(s.rstrip('/') + '/') for s in scopes):
             chosen.append(v)
     if not chosen:
