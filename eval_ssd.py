@@ -9,8 +9,9 @@ network is `ssd_small` and the default data set the built-in synthetic shapes (a
       --dataset_split_name=test --num_classes=21
 
 --checkpoint_path (required; there is no default under a shared, world-writable place such
-as /tmp, where another user could plant a model): a training directory (its latest tf.train.Checkpoint; `config.json` beside
-it gives model_name / num_classes / image size unless the flags are set), a checkpoint prefix
+as /tmp, where another user could plant a model): a training directory (its latest
+tf.train.Checkpoint; `config.json` beside it gives model_name / num_classes / image size
+unless the flags are set), a checkpoint prefix
 (object-based or slim name-based), or a SavedModel directory (also export_savedmodel.py's
 versioned output directory; its end-to-end signature keeps the thresholds it was exported
 with, so --select_threshold/--nms_threshold/--keep_top_k do not apply). Outputs in --eval_dir

@@ -307,6 +307,23 @@ def _image_entry(image_id, num_classes, gt, det, image_shape, relative):
             shape)
 
 
+def _gather_class(image_ids, gt, det, label):
+    """The matching core's inputs for one label: `(gt_by_image, ids [D], scores [D], boxes
+    [D, 4])`, detections in image order. gt, det: image_id -> the `_image_entry` tuples."""
+    gt_by_image, ids, scores, boxes = {}, [], [], []
+    for image_id in image_ids:
+        g_boxes, g_labels, g_ignored = gt[image_id]
+        gt_by_image[image_id] = (g_boxes[g_labels == label], g_ignored[g_labels == label])
+        d_boxes, d_scores, d_classes = det[image_id]
+        sel = d_classes == label
+        ids.extend([image_id] * int(sel.sum()))
+        scores.append(d_scores[sel])
+        boxes.append(d_boxes[sel])
+    scores = np.concatenate(scores) if scores else np.zeros(0)
+    boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+    return gt_by_image, ids, scores, boxes
+
+
 def _mean_ap(aps):
     """Mean of the defined (non-nan) APs; nan if none is defined."""
     vals = [v for v in aps.values() if not np.isnan(v)]
@@ -356,19 +373,8 @@ class VOCEvaluator:
         self._gt[image_id], self._det[image_id] = gt, det
 
     def _class_inputs(self, label):
-        """The core's inputs for one label: gt_by_image and detections in image order."""
-        gt_by_image, ids, scores, boxes = {}, [], [], []
-        for image_id in self.image_ids:
-            g_boxes, g_labels, g_ignored = self._gt[image_id]
-            gt_by_image[image_id] = (g_boxes[g_labels == label], g_ignored[g_labels == label])
-            d_boxes, d_scores, d_classes = self._det[image_id]
-            sel = d_classes == label
-            ids.extend([image_id] * int(sel.sum()))
-            scores.append(d_scores[sel])
-            boxes.append(d_boxes[sel])
-        scores = np.concatenate(scores) if scores else np.zeros(0)
-        boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
-        return gt_by_image, ids, scores, boxes
+        """The core's inputs for one label (see `_gather_class`)."""
+        return _gather_class(self.image_ids, self._gt, self._det, label)
 
     def evaluate(self):
         """Returns a dict:
@@ -458,8 +464,9 @@ def evaluate_detections(groundtruths, detections, num_classes, class_names=None,
     groundtruths: dict image_id -> dict(boxes `[N, 4]` yxyx, labels `[N]`, difficult `[N]`
       and is_crowd `[N]` optional). detections: dict image_id -> dict(boxes `[K, 4]` yxyx,
       scores `[K]`, classes `[K]`); a missing image has no detections; a detection on an
-      image absent from groundtruths is an error. Boxes are pixels, or relative when image_shapes maps image_id
-      -> (height, width). Returns `VOCEvaluator.evaluate()`'s dict.
+      image absent from groundtruths is an error. Boxes are pixels, or relative when
+      image_shapes maps image_id -> (height, width). Returns `VOCEvaluator.evaluate()`'s
+      dict.
     """
     unknown = set(detections) - set(groundtruths)
     if unknown:

@@ -523,7 +523,9 @@ def test_eval_ssd_reports_go_next_to_the_run(tmp_path):
                                         ('--num_preprocessing_threads=8', '--num_readers'),
                                         ('--preprocessing_name=inception', 'ssd_vgg')])
 def test_eval_ssd_flags_are_not_silently_ignored(tmp_path, flag, match):
-    _flags(f'--checkpoint_path={tmp_path}', flag)
+    _, model = _tiny_model()
+    _save_train_dir(str(tmp_path / 'train'), model)  # a valid run: only the flag is wrong
+    _flags(f'--checkpoint_path={tmp_path / "train"}', '--synthetic_num_images=2', flag)
     with pytest.raises(ValueError, match=match):
         eval_ssd.Evaluation(get_network=_get_network)
 
