@@ -515,3 +515,13 @@ def test_voc_eval_reads_through_the_data_readers_parser(tmp_path):
         '<annotation><object><name>dog</name></object></annotation>')
     with pytest.raises(ValueError, match='img_b.xml.*no <bndbox>'):
         metrics.parse_voc_xml(annopath.format('img_b'))
+
+
+def test_voc_class_name_with_a_slash_is_refused_naming_the_xml(tmp_path):
+    """A VOC set whose annotations name a class 'a/b' fails when its label map is inferred,
+    before any run, naming the annotation file."""
+    from ssd_tf.datasets import voc
+    _write_voc(tmp_path, gt={'img_a': [('cat', (1, 1, 9, 9), 0, True)],
+                             'img_b': [('a/b', (1, 1, 9, 9), 0, True)]}, dets={})
+    with pytest.raises(ValueError, match=r"img_b\.xml: class name 'a/b' cannot be used"):
+        voc.infer_label_map(str(tmp_path))

@@ -59,9 +59,12 @@ def infer_label_map(dataset_dirs):
             except ET.ParseError:
                 continue  # reported when the record is read
             for obj in root.iter('object'):
-                name = obj.findtext('name')
-                if name and name.strip():
-                    names.add(name.strip())
+                name = (obj.findtext('name') or '').strip()
+                if name and labelmap_lib.class_name_problem(name):
+                    raise ValueError(f"{os.path.join(ann, fname)}: class name {name!r} cannot "
+                                     f"be used: {labelmap_lib.class_name_problem(name)}")
+                if name:
+                    names.add(name)
     if not names:
         raise ValueError(f"no object class names found in the Annotations of {dataset_dirs}")
     return labelmap_lib.LabelMap(sorted(names))
