@@ -235,15 +235,13 @@ def _batch_numpy(batch):
         raise ValueError("run_evaluation takes batches of ssd_tf.data.build_eval_dataset "
                          "((images, targets) pairs)")
     images, t = batch
-    out = dict(image=images, boxes=t['bboxes'].numpy())
-    for key in ('bbox_img', 'image_id', 'height', 'width', 'labels', 'difficult', 'is_crowd',
-                'encoded'):
-        if key in t:
-            out[key] = t[key].numpy()
-    if 'bbox_img' not in out:
-        out['bbox_img'] = np.tile([[0., 0., 1., 1.]], (int(images.shape[0]), 1))
-    if 'is_crowd' not in out:
-        out['is_crowd'] = np.zeros_like(out['labels'])
+    missing = sorted({'bboxes', 'bbox_img', 'image_id', 'height', 'width', 'labels',
+                      'difficult', 'is_crowd'} - set(t))
+    if missing:
+        raise ValueError(f"evaluation batches lack {missing}: build them with "
+                         f"ssd_tf.data.build_eval_dataset")
+    out = {k: v.numpy() for k, v in t.items()}
+    out.update(image=images, boxes=out.pop('bboxes'))
     return out
 
 
