@@ -3,8 +3,15 @@
 Images are `[H, W, 3]` RGB, uint8 or float holding pixel values in 0..255; boxes are `[N, 4]`
 `[ymin, xmin, ymax, xmax]` normalised to [0, 1]; labels are `[N]`. Every function returns a
 float32 image of RGB pixel values minus the VGG means `(_R_MEAN, _G_MEAN, _B_MEAN)` (no /255, no
-BGR swap) and boxes relative to the returned image. Everything is TF graph code (runs inside
-`tf.data.Dataset.map`, no `py_function`, no Python loop over boxes).
+BGR swap) and boxes relative to the returned image, as a fixed namedtuple: `TrainExample(image,
+labels, bboxes, difficults)` from `preprocess_for_train`, `EvalExample(image, labels, bboxes,
+bbox_img, difficults)` from `preprocess_for_eval` (difficults all-zero when none are given).
+Box maths (flip, reframing, clipping) comes from `ssd_tf.boxes`. Everything is TF graph code
+(runs inside `tf.data.Dataset.map`, no `py_function`, no Python loop over boxes).
+
+Evaluation resizes (or crops) first and converts to float and subtracts the means at the output
+size, so its memory is bounded by `out_shape` whatever the input's size; `reference_compat=True`
+keeps the slim order (means subtracted at full size, then TF1's bilinear resize).
 
 Two training chains:
 - default: the SSD paper's augmentation (photometric distortions, expand / zoom-out, min-IoU
