@@ -505,6 +505,10 @@ def _eval_resize(image, bboxes, out_shape, resize, reference_compat):
         whiten = None
     else:
         def warp(img, size):
+            if isinstance(size, tuple) and tuple(img.shape[0:2]) == size:
+                # Already the output size (e.g. a TFLite input): a half-pixel bilinear resize
+                # to the same size is the identity, and TFLite has no uint8 -> float resize.
+                return img
             return tf.image.resize(img, size, method='bilinear')  # uint8 in, float32 out
         whiten = tf_image_whitened
 

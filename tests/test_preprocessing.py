@@ -430,3 +430,15 @@ def test_unwhiten_round_trip():
     whitened = prep.tf_image_whitened(image)
     np.testing.assert_array_equal(prep.np_image_unwhitened(whitened.numpy()), image)
     np.testing.assert_array_equal(prep.tf_image_unwhitened(whitened).numpy(), image)
+
+
+def test_eval_input_already_at_output_size_is_only_whitened():
+    # TFLite feeds images already at the network size; TFLite has no uint8 -> float resize,
+    # so the graph must not contain one (and a same-size half-pixel resize is the identity).
+    image = np.random.default_rng(3).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    out = prep.preprocess_for_eval(image, None, None, (40, 50)).image
+    np.testing.assert_array_equal(out.numpy(), image.astype(np.float32) - MEANS)
+    fn = tf.function(lambda im: prep.preprocess_for_eval(im, None, None, (40, 50)).image,
+                     input_signature=[tf.TensorSpec([40, 50, 3], tf.uint8)])
+    ops = {op.type for op in fn.get_concrete_function().graph.get_operations()}
+    assert 'ResizeBilinear' not in ops
