@@ -27,12 +27,8 @@ from ssd_tf import postprocess
 
 # ---------------------------------------------------------------------------- flags
 # Post-processing (the original's names; defaults from ssd_tf.postprocess).
-flags.DEFINE_float('select_threshold', postprocess.SELECT_THRESHOLD,
-                   'Selection threshold on class scores.')
-flags.DEFINE_integer('select_top_k', postprocess.SELECT_TOP_K, 'Candidates per class before NMS.')
+postprocess.define_detection_flags(flags)
 flags.DEFINE_integer('keep_top_k', postprocess.KEEP_TOP_K, 'Detections kept per image after NMS.')
-flags.DEFINE_float('nms_threshold', postprocess.NMS_THRESHOLD,
-                   'Non-maximum suppression IoU threshold.')
 flags.DEFINE_float('matching_threshold', postprocess.MATCHING_THRESHOLD,
                    'IoU a detection must exceed to match a ground-truth box.')
 flags.DEFINE_integer('eval_resize', 4, 'Image resizing: 1 NONE, 2 CENTRAL_CROP, '

@@ -21,12 +21,8 @@ flags.DEFINE_integer('num_classes', None, 'Classes incl. background; default: th
 flags.DEFINE_string('output_dir', None, 'Model base directory (TF Serving --model_base_path).')
 flags.DEFINE_integer('version', 1, 'Version subdirectory to write.')
 flags.DEFINE_boolean('overwrite', False, 'Replace an existing version directory.')
-flags.DEFINE_float('select_threshold', postprocess.SELECT_THRESHOLD,
-                   'Score threshold of the detections.')
-flags.DEFINE_float('nms_threshold', postprocess.NMS_THRESHOLD, 'NMS IoU threshold.')
+postprocess.define_detection_flags(flags)  # --select_threshold, --nms_threshold, --select_top_k
 flags.DEFINE_integer('max_detections', postprocess.MAX_DETECTIONS, 'Detections per image.')
-flags.DEFINE_integer('select_top_k', postprocess.SELECT_TOP_K,
-                     'Candidates per class before NMS.')
 flags.DEFINE_string('label_map', None, "Label map file; default: the run's labels.txt.")
 flags.DEFINE_enum('mixed_precision', None, ['mixed_bfloat16'],
                   'SavedModel only: run the network in bfloat16 (float32 variables, decode and '
