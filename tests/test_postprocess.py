@@ -1,10 +1,15 @@
-"""Detection post-processing: the slim per-class chain and the default combined NMS."""
+"""Detection post-processing: the slim per-class chain, combined NMS, the TFLite-ops NMS
+(parity with combined) and the one set of detection defaults."""
+import pathlib
+
 import numpy as np
 import pytest
 
 import slim_port
 from nets import ssd_vgg_300
 from ssd_tf import postprocess
+
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])  # this checkout, for subprocesses
 
 
 def _layers(preds, boxes):
@@ -175,7 +180,7 @@ def _script_flag_defaults(script, names):
     code = (f"import json, {script}; f = {script}.flags.FLAGS; "
             f"print(json.dumps([f[n].default for n in {list(names)!r}]))")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                         check=True)
+                         check=True, cwd=ROOT)
     return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -216,4 +221,4 @@ def test_export_does_not_import_evaluation():
     import sys
     code = ("import sys, ssd_tf.export; "
             "sys.exit(1 if 'ssd_tf.evaluation' in sys.modules else 0)")
-    assert subprocess.run([sys.executable, '-c', code]).returncode == 0
+    assert subprocess.run([sys.executable, '-c', code], cwd=ROOT).returncode == 0
