@@ -26,13 +26,13 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ssd_tf import postprocess
+
 # ---------------------------------------------------------------------------- flags
-# Post-processing (the original's names and defaults).
-flags.DEFINE_float('select_threshold', 0.01, 'Selection threshold on class scores.')
-flags.DEFINE_integer('select_top_k', 400, 'Candidates per class before NMS.')
-flags.DEFINE_integer('keep_top_k', 200, 'Detections kept per image after NMS.')
-flags.DEFINE_float('nms_threshold', 0.45, 'Non-maximum suppression IoU threshold.')
-flags.DEFINE_float('matching_threshold', 0.5,
+# Post-processing (the original's names; defaults from ssd_tf.postprocess).
+postprocess.define_detection_flags(flags)
+flags.DEFINE_integer('keep_top_k', postprocess.KEEP_TOP_K, 'Detections kept per image after NMS.')
+flags.DEFINE_float('matching_threshold', postprocess.MATCHING_THRESHOLD,
                    'IoU a detection must exceed to match a ground-truth box.')
 flags.DEFINE_integer('eval_resize', 4, 'Image resizing: 1 NONE, 2 CENTRAL_CROP, '
                      '3 PAD_AND_RESIZE, 4 WARP_RESIZE (the original Resize enum).')
@@ -250,7 +250,7 @@ def make_preprocess_fn(out_shape, resize):
 
     def preprocess(image, labels, bboxes):
         out = prep.preprocess_for_eval(image, labels, bboxes, out_shape=out_shape, resize=resize)
-        return tuple(out[:4])
+        return out.image, out.labels, out.bboxes, out.bbox_img
     return preprocess
 
 

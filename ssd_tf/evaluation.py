@@ -30,17 +30,20 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf import boxes as boxes_lib
 from ssd_tf import metrics as metrics_lib
 from ssd_tf import postprocess
 from ssd_tf import visualize
+# Moved to postprocess (decode + NMS glue); re-exported for existing callers.
+from ssd_tf.postprocess import detections_from_raw  # noqa: F401
 
 
-# Detection defaults of the slim eval script (eval_ssd_network.py).
-SELECT_THRESHOLD = 0.01
-SELECT_TOP_K = 400
-KEEP_TOP_K = 200
-NMS_THRESHOLD = 0.45
-MATCHING_THRESHOLD = 0.5
+# Detection defaults of the slim eval script (eval_ssd_network.py), defined in postprocess.
+SELECT_THRESHOLD = postprocess.SELECT_THRESHOLD
+SELECT_TOP_K = postprocess.SELECT_TOP_K
+KEEP_TOP_K = postprocess.KEEP_TOP_K
+NMS_THRESHOLD = postprocess.NMS_THRESHOLD
+MATCHING_THRESHOLD = postprocess.MATCHING_THRESHOLD
 # VOC GT boxes are integers; relative float32 boxes carry ~1e-5 pixel of rounding, removed by
 # rounding the recovered pixel coordinates to this many decimals.
 _GT_PIXEL_DECIMALS = 4
@@ -91,18 +94,6 @@ def keras_detector(model, net, select_threshold=SELECT_THRESHOLD, nms_threshold=
         return detections_from_raw(out['predictions'], out['localisations'], net, anchors,
                                    select_threshold, nms_threshold, top_k, keep_top_k)
     return detect
-
-
-def detections_from_raw(predictions, localisations, net, anchors, select_threshold,
-                        nms_threshold, top_k, keep_top_k):
-    """Per-layer raw outputs -> the combined detections dict (decode, select, NMS, clip)."""
-    decoded = net.bboxes_decode(localisations, anchors)
-    # top_k cannot exceed the number of anchors (small networks); the flattened anchor count
-    # is not always static inside detected_bboxes_combined, so cap it here.
-    num_anchors = sum(int(np.prod(y.shape[:2])) * len(h) for y, _, h, _ in anchors)
-    return postprocess.detected_bboxes_combined(
-        predictions, decoded, select_threshold=select_threshold, nms_threshold=nms_threshold,
-        clipping_bbox=(0., 0., 1., 1.), top_k=min(top_k, num_anchors), keep_top_k=keep_top_k)
 
 
 _DETECTION_KEYS = {
@@ -222,9 +213,7 @@ def to_original_relative(boxes, bbox_img):
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     bbox_img = np.asarray(bbox_img, np.float64)
-    origin = bbox_img[[0, 1, 0, 1]]
-    extent = (bbox_img[[2, 3, 2, 3]] - origin)
-    return np.clip((boxes - origin) / extent, 0., 1.)
+    return boxes_lib.clip_boxes(boxes_lib.reframe(boxes, bbox_img)).numpy()
 
 
 def _batch_numpy(batch):
