@@ -386,3 +386,37 @@ def test_resume_skips_records_without_parsing_them(tmp_path):
     assert resumed[0][1]['image_id'].tolist() == [r.image_id.encode() for r in recs]
     expected = _batches(data.build_eval_dataset(recs, resize_preprocess, batch_size=5), 1)
     np.testing.assert_array_equal(resumed[0][0], expected[0][0])
+
+
+def _write_labels(path):
+    from ssd_tf.datasets import labelmap
+    return labelmap.LabelMap(['x', 'y']).write(str(path))
+
+
+def test_check_command_names_every_bad_record_and_exits_1_with_strict_data(tmp_path, capsys):
+    path, bad = bad_shard(tmp_path / 'x_00000.tfrecord')
+    tfrecord.write_tfrecords(synthetic_records(3), str(tmp_path), 'x', 'ok')
+    pattern = str(tmp_path / 'x_*.tfrecord')
+    # The two shards' label texts disagree ('x' vs 'cross' for label 2): reported...
+    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern]) == 0
+    assert "label 2 is named 'cross' but 'x'" in capsys.readouterr().out
+    # ... unless --label_map says which names are right (its 2 classes give C = 3).
+    names = _write_labels(tmp_path / 'names.txt')
+    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern,
+                           '--label_map', names]) == 0
+    out = capsys.readouterr().out
+    assert '16 records read' in out and '9 records skipped' in out
+    for index in bad:  # the decoder's failures too: the check reads the shards in order
+        assert f'{path} record {index}: ' in out, index
+    assert 'looks written in pixel coordinates' in out
+    assert 'label out of range' in out  # g2 has label 3, outside [1, 3)
+    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern,
+                           '--num_classes', '3', '--strict_data']) == 1
+    clean = str(tmp_path / 'x_ok_*.tfrecord')
+    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', clean,
+                           '--strict_data']) == 0
+    out = capsys.readouterr().out
+    assert '0 records skipped, 0 boxes dropped' in out
+    assert "['circle', 'cross', 'rectangle']" in out  # the classes in the records' label_text
+    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir',
+                           str(tmp_path / 'none_*.tfrecord')]) == 2

@@ -123,8 +123,8 @@ def check_tfrecords(pattern, num_classes=None, strict=False, max_pixels=None):
                                     max_pixels=max_pixels)
     n = 0
     try:
-        for _ in ds:
-            n += 1
+        for position, _ in ds:  # the last element is the end marker, at position = count
+            n = int(position)
     except tf.errors.OpError:
         if problems.strict_error:
             raise records_lib.DataError(problems.strict_error) from None
@@ -153,7 +153,13 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
     try:
         if args.dataset_name == 'tfrecord':
-            label_map = factory.tfrecord_label_map(args.dataset_dir, args.label_map)
+            label_problem = None
+            try:
+                label_map = factory.tfrecord_label_map(args.dataset_dir, args.label_map)
+            except ValueError as e:  # label texts that disagree: a problem of the data
+                if args.label_map:
+                    raise
+                label_map, label_problem = None, f"label map: {e}"
             num_classes = args.num_classes
             if num_classes is None and label_map is not None:
                 num_classes = label_map.num_classes
@@ -162,7 +168,9 @@ def main(argv=None):
                   f"{list(label_map.names) if label_map else 'none found'}, classes: "
                   f"{num_classes if num_classes is not None else 'not given (labels >= 1 only)'}")
             print(problems.summary())
-            found = bool(problems)
+            if label_problem:
+                print(label_problem)
+            found = bool(problems) or bool(label_problem)
         else:
             _, _, report = factory.load_records_and_report(
                 args.dataset_name, args.dataset_dir, args.split, label_map=args.label_map,
