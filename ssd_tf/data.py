@@ -2,8 +2,15 @@
 
 The augmentation and the anchor encoding are arguments (`preprocess_fn`, `encode_fn`), so this
 module imports neither `preprocessing/` nor `nets/`. Boxes are relative
-`[ymin, xmin, ymax, xmax]` everywhere. Every image is decoded exactly once, inside one
-parallel map that also runs the preprocessing and the encoding.
+`[ymin, xmin, ymax, xmax]` everywhere. `build_dataset` runs these steps, each a function
+below: source -> order (shuffle, repeat, skip `start`) -> load (decode; TFRecords are also
+parsed and checked, `tfrecord.check_example`) -> preprocess + encode -> batch. Every image is
+decoded exactly once, after the skip. Its options are a `PipelineOptions`.
+
+Bad TFRecord records are skipped, counted in a `datasets.check.DataProblems` and named
+('<shard> record <index>') in a warning; in training the batch that held one fills its row
+with another of its images, so batches keep their stream positions and `start` resumes
+exactly. Records from the voc/coco readers were checked when they were read.
 
 Element structure: `(images, targets)`:
   images: `[B, h, w, 3]` float32, as returned by `preprocess_fn`.

@@ -420,3 +420,24 @@ def test_check_command_names_every_bad_record_and_exits_1_with_strict_data(tmp_p
     assert "['circle', 'cross', 'rectangle']" in out  # the classes in the records' label_text
     assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir',
                            str(tmp_path / 'none_*.tfrecord')]) == 2
+
+
+def test_data_problems_summary_goes_to_tensorboard(tmp_path):
+    problems = check_lib.DataProblems(examples_per_kind=2)
+    for i in range(3):
+        problems.add(f'x.tfrecord record {i}', tfrecord.MISSING_IMAGE, 'image/encoded is empty')
+    problems.add('x.tfrecord record 7', tfrecord.INVERTED_BOX, 'box 0 (...)', whole_record=False)
+    text = problems.summary()
+    assert text.splitlines()[0] == 'data problems: 3 records skipped, 1 boxes dropped'
+    assert 'record 1: image/encoded' in text and 'record 2:' not in text  # first 2 kept
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    problems.write_summary(step=42, writer=writer)
+    writer.flush()
+    values = {}
+    for f in os.listdir(tmp_path):
+        for event in tf.compat.v1.train.summary_iterator(str(tmp_path / f)):
+            for v in event.summary.value:
+                values[v.tag] = (event.step, tf.make_ndarray(v.tensor))
+    assert values['data/records_skipped'] == (42, 3) and values['data/boxes_dropped'][1] == 1
+    assert values['data/missing_or_empty_image_encoded'][1] == 3
+    assert b'3 records skipped' in values['data/problems'][1].item()

@@ -277,8 +277,11 @@ def check_example(serialized, num_classes=None, max_pixels=None):
 
 
 def read_tfrecord_records(file_pattern):
-    """Reads TFRecords back into `Record`s (image bytes in `Record.encoded`), eagerly; for
-    tests, inspection and re-conversion, not for training (use `data.build_dataset`)."""
+    """Reads TFRecords back into `Record`s (image bytes in `Record.encoded`), eagerly and all
+    into memory: for small tools only (tests, inspection, re-conversion). Training and
+    evaluation stream TFRecords with `data.build_dataset`/`build_eval_dataset`, and
+    `python -m ssd_tf.datasets.check` validates them; this reader checks nothing and fails
+    on the first record `parse_example` cannot parse."""
     files = sorted(tf.io.gfile.glob(file_pattern))
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {file_pattern!r}")
