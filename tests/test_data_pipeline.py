@@ -1,8 +1,11 @@
-"""The tf.data builder: output structure, zero-object images, eval GT, determinism, sources."""
+"""The tf.data builder: output structure, zero-object images, eval GT, determinism, sources,
+bad TFRecord records (skipped, counted, named; strict stop; exact resume) and the check command."""
 import functools
 import os
 
 import cv2
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -441,3 +444,23 @@ def test_data_problems_summary_goes_to_tensorboard(tmp_path):
     assert values['data/records_skipped'] == (42, 3) and values['data/boxes_dropped'][1] == 1
     assert values['data/missing_or_empty_image_encoded'][1] == 3
     assert b'3 records skipped' in values['data/problems'][1].item()
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(ok=st.lists(st.booleans(), min_size=1, max_size=6))
+def test_bad_rows_take_a_good_row_of_their_batch(ok):
+    b = len(ok)
+    images = tf.reshape(tf.range(b, dtype=tf.float32), [b, 1, 1, 1])  # row i holds i
+    targets = {'labels': tf.reshape(tf.range(b, dtype=tf.int64) * 10, [b, 1]),
+               '_ok': tf.constant(ok)}
+    out_images, out_targets = data._replace_bad_rows(images, targets)
+    rows = out_images.numpy().reshape(b).astype(int).tolist()
+    assert '_ok' not in out_targets
+    assert out_targets['labels'].numpy().reshape(b).tolist() == [10 * r for r in rows]
+    if any(ok):
+        for i, row in enumerate(rows):
+            assert ok[row]  # every row now holds a good record ...
+            assert row == i if ok[i] else row == next(  # ... the next good one, cyclically
+                j % b for j in range(i, i + b) if ok[j % b])
+    else:
+        assert rows == list(range(b))  # nothing to take: the placeholders stay
