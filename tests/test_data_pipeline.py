@@ -320,8 +320,8 @@ def test_bad_tfrecord_records_are_skipped_counted_and_named(tmp_path):
 
 
 def test_bad_boxes_are_dropped_and_reported_the_record_kept(tmp_path):
-    rec = _jpeg_record('r', [[0.1, 0.1, 0.6, 0.7], [0.5, 0.5, 0.2, 0.9], [0.2, 0.2, 0.4, 0.4],
-                             [0.3, 0.3, 0.8, 0.8]], [1, 2, 7, 0])
+    rec = _jpeg_record('r', [[-1e-5, 0.1, 0.6, 1.0000001], [0.5, 0.5, 0.2, 0.9],
+                             [0.2, 0.2, 0.4, 0.4], [0.3, 0.3, 0.8, 0.8]], [1, 2, 7, 0])
     path = str(tmp_path / 'b.tfrecord')
     tfrecord.write_tfrecords([rec], str(tmp_path), 'b', 'x')
     path = str(tmp_path / 'b_x_00000-of-00001.tfrecord')
@@ -329,9 +329,10 @@ def test_bad_boxes_are_dropped_and_reported_the_record_kept(tmp_path):
     _, t = next(iter(data.build_dataset(path, resize_preprocess, batch_size=1,
                                         is_training=False, with_gt=True, num_classes=5,
                                         report=report)))
-    # box 1 is inverted (ymin 0.5 > ymax 0.2), box 2 has label 7 >= 5, box 3 label 0 < 1
+    # box 1 is inverted (ymin 0.5 > ymax 0.2), box 2 has label 7 >= 5, box 3 label 0 < 1;
+    # box 0 is float rounding at the border: clipped to [0, 1]
     assert t['labels'].numpy().tolist() == [[1]]
-    np.testing.assert_allclose(t['bboxes'][0].numpy(), [[0.1, 0.1, 0.6, 0.7]])
+    np.testing.assert_array_equal(t['bboxes'][0].numpy(), np.float32([[0., 0.1, 0.6, 1.]]))
     assert report.num_skipped == 0
     assert dict(report.dropped_boxes) == {tfrecord.INVERTED_BOX: 1,
                                           tfrecord.LABEL_OUT_OF_RANGE: 2}

@@ -52,6 +52,9 @@ BOX_OUTSIDE = 'boxes outside [0, 1]'
 UNREADABLE = 'unparseable or undecodable record'
 INVERTED_BOX = 'inverted or empty box'
 LABEL_OUT_OF_RANGE = 'label out of range'
+# Coordinates this close outside [0, 1] are float rounding of a box at the image border:
+# clipped, not reported (a converter computing x / width may give 1.0000001).
+_BOX_TOLERANCE = 1e-3
 RECORD_KINDS = (UNEQUAL_BOX_LISTS, MISSING_IMAGE, BAD_IMAGE, BOX_OUTSIDE, UNREADABLE)
 BOX_KINDS = (INVERTED_BOX, LABEL_OUT_OF_RANGE)
 
@@ -211,7 +214,8 @@ def _record_problem(f, max_pixels):
                                    're-convert the shard)', '')
         detail = tf.strings.join([tf.strings.format(
             'box coordinates from {} to {} are outside [0, 1]', (lo, hi)), pixels])
-        bad = tf.logical_or(tf.logical_not(finite), tf.logical_or(lo < 0., hi > 1.))
+        bad = tf.logical_or(tf.logical_not(finite), tf.logical_or(lo < -_BOX_TOLERANCE,
+                                                                  hi > 1. + _BOX_TOLERANCE))
         detail = tf.where(finite, detail, 'a box coordinate is not a finite number')
         return tf.where(bad, BOX_OUTSIDE, ''), tf.where(bad, detail, '')
 
@@ -242,7 +246,8 @@ def check_example(serialized, num_classes=None, max_pixels=None):
         `kind` is ''; a bad record gives empty box lists so that the graph still runs);
       kind, detail: scalar strings, '' for a good record, else one of `RECORD_KINDS` and a
         human reason (unequal box lists, missing image/encoded, bytes that are not a whole
-        image, boxes outside [0, 1] or not finite) -- the record is to be skipped;
+        image, boxes outside [0, 1] (by more than `_BOX_TOLERANCE`; closer ones are clipped)
+        or not finite) -- the record is to be skipped;
       box_kinds: `[N]` string, '' for a kept box, else one of `BOX_KINDS` (inverted or empty
         box, label outside [1, num_classes), or < 1 when `num_classes` is None);
       box_details: `[N]` string, each box's index, label and coordinates (for the report).
@@ -257,6 +262,7 @@ def check_example(serialized, num_classes=None, max_pixels=None):
         f[f'image/object/bbox/{key}'] = tf.sparse.slice(
             sp, [0], tf.where(ok, sp.dense_shape, tf.zeros_like(sp.dense_shape)))
     ex = _fields(f)
+    ex['bboxes'] = tf.clip_by_value(ex['bboxes'], 0., 1.)  # within _BOX_TOLERANCE of [0, 1]
     b = ex['bboxes']
     labels = ex['labels']
     inverted = tf.logical_or(b[:, 0] >= b[:, 2], b[:, 1] >= b[:, 3])
