@@ -387,21 +387,34 @@ def checked_tfrecords(source, report, num_classes=None, max_pixels=None):
     `report` and name the shard and record index. Elements: `(position, example)`, the last
     one an end marker at position = the number of records (`ok` False)."""
     files = _tfrecord_files(source)
-    counts = []
+    counts = []  # (records, whether the file ends inside a record) per file
 
     def locate(position):
         if not counts:  # only needed for a record the decoder fails on: count lazily
-            counts.extend(sum(1 for _ in tf.data.TFRecordDataset(f)) for f in files)
-        for f, n in zip(files, counts):
-            if position < n:
-                return f"{f} record {position}"
-            position -= n
+            counts.extend(_count_records(f) for f in files)
+        for f, (n, truncated) in zip(files, counts):
+            if position < n or (truncated and position == n):
+                return f"{f} record {position}" + (
+                    " (the file ends inside this record: a truncated shard)"
+                    if position == n else "")
+            position -= n + truncated
         return f"the record at stream position {position}"
 
     ds = _with_end_marker(tf.data.Dataset.from_tensor_slices(files).flat_map(_read_file))
     opts = PipelineOptions(is_training=False, num_classes=num_classes, max_pixels=max_pixels,
                            report=report).resolved()
     return _load_tfrecords(_order(ds, opts), opts, locate)
+
+
+def _count_records(path):
+    """`(number of whole records, whether the file ends inside one)` of a TFRecord file."""
+    n = 0
+    try:
+        for _ in tf.data.TFRecordDataset(path):
+            n += 1
+    except tf.errors.DataLossError:
+        return n, True
+    return n, False
 
 
 def _with_end_marker(ds):

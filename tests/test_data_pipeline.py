@@ -465,3 +465,21 @@ def test_bad_rows_take_a_good_row_of_their_batch(ok):
                 j % b for j in range(i, i + b) if ok[j % b])
     else:
         assert rows == list(range(b))  # nothing to take: the placeholders stay
+
+
+def test_a_truncated_shard_is_named_by_the_check_and_does_not_stop_eval(tmp_path, capsys):
+    paths = tfrecord.write_tfrecords(synthetic_records(6), str(tmp_path), 's', 't', 2)
+    whole = open(paths[0], 'rb').read()
+    with open(paths[0], 'wb') as f:
+        f.write(whole[:-100])  # shard 0 (records 0, 2, 4) loses the end of its last record
+    pattern = str(tmp_path / 's_*.tfrecord')
+    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern,
+                           '--strict_data']) == 1
+    assert f'{paths[0]} record 2 (the file ends inside this record' in capsys.readouterr().out
+    report = check_lib.DataProblems()
+    ds = data.build_dataset(pattern, resize_preprocess, batch_size=6, is_training=False,
+                            with_gt=True, report=report)
+    ids = sorted(i for _, t in ds for i in t['image_id'].numpy().tolist())
+    recs = synthetic_records(6)
+    assert ids == sorted(r.image_id.encode() for r in recs[:4] + recs[5:])  # all but record 4
+    assert report.num_skipped == 1
