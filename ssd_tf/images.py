@@ -90,8 +90,8 @@ def encoded_image_problem(data, max_pixels=None):
 
     def unknown():
         first = tf.strings.substr(data, 0, 8)
-        return tf.strings.join(['not a JPEG/PNG/GIF/BMP file (first bytes ',
-                                tf.strings.format('{}', tf.io.decode_raw(first, tf.uint8), summarize=8), ')'])
+        first = tf.strings.format('{}', tf.io.decode_raw(first, tf.uint8), summarize=8)
+        return tf.strings.join(['not a JPEG/PNG/GIF/BMP file (first bytes ', first, ')'])
 
     empty = tf.equal(tf.strings.length(data), 0)
     return tf.cond(empty, lambda: tf.constant('empty image bytes'),

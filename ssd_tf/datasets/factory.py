@@ -3,7 +3,6 @@
 TFRecord data (`tfrecord_label_map`), which is streamed by `data.build_dataset` instead."""
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from ssd_tf.datasets import coco as coco_lib
