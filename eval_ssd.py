@@ -53,8 +53,9 @@ flags.DEFINE_float('checkpoint_timeout', 600.,
                    'With --wait_for_checkpoints: stop after this many seconds without a new '
                    'checkpoint (<= 0: wait forever).')
 flags.DEFINE_float('moving_average_decay', None,
-                   'If set, evaluate the moving-average weights that training wrote at the end '
-                   '(ema.weights.h5 in the training directory) instead of the checkpoint\'s.')
+                   'If set, evaluate the moving averages of the weights that a run trained with '
+                   '--moving_average_decay stores in each checkpoint (also during training; '
+                   'older runs: ema.weights.h5 in the training directory).')
 flags.DEFINE_string('master', '', 'Ignored (TF1 distributed master).')
 flags.DEFINE_float('gpu_memory_fraction', 0.1, 'Ignored (TF2 allocates GPU memory on demand).')
 # Data set.
@@ -90,7 +91,7 @@ FLAGS = flags.FLAGS
 
 DEFAULT_MODEL_NAME = 'ssd_small'
 DEFAULT_DATASET_NAME = 'synthetic'
-EMA_WEIGHTS_FILENAME = 'ema.weights.h5'  # written by train_ssd.py with --moving_average_decay
+EMA_WEIGHTS_FILENAME = 'ema.weights.h5'  # older runs' averages (now inside each checkpoint)
 DEFAULT_SYNTHETIC_NUM_TEST = 300  # train_ssd.py's --synthetic_num_test default
 
 
@@ -111,17 +112,6 @@ def get_network_class(model_name):
     if model_name not in known:
         raise ValueError(f"--model_name={model_name} is unknown; choose one of {sorted(known)}")
     return known[model_name]
-
-
-def _config_value(config, *keys):
-    """First present key of the run config (top level, or nested under flags/params/config)."""
-    for scope in (config, config.get('flags', {}), config.get('params', {}),
-                  config.get('config', {})):
-        if isinstance(scope, dict):
-            for k in keys:
-                if scope.get(k) is not None:
-                    return scope[k]
-    return None
 
 
 def _image_size(value):
@@ -223,13 +213,13 @@ class Evaluation:
         else:
             self.kind, self.path = evaluation.resolve_checkpoint(path)
         config = evaluation.read_run_config(self.path if self.kind == 'saved_model' else path)
-        model_name = FLAGS.model_name or _config_value(config, 'model_name') or \
+        model_name = FLAGS.model_name or config.model_name or \
             DEFAULT_MODEL_NAME
-        cfg_classes = _config_value(config, 'num_classes')
+        cfg_classes = config.num_classes
         if FLAGS.num_classes and cfg_classes and int(cfg_classes) != FLAGS.num_classes:
             raise ValueError(f"--num_classes={FLAGS.num_classes} but the run config of "
                              f"{path} says num_classes={cfg_classes}")
-        cfg_model = _config_value(config, 'model_name')
+        cfg_model = config.model_name
         if FLAGS.model_name and cfg_model and cfg_model != FLAGS.model_name:
             raise ValueError(f"--model_name={FLAGS.model_name} but the run config of {path} "
                              f"says model_name={cfg_model}")
@@ -240,20 +230,20 @@ class Evaluation:
                 label_names = labelmap_lib.LabelMap.read(FLAGS.label_map).names
             except (OSError, ValueError) as e:
                 raise ValueError(f"--label_map={FLAGS.label_map}: {e}") from e
-        label_names = label_names or _config_value(config, 'label_names', 'class_names')
+        label_names = label_names or config.label_names
         if FLAGS.dataset_name:
             dataset_name, dataset_dir = FLAGS.dataset_name, FLAGS.dataset_dir
         else:
-            dataset_name = _config_value(config, 'dataset_name') or DEFAULT_DATASET_NAME
-            dataset_dir = FLAGS.dataset_dir or _config_value(config, 'dataset_dir')
+            dataset_name = config.dataset_name or DEFAULT_DATASET_NAME
+            dataset_dir = FLAGS.dataset_dir or config.dataset_dir
         self.dataset_name = dataset_name
         self.records, class_names = load_eval_records(
             dataset_name, dataset_dir, FLAGS.dataset_split_name, label_names,
             num_images=(FLAGS.synthetic_num_images or
-                        _config_value(config, 'synthetic_num_test') or
+                        config.synthetic_num_test or
                         DEFAULT_SYNTHETIC_NUM_TEST),
             seed=(FLAGS.synthetic_seed if FLAGS.synthetic_seed is not None
-                  else _config_value(config, 'seed') or 0))
+                  else config.seed or 0))
         num_classes = FLAGS.num_classes or (int(cfg_classes) if cfg_classes else None) or \
             len(class_names) + 1
         if num_classes != len(class_names) + 1:
@@ -266,11 +256,11 @@ class Evaluation:
         params = net_cls.default_params._replace(num_classes=num_classes,
                                                  no_annotation_label=num_classes)
         size = _image_size(FLAGS.eval_image_size) or _image_size(
-            _config_value(config, 'image_shape', 'img_shape', 'image_size'))
+            config.image_shape)
         if size is not None and tuple(size) != tuple(params.img_shape):
             params = params._replace(img_shape=tuple(size))
         self.net = net_cls(params,
-                           reference_compat=bool(_config_value(config, 'reference_compat')))
+                           reference_compat=bool(config.reference_compat))
         self.model_name = model_name
         self.preprocess_fn = make_preprocess_fn(tuple(self.net.params.img_shape),
                                                 FLAGS.eval_resize)
@@ -297,13 +287,19 @@ class Evaluation:
         if kind == 'slim':
             from nets import ssd_vgg_keras
             slim_map = ssd_vgg_keras.slim_variable_map(self.model)
-        self.ev.restore_model(self.model, kind, path, slim_variable_map=slim_map)
-        if FLAGS.moving_average_decay:
+        from ssd_tf import run_config
+        # --moving_average_decay: the averages stored in each checkpoint of a run trained with
+        # it (so it works during training), else the ema.weights.h5 of an older run.
+        averaged = bool(FLAGS.moving_average_decay) and kind == 'tf2' and \
+            run_config.has_moving_average(path)
+        self.ev.restore_model(self.model, kind, path, slim_variable_map=slim_map,
+                              moving_average=averaged)
+        if FLAGS.moving_average_decay and not averaged:
             ema = os.path.join(os.path.dirname(path), EMA_WEIGHTS_FILENAME)
             if not os.path.isfile(ema):
-                raise ValueError(f"--moving_average_decay is set but {ema} does not exist "
-                                 f"(training writes it when a run with "
-                                 f"--moving_average_decay finishes)")
+                raise ValueError(f"--moving_average_decay is set but {path} holds no moving "
+                                 f"averages and {ema} does not exist (train with "
+                                 f"--moving_average_decay)")
             self.model.load_weights(ema)
 
     def evaluate(self, path, kind, summaries=False):
