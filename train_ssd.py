@@ -561,6 +561,9 @@ def run(flag_values):
     # A non-chief worker writes its checkpoints to a directory of its own, removed at exit
     # (every worker must save: saving takes part in the workers' collectives).
     save_dir = cfg.train_dir if chief else tempfile.mkdtemp(prefix='ssd_tf_worker_')
+    if not chief:
+        print(f"not the chief: checkpoints go to {save_dir} (removed at exit); --train_dir is "
+              "written by the chief only", file=sys.stderr)
     try:
         return _run(cfg, strategy, chief, save_dir)
     finally:

@@ -502,15 +502,16 @@ class Trainer:
         losses, grads = self._compiled_loss_and_grads(
             images, targets['gclasses'], targets['glocalisations'], targets['gscores'], n_pos,
             local_fraction)
-        # One replica's non-finite loss makes every replica skip (see the module docstring).
-        poison = 0. * ctx.all_reduce(tf.distribute.ReduceOp.SUM, losses['total'])
+        # One replica's non-finite loss makes every replica skip (see the module docstring),
+        # and a stop asked on any worker (a signal) is seen by all after this same step, so
+        # none is left waiting in the next step's all-reduce: one all-reduce for both.
+        summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                tf.stack([losses['total'], tf.cast(stop_request, tf.float32)]))
+        poison = 0. * summed[0]
         grads = [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, self.trainable_variables) if g is not None])
-        # A stop asked on any worker (a signal) is seen by all after this same step, so none
-        # is left waiting in the next step's all-reduce.
-        stop = ctx.all_reduce(tf.distribute.ReduceOp.SUM, stop_request)
-        return losses, stop
+        return losses, summed[1]
 
     def make_step(self):
         """The `tf.function` running one global batch on all replicas; returns summed losses

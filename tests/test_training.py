@@ -475,3 +475,122 @@ def test_moving_averages_in_every_checkpoint_and_the_final_weights(tmp_path, sub
     run_config.restore_model(fresh, 'tf2', final)
     for i, a in zip(index, final_averages):
         np.testing.assert_array_equal(fresh.trainable_variables[i].numpy(), a)
+
+
+# ------------------------------------------------------------------ the run (subprocesses)
+def _snapshot(train_dir):
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+            for p in pathlib.Path(train_dir).iterdir()}
+
+
+def test_refused_resume_names_the_flag_and_writes_nothing(tmp_path):
+    train_dir = tmp_path / 'run'
+    base = ['--train_dir', str(train_dir), '--max_number_of_steps=1', '--eval_split_name=']
+    r = run_train(base + TINY)
+    assert r.returncode == 0, r.stderr
+    before = _snapshot(train_dir)
+    for flag, needle in (('--optimizer=sgd', '--optimizer=adam there, sgd now'),
+                         ('--trainable_scopes=ssd_small/block4_box',
+                          '--trainable_scopes=None there, ssd_small/block4_box now'),
+                         ('--mixed_precision=mixed_bfloat16',
+                          '--mixed_precision=None there, mixed_bfloat16 now')):
+        r = run_train(base[:2] + ['--max_number_of_steps=3', '--eval_split_name=', flag] + TINY)
+        assert r.returncode == 2 and needle in r.stderr, (flag, r.stderr[-2000:])
+        # labels.txt and config.json unchanged, no new checkpoint, no new event file
+        assert _snapshot(train_dir) == before, flag
+
+
+def test_a_typo_in_validation_split_fails_before_step_one(tmp_path):
+    train_dir = tmp_path / 'run'
+    r = run_train(['--train_dir', str(train_dir), '--max_number_of_steps=100000',
+                   '--validation_split=tset', '--eval_every_n_steps=2'] + TINY)
+    assert r.returncode == 2
+    assert '--validation_split=tset' in r.stderr, r.stderr[-2000:]
+    assert 'step 1/' not in r.stderr
+    assert latest_step(train_dir) is None
+
+
+def test_moving_average_with_trainable_scopes_for_eval_during_training_and_export(tmp_path):
+    from absl import flags as absl_flags
+    import eval_ssd
+    from nets import nets_factory
+    from ssd_tf import export
+    train_dir = tmp_path / 'run'
+    r = run_train(['--train_dir', str(train_dir), '--max_number_of_steps=3',
+                   '--eval_split_name=test', '--moving_average_decay=0.5',
+                   '--trainable_scopes=ssd_small/block4_box', '--save_every_n_steps=2'] + TINY)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'VOC07 mAP (test' in r.stdout  # the final evaluation is no longer lost
+
+    def averages(prefix):
+        reader = tf.train.load_checkpoint(prefix)
+        names = [n for n in reader.get_variable_to_shape_map()
+                 if n.startswith('moving_average/')]
+        assert names
+        return {int(n.split('/')[2]): reader.get_tensor(n) for n in names}
+
+    # eval_ssd --wait_for_checkpoints --moving_average_decay on a checkpoint written during
+    # training: the averages are evaluated, not the raw weights
+    mid = str(train_dir / 'ckpt-2')
+    absl_flags.FLAGS.unparse_flags()
+    absl_flags.FLAGS(['eval_ssd', f'--checkpoint_path={train_dir}', '--wait_for_checkpoints',
+                      f'--eval_dir={tmp_path / "eval"}', '--synthetic_num_images=2',
+                      '--moving_average_decay=0.5'])
+    try:
+        e = eval_ssd.Evaluation()
+        e.restore(mid, 'tf2')
+        for i, value in averages(mid).items():
+            np.testing.assert_array_equal(e.model.trainable_variables[i].numpy(), value)
+    finally:
+        absl_flags.FLAGS.unparse_flags()
+    # export: the final checkpoint's weights are the averages
+    _, model, _, path = export.load_from_checkpoint(str(train_dir), nets_factory.get_network)
+    assert path.endswith('ckpt-3')
+    for i, value in averages(path).items():
+        np.testing.assert_array_equal(model.trainable_variables[i].numpy(), value)
+
+
+def _start_workers(tmp_path, args):
+    """Two train_ssd.py workers of a localhost multi-worker cluster; their TMPDIR is
+    tmp_path/tmp (where a non-chief keeps its own checkpoints)."""
+    ports = _free_ports(2)
+    cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
+    (tmp_path / 'tmp').mkdir(exist_ok=True)
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1',
+                   TMPDIR=str(tmp_path / 'tmp'), TF_CONFIG=json.dumps(
+                       {'cluster': cluster, 'task': {'type': 'worker', 'index': i}}))
+        procs.append(subprocess.Popen(
+            [sys.executable, str(ROOT / 'train_ssd.py'), '--strategy=multi_worker'] + args,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT))
+    return procs
+
+
+def test_multi_worker_only_the_chief_writes_and_sigterm_stops_all(tmp_path):
+    train_dir = tmp_path / 'run'
+    args = ['--train_dir', str(train_dir), '--eval_split_name=', '--save_summaries_secs=100000',
+            '--save_interval_secs=100000'] + TINY
+    # 1. A short run: checkpoints, config, labels and events of the chief only.
+    procs = _start_workers(tmp_path, args + ['--max_number_of_steps=2'])
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert latest_step(train_dir) == 2
+    assert len(list(train_dir.glob('events.out.tfevents.*'))) == 1
+    assert {'config.json', 'labels.txt', 'checkpoint'} <= {p.name for p in train_dir.iterdir()}
+    assert f"not the chief: checkpoints go to {tmp_path / 'tmp'}" in outs[1]
+    assert 'not the chief' not in outs[0]
+    assert not list((tmp_path / 'tmp').iterdir())  # the other worker's directory is removed
+    # 2. SIGTERM to the non-chief worker: both stop at the same step, neither hangs.
+    procs = _start_workers(tmp_path, args + ['--max_number_of_steps=100000'])
+    lines = []
+    for line in procs[1].stdout:
+        lines.append(line)
+        if line.startswith('step 5/'):
+            procs[1].send_signal(signal.SIGTERM)
+            break
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [''.join(lines) + outs[1], outs[0]]
+    assert 'SIGTERM received: checkpoint saved' in outs[0]  # the chief, told by the all-reduce
+    assert latest_step(train_dir) >= 5
+    assert not list((tmp_path / 'tmp').iterdir())
