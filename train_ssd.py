@@ -5,8 +5,14 @@ shapes data set, shows a progress bar, evaluates at the end and prints the VOC07
 
     python train_ssd.py
 
-A run in `--train_dir` is resumed automatically (same step, optimizer state and data position).
-TensorBoard: `tensorboard --logdir <train_dir>`.
+A run in `--train_dir` is resumed automatically (same step, optimizer state and data position);
+a resume with other settings (model, classes and their names, data set, batch, seed, optimizer,
+precision, trainable scopes) is refused before anything is written. An error during training
+saves the last completed step first. TensorBoard: `tensorboard --logdir <train_dir>`.
+
+`run` is a list of steps (setup_execution, load_training_data, check_resume, build_trainer,
+restore_or_initialise, write_run_files, make_train_dataset, the loop, report_data_quality,
+final_evaluation); the logic they call lives in `ssd_tf` (run_config, training, evaluation).
 """
 import json
 import os
@@ -77,8 +83,9 @@ flags.DEFINE_float('num_epochs_per_decay', 2.0,
                    'Epochs between exponential decays / length of the polynomial decay.')
 flags.DEFINE_integer('warmup_steps', 100, 'Linear learning-rate warm-up steps.')
 flags.DEFINE_float('moving_average_decay', None,
-                   'Keep an exponential moving average of the weights (used for the final '
-                   'evaluation and saved model).')
+                   'Keep an exponential moving average of the weights: stored in every '
+                   'checkpoint (eval_ssd.py --moving_average_decay), and the final checkpoint '
+                   '(final evaluation, export) holds the averages as the weights.')
 flags.DEFINE_float('clip_gradient_norm', None, 'Clip each gradient to this norm.')
 flags.DEFINE_float('adadelta_rho', 0.95, 'adadelta: decay rate.')
 flags.DEFINE_float('adagrad_initial_accumulator_value', 0.1, 'adagrad: initial accumulator.')

@@ -8,9 +8,17 @@ The step (`Trainer.train_step`) runs under any `tf.distribute` strategy: each re
 the loss on its share of the global batch, normalised by the number of positives of the
 *global* batch (an all-reduce), so that the replicas' losses and gradients sum to exactly the
 single-replica ones (the optimizer all-reduces gradients by sum). A non-finite loss on any
-replica turns every replica's gradients into NaN, and the `LossScaleOptimizer` that always wraps
-the optimizer then skips the update everywhere (its scale is 1 and never grows for float32 and
-bfloat16; it is dynamic for float16).
+replica turns every replica's gradients into NaN, and the loss-scale wrapper around the
+optimizer then skips the update everywhere (`SkipNonFiniteOptimizer`: the scale stays 1 for
+float32 and bfloat16; Keras' dynamic `LossScaleOptimizer` for float16). The same all-reduce
+carries a stop request, so a signal to one worker stops every worker after the same step.
+
+The loop (`Trainer.train`) saves a checkpoint when it ends, at a signal, and before any
+exception from the data, a callback or a summary write propagates (the last completed step).
+With `--moving_average_decay` every checkpoint stores the averaged weights beside the raw ones,
+and the final checkpoint holds the averages as the model's weights. Optimizers are built from
+a typed `OptimizerConfig` (`build_optimizer`); the run config itself lives in
+`ssd_tf.run_config`.
 """
 import dataclasses
 import json
