@@ -18,7 +18,8 @@ Element structure: `(images, targets)`:
       and for eval datasets also 'difficult', 'is_crowd' `[B, M]` int64,
       'image_id' `[B]` string (TFRecords without `image/filename`, as the original
       converter wrote them: the position in the file order, '0', '1', ...),
-      'height', 'width' `[B]` int32 (original image size).
+      'height', 'width' `[B]` int32 (original image size), 'bbox_img' `[B, 4]` and
+      optionally 'encoded' `[B]` (see `build_eval_dataset`).
     Training datasets carry the boxes after `preprocess_fn` (what the network sees, e.g. for
     drawing the augmentation); eval datasets carry the original annotation, in relative
     coordinates of the original image, so evaluation is against the unmodified ground truth
@@ -104,7 +105,7 @@ def _tfrecord_files(source):
 def build_dataset(source, preprocess_fn, encode_fn=None, batch_size=32, is_training=True,
                   shuffle_buffer=2048, seed=None, num_parallel_calls=AUTOTUNE,
                   drop_remainder=None, repeat=None, with_gt=None, max_boxes=None,
-                  prefetch=AUTOTUNE, start=0):
+                  prefetch=AUTOTUNE, start=0, with_encoded=False):
     """Builds the batched input dataset (element structure in the module docstring).
 
     Args:
@@ -132,6 +133,8 @@ def build_dataset(source, preprocess_fn, encode_fn=None, batch_size=32, is_train
       start: skip the first `start` elements of the (shuffled, repeated) stream before any
         image is decoded, keeping each element's position-derived seed: a resumed run passes
         `step * batch_size` and continues with exactly the batches it would have seen.
+      with_encoded: eval datasets only; also carry each image's encoded file (see
+        `build_eval_dataset`).
     """
     if drop_remainder is None:
         drop_remainder = is_training
@@ -194,7 +197,8 @@ def build_dataset(source, preprocess_fn, encode_fn=None, batch_size=32, is_train
         kwargs = {}
         if pass_seed:
             kwargs['seed'] = tf.stack([tf.constant(base_seed, tf.int64), position])
-        out_image, p_labels, p_bboxes = preprocess_fn(image, p_labels, p_bboxes, **kwargs)[:3]
+        outs = preprocess_fn(image, p_labels, p_bboxes, **kwargs)
+        out_image, p_labels, p_bboxes = outs[:3]
         p_labels = tf.cast(p_labels, tf.int64)
         p_bboxes = tf.reshape(tf.cast(p_bboxes, tf.float32), [-1, 4])
         targets = {}
@@ -213,6 +217,8 @@ def build_dataset(source, preprocess_fn, encode_fn=None, batch_size=32, is_train
                 targets.update(labels=labels, bboxes=bboxes, difficult=difficult,
                                is_crowd=is_crowd, image_id=image_id,
                                height=shape[0], width=shape[1])
+                targets.update(_eval_extras(outs, None if images is not None else data, image,
+                                            with_encoded))
             targets['num_boxes'] = tf.size(targets['labels'], out_type=tf.int32)
         return tf.cast(out_image, tf.float32), targets
 
@@ -246,10 +252,34 @@ def _padded_shapes(spec, max_boxes):
     return tf.TensorShape(image_spec.shape), targets
 
 
+def _eval_extras(outs, encoded, image, with_encoded):
+    """The eval-only targets of one element: `bbox_img` `[4]` (the original image's extent in
+    network-input coordinates: `preprocess_fn`'s `bbox_img` field or 4th output, else
+    `[0, 0, 1, 1]`) and, with_encoded, `encoded` (the image file's bytes; PNG of an in-memory
+    array)."""
+    bbox_img = getattr(outs, 'bbox_img', None)
+    if bbox_img is None:
+        bbox_img = outs[3] if len(outs) > 3 else tf.constant([0., 0., 1., 1.])
+    extras = {'bbox_img': tf.reshape(tf.cast(bbox_img, tf.float32), [4])}
+    if with_encoded:
+        extras['encoded'] = encoded if encoded is not None else tf.io.encode_png(image)
+    return extras
+
+
 def build_eval_dataset(source, preprocess_fn, batch_size=32, encode_fn=None, max_boxes=None,
-                       num_parallel_calls=AUTOTUNE):
-    """Eval input: every image once, in source order, with `image_id`, original size and the
-    original ground truth padded (`difficult`, `is_crowd` included); see `build_dataset`."""
+                       num_parallel_calls=AUTOTUNE, with_encoded=False):
+    """Eval input, the one evaluation pipeline (`ssd_tf.evaluation.run_evaluation` reads it):
+    every image once, in source order; TFRecords are streamed, never held in memory.
+
+    source: Records or a TFRecord file pattern / list (see `build_dataset`).
+    preprocess_fn: `(image, labels, bboxes) -> (image, labels, bboxes[, bbox_img, ...])`, e.g.
+      `preprocess_for_eval`; its `bbox_img` lets detections be mapped back to the original
+      image under the non-warp resize modes.
+    Targets: `image_id`, original `height`/`width`, the original ground truth padded
+    (`labels`, `bboxes`, `difficult`, `is_crowd`, `num_boxes`), `bbox_img` `[B, 4]`, and with
+    `with_encoded` the encoded image files `encoded` `[B]` string (for end-to-end SavedModels
+    and the detection grid).
+    """
     return build_dataset(source, preprocess_fn, encode_fn=encode_fn, batch_size=batch_size,
                          is_training=False, with_gt=True, max_boxes=max_boxes,
-                         num_parallel_calls=num_parallel_calls)
+                         num_parallel_calls=num_parallel_calls, with_encoded=with_encoded)

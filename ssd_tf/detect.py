@@ -164,7 +164,7 @@ def main(argv=None):
                 def preprocess_factory(shape):
                     def preprocess(image):
                         out = prep.preprocess_for_eval(image, None, None, out_shape=shape)
-                        return out[0], out[3]
+                        return out.image, out.bbox_img
                     return preprocess
             detect, labels = make_detector(path, get_network, preprocess_factory,
                                            FLAGS.model_name, FLAGS.num_classes, FLAGS.label_map)
