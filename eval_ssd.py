@@ -60,8 +60,9 @@ flags.DEFINE_float('checkpoint_timeout', 600.,
                    'With --wait_for_checkpoints: stop after this many seconds without a new '
                    'checkpoint (<= 0: wait forever).')
 flags.DEFINE_float('moving_average_decay', None,
-                   'If set, evaluate the moving-average weights that training wrote at the end '
-                   '(ema.weights.h5 in the training directory) instead of the checkpoint\'s.')
+                   'If set, evaluate the moving averages of the weights that a run trained with '
+                   '--moving_average_decay stores in each checkpoint (also during training; '
+                   'older runs: ema.weights.h5 in the training directory).')
 flags.DEFINE_string('master', None, 'Not supported (a TF1 distributed master); an error if '
                     'set.')
 flags.DEFINE_float('gpu_memory_fraction', None, 'Not supported in TF2; an error if set.')
@@ -99,7 +100,7 @@ FLAGS = flags.FLAGS
 
 DEFAULT_MODEL_NAME = 'ssd_small'
 DEFAULT_DATASET_NAME = 'synthetic'
-EMA_WEIGHTS_FILENAME = 'ema.weights.h5'  # written by train_ssd.py with --moving_average_decay
+EMA_WEIGHTS_FILENAME = 'ema.weights.h5'  # older runs' averages (now inside each checkpoint)
 DEFAULT_SYNTHETIC_NUM_TEST = 300  # train_ssd.py's --synthetic_num_test default
 
 
@@ -111,17 +112,6 @@ def get_network_class(model_name):
         return nets_factory.get_network(model_name)
     except (KeyError, ValueError) as e:
         raise ValueError(f"--model_name={model_name}: {e}") from e
-
-
-def _config_value(config, *keys):
-    """First present key of the run config (top level, or nested under flags/params/config)."""
-    for scope in (config, config.get('flags', {}), config.get('params', {}),
-                  config.get('config', {})):
-        if isinstance(scope, dict):
-            for k in keys:
-                if scope.get(k) is not None:
-                    return scope[k]
-    return None
 
 
 def _image_size(value):
@@ -257,11 +247,11 @@ def make_preprocess_fn(out_shape, resize):
 # ---------------------------------------------------------------------------- steps
 def resolve_model_name(config, path):
     """The model name, after checking --model_name/--num_classes against the run config."""
-    cfg_classes = _config_value(config, 'num_classes')
+    cfg_classes = config.num_classes
     if FLAGS.num_classes and cfg_classes and int(cfg_classes) != FLAGS.num_classes:
         raise ValueError(f"--num_classes={FLAGS.num_classes} but the run config of "
                          f"{path} says num_classes={cfg_classes}")
-    cfg_model = _config_value(config, 'model_name')
+    cfg_model = config.model_name
     if FLAGS.model_name and cfg_model and cfg_model != FLAGS.model_name:
         raise ValueError(f"--model_name={FLAGS.model_name} but the run config of {path} "
                          f"says model_name={cfg_model}")
@@ -277,19 +267,19 @@ def resolve_data(config):
             label_names = labelmap_lib.LabelMap.read(FLAGS.label_map).names
         except (OSError, ValueError) as e:
             raise ValueError(f"--label_map={FLAGS.label_map}: {e}") from e
-    label_names = label_names or _config_value(config, 'label_names', 'class_names')
+    label_names = label_names or config.label_names
     if FLAGS.dataset_name:
         dataset_name, dataset_dir = FLAGS.dataset_name, FLAGS.dataset_dir
     else:
-        dataset_name = _config_value(config, 'dataset_name') or DEFAULT_DATASET_NAME
-        dataset_dir = FLAGS.dataset_dir or _config_value(config, 'dataset_dir')
+        dataset_name = config.dataset_name or DEFAULT_DATASET_NAME
+        dataset_dir = FLAGS.dataset_dir or config.dataset_dir
     source, class_names = load_eval_source(
         dataset_name, dataset_dir, FLAGS.dataset_split_name, label_names,
-        num_images=(FLAGS.synthetic_num_images or _config_value(config, 'synthetic_num_test')
+        num_images=(FLAGS.synthetic_num_images or config.synthetic_num_test
                     or DEFAULT_SYNTHETIC_NUM_TEST),
         seed=(FLAGS.synthetic_seed if FLAGS.synthetic_seed is not None
-              else _config_value(config, 'seed') or 0))
-    cfg_classes = _config_value(config, 'num_classes')
+              else config.seed or 0))
+    cfg_classes = config.num_classes
     num_classes = FLAGS.num_classes or (int(cfg_classes) if cfg_classes else None) or \
         len(class_names) + 1
     if num_classes != len(class_names) + 1:
@@ -305,10 +295,10 @@ def build_net(get_network, model_name, num_classes, config):
     params = net_cls.default_params._replace(num_classes=num_classes,
                                              no_annotation_label=num_classes)
     size = _image_size(FLAGS.eval_image_size) or _image_size(
-        _config_value(config, 'image_shape', 'img_shape', 'image_size'))
+        config.image_shape)
     if size is not None and tuple(size) != tuple(params.img_shape):
         params = params._replace(img_shape=tuple(size))
-    return net_cls(params, reference_compat=bool(_config_value(config, 'reference_compat')))
+    return net_cls(params, reference_compat=bool(config.reference_compat))
 
 
 def build_detector(evaluation, kind, path, net, model_name):
@@ -381,13 +371,19 @@ class Evaluation:
         if kind == 'slim':
             from nets import ssd_vgg_keras
             slim_map = ssd_vgg_keras.slim_variable_map(self.model)
-        self.ev.restore_model(self.model, kind, path, slim_variable_map=slim_map)
-        if FLAGS.moving_average_decay:
+        from ssd_tf import run_config
+        # --moving_average_decay: the averages stored in each checkpoint of a run trained with
+        # it (so it works during training), else the ema.weights.h5 of an older run.
+        averaged = bool(FLAGS.moving_average_decay) and kind == 'tf2' and \
+            run_config.has_moving_average(path)
+        self.ev.restore_model(self.model, kind, path, slim_variable_map=slim_map,
+                              moving_average=averaged)
+        if FLAGS.moving_average_decay and not averaged:
             ema = os.path.join(os.path.dirname(path), EMA_WEIGHTS_FILENAME)
             if not os.path.isfile(ema):
-                raise ValueError(f"--moving_average_decay is set but {ema} does not exist "
-                                 f"(training writes it when a run with "
-                                 f"--moving_average_decay finishes)")
+                raise ValueError(f"--moving_average_decay is set but {path} holds no moving "
+                                 f"averages and {ema} does not exist (train with "
+                                 f"--moving_average_decay)")
             self.model.load_weights(ema)
 
     def evaluate(self, path, kind, summaries=False):

@@ -5,12 +5,20 @@ shapes data set, shows a progress bar, evaluates at the end and prints the VOC07
 
     python train_ssd.py
 
-A run in `--train_dir` is resumed automatically (same step, optimizer state and data position).
-TensorBoard: `tensorboard --logdir <train_dir>`.
+A run in `--train_dir` is resumed automatically (same step, optimizer state and data position);
+a resume with other settings (model, classes and their names, data set, batch, seed, optimizer,
+precision, trainable scopes) is refused before anything is written. An error during training
+saves the last completed step first. TensorBoard: `tensorboard --logdir <train_dir>`.
+
+`run` is a list of steps (setup_execution, load_training_data, check_resume, build_trainer,
+restore_or_initialise, write_run_files, make_train_dataset, the loop, report_data_quality,
+final_evaluation); the logic they call lives in `ssd_tf` (run_config, training, evaluation).
 """
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -40,6 +48,9 @@ flags.DEFINE_boolean('strict_data', False,
                      'Stop at the first bad image or annotation instead of skipping it.')
 flags.DEFINE_integer('synthetic_num_train', 4000, 'Synthetic training images.')
 flags.DEFINE_integer('synthetic_num_test', 300, 'Synthetic test images.')
+flags.DEFINE_integer('num_samples', None,
+                     'Training examples per epoch, the unit of --num_epochs_per_decay; default: '
+                     'the records read (VOC/COCO/synthetic) or counted in the TFRecord files.')
 flags.DEFINE_integer('seed', 0, 'Seed of the data order, augmentation and initialisation.')
 flags.DEFINE_integer('num_preprocessing_threads', 4,
                      'Parallel calls of the decode/augment/encode map (0: AUTOTUNE).')
@@ -72,8 +83,9 @@ flags.DEFINE_float('num_epochs_per_decay', 2.0,
                    'Epochs between exponential decays / length of the polynomial decay.')
 flags.DEFINE_integer('warmup_steps', 100, 'Linear learning-rate warm-up steps.')
 flags.DEFINE_float('moving_average_decay', None,
-                   'Keep an exponential moving average of the weights (used for the final '
-                   'evaluation and saved model).')
+                   'Keep an exponential moving average of the weights: stored in every '
+                   'checkpoint (eval_ssd.py --moving_average_decay), and the final checkpoint '
+                   '(final evaluation, export) holds the averages as the weights.')
 flags.DEFINE_float('clip_gradient_norm', None, 'Clip each gradient to this norm.')
 flags.DEFINE_float('adadelta_rho', 0.95, 'adadelta: decay rate.')
 flags.DEFINE_float('adagrad_initial_accumulator_value', 0.1, 'adagrad: initial accumulator.')
@@ -137,10 +149,6 @@ _DECAY_FLAGS = {'learning_rate_decay_factor': ('exponential',),
                 'num_epochs_per_decay': ('exponential', 'polynomial'),
                 'end_learning_rate': ('polynomial', 'cosine')}
 _CHECKPOINT_FLAGS = ('checkpoint_model_scope', 'checkpoint_exclude_scopes', 'ignore_missing_vars')
-# What must not change when a run in train_dir is resumed.
-_RESUME_KEYS = ('model_name', 'num_classes', 'batch_size', 'reference_compat', 'dataset_name',
-                'dataset_split_name', 'seed', 'image_shape')
-
 
 def _present(name):
     return FLAGS[name].present
@@ -167,6 +175,8 @@ def check_flags():
     if FLAGS.dataset_name != 'synthetic':
         errors += [f"--{n} applies to --dataset_name=synthetic only"
                    for n in ('synthetic_num_train', 'synthetic_num_test') if _present(n)]
+    if FLAGS.num_samples is not None and FLAGS.num_samples <= 0:
+        errors.append("--num_samples must be positive")
     if FLAGS.batch_size <= 0 or FLAGS.max_number_of_steps <= 0:
         errors.append("--batch_size and --max_number_of_steps must be positive")
     if FLAGS.learning_rate <= 0:
@@ -201,32 +211,38 @@ class UserError(Exception):
     """A problem with the user's flags or files, reported without a traceback."""
 
 
-def _load_split(cfg, split, num_synthetic):
+# ------------------------------------------------------------------ data and network
+def _load_split(cfg, split, num_synthetic, flag='--dataset_split_name'):
+    """`(records, label_map, summary)` of one split; (None, None, '') for TFRecord data (read
+    in the graph). A split that cannot be read is a UserError naming `flag`."""
     from ssd_tf.datasets import factory
-    if cfg['dataset_name'] == 'tfrecord':
+    if cfg.dataset_name == 'tfrecord':
         return None, None, ''
-    records, label_map, summary = factory.load_records(
-        cfg['dataset_name'], cfg['dataset_dir'], split, label_map=cfg['label_map'],
-        strict=cfg['strict_data'], num_images=num_synthetic, seed=cfg['seed'])
+    try:
+        records, label_map, summary = factory.load_records(
+            cfg.dataset_name, cfg.dataset_dir, split, label_map=cfg.label_map,
+            strict=cfg.strict_data, num_images=num_synthetic, seed=cfg.seed)
+    except (ValueError, OSError) as e:
+        raise UserError(f"{flag}={split}: {e}") from e
     if not records:
-        raise UserError(f"no usable image in split {split!r} of --dataset_dir="
-                        f"{cfg['dataset_dir']} ({summary})")
+        raise UserError(f"{flag}={split}: no usable image in split {split!r} of --dataset_dir="
+                        f"{cfg.dataset_dir} ({summary})")
     return records, label_map, summary
 
 
 def _resolve_num_classes(cfg, label_map, net_cls):
     if label_map is not None:
         want = label_map.num_classes
-        if cfg['num_classes'] is not None and cfg['num_classes'] != want:
-            raise UserError(f"--num_classes={cfg['num_classes']} but the data set's label map has "
+        if cfg.num_classes is not None and cfg.num_classes != want:
+            raise UserError(f"--num_classes={cfg.num_classes} but the data set's label map has "
                             f"{want - 1} classes + background = {want}; drop --num_classes or "
                             "fix --label_map")
         return want
-    if cfg['num_classes'] is None:
-        if cfg['dataset_name'] == 'tfrecord':
+    if cfg.num_classes is None:
+        if cfg.dataset_name == 'tfrecord':
             raise UserError("--dataset_name=tfrecord needs --num_classes (or --label_map)")
         return net_cls.default_params.num_classes
-    return cfg['num_classes']
+    return cfg.num_classes
 
 
 def _slim_variable_map(net, model):
@@ -243,29 +259,30 @@ def _slim_variable_map(net, model):
 
 def _init_from_checkpoint(cfg, net, model):
     """Initialises a new run from --checkpoint_path (slim, vgg_16, Keras .h5 or ssd-tf)."""
-    import tensorflow as tf
     from ssd_tf import checkpoints
-    path = cfg['checkpoint_path']
+    from ssd_tf import run_config
+    path = cfg.checkpoint_path
     if path.endswith('.h5'):
         report = checkpoints.load_keras_vgg16_h5(_slim_variable_map(net, model), path,
                                                  model_scope=net.model_name)
         return str(report)
-    resolved = checkpoints.resolve_checkpoint_path(path)
-    names = {n for n, _ in tf.train.list_variables(resolved)}
-    if '_CHECKPOINTABLE_OBJECT_GRAPH' in names:
-        status = tf.train.Checkpoint(model=model).restore(resolved)
-        status.expect_partial()
+    kind, resolved = run_config.resolve_checkpoint(path)
+    if kind == 'saved_model':
+        raise UserError(f"--checkpoint_path={path} is a SavedModel; initialise from a "
+                        "checkpoint (a training directory or prefix)")
+    if kind == 'tf2':
+        run_config.restore_model(model, kind, resolved)
         return f"restored the model from the ssd-tf checkpoint {resolved}"
     report = checkpoints.load_slim_checkpoint(
         _slim_variable_map(net, model), resolved,
-        model_scope=net.model_name, checkpoint_model_scope=cfg['checkpoint_model_scope'],
-        exclude_scopes=cfg['checkpoint_exclude_scopes'],
-        ignore_missing_vars=cfg['ignore_missing_vars'])
+        model_scope=net.model_name, checkpoint_model_scope=cfg.checkpoint_model_scope,
+        exclude_scopes=cfg.checkpoint_exclude_scopes,
+        ignore_missing_vars=cfg.ignore_missing_vars)
     return str(report)
 
 
 def _trainable_variables(cfg, net, model):
-    scopes = [s.strip() for s in (cfg['trainable_scopes'] or '').split(',') if s.strip()]
+    scopes = [s.strip() for s in (cfg.trainable_scopes or '').split(',') if s.strip()]
     if not scopes:
         return model.trainable_variables
     try:
@@ -278,140 +295,189 @@ def _trainable_variables(cfg, net, model):
         if any(name == s or name.startswith(s.rstrip('/') + '/') for s in scopes):
             chosen.append(v)
     if not chosen:
-        raise UserError(f"--trainable_scopes={cfg['trainable_scopes']} matches no variable "
+        raise UserError(f"--trainable_scopes={cfg.trainable_scopes} matches no variable "
                         f"(names look like {net.model_name}/block4_box/conv_cls)")
     return chosen
 
 
-def run(cfg):
-    """Trains according to the resolved flag dict `cfg`; returns the process exit code."""
-    import numpy as np
-    import tensorflow as tf
+# ------------------------------------------------------------------ the steps of a run
+def setup_execution(cfg):
+    """The strategy, precision policy and seeds; returns the strategy."""
     import keras
-
-    from nets import nets_factory
-    from preprocessing import ssd_vgg_preprocessing as prep
-    from ssd_tf import data as data_lib
-    from ssd_tf import evaluation
     from ssd_tf import training
-
-    train_dir = cfg['train_dir']
-    strategy = training.make_strategy(cfg['strategy'], cfg['num_logical_cpus'], cfg['tpu'])
+    strategy = training.make_strategy(cfg.strategy, cfg.num_logical_cpus, cfg.tpu)
     replicas = strategy.num_replicas_in_sync
-    if cfg['batch_size'] % replicas:
-        raise UserError(f"--batch_size={cfg['batch_size']} is not divisible by the "
-                        f"{replicas} replicas of --strategy={cfg['strategy']}")
-    if cfg['mixed_precision']:
-        keras.mixed_precision.set_dtype_policy(cfg['mixed_precision'])
-    keras.utils.set_random_seed(cfg['seed'])
+    if cfg.batch_size % replicas:
+        raise UserError(f"--batch_size={cfg.batch_size} is not divisible by the "
+                        f"{replicas} replicas of --strategy={cfg.strategy}")
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_dtype_policy(cfg.mixed_precision)
+    keras.utils.set_random_seed(cfg.seed)
+    return strategy
 
-    net_cls = nets_factory.get_network(cfg['model_name'])
-    train_records, label_map, summary = _load_split(cfg, cfg['dataset_split_name'],
-                                                    cfg['synthetic_num_train'])
+
+def load_training_data(cfg, replicas):
+    """Reads the training split and builds the network object for its classes; returns
+    `(cfg resolved with num_classes/image_shape/num_replicas/label_names, net, records,
+    label_map, summary)`."""
+    from nets import nets_factory
+    net_cls = nets_factory.get_network(cfg.model_name)
+    records, label_map, summary = _load_split(cfg, cfg.dataset_split_name,
+                                              cfg.synthetic_num_train)
     if summary:
         print(f"train data: {summary}", file=sys.stderr)
     num_classes = _resolve_num_classes(cfg, label_map, net_cls)
     net = net_cls(net_cls.default_params._replace(num_classes=num_classes),
-                  reference_compat=cfg['reference_compat'])
-    image_shape = tuple(net.params.img_shape)
-    cfg = dict(cfg, num_classes=num_classes, image_shape=list(image_shape),
-               num_replicas=replicas, label_names=label_map.names if label_map else None)
+                  reference_compat=cfg.reference_compat)
+    cfg = cfg.replace(num_classes=num_classes, image_shape=list(net.params.img_shape),
+                      num_replicas=replicas, label_names=label_map.names if label_map else None)
+    return cfg, net, records, label_map, summary
 
-    previous = training.read_config(train_dir)
+
+def check_resume(cfg, train_dir):
+    """Refuses to resume the run in train_dir with other settings (before anything is
+    written); returns whether train_dir holds a checkpoint to resume."""
+    import tensorflow as tf
+    from ssd_tf import run_config
     has_checkpoint = tf.train.latest_checkpoint(train_dir) is not None
-    if previous and has_checkpoint:
-        changed = [k for k in _RESUME_KEYS
-                   if k in previous and previous[k] != cfg[k] and not
-                   (k == 'image_shape' and list(previous[k]) == list(cfg[k]))]
-        if changed:
-            raise UserError(
-                f"--train_dir={train_dir} holds a run with different settings: " +
-                ', '.join(f"--{k}={previous[k]} there, {cfg[k]} now" for k in changed) +
-                "; use a new --train_dir, or the same flags to resume")
+    if not has_checkpoint or not os.path.isfile(os.path.join(train_dir,
+                                                             run_config.CONFIG_FILENAME)):
+        return has_checkpoint
+    changed = run_config.resume_conflicts(run_config.RunConfig.read(train_dir), cfg)
+    if changed:
+        raise UserError(
+            f"--train_dir={train_dir} holds a run with different settings: " +
+            ', '.join(f"--{flag}={then} there, {now} now" for flag, then, now in changed) +
+            "; use a new --train_dir, or the same flags to resume")
+    return has_checkpoint
 
-    anchors = net.anchors()
+
+def build_trainer(cfg, net, strategy, save_dir, has_checkpoint):
+    """The Keras model, optimizer and Trainer (inside the strategy's scope), initialised from
+    --checkpoint_path for a new run; returns `(trainer, init_report)`."""
+    from ssd_tf import training
     with strategy.scope():
-        model = net.keras_model(weight_decay=cfg['weight_decay']) \
-            if cfg['optimizer'] != 'adamw' else net.keras_model()
+        model = net.keras_model(weight_decay=cfg.weight_decay) \
+            if cfg.optimizer != 'adamw' else net.keras_model()
         init_report = None
-        if cfg['checkpoint_path'] and not has_checkpoint:
+        if cfg.checkpoint_path and not has_checkpoint:
             init_report = _init_from_checkpoint(cfg, net, model)
-        steps_per_epoch = max(len(train_records) // cfg['batch_size'], 1) \
-            if train_records else 1000
         schedule = training.WarmupDecaySchedule(
-            cfg['learning_rate'], cfg['learning_rate_decay_type'],
-            decay_steps=int(cfg['num_epochs_per_decay'] * steps_per_epoch),
-            decay_factor=cfg['learning_rate_decay_factor'],
-            end_learning_rate=cfg['end_learning_rate'],
-            total_steps=cfg['max_number_of_steps'], warmup_steps=cfg['warmup_steps'])
-        optimizer = training.build_optimizer(
-            cfg['optimizer'], schedule, opt_epsilon=cfg['opt_epsilon'],
-            adam_beta1=cfg['adam_beta1'], adam_beta2=cfg['adam_beta2'],
-            adadelta_rho=cfg['adadelta_rho'],
-            adagrad_initial_accumulator_value=cfg['adagrad_initial_accumulator_value'],
-            ftrl_learning_rate_power=cfg['ftrl_learning_rate_power'],
-            ftrl_initial_accumulator_value=cfg['ftrl_initial_accumulator_value'],
-            ftrl_l1=cfg['ftrl_l1'], ftrl_l2=cfg['ftrl_l2'], momentum=cfg['momentum'],
-            rmsprop_momentum=cfg['rmsprop_momentum'], rmsprop_decay=cfg['rmsprop_decay'],
-            weight_decay=cfg['weight_decay'], moving_average_decay=cfg['moving_average_decay'],
-            clipnorm=cfg['clip_gradient_norm'], mixed_precision=cfg['mixed_precision'])
-        trainable = _trainable_variables(cfg, net, model)
+            cfg.learning_rate, cfg.learning_rate_decay_type,
+            decay_steps=int(cfg.num_epochs_per_decay *
+                            training.steps_per_epoch(cfg.num_samples, cfg.batch_size))
+            if cfg.num_samples else 1,  # not used by the fixed and cosine schedules
+            decay_factor=cfg.learning_rate_decay_factor,
+            end_learning_rate=cfg.end_learning_rate,
+            total_steps=cfg.max_number_of_steps, warmup_steps=cfg.warmup_steps)
+        optimizer = training.build_optimizer(training.OptimizerConfig.from_run_config(cfg),
+                                             schedule)
         trainer = training.Trainer(
-            net, model, optimizer, strategy, train_dir, cfg['batch_size'],
-            loss_config=training.LossConfig(cfg['match_threshold'], cfg['negative_ratio'],
-                                            cfg['loss_alpha'], cfg['label_smoothing']),
-            jit_compile=cfg['jit_compile'], trainable_variables=trainable,
-            max_to_keep=cfg['max_checkpoints_to_keep'])
+            net, model, optimizer, strategy, cfg.train_dir, cfg.batch_size,
+            loss_config=training.LossConfig(cfg.match_threshold, cfg.negative_ratio,
+                                            cfg.loss_alpha, cfg.label_smoothing),
+            jit_compile=cfg.jit_compile,
+            trainable_variables=_trainable_variables(cfg, net, model),
+            max_to_keep=cfg.max_checkpoints_to_keep, save_dir=save_dir)
+    return trainer, init_report
 
+
+def restore_or_initialise(cfg, trainer, init_report):
+    """Resumes the run of train_dir (reporting an unused --checkpoint_path) or reports the
+    initialisation; returns the starting step."""
     resumed = trainer.restore()
     if resumed:
         msg = f"resuming from {resumed} (step {int(trainer.global_step.numpy())})"
-        if cfg['checkpoint_path']:
-            msg += (f"; --checkpoint_path={cfg['checkpoint_path']} is NOT used: it only "
+        if cfg.checkpoint_path:
+            msg += (f"; --checkpoint_path={cfg.checkpoint_path} is NOT used: it only "
                     "initialises a new run (use a new --train_dir to fine-tune from it)")
         print(msg, file=sys.stderr)
     elif init_report:
-        print(f"initialised from --checkpoint_path={cfg['checkpoint_path']}:\n{init_report}",
+        print(f"initialised from --checkpoint_path={cfg.checkpoint_path}:\n{init_report}",
               file=sys.stderr)
-    if label_map is not None:
-        os.makedirs(train_dir, exist_ok=True)
-        label_map.write(os.path.join(train_dir, 'labels.txt'))
-    training.write_config(train_dir, cfg)
+    return int(trainer.global_step.numpy())
 
-    step = int(trainer.global_step.numpy())
-    ref = cfg['reference_compat']
+
+def write_run_files(cfg, label_map):
+    """labels.txt and config.json into train_dir (the chief only)."""
+    if label_map is not None:
+        os.makedirs(cfg.train_dir, exist_ok=True)
+        label_map.write(os.path.join(cfg.train_dir, 'labels.txt'))
+    cfg.write(cfg.train_dir)
+
+
+def make_train_dataset(cfg, net, strategy, records, start_step):
+    """The distributed training dataset positioned at `start_step`."""
+    import tensorflow as tf
+    from preprocessing import ssd_vgg_preprocessing as prep
+    from ssd_tf import data as data_lib
+    anchors = net.anchors()
+    image_shape = tuple(cfg.image_shape)
 
     def preprocess_train(image, labels, bboxes, seed=None):
         return prep.preprocess_for_train(image, labels, bboxes, out_shape=image_shape,
-                                         reference_compat=ref, seed=seed)
-
-    def preprocess_eval(image, labels, bboxes):
-        return prep.preprocess_for_eval(image, labels, bboxes, out_shape=image_shape)
+                                         reference_compat=cfg.reference_compat, seed=seed)
 
     def encode(labels, bboxes):
-        return net.bboxes_encode(labels, bboxes, anchors, match_threshold=cfg['match_threshold'])
+        return net.bboxes_encode(labels, bboxes, anchors, match_threshold=cfg.match_threshold)
 
-    source = train_records if train_records is not None else cfg['dataset_dir']
-    threads = cfg['num_preprocessing_threads'] or tf.data.AUTOTUNE
+    source = records if records is not None else cfg.dataset_dir
+    threads = cfg.num_preprocessing_threads or tf.data.AUTOTUNE
     dataset = data_lib.build_dataset(
-        source, preprocess_train, encode, batch_size=cfg['batch_size'], is_training=True,
-        seed=cfg['seed'], num_parallel_calls=threads, with_gt=True,
-        start=step * cfg['batch_size'])
-    dist_dataset = strategy.experimental_distribute_dataset(dataset)
+        source, preprocess_train, encode, batch_size=cfg.batch_size, is_training=True,
+        seed=cfg.seed, num_parallel_calls=threads, with_gt=True,
+        start=start_step * cfg.batch_size)
+    return strategy.experimental_distribute_dataset(dataset)
 
-    writer = tf.summary.create_file_writer(train_dir) \
-        if strategy.cluster_resolver is None or strategy.cluster_resolver.task_id in (0, None) \
-        else tf.summary.create_noop_writer()
-    detect = evaluation.keras_detector(model, net)
-    names = label_map.names if label_map else None
+
+class RunEvaluation:
+    """Evaluates the model on a split (records read once) for the periodic validation mAP
+    and the final report."""
+
+    def __init__(self, cfg, net, model):
+        from preprocessing import ssd_vgg_preprocessing as prep
+        from ssd_tf import evaluation
+        self.cfg = cfg
+        self.net = net
+        self.detect = evaluation.keras_detector(model, net)
+        self.records = {}
+        shape = tuple(cfg.image_shape)
+        self.preprocess = lambda i, l, b: prep.preprocess_for_eval(i, l, b, out_shape=shape)
+
+    def load(self, split, flag):
+        """Reads `split` now (a bad split fails here, naming `flag`); records or None."""
+        if split not in self.records:
+            self.records[split] = _load_split(self.cfg, split, self.cfg.synthetic_num_test,
+                                              flag=flag)[0]
+        return self.records[split]
+
+    def __call__(self, split, flag='--eval_split_name'):
+        """`(EvalRun, metrics)` of `split`, or None for data read in the graph (TFRecord)."""
+        from ssd_tf import data as data_lib
+        from ssd_tf import evaluation
+        records = self.load(split, flag)
+        if records is None:
+            return None
+        ds = data_lib.build_eval_dataset(records, self.preprocess, batch_size=16)
+        run_ = evaluation.run_evaluation(self.detect, ds, self.cfg.num_classes,
+                                         class_names=self.cfg.label_names)
+        return run_, evaluation.compute_metrics(run_)
+
+
+def make_summary_images(cfg, strategy, evaluate, writer):
+    """`on_summary(step, batch)`: ground truth beside predictions for 3 training images."""
+    import numpy as np
+    import tensorflow as tf
+    from preprocessing import ssd_vgg_preprocessing as prep
 
     def on_summary(step_now, batch):
         from ssd_tf import visualize
+        names = cfg.label_names
         images, targets = batch
         images = strategy.experimental_local_results(images)[0][:3]
         labels = strategy.experimental_local_results(targets['labels'])[0][:3].numpy()
         boxes = strategy.experimental_local_results(targets['bboxes'])[0][:3].numpy()
-        det = detect(images)
+        det = evaluate.detect(images)
         pictures = []
         for i in range(int(images.shape[0])):
             img = prep.np_image_unwhitened(images[i].numpy())
@@ -426,70 +492,142 @@ def run(cfg):
             pictures.append(np.concatenate([gt, pred], axis=1))
         with writer.as_default(step=step_now):
             tf.summary.image('ground_truth_vs_predictions', np.stack(pictures), max_outputs=3)
+    return on_summary
 
-    eval_records = {}
 
-    def evaluate(split, num_synthetic):
-        if split not in eval_records:
-            eval_records[split] = _load_split(cfg, split, num_synthetic)[0]
-        records = eval_records[split]
-        if records is None:
-            return None
-        ds = data_lib.build_eval_dataset(records, preprocess_eval, batch_size=16)
-        run_ = evaluation.run_evaluation(detect, ds, num_classes, class_names=names)
-        return run_, evaluation.compute_metrics(run_)
+def make_periodic_validation(cfg, evaluate, writer, progress):
+    """`on_step(step, losses)`: the validation mAP every --eval_every_n_steps (or None)."""
+    import tensorflow as tf
+    if not (cfg.eval_every_n_steps and cfg.validation_split):
+        return None
 
-    on_step = None
-    if cfg['eval_every_n_steps'] and cfg['validation_split']:
-        def on_step(step_now, losses):
-            del losses
-            if step_now % cfg['eval_every_n_steps'] == 0:
-                _, m = evaluate(cfg['validation_split'], cfg['synthetic_num_test'])
-                with writer.as_default(step=step_now):
-                    tf.summary.scalar('eval/mAP_voc07', m['voc07']['map'])
-                    tf.summary.scalar('eval/mAP_voc12', m['voc12']['map'])
-                trainer_progress.message(f"step {step_now}: validation mAP VOC07 "
-                                         f"{m['voc07']['map']:.4f}")
+    def on_step(step_now, losses):
+        del losses
+        if step_now % cfg.eval_every_n_steps == 0:
+            _, m = evaluate(cfg.validation_split, '--validation_split')
+            with writer.as_default(step=step_now):
+                tf.summary.scalar('eval/mAP_voc07', m['voc07']['map'])
+                tf.summary.scalar('eval/mAP_voc12', m['voc12']['map'])
+            progress.message(f"step {step_now}: validation mAP VOC07 {m['voc07']['map']:.4f}")
+    return on_step
 
-    trainer_progress = training.ProgressBar(cfg['max_number_of_steps'], step,
-                                            cfg['log_every_n_steps'])
-    print(f"training {net.model_name} ({model.count_params():,} parameters, "
-          f"{num_classes} classes, input {image_shape[0]}x{image_shape[1]}) on "
-          f"{cfg['dataset_name']} with {replicas} replica(s), global batch {cfg['batch_size']}; "
-          f"steps {step} -> {cfg['max_number_of_steps']}; train_dir {train_dir}", file=sys.stderr)
+
+def report_data_quality(summary, writer, step):
+    """The training data's quality report (records read, skipped and why) at the end of
+    training: printed and written to TensorBoard as text ('data/quality'). `summary` is today
+    the readers' one-line summary of the training split; the TFRecord pipeline's count of
+    skipped records belongs here too."""
+    import tensorflow as tf
+    if not summary:
+        return
+    print(f"train data: {summary}", file=sys.stderr)
+    with writer.as_default(step=step):
+        tf.summary.text('data/quality', summary)
+
+
+def final_evaluation(cfg, evaluate, writer, step):
+    """Evaluates --eval_split_name, writes the report (eval/, final_metrics.json) and the mAP
+    summary."""
+    import tensorflow as tf
+    from ssd_tf import evaluation
+    if not cfg.eval_split_name:
+        return
+    result = evaluate(cfg.eval_split_name)
+    if result is None:
+        return
+    run_, _ = result
+    eval_dir = os.path.join(cfg.train_dir, 'eval')
+    m, _ = evaluation.write_report(run_, eval_dir, split=cfg.eval_split_name,
+                                   records=evaluate.records[cfg.eval_split_name], step=step)
+    with writer.as_default(step=step):
+        tf.summary.scalar('eval/mAP_voc07', m['voc07']['map'])
+    print(evaluation.format_table(m))
+    print(f"VOC07 mAP ({cfg.eval_split_name}, {m['num_images']} images): "
+          f"{m['voc07']['map']:.4f}   (report: {eval_dir})")
+    with open(os.path.join(cfg.train_dir, 'final_metrics.json'), 'w') as f:
+        json.dump({'step': step, 'voc07_map': m['voc07']['map'],
+                   'voc12_map': m['voc12']['map']}, f, indent=2)
+
+
+def is_chief(strategy):
+    """True for the process that writes into --train_dir (the only one, except in a
+    multi-worker run: there the 'chief' task, or worker 0 of a cluster without one)."""
+    resolver = getattr(strategy, 'cluster_resolver', None)
+    if resolver is None or resolver.task_type in (None, 'chief'):
+        return True
+    has_chief = 'chief' in resolver.cluster_spec().as_dict()
+    return resolver.task_type == 'worker' and resolver.task_id == 0 and not has_chief
+
+
+def run(flag_values):
+    """Trains according to the resolved flag dict; returns the process exit code."""
+    from ssd_tf import run_config
+    cfg = run_config.RunConfig.from_dict(flag_values)
+    strategy = setup_execution(cfg)
+    chief = is_chief(strategy)
+    # A non-chief worker writes its checkpoints to a directory of its own, removed at exit
+    # (every worker must save: saving takes part in the workers' collectives).
+    save_dir = cfg.train_dir if chief else tempfile.mkdtemp(prefix='ssd_tf_worker_')
+    if not chief:
+        print(f"not the chief: checkpoints go to {save_dir} (removed at exit); --train_dir is "
+              "written by the chief only", file=sys.stderr)
+    try:
+        return _run(cfg, strategy, chief, save_dir)
+    finally:
+        if not chief:
+            shutil.rmtree(save_dir, ignore_errors=True)
+
+
+def _run(cfg, strategy, chief, save_dir):
+    import tensorflow as tf
+    from ssd_tf import training
+    cfg, net, records, label_map, summary = load_training_data(
+        cfg, strategy.num_replicas_in_sync)
+    has_checkpoint = check_resume(cfg, cfg.train_dir)
+    if cfg.learning_rate_decay_type in _DECAY_FLAGS['num_epochs_per_decay']:
+        try:  # the schedule counts in epochs
+            cfg = cfg.replace(num_samples=training.resolve_num_samples(
+                cfg.num_samples, records, cfg.dataset_dir))
+        except ValueError as e:
+            raise UserError(f"{e}; pass --num_samples") from e
+    trainer, init_report = build_trainer(cfg, net, strategy, save_dir, has_checkpoint)
+    evaluate = RunEvaluation(cfg, net, trainer.model)
+    if cfg.validation_split:  # a typo fails now, not at step --eval_every_n_steps
+        evaluate.load(cfg.validation_split, '--validation_split')
+    step = restore_or_initialise(cfg, trainer, init_report)
+    if chief:
+        write_run_files(cfg, label_map)
+    dataset = make_train_dataset(cfg, net, strategy, records, step)
+    writer = tf.summary.create_file_writer(cfg.train_dir) if chief \
+        else tf.summary.create_noop_writer()
+    progress = training.ProgressBar(cfg.max_number_of_steps, step, cfg.log_every_n_steps)
+    print(f"training {net.model_name} ({trainer.model.count_params():,} parameters, "
+          f"{cfg.num_classes} classes, input {cfg.image_shape[0]}x{cfg.image_shape[1]}) on "
+          f"{cfg.dataset_name} with {cfg.num_replicas} replica(s), global batch "
+          f"{cfg.batch_size}; steps {step} -> {cfg.max_number_of_steps}; train_dir "
+          f"{cfg.train_dir}", file=sys.stderr)
     try:
         reason = trainer.train(
-            dist_dataset, cfg['max_number_of_steps'], log_every_n_steps=cfg['log_every_n_steps'],
-            save_interval_secs=cfg['save_interval_secs'],
-            save_every_n_steps=cfg['save_every_n_steps'],
-            max_consecutive_nonfinite=cfg['max_consecutive_nonfinite'], summary_writer=writer,
-            save_summaries_secs=cfg['save_summaries_secs'], on_summary=on_summary,
-            on_step=on_step, progress=trainer_progress, max_seconds=cfg['max_train_secs'])
+            dataset, cfg.max_number_of_steps, log_every_n_steps=cfg.log_every_n_steps,
+            save_interval_secs=cfg.save_interval_secs,
+            save_every_n_steps=cfg.save_every_n_steps,
+            max_consecutive_nonfinite=cfg.max_consecutive_nonfinite, summary_writer=writer,
+            save_summaries_secs=cfg.save_summaries_secs,
+            on_summary=make_summary_images(cfg, strategy, evaluate, writer),
+            on_step=make_periodic_validation(cfg, evaluate, writer, progress) if chief else None,
+            progress=progress, max_seconds=cfg.max_train_secs)
     except training.NonFiniteLossError as e:
         print(f"train_ssd.py: error: {e}", file=sys.stderr)
         return 3
+    except (OSError, tf.errors.OpError) as e:  # the last good step was saved first
+        print(f"train_ssd.py: error: {e}", file=sys.stderr)
+        return 2
     if reason in ('SIGINT', 'SIGTERM'):
         return 0
     final_step = int(trainer.global_step.numpy())
-    if cfg['moving_average_decay']:
-        optimizer.inner_optimizer.finalize_variable_values(model.trainable_variables)
-        model.save_weights(os.path.join(train_dir, 'ema.weights.h5'))
-    if cfg['eval_split_name']:
-        result = evaluate(cfg['eval_split_name'], cfg['synthetic_num_test'])
-        if result is not None:
-            run_, _ = result
-            eval_dir = os.path.join(train_dir, 'eval')
-            m, _ = evaluation.write_report(run_, eval_dir, split=cfg['eval_split_name'],
-                                           records=eval_records[cfg['eval_split_name']],
-                                           step=final_step)
-            with writer.as_default(step=final_step):
-                tf.summary.scalar('eval/mAP_voc07', m['voc07']['map'])
-            print(evaluation.format_table(m))
-            print(f"VOC07 mAP ({cfg['eval_split_name']}, {m['num_images']} images): "
-                  f"{m['voc07']['map']:.4f}   (report: {eval_dir})")
-            with open(os.path.join(train_dir, 'final_metrics.json'), 'w') as f:
-                json.dump({'step': final_step, 'voc07_map': m['voc07']['map'],
-                           'voc12_map': m['voc12']['map']}, f, indent=2)
+    if chief:
+        report_data_quality(summary, writer, final_step)
+        final_evaluation(cfg, evaluate, writer, final_step)
     return 0
 
 

@@ -124,15 +124,10 @@ def _mismatch_error(mismatches, source):
 
 
 def resolve_checkpoint_path(checkpoint_path):
-    """A checkpoint prefix, or a directory -> its latest checkpoint prefix."""
-    if tf.io.gfile.isdir(checkpoint_path):
-        latest = tf.train.latest_checkpoint(checkpoint_path)
-        if latest is None:
-            raise ValueError(f"--checkpoint_path={checkpoint_path} is a directory without a "
-                             f"'checkpoint' index file; pass a prefix such as "
-                             f"{os.path.join(checkpoint_path, 'model.ckpt-NNNN')}")
-        return latest
-    return checkpoint_path
+    """A checkpoint prefix, or a directory -> its latest checkpoint prefix (the path of
+    `ssd_tf.run_config.resolve_checkpoint`, kept under its old name)."""
+    from ssd_tf import run_config  # run_config loads slim checkpoints through this module
+    return run_config.resolve_checkpoint(checkpoint_path)[1]
 
 
 def load_slim_checkpoint(variable_map, checkpoint_path, model_scope='ssd_300_vgg',

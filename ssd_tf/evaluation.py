@@ -21,7 +21,6 @@ Pieces:
 - `watch_checkpoints(...)`: evaluates each new checkpoint of a training run.
 """
 import collections
-import gc
 import json
 import os
 import time
@@ -552,121 +551,7 @@ def watch_checkpoints(checkpoint_dir, evaluate_fn, timeout=None, min_interval_se
 
 
 # ---------------------------------------------------------------------------- checkpoints
-CONFIG_FILENAME = 'config.json'
-EXPORT_CONFIG_FILENAME = 'export_config.json'  # ssd_tf.export's assets/ file
-
-
-def resolve_checkpoint(checkpoint_path):
-    """What `--checkpoint_path` points to: `(kind, path)`.
-
-    kind 'saved_model' (a directory with saved_model.pb, or TF Serving's versioned layout:
-    the highest numbered subdirectory), 'tf2' (an object-based
-    tf.train.Checkpoint, e.g. from training's CheckpointManager) or 'slim' (a name-based TF1
-    checkpoint). A directory resolves to its latest checkpoint. Anything else is a ValueError
-    naming the path.
-    """
-    path = os.fspath(checkpoint_path) if checkpoint_path else ''
-    if not path:
-        raise ValueError("--checkpoint_path is empty; pass a checkpoint prefix, a training "
-                         "directory or a SavedModel directory")
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, 'saved_model.pb')):
-            return 'saved_model', path
-        versions = [int(d) for d in os.listdir(path) if d.isdigit() and
-                    os.path.isfile(os.path.join(path, d, 'saved_model.pb'))]
-        if versions:  # TF Serving's layout output_dir/<version>/ (ssd_tf.export)
-            return 'saved_model', os.path.join(path, str(max(versions)))
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise ValueError(f"--checkpoint_path={path} is a directory with neither a "
-                             f"checkpoint (no 'checkpoint' index file) nor saved_model.pb")
-        path = latest
-    elif not tf.io.gfile.exists(path + '.index'):
-        raise ValueError(f"--checkpoint_path={path} does not exist (no directory, and no "
-                         f"checkpoint prefix with {os.path.basename(path)}.index)")
-    try:
-        names = {n for n, _ in tf.train.list_variables(path)}
-    except (tf.errors.OpError, ValueError) as e:
-        raise ValueError(f"--checkpoint_path={path} is not a readable checkpoint: {e}") from e
-    return ('tf2' if '_CHECKPOINTABLE_OBJECT_GRAPH' in names else 'slim'), path
-
-
-def checkpoint_step(path):
-    """Training step of a checkpoint: its 'step'/'global_step' variable if stored, else the
-    number ending the prefix (`ckpt-1200`, `model.ckpt-1200`), else 0."""
-    try:
-        reader = tf.train.load_checkpoint(path)
-        for name in reader.get_variable_to_shape_map():
-            base = name.split('/')[0]
-            if base in ('step', 'global_step') and not reader.get_variable_to_shape_map()[name]:
-                return int(reader.get_tensor(name))
-    except (tf.errors.OpError, ValueError):
-        pass
-    tail = os.path.basename(path).rsplit('-', 1)
-    return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else 0
-
-
-def read_run_config(checkpoint_path):
-    """The resolved training config (`config.json`) next to a checkpoint, or {} if absent.
-
-    Looked for in the checkpoint's directory (the train_dir) and its parent; for a SavedModel
-    of `ssd_tf.export` also `assets/export_config.json`.
-    """
-    path = os.fspath(checkpoint_path)
-    base = path if os.path.isdir(path) else os.path.dirname(path)
-    candidates = [os.path.join(d, CONFIG_FILENAME) for d in (base, os.path.dirname(base))]
-    candidates.append(os.path.join(base, 'assets', EXPORT_CONFIG_FILENAME))
-    for cfg in candidates:
-        if os.path.isfile(cfg):
-            try:
-                with open(cfg) as f:
-                    return json.load(f)
-            except (OSError, json.JSONDecodeError) as e:
-                raise ValueError(f"cannot read the training config {cfg}: {e}") from e
-    return {}
-
-
-def restore_model(model, kind, path, slim_variable_map=None, model_scope=None):
-    """Restores `model` weights from a checkpoint resolved by `resolve_checkpoint`.
-
-    'tf2': `tf.train.Checkpoint(model=model)`; every model variable must be in the checkpoint.
-    'slim': `ssd_tf.checkpoints.load_slim_checkpoint(slim_variable_map, ...)`; pass the map
-    (e.g. `nets.ssd_vgg_keras.slim_variable_map(model)`). Shape mismatches (usually another
-    --num_classes or --model_name than at training) are ValueErrors naming the path and flags.
-    """
-    hint = (f"check --model_name and --num_classes (they must match the network that wrote "
-            f"{path})")
-    if kind == 'tf2':
-        ckpt = tf.train.Checkpoint(model=model)
-        error = None
-        try:
-            status = ckpt.restore(path)
-            status.expect_partial()
-            status.assert_existing_objects_matched()
-        except (ValueError, AssertionError, tf.errors.OpError) as e:
-            error = f"cannot restore the model from --checkpoint_path={path}: {e}\n{hint}"
-        if error is None:
-            return status
-        # A failed restore leaves a Checkpoint with unrestored values that logs one warning
-        # per optimizer slot when collected; collect it quietly so the error stands alone.
-        logger = tf.get_logger()
-        level = logger.level
-        logger.setLevel('ERROR')
-        try:
-            del ckpt
-            gc.collect()
-        finally:
-            logger.setLevel(level)
-        raise ValueError(error)
-    if kind == 'slim':
-        from ssd_tf import checkpoints as checkpoints_lib
-        if slim_variable_map is None:
-            raise ValueError(f"{path} is a slim (name-based) checkpoint; a slim variable map "
-                             f"of the model is needed to load it")
-        try:
-            return checkpoints_lib.load_slim_checkpoint(
-                slim_variable_map, path, model_scope=model_scope or model.name)
-        except ValueError as e:
-            raise ValueError(f"cannot load the slim checkpoint --checkpoint_path={path}: {e}\n"
-                             f"{hint}") from e
-    raise ValueError(f"unknown checkpoint kind {kind!r} for {path}")
+# Run config and checkpoint resolution live in ssd_tf.run_config; these names stay importable.
+from ssd_tf.run_config import (  # noqa: E402,F401  (re-exports)
+    CONFIG_FILENAME, EXPORT_CONFIG_FILENAME, checkpoint_step, read_run_config, resolve_checkpoint,
+    restore_model)

@@ -60,7 +60,7 @@ IMAGES_SIGNATURE = 'serving_images'
 OUTPUT_KEYS = ('detection_boxes', 'detection_classes', 'detection_scores', 'num_detections')
 LABELS_FILENAME = 'labels.txt'          # `id:name` lines, 0:none first (datasets.labelmap)
 TFLITE_LABELS_FILENAME = 'labels_tflite.txt'  # one name per line, line i = class id i
-EXPORT_CONFIG_FILENAME = 'export_config.json'
+from ssd_tf.run_config import EXPORT_CONFIG_FILENAME  # noqa: E402  (one home: run_config)
 TFLITE_QUANTIZATIONS = ('float32', 'float16', 'dynamic', 'int8')
 
 # First bytes of the formats tf.io.decode_image reads.
@@ -425,13 +425,6 @@ class TFLiteDetector:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _config_value(config, key):
-    for scope in (config, config.get('flags', {}), config.get('params', {})):
-        if isinstance(scope, dict) and scope.get(key) is not None:
-            return scope[key]
-    return None
-
-
 def load_from_checkpoint(checkpoint_path, get_network, model_name=None, num_classes=None,
                          label_map=None, slim_variable_map_fn=None):
     """Builds the network of a training run and restores its weights.
@@ -443,37 +436,39 @@ def load_from_checkpoint(checkpoint_path, get_network, model_name=None, num_clas
     label_map: a label map file; default the run's labels.txt, else config label_names.
     slim_variable_map_fn: `model -> slim variable map`, needed for slim checkpoints.
     Returns `(net, model, label_names or None, checkpoint prefix)`. A model_name/num_classes
-    that contradicts the run config or the checkpoint is a ValueError naming the flag.
+    that contradicts the run config or the checkpoint is a ValueError naming the flag. A run
+    trained with --moving_average_decay gives its averaged weights.
     """
-    from ssd_tf import evaluation
+    from ssd_tf import run_config
     from ssd_tf.datasets import labelmap as labelmap_lib
-    kind, path = evaluation.resolve_checkpoint(checkpoint_path)
+    kind, path = run_config.resolve_checkpoint(checkpoint_path)
     if kind == 'saved_model':
         raise ValueError(f"--checkpoint_path={checkpoint_path} is already a SavedModel; "
                          f"export from a training directory or checkpoint")
-    config = evaluation.read_run_config(checkpoint_path)
-    cfg_model, cfg_classes = _config_value(config, 'model_name'), _config_value(config,
-                                                                             'num_classes')
-    for flag, value, cfg in (('model_name', model_name, cfg_model),
-                             ('num_classes', num_classes, cfg_classes)):
+    config = run_config.read_run_config(checkpoint_path)
+    for flag, value, cfg in (('model_name', model_name, config.model_name),
+                             ('num_classes', num_classes, config.num_classes)):
         if value is not None and cfg is not None and str(value) != str(cfg):
             raise ValueError(f"--{flag}={value} but the run config beside {checkpoint_path} "
                              f"says {flag}={cfg}; drop the flag or fix it")
-    model_name = model_name or cfg_model
-    num_classes = num_classes or cfg_classes
+    model_name = model_name or config.model_name
+    num_classes = num_classes or config.num_classes
     if not model_name or not num_classes:
         raise ValueError(f"{checkpoint_path} has no config.json beside it (a slim or foreign "
                          f"checkpoint): pass --model_name and --num_classes")
     net_cls = get_network(model_name)
     params = net_cls.default_params._replace(num_classes=int(num_classes),
                                              no_annotation_label=int(num_classes))
-    shape = _config_value(config, 'image_shape')
-    if shape is not None:
-        params = params._replace(img_shape=tuple(int(s) for s in shape))
-    net = net_cls(params, reference_compat=bool(_config_value(config, 'reference_compat')))
+    if config.image_shape is not None:
+        params = params._replace(img_shape=tuple(config.image_shape))
+    net = net_cls(params, reference_compat=bool(config.reference_compat))
     model = net.keras_model()
     slim_map = slim_variable_map_fn(model) if kind == 'slim' and slim_variable_map_fn else None
-    evaluation.restore_model(model, kind, path, slim_variable_map=slim_map)
+    # A run with --moving_average_decay: its averaged weights are the model (the final
+    # checkpoint already holds them; an earlier one stores them beside the raw weights).
+    averaged = bool(config.moving_average_decay) and run_config.has_moving_average(path)
+    run_config.restore_model(model, kind, path, slim_variable_map=slim_map,
+                             moving_average=averaged)
     label_names = None
     if label_map:
         label_names = list(labelmap_lib.LabelMap.read(label_map).names)
@@ -482,8 +477,8 @@ def load_from_checkpoint(checkpoint_path, get_network, model_name=None, num_clas
             os.path.dirname(checkpoint_path)
         if os.path.isfile(os.path.join(run_dir, LABELS_FILENAME)):
             label_names = list(labelmap_lib.LabelMap.read(run_dir).names)
-        elif _config_value(config, 'label_names'):
-            label_names = list(_config_value(config, 'label_names'))
+        elif config.label_names:
+            label_names = list(config.label_names)
     if label_names is not None and len(label_names) != net.params.num_classes - 1:
         raise ValueError(f"the label map has {len(label_names)} classes but num_classes="
                          f"{net.params.num_classes} (classes + background); check --label_map")

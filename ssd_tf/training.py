@@ -8,9 +8,17 @@ The step (`Trainer.train_step`) runs under any `tf.distribute` strategy: each re
 the loss on its share of the global batch, normalised by the number of positives of the
 *global* batch (an all-reduce), so that the replicas' losses and gradients sum to exactly the
 single-replica ones (the optimizer all-reduces gradients by sum). A non-finite loss on any
-replica turns every replica's gradients into NaN, and the `LossScaleOptimizer` that always wraps
-the optimizer then skips the update everywhere (its scale is 1 and never grows for float32 and
-bfloat16; it is dynamic for float16).
+replica turns every replica's gradients into NaN, and the loss-scale wrapper around the
+optimizer then skips the update everywhere (`SkipNonFiniteOptimizer`: the scale stays 1 for
+float32 and bfloat16; Keras' dynamic `LossScaleOptimizer` for float16). The same all-reduce
+carries a stop request, so a signal to one worker stops every worker after the same step.
+
+The loop (`Trainer.train`) saves a checkpoint when it ends, at a signal, and before any
+exception from the data, a callback or a summary write propagates (the last completed step).
+With `--moving_average_decay` every checkpoint stores the averaged weights beside the raw ones,
+and the final checkpoint holds the averages as the model's weights. Optimizers are built from
+a typed `OptimizerConfig` (`build_optimizer`); the run config itself lives in
+`ssd_tf.run_config`.
 """
 import dataclasses
 import json
@@ -25,11 +33,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf import run_config
+# The run config moved to ssd_tf.run_config; the old names stay importable.
+from ssd_tf.run_config import CONFIG_FILENAME as CONFIG_FILE  # noqa: F401
+from ssd_tf.run_config import write_run_config as write_config  # noqa: F401
+
 _LOG = logging.getLogger(__name__)
 
 # A float32/bfloat16 run keeps the loss scale at 1: this many finite steps before it would grow.
 _NO_GROWTH_STEPS = 2 ** 31 - 1
-CONFIG_FILE = 'config.json'
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -83,49 +95,151 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
 OPTIMIZERS = ('adadelta', 'adagrad', 'adam', 'adamw', 'ftrl', 'momentum', 'sgd', 'rmsprop')
 
 
-def build_optimizer(name, learning_rate, opt_epsilon=1e-7, adam_beta1=0.9, adam_beta2=0.999,
-                    adadelta_rho=0.95, adagrad_initial_accumulator_value=0.1,
-                    ftrl_learning_rate_power=-0.5, ftrl_initial_accumulator_value=0.1,
-                    ftrl_l1=0.0, ftrl_l2=0.0, momentum=0.9, rmsprop_momentum=0.9,
-                    rmsprop_decay=0.9, weight_decay=0.0, moving_average_decay=None,
-                    clipnorm=None, mixed_precision=None):
-    """A Keras optimizer named as in slim (`momentum` is SGD with momentum), always wrapped in
-    a `LossScaleOptimizer` (dynamic for float16; a fixed scale of 1 otherwise, so that it only
-    serves to skip non-finite steps). `weight_decay` applies to `adamw` only (the other
-    optimizers get slim's L2 regularisation from the model)."""
-    ema = dict(use_ema=True, ema_momentum=float(moving_average_decay)) \
-        if moving_average_decay else {}
-    common = dict(learning_rate=learning_rate, clipnorm=clipnorm, **ema)
-    if name == 'adadelta':
-        opt = keras.optimizers.Adadelta(rho=adadelta_rho, epsilon=opt_epsilon, **common)
-    elif name == 'adagrad':
-        opt = keras.optimizers.Adagrad(
-            initial_accumulator_value=adagrad_initial_accumulator_value, epsilon=opt_epsilon,
-            **common)
-    elif name == 'adam':
-        opt = keras.optimizers.Adam(beta_1=adam_beta1, beta_2=adam_beta2, epsilon=opt_epsilon,
-                                    **common)
-    elif name == 'adamw':
-        opt = keras.optimizers.AdamW(weight_decay=weight_decay, beta_1=adam_beta1,
-                                     beta_2=adam_beta2, epsilon=opt_epsilon, **common)
-    elif name == 'ftrl':
-        opt = keras.optimizers.Ftrl(
-            learning_rate_power=ftrl_learning_rate_power,
-            initial_accumulator_value=ftrl_initial_accumulator_value,
-            l1_regularization_strength=ftrl_l1, l2_regularization_strength=ftrl_l2, **common)
-    elif name == 'momentum':
-        opt = keras.optimizers.SGD(momentum=momentum, **common)
-    elif name == 'sgd':
-        opt = keras.optimizers.SGD(**common)
-    elif name == 'rmsprop':
-        opt = keras.optimizers.RMSprop(rho=rmsprop_decay, momentum=rmsprop_momentum,
-                                       epsilon=opt_epsilon, **common)
-    else:
-        raise ValueError(f"--optimizer={name!r}: choose one of {', '.join(OPTIMIZERS)}")
-    if mixed_precision == 'mixed_float16':
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer flags of train_ssd.py (same names, slim's defaults)."""
+    optimizer: str = 'adam'
+    opt_epsilon: float = 1e-7
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adadelta_rho: float = 0.95
+    adagrad_initial_accumulator_value: float = 0.1
+    ftrl_learning_rate_power: float = -0.5
+    ftrl_initial_accumulator_value: float = 0.1
+    ftrl_l1: float = 0.0
+    ftrl_l2: float = 0.0
+    momentum: float = 0.9
+    rmsprop_momentum: float = 0.9
+    rmsprop_decay: float = 0.9
+    weight_decay: float = 0.0
+    moving_average_decay: float = None
+    clip_gradient_norm: float = None
+    mixed_precision: str = None
+
+    @classmethod
+    def from_run_config(cls, config):
+        """The optimizer part of a `run_config.RunConfig` (fields it leaves None keep the
+        defaults here, except the optional ones)."""
+        optional = ('moving_average_decay', 'clip_gradient_norm', 'mixed_precision')
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if v is not None or k in optional})
+
+
+def _keras_optimizer(c, learning_rate):
+    """The Keras optimizer named by `c.optimizer` (slim names; momentum = SGD + momentum)."""
+    ema = dict(use_ema=True, ema_momentum=float(c.moving_average_decay)) \
+        if c.moving_average_decay else {}
+    common = dict(learning_rate=learning_rate, clipnorm=c.clip_gradient_norm, **ema)
+    eps = dict(epsilon=c.opt_epsilon)
+    adam = dict(beta_1=c.adam_beta1, beta_2=c.adam_beta2, **eps)
+    makers = {
+        'adadelta': lambda: keras.optimizers.Adadelta(rho=c.adadelta_rho, **eps, **common),
+        'adagrad': lambda: keras.optimizers.Adagrad(
+            initial_accumulator_value=c.adagrad_initial_accumulator_value, **eps, **common),
+        'adam': lambda: keras.optimizers.Adam(**adam, **common),
+        'adamw': lambda: keras.optimizers.AdamW(weight_decay=c.weight_decay, **adam, **common),
+        'ftrl': lambda: keras.optimizers.Ftrl(
+            learning_rate_power=c.ftrl_learning_rate_power,
+            initial_accumulator_value=c.ftrl_initial_accumulator_value,
+            l1_regularization_strength=c.ftrl_l1, l2_regularization_strength=c.ftrl_l2,
+            **common),
+        'momentum': lambda: keras.optimizers.SGD(momentum=c.momentum, **common),
+        'sgd': lambda: keras.optimizers.SGD(**common),
+        'rmsprop': lambda: keras.optimizers.RMSprop(rho=c.rmsprop_decay,
+                                                    momentum=c.rmsprop_momentum, **eps, **common),
+    }
+    if c.optimizer not in makers:
+        raise ValueError(f"--optimizer={c.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    return makers[c.optimizer]()
+
+
+@keras.saving.register_keras_serializable(package='ssd_tf')
+class SkipNonFiniteOptimizer(keras.optimizers.LossScaleOptimizer):
+    """A `LossScaleOptimizer` whose scale stays at its initial value (1): it only skips the
+    update of a step whose gradients are not finite. Keras' own halves the scale at each such
+    step and, with growth disabled, never doubles it back (0.125 after 3 skips), so in float32
+    / bfloat16 the gradients would shrink towards zero after enough skipped steps."""
+
+    def __init__(self, inner_optimizer, **kwargs):
+        kwargs.update(initial_scale=1.0, dynamic_growth_steps=_NO_GROWTH_STEPS)
+        super().__init__(inner_optimizer, **kwargs)
+
+    def _stateful_handle_non_finite_grads(self):
+        self.step_counter.assign(0)
+
+    def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):
+        return trainable_variables, list(optimizer_variables)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop('initial_scale', None)
+        config.pop('dynamic_growth_steps', None)
+        return config
+
+
+def build_optimizer(config, learning_rate=None, **overrides):
+    """A Keras optimizer from an `OptimizerConfig` (or, as before, a slim optimizer name and
+    keyword flags: `build_optimizer('adam', lr, mixed_precision=...)`; `clipnorm` is
+    `clip_gradient_norm`), always wrapped for loss scaling: dynamic for float16, else a
+    `SkipNonFiniteOptimizer` (scale 1) that only skips non-finite steps. `weight_decay` applies
+    to `adamw` only (the other optimizers get slim's L2 regularisation from the model)."""
+    if isinstance(config, str):
+        if 'clipnorm' in overrides:
+            overrides['clip_gradient_norm'] = overrides.pop('clipnorm')
+        config = OptimizerConfig(optimizer=config, **overrides)
+    elif overrides:
+        config = dataclasses.replace(config, **overrides)
+    opt = _keras_optimizer(config, learning_rate)
+    if config.mixed_precision == 'mixed_float16':
         return keras.optimizers.LossScaleOptimizer(opt)
-    return keras.optimizers.LossScaleOptimizer(opt, initial_scale=1.0,
-                                               dynamic_growth_steps=_NO_GROWTH_STEPS)
+    return SkipNonFiniteOptimizer(opt)
+
+
+def steps_per_epoch(num_samples, batch_size):
+    """Global steps in one pass over `num_samples` examples (at least 1)."""
+    return max(int(num_samples) // int(batch_size), 1)
+
+
+def resolve_num_samples(num_samples, records, tfrecord_pattern):
+    """Training examples per epoch (the decay schedules' unit): `num_samples` (--num_samples)
+    when set, else the number of `records` read, else the records counted in the TFRecord
+    files of `tfrecord_pattern` (ValueError naming the file when one cannot be counted)."""
+    if num_samples:
+        return int(num_samples)
+    if records is not None:
+        return len(records)
+    return count_tfrecord_records(tfrecord_pattern)
+
+
+def count_tfrecord_records(file_pattern):
+    """Number of records in the TFRecord files matching `file_pattern` (comma-separated
+    patterns too), read from the record headers without reading or decoding the payloads.
+
+    A TFRecord is `uint64 length, uint32 crc(length), data[length], uint32 crc(data)`; the
+    count seeks from header to header. A file that ends inside a record is a ValueError
+    naming it and the record index.
+    """
+    files = sorted({f for p in str(file_pattern).split(',') if p
+                    for f in tf.io.gfile.glob(p.strip())})
+    if not files:
+        raise ValueError(f"--dataset_dir={file_pattern} matches no TFRecord file")
+    total = 0
+    for path in files:
+        size = tf.io.gfile.stat(path).length
+        with tf.io.gfile.GFile(path, 'rb') as f:
+            offset = 0
+            while offset < size:
+                header = f.read(8)
+                if len(header) < 8:
+                    raise ValueError(f"{path}: truncated after record {total}")
+                length = int.from_bytes(header, 'little')
+                offset += 8 + 4 + length + 4
+                if offset > size:
+                    raise ValueError(f"{path}: record {total} is truncated (the file ends "
+                                     f"inside it)")
+                f.seek(offset)
+                total += 1
+    return total
 
 
 # ---------------------------------------------------------------------------- strategies
@@ -221,26 +335,6 @@ class ProgressBar:
         self.stream.flush()
 
 
-# ---------------------------------------------------------------------------- config
-def write_config(train_dir, config):
-    """Writes the resolved run configuration next to the checkpoints (atomically)."""
-    os.makedirs(train_dir, exist_ok=True)
-    path = os.path.join(train_dir, CONFIG_FILE)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(config, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-    return path
-
-
-def read_config(train_dir):
-    path = os.path.join(train_dir, CONFIG_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 # ---------------------------------------------------------------------------- trainer
 class NonFiniteLossError(RuntimeError):
     """Raised after too many consecutive non-finite losses; the last good checkpoint is kept."""
@@ -254,21 +348,66 @@ class LossConfig:
     label_smoothing: float = 0.
 
 
+@dataclasses.dataclass
+class LoopConfig:
+    """How `Trainer.train` logs, saves and stops (train_ssd.py's flags of the same names)."""
+    log_every_n_steps: int = 10
+    save_interval_secs: float = 600
+    save_every_n_steps: int = None
+    max_consecutive_nonfinite: int = 5
+    save_summaries_secs: float = 60
+    max_seconds: float = None
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM set `received` instead of killing the process (restored on exit)."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handler(self, signum, frame):
+        del frame
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, h in self._previous.items():
+            signal.signal(sig, h)
+
+
+def _inner_optimizer(optimizer):
+    return getattr(optimizer, 'inner_optimizer', optimizer)
+
+
 class Trainer:
     """Owns the distributed step, the checkpoint manager and the loop.
 
     Build the model and the optimizer inside `strategy.scope()` before creating the Trainer.
     `trainable_variables` restricts training (slim's --trainable_scopes); default: all.
+    Checkpoints are restored from `train_dir` and written to `save_dir` (default train_dir; a
+    non-chief worker of a multi-worker run passes a temporary directory of its own). With a
+    moving-average optimizer (`use_ema`), every checkpoint also stores the averages
+    (`run_config.MOVING_AVERAGE_ITEM`), and the checkpoint saved when training finishes holds
+    the averaged weights as the model's.
     """
 
     def __init__(self, net, model, optimizer, strategy, train_dir, global_batch_size,
                  loss_config=None, jit_compile=False, trainable_variables=None, max_to_keep=5,
-                 extra_checkpoint_items=None):
+                 extra_checkpoint_items=None, save_dir=None):
         self.net = net
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
         self.train_dir = train_dir
+        self.save_dir = save_dir or train_dir
         self.global_batch_size = int(global_batch_size)
         self.loss_config = loss_config or LossConfig()
         self.jit_compile = jit_compile
@@ -277,29 +416,59 @@ class Trainer:
         with strategy.scope():
             # Steps attempted (skipped non-finite steps included): the data position.
             self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
-        items = dict(model=model, optimizer=optimizer, global_step=self.global_step)
-        items.update(extra_checkpoint_items or {})
-        with strategy.scope():
             # Slots are created now, not lazily inside the distributed step, so that a restore
             # fills them and the step function traces once.
             optimizer.build(self.trainable_variables)
+        items = dict(model=model, optimizer=optimizer, global_step=self.global_step)
+        items.update(self._moving_average_items())
+        items.update(extra_checkpoint_items or {})
         self.checkpoint = tf.train.Checkpoint(**items)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, train_dir,
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.save_dir,
                                                   max_to_keep=max_to_keep,
                                                   checkpoint_name='ckpt')
+        self._compiled_loss_and_grads = tf.function(self._loss_and_grads,
+                                                    jit_compile=self.jit_compile or None)
         self._step_fn = None
+        self.stop_requested_elsewhere = False
+
+    @property
+    def multi_worker(self):
+        """True under a strategy spanning processes (the workers stop together)."""
+        return getattr(self.strategy, 'cluster_resolver', None) is not None
 
     # ------------------------------------------------------------------ checkpoints
+    @property
+    def uses_moving_average(self):
+        return bool(getattr(_inner_optimizer(self.optimizer), 'use_ema', False))
+
+    def _moving_average_items(self):
+        """`{MOVING_AVERAGE_ITEM: averages keyed by their index in model.trainable_variables}`
+        (empty without --moving_average_decay)."""
+        if not self.uses_moving_average:
+            return {}
+        averages = _inner_optimizer(self.optimizer)._model_variables_moving_average
+        index = {id(v): i for i, v in enumerate(self.model.trainable_variables)}
+        pairs = [(index[id(v)], a) for v, a in zip(self.trainable_variables, averages)]
+        return {run_config.MOVING_AVERAGE_ITEM: run_config.moving_average_item(pairs)}
+
     def restore(self):
         """Restores the latest checkpoint of train_dir; returns its path or None."""
-        latest = self.manager.latest_checkpoint
+        latest = tf.train.latest_checkpoint(self.train_dir)
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
+            if isinstance(self.optimizer, SkipNonFiniteOptimizer):
+                # a run written before the scale was pinned may hold a halved one
+                self.optimizer.dynamic_scale.assign(1.0)
         return latest
 
     def save(self):
         """Saves a checkpoint numbered by the global step; returns its path."""
         return self.manager.save(checkpoint_number=int(self.global_step.numpy()))
+
+    def finalize_moving_average(self):
+        """Replaces the trained weights by their moving averages (no-op without them)."""
+        if self.uses_moving_average:
+            _inner_optimizer(self.optimizer).finalize_variable_values(self.trainable_variables)
 
     # ------------------------------------------------------------------ the step
     def _count_positives(self, targets):
@@ -334,39 +503,47 @@ class Trainer:
         losses['total'] = total
         return losses, grads
 
-    def _replica_step(self, images, targets):
+    def _replica_step(self, images, targets, stop_request):
         ctx = tf.distribute.get_replica_context()
         n_pos = ctx.all_reduce(tf.distribute.ReduceOp.SUM, self._count_positives(targets))
         local_fraction = tf.cast(tf.shape(images)[0], tf.float32) / self.global_batch_size
-        fn = self._compiled_loss_and_grads
-        losses, grads = fn(images, targets['gclasses'], targets['glocalisations'],
-                           targets['gscores'], n_pos, local_fraction)
-        # One replica's non-finite loss makes every replica skip (see the module docstring).
-        poison = 0. * ctx.all_reduce(tf.distribute.ReduceOp.SUM, losses['total'])
+        losses, grads = self._compiled_loss_and_grads(
+            images, targets['gclasses'], targets['glocalisations'], targets['gscores'], n_pos,
+            local_fraction)
+        # One replica's non-finite loss makes every replica skip (see the module docstring),
+        # and a stop asked on any worker (a signal) is seen by all after this same step, so
+        # none is left waiting in the next step's all-reduce: one all-reduce for both.
+        summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                tf.stack([losses['total'], tf.cast(stop_request, tf.float32)]))
+        poison = 0. * summed[0]
         grads = [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, self.trainable_variables) if g is not None])
-        return losses
+        return losses, summed[1]
 
     def make_step(self):
-        """The `tf.function` running one global batch on all replicas; returns summed losses."""
-        self._compiled_loss_and_grads = tf.function(self._loss_and_grads,
-                                                    jit_compile=self.jit_compile or None)
-
+        """The `tf.function` running one global batch on all replicas; returns summed losses
+        and whether any worker asked to stop."""
         @tf.function
-        def step(batch):
+        def step(batch, stop_request):
             images, targets = batch
-            per_replica = self.strategy.run(self._replica_step, args=(images, targets))
+            per_replica, stop = self.strategy.run(self._replica_step,
+                                                  args=(images, targets, stop_request))
             self.global_step.assign_add(1)
-            return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                    for k, v in per_replica.items()}
+            losses = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                      for k, v in per_replica.items()}
+            return losses, self.strategy.reduce(tf.distribute.ReduceOp.SUM, stop, axis=None)
         self._step_fn = step
         return step
 
-    def train_step(self, batch):
+    def train_step(self, batch, stop_request=False):
+        """One global step; returns the summed losses. `stop_request`: this worker asks every
+        worker to stop after the step (`stop_requested_elsewhere` then becomes True)."""
         if self._step_fn is None:
             self.make_step()
-        return self._step_fn(batch)
+        losses, stop = self._step_fn(batch, tf.constant(float(bool(stop_request))))
+        self.stop_requested_elsewhere = bool(float(stop) > 0)
+        return losses
 
     # ------------------------------------------------------------------ the loop
     def train(self, dataset, max_steps, log_every_n_steps=10, save_interval_secs=600,
@@ -380,76 +557,109 @@ class Trainer:
         on_step(step, losses): called after each step (tests, callbacks).
         max_seconds: a wall-clock budget; when spent, training stops as if done (checkpoint
           saved), so a fixed-time comparison can be made.
-        Returns the reason it stopped: 'done', 'time budget', 'SIGINT' or 'SIGTERM'.
+        Any other exception (from the data, a callback, a summary write) first saves a
+        checkpoint of the last completed step, then propagates.
+        Returns the reason it stopped: 'done', 'time budget', 'SIGINT' or 'SIGTERM' (also
+        when the signal reached another worker).
         """
+        loop = LoopConfig(log_every_n_steps, save_interval_secs, save_every_n_steps,
+                          max_consecutive_nonfinite, save_summaries_secs, max_seconds)
         step = int(self.global_step.numpy())
         progress = progress or ProgressBar(max_steps, step, log_every_n_steps)
-        stop = {'signal': None}
-        previous = {}
-
-        def handler(signum, frame):
-            del frame
-            stop['signal'] = signal.Signals(signum).name
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        with _StopSignals() as signals:
             try:
-                previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-        last_save = last_summary = time.perf_counter()
+                reason = self._loop(iter(dataset), max_steps, loop, signals, progress,
+                                    summary_writer, on_summary, on_step)
+            except NonFiniteLossError:
+                raise
+            except Exception:
+                self._save_after_failure(progress)
+                raise
+        return self._finish(reason, max_steps, progress)
+
+    def _loop(self, iterator, max_steps, loop, signals, progress, summary_writer, on_summary,
+              on_step):
+        """The steps; returns why they stopped."""
+        clock = {'start': time.perf_counter(), 'save': time.perf_counter(),
+                 'summary': time.perf_counter()}
         bad_in_a_row = 0
-        reason = 'done'
-        iterator = iter(dataset)
-        t_start = time.perf_counter()
+        self.stop_requested_elsewhere = False
+        while int(self.global_step.numpy()) < max_steps:
+            if self.stop_requested_elsewhere or (signals.received and not self.multi_worker):
+                return signals.received or 'SIGTERM'
+            if loop.max_seconds is not None and \
+                    time.perf_counter() - clock['start'] >= loop.max_seconds:
+                progress.message(f"time budget of {loop.max_seconds:.0f} s spent at step "
+                                 f"{int(self.global_step.numpy())}")
+                return 'time budget'
+            t0 = time.perf_counter()
+            batch = next(iterator)
+            losses = {k: float(v) for k, v in
+                      self.train_step(batch, stop_request=signals.received).items()}
+            dt = time.perf_counter() - t0
+            step = int(self.global_step.numpy())
+            if not all(math.isfinite(v) for v in losses.values()):
+                bad_in_a_row = self._non_finite_step(step, losses, bad_in_a_row + 1, loop,
+                                                     progress)
+                continue
+            bad_in_a_row = 0
+            shown = {k: v for k, v in losses.items() if k != 'regularization'}
+            progress.update(step, shown, self.global_batch_size / dt if dt > 0 else 0.)
+            if on_step is not None:
+                on_step(step, losses)
+            self._write_scalars(step, losses, loop, progress, summary_writer)
+            now = time.perf_counter()
+            if on_summary is not None and now - clock['summary'] >= loop.save_summaries_secs:
+                on_summary(step, batch)
+                clock['summary'] = time.perf_counter()
+            if (loop.save_every_n_steps and step % loop.save_every_n_steps == 0) or \
+                    now - clock['save'] >= loop.save_interval_secs:
+                self.save()
+                clock['save'] = time.perf_counter()
+        return 'done'
+
+    def _non_finite_step(self, step, losses, bad_in_a_row, loop, progress):
+        """Reports a skipped step; raises NonFiniteLossError after too many in a row."""
+        progress.message(f"WARNING: non-finite loss at step {step}: " +
+                         ', '.join(f'{k}={v}' for k, v in losses.items()) +
+                         f"; update skipped ({bad_in_a_row} in a row)")
+        if bad_in_a_row >= loop.max_consecutive_nonfinite:
+            latest = self.manager.latest_checkpoint
+            raise NonFiniteLossError(
+                f"{bad_in_a_row} consecutive non-finite losses (last at step {step}); "
+                f"stopping. The last good checkpoint is kept: {latest}. Check the "
+                "data (NaN/inf pixels or boxes) or lower --learning_rate.")
+        return bad_in_a_row
+
+    def _write_scalars(self, step, losses, loop, progress, summary_writer):
+        """Loss terms, learning rate and images/s every `log_every_n_steps` steps."""
+        if summary_writer is None or step % max(loop.log_every_n_steps, 1):
+            return
+        with summary_writer.as_default(step=step):
+            for k, v in losses.items():
+                tf.summary.scalar(f'losses/{k}', v)
+            tf.summary.scalar('learning_rate', self.current_learning_rate())
+            tf.summary.scalar('images_per_second', progress.ips)
+
+    def _save_after_failure(self, progress):
+        """Saves the last completed step before an exception propagates (the original error
+        stays the one reported when the save fails too, e.g. on a full disk)."""
+        step = int(self.global_step.numpy())
         try:
-            while step < max_steps:
-                if stop['signal']:
-                    reason = stop['signal']
-                    break
-                if max_seconds is not None and time.perf_counter() - t_start >= max_seconds:
-                    reason = 'time budget'
-                    progress.message(f"time budget of {max_seconds:.0f} s spent at step {step}")
-                    break
-                t0 = time.perf_counter()
-                batch = next(iterator)
-                losses = {k: float(v) for k, v in self.train_step(batch).items()}
-                dt = time.perf_counter() - t0
-                step = int(self.global_step.numpy())
-                if not all(math.isfinite(v) for v in losses.values()):
-                    bad_in_a_row += 1
-                    progress.message(
-                        f"WARNING: non-finite loss at step {step}: " +
-                        ', '.join(f'{k}={v}' for k, v in losses.items()) +
-                        f"; update skipped ({bad_in_a_row} in a row)")
-                    if bad_in_a_row >= max_consecutive_nonfinite:
-                        latest = self.manager.latest_checkpoint
-                        raise NonFiniteLossError(
-                            f"{bad_in_a_row} consecutive non-finite losses (last at step {step}); "
-                            f"stopping. The last good checkpoint is kept: {latest}. Check the "
-                            "data (NaN/inf pixels or boxes) or lower --learning_rate.")
-                    continue
-                bad_in_a_row = 0
-                shown = {k: v for k, v in losses.items() if k != 'regularization'}
-                progress.update(step, shown, self.global_batch_size / dt if dt > 0 else 0.)
-                if on_step is not None:
-                    on_step(step, losses)
-                now = time.perf_counter()
-                if summary_writer is not None and (step % max(log_every_n_steps, 1) == 0):
-                    with summary_writer.as_default(step=step):
-                        for k, v in losses.items():
-                            tf.summary.scalar(f'losses/{k}', v)
-                        tf.summary.scalar('learning_rate', self.current_learning_rate())
-                        tf.summary.scalar('images_per_second', progress.ips)
-                if on_summary is not None and now - last_summary >= save_summaries_secs:
-                    on_summary(step, batch)
-                    last_summary = time.perf_counter()
-                if (save_every_n_steps and step % save_every_n_steps == 0) or \
-                        now - last_save >= save_interval_secs:
-                    self.save()
-                    last_save = time.perf_counter()
-        finally:
-            for sig, h in previous.items():
-                signal.signal(sig, h)
+            path = self.save()
+        except Exception as e:  # noqa: BLE001 (reported, the original error propagates)
+            progress.message(f"error at step {step}; saving a checkpoint failed too: {e}")
+            return None
+        progress.message(f"error after step {step}: checkpoint of step {step} saved to "
+                         f"{path}; fix the cause and run the same command to resume.")
+        return path
+
+    def _finish(self, reason, max_steps, progress):
+        """The closing checkpoint: at the end (with the moving averages as the weights), at the
+        time budget, or at a signal (then resumable)."""
+        step = int(self.global_step.numpy())
+        if reason in ('done', 'time budget'):
+            self.finalize_moving_average()
         if reason != 'done' or step >= max_steps:
             path = self.save()
             if reason in ('SIGINT', 'SIGTERM'):

@@ -283,3 +283,102 @@ def test_keras3_weights_h5_layout(tmp_path):
     for b, i in [(1, 1), (2, 2), (4, 3), (5, 1)]:
         np.testing.assert_array_equal(model.get_layer(f'conv{b}_{i}').weights[0].numpy(),
                                       vgg.get_layer(f'block{b}_conv{i}').weights[0].numpy())
+
+
+# ---------------------------------------------------------------------------- run config
+def test_run_config_round_trips_and_keeps_unknown_keys(tmp_path):
+    from ssd_tf import run_config
+    written = {'model_name': 'ssd_small', 'num_classes': 5, 'image_shape': [96, 96],
+               'label_names': ['a', 'b'], 'trainable_scopes': None, 'logtostderr': False,
+               'some_future_key': {'x': 1}}
+    cfg = run_config.RunConfig.from_dict(written)
+    assert cfg.model_name == 'ssd_small' and cfg.image_shape == [96, 96]
+    assert cfg.optimizer is None  # not recorded
+    assert cfg.extra == {'logtostderr': False, 'some_future_key': {'x': 1}}
+    path = cfg.write(str(tmp_path / 'run'))
+    assert path == str(tmp_path / 'run' / run_config.CONFIG_FILENAME)
+    back = run_config.RunConfig.read(str(tmp_path / 'run'))
+    assert back == cfg
+    assert {k: v for k, v in back.to_dict().items() if k in written} == written
+    # read_run_config finds it beside a checkpoint prefix; nothing there: an empty config
+    assert run_config.read_run_config(str(tmp_path / 'run' / 'ckpt-3')) == cfg
+    empty = run_config.read_run_config(str(tmp_path / 'elsewhere' / 'ckpt-3'))
+    assert not empty and empty.model_name is None
+    (tmp_path / 'bad').mkdir()
+    (tmp_path / 'bad' / 'config.json').write_text('{not json')
+    with pytest.raises(ValueError, match='bad/config.json'):
+        run_config.read_run_config(str(tmp_path / 'bad'))
+
+
+def test_one_home_for_checkpoint_resolution():
+    from ssd_tf import evaluation
+    from ssd_tf import export
+    from ssd_tf import run_config
+    from ssd_tf import training
+    for name in ('resolve_checkpoint', 'checkpoint_step', 'read_run_config', 'restore_model',
+                 'CONFIG_FILENAME', 'EXPORT_CONFIG_FILENAME'):
+        assert getattr(evaluation, name) is getattr(run_config, name), name
+    assert export.EXPORT_CONFIG_FILENAME is run_config.EXPORT_CONFIG_FILENAME
+    assert training.CONFIG_FILE == run_config.CONFIG_FILENAME
+    assert training.write_config is run_config.write_run_config
+    assert not hasattr(export, '_config_value')
+
+
+def test_resolve_checkpoint_path_is_resolve_checkpoint(tmp_path):
+    # The old helper returned a missing prefix unchanged; it now fails as resolve_checkpoint
+    # does, naming the path.
+    missing = str(tmp_path / 'model.ckpt-5')
+    with pytest.raises(ValueError, match='model.ckpt-5 does not exist'):
+        checkpoints.resolve_checkpoint_path(missing)
+    prefix = write_tf1_checkpoint(str(tmp_path / 'model.ckpt-7'),
+                                  {'w': np.zeros(2, np.float32)})
+    (tmp_path / 'checkpoint').write_text('model_checkpoint_path: "model.ckpt-7"\n')
+    assert checkpoints.resolve_checkpoint_path(str(tmp_path)) == prefix
+
+
+@pytest.mark.parametrize('key, now', [
+    ('label_names', ['b', 'a']),              # same classes, other order
+    ('label_names', ['a', 'c']),              # other names
+    ('dataset_name', 'voc'), ('dataset_dir', '/data/other'), ('dataset_split_name', 'val'),
+    ('optimizer', 'momentum'), ('mixed_precision', 'mixed_float16'),
+    ('trainable_scopes', 'ssd_small/block4_box'),
+    ('model_name', 'ssd_300_vgg'), ('num_classes', 21), ('batch_size', 4), ('seed', 5),
+])
+def test_resume_conflicts_name_each_changed_setting(key, now):
+    from ssd_tf import run_config
+    then = {'model_name': 'ssd_small', 'num_classes': 3, 'batch_size': 8, 'seed': 0,
+            'reference_compat': False, 'dataset_name': 'synthetic', 'dataset_dir': None,
+            'dataset_split_name': 'train', 'label_names': ['a', 'b'], 'image_shape': [96, 96],
+            'optimizer': 'adam', 'mixed_precision': None, 'trainable_scopes': None}
+    previous = run_config.RunConfig.from_dict(then)
+    assert run_config.resume_conflicts(previous, run_config.RunConfig.from_dict(then)) == []
+    current = run_config.RunConfig.from_dict(dict(then, **{key: now}))
+    (flag, was, is_now), = run_config.resume_conflicts(previous, current)
+    assert flag.startswith('label_map' if key == 'label_names' else key)
+    assert (was, is_now) == (then[key], now)
+    # a setting an older run did not record is not compared
+    older = run_config.RunConfig.from_dict({k: v for k, v in then.items() if k != key})
+    assert run_config.resume_conflicts(older, current) == []
+
+
+def test_count_tfrecord_records_reads_headers_only(tmp_path):
+    from ssd_tf import training
+    for name, n in (('a-0.tfrecord', 3), ('a-1.tfrecord', 2), ('b.tfrecord', 7)):
+        with tf.io.TFRecordWriter(str(tmp_path / name)) as w:
+            for i in range(n):
+                w.write(b'x' * (i * 10))  # includes an empty record
+    assert training.count_tfrecord_records(str(tmp_path / 'a-*.tfrecord')) == 5
+    assert training.count_tfrecord_records(
+        f"{tmp_path / 'a-0.tfrecord'},{tmp_path / 'b.tfrecord'}") == 10
+    # the epoch size of the decay schedules: --num_samples, else the records, else the count
+    assert training.resolve_num_samples(40, None, str(tmp_path / 'a-*')) == 40
+    assert training.resolve_num_samples(None, [1, 2], str(tmp_path / 'a-*')) == 2
+    assert training.resolve_num_samples(None, None, str(tmp_path / 'a-*')) == 5
+    assert training.steps_per_epoch(5000, 32) == 156  # floor(5000 / 32), not 1000
+    # a shard cut inside a record, and a pattern matching nothing, are named
+    data = (tmp_path / 'b.tfrecord').read_bytes()
+    (tmp_path / 'cut.tfrecord').write_bytes(data[:-3])
+    with pytest.raises(ValueError, match='cut.tfrecord: record 6 is truncated'):
+        training.count_tfrecord_records(str(tmp_path / 'cut.tfrecord'))
+    with pytest.raises(ValueError, match='matches no TFRecord file'):
+        training.count_tfrecord_records(str(tmp_path / 'none-*.tfrecord'))

@@ -363,3 +363,234 @@ def test_short_default_run_clearly_beats_untrained(tmp_path):
                 'learning_rate', 'images_per_second', 'ground_truth_vs_predictions'):
         assert tag in tags, sorted(tags)
     assert {150, 300} <= tags['eval/mAP_voc07']
+
+
+# ------------------------------------------------------------------ the optimizer and the loop
+def test_optimizer_config_and_the_compiled_step_exist_before_use(tmp_path):
+    c = training.OptimizerConfig(optimizer='momentum', momentum=0.5, clip_gradient_norm=2.)
+    opt = training.build_optimizer(c, 0.1)
+    assert isinstance(opt.inner_optimizer, keras.optimizers.SGD)
+    assert opt.inner_optimizer.momentum == 0.5 and opt.inner_optimizer.clipnorm == 2.
+    # the old call path: a name and keyword flags
+    old = training.build_optimizer('rmsprop', 0.1, rmsprop_decay=0.5, clipnorm=3.)
+    assert old.inner_optimizer.rho == 0.5 and old.inner_optimizer.clipnorm == 3.
+    from ssd_tf import run_config
+    cfg = run_config.RunConfig.from_dict({'optimizer': 'adam', 'adam_beta1': 0.8,
+                                          'moving_average_decay': None})
+    assert training.OptimizerConfig.from_run_config(cfg) == training.OptimizerConfig(
+        optimizer='adam', adam_beta1=0.8)
+    _, _, _, trainer, _ = _setup(tmp_path)
+    assert callable(trainer._compiled_loss_and_grads)  # assigned in __init__, not later
+
+
+def test_loss_scale_stays_one_outside_float16():
+    # 50 skipped (non-finite) steps, then a normal one: the update is exactly that of a fresh
+    # optimizer (Keras' LossScaleOptimizer halved the scale at each skip: 2**-50 here).
+    def make():
+        v = tf.Variable([1., -2., 3.])
+        return v, training.build_optimizer('adam', 0.1)
+
+    def step(v, opt, c):
+        with tf.GradientTape() as tape:
+            scaled = opt.scale_loss(tf.reduce_sum(v * c))
+        opt.apply_gradients([(tape.gradient(scaled, v), v)])
+
+    v, opt = make()
+    for _ in range(50):
+        step(v, opt, tf.constant([float('nan'), 1., 1.]))
+    np.testing.assert_array_equal(v.numpy(), [1., -2., 3.])  # skipped
+    assert float(opt.scale_loss(tf.constant(1.))) == 1.
+    fresh_v, fresh = make()
+    tiny = tf.constant([1e-30, -2e-30, 0.5])  # small gradients must not flush to zero either
+    step(v, opt, tiny)
+    step(fresh_v, fresh, tiny)
+    np.testing.assert_array_equal(v.numpy(), fresh_v.numpy())
+    assert not np.array_equal(v.numpy(), [1., -2., 3.])
+
+
+class _FailingWriter:
+    """A summary writer on a full disk."""
+
+    def as_default(self, step=None):
+        raise OSError(28, 'No space left on device')
+
+
+@pytest.mark.parametrize('fault', ['callback', 'summary', 'data'])
+def test_an_exception_in_the_loop_saves_the_last_good_step_first(tmp_path, fault):
+    _, _, _, trainer, ds = _setup(tmp_path)
+    batches = list(ds().take(2))
+
+    def data():
+        yield from batches
+        raise tf.errors.InvalidArgumentError(None, None, 'bad record 17 of x.tfrecord')
+
+    def on_step(step, losses):
+        if step == 2:
+            raise ValueError('--validation_split=tset: no such split')
+    kwargs = {'callback': dict(on_step=on_step), 'summary': dict(summary_writer=_FailingWriter(),
+                                                                 log_every_n_steps=2),
+              'data': {}}[fault]
+    progress = _Quiet(10)
+    with pytest.raises((ValueError, OSError, tf.errors.InvalidArgumentError)):
+        trainer.train(data(), 10, save_interval_secs=1e9, progress=progress, **kwargs)
+    assert latest_step(tmp_path) == 2  # steps 1 and 2 completed, none saved before the fault
+    assert any('checkpoint of step 2 saved' in m for m in progress.messages)
+
+
+@pytest.mark.parametrize('subset', [False, True], ids=['all', 'trainable_scopes'])
+def test_moving_averages_in_every_checkpoint_and_the_final_weights(tmp_path, subset):
+    from ssd_tf import run_config
+    keras.utils.set_random_seed(0)
+    net = ssd_small.SSDNet()
+    model = net.keras_model()
+    opt = training.build_optimizer('adam', 1e-2, moving_average_decay=0.5)
+    trainable = model.trainable_variables[-4:] if subset else None
+    trainer = training.Trainer(net, model, opt, tf.distribute.get_strategy(), str(tmp_path),
+                               8, trainable_variables=trainable)
+    _, _, _, _, ds = _setup(tmp_path / 'data')
+    snap = {}
+
+    def on_step(step, losses):
+        snap[step] = ([a.numpy().copy() for a in opt.inner_optimizer
+                       ._model_variables_moving_average],
+                      [v.numpy().copy() for v in trainer.trainable_variables])
+    assert trainer.train(ds(), 3, save_every_n_steps=2, on_step=on_step,
+                         progress=_Quiet(3)) == 'done'
+    mid, final = str(tmp_path / 'ckpt-2'), str(tmp_path / 'ckpt-3')
+    averages, raw = snap[2]
+    assert any(not np.array_equal(a, r) for a, r in zip(averages, raw))
+    index = [i for i, v in enumerate(model.trainable_variables)
+             if any(v is t for t in trainer.trainable_variables)]
+    # a mid-run checkpoint: raw weights as the model, the averages beside them
+    fresh = net.keras_model()
+    run_config.restore_model(fresh, 'tf2', mid)
+    for i, r in zip(index, raw):
+        np.testing.assert_array_equal(fresh.trainable_variables[i].numpy(), r)
+    run_config.restore_model(fresh, 'tf2', mid, moving_average=True)
+    for i, a in zip(index, averages):
+        np.testing.assert_array_equal(fresh.trainable_variables[i].numpy(), a)
+    # the final checkpoint: the averages are the model's weights (eval and export use them)
+    final_averages = [a.numpy() for a in opt.inner_optimizer._model_variables_moving_average]
+    fresh = net.keras_model()
+    run_config.restore_model(fresh, 'tf2', final)
+    for i, a in zip(index, final_averages):
+        np.testing.assert_array_equal(fresh.trainable_variables[i].numpy(), a)
+
+
+# ------------------------------------------------------------------ the run (subprocesses)
+def _snapshot(train_dir):
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+            for p in pathlib.Path(train_dir).iterdir()}
+
+
+def test_refused_resume_names_the_flag_and_writes_nothing(tmp_path):
+    train_dir = tmp_path / 'run'
+    base = ['--train_dir', str(train_dir), '--max_number_of_steps=1', '--eval_split_name=']
+    r = run_train(base + TINY)
+    assert r.returncode == 0, r.stderr
+    before = _snapshot(train_dir)
+    for flag, needle in (('--optimizer=sgd', '--optimizer=adam there, sgd now'),
+                         ('--trainable_scopes=ssd_small/block4_box',
+                          '--trainable_scopes=None there, ssd_small/block4_box now'),
+                         ('--mixed_precision=mixed_bfloat16',
+                          '--mixed_precision=None there, mixed_bfloat16 now')):
+        r = run_train(base[:2] + ['--max_number_of_steps=3', '--eval_split_name=', flag] + TINY)
+        assert r.returncode == 2 and needle in r.stderr, (flag, r.stderr[-2000:])
+        # labels.txt and config.json unchanged, no new checkpoint, no new event file
+        assert _snapshot(train_dir) == before, flag
+
+
+def test_a_typo_in_validation_split_fails_before_step_one(tmp_path):
+    train_dir = tmp_path / 'run'
+    r = run_train(['--train_dir', str(train_dir), '--max_number_of_steps=100000',
+                   '--validation_split=tset', '--eval_every_n_steps=2'] + TINY)
+    assert r.returncode == 2
+    assert '--validation_split=tset' in r.stderr, r.stderr[-2000:]
+    assert 'step 1/' not in r.stderr
+    assert latest_step(train_dir) is None
+
+
+def test_moving_average_with_trainable_scopes_for_eval_during_training_and_export(tmp_path):
+    from absl import flags as absl_flags
+    import eval_ssd
+    from nets import nets_factory
+    from ssd_tf import export
+    train_dir = tmp_path / 'run'
+    r = run_train(['--train_dir', str(train_dir), '--max_number_of_steps=3',
+                   '--eval_split_name=test', '--moving_average_decay=0.5',
+                   '--trainable_scopes=ssd_small/block4_box', '--save_every_n_steps=2'] + TINY)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'VOC07 mAP (test' in r.stdout  # the final evaluation is no longer lost
+
+    def averages(prefix):
+        reader = tf.train.load_checkpoint(prefix)
+        names = [n for n in reader.get_variable_to_shape_map()
+                 if n.startswith('moving_average/')]
+        assert names
+        return {int(n.split('/')[2]): reader.get_tensor(n) for n in names}
+
+    # eval_ssd --wait_for_checkpoints --moving_average_decay on a checkpoint written during
+    # training: the averages are evaluated, not the raw weights
+    mid = str(train_dir / 'ckpt-2')
+    absl_flags.FLAGS.unparse_flags()
+    absl_flags.FLAGS(['eval_ssd', f'--checkpoint_path={train_dir}', '--wait_for_checkpoints',
+                      f'--eval_dir={tmp_path / "eval"}', '--synthetic_num_images=2',
+                      '--moving_average_decay=0.5'])
+    try:
+        e = eval_ssd.Evaluation()
+        e.restore(mid, 'tf2')
+        for i, value in averages(mid).items():
+            np.testing.assert_array_equal(e.model.trainable_variables[i].numpy(), value)
+    finally:
+        absl_flags.FLAGS.unparse_flags()
+    # export: the final checkpoint's weights are the averages
+    _, model, _, path = export.load_from_checkpoint(str(train_dir), nets_factory.get_network)
+    assert path.endswith('ckpt-3')
+    for i, value in averages(path).items():
+        np.testing.assert_array_equal(model.trainable_variables[i].numpy(), value)
+
+
+def _start_workers(tmp_path, args):
+    """Two train_ssd.py workers of a localhost multi-worker cluster; their TMPDIR is
+    tmp_path/tmp (where a non-chief keeps its own checkpoints)."""
+    ports = _free_ports(2)
+    cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
+    (tmp_path / 'tmp').mkdir(exist_ok=True)
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1',
+                   TMPDIR=str(tmp_path / 'tmp'), TF_CONFIG=json.dumps(
+                       {'cluster': cluster, 'task': {'type': 'worker', 'index': i}}))
+        procs.append(subprocess.Popen(
+            [sys.executable, str(ROOT / 'train_ssd.py'), '--strategy=multi_worker'] + args,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT))
+    return procs
+
+
+def test_multi_worker_only_the_chief_writes_and_sigterm_stops_all(tmp_path):
+    train_dir = tmp_path / 'run'
+    args = ['--train_dir', str(train_dir), '--eval_split_name=', '--save_summaries_secs=100000',
+            '--save_interval_secs=100000'] + TINY
+    # 1. A short run: checkpoints, config, labels and events of the chief only.
+    procs = _start_workers(tmp_path, args + ['--max_number_of_steps=2'])
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert latest_step(train_dir) == 2
+    assert len(list(train_dir.glob('events.out.tfevents.*'))) == 1
+    assert {'config.json', 'labels.txt', 'checkpoint'} <= {p.name for p in train_dir.iterdir()}
+    assert f"not the chief: checkpoints go to {tmp_path / 'tmp'}" in outs[1]
+    assert 'not the chief' not in outs[0]
+    assert not list((tmp_path / 'tmp').iterdir())  # the other worker's directory is removed
+    # 2. SIGTERM to the non-chief worker: both stop at the same step, neither hangs.
+    procs = _start_workers(tmp_path, args + ['--max_number_of_steps=100000'])
+    lines = []
+    for line in procs[1].stdout:
+        lines.append(line)
+        if line.startswith('step 5/'):
+            procs[1].send_signal(signal.SIGTERM)
+            break
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [''.join(lines) + outs[1], outs[0]]
+    assert 'SIGTERM received: checkpoint saved' in outs[0]  # the chief, told by the all-reduce
+    assert latest_step(train_dir) >= 5
+    assert not list((tmp_path / 'tmp').iterdir())

@@ -1,0 +1,356 @@
+"""A training run's configuration and its checkpoints: the one place that reads and writes them.
+
+`RunConfig` is the typed form of the `config.json` that `train_ssd.py` writes next to its
+checkpoints (every training flag plus what the run resolved: num_classes, image_shape,
+num_replicas, label_names). A field the file does not hold is None ("not recorded"), so a
+slim checkpoint without a config, or an older run directory, still loads; keys this class does
+not know are kept in `extra` and written back unchanged.
+
+`resolve_checkpoint` says what a `--checkpoint_path` is (a SavedModel, an object-based TF2
+checkpoint or a name-based slim one), `checkpoint_step` its training step, `read_run_config`
+finds the config beside it and `restore_model` loads its weights into a Keras model (the
+moving averages of the weights when asked and stored).
+"""
+import dataclasses
+import gc
+import json
+import os
+
+import tensorflow as tf
+
+CONFIG_FILENAME = 'config.json'
+EXPORT_CONFIG_FILENAME = 'export_config.json'  # ssd_tf.export's assets/ file
+# The checkpoint item holding the moving averages of the trainable weights (ssd_tf.training),
+# keyed by the index of the variable in `model.trainable_variables`.
+MOVING_AVERAGE_ITEM = 'moving_average'
+_OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
+# What must not change when a run is resumed (RunConfig fields), and how an error names the
+# ones that are not themselves flags.
+RESUME_KEYS = ('model_name', 'num_classes', 'batch_size', 'reference_compat', 'dataset_name',
+               'dataset_dir', 'dataset_split_name', 'label_names', 'seed', 'image_shape',
+               'optimizer', 'mixed_precision', 'trainable_scopes')
+_RESUME_FLAG_NAMES = {'label_names': 'label_map (class names in order)',
+                      'image_shape': 'model_name (input size)'}
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """The resolved configuration of a training run (`config.json`); None = not recorded.
+
+    The fields are train_ssd.py's flags (same names and meanings; see `train_ssd.py --help`)
+    and what the run resolved from them. `extra` holds every other key of the file.
+    """
+    # run and data
+    train_dir: str = None
+    dataset_name: str = None
+    dataset_dir: str = None
+    dataset_split_name: str = None
+    eval_split_name: str = None
+    validation_split: str = None
+    eval_every_n_steps: int = None
+    label_map: str = None
+    strict_data: bool = None
+    synthetic_num_train: int = None
+    synthetic_num_test: int = None
+    num_samples: int = None
+    seed: int = None
+    num_preprocessing_threads: int = None
+    # network
+    model_name: str = None
+    num_classes: int = None
+    reference_compat: bool = None
+    # loss
+    match_threshold: float = None
+    negative_ratio: float = None
+    loss_alpha: float = None
+    label_smoothing: float = None
+    weight_decay: float = None
+    # optimisation
+    batch_size: int = None
+    max_number_of_steps: int = None
+    optimizer: str = None
+    learning_rate: float = None
+    learning_rate_decay_type: str = None
+    end_learning_rate: float = None
+    learning_rate_decay_factor: float = None
+    num_epochs_per_decay: float = None
+    warmup_steps: int = None
+    moving_average_decay: float = None
+    clip_gradient_norm: float = None
+    adadelta_rho: float = None
+    adagrad_initial_accumulator_value: float = None
+    adam_beta1: float = None
+    adam_beta2: float = None
+    opt_epsilon: float = None
+    ftrl_learning_rate_power: float = None
+    ftrl_initial_accumulator_value: float = None
+    ftrl_l1: float = None
+    ftrl_l2: float = None
+    momentum: float = None
+    rmsprop_momentum: float = None
+    rmsprop_decay: float = None
+    # fine-tuning
+    checkpoint_path: str = None
+    checkpoint_model_scope: str = None
+    checkpoint_exclude_scopes: str = None
+    trainable_scopes: str = None
+    ignore_missing_vars: bool = None
+    # execution
+    strategy: str = None
+    num_logical_cpus: int = None
+    tpu: str = None
+    mixed_precision: str = None
+    jit_compile: bool = None
+    max_train_secs: float = None
+    log_every_n_steps: int = None
+    save_interval_secs: int = None
+    save_every_n_steps: int = None
+    save_summaries_secs: int = None
+    max_checkpoints_to_keep: int = None
+    max_consecutive_nonfinite: int = None
+    # resolved by the run
+    image_shape: list = None
+    num_replicas: int = None
+    label_names: list = None
+    # every other key of the file (absl's own flags, export_config.json's thresholds, ...)
+    extra: dict = dataclasses.field(default_factory=dict)
+    # the keys the source dict held (a recorded None differs from a key an older run lacks)
+    recorded: frozenset = dataclasses.field(default=frozenset(), repr=False, compare=False)
+
+    @classmethod
+    def field_names(cls):
+        return [f.name for f in dataclasses.fields(cls) if f.name not in ('extra', 'recorded')]
+
+    @classmethod
+    def from_dict(cls, d):
+        """`{key: value}` -> RunConfig; unknown keys go to `extra`."""
+        d = dict(d or {})
+        recorded = frozenset(d)
+        known = {k: d.pop(k) for k in cls.field_names() if k in d}
+        known['recorded'] = recorded
+        if known.get('image_shape') is not None:
+            known['image_shape'] = [int(s) for s in known['image_shape']]
+        if known.get('label_names') is not None:
+            known['label_names'] = list(known['label_names'])
+        return cls(**known, extra=d)
+
+    def to_dict(self):
+        """The flat dict written to config.json (`extra` keys included)."""
+        out = dict(self.extra)
+        out.update({k: getattr(self, k) for k in self.field_names()})
+        return out
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def get(self, key, default=None):
+        """Dict-style read of a field or extra key (None counts as absent)."""
+        value = getattr(self, key, None) if key in self.field_names() else self.extra.get(key)
+        return default if value is None else value
+
+    def __bool__(self):
+        """False for a config that records nothing (no file was found)."""
+        return any(v is not None for v in self.to_dict().values())
+
+    @classmethod
+    def read(cls, path):
+        """Reads a config file (or `<dir>/config.json`); ValueError naming it when unreadable."""
+        path = os.fspath(path)
+        if tf.io.gfile.isdir(path):
+            path = os.path.join(path, CONFIG_FILENAME)
+        try:
+            with tf.io.gfile.GFile(path) as f:
+                data = json.load(f)
+        except (OSError, tf.errors.OpError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read the training config {path}: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"the training config {path} is not a JSON object")
+        return cls.from_dict(data)
+
+    def write(self, directory):
+        """Writes `<directory>/config.json` atomically (a temporary file, then a rename)."""
+        return write_run_config(directory, self)
+
+
+def resume_conflicts(previous, current, keys=RESUME_KEYS):
+    """The settings that differ between the run `previous` (a RunConfig read from its
+    train_dir) and the one about to resume it, as `[(flag, then, now)]`. A setting an older
+    config.json did not record is not compared."""
+    def norm(value):
+        return list(value) if isinstance(value, (list, tuple)) else value
+    return [(_RESUME_FLAG_NAMES.get(k, k), getattr(previous, k), getattr(current, k))
+            for k in keys if k in previous.recorded and
+            norm(getattr(previous, k)) != norm(getattr(current, k))]
+
+
+def write_run_config(train_dir, config):
+    """Writes the run configuration (a RunConfig or a dict) to `<train_dir>/config.json`
+    atomically; returns the path."""
+    if isinstance(config, RunConfig):
+        config = config.to_dict()
+    os.makedirs(train_dir, exist_ok=True)
+    path = os.path.join(train_dir, CONFIG_FILENAME)
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(config, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def read_run_config(checkpoint_path):
+    """The RunConfig of the run beside a checkpoint; an empty RunConfig (falsy) if none.
+
+    Looked for in the checkpoint's directory (the train_dir) and its parent; for a SavedModel
+    of `ssd_tf.export` also `assets/export_config.json`.
+    """
+    path = os.fspath(checkpoint_path)
+    base = path if tf.io.gfile.isdir(path) else os.path.dirname(path)
+    candidates = [os.path.join(d, CONFIG_FILENAME) for d in (base, os.path.dirname(base))]
+    candidates.append(os.path.join(base, 'assets', EXPORT_CONFIG_FILENAME))
+    for candidate in candidates:
+        if tf.io.gfile.exists(candidate) and not tf.io.gfile.isdir(candidate):
+            return RunConfig.read(candidate)
+    return RunConfig()
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _saved_model_version(path):
+    """The highest numbered `<path>/<n>/saved_model.pb` (TF Serving's layout), or None."""
+    versions = [int(d.rstrip('/')) for d in tf.io.gfile.listdir(path)
+                if d.rstrip('/').isdigit() and
+                tf.io.gfile.exists(os.path.join(path, d.rstrip('/'), 'saved_model.pb'))]
+    return os.path.join(path, str(max(versions))) if versions else None
+
+
+def resolve_checkpoint(checkpoint_path):
+    """What `--checkpoint_path` points to: `(kind, path)`.
+
+    kind 'saved_model' (a directory with saved_model.pb, or TF Serving's versioned layout:
+    the highest numbered subdirectory), 'tf2' (an object-based tf.train.Checkpoint, e.g. from
+    training's CheckpointManager) or 'slim' (a name-based TF1 checkpoint). A directory resolves
+    to its latest checkpoint. Anything else is a ValueError naming the path.
+    """
+    path = os.fspath(checkpoint_path) if checkpoint_path else ''
+    if not path:
+        raise ValueError("--checkpoint_path is empty; pass a checkpoint prefix, a training "
+                         "directory or a SavedModel directory")
+    if tf.io.gfile.isdir(path):
+        if tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')):
+            return 'saved_model', path
+        version = _saved_model_version(path)
+        if version is not None:  # TF Serving's layout output_dir/<version>/ (ssd_tf.export)
+            return 'saved_model', version
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise ValueError(f"--checkpoint_path={path} is a directory with neither a "
+                             f"checkpoint (no 'checkpoint' index file) nor saved_model.pb; "
+                             f"pass a prefix such as "
+                             f"{os.path.join(path, 'model.ckpt-NNNN')}")
+        path = latest
+    elif not tf.io.gfile.exists(path + '.index'):
+        raise ValueError(f"--checkpoint_path={path} does not exist (no directory, and no "
+                         f"checkpoint prefix with {os.path.basename(path)}.index)")
+    try:
+        names = {n for n, _ in tf.train.list_variables(path)}
+    except (tf.errors.OpError, ValueError) as e:
+        raise ValueError(f"--checkpoint_path={path} is not a readable checkpoint: {e}") from e
+    return ('tf2' if _OBJECT_GRAPH_KEY in names else 'slim'), path
+
+
+def checkpoint_step(path):
+    """Training step of a checkpoint: its 'step'/'global_step' variable if stored, else the
+    number ending the prefix (`ckpt-1200`, `model.ckpt-1200`), else 0."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        shapes = reader.get_variable_to_shape_map()
+        for name in shapes:
+            if name.split('/')[0] in ('step', 'global_step') and not shapes[name]:
+                return int(reader.get_tensor(name))
+    except (tf.errors.OpError, ValueError):
+        pass
+    tail = os.path.basename(path).rsplit('-', 1)
+    return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else 0
+
+
+def has_moving_average(path):
+    """True when the TF2 checkpoint `path` stores the weights' moving averages (a run with
+    --moving_average_decay)."""
+    try:
+        return any(n.startswith(MOVING_AVERAGE_ITEM + '/')
+                   for n, _ in tf.train.list_variables(path))
+    except (tf.errors.OpError, ValueError):
+        return False
+
+
+def moving_average_item(variables):
+    """The checkpoint item `{str(index): variable}` under which the moving averages are
+    saved (training passes the averages) and restored (eval passes the model's own
+    trainable variables, so that the averages land in the model)."""
+    item = tf.Module()
+    item.averages = {str(i): v for i, v in variables}
+    return item
+
+
+def _quiet_collect(ckpt):
+    """A failed restore leaves a Checkpoint with unrestored values that logs one warning per
+    optimizer slot when collected; collect it quietly so the error stands alone."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel('ERROR')
+    try:
+        del ckpt
+        gc.collect()
+    finally:
+        logger.setLevel(level)
+
+
+def restore_model(model, kind, path, slim_variable_map=None, model_scope=None,
+                  moving_average=False):
+    """Restores `model` weights from a checkpoint resolved by `resolve_checkpoint`.
+
+    'tf2': `tf.train.Checkpoint(model=model)`; every model variable must be in the checkpoint.
+    With `moving_average=True` the trained weights then get their moving averages from the
+    checkpoint (ValueError when it holds none). 'slim':
+    `ssd_tf.checkpoints.load_slim_checkpoint(slim_variable_map, ...)`; pass the map (e.g.
+    `nets.ssd_vgg_keras.slim_variable_map(model)`). Shape mismatches (usually another
+    --num_classes or --model_name than at training) are ValueErrors naming the path and flags.
+    """
+    hint = (f"check --model_name and --num_classes (they must match the network that wrote "
+            f"{path})")
+    if kind == 'tf2':
+        ckpt = tf.train.Checkpoint(model=model)
+        error = None
+        try:
+            status = ckpt.restore(path)
+            status.expect_partial()
+            status.assert_existing_objects_matched()
+        except (ValueError, AssertionError, tf.errors.OpError) as e:
+            error = f"cannot restore the model from --checkpoint_path={path}: {e}\n{hint}"
+        if error is None:
+            if moving_average:
+                restore_moving_average(model, path)
+            return status
+        _quiet_collect(ckpt)
+        raise ValueError(error)
+    if kind == 'slim':
+        from ssd_tf import checkpoints as checkpoints_lib
+        if slim_variable_map is None:
+            raise ValueError(f"{path} is a slim (name-based) checkpoint; a slim variable map "
+                             f"of the model is needed to load it")
+        try:
+            return checkpoints_lib.load_slim_checkpoint(
+                slim_variable_map, path, model_scope=model_scope or model.name)
+        except ValueError as e:
+            raise ValueError(f"cannot load the slim checkpoint --checkpoint_path={path}: {e}\n"
+                             f"{hint}") from e
+    raise ValueError(f"unknown checkpoint kind {kind!r} for {path}")
+
+
+def restore_moving_average(model, path):
+    """Overwrites the trained weights of `model` with the moving averages stored in the TF2
+    checkpoint `path` (variables that were not trained keep the checkpoint's values)."""
+    if not has_moving_average(path):
+        raise ValueError(f"{path} holds no moving averages of the weights (the run was not "
+                         f"trained with --moving_average_decay)")
+    item = moving_average_item(enumerate(model.trainable_variables))
+    tf.train.Checkpoint(**{MOVING_AVERAGE_ITEM: item}).restore(path).expect_partial()
