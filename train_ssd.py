@@ -216,8 +216,12 @@ def _load_split(cfg, split, num_synthetic, flag='--dataset_split_name'):
     """`(records, label_map, summary)` of one split; (None, None, '') for TFRecord data (read
     in the graph). A split that cannot be read is a UserError naming `flag`."""
     from ssd_tf.datasets import factory
-    if cfg.dataset_name == 'tfrecord':
-        return None, None, ''
+    if cfg.dataset_name == 'tfrecord':  # records are read (and checked) in the graph
+        try:
+            return None, factory.tfrecord_label_map(cfg.dataset_dir, cfg.label_map), ''
+        except (ValueError, OSError) as e:
+            raise UserError(f"--dataset_dir={cfg.dataset_dir} / --label_map={cfg.label_map}: "
+                            f"{e}") from e
     try:
         records, label_map, summary = factory.load_records(
             cfg.dataset_name, cfg.dataset_dir, split, label_map=cfg.label_map,
@@ -407,10 +411,13 @@ def write_run_files(cfg, label_map):
 
 
 def make_train_dataset(cfg, net, strategy, records, start_step):
-    """The distributed training dataset positioned at `start_step`."""
+    """`(dataset, problems)`: the distributed training dataset positioned at `start_step`,
+    and the `check.DataProblems` that counts the TFRecord records it skips (strict mode: the
+    first bad record stops the run, naming its shard and index)."""
     import tensorflow as tf
     from preprocessing import ssd_vgg_preprocessing as prep
     from ssd_tf import data as data_lib
+    from ssd_tf.datasets import check as check_lib
     anchors = net.anchors()
     image_shape = tuple(cfg.image_shape)
 
@@ -422,12 +429,13 @@ def make_train_dataset(cfg, net, strategy, records, start_step):
         return net.bboxes_encode(labels, bboxes, anchors, match_threshold=cfg.match_threshold)
 
     source = records if records is not None else cfg.dataset_dir
+    problems = check_lib.DataProblems(strict=cfg.strict_data)
     threads = cfg.num_preprocessing_threads or tf.data.AUTOTUNE
     dataset = data_lib.build_dataset(
         source, preprocess_train, encode, batch_size=cfg.batch_size, is_training=True,
         seed=cfg.seed, num_parallel_calls=threads, with_gt=True,
-        start=start_step * cfg.batch_size)
-    return strategy.experimental_distribute_dataset(dataset)
+        start=start_step * cfg.batch_size, num_classes=cfg.num_classes, report=problems)
+    return strategy.experimental_distribute_dataset(dataset), problems
 
 
 class RunEvaluation:
@@ -512,17 +520,20 @@ def make_periodic_validation(cfg, evaluate, writer, progress):
     return on_step
 
 
-def report_data_quality(summary, writer, step):
-    """The training data's quality report (records read, skipped and why) at the end of
-    training: printed and written to TensorBoard as text ('data/quality'). `summary` is today
-    the readers' one-line summary of the training split; the TFRecord pipeline's count of
-    skipped records belongs here too."""
+def report_data_quality(summary, problems, writer, step):
+    """The training data's quality report at the end of training (or after a failure):
+    the readers' one-line summary of the training split (`summary`, VOC/COCO/synthetic) and
+    the TFRecord pipeline's skipped records and dropped boxes (`problems`, a
+    `check.DataProblems`), printed and written to TensorBoard (texts 'data/quality' and
+    'data/problems', scalars 'data/records_skipped', 'data/boxes_dropped')."""
     import tensorflow as tf
-    if not summary:
-        return
-    print(f"train data: {summary}", file=sys.stderr)
-    with writer.as_default(step=step):
-        tf.summary.text('data/quality', summary)
+    if summary:
+        print(f"train data: {summary}", file=sys.stderr)
+        with writer.as_default(step=step):
+            tf.summary.text('data/quality', summary)
+    if problems is not None and problems:
+        print(f"train data: {problems.summary()}", file=sys.stderr)
+        problems.write_summary(step, writer)
 
 
 def final_evaluation(cfg, evaluate, writer, step):
@@ -597,7 +608,7 @@ def _run(cfg, strategy, chief, save_dir):
     step = restore_or_initialise(cfg, trainer, init_report)
     if chief:
         write_run_files(cfg, label_map)
-    dataset = make_train_dataset(cfg, net, strategy, records, step)
+    dataset, problems = make_train_dataset(cfg, net, strategy, records, step)
     writer = tf.summary.create_file_writer(cfg.train_dir) if chief \
         else tf.summary.create_noop_writer()
     progress = training.ProgressBar(cfg.max_number_of_steps, step, cfg.log_every_n_steps)
@@ -620,13 +631,16 @@ def _run(cfg, strategy, chief, save_dir):
         print(f"train_ssd.py: error: {e}", file=sys.stderr)
         return 3
     except (OSError, tf.errors.OpError) as e:  # the last good step was saved first
-        print(f"train_ssd.py: error: {e}", file=sys.stderr)
+        # A bad record under --strict_data surfaces as an OpError: print its clear message.
+        print(f"train_ssd.py: error: {problems.strict_error or e}", file=sys.stderr)
+        if chief:
+            report_data_quality('', problems, writer, int(trainer.global_step.numpy()))
         return 2
     if reason in ('SIGINT', 'SIGTERM'):
         return 0
     final_step = int(trainer.global_step.numpy())
     if chief:
-        report_data_quality(summary, writer, final_step)
+        report_data_quality(summary, problems, writer, final_step)
         final_evaluation(cfg, evaluate, writer, final_step)
     return 0
 

@@ -483,3 +483,40 @@ def test_a_truncated_shard_is_named_by_the_check_and_does_not_stop_eval(tmp_path
     recs = synthetic_records(6)
     assert ids == sorted(r.image_id.encode() for r in recs[:4] + recs[5:])  # all but record 4
     assert report.num_skipped == 1
+
+
+# ---------------------------------------------------------------------------- train_ssd.py
+def _train_on(shard, tmp_path, *extra):
+    import pathlib
+    import subprocess
+    import sys
+    from ssd_tf.datasets import labelmap
+    root = pathlib.Path(__file__).resolve().parents[1]
+    labels = labelmap.LabelMap(['p', 'q', 'r']).write(str(tmp_path / 'my_labels.txt'))
+    cmd = [sys.executable, str(root / 'train_ssd.py'), '--dataset_name=tfrecord',
+           f'--dataset_dir={shard}', f'--label_map={labels}', '--batch_size=4',
+           '--max_number_of_steps=2', '--eval_split_name=', '--log_every_n_steps=1',
+           f'--train_dir={tmp_path / "run"}', *extra]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root, env=env)
+
+
+def test_train_ssd_on_bad_tfrecords_reports_them_and_honours_label_map(tmp_path):
+    shard, bad = bad_shard(tmp_path / 'x.tfrecord')
+    r = _train_on(shard, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # the end-of-training summary names the shard and counts the skipped records
+    assert 'records skipped' in r.stderr and 'x.tfrecord record 1' in r.stderr, r.stderr[-3000:]
+    # --label_map is used for TFRecord data (today: ignored) and travels with the run
+    from ssd_tf.datasets import labelmap
+    assert list(labelmap.LabelMap.read(str(tmp_path / 'run')).names) == ['p', 'q', 'r']
+
+
+def test_train_ssd_strict_data_stops_naming_the_record(tmp_path):
+    shard, bad = bad_shard(tmp_path / 'x.tfrecord')
+    r = _train_on(shard, tmp_path, '--strict_data')
+    assert r.returncode == 2, r.stderr[-3000:]
+    # the first bad record of the (shuffled) stream is named: shard and index
+    assert any(f'x.tfrecord record {i}:' in r.stderr for i in bad), r.stderr[-3000:]
+    assert '--strict_data' in r.stderr
+    assert 'Traceback' not in r.stderr
