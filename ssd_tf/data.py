@@ -32,6 +32,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf import images
 from ssd_tf.datasets import tfrecord as tfrecord_lib
 from ssd_tf.datasets.records import Record
 
@@ -40,11 +41,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 _MAX_INTERLEAVE = 8
 
 
-def decode_image(encoded):
-    """Encoded JPEG/PNG/GIF/BMP bytes (any channel count) -> uint8 `[H, W, 3]` RGB."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
+# The one image decoder (header checks, first GIF frame); the old name is kept here.
+decode_image = images.decode_image
 
 
 # ---------------------------------------------------------------------------- sources
