@@ -46,10 +46,13 @@ def main(argv):
     if not path.endswith('.tflite') and not os.path.isfile(os.path.join(path, 'saved_model.pb')):
         from nets import nets_factory
         get_network, factory = nets_factory.get_network, preprocess_factory
-    fn, labels = detect.make_detector(path, get_network, factory, FLAGS.model_name,
-                                      FLAGS.num_classes, FLAGS.label_map)
-    results = detect.run(fn, detect.list_images(FLAGS.images), FLAGS.output_dir, labels,
-                         FLAGS.score_threshold, FLAGS.max_image_pixels or None)
+    try:
+        fn, labels = detect.make_detector(path, get_network, factory, FLAGS.model_name,
+                                          FLAGS.num_classes, FLAGS.label_map)
+        results = detect.run(fn, detect.list_images(FLAGS.images), FLAGS.output_dir, labels,
+                             FLAGS.score_threshold, FLAGS.max_image_pixels or None)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"detect.py: error: {err}")
     n = sum(len(r['detections']) for r in results)
     skipped = [r for r in results if 'error' in r]
     print(f"{len(results) - len(skipped)} images, {n} detections, {len(skipped)} skipped "
@@ -59,12 +62,7 @@ def main(argv):
 
 
 def run_main():
-    def guarded(argv):
-        try:
-            main(argv)
-        except (ValueError, FileNotFoundError) as err:
-            raise SystemExit(f"detect.py: error: {err}")
-    app.run(guarded)
+    app.run(main)
 
 
 if __name__ == '__main__':

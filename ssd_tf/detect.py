@@ -132,12 +132,16 @@ def output_paths(image_paths, output_dir):
     return out
 
 
-def _reason(err):
-    """The first line of a TensorFlow error without the Assert wrapping."""
-    text = (getattr(err, 'message', None) or str(err)).strip().splitlines()[0]
-    if text.startswith('assertion failed: [') and text.endswith(']'):
-        text = text[len('assertion failed: ['):-1]
-    return text
+def _reason(err, where):
+    """The reason in a TensorFlow error: the Assert message of `images.decode_image` without
+    its wrapping and the `<where>: ` prefix, else the error's first line."""
+    lines = (getattr(err, 'message', None) or str(err)).strip().splitlines()
+    for line in lines:
+        line = line.strip()
+        if line.startswith('assertion failed: [') and line.endswith(']'):
+            text = line[len('assertion failed: ['):-1]
+            return text[len(where) + 2:] if text.startswith(f'{where}: ') else text
+    return lines[0] if lines else type(err).__name__
 
 
 def _detect_one(detect, path, max_pixels):
@@ -151,7 +155,7 @@ def _detect_one(detect, path, max_pixels):
         image = images.decode_image(data, max_pixels, where=path).numpy()
         return image, detect(data, image)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        raise ValueError(_reason(e)) from None
+        raise ValueError(_reason(e, path)) from None
 
 
 def _write_json(results, path):
