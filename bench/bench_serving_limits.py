@@ -89,7 +89,8 @@ def child(case, model_path):
         fn(image_bytes=tf.constant(request))
         outcome = 'answered'
     except tf.errors.InvalidArgumentError as e:
-        outcome = 'refused: ' + e.message.splitlines()[0][:90]
+        lines = [x for x in e.message.splitlines() if 'assertion failed' in x] or [e.message]
+        outcome = 'refused: ' + lines[0].strip()[:100]
     seconds = time.perf_counter() - t0
     print(json.dumps(dict(case=case, seconds=seconds, growth_mb=peak_rss_mb() - base,
                           wire_mb=sum(len(r) for r in request) / 2 ** 20, outcome=outcome)))
