@@ -22,8 +22,9 @@ flags.DEFINE_float('score_threshold', 0.3, 'Minimum score of a reported detectio
 flags.DEFINE_string('label_map', None, 'Label map file; default: the one beside the model.')
 flags.DEFINE_string('model_name', None, 'Network of a checkpoint without config.json.')
 flags.DEFINE_integer('num_classes', None, 'Classes of a checkpoint without config.json.')
-flags.DEFINE_integer('max_image_pixels', 200_000_000, 'Images larger than this (width x '
-                     'height, read from the header before decoding) are skipped; 0: no limit.')
+flags.DEFINE_integer('max_image_pixels', None, 'Images larger than this (width x height, read '
+                     'from the header before decoding) are skipped; default '
+                     'ssd_tf.images.DEFAULT_MAX_PIXELS (200 MP); 0: no limit.')
 flags.mark_flags_as_required(['model', 'images'])
 FLAGS = flags.FLAGS
 
@@ -41,6 +42,9 @@ def preprocess_factory(shape):
 def main(argv):
     del argv
     from ssd_tf import detect
+    from ssd_tf import images
+    max_pixels = images.DEFAULT_MAX_PIXELS if FLAGS.max_image_pixels is None else \
+        FLAGS.max_image_pixels or None
     get_network = factory = None
     path = FLAGS.model
     if not path.endswith('.tflite') and not os.path.isfile(os.path.join(path, 'saved_model.pb')):
@@ -50,7 +54,7 @@ def main(argv):
         fn, labels = detect.make_detector(path, get_network, factory, FLAGS.model_name,
                                           FLAGS.num_classes, FLAGS.label_map)
         results = detect.run(fn, detect.list_images(FLAGS.images), FLAGS.output_dir, labels,
-                             FLAGS.score_threshold, FLAGS.max_image_pixels or None)
+                             FLAGS.score_threshold, max_pixels)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"detect.py: error: {err}")
     n = sum(len(r['detections']) for r in results)

@@ -26,10 +26,10 @@ flags.DEFINE_float('nms_threshold', 0.45, 'NMS IoU threshold.')
 flags.DEFINE_integer('max_detections', 100, 'Detections per image.')
 flags.DEFINE_integer('select_top_k', 400, 'Candidates per class before NMS.')
 flags.DEFINE_string('label_map', None, "Label map file; default: the run's labels.txt.")
-flags.DEFINE_integer('max_image_pixels', 200_000_000, 'Largest image (width x height, read '
-                     'from its header before decoding) a request may send; the default, 200 MP, '
-                     'fits the largest camera frame (200 MP phone sensors) and bounds one '
-                     'decoded image to 600 MB.')
+flags.DEFINE_integer('max_image_pixels', None, 'Largest image (width x height, read from its '
+                     'header before decoding) a request may send; default '
+                     'ssd_tf.images.DEFAULT_MAX_PIXELS, 200 MP: fits the largest camera frame '
+                     '(200 MP phone sensors) and bounds one decoded image to 600 MB.')
 flags.DEFINE_integer('max_batch_size', 64, 'Most images in one request.')
 flags.DEFINE_enum('mixed_precision', None, ['mixed_bfloat16'],
                   'SavedModel only: run the network in bfloat16 (float32 variables, decode and '
@@ -69,6 +69,7 @@ def main(argv):
     from nets import ssd_vgg_keras
     from preprocessing import ssd_vgg_preprocessing as prep
     from ssd_tf import export
+    from ssd_tf import images
 
     variants = list(FLAGS.tflite_quantization) or (['float32'] if FLAGS.tflite else [])
     if FLAGS.mixed_precision:
@@ -101,7 +102,8 @@ def main(argv):
         net, model, preprocess, FLAGS.output_dir, FLAGS.version, FLAGS.overwrite,
         label_names=label_names,
         metadata=dict(checkpoint_path=path, mixed_precision=FLAGS.mixed_precision),
-        max_image_pixels=FLAGS.max_image_pixels, max_batch_size=FLAGS.max_batch_size,
+        max_image_pixels=FLAGS.max_image_pixels or images.DEFAULT_MAX_PIXELS,
+        max_batch_size=FLAGS.max_batch_size,
         before_publish=add_tflite, **nms)
     print(f"SavedModel: {target}")
     for q in tflite_paths:

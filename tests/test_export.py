@@ -242,14 +242,20 @@ def test_export_script_end_to_end(exported, tmp_path):
     out = tmp_path / 'serving'
     cmd = [sys.executable, str(REPO / 'export_savedmodel.py'),
            f'--checkpoint_path={exported["train_dir"]}', f'--output_dir={out}', '--version=3',
-           f'--max_detections={MAX_DET}']
+           f'--max_detections={MAX_DET}', '--max_batch_size=8']
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
     images = _images(2, 9)
     fn = tf.saved_model.load(str(out / '3')).signatures['serving_images']
     got = {k: v.numpy() for k, v in fn(images=tf.constant(np.stack(images))).items()}
     _assert_same(got, _reference(exported, images))
+    cfg = json.loads((out / '3' / 'assets' / 'export_config.json').read_text())
+    assert (cfg['max_batch_size'], cfg['max_image_pixels']) == (8, 200_000_000)
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert again.returncode != 0 and 'already exists' in again.stderr + again.stdout
+    # --overwrite publishes the SavedModel and its TFLite file together, nothing left over.
+    subprocess.run(cmd + ['--overwrite', '--tflite'], check=True, cwd=REPO, capture_output=True)
+    assert (out / '3' / 'tflite' / 'model_float32.tflite').is_file()
+    assert sorted(os.listdir(out)) == ['3']
 
 
 def _agreement_map(detections, reference):
