@@ -8,13 +8,19 @@ the file's header and tail:
 - visible truncation: a JPEG must end with its end-of-image marker FFD9, a PNG with its IEND
   chunk (both looked for in the last `_TAIL_WINDOW` bytes before any trailing NUL padding,
   as some writers pad), a GIF's first image must be complete;
-- the pixel count from the header (JPEG: the SOF frame header found by walking the marker
-  segments; PNG: IHDR; GIF: the logical screen and the first image descriptor; BMP: the DIB
-  header), compared with `max_pixels`.
-A GIF is decoded from its first image only: the bytes are cut after the first image's data
+- with a budget `max_pixels`, the pixel count from the header (JPEG: the SOF frame header
+  found by walking the marker segments, a JPEG without one is refused; PNG: IHDR; GIF: the
+  larger of the logical screen and the first image descriptor; BMP: the DIB header).
+With a budget, a GIF is decoded from its first image only: the bytes are cut after the first image's data
 and a trailer appended, so the decoder allocates one frame whatever the file holds (the
 frame count is capped at 1 before decoding; `tf.io.decode_image` alone decodes every frame
 at the canvas size).
+
+The header walks (JPEG segments, GIF blocks) and the GIF cut run only with a pixel budget
+(serving, `detect`): their loops cost ~0.5 ms per image in a tf.data map, as much as decoding
+a VOC photo. Without one (training and evaluation on the user's own data) the format and
+truncation checks still run, and `tf.io.decode_image` keeps a GIF's first frame (after
+decoding every frame).
 
 Graph code (`encoded_image_problem`, `decode_image`) takes a scalar `tf.string`; called
 eagerly it runs a compiled copy. Python helpers: `sniff_format`, `read_image_bytes`,
@@ -70,25 +76,28 @@ def _uint(raw, big_endian):
     return tf.reduce_sum(raw * tf.constant(weights, tf.int64))
 
 
-def _tail_has(data, pattern):
-    """Scalar bool: `pattern` (bytes) lies in the last _TAIL_BYTES bytes of `data` once
-    trailing NULs are stripped (within the last _TAIL_WINDOW bytes)."""
-    size = tf.strings.length(data)
-    start = tf.maximum(size - _TAIL_WINDOW, 0)
+def _tail(data):
+    """uint8 `[<= _TAIL_BYTES]`: the last bytes of `data` once trailing NULs (within the last
+    _TAIL_WINDOW bytes) are stripped."""
+    start = tf.maximum(tf.strings.length(data) - _TAIL_WINDOW, 0)
     tail = tf.io.decode_raw(tf.strings.substr(data, start, _TAIL_WINDOW), tf.uint8)
     nonzero = tf.cast(tf.where(tail > 0)[:, 0], tf.int32)
     end = tf.reduce_max(tf.concat([nonzero + 1, [0]], 0))
-    window = tail[tf.maximum(end - _TAIL_BYTES, 0):end]
-    k = len(pattern)
-    m = tf.shape(window)[0] - k + 1
-    hit = tf.ones(tf.maximum(m, 0), tf.bool)
+    return tail[tf.maximum(end - _TAIL_BYTES, 0):end]
+
+
+def _contains(window, pattern):
+    """Scalar bool: the bytes `pattern` occur in the uint8 vector `window`."""
+    m = tf.maximum(tf.shape(window)[0] - len(pattern) + 1, 0)
+    hit = tf.ones([m], tf.bool)
     for i, byte in enumerate(pattern):
-        hit = tf.logical_and(hit, tf.equal(window[i:i + tf.maximum(m, 0)], byte))
+        hit = tf.logical_and(hit, tf.equal(window[i:i + m], byte))
     return tf.reduce_any(hit)
 
 
-def _jpeg_size(data):
-    """`(height, width, found)` from the first SOF segment, walking the marker segments."""
+def _jpeg_size(data, active):
+    """`(height, width, found)` from the first SOF segment, walking the marker segments
+    (no step unless `active`, a scalar bool)."""
     size = tf.strings.length(data)
 
     def cond(pos, h, w, state):
@@ -99,7 +108,8 @@ def _jpeg_size(data):
         is_sof = tf.reduce_any(tf.equal(b[1], _JPEG_SOF))
         standalone = tf.reduce_any(tf.equal(b[1], _JPEG_STANDALONE))
         length = b[2] * 256 + b[3]
-        # state: 0 walking, 1 found, 2 no frame header (bad marker, SOS/EOI before SOF)
+        # state: 0 walking, 1 found, 2 no frame header (bad marker, SOS/EOI before SOF),
+        # 3 not a JPEG
         bad = tf.logical_or(tf.not_equal(b[0], 0xFF),
                             tf.logical_or(tf.equal(b[1], 0xDA), tf.equal(b[1], 0xD9)))
         new_state = tf.where(bad, 2, tf.where(is_sof, 1, 0))
@@ -107,13 +117,14 @@ def _jpeg_size(data):
         return (pos + step, tf.where(is_sof, b[5] * 256 + b[6], h),
                 tf.where(is_sof, b[7] * 256 + b[8], w), new_state)
 
-    _, h, w, state = tf.while_loop(cond, body, (tf.constant(2), 0, 0, 0))
+    _, h, w, state = tf.while_loop(cond, body, (tf.constant(2), 0, 0, tf.where(active, 0, 3)))
     return tf.cast(h, tf.int64), tf.cast(w, tf.int64), tf.equal(state, 1)
 
 
-def _gif_first_image(data):
+def _gif_first_image(data, active):
     """`(height, width, end, state)` of a GIF: logical screen size, the offset just past the
-    first image's data, state 1 (found), 2 (truncated) or 3 (corrupt / no image)."""
+    first image's data, state 1 (found), 2 (truncated), 3 (corrupt / no image) or 4 (not
+    `active`, a scalar bool: no step taken)."""
     size = tf.strings.length(data)
     head = _bytes_at(data, 6, 7)
     screen_w, screen_h = _uint(head[0:2], False), _uint(head[2:4], False)
@@ -146,102 +157,126 @@ def _gif_first_image(data):
                 tf.where(in_block, block_frame, frame), new_state)
 
     end, _, frame, state = tf.while_loop(
-        cond, body, (13 + table, tf.constant(0), tf.zeros([2], tf.int32), tf.constant(0)))
+        cond, body, (13 + table, tf.constant(0), tf.zeros([2], tf.int32), tf.where(active, 0, 4)))
     frame = tf.cast(frame, tf.int64)
     return (tf.maximum(screen_h, frame[1]), tf.maximum(screen_w, frame[0]), end, state)
 
 
+# Problem codes, in order of precedence (a lower code wins): header faults, the pixel
+# budget, truncation. _PROBLEMS[code] is the text (the two dynamic ones get details).
+(_OK, _EMPTY, _UNKNOWN, _JPEG_NO_SOF, _PNG_NO_IHDR, _GIF_NO_IMAGE, _GIF_CUT, _OVER, _JPEG_CUT,
+ _PNG_CUT) = range(10)
+_PROBLEMS = ('', 'empty file', 'not a JPEG/PNG/GIF/BMP file',
+             'corrupt JPEG (no frame header before the image data)',
+             'corrupt PNG (no IHDR header)', 'corrupt GIF (no image block before the trailer)',
+             'truncated GIF (its first image ends early)', ' pixels is over the limit of ',
+             'truncated JPEG (no end-of-image marker)', 'truncated PNG (no IEND chunk)')
+
+
 def _inspect(data, max_pixels):
     """`(problem, body)`: the problem string ('' when fine) and the bytes to decode (a GIF cut
-    after its first image)."""
+    after its first image). Branch-free but for the two header walks, which take no step
+    on other formats (functional conditionals cost more than these few scalar ops)."""
     data = tf.convert_to_tensor(data, tf.string)
-    head = _bytes_at(data, 0, 32)
-    names = list(MAGIC.values())
-    fmt = tf.constant(-1)
-    for i, magic in reversed(list(enumerate(MAGIC))):
-        match = tf.reduce_all(tf.equal(head[:len(magic)], list(magic)))
-        fmt = tf.where(match, i, fmt)
-    is_fmt = {name: tf.equal(fmt, i) for i, name in enumerate(names)}
-
-    jpeg_h, jpeg_w, jpeg_found = tf.cond(is_fmt['JPEG'], lambda: _jpeg_size(data),
-                                         lambda: (tf.constant(0, tf.int64),) * 2 +
-                                         (tf.constant(False),))
-    gif_h, gif_w, gif_end, gif_state = tf.cond(
-        is_fmt['GIF'], lambda: _gif_first_image(data),
-        lambda: (tf.constant(0, tf.int64),) * 2 + (tf.constant(0), tf.constant(0)))
-    png_w, png_h = _uint(head[16:20], True), _uint(head[20:24], True)
-    dib = _uint(head[14:18], False)
-    bmp_w = tf.where(tf.equal(dib, 12), _uint(head[18:20], False), _uint(head[18:22], False))
-    bmp_h = tf.where(tf.equal(dib, 12), _uint(head[20:22], False), _uint(head[22:26], False))
+    raw = tf.io.decode_raw(tf.strings.substr(data, 0, 32), tf.uint8)
+    head = tf.reshape(tf.pad(raw, [[0, 32 - tf.shape(raw)[0]]]), [32])
+    # index in MAGIC of the first match (the magics exclude each other); len(MAGIC) = none
+    table = np.zeros([len(MAGIC), 8], np.uint8)
+    unused = np.ones([len(MAGIC), 8], bool)
+    for i, magic in enumerate(MAGIC):
+        table[i, :len(magic)], unused[i, :len(magic)] = list(magic), False
+    match = tf.reduce_all(tf.logical_or(tf.equal(head[None, :8], table), unused), axis=1)
+    fmt = tf.argmax(tf.concat([match, [True]], 0), output_type=tf.int32)
+    is_jpeg, is_gif = tf.equal(fmt, 0), tf.equal(fmt, 2)
+    if max_pixels is not None:
+        jpeg_h, jpeg_w, jpeg_found = _jpeg_size(data, is_jpeg)
+        gif_h, gif_w, gif_end, gif_state = _gif_first_image(data, is_gif)
+    else:  # no budget: no walk (see the module docstring)
+        jpeg_h = jpeg_w = gif_h = gif_w = tf.constant(0, tf.int64)
+        jpeg_found, gif_end, gif_state = tf.constant(True), tf.constant(0), tf.constant(1)
+    core = tf.equal(_uint(head[14:18], False), 12)  # BMP BITMAPCOREHEADER: 16-bit sizes
+    bmp_w = tf.where(core, _uint(head[18:20], False), _uint(head[18:22], False))
+    bmp_h = tf.where(core, _uint(head[20:22], False), _uint(head[22:26], False))
     bmp_h = tf.where(bmp_h >= 2 ** 31, 2 ** 32 - bmp_h, bmp_h)  # negative = top-down rows
-    height = tf.stack([jpeg_h, png_h, gif_h, bmp_h, 0])[tf.where(fmt < 0, 4, fmt)]
-    width = tf.stack([jpeg_w, png_w, gif_w, bmp_w, 0])[tf.where(fmt < 0, 4, fmt)]
+    zero = tf.constant(0, tf.int64)
+    height = tf.stack([jpeg_h, _uint(head[20:24], True), gif_h, bmp_h, zero])[fmt]
+    width = tf.stack([jpeg_w, _uint(head[16:20], True), gif_w, bmp_w, zero])[fmt]
+
+    tail = _tail(data)
+    code = tf.stack([  # per format: its header fault or truncation, else _OK
+        tf.where(jpeg_found, tf.where(_contains(tail, b'\xff\xd9'), _OK, _JPEG_CUT),
+                 _JPEG_NO_SOF),
+        tf.where(tf.reduce_all(tf.equal(head[12:16], list(b'IHDR'))),
+                 tf.where(_contains(tail, b'IEND'), _OK, _PNG_CUT), _PNG_NO_IHDR),
+        tf.where(tf.equal(gif_state, 1), _OK,
+                 tf.where(tf.equal(gif_state, 2), _GIF_CUT, _GIF_NO_IMAGE)),
+        _OK,
+        tf.where(tf.equal(tf.strings.length(data), 0), _EMPTY, _UNKNOWN),
+    ])[fmt]
+    limit = tf.cast(-1 if max_pixels is None else max_pixels, tf.int64)
+    over = tf.logical_and(limit >= 0, height * width > limit)
+    code = tf.where(tf.logical_and(over, tf.logical_or(tf.equal(code, _OK), code > _OVER)),
+                    _OVER, code)
 
     first = tf.strings.reduce_join(
         tf.gather(tf.constant(_HEX), tf.cast(head[:8], tf.int32)), separator=' ')
-    size_text = tf.strings.join([tf.strings.as_string(width), 'x', tf.strings.as_string(height)])
-    limit = tf.cast(max_pixels, tf.int64)
-    # first problem wins
-    checks = [
-        (tf.equal(tf.strings.length(data), 0), 'empty file'),
-        (fmt < 0, tf.strings.join(['not a JPEG/PNG/GIF/BMP file (first bytes ', first, ')'])),
-        (tf.logical_and(is_fmt['JPEG'], tf.logical_not(jpeg_found)),
-         'corrupt JPEG (no frame header before the image data)'),
-        (tf.logical_and(is_fmt['PNG'], tf.logical_not(tf.reduce_all(tf.equal(
-            head[12:16], list(b'IHDR'))))), 'corrupt PNG (no IHDR header)'),
-        (tf.logical_and(is_fmt['GIF'], tf.equal(gif_state, 3)),
-         'corrupt GIF (no image block before the trailer)'),
-        (tf.logical_and(is_fmt['GIF'], tf.equal(gif_state, 2)),
-         'truncated GIF (its first image ends early)'),
-        (tf.logical_and(limit >= 0, height * width > limit),
-         tf.strings.join([size_text, ' pixels is over the limit of ',
-                          tf.strings.as_string(limit)])),
-        (tf.logical_and(is_fmt['JPEG'], tf.logical_not(_tail_has(data, b'\xff\xd9'))),
-         'truncated JPEG (no end-of-image marker)'),
-        (tf.logical_and(is_fmt['PNG'], tf.logical_not(_tail_has(data, b'IEND'))),
-         'truncated PNG (no IEND chunk)'),
-    ]
-    problem = tf.constant('')
-    for bad, text in reversed(checks):
-        problem = tf.where(bad, text, problem)
-    body = tf.cond(tf.logical_and(is_fmt['GIF'], tf.equal(gif_state, 1)),
-                   lambda: tf.strings.join([tf.strings.substr(data, 0, gif_end), ';']),
-                   lambda: data)
-    return problem, body
+    texts = list(_PROBLEMS)
+    texts[_UNKNOWN] = tf.strings.join([_PROBLEMS[_UNKNOWN], ' (first bytes ', first, ')'])
+    texts[_OVER] = tf.strings.join([tf.strings.as_string(width), 'x',
+                                    tf.strings.as_string(height), _PROBLEMS[_OVER],
+                                    tf.strings.as_string(limit)])
+    problem = tf.stack(texts)[code]
+    if max_pixels is None:
+        return problem, data
+    whole_gif = tf.logical_and(is_gif, tf.equal(code, _OK))
+    cut = tf.strings.join([tf.strings.substr(data, 0, tf.where(whole_gif, gif_end, 0)), ';'])
+    return problem, tf.where(whole_gif, cut, data)
 
 
-def _limit(max_pixels):
-    return -1 if max_pixels is None else int(max_pixels)
+_STRING = tf.TensorSpec([], tf.string)
+_INT = tf.TensorSpec([], tf.int64)
+# Compiled copies for eager callers: (budget?) -> function.
+_PROBLEM_FN = {
+    True: tf.function(lambda d, m: _inspect(d, m)[0], input_signature=[_STRING, _INT],
+                      autograph=False),
+    False: tf.function(lambda d: _inspect(d, None)[0], input_signature=[_STRING],
+                       autograph=False)}
+_DECODE_FN = {
+    True: tf.function(lambda d, m, w: _decode(d, m, w),
+                      input_signature=[_STRING, _INT, _STRING], autograph=False),
+    False: tf.function(lambda d, w: _decode(d, None, w), input_signature=[_STRING, _STRING],
+                       autograph=False)}
 
 
-@tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64)],
-             autograph=False)
-def _problem_compiled(data, max_pixels):
-    return _inspect(data, max_pixels)[0]
+def _eager_args(data, max_pixels, *rest):
+    args = [tf.convert_to_tensor(data, tf.string)]
+    if max_pixels is not None:
+        args.append(tf.convert_to_tensor(max_pixels, tf.int64))
+    return args + [tf.convert_to_tensor(r, tf.string) for r in rest]
 
 
 def encoded_image_problem(data, max_pixels=None):
     """Scalar tf.string: '' when the encoded image `data` (scalar string) starts like a
     JPEG/PNG/GIF/BMP, is not visibly truncated and its header size is within `max_pixels`
-    (None: no limit); otherwise a short reason, e.g. 'truncated JPEG (no end-of-image
-    marker)' or '16000x16000 pixels is over the limit of 200000000' (width x height)."""
+    (None: no limit, and no header walk); otherwise a short reason, e.g. 'truncated JPEG
+    (no end-of-image marker)' or '16000x16000 pixels is over the limit of 200000000'
+    (width x height)."""
     if tf.executing_eagerly():
-        return _problem_compiled(tf.convert_to_tensor(data, tf.string), _limit(max_pixels))
-    return _inspect(data, _limit(max_pixels))[0]
+        return _PROBLEM_FN[max_pixels is not None](*_eager_args(data, max_pixels))
+    return _inspect(data, max_pixels)[0]
 
 
 def _decode(data, max_pixels, where):
     problem, body = _inspect(data, max_pixels)
     message = tf.strings.join([where, ': ', problem])
-    check = tf.debugging.Assert(tf.equal(problem, ''), [message], name='check_image')
+    # The raw op: tf.debugging.Assert wraps itself in a conditional, whose executor costs
+    # more per image in tf.data than all the checks above.
+    check = tf.raw_ops.Assert(condition=tf.equal(problem, ''), data=[message], summarize=1,
+                              name='check_image')
     with tf.control_dependencies([check]):
         image = tf.io.decode_image(body, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
-
-
-_decode_compiled = tf.function(_decode, autograph=False, input_signature=[
-    tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string)])
 
 
 def decode_image(data, max_pixels=None, where=None):
@@ -249,15 +284,15 @@ def decode_image(data, max_pixels=None, where=None):
     RGB; a GIF gives its first frame.
 
     The header is checked first (`encoded_image_problem`): a problem raises
-    InvalidArgumentError '<where>: <reason>' before anything is decoded. where: what to name
-    (str or scalar string tensor, e.g. 'image 3 of the batch (0-based)'); default 'image'.
-    A body that is corrupt past the header raises the decoder's own InvalidArgumentError.
+    InvalidArgumentError '<where>: <reason>' before anything is decoded. max_pixels: the
+    pixel budget (None: none). where: what to name (str or scalar string tensor, e.g.
+    'image 3 of the batch (0-based)'); default 'image'. A body that is corrupt past the
+    header raises the decoder's own InvalidArgumentError.
     """
     where = 'image' if where is None else where
     if tf.executing_eagerly():
-        return _decode_compiled(tf.convert_to_tensor(data, tf.string), _limit(max_pixels),
-                                tf.convert_to_tensor(where, tf.string))
-    return _decode(data, _limit(max_pixels), where)
+        return _DECODE_FN[max_pixels is not None](*_eager_args(data, max_pixels, where))
+    return _decode(data, max_pixels, where)
 
 
 # ---------------------------------------------------------------------------- records

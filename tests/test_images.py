@@ -16,6 +16,9 @@ from ssd_tf.datasets import records
 from ssd_tf.datasets import tfrecord
 
 
+BUDGET = 10 ** 9  # a pixel budget no test image reaches: turns on the header walks
+
+
 def encode(image, ext):
     ok, buf = cv2.imencode(ext, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     assert ok
@@ -81,9 +84,13 @@ def test_unknown_empty_and_headerless_bytes():
     assert problem(b'') == 'empty file'
     assert problem(b'not an image') == ('not a JPEG/PNG/GIF/BMP file (first bytes '
                                         '6e 6f 74 20 61 6e 20 69)')
-    assert problem(b'\xff\xd8\xff\xd9') == 'corrupt JPEG (no frame header before the image data)'
     assert problem(b'\x89PNG\r\n\x1a\n' + b'\0' * 30) == 'corrupt PNG (no IHDR header)'
-    assert problem(b'GIF89a' + b'\0' * 7 + b';') == 'corrupt GIF (no image block before the trailer)'
+    # The JPEG and GIF headers are walked only under a pixel budget.
+    assert problem(b'\xff\xd8\xff\xd9', BUDGET) == \
+        'corrupt JPEG (no frame header before the image data)'
+    assert problem(b'GIF89a' + b'\0' * 7 + b';', BUDGET) == \
+        'corrupt GIF (no image block before the trailer)'
+    assert problem(b'\xff\xd8\xff\xd9') == '' and problem(b'GIF89a' + b'\0' * 7 + b';') == ''
 
 
 def test_truncated_files_are_named_and_padding_is_accepted():
@@ -91,7 +98,7 @@ def test_truncated_files_are_named_and_padding_is_accepted():
     gif = gif_bytes([np.zeros((40, 40), np.uint8)])
     assert problem(jpeg[:len(jpeg) // 2]) == 'truncated JPEG (no end-of-image marker)'
     assert problem(png[:-12]) == 'truncated PNG (no IEND chunk)'
-    assert problem(gif[:len(gif) // 2]) == 'truncated GIF (its first image ends early)'
+    assert problem(gif[:len(gif) // 2], BUDGET) == 'truncated GIF (its first image ends early)'
     assert problem(jpeg + b'\0' * 100) == ''  # writers that pad after the end marker
 
 
@@ -109,10 +116,12 @@ def test_gif_is_cut_after_its_first_frame():
     frames = [np.full((24, 32), i, np.uint8) for i in (10, 60, 100)]
     data = gif_bytes(frames)
     assert tf.io.decode_gif(data).shape[0] == 3
-    _, body = images._inspect(tf.constant(data), -1)  # pylint: disable=protected-access
-    assert tf.io.decode_gif(body).shape[0] == 1  # the decoder never sees frames 2 and 3
-    np.testing.assert_array_equal(images.decode_image(data).numpy(),
-                                  np.full((24, 32, 3), 20, np.uint8))
+    # With a pixel budget the decoder never sees frames 2 and 3.
+    _, body = images._inspect(tf.constant(data), BUDGET)  # pylint: disable=protected-access
+    assert tf.io.decode_gif(body).shape[0] == 1
+    for budget in (None, BUDGET):
+        np.testing.assert_array_equal(images.decode_image(data, budget).numpy(),
+                                      np.full((24, 32, 3), 20, np.uint8))
 
 
 @settings(max_examples=40, deadline=None)
