@@ -32,17 +32,13 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from ssd_tf import images
 from ssd_tf.datasets import tfrecord as tfrecord_lib
 from ssd_tf.datasets.records import Record
+from ssd_tf.images import decode_image  # noqa: F401  the one decoder; data.decode_image kept
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Interleaved TFRecord files read at once; more only adds memory on a few cores.
 _MAX_INTERLEAVE = 8
-
-
-# The one image decoder (header checks, first GIF frame); the old name is kept here.
-decode_image = images.decode_image
 
 
 # ---------------------------------------------------------------------------- sources

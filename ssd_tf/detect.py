@@ -136,10 +136,11 @@ def _reason(err, where):
     """The reason in a TensorFlow error: the Assert message of `images.decode_image` without
     its wrapping and the `<where>: ` prefix, else the error's first line."""
     lines = (getattr(err, 'message', None) or str(err)).strip().splitlines()
+    marker = 'assertion failed: ['
     for line in lines:
-        line = line.strip()
-        if line.startswith('assertion failed: [') and line.endswith(']'):
-            text = line[len('assertion failed: ['):-1]
+        start, end = line.find(marker), line.rfind(']')
+        if start >= 0 and end > start:
+            text = line[start + len(marker):end]
             return text[len(where) + 2:] if text.startswith(f'{where}: ') else text
     return lines[0] if lines else type(err).__name__
 
