@@ -35,7 +35,7 @@ def preprocess_factory(shape):
 
     def preprocess(image):
         out = prep.preprocess_for_eval(image, None, None, out_shape=shape)
-        return out[0], out[3]
+        return out.image, out.bbox_img
     return preprocess
 
 

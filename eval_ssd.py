@@ -3,33 +3,36 @@
 The flags are those of the slim `eval_ssd_network.py`, with defaults that work: the default
 network is `ssd_small` and the default data set the built-in synthetic shapes (as training).
 
-  python eval_ssd.py --checkpoint_path=/tmp/ssd_train --eval_dir=/tmp/ssd_eval
+  python eval_ssd.py --checkpoint_path=runs/ssd_small_synthetic
   python eval_ssd.py --checkpoint_path=VGG_VOC0712_SSD_300x300_ft_iter_120000.ckpt \
       --model_name=ssd_300_vgg --dataset_name=pascalvoc_2007 --dataset_dir=/data/VOC2007 \
       --dataset_split_name=test --num_classes=21
 
---checkpoint_path: a training directory (its latest tf.train.Checkpoint; `config.json` beside
-it gives model_name / num_classes / image size unless the flags are set), a checkpoint prefix
+--checkpoint_path (required; there is no default under a shared, world-writable place such
+as /tmp, where another user could plant a model): a training directory (its latest
+tf.train.Checkpoint; `config.json` beside it gives model_name / num_classes / image size
+unless the flags are set), a checkpoint prefix
 (object-based or slim name-based), or a SavedModel directory (also export_savedmodel.py's
 versioned output directory; its end-to-end signature keeps the thresholds it was exported
-with, so --select_threshold/--nms_threshold/--keep_top_k do not apply). Outputs in --eval_dir: see
+with, so --select_threshold/--nms_threshold/--keep_top_k do not apply). Outputs in --eval_dir
+(default: next to the evaluated run, see `default_eval_dir`): see
 `ssd_tf.evaluation.write_report`. --wait_for_checkpoints evaluates each new checkpoint of a
 training directory and writes TensorBoard summaries (mAP per step) to --eval_dir.
+The data is read by `ssd_tf.data.build_eval_dataset`, which streams TFRecords.
 """
-import glob
 import os
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from ssd_tf import postprocess
+
 # ---------------------------------------------------------------------------- flags
-# Post-processing (the original's names and defaults).
-flags.DEFINE_float('select_threshold', 0.01, 'Selection threshold on class scores.')
-flags.DEFINE_integer('select_top_k', 400, 'Candidates per class before NMS.')
-flags.DEFINE_integer('keep_top_k', 200, 'Detections kept per image after NMS.')
-flags.DEFINE_float('nms_threshold', 0.45, 'Non-maximum suppression IoU threshold.')
-flags.DEFINE_float('matching_threshold', 0.5,
+# Post-processing (the original's names; defaults from ssd_tf.postprocess).
+postprocess.define_detection_flags(flags)
+flags.DEFINE_integer('keep_top_k', postprocess.KEEP_TOP_K, 'Detections kept per image after NMS.')
+flags.DEFINE_float('matching_threshold', postprocess.MATCHING_THRESHOLD,
                    'IoU a detection must exceed to match a ground-truth box.')
 flags.DEFINE_integer('eval_resize', 4, 'Image resizing: 1 NONE, 2 CENTRAL_CROP, '
                      '3 PAD_AND_RESIZE, 4 WARP_RESIZE (the original Resize enum).')
@@ -41,12 +44,16 @@ flags.DEFINE_boolean('remove_difficult', True,
 # General.
 flags.DEFINE_integer('batch_size', 1, 'Images per batch.')
 flags.DEFINE_integer('max_num_batches', None, 'Evaluate at most this many batches.')
-flags.DEFINE_string('checkpoint_path', '/tmp/tfmodel/',
-                    'Training directory, checkpoint prefix or SavedModel directory.')
-flags.DEFINE_string('eval_dir', '/tmp/tfmodel/', 'Where the results are written.')
+flags.DEFINE_string('checkpoint_path', None,
+                    'Required. Training directory, checkpoint prefix or SavedModel directory.')
+flags.DEFINE_string('eval_dir', None,
+                    'Where the results are written. Default: next to the evaluated run, '
+                    '<train_dir>/eval for a training directory (or the directory of a '
+                    'checkpoint prefix), <parent>/eval_<name> beside a SavedModel directory '
+                    '(export/3 -> export/eval_3, outside the served version).')
 flags.DEFINE_integer('num_readers', 4, 'Parallel image decoding/pre-processing calls.')
-flags.DEFINE_integer('num_preprocessing_threads', 4, 'Accepted for compatibility (see '
-                     'num_readers).')
+flags.DEFINE_integer('num_preprocessing_threads', None, 'Not supported (decoding and '
+                     'pre-processing run in one map: use --num_readers); an error if set.')
 flags.DEFINE_boolean('wait_for_checkpoints', False,
                      'Evaluate every new checkpoint of --checkpoint_path (a directory).')
 flags.DEFINE_float('checkpoint_timeout', 600.,
@@ -55,8 +62,9 @@ flags.DEFINE_float('checkpoint_timeout', 600.,
 flags.DEFINE_float('moving_average_decay', None,
                    'If set, evaluate the moving-average weights that training wrote at the end '
                    '(ema.weights.h5 in the training directory) instead of the checkpoint\'s.')
-flags.DEFINE_string('master', '', 'Ignored (TF1 distributed master).')
-flags.DEFINE_float('gpu_memory_fraction', 0.1, 'Ignored (TF2 allocates GPU memory on demand).')
+flags.DEFINE_string('master', None, 'Not supported (a TF1 distributed master); an error if '
+                    'set.')
+flags.DEFINE_float('gpu_memory_fraction', None, 'Not supported in TF2; an error if set.')
 # Data set.
 flags.DEFINE_string('dataset_name', None,
                     "synthetic (built-in shapes), voc (a VOC root; labels.txt or the "
@@ -80,8 +88,9 @@ flags.DEFINE_integer('synthetic_seed', None,
 # Network.
 flags.DEFINE_string('model_name', None, "Network ('ssd_small', 'ssd_300_vgg', "
                     "'ssd_512_vgg'); default: the run config, else 'ssd_small'.")
-flags.DEFINE_string('preprocessing_name', None, 'Accepted for compatibility; the VGG SSD '
-                    'pre-processing is always used.')
+flags.DEFINE_string('preprocessing_name', None, "The eval pre-processing: 'ssd_vgg' (the "
+                    "only one: VGG means, --eval_resize) or, as slim's factory, a --model_name; "
+                    "another name is an error. Default: ssd_vgg.")
 # Outputs.
 flags.DEFINE_boolean('coco_metrics', False, 'Also compute COCO metrics (pycocotools).')
 flags.DEFINE_integer('num_sample_images', 8, 'Images in the detections.png grid (0: none).')
@@ -96,21 +105,12 @@ DEFAULT_SYNTHETIC_NUM_TEST = 300  # train_ssd.py's --synthetic_num_test default
 
 # ---------------------------------------------------------------------------- wiring
 def get_network_class(model_name):
-    """SSDNet class of `model_name` via `nets.nets_factory` (fallback: the VGG nets)."""
+    """SSDNet class of `model_name` via `nets.nets_factory`."""
+    from nets import nets_factory
     try:
-        from nets import nets_factory
-    except ImportError:
-        nets_factory = None
-    if nets_factory is not None:
-        try:
-            return nets_factory.get_network(model_name)
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"--model_name={model_name}: {e}") from e
-    from nets import ssd_vgg_300, ssd_vgg_512
-    known = {'ssd_300_vgg': ssd_vgg_300.SSDNet, 'ssd_512_vgg': ssd_vgg_512.SSDNet}
-    if model_name not in known:
-        raise ValueError(f"--model_name={model_name} is unknown; choose one of {sorted(known)}")
-    return known[model_name]
+        return nets_factory.get_network(model_name)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"--model_name={model_name}: {e}") from e
 
 
 def _config_value(config, *keys):
@@ -132,13 +132,63 @@ def _image_size(value):
     return int(value), int(value)
 
 
+# Flags of the slim script that have no TF2 meaning: given, they are an error (not ignored).
+_UNSUPPORTED_FLAGS = {
+    'master': "it is the address of a TF1 distributed master; eval_ssd.py evaluates in the "
+              "process it runs in",
+    'gpu_memory_fraction': "TF2 has no per-process memory fraction; to share a GPU set "
+                           "TF_FORCE_GPU_ALLOW_GROWTH=true",
+    'num_preprocessing_threads': "decoding and pre-processing run in one map whose "
+                                 "parallelism is --num_readers",
+}
+# The one eval pre-processing (VGG means + --eval_resize) and the names slim's
+# preprocessing_factory gave it (its model names).
+_PREPROCESSING_NAME = 'ssd_vgg'
+
+
+def check_flags():
+    """Flag errors found before anything is loaded: a missing --checkpoint_path, an
+    unsupported flag, a bad --batch_size or --preprocessing_name."""
+    if not FLAGS.checkpoint_path:
+        raise ValueError("--checkpoint_path is required: a training directory, a checkpoint "
+                         "prefix or a SavedModel directory (there is no default: a shared "
+                         "place such as /tmp/tfmodel/ may hold a model another user put there)")
+    for name, why in _UNSUPPORTED_FLAGS.items():
+        if FLAGS[name].value not in (None, ''):
+            raise ValueError(f"--{name}={FLAGS[name].value} is not supported: {why}; remove it")
+    if FLAGS.batch_size < 1:
+        raise ValueError(f"--batch_size={FLAGS.batch_size} must be >= 1")
+    from nets import nets_factory
+    known = (_PREPROCESSING_NAME,) + tuple(sorted(nets_factory.networks_map))
+    if FLAGS.preprocessing_name not in (None,) + known:
+        raise ValueError(f"--preprocessing_name={FLAGS.preprocessing_name} is unknown; the "
+                         f"eval pre-processing is {_PREPROCESSING_NAME!r} (also named "
+                         f"{', '.join(known[1:])})")
+
+
+def default_eval_dir(kind, path, checkpoint_path):
+    """Where reports go without --eval_dir: next to the evaluated run, never a shared place.
+
+    kind, path: `resolve_checkpoint`'s. A SavedModel directory `P` -> `<parent>/eval_<name>`
+    (beside it, so a served version directory is not changed); a training directory ->
+    `<train_dir>/eval`; a checkpoint prefix -> `eval` in its directory.
+    """
+    if kind == 'saved_model':
+        path = os.path.normpath(os.path.abspath(path))
+        return os.path.join(os.path.dirname(path), 'eval_' + os.path.basename(path))
+    if os.path.isdir(checkpoint_path):
+        return os.path.join(checkpoint_path, 'eval')
+    return os.path.join(os.path.dirname(os.path.abspath(path)), 'eval')
+
+
 # slim dataset names accepted as VOC directories with the Pascal VOC class ids.
 _PASCAL_NAMES = ('pascalvoc_2007', 'pascalvoc_2012', 'pascalvoc')
 
 
-def load_eval_records(dataset_name, dataset_dir, split, label_names=None, num_images=None,
-                      seed=0):
-    """`(records, class_names)` of the evaluation set (see the --dataset_name flag).
+def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_images=None,
+                     seed=0):
+    """`(source, class_names)` of the evaluation set (see the --dataset_name flag): source is
+    a list of Records, or for TFRecords the list of files (streamed, not read here).
 
     label_names: class names of labels 1..C-1 the network was trained with (run config or
     --label_map); they fix the label ids of VOC and TFRecord sets.
@@ -149,7 +199,7 @@ def load_eval_records(dataset_name, dataset_dir, split, label_names=None, num_im
     if dataset_name in _PASCAL_NAMES:
         dataset_name, label_map = 'voc', label_map or labelmap_lib.VOC_LABEL_MAP
     if dataset_name == 'tfrecord':
-        return _load_tfrecords(dataset_dir, split, label_map)
+        return _tfrecord_files(dataset_dir, split, label_map), list(label_map.names)
     if dataset_name not in factory.DATASET_NAMES:
         raise ValueError(f"--dataset_name={dataset_name} is unknown; use one of "
                          f"{', '.join(factory.DATASET_NAMES + ('tfrecord',) + _PASCAL_NAMES)}")
@@ -170,29 +220,27 @@ def load_eval_records(dataset_name, dataset_dir, split, label_names=None, num_im
     return records, list(label_map.names)
 
 
-def _load_tfrecords(dataset_dir, split, label_map):
-    """TFRecords (slim keys): a directory (files named *<split>*.tfrecord*) or a pattern."""
-    from ssd_tf.datasets import tfrecord
+def _tfrecord_files(dataset_dir, split, label_map):
+    """TFRecord files (slim keys): a directory (files named *<split>*.tfrecord*) or a pattern."""
+    import tensorflow as tf
     if not dataset_dir:
         raise ValueError("--dataset_name=tfrecord needs --dataset_dir (a directory or a file "
                          "pattern)")
     pattern = (os.path.join(dataset_dir, f'*{split}*.tfrecord*') if os.path.isdir(dataset_dir)
                else dataset_dir)
-    files = sorted(glob.glob(pattern))
+    files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         raise ValueError(f"--dataset_dir={dataset_dir}: no TFRecord files match {pattern} "
                          f"(--dataset_split_name={split})")
     if label_map is None:
         raise ValueError("TFRecords carry no label map: pass --label_map (labels.txt) or "
                          "evaluate a training directory whose config.json has label_names")
-    records = []
-    for f in files:
-        records.extend(tfrecord.read_tfrecord_records(f))
-    return records, list(label_map.names)
+    return files
 
 
 def make_preprocess_fn(out_shape, resize):
-    """`(image, labels, bboxes) -> (image, bbox_img)` with the VGG eval pre-processing."""
+    """`(image, labels, bboxes) -> (image, labels, bboxes, bbox_img)`, the VGG eval
+    pre-processing (`build_eval_dataset`'s contract)."""
     from preprocessing import ssd_vgg_preprocessing as prep
     try:
         resize = prep.Resize(resize)
@@ -202,93 +250,129 @@ def make_preprocess_fn(out_shape, resize):
 
     def preprocess(image, labels, bboxes):
         out = prep.preprocess_for_eval(image, labels, bboxes, out_shape=out_shape, resize=resize)
-        return out[0], out[3]
+        return out.image, out.labels, out.bboxes, out.bbox_img
     return preprocess
+
+
+# ---------------------------------------------------------------------------- steps
+def resolve_model_name(config, path):
+    """The model name, after checking --model_name/--num_classes against the run config."""
+    cfg_classes = _config_value(config, 'num_classes')
+    if FLAGS.num_classes and cfg_classes and int(cfg_classes) != FLAGS.num_classes:
+        raise ValueError(f"--num_classes={FLAGS.num_classes} but the run config of "
+                         f"{path} says num_classes={cfg_classes}")
+    cfg_model = _config_value(config, 'model_name')
+    if FLAGS.model_name and cfg_model and cfg_model != FLAGS.model_name:
+        raise ValueError(f"--model_name={FLAGS.model_name} but the run config of {path} "
+                         f"says model_name={cfg_model}")
+    return FLAGS.model_name or cfg_model or DEFAULT_MODEL_NAME
+
+
+def resolve_data(config):
+    """`(dataset_name, source, class_names, num_classes)` from the flags and the run config."""
+    label_names = None
+    if FLAGS.label_map:
+        from ssd_tf.datasets import labelmap as labelmap_lib
+        try:
+            label_names = labelmap_lib.LabelMap.read(FLAGS.label_map).names
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--label_map={FLAGS.label_map}: {e}") from e
+    label_names = label_names or _config_value(config, 'label_names', 'class_names')
+    if FLAGS.dataset_name:
+        dataset_name, dataset_dir = FLAGS.dataset_name, FLAGS.dataset_dir
+    else:
+        dataset_name = _config_value(config, 'dataset_name') or DEFAULT_DATASET_NAME
+        dataset_dir = FLAGS.dataset_dir or _config_value(config, 'dataset_dir')
+    source, class_names = load_eval_source(
+        dataset_name, dataset_dir, FLAGS.dataset_split_name, label_names,
+        num_images=(FLAGS.synthetic_num_images or _config_value(config, 'synthetic_num_test')
+                    or DEFAULT_SYNTHETIC_NUM_TEST),
+        seed=(FLAGS.synthetic_seed if FLAGS.synthetic_seed is not None
+              else _config_value(config, 'seed') or 0))
+    cfg_classes = _config_value(config, 'num_classes')
+    num_classes = FLAGS.num_classes or (int(cfg_classes) if cfg_classes else None) or \
+        len(class_names) + 1
+    if num_classes != len(class_names) + 1:
+        raise ValueError(f"--num_classes={num_classes} but the data set "
+                         f"{dataset_name} has {len(class_names)} classes + "
+                         f"background = {len(class_names) + 1}")
+    return dataset_name, source, class_names, num_classes
+
+
+def build_net(get_network, model_name, num_classes, config):
+    """The SSDNet with the data set's class count and the eval image size."""
+    net_cls = get_network(model_name)
+    params = net_cls.default_params._replace(num_classes=num_classes,
+                                             no_annotation_label=num_classes)
+    size = _image_size(FLAGS.eval_image_size) or _image_size(
+        _config_value(config, 'image_shape', 'img_shape', 'image_size'))
+    if size is not None and tuple(size) != tuple(params.img_shape):
+        params = params._replace(img_shape=tuple(size))
+    return net_cls(params, reference_compat=bool(_config_value(config, 'reference_compat')))
+
+
+def build_detector(evaluation, kind, path, net, model_name):
+    """`(keras model or None, detector)` with the post-processing flags."""
+    nms = dict(select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
+               top_k=FLAGS.select_top_k, keep_top_k=FLAGS.keep_top_k)
+    if kind == 'saved_model':
+        return None, evaluation.saved_model_detector(path, net, **nms)
+    try:
+        model = net.keras_model()
+    except ValueError as e:
+        raise ValueError(f"cannot build {model_name} for --eval_image_size/"
+                         f"img_shape {net.params.img_shape}: {e}") from e
+    return model, evaluation.keras_detector(model, net, **nms)
+
+
+def resolve_checkpoint_flag(evaluation):
+    """`(kind, path)` of --checkpoint_path (a directory to watch with
+    --wait_for_checkpoints)."""
+    path = FLAGS.checkpoint_path
+    if not FLAGS.wait_for_checkpoints:
+        return evaluation.resolve_checkpoint(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"--wait_for_checkpoints needs --checkpoint_path to be a "
+                         f"training directory; {path} is not a directory")
+    return 'tf2', path
+
+
+def prepare_eval_dir(eval_dir):
+    """Creates --eval_dir now, so an unwritable place fails before the evaluation runs."""
+    try:
+        os.makedirs(eval_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create --eval_dir={eval_dir}: {e}; pass a writable "
+                         f"--eval_dir") from e
+    return eval_dir
 
 
 class Evaluation:
     """Everything one evaluation needs, built once from the flags (also used by tests)."""
 
     def __init__(self, get_network=get_network_class):
+        from ssd_tf import data as data_lib
         from ssd_tf import evaluation
         self.ev = evaluation
-        if FLAGS.batch_size < 1:
-            raise ValueError(f"--batch_size={FLAGS.batch_size} must be >= 1")
-        path = FLAGS.checkpoint_path
-        if FLAGS.wait_for_checkpoints:
-            if not os.path.isdir(path or ''):
-                raise ValueError(f"--wait_for_checkpoints needs --checkpoint_path to be a "
-                                 f"training directory; {path} is not a directory")
-            self.kind, self.path = 'tf2', path
-        else:
-            self.kind, self.path = evaluation.resolve_checkpoint(path)
-        config = evaluation.read_run_config(self.path if self.kind == 'saved_model' else path)
-        model_name = FLAGS.model_name or _config_value(config, 'model_name') or \
-            DEFAULT_MODEL_NAME
-        cfg_classes = _config_value(config, 'num_classes')
-        if FLAGS.num_classes and cfg_classes and int(cfg_classes) != FLAGS.num_classes:
-            raise ValueError(f"--num_classes={FLAGS.num_classes} but the run config of "
-                             f"{path} says num_classes={cfg_classes}")
-        cfg_model = _config_value(config, 'model_name')
-        if FLAGS.model_name and cfg_model and cfg_model != FLAGS.model_name:
-            raise ValueError(f"--model_name={FLAGS.model_name} but the run config of {path} "
-                             f"says model_name={cfg_model}")
-        label_names = None
-        if FLAGS.label_map:
-            from ssd_tf.datasets import labelmap as labelmap_lib
-            try:
-                label_names = labelmap_lib.LabelMap.read(FLAGS.label_map).names
-            except (OSError, ValueError) as e:
-                raise ValueError(f"--label_map={FLAGS.label_map}: {e}") from e
-        label_names = label_names or _config_value(config, 'label_names', 'class_names')
-        if FLAGS.dataset_name:
-            dataset_name, dataset_dir = FLAGS.dataset_name, FLAGS.dataset_dir
-        else:
-            dataset_name = _config_value(config, 'dataset_name') or DEFAULT_DATASET_NAME
-            dataset_dir = FLAGS.dataset_dir or _config_value(config, 'dataset_dir')
-        self.dataset_name = dataset_name
-        self.records, class_names = load_eval_records(
-            dataset_name, dataset_dir, FLAGS.dataset_split_name, label_names,
-            num_images=(FLAGS.synthetic_num_images or
-                        _config_value(config, 'synthetic_num_test') or
-                        DEFAULT_SYNTHETIC_NUM_TEST),
-            seed=(FLAGS.synthetic_seed if FLAGS.synthetic_seed is not None
-                  else _config_value(config, 'seed') or 0))
-        num_classes = FLAGS.num_classes or (int(cfg_classes) if cfg_classes else None) or \
-            len(class_names) + 1
-        if num_classes != len(class_names) + 1:
-            raise ValueError(f"--num_classes={num_classes} but the data set "
-                             f"{dataset_name} has {len(class_names)} classes + "
-                             f"background = {len(class_names) + 1}")
-        self.class_names = class_names
-        self.num_classes = num_classes
-        net_cls = get_network(model_name)
-        params = net_cls.default_params._replace(num_classes=num_classes,
-                                                 no_annotation_label=num_classes)
-        size = _image_size(FLAGS.eval_image_size) or _image_size(
-            _config_value(config, 'image_shape', 'img_shape', 'image_size'))
-        if size is not None and tuple(size) != tuple(params.img_shape):
-            params = params._replace(img_shape=tuple(size))
-        self.net = net_cls(params,
-                           reference_compat=bool(_config_value(config, 'reference_compat')))
-        self.model_name = model_name
+        check_flags()
+        self.kind, self.path = resolve_checkpoint_flag(evaluation)
+        self.eval_dir = prepare_eval_dir(FLAGS.eval_dir or default_eval_dir(
+            self.kind, self.path, FLAGS.checkpoint_path))
+        config = evaluation.read_run_config(
+            self.path if self.kind == 'saved_model' else FLAGS.checkpoint_path)
+        self.model_name = resolve_model_name(config, FLAGS.checkpoint_path)
+        self.dataset_name, self.source, self.class_names, self.num_classes = \
+            resolve_data(config)
+        self.net = build_net(get_network, self.model_name, self.num_classes, config)
+        self.model, self.detector = build_detector(evaluation, self.kind, self.path, self.net,
+                                                   self.model_name)
         self.preprocess_fn = make_preprocess_fn(tuple(self.net.params.img_shape),
                                                 FLAGS.eval_resize)
-        self.dataset = evaluation.make_eval_dataset(
-            self.records, self.preprocess_fn, FLAGS.batch_size,
-            num_parallel_calls=FLAGS.num_readers)
-        nms = dict(select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
-                   top_k=FLAGS.select_top_k, keep_top_k=FLAGS.keep_top_k)
-        if self.kind == 'saved_model':
-            self.model = None
-            self.detector = evaluation.saved_model_detector(self.path, self.net, **nms)
-        else:
-            try:
-                self.model = self.net.keras_model()
-            except ValueError as e:
-                raise ValueError(f"cannot build {model_name} for --eval_image_size/"
-                                 f"img_shape {self.net.params.img_shape}: {e}") from e
-            self.detector = evaluation.keras_detector(self.model, self.net, **nms)
+        with_encoded = (getattr(self.detector, 'input_kind', '') == 'encoded'
+                        or FLAGS.num_sample_images > 0)
+        self.dataset = data_lib.build_eval_dataset(
+            self.source, self.preprocess_fn, FLAGS.batch_size,
+            num_parallel_calls=FLAGS.num_readers, with_encoded=with_encoded)
 
     def restore(self, path, kind):
         if kind == 'saved_model':
@@ -313,14 +397,15 @@ class Evaluation:
         run = self.ev.run_evaluation(
             self.detector, self.dataset, self.num_classes, self.class_names,
             max_num_batches=FLAGS.max_num_batches, remove_difficult=FLAGS.remove_difficult,
-            matching_threshold=FLAGS.matching_threshold)
+            matching_threshold=FLAGS.matching_threshold,
+            num_sample_images=FLAGS.num_sample_images)
         m, paths = self.ev.write_report(
-            run, FLAGS.eval_dir, split=FLAGS.dataset_split_name, coco=FLAGS.coco_metrics,
-            step=step, records=self.records, num_sample_images=FLAGS.num_sample_images,
+            run, self.eval_dir, split=FLAGS.dataset_split_name, coco=FLAGS.coco_metrics,
+            step=step, num_sample_images=FLAGS.num_sample_images,
             extra=dict(checkpoint_path=path, model_name=self.model_name,
                        dataset_name=self.dataset_name))
         if summaries:
-            self.ev.write_summaries(FLAGS.eval_dir, m, step or 0)
+            self.ev.write_summaries(self.eval_dir, m, step or 0)
         logging.info('Evaluated %s: VOC07 mAP %.4f', path, m['voc07']['map'])
         print(m['table'])
         return m

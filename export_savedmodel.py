@@ -13,6 +13,8 @@ point leaves the old version serving. Signatures, inputs and outputs: see `ssd_t
 from absl import app
 from absl import flags
 
+from ssd_tf import postprocess
+
 flags.DEFINE_string('checkpoint_path', None, 'Training directory or checkpoint prefix written '
                     'by train_ssd.py, or a slim TF1 checkpoint (with --model_name and '
                     '--num_classes).')
@@ -21,10 +23,8 @@ flags.DEFINE_integer('num_classes', None, 'Classes incl. background; default: th
 flags.DEFINE_string('output_dir', None, 'Model base directory (TF Serving --model_base_path).')
 flags.DEFINE_integer('version', 1, 'Version subdirectory to write.')
 flags.DEFINE_boolean('overwrite', False, 'Replace an existing version directory.')
-flags.DEFINE_float('select_threshold', 0.01, 'Score threshold of the detections.')
-flags.DEFINE_float('nms_threshold', 0.45, 'NMS IoU threshold.')
-flags.DEFINE_integer('max_detections', 100, 'Detections per image.')
-flags.DEFINE_integer('select_top_k', 400, 'Candidates per class before NMS.')
+postprocess.define_detection_flags(flags)  # --select_threshold, --nms_threshold, --select_top_k
+flags.DEFINE_integer('max_detections', postprocess.MAX_DETECTIONS, 'Detections per image.')
 flags.DEFINE_string('label_map', None, "Label map file; default: the run's labels.txt.")
 flags.DEFINE_integer('max_image_pixels', None, 'Largest image (width x height, read from its '
                      'header before decoding) a request may send; default '
@@ -85,7 +85,7 @@ def main(argv):
 
     def preprocess(image):
         out = prep.preprocess_for_eval(image, None, None, out_shape=shape)
-        return out[0], out[3]
+        return out.image, out.bbox_img
 
     nms = dict(select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
                max_detections=FLAGS.max_detections, top_k=FLAGS.select_top_k)

@@ -27,6 +27,7 @@ from absl import app, flags  # noqa: E402
 from bench.machine import machine_info, print_table  # noqa: E402
 from nets import ssd_vgg_300  # noqa: E402
 from preprocessing import ssd_vgg_preprocessing as prep  # noqa: E402
+from ssd_tf import data as data_lib  # noqa: E402
 from ssd_tf import evaluation  # noqa: E402
 from ssd_tf.datasets import factory  # noqa: E402
 
@@ -55,12 +56,12 @@ def main(argv):
     def preprocess(image, labels, bboxes):
         out = prep.preprocess_for_eval(image, labels, bboxes, out_shape=out_shape,
                                        resize=prep.Resize.WARP_RESIZE)
-        return out[0], out[3]
+        return tuple(out[:4])
 
     detector = evaluation.keras_detector(model, net)
     rows = []
     for batch_size in [int(b) for b in FLAGS.batch_sizes.split(',') if b]:
-        dataset = evaluation.make_eval_dataset(records, preprocess, batch_size)
+        dataset = data_lib.build_eval_dataset(records, preprocess, batch_size)
         evaluation.run_evaluation(detector, dataset, num_classes, label_map.names)  # warm-up
         loop, det_only, ap = [], [], []
         for r in range(FLAGS.runs):

@@ -13,7 +13,10 @@ from ssd_tf import encoding
 from ssd_tf import losses as losses_lib
 from ssd_tf import postprocess
 
-# The slim SSDParams fields, in the original's order.
+# The slim SSDParams fields, in the original's order. `no_annotation_label` and
+# `anchor_size_bounds` are read by nothing here (the slim code did not use them at run time
+# either: anchor sizes come from `anchor_sizes`); they are kept so that the tuple mirrors the
+# slim one field for field.
 SSDParams = collections.namedtuple('SSDParameters', [
     'img_shape', 'num_classes', 'no_annotation_label', 'feat_layers', 'feat_shapes',
     'anchor_size_bounds', 'anchor_sizes', 'anchor_ratios', 'anchor_steps', 'anchor_offset',
@@ -74,7 +77,8 @@ class SSDNet:
         """Decodes per-layer offsets `[..., H, W, A, 4]` into yxyx boxes (unclipped)."""
         del scope
         return encoding.bboxes_decode(feat_localizations, anchors,
-                                      prior_scaling=self.params.prior_scaling)
+                                      prior_scaling=self.params.prior_scaling,
+                                      reference_compat=self.reference_compat)
 
     # ------------------------------------------------------------------ loss
     def losses(self, logits, localisations, gclasses, glocalisations, gscores,
@@ -90,22 +94,29 @@ class SSDNet:
 
     # ------------------------------------------------------------------ detection
     def detected_bboxes(self, predictions, localisations, select_threshold=None,
-                        nms_threshold=0.5, clipping_bbox=None, top_k=400, keep_top_k=200):
+                        nms_threshold=None, clipping_bbox=None,
+                        top_k=postprocess.SELECT_TOP_K, keep_top_k=postprocess.KEEP_TOP_K):
         """Selection + NMS on per-layer predictions `[B, H, W, A, C]` and decoded boxes.
 
         `localisations` are decoded boxes (`bboxes_decode`), `[B, H, W, A, 4]` per layer.
         reference_compat: the slim `(rscores, rbboxes)` dicts keyed by class 1..C-1, per
-        class `[B, keep_top_k]` / `[B, keep_top_k, 4]`, zero-padded.
+        class `[B, keep_top_k]` / `[B, keep_top_k, 4]`, zero-padded; None thresholds take the
+        slim signature's values (select 0, nms `postprocess.REFERENCE_NMS_THRESHOLD` 0.5).
         Default: a dict with `scores [B, K]`, `bboxes [B, K, 4]`, `classes [B, K]` and
-        `num_detections [B]` from combined NMS over all classes (K = keep_top_k).
+        `num_detections [B]` from combined NMS over all classes (K = keep_top_k); None
+        thresholds take `postprocess.SELECT_THRESHOLD` and `postprocess.NMS_THRESHOLD`.
         """
         if self.reference_compat:
+            if nms_threshold is None:
+                nms_threshold = postprocess.REFERENCE_NMS_THRESHOLD
             return postprocess.detected_bboxes_reference(
                 predictions, localisations, num_classes=self.params.num_classes,
                 select_threshold=select_threshold, nms_threshold=nms_threshold,
                 clipping_bbox=clipping_bbox, top_k=top_k, keep_top_k=keep_top_k)
         return postprocess.detected_bboxes_combined(
-            predictions, localisations, select_threshold=select_threshold,
-            nms_threshold=nms_threshold,
+            predictions, localisations,
+            select_threshold=(postprocess.SELECT_THRESHOLD if select_threshold is None
+                              else select_threshold),
+            nms_threshold=postprocess.NMS_THRESHOLD if nms_threshold is None else nms_threshold,
             clipping_bbox=clipping_bbox if clipping_bbox is not None else (0., 0., 1., 1.),
             top_k=top_k, keep_top_k=keep_top_k)

@@ -66,9 +66,16 @@ _SLIM_L2_FACTOR = 0.5
 _SLIM_VARIABLE_NAMES = {'kernel': 'weights', 'bias': 'biases', 'gamma': 'gamma'}
 
 
-def num_anchors_per_layer(params):
-    """Anchors per location of each feature layer: `len(sizes) + len(ratios)` (slim)."""
+def num_anchors_per_location(params):
+    """Anchors per feature-map cell of each layer, `A = len(sizes) + len(ratios)` (slim).
+
+    Not `ssd_tf.anchors.num_boxes_per_layer`, which counts all `H * W * A` boxes of a layer.
+    """
     return [len(s) + len(r) for s, r in zip(params.anchor_sizes, params.anchor_ratios)]
+
+
+# The slim name, kept for callers; it counts A per cell like `num_anchors_per_location`.
+num_anchors_per_layer = num_anchors_per_location
 
 
 def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weight_decay=0.0,
@@ -154,7 +161,7 @@ def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weig
         end_points[block.name] = net
 
     # Multibox heads.
-    anchors_per_layer = num_anchors_per_layer(params)
+    anchors_per_layer = num_anchors_per_location(params)
     num_classes = params.num_classes
     predictions, localisations, logits = [], [], []
     for i, layer in enumerate(params.feat_layers):

@@ -3,8 +3,15 @@
 Images are `[H, W, 3]` RGB, uint8 or float holding pixel values in 0..255; boxes are `[N, 4]`
 `[ymin, xmin, ymax, xmax]` normalised to [0, 1]; labels are `[N]`. Every function returns a
 float32 image of RGB pixel values minus the VGG means `(_R_MEAN, _G_MEAN, _B_MEAN)` (no /255, no
-BGR swap) and boxes relative to the returned image. Everything is TF graph code (runs inside
-`tf.data.Dataset.map`, no `py_function`, no Python loop over boxes).
+BGR swap) and boxes relative to the returned image, as a fixed namedtuple: `TrainExample(image,
+labels, bboxes, difficults)` from `preprocess_for_train`, `EvalExample(image, labels, bboxes,
+bbox_img, difficults)` from `preprocess_for_eval` (difficults all-zero when none are given).
+Box maths (flip, reframing, clipping) comes from `ssd_tf.boxes`. Everything is TF graph code
+(runs inside `tf.data.Dataset.map`, no `py_function`, no Python loop over boxes).
+
+Evaluation resizes (or crops) first and converts to float and subtracts the means at the output
+size, so its memory is bounded by `out_shape` whatever the input's size; `reference_compat=True`
+keeps the slim order (means subtracted at full size, then TF1's bilinear resize).
 
 Two training chains:
 - default: the SSD paper's augmentation (photometric distortions, expand / zoom-out, min-IoU
@@ -24,6 +31,7 @@ Two training chains:
 Randomness is stateless: `seed` is an int32/int64 tensor of shape `[2]` (e.g. built per element
 in tf.data from a base seed and the element index) and the same seed gives the same output.
 """
+import collections
 import enum
 
 import numpy as np
@@ -47,6 +55,13 @@ _MEANS = (_R_MEAN, _G_MEAN, _B_MEAN)
 _FILL = sum(_MEANS) / 3.
 
 EVAL_SIZE = (300, 300)
+
+# Fixed return types: every call returns all fields (difficults are all-zero int64 flags when
+# none are given), so callers read fields by name instead of counting tuple items.
+TrainExample = collections.namedtuple('TrainExample', ['image', 'labels', 'bboxes',
+                                                       'difficults'])
+EvalExample = collections.namedtuple('EvalExample', ['image', 'labels', 'bboxes', 'bbox_img',
+                                                     'difficults'])
 
 # Slim training chain (SPEC "Preprocessing").
 MIN_OBJECT_COVERED = 0.25
@@ -116,8 +131,9 @@ def _check_inputs(image, labels, bboxes, difficults, where):
     if labels is None:
         labels = tf.zeros([tf.shape(bboxes)[0]], tf.int64)
     labels = tf.convert_to_tensor(labels)
-    if difficults is not None:
-        difficults = tf.convert_to_tensor(difficults)
+    if difficults is None:
+        difficults = tf.zeros([tf.shape(bboxes)[0]], tf.int64)
+    difficults = tf.convert_to_tensor(difficults)
     return image, labels, bboxes, difficults
 
 
@@ -142,10 +158,6 @@ def _uniform(seed, shape=(), minval=0., maxval=1.):
 def _gather_all(mask, *tensors):
     """`tf.boolean_mask` of each tensor (None passes through)."""
     return tuple(None if t is None else tf.boolean_mask(t, mask) for t in tensors)
-
-
-def _with_difficults(outputs, difficults):
-    return outputs if difficults is None else outputs + (difficults,)
 
 
 def _to_data_format(image, data_format):
@@ -308,8 +320,7 @@ def _preprocess_train_paper(image, labels, bboxes, difficults, out_shape, seed):
 
     # Horizontal flip of the boxes; the image flip is folded into the sampling window below.
     flip = _uniform(seeds[7]) < FLIP_PROB
-    out_boxes = tf.where(flip, tf.stack([out_boxes[:, 0], 1. - out_boxes[:, 3], out_boxes[:, 2],
-                                         1. - out_boxes[:, 1]], axis=-1), out_boxes)
+    out_boxes = tf.where(flip, boxes_lib.flip_left_right(out_boxes), out_boxes)
 
     # One bilinear crop_and_resize does crop + flip + resize straight from uint8, for the output
     # pixels that fall on the image; the expand canvas around them is padding.
@@ -369,10 +380,7 @@ def distort_color(image, color_ordering, seed):
 
 def bboxes_resize(bbox_ref, bboxes):
     """Expresses bboxes `[N, 4]` (yxyx) in the frame of `bbox_ref` `[4]` (yxyx), not clipped."""
-    bbox_ref = tf.convert_to_tensor(bbox_ref, tf.float32)
-    origin = tf.tile(bbox_ref[0:2], [2])
-    size = tf.tile(bbox_ref[2:4] - bbox_ref[0:2], [2])
-    return (bboxes - origin) / size
+    return boxes_lib.reframe(bboxes, tf.convert_to_tensor(bbox_ref, tf.float32))
 
 
 def bboxes_filter_overlap(labels, bboxes, threshold=BBOX_CROP_OVERLAP, difficults=None):
@@ -408,8 +416,7 @@ def _preprocess_train_slim(image, labels, bboxes, difficults, out_shape, seed):
     image = _resize_legacy(image, out_shape)
     flip = _uniform(seeds[1]) < FLIP_PROB
     image = tf.where(flip, tf.reverse(image, axis=[1]), image)
-    bboxes = tf.where(flip, tf.stack([bboxes[:, 0], 1. - bboxes[:, 3], bboxes[:, 2],
-                                      1. - bboxes[:, 1]], axis=-1), bboxes)
+    bboxes = tf.where(flip, boxes_lib.flip_left_right(bboxes), bboxes)
     ordering = tf.random.stateless_uniform([], seeds[2], maxval=4, dtype=tf.int32)
     image = distort_color(image, ordering, seeds[3])
     image = image * 255. - tf.constant(_MEANS, tf.float32)
@@ -436,9 +443,9 @@ def preprocess_for_train(image, labels, bboxes, out_shape, data_format='NHWC',
       difficults: optional `[N]` flags, filtered like the labels.
 
     Returns:
-      `(image, labels, bboxes)`, plus `difficults` when given: image float32 `[h, w, 3]` of
+      A `TrainExample(image, labels, bboxes, difficults)`: image float32 `[h, w, 3]` of
       pixel values minus the means; labels `[M]`, bboxes `[M, 4]` yxyx relative to the output
-      image, difficults `[M]`, for the M <= N boxes kept.
+      image, difficults `[M]` (all-zero int64 when not given), for the M <= N boxes kept.
     """
     out_shape = _out_hw(out_shape)
     with tf.name_scope(scope):
@@ -448,14 +455,17 @@ def preprocess_for_train(image, labels, bboxes, out_shape, data_format='NHWC',
         image, labels, bboxes, difficults = chain(image, labels, bboxes, difficults,
                                                   out_shape, seed)
         image = _to_data_format(image, data_format)
-        return _with_difficults((image, labels, bboxes), difficults)
+        return TrainExample(image, labels, bboxes, difficults)
 
 
 # --------------------------------------------------------------------------- evaluation
-def _crop_or_pad(image, bboxes, target_height, target_width):
+def _crop_or_pad(image, bboxes, target_height, target_width, between=None):
     """Central crop and/or zero pad of `[H, W, C]` to the target size, boxes moved along.
 
     bboxes `[N, 4]` yxyx relative to the input -> relative to the output (not clipped).
+    `between`: optional `image -> image` applied after the crop and before the padding (the
+    mean subtraction, so that only the cropped pixels are converted to float and the padding
+    is 0 = the mean colour).
     """
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
@@ -466,6 +476,8 @@ def _crop_or_pad(image, bboxes, target_height, target_width):
     crop_h = tf.minimum(target_height, height)
     crop_w = tf.minimum(target_width, width)
     image = tf.image.crop_to_bounding_box(image, crop_y, crop_x, crop_h, crop_w)
+    if between is not None:
+        image = between(image)
     image = tf.image.pad_to_bounding_box(image, pad_y, pad_x, target_height, target_width)
     f = tf.float32
     # pixel = relative * input size - crop offset + pad offset; relative = pixel / target size.
@@ -475,10 +487,50 @@ def _crop_or_pad(image, bboxes, target_height, target_width):
     return image, (bboxes * scale + shift) / target
 
 
+def _eval_resize(image, bboxes, out_shape, resize, reference_compat):
+    """Resizes the RGB image `[H, W, 3]` (0..255) with the `resize` strategy and subtracts
+    the means; bboxes `[N, 4]` (yxyx) follow. Returns `(image float32, bboxes)`.
+
+    Default order: resize (or crop) first, then the float conversion and the mean subtraction,
+    so that no float copy is larger than the output (memory is bounded by the network input,
+    not by the picture; bilinear resizing commutes with the mean subtraction up to float32
+    rounding, ~1e-5). `reference_compat=True`: the slim order, means subtracted at full size,
+    then TF1's bilinear (no half-pixel centres).
+    """
+    if reference_compat:
+        image = tf_image_whitened(image)
+
+        def warp(img, size):
+            return _resize_legacy(img, size)
+        whiten = None
+    else:
+        def warp(img, size):
+            if isinstance(size, tuple) and tuple(img.shape[0:2]) == size:
+                # Already the output size (e.g. a TFLite input): a half-pixel bilinear resize
+                # to the same size is the identity, and TFLite has no uint8 -> float resize.
+                return img
+            return tf.image.resize(img, size, method='bilinear')  # uint8 in, float32 out
+        whiten = tf_image_whitened
+
+    if resize == Resize.CENTRAL_CROP:
+        # Cropping moves pixels without changing them: both orders give the same bits.
+        return _crop_or_pad(image, bboxes, out_shape[0], out_shape[1], between=whiten)
+    if resize == Resize.PAD_AND_RESIZE:
+        hw = tf.cast(tf.shape(image)[0:2], tf.float64)
+        factor = tf.minimum(tf.constant(1., tf.float64),
+                            tf.reduce_min(tf.constant(out_shape, tf.float64) / hw))
+        size = tf.cast(tf.floor(factor * hw), tf.int32)
+        image = warp(image, size)
+        return _crop_or_pad(image, bboxes, out_shape[0], out_shape[1], between=whiten)
+    if resize == Resize.WARP_RESIZE:
+        image = warp(image, out_shape)
+    return (image if whiten is None else whiten(image)), bboxes
+
+
 def preprocess_for_eval(image, labels, bboxes, out_shape=EVAL_SIZE, data_format='NHWC',
                         difficults=None, resize=Resize.WARP_RESIZE,
                         scope='ssd_preprocessing_eval', reference_compat=False):
-    """Prepares one evaluation image: mean subtraction and the chosen `resize` strategy.
+    """Prepares one evaluation image: the chosen `resize` strategy and mean subtraction.
 
     Args:
       image: `[H, W, 3]` RGB, uint8 or float pixel values in 0..255.
@@ -492,13 +544,16 @@ def preprocess_for_eval(image, labels, bboxes, out_shape=EVAL_SIZE, data_format=
         values, i.e. the mean colour) to out_shape, no scaling; PAD_AND_RESIZE: shrink
         (never enlarge) keeping the aspect ratio so the image fits in out_shape (size floored),
         then centrally pad to out_shape; WARP_RESIZE: bilinear warp to out_shape.
-      reference_compat: resizes with TF1's bilinear (no half-pixel centres) as the slim code did;
-        default uses `tf.image.resize` (half-pixel centres).
+      reference_compat: the slim order (means subtracted at full size, then resized with TF1's
+        bilinear, no half-pixel centres). Default: resized first with `tf.image.resize`
+        (half-pixel centres) straight from the input dtype, then converted to float32 and the
+        means subtracted at the output size, so memory per image is bounded by out_shape.
 
     Returns:
-      `(image, labels, bboxes, bbox_img)` plus `difficults` when given: image float32
+      An `EvalExample(image, labels, bboxes, bbox_img, difficults)`: image float32
       `[h, w, 3]` minus means ('NCHW': `[3, h, w]`), bboxes `[N, 4]` relative to the output
-      (not clipped), bbox_img `[4]` the input image's extent in output coordinates.
+      (not clipped), bbox_img `[4]` the input image's extent in output coordinates,
+      difficults `[N]` (all-zero int64 when not given).
     """
     if isinstance(resize, str):
         resize = Resize[resize.upper()]
@@ -506,42 +561,27 @@ def preprocess_for_eval(image, labels, bboxes, out_shape=EVAL_SIZE, data_format=
     if resize != Resize.NONE:
         out_shape = _out_hw(out_shape)
     with tf.name_scope(scope):
+        given_difficults = difficults is not None
         image, labels, bboxes, difficults = _check_inputs(image, labels, bboxes, difficults,
                                                           'preprocess_for_eval')
-        image = tf_image_whitened(image)
         # The image's own rectangle rides along as box 0.
         bboxes = tf.concat([tf.constant([[0., 0., 1., 1.]]), bboxes], axis=0)
-
-        def warp(img, size):
-            if reference_compat:
-                return _resize_legacy(img, size)
-            return tf.image.resize(img, size, method='bilinear')
-
-        if resize == Resize.CENTRAL_CROP:
-            image, bboxes = _crop_or_pad(image, bboxes, out_shape[0], out_shape[1])
-        elif resize == Resize.PAD_AND_RESIZE:
-            hw = tf.cast(tf.shape(image)[0:2], tf.float64)
-            factor = tf.minimum(tf.constant(1., tf.float64),
-                                tf.reduce_min(tf.constant(out_shape, tf.float64) / hw))
-            size = tf.cast(tf.floor(factor * hw), tf.int32)
-            image = warp(image, size)
-            image, bboxes = _crop_or_pad(image, bboxes, out_shape[0], out_shape[1])
-        elif resize == Resize.WARP_RESIZE:
-            image = warp(image, out_shape)
+        image, bboxes = _eval_resize(image, bboxes, out_shape, resize, reference_compat)
         if resize != Resize.NONE:
             image = tf.ensure_shape(image, [out_shape[0], out_shape[1], 3])
 
         bbox_img, bboxes = bboxes[0], bboxes[1:]
-        if difficults is not None and reference_compat:
+        if given_difficults and reference_compat:
             labels, bboxes, difficults = _gather_all(
                 tf.logical_not(tf.cast(difficults, tf.bool)), labels, bboxes, difficults)
         image = _to_data_format(image, data_format)
-        return _with_difficults((image, labels, bboxes, bbox_img), difficults)
+        return EvalExample(image, labels, bboxes, bbox_img, difficults)
 
 
 def preprocess_image(image, labels, bboxes, out_shape, data_format, is_training=False,
                      **kwargs):
-    """`preprocess_for_train` if `is_training` else `preprocess_for_eval` (kwargs passed on)."""
+    """`preprocess_for_train` if `is_training` else `preprocess_for_eval` (kwargs passed on);
+    returns a `TrainExample` or an `EvalExample` accordingly."""
     if is_training:
         return preprocess_for_train(image, labels, bboxes, out_shape=out_shape,
                                     data_format=data_format, **kwargs)

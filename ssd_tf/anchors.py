@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from ssd_tf import boxes as boxes_lib
+
 
 def ssd_anchor_one_layer(img_shape, feat_shape, sizes, ratios, step, offset=0.5,
                          dtype=np.float32):
@@ -53,9 +55,16 @@ def ssd_anchors_all_layers(img_shape, layers_shape, anchor_sizes, anchor_ratios,
             for i, s in enumerate(layers_shape)]
 
 
-def num_anchors_per_layer(anchors):
-    """Number of anchors `H * W * A` of each layer."""
-    return [int(y.shape[0] * y.shape[1] * h.shape[0]) for y, x, h, w in anchors]
+def num_boxes_per_layer(anchors):
+    """Number of default boxes `H * W * A` of each layer (all positions, all shapes).
+
+    Not `nets.ssd_vgg_keras.num_anchors_per_location`, which is `A` (boxes per cell).
+    """
+    return [int(y.shape[0] * y.shape[1] * np.asarray(h).shape[0]) for y, x, h, w in anchors]
+
+
+# The earlier name, kept for callers; it counts H * W * A like `num_boxes_per_layer`.
+num_anchors_per_layer = num_boxes_per_layer
 
 
 def anchors_flat(anchors):
@@ -78,4 +87,4 @@ def anchors_flat(anchors):
 def anchors_to_boxes(anchors):
     """Flattens anchor layers into yxyx boxes `[K, 4]` (order of `anchors_flat`)."""
     y, x, h, w = anchors_flat(anchors)
-    return np.stack([y - h / 2., x - w / 2., y + h / 2., x + w / 2.], axis=-1)
+    return boxes_lib.cxcywh_to_yxyx(np.stack([y, x, h, w], axis=-1)).numpy()

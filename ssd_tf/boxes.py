@@ -50,15 +50,46 @@ def iou(boxes1, boxes2):
     return tf.math.divide_no_nan(inter, union)
 
 
-def clip_boxes(boxes, window=(0., 0., 1., 1.)):
-    """Clips boxes `[..., 4]` (yxyx) to `window` `[4]` (yxyx); returns the same shape."""
+def clip_boxes(boxes, window=(0., 0., 1., 1.), reference_compat=False):
+    """Clips boxes `[..., 4]` (yxyx) to `window` (yxyx, `[4]` or broadcastable to `boxes`).
+
+    Default: every coordinate is clamped into the window, so a box wholly outside it becomes a
+    zero-area box on its border. `reference_compat=True`: the slim `bboxes_clip`, which only
+    raises the minima and lowers the maxima (the box's intersection with the window), so a box
+    wholly outside comes out inverted. Both agree on every box that overlaps the window.
+    """
     boxes = _as_boxes(boxes)
     window = tf.cast(_as_boxes(window, name="window"), boxes.dtype)
-    ymin = tf.clip_by_value(boxes[..., 0], window[0], window[2])
-    xmin = tf.clip_by_value(boxes[..., 1], window[1], window[3])
-    ymax = tf.clip_by_value(boxes[..., 2], window[0], window[2])
-    xmax = tf.clip_by_value(boxes[..., 3], window[1], window[3])
-    return tf.stack([ymin, xmin, ymax, xmax], axis=-1)
+    if reference_compat:
+        return tf.stack([tf.maximum(boxes[..., 0], window[..., 0]),
+                         tf.maximum(boxes[..., 1], window[..., 1]),
+                         tf.minimum(boxes[..., 2], window[..., 2]),
+                         tf.minimum(boxes[..., 3], window[..., 3])], axis=-1)
+    lo = tf.gather(window, [0, 1, 0, 1], axis=-1)
+    hi = tf.gather(window, [2, 3, 2, 3], axis=-1)
+    return tf.minimum(tf.maximum(boxes, lo), hi)
+
+
+def reframe(boxes, window):
+    """Expresses boxes `[..., 4]` (yxyx) in the frame of `window` (yxyx, `[4]` or broadcastable
+    to `boxes`, e.g. `[B, 1, 4]` for boxes `[B, K, 4]`): `(box - window origin) / window size`.
+
+    Not clipped. The window's own corners map to `[0, 0, 1, 1]`; reframing by the window of
+    a crop moves boxes into the crop's frame, reframing by the original image's extent in the
+    network input (`bbox_img`) moves detections back to the original image.
+    """
+    boxes = _as_boxes(boxes)
+    window = tf.cast(_as_boxes(window, name="window"), boxes.dtype)
+    origin = tf.gather(window, [0, 1, 0, 1], axis=-1)
+    size = tf.gather(window, [2, 3, 2, 3], axis=-1) - origin
+    return (boxes - origin) / size
+
+
+def flip_left_right(boxes):
+    """Boxes `[..., 4]` (yxyx, relative) of an image mirrored left-right: x -> 1 - x."""
+    boxes = _as_boxes(boxes)
+    return tf.stack([boxes[..., 0], 1. - boxes[..., 3], boxes[..., 2], 1. - boxes[..., 1]],
+                    axis=-1)
 
 
 def yxyx_to_cxcywh(boxes):

@@ -2,8 +2,15 @@
 
 The augmentation and the anchor encoding are arguments (`preprocess_fn`, `encode_fn`), so this
 module imports neither `preprocessing/` nor `nets/`. Boxes are relative
-`[ymin, xmin, ymax, xmax]` everywhere. Every image is decoded exactly once, inside one
-parallel map that also runs the preprocessing and the encoding.
+`[ymin, xmin, ymax, xmax]` everywhere. `build_dataset` runs these steps, each a function
+below: source -> order (shuffle, repeat, skip `start`) -> load (decode; TFRecords are also
+parsed and checked, `tfrecord.check_example`) -> preprocess + encode -> batch. Every image is
+decoded exactly once, after the skip. Its options are a `PipelineOptions`.
+
+Bad TFRecord records are skipped, counted in a `datasets.check.DataProblems` and named
+('<shard> record <index>') in a warning; in training the batch that held one fills its row
+with another of its images, so batches keep their stream positions and `start` resumes
+exactly. Records from the voc/coco readers were checked when they were read.
 
 Element structure: `(images, targets)`:
   images: `[B, h, w, 3]` float32, as returned by `preprocess_fn`.
@@ -18,7 +25,8 @@ Element structure: `(images, targets)`:
       and for eval datasets also 'difficult', 'is_crowd' `[B, M]` int64,
       'image_id' `[B]` string (TFRecords without `image/filename`, as the original
       converter wrote them: the position in the file order, '0', '1', ...),
-      'height', 'width' `[B]` int32 (original image size).
+      'height', 'width' `[B]` int32 (original image size), 'bbox_img' `[B, 4]` and
+      optionally 'encoded' `[B]` (see `build_eval_dataset`).
     Training datasets carry the boxes after `preprocess_fn` (what the network sees, e.g. for
     drawing the augmentation); eval datasets carry the original annotation, in relative
     coordinates of the original image, so evaluation is against the unmodified ground truth
@@ -26,15 +34,19 @@ Element structure: `(images, targets)`:
 
 Training drops crowd boxes (`is_crowd`, COCO) before preprocessing. Images may have no boxes.
 """
+import dataclasses
+import functools
 import inspect
 import os
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf.datasets import check as check_lib
 from ssd_tf.datasets import tfrecord as tfrecord_lib
 from ssd_tf.datasets.records import Record
-from ssd_tf.images import decode_image  # noqa: F401  the one decoder; data.decode_image kept
+from ssd_tf.images import decode_image  # the one decoder (data.decode_image kept)
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Interleaved TFRecord files read at once; more only adds memory on a few cores.
@@ -94,12 +106,44 @@ def _tfrecord_files(source):
     return files
 
 
+# ---------------------------------------------------------------------------- options
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+    """The options of `build_dataset` (each documented there); `None` defaults are resolved
+    from `is_training` by `resolved()`."""
+    batch_size: int = 32
+    is_training: bool = True
+    shuffle_buffer: int = 2048
+    seed: Optional[int] = None
+    num_parallel_calls: int = AUTOTUNE
+    drop_remainder: Optional[bool] = None
+    repeat: Optional[bool] = None
+    with_gt: Optional[bool] = None
+    max_boxes: Optional[int] = None
+    prefetch: int = AUTOTUNE
+    start: int = 0
+    num_classes: Optional[int] = None
+    report: Optional[check_lib.DataProblems] = None
+    max_pixels: Optional[int] = None
+    with_encoded: bool = False
+
+    def resolved(self):
+        """A copy with drop_remainder/repeat defaulting to is_training, with_gt to its
+        negation, and a (warn-only) DataProblems when no report is given."""
+        train = self.is_training
+        return dataclasses.replace(
+            self, drop_remainder=train if self.drop_remainder is None else self.drop_remainder,
+            repeat=train if self.repeat is None else self.repeat,
+            with_gt=(not train) if self.with_gt is None else self.with_gt,
+            report=check_lib.DataProblems() if self.report is None else self.report)
+
+
 # ---------------------------------------------------------------------------- builder
-def build_dataset(source, preprocess_fn, encode_fn=None, batch_size=32, is_training=True,
-                  shuffle_buffer=2048, seed=None, num_parallel_calls=AUTOTUNE,
-                  drop_remainder=None, repeat=None, with_gt=None, max_boxes=None,
-                  prefetch=AUTOTUNE, start=0):
+def build_dataset(source, preprocess_fn, encode_fn=None, options=None, **overrides):
     """Builds the batched input dataset (element structure in the module docstring).
+
+    source -> order (shuffle, repeat, skip `start`) -> load (TFRecords: parse, check, decode;
+    bad records skipped and reported) -> preprocess + encode -> batch.
 
     Args:
       source: a list of `Record`s (from voc/coco/synthetic readers; images from files, bytes
@@ -111,116 +155,358 @@ def build_dataset(source, preprocess_fn, encode_fn=None, batch_size=32, is_train
         stream)` (see `seed`).
       encode_fn: `(labels, bboxes) -> (gclasses, glocalisations, gscores)` lists per layer,
         e.g. `lambda l, b: net.bboxes_encode(l, b, anchors)`; None to skip targets.
+      options: a `PipelineOptions`; keyword arguments override its fields:
       batch_size: images per batch.
       is_training: shuffle, repeat, drop crowd boxes, drop the last partial batch.
       shuffle_buffer: shuffle buffer for TFRecord sources (record lists are shuffled whole).
       seed: makes the element order and the per-element preprocessing seeds reproducible
         (stateful random ops inside `preprocess_fn` are not reproducible under a parallel
         map; use the `seed` keyword and stateless ops).
-      num_parallel_calls: parallelism of the decode/preprocess/encode map.
+      num_parallel_calls: parallelism of the load and preprocess/encode maps.
       drop_remainder, repeat: default to `is_training`.
       with_gt: add padded ground truth to the targets; defaults to `not is_training`.
       max_boxes: pad ground truth to this fixed count (an image with more fails loudly);
         None pads to the largest count in each batch.
       prefetch: batches to prefetch (0 for none).
       start: skip the first `start` elements of the (shuffled, repeated) stream before any
-        image is decoded, keeping each element's position-derived seed: a resumed run passes
-        `step * batch_size` and continues with exactly the batches it would have seen.
-    """
-    if drop_remainder is None:
-        drop_remainder = is_training
-    if repeat is None:
-        repeat = is_training
-    if with_gt is None:
-        with_gt = not is_training
-    pass_seed = 'seed' in inspect.signature(preprocess_fn).parameters
-    options = tf.data.Options()
-    options.deterministic = True
+        record is parsed or decoded, keeping each element's position-derived seed: a resumed
+        run passes `step * batch_size` and continues with exactly the batches it would have
+        seen (bad records included: see below).
+      num_classes: TFRecord boxes with a label outside [1, num_classes) are dropped and
+        reported (None: only labels < 1).
+      report: a `check.DataProblems` that counts the TFRecord records skipped and boxes
+        dropped (strict mode: the first problem stops the stream); default: warnings only.
+      max_pixels: TFRecord images over this many pixels (read from the header) are skipped.
+      with_encoded: eval datasets only; also carry each image's encoded file (see
+        `build_eval_dataset`).
 
-    images = None
-    if isinstance(source, (str, os.PathLike)) or (
-            isinstance(source, (list, tuple)) and source and
-            all(isinstance(s, (str, os.PathLike)) for s in source)):
-        files = _tfrecord_files(source)
-        ds = tf.data.Dataset.from_tensor_slices(files)
-        if is_training:
-            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), _MAX_INTERLEAVE),
-                           num_parallel_calls=min(len(files), _MAX_INTERLEAVE),
-                           deterministic=True)
-        if is_training:
-            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(tfrecord_lib.parse_example, num_parallel_calls=num_parallel_calls)
+    Bad TFRecord records (`tfrecord.check_example`: unequal box lists, missing or broken
+    image bytes, boxes outside [0, 1]; and records the decoder fails on) are skipped with a
+    warning naming the shard and record index. In training a bad record's place in its batch
+    is taken by another image of the same batch, so every batch still covers the same stream
+    positions and a resume with `start` sees the same records; eval streams just omit it.
+    """
+    opts = dataclasses.replace(options or PipelineOptions(), **overrides).resolved()
+    pass_seed = 'seed' in inspect.signature(preprocess_fn).parameters
+    prepare = functools.partial(_prepare, preprocess_fn=preprocess_fn, encode_fn=encode_fn,
+                                opts=opts, pass_seed=pass_seed)
+    if _is_tfrecord_source(source):
+        ds = _order(_tfrecord_source(source, opts), opts)
+        ds = _load_tfrecords(ds, opts, locate=None)
+        if opts.is_training:
+            ds = ds.map(lambda position, ex: prepare(position, ex, keep_flag=True),
+                        num_parallel_calls=opts.num_parallel_calls, deterministic=True)
+        else:
+            ds = ds.filter(lambda position, ex: ex['ok'])
+            ds = ds.map(prepare, num_parallel_calls=opts.num_parallel_calls, deterministic=True)
     else:
         ds, images = _records_dataset(list(source))
-        if is_training:
-            ds = ds.shuffle(int(ds.cardinality()), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
+        ds = _order(ds, opts, int(ds.cardinality()))
+        ds = ds.map(lambda position, meta: prepare(position, _load_record(meta, images)),
+                    num_parallel_calls=opts.num_parallel_calls, deterministic=True)
+    return _batch(ds, opts)
+
+
+def _is_tfrecord_source(source):
+    return isinstance(source, (str, os.PathLike)) or (
+        isinstance(source, (list, tuple)) and bool(source) and
+        all(isinstance(s, (str, os.PathLike)) for s in source))
+
+
+def _tfrecord_source(source, opts):
+    """`{'file', 'record' (index in its file), 'serialized'}` per record: files shuffled in
+    training, then interleaved and (training) shuffled in a buffer of `shuffle_buffer`; a
+    stream that does not repeat ends with an end marker (`_with_end_marker`)."""
+    files = _tfrecord_files(source)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if opts.is_training:
+        ds = ds.shuffle(len(files), seed=opts.seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(_read_file, cycle_length=min(len(files), _MAX_INTERLEAVE),
+                       num_parallel_calls=min(len(files), _MAX_INTERLEAVE), deterministic=True)
+    if opts.is_training:
+        ds = ds.shuffle(opts.shuffle_buffer, seed=opts.seed, reshuffle_each_iteration=True)
+    return ds if opts.repeat else _with_end_marker(ds)
+
+
+def _read_file(path):
+    return tf.data.TFRecordDataset(path).enumerate().map(
+        lambda i, s: {'file': path, 'record': i, 'serialized': s})
+
+
+def _order(ds, opts, shuffle_buffer=None):
+    """Shuffles (training, when `shuffle_buffer` is given), repeats, skips `start` elements
+    and numbers the rest with their stream position: `(position, element)`. Nothing is
+    parsed or decoded here."""
+    if opts.is_training and shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=opts.seed, reshuffle_each_iteration=True)
+    if opts.repeat:
         ds = ds.repeat()
-    if start:
-        ds = ds.skip(int(start))
-    # the element's position in the stream -> its preprocessing seed
-    ds = ds.enumerate(start=int(start))
-    base_seed = 0 if seed is None else int(seed)
+    if opts.start:
+        ds = ds.skip(int(opts.start))
+    return ds.enumerate(start=int(opts.start))
 
-    def load(position, ex):
-        if images is not None:
-            image = tf.gather(images, ex['index'])
-        else:
-            data = ex['encoded']
-            if 'path' in ex:
-                data = tf.cond(tf.strings.length(data) > 0, lambda: data,
-                               lambda: tf.io.read_file(ex['path']))
-            image = decode_image(data)
-        labels = tf.reshape(tf.cast(ex['labels'], tf.int64), [-1])
-        bboxes = tf.reshape(tf.cast(ex['bboxes'], tf.float32), [-1, 4])
-        difficult = tf.reshape(tf.cast(ex['difficult'], tf.int64), [-1])
-        is_crowd = tf.reshape(tf.cast(ex['is_crowd'], tf.int64), [-1])
-        shape = tf.shape(image)
-        if max_boxes is not None:
-            tf.debugging.assert_less_equal(
-                tf.size(labels), max_boxes,
-                message=f"an image has more boxes than max_boxes={max_boxes}; raise max_boxes")
-        p_labels, p_bboxes = labels, bboxes
-        if is_training:
-            keep = tf.equal(is_crowd, 0)
-            p_labels, p_bboxes = tf.boolean_mask(labels, keep), tf.boolean_mask(bboxes, keep)
-        kwargs = {}
-        if pass_seed:
-            kwargs['seed'] = tf.stack([tf.constant(base_seed, tf.int64), position])
-        out_image, p_labels, p_bboxes = preprocess_fn(image, p_labels, p_bboxes, **kwargs)[:3]
-        p_labels = tf.cast(p_labels, tf.int64)
-        p_bboxes = tf.reshape(tf.cast(p_bboxes, tf.float32), [-1, 4])
-        targets = {}
-        if encode_fn is not None:
-            gclasses, glocs, gscores = encode_fn(p_labels, p_bboxes)
-            targets['gclasses'] = tuple(tf.cast(g, tf.int64) for g in gclasses)
-            targets['glocalisations'] = tuple(tf.cast(g, tf.float32) for g in glocs)
-            targets['gscores'] = tuple(tf.cast(g, tf.float32) for g in gscores)
-        if with_gt:
-            if is_training:
-                targets.update(labels=p_labels, bboxes=p_bboxes)
-            else:
-                # Records of the original converter carry no id: use the stream position.
-                image_id = tf.where(tf.strings.length(ex['image_id']) > 0, ex['image_id'],
-                                    tf.strings.as_string(position))
-                targets.update(labels=labels, bboxes=bboxes, difficult=difficult,
-                               is_crowd=is_crowd, image_id=image_id,
-                               height=shape[0], width=shape[1])
-            targets['num_boxes'] = tf.size(targets['labels'], out_type=tf.int32)
-        return tf.cast(out_image, tf.float32), targets
 
-    ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
-    if with_gt:
-        padded_shapes = _padded_shapes(ds.element_spec, max_boxes)
-        ds = ds.padded_batch(batch_size, padded_shapes=padded_shapes,
-                             drop_remainder=drop_remainder)
+def _load_record(meta, images):
+    """A record-list element -> the loaded example (image decoded or gathered)."""
+    if images is not None:
+        image = tf.gather(images, meta['index'])
     else:
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder,
-                      num_parallel_calls=num_parallel_calls, deterministic=True)
-    if prefetch:
-        ds = ds.prefetch(prefetch)
+        data = tf.cond(tf.strings.length(meta['encoded']) > 0, lambda: meta['encoded'],
+                       lambda: tf.io.read_file(meta['path']))
+        image = decode_image(data)
+    return {'image': image, 'labels': meta['labels'], 'bboxes': meta['bboxes'],
+            'difficult': meta['difficult'], 'is_crowd': meta['is_crowd'],
+            'image_id': meta['image_id'], 'encoded': None if images is not None else data}
+
+
+# ---------------------------------------------------------------------------- TFRecord checks
+# The image that stands in for a bad record until its batch replaces it (never trained on).
+_PLACEHOLDER_SIZE = 32
+
+
+def _load_tfrecords(ds, opts, locate):
+    """`(position, {'file', 'record', 'serialized'})` -> `(position, example)`: parses, checks
+    (`tfrecord.check_example`) and decodes each record; a bad one is reported to
+    `opts.report` and comes out with `ok` False and a placeholder image. A record the parser
+    or decoder still fails on is dropped by `ignore_errors` and put back as such a
+    placeholder by `_refill_dropped` (named by `locate(position)`, or its stream position)."""
+    report = opts.report
+
+    def load(position, rec):
+        ex, kind, detail, box_kinds, box_details = tfrecord_lib.check_example(
+            rec['serialized'], num_classes=opts.num_classes, max_pixels=opts.max_pixels)
+        real = rec['record'] >= 0  # the end-of-stream sentinel has record -1
+        location = tf.strings.join([rec['file'], ' record ', tf.strings.as_string(rec['record'])])
+        ok = tf.equal(kind, '')
+        needs_report = tf.logical_and(real, tf.logical_or(
+            tf.logical_not(ok), tf.reduce_any(tf.not_equal(box_kinds, ''))))
+        if report.strict:  # reported later, in stream order, by _stop_at_first_problem
+            problem = {'location': location, 'kind': kind, 'detail': detail,
+                       'box_kinds': box_kinds, 'box_details': box_details,
+                       'any': needs_report}
+        else:
+            reported = tf.cond(needs_report, lambda: _report(
+                report, location, kind, detail, box_kinds, box_details),
+                lambda: tf.constant(True))
+            with tf.control_dependencies([reported]):
+                ok = tf.identity(ok)
+        ok = tf.logical_and(ok, real)
+        image = tf.cond(ok, lambda: decode_image(ex['encoded']), _placeholder_image)
+        example = _example(image, ex, ok)
+        if report.strict:
+            example['problem'] = problem
+        return position, example
+
+    ds = ds.map(load, num_parallel_calls=opts.num_parallel_calls, deterministic=True)
+    ds = ds.ignore_errors(log_warning=True)
+    ds = _refill_dropped(ds, opts.start, report, locate)
+    return _stop_at_first_problem(ds, report) if report.strict else ds
+
+
+def _stop_at_first_problem(ds, report):
+    """Strict mode: reports (and so raises at) the first bad record in stream order."""
+    def check(position, ex):
+        ex = dict(ex)
+        p = ex.pop('problem')
+        reported = tf.cond(p['any'], lambda: _report(
+            report, p['location'], p['kind'], p['detail'], p['box_kinds'], p['box_details']),
+            lambda: tf.constant(True))
+        with tf.control_dependencies([reported]):
+            return tf.identity(position), ex
+
+    return ds.map(check)
+
+
+def _example(image, ex, ok):
+    return {'image': image, 'labels': ex['labels'], 'bboxes': ex['bboxes'],
+            'difficult': ex['difficult'], 'is_crowd': ex['is_crowd'],
+            'image_id': ex['image_id'], 'ok': ok, 'encoded': ex.get('encoded', tf.constant(''))}
+
+
+def _placeholder_image():
+    return tf.zeros([_PLACEHOLDER_SIZE, _PLACEHOLDER_SIZE, 3], tf.uint8)
+
+
+def _report(report, location, kind, detail, box_kinds, box_details):
+    """Hands one record's problems to the Python-side `report` (a py_function: counts,
+    warnings and the strict-mode stop live in Python). Returns True (a dependency handle)."""
+    def add(location, kind, detail, box_kinds, box_details):
+        where = location.numpy().decode('utf-8', 'replace')
+        if kind.numpy():
+            report.add(where, kind.numpy().decode(), detail.numpy().decode('utf-8', 'replace'))
+        for k, d in zip(box_kinds.numpy(), box_details.numpy()):
+            if k:
+                report.add(where, k.decode(), d.decode('utf-8', 'replace'), whole_record=False)
+        return True
+
+    done = tf.py_function(add, [location, kind, detail, box_kinds, box_details], tf.bool)
+    done.set_shape([])
+    return done
+
+
+def _refill_dropped(ds, start, report, locate):
+    """Puts a placeholder (`ok` False) back at every stream position that `ignore_errors`
+    dropped, so that positions stay contiguous, and reports it."""
+    def step(expected, item):
+        return item[0] + 1, (expected, item)
+
+    def unreadable(position):
+        where = tf.py_function(lambda p: locate(int(p)) if locate else
+                               f"the record at stream position {int(p)} (run python -m "
+                               f"ssd_tf.datasets.check on the shards to name it)",
+                               [position], tf.string)
+        where.set_shape([])
+        empty_strings = tf.constant([], tf.string)
+        reported = _report(report, where, tf.constant(tfrecord_lib.UNREADABLE), tf.constant(
+            'TensorFlow cannot parse or decode it (its error is logged above)'),
+                           empty_strings, empty_strings)
+        with tf.control_dependencies([reported]):
+            ok = tf.logical_not(tf.identity(reported))
+        empty = {'labels': tf.zeros([0], tf.int64), 'bboxes': tf.zeros([0, 4], tf.float32),
+                 'difficult': tf.zeros([0], tf.int64), 'is_crowd': tf.zeros([0], tf.int64),
+                 'image_id': tf.constant('')}
+        example = _example(_placeholder_image(), empty, ok)
+        if report.strict:
+            example['problem'] = {'location': where, 'kind': tf.constant(''),
+                                  'detail': tf.constant(''), 'box_kinds': empty_strings,
+                                  'box_details': empty_strings, 'any': tf.constant(False)}
+        return position, example
+
+    def expand(expected, item):
+        dropped = tf.data.Dataset.range(expected, item[0]).map(unreadable)
+        return dropped.concatenate(tf.data.Dataset.from_tensors(item))
+
+    return ds.scan(tf.constant(int(start), tf.int64), step).flat_map(expand)
+
+
+def checked_tfrecords(source, report, num_classes=None, max_pixels=None):
+    """Every record of the TFRecord files of `source` (a pattern or list), in file order,
+    through the training pipeline's load step (`check_example`, decode); problems go to
+    `report` and name the shard and record index. Elements: `(position, example)`, the last
+    one an end marker at position = the number of records (`ok` False)."""
+    files = _tfrecord_files(source)
+    counts = []  # (records, whether the file ends inside a record) per file
+
+    def locate(position):
+        if not counts:  # only needed for a record the decoder fails on: count lazily
+            counts.extend(_count_records(f) for f in files)
+        for f, (n, truncated) in zip(files, counts):
+            if position < n or (truncated and position == n):
+                return f"{f} record {position}" + (
+                    " (the file ends inside this record: a truncated shard)"
+                    if position == n else "")
+            position -= n + truncated
+        return f"the record at stream position {position}"
+
+    ds = _with_end_marker(tf.data.Dataset.from_tensor_slices(files).flat_map(_read_file))
+    opts = PipelineOptions(is_training=False, num_classes=num_classes, max_pixels=max_pixels,
+                           report=report).resolved()
+    return _load_tfrecords(_order(ds, opts), opts, locate)
+
+
+def _count_records(path):
+    """`(number of whole records, whether the file ends inside one)` of a TFRecord file."""
+    n = 0
+    try:
+        for _ in tf.data.TFRecordDataset(path):
+            n += 1
+    except tf.errors.DataLossError:
+        return n, True
+    return n, False
+
+
+def _with_end_marker(ds):
+    """Appends an element with record index -1: a finite stream's last records that the
+    decoder fails on are then followed by something, so `_refill_dropped` sees them."""
+    return ds.concatenate(tf.data.Dataset.from_tensors(
+        {'file': tf.constant(''), 'record': tf.constant(-1, tf.int64),
+         'serialized': tf.constant('')}))
+
+
+# ---------------------------------------------------------------------------- preprocess
+def _prepare(position, ex, preprocess_fn, encode_fn, opts, pass_seed, keep_flag=False):
+    """A loaded example -> `(image float32, targets)`: crowd boxes dropped (training),
+    `preprocess_fn` with the position-derived seed, `encode_fn`, ground truth if asked."""
+    image = ex['image']
+    labels = tf.reshape(tf.cast(ex['labels'], tf.int64), [-1])
+    bboxes = tf.reshape(tf.cast(ex['bboxes'], tf.float32), [-1, 4])
+    difficult = tf.reshape(tf.cast(ex['difficult'], tf.int64), [-1])
+    is_crowd = tf.reshape(tf.cast(ex['is_crowd'], tf.int64), [-1])
+    shape = tf.shape(image)
+    if opts.max_boxes is not None:
+        tf.debugging.assert_less_equal(
+            tf.size(labels), opts.max_boxes,
+            message=f"an image has more boxes than max_boxes={opts.max_boxes}; raise max_boxes")
+    p_labels, p_bboxes = labels, bboxes
+    if opts.is_training:
+        keep = tf.equal(is_crowd, 0)
+        p_labels, p_bboxes = tf.boolean_mask(labels, keep), tf.boolean_mask(bboxes, keep)
+    kwargs = {}
+    if pass_seed:
+        kwargs['seed'] = tf.stack([tf.constant(0 if opts.seed is None else int(opts.seed),
+                                               tf.int64), position])
+    outs = preprocess_fn(image, p_labels, p_bboxes, **kwargs)
+    out_image, p_labels, p_bboxes = outs[:3]
+    p_labels = tf.cast(p_labels, tf.int64)
+    p_bboxes = tf.reshape(tf.cast(p_bboxes, tf.float32), [-1, 4])
+    targets = {}
+    if encode_fn is not None:
+        gclasses, glocs, gscores = encode_fn(p_labels, p_bboxes)
+        targets['gclasses'] = tuple(tf.cast(g, tf.int64) for g in gclasses)
+        targets['glocalisations'] = tuple(tf.cast(g, tf.float32) for g in glocs)
+        targets['gscores'] = tuple(tf.cast(g, tf.float32) for g in gscores)
+    if opts.with_gt:
+        if opts.is_training:
+            targets.update(labels=p_labels, bboxes=p_bboxes)
+        else:
+            # Records of the original converter carry no id: use the stream position.
+            image_id = tf.where(tf.strings.length(ex['image_id']) > 0, ex['image_id'],
+                                tf.strings.as_string(position))
+            targets.update(labels=labels, bboxes=bboxes, difficult=difficult,
+                           is_crowd=is_crowd, image_id=image_id,
+                           height=shape[0], width=shape[1])
+            targets.update(_eval_extras(outs, ex.get('encoded'), image, opts.with_encoded))
+        targets['num_boxes'] = tf.size(targets['labels'], out_type=tf.int32)
+    if keep_flag:
+        targets[_OK] = ex['ok']
+    return tf.cast(out_image, tf.float32), targets
+
+
+# ---------------------------------------------------------------------------- batch
+_OK = '_ok'  # per-element flag carried to the batch when bad records are replaced there
+
+
+def _batch(ds, opts):
+    """Batches (padding the ground truth when `with_gt`), replaces bad records' rows, and
+    prefetches; sets the deterministic option."""
+    if opts.with_gt:
+        ds = ds.padded_batch(opts.batch_size,
+                             padded_shapes=_padded_shapes(ds.element_spec, opts.max_boxes),
+                             drop_remainder=opts.drop_remainder)
+    else:
+        ds = ds.batch(opts.batch_size, drop_remainder=opts.drop_remainder,
+                      num_parallel_calls=opts.num_parallel_calls, deterministic=True)
+    if _OK in ds.element_spec[1]:
+        ds = ds.map(_replace_bad_rows, num_parallel_calls=opts.num_parallel_calls,
+                    deterministic=True)
+    if opts.prefetch:
+        ds = ds.prefetch(opts.prefetch)
+    options = tf.data.Options()
+    options.deterministic = True
     return ds.with_options(options)
+
+
+def _replace_bad_rows(images, targets):
+    """Each row whose `_ok` flag is False takes the data of the next good row of the batch
+    (cyclically); a batch with no good row is left as it is (placeholders without boxes)."""
+    targets = dict(targets)
+    ok = targets.pop(_OK)  # [B] bool
+    b = tf.shape(ok)[0]
+    order = (tf.range(b)[:, None] + tf.range(b)[None, :]) % b  # [B, B]: row i tries i, i+1..
+    first = tf.argmax(tf.cast(tf.gather(ok, order), tf.int32), axis=1, output_type=tf.int32)
+    src = tf.gather(order, first, batch_dims=1)  # [B]
+    src = tf.where(tf.reduce_any(ok), src, tf.range(b))
+    return tf.nest.map_structure(lambda x: tf.gather(x, src), (images, targets))
 
 
 _GT_KEYS = ('labels', 'bboxes', 'difficult', 'is_crowd')
@@ -240,10 +526,34 @@ def _padded_shapes(spec, max_boxes):
     return tf.TensorShape(image_spec.shape), targets
 
 
+def _eval_extras(outs, encoded, image, with_encoded):
+    """The eval-only targets of one element: `bbox_img` `[4]` (the original image's extent in
+    network-input coordinates: `preprocess_fn`'s `bbox_img` field or 4th output, else
+    `[0, 0, 1, 1]`) and, with_encoded, `encoded` (the image file's bytes; PNG of an in-memory
+    array)."""
+    bbox_img = getattr(outs, 'bbox_img', None)
+    if bbox_img is None:
+        bbox_img = outs[3] if len(outs) > 3 else tf.constant([0., 0., 1., 1.])
+    extras = {'bbox_img': tf.reshape(tf.cast(bbox_img, tf.float32), [4])}
+    if with_encoded:
+        extras['encoded'] = encoded if encoded is not None else tf.io.encode_png(image)
+    return extras
+
+
 def build_eval_dataset(source, preprocess_fn, batch_size=32, encode_fn=None, max_boxes=None,
-                       num_parallel_calls=AUTOTUNE):
-    """Eval input: every image once, in source order, with `image_id`, original size and the
-    original ground truth padded (`difficult`, `is_crowd` included); see `build_dataset`."""
+                       num_parallel_calls=AUTOTUNE, with_encoded=False):
+    """Eval input, the one evaluation pipeline (`ssd_tf.evaluation.run_evaluation` reads it):
+    every image once, in source order; TFRecords are streamed, never held in memory.
+
+    source: Records or a TFRecord file pattern / list (see `build_dataset`).
+    preprocess_fn: `(image, labels, bboxes) -> (image, labels, bboxes[, bbox_img, ...])`, e.g.
+      `preprocess_for_eval`; its `bbox_img` lets detections be mapped back to the original
+      image under the non-warp resize modes.
+    Targets: `image_id`, original `height`/`width`, the original ground truth padded
+    (`labels`, `bboxes`, `difficult`, `is_crowd`, `num_boxes`), `bbox_img` `[B, 4]`, and with
+    `with_encoded` the encoded image files `encoded` `[B]` string (for end-to-end SavedModels
+    and the detection grid).
+    """
     return build_dataset(source, preprocess_fn, encode_fn=encode_fn, batch_size=batch_size,
                          is_training=False, with_gt=True, max_boxes=max_boxes,
-                         num_parallel_calls=num_parallel_calls)
+                         num_parallel_calls=num_parallel_calls, with_encoded=with_encoded)

@@ -3,9 +3,14 @@
 It is the job of this module to turn one image's labels and boxes into per-layer training
 targets (and offsets back into boxes); it does not compute losses or run NMS.
 
-Boxes are `[ymin, xmin, ymax, xmax]` relative to the image. Offsets are in the slim order
-`[x, y, w, h]`: `t_x = (cx - xa) / wa / s0`, `t_y = (cy - ya) / ha / s1`,
-`t_w = log(w / wa) / s2`, `t_h = log(h / ha) / s3` with `prior_scaling = [s0, s1, s2, s3]`.
+Boxes are `[ymin, xmin, ymax, xmax]` relative to the image. Offsets are stored in the slim
+order `[x, y, w, h]`, while `prior_scaling = [s0, s1, s2, s3]` follows the box convention's
+order y, x, h, w (as the slim encoder did): `t_x = (cx - xa) / wa / s1`,
+`t_y = (cy - ya) / ha / s0`, `t_w = log(w / wa) / s3`, `t_h = log(h / ha) / s2`.
+`bboxes_decode` is the exact inverse for any prior_scaling. Under `reference_compat=True` it
+keeps the slim decoder, which multiplies x by s0, y by s1, w by s2 and h by s3 (the offset
+vector's order), so it inverts the encoder only when s0 == s1 and s2 == s3 (the default
+`(0.1, 0.1, 0.2, 0.2)` is such a scaling).
 
 Two matchers:
 - reference (`reference_compat=True`), the slim SSD: every anchor takes the ground-truth box
@@ -26,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssd_tf import anchors as anchors_lib
+from ssd_tf import boxes as boxes_lib
 
 
 def _flat_anchors(anchors, dtype):
@@ -65,10 +71,8 @@ def _iou_with_anchors(bboxes, ya, xa, ha, wa):
     `union = vol_anchors - inter + (bymax - bymin) * (bxmax - bxmin)`; the same order is kept so
     that reference results match to the bit.
     """
-    ymin = ya - ha / 2.
-    xmin = xa - wa / 2.
-    ymax = ya + ha / 2.
-    xmax = xa + wa / 2.
+    ymin, xmin, ymax, xmax = tf.unstack(
+        boxes_lib.cxcywh_to_yxyx(tf.stack([ya, xa, ha, wa], axis=-1)), axis=-1)  # [K] each
     vol_anchors = (xmax - xmin) * (ymax - ymin)  # [K]
     b = bboxes[:, None, :]  # [N, 1, 4]
     int_ymin = tf.maximum(ymin, b[..., 0])
@@ -83,7 +87,12 @@ def _iou_with_anchors(bboxes, ya, xa, ha, wa):
 
 
 def _encode_offsets(ymin, xmin, ymax, xmax, ya, xa, ha, wa, prior_scaling):
-    """Box corners `[K]` each -> offsets `[K, 4]` (`[x, y, w, h]`), in the slim order of ops."""
+    """Box corners `[K]` each -> offsets `[K, 4]` (`[x, y, w, h]`), in the slim order of ops.
+
+    prior_scaling `[s0, s1, s2, s3]` divides y, x, h, w. The centre and size are computed
+    here rather than with `boxes.yxyx_to_cxcywh` because the slim order of operations
+    (`(ymax + ymin) / 2`) is needed for bit-exact reference targets.
+    """
     cy = (ymax + ymin) / 2.
     cx = (xmax + xmin) / 2.
     h = ymax - ymin
@@ -159,27 +168,33 @@ def bboxes_encode(labels, bboxes, anchors, num_classes, prior_scaling=(0.1, 0.1,
             _split_layers(gscores, anchors))
 
 
-def bboxes_decode(feat_localizations, anchors, prior_scaling=(0.1, 0.1, 0.2, 0.2)):
+def bboxes_decode(feat_localizations, anchors, prior_scaling=(0.1, 0.1, 0.2, 0.2),
+                  reference_compat=False):
     """Decodes per-layer offsets into boxes.
 
     feat_localizations: list per layer of `[..., H, W, A, 4]` (`[x, y, w, h]` offsets).
+    prior_scaling `[s0, s1, s2, s3]` applies to y, x, h, w: the exact inverse of
+    `bboxes_encode` for any scaling. `reference_compat=True`: the slim decoder, which applies
+    s0 to x, s1 to y, s2 to w and s3 to h (the inverse only for symmetric scaling).
     Returns a list per layer of `[..., H, W, A, 4]` yxyx boxes, unclipped.
     """
     if len(feat_localizations) != len(anchors):
         raise ValueError(f"{len(feat_localizations)} localisation layers for "
                          f"{len(anchors)} anchor layers")
+    s_y, s_x, s_h, s_w = prior_scaling
+    if reference_compat:
+        s_x, s_y, s_w, s_h = prior_scaling
     out = []
     for loc, (yref, xref, href, wref) in zip(feat_localizations, anchors):
         loc = tf.convert_to_tensor(loc)
         dt = loc.dtype
         yref, xref, href, wref = (tf.constant(np.asarray(v), dtype=dt)
                                   for v in (yref, xref, href, wref))
-        # The slim code uses prior_scaling[0] for x and [1] for y here (both 0.1 by default).
-        cx = loc[..., 0] * wref * prior_scaling[0] + xref
-        cy = loc[..., 1] * href * prior_scaling[1] + yref
-        w = wref * tf.exp(loc[..., 2] * prior_scaling[2])
-        h = href * tf.exp(loc[..., 3] * prior_scaling[3])
-        out.append(tf.stack([cy - h / 2., cx - w / 2., cy + h / 2., cx + w / 2.], axis=-1))
+        cx = loc[..., 0] * wref * s_x + xref
+        cy = loc[..., 1] * href * s_y + yref
+        w = wref * tf.exp(loc[..., 2] * s_w)
+        h = href * tf.exp(loc[..., 3] * s_h)
+        out.append(boxes_lib.cxcywh_to_yxyx(tf.stack([cy, cx, h, w], axis=-1)))
     return out
 
 

@@ -9,11 +9,13 @@ to VOC pixels (`relative * size`, the inverse of the VOC readers' `pixel / size`
 metrics (`ssd_tf.metrics`).
 
 Pieces:
-- `make_eval_dataset(records, preprocess_fn, batch_size)`: a tf.data pipeline of batches.
+- The input is `ssd_tf.data.build_eval_dataset` (the one evaluation pipeline; it streams
+  TFRecords), with `with_encoded=True` for end-to-end SavedModels and the detection grid.
 - `keras_detector(model, net, ...)`, `saved_model_detector(path, net, ...)`: images ->
   detections dict (scores [B, K], bboxes [B, K, 4], classes [B, K], num_detections [B]).
 - `run_evaluation(detector, dataset, class_names, ...)`: detections in original pixels,
-  accumulated in a `metrics.VOCEvaluator`; returns an `EvalRun`.
+  accumulated in a `metrics.VOCEvaluator` (difficult and crowd boxes ignored); returns an
+  `EvalRun`.
 - `write_report(run, eval_dir, ...)`: table, JSON, VOC and COCO results files, PR curves and a
   grid of detections (PNG, drawn with cv2).
 - `watch_checkpoints(...)`: evaluates each new checkpoint of a training run.
@@ -28,18 +30,21 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf import boxes as boxes_lib
 from ssd_tf import images
 from ssd_tf import metrics as metrics_lib
 from ssd_tf import postprocess
 from ssd_tf import visualize
+# Moved to postprocess (decode + NMS glue); re-exported for existing callers.
+from ssd_tf.postprocess import detections_from_raw  # noqa: F401
 
 
-# Detection defaults of the slim eval script (eval_ssd_network.py).
-SELECT_THRESHOLD = 0.01
-SELECT_TOP_K = 400
-KEEP_TOP_K = 200
-NMS_THRESHOLD = 0.45
-MATCHING_THRESHOLD = 0.5
+# Detection defaults of the slim eval script (eval_ssd_network.py), defined in postprocess.
+SELECT_THRESHOLD = postprocess.SELECT_THRESHOLD
+SELECT_TOP_K = postprocess.SELECT_TOP_K
+KEEP_TOP_K = postprocess.KEEP_TOP_K
+NMS_THRESHOLD = postprocess.NMS_THRESHOLD
+MATCHING_THRESHOLD = postprocess.MATCHING_THRESHOLD
 # VOC GT boxes are integers; relative float32 boxes carry ~1e-5 pixel of rounding, removed by
 # rounding the recovered pixel coordinates to this many decimals.
 _GT_PIXEL_DECIMALS = 4
@@ -49,54 +54,6 @@ _GT_PIXEL_DECIMALS = 4
 # The image-bytes reader and the drawing decoder live in ssd_tf.images (old names kept).
 _record_bytes = images.read_image_bytes
 decode_record_image = images.decode_record_image
-
-
-def make_eval_dataset(records, preprocess_fn, batch_size=1, num_parallel_calls=None):
-    """tf.data batches for evaluation from Record-like objects (`ssd_tf.datasets.records`).
-
-    records: sequence with `image_id`, `height`, `width`, `boxes` `[N, 4]` relative yxyx,
-      `labels` `[N]`, `difficult` `[N]` and the image (`image_path`, `encoded` or `image`).
-    preprocess_fn: `(image uint8 [H, W, 3], labels [N], bboxes [N, 4]) -> (image float32
-      [h, w, 3], bbox_img [4])`, graph code; bbox_img is the original image's extent in
-      coordinates relative to the returned image (`[0, 0, 1, 1]` for a warp resize).
-    Yields dicts: `image [B, h, w, 3]`, `bbox_img [B, 4]`, `encoded [B]` (the image files, for
-    end-to-end SavedModels), `image_id [B]` (string),
-    `index [B]` (position in records), `height`, `width [B]`, `boxes [B, N, 4]`, `labels
-    [B, N]` (0 = padding), `difficult [B, N]`; ground truth stays relative to the original.
-    """
-    records = list(records)
-    if not records:
-        raise ValueError("the evaluation set is empty")
-
-    def gen():
-        for i, r in enumerate(records):
-            yield dict(encoded=_record_bytes(r), index=i, image_id=str(r.image_id),
-                       height=int(r.height), width=int(r.width),
-                       boxes=np.asarray(r.boxes, np.float32).reshape(-1, 4),
-                       labels=np.asarray(r.labels, np.int64).reshape(-1),
-                       difficult=np.asarray(r.difficult, np.int64).reshape(-1))
-
-    sig = dict(encoded=tf.TensorSpec([], tf.string), index=tf.TensorSpec([], tf.int64),
-               image_id=tf.TensorSpec([], tf.string), height=tf.TensorSpec([], tf.int64),
-               width=tf.TensorSpec([], tf.int64), boxes=tf.TensorSpec([None, 4], tf.float32),
-               labels=tf.TensorSpec([None], tf.int64), difficult=tf.TensorSpec([None], tf.int64))
-
-    def prepare(ex):
-        image = images.decode_image(ex['encoded'], where=ex['image_id'])
-        image, bbox_img = preprocess_fn(image, ex['labels'], ex['boxes'])
-        ex['image'] = tf.cast(image, tf.float32)
-        ex['bbox_img'] = tf.cast(bbox_img, tf.float32)
-        return ex
-
-    ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
-    ds = ds.map(prepare, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE)
-    ds = ds.padded_batch(batch_size, padding_values=dict(
-        encoded=tf.constant('', tf.string), index=tf.constant(0, tf.int64),
-        image_id=tf.constant('', tf.string), height=tf.constant(0, tf.int64),
-        width=tf.constant(0, tf.int64),
-        boxes=0., labels=tf.constant(0, tf.int64), difficult=tf.constant(0, tf.int64),
-        image=0., bbox_img=0.))
-    return ds.prefetch(2)
 
 
 # ---------------------------------------------------------------------------- detectors
@@ -117,18 +74,6 @@ def keras_detector(model, net, select_threshold=SELECT_THRESHOLD, nms_threshold=
         return detections_from_raw(out['predictions'], out['localisations'], net, anchors,
                                    select_threshold, nms_threshold, top_k, keep_top_k)
     return detect
-
-
-def detections_from_raw(predictions, localisations, net, anchors, select_threshold,
-                        nms_threshold, top_k, keep_top_k):
-    """Per-layer raw outputs -> the combined detections dict (decode, select, NMS, clip)."""
-    decoded = net.bboxes_decode(localisations, anchors)
-    # top_k cannot exceed the number of anchors (small networks); the flattened anchor count
-    # is not always static inside detected_bboxes_combined, so cap it here.
-    num_anchors = sum(int(np.prod(y.shape[:2])) * len(h) for y, _, h, _ in anchors)
-    return postprocess.detected_bboxes_combined(
-        predictions, decoded, select_threshold=select_threshold, nms_threshold=nms_threshold,
-        clipping_bbox=(0., 0., 1., 1.), top_k=min(top_k, num_anchors), keep_top_k=keep_top_k)
 
 
 _DETECTION_KEYS = {
@@ -235,7 +180,9 @@ EvalRun = collections.namedtuple('EvalRun', [
     'seconds',          # wall time of the detection loop (data + model + NMS)
     'detect_seconds',   # time inside the detector only
     'detections',       # dict image index -> (boxes [K,4] relative to original, scores, classes)
-])
+    'samples',          # dict image index -> (encoded bytes, GT boxes [N,4] relative, labels
+                        # [N]) of the first images, for the detection grid (may be empty)
+], defaults=(None,))
 
 
 def to_original_relative(boxes, bbox_img):
@@ -246,90 +193,110 @@ def to_original_relative(boxes, bbox_img):
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     bbox_img = np.asarray(bbox_img, np.float64)
-    origin = bbox_img[[0, 1, 0, 1]]
-    extent = (bbox_img[[2, 3, 2, 3]] - origin)
-    return np.clip((boxes - origin) / extent, 0., 1.)
+    return boxes_lib.clip_boxes(boxes_lib.reframe(boxes, bbox_img)).numpy()
 
 
-def _as_eval_batch(batch):
-    """A batch of `make_eval_dataset` (dict) or of `ssd_tf.data.build_eval_dataset`
-    (`(images, targets)`, warp-resized: bbox_img = [0, 0, 1, 1]) -> numpy dict."""
-    if isinstance(batch, (tuple, list)):
-        images, t = batch
-        n = int(images.shape[0])
-        return dict(image=images, bbox_img=np.tile([[0., 0., 1., 1.]], (n, 1)),
-                    image_id=t['image_id'].numpy(), height=t['height'].numpy(),
-                    width=t['width'].numpy(), boxes=t['bboxes'].numpy(),
-                    labels=t['labels'].numpy(), difficult=t['difficult'].numpy())
-    out = {k: (v if k == 'image' else v.numpy()) for k, v in batch.items()}
+def _batch_numpy(batch):
+    """A batch of `ssd_tf.data.build_eval_dataset` `(images, targets)` -> a dict of numpy
+    arrays (the images stay a tensor): image, bbox_img, image_id, height, width, boxes,
+    labels, difficult, is_crowd and, when carried, encoded."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], dict)):
+        raise ValueError("run_evaluation takes batches of ssd_tf.data.build_eval_dataset "
+                         "((images, targets) pairs)")
+    images, t = batch
+    missing = sorted({'bboxes', 'bbox_img', 'image_id', 'height', 'width', 'labels',
+                      'difficult', 'is_crowd'} - set(t))
+    if missing:
+        raise ValueError(f"evaluation batches lack {missing}: build them with "
+                         f"ssd_tf.data.build_eval_dataset")
+    out = {k: v.numpy() for k, v in t.items()}
+    out.update(image=images, boxes=out.pop('bboxes'))
     return out
+
+
+def _detect(detector, batch, end_to_end):
+    """Runs the detector on a batch; returns numpy detections (boxes relative to the network
+    input, or to the original image for an end-to-end model, then bbox_img is set to
+    [0, 0, 1, 1] in `batch`)."""
+    if not end_to_end:
+        return {k: np.asarray(v) for k, v in detector(batch['image']).items()}
+    if 'encoded' not in batch:
+        raise ValueError("an end-to-end SavedModel (image bytes in) needs batches with the "
+                         "encoded images: build_eval_dataset(..., with_encoded=True)")
+    det = detector(batch['encoded'])
+    batch['bbox_img'] = np.tile([[0., 0., 1., 1.]], (len(batch['encoded']), 1))
+    return {k: np.asarray(v) for k, v in det.items()}
+
+
+def _add_batch(ev, batch, det, remove_difficult):
+    """Adds every image of a batch to the VOCEvaluator in original pixels; yields
+    `(position in the batch, (boxes relative to the original, scores, classes))`."""
+    for i in range(len(batch['image_id'])):
+        h, w = int(batch['height'][i]), int(batch['width'][i])
+        scale = np.array([h, w, h, w], np.float64)
+        real = batch['labels'][i] > 0
+        gt_boxes = np.round(batch['boxes'][i][real].astype(np.float64) * scale,
+                            _GT_PIXEL_DECIMALS)
+        difficult = batch['difficult'][i][real].astype(bool)
+        if not remove_difficult:
+            difficult = np.zeros_like(difficult)
+        n = int(det['num_detections'][i])
+        boxes = to_original_relative(det['bboxes'][i][:n], batch['bbox_img'][i])
+        scores = det['scores'][i][:n].astype(np.float64)
+        classes = det['classes'][i][:n].astype(np.int64)
+        image_id = batch['image_id'][i]
+        image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+        ev.add_image(image_id, gt_boxes, batch['labels'][i][real], difficult,
+                     boxes * scale, scores, classes, image_shape=(h, w), relative=False,
+                     gt_is_crowd=batch['is_crowd'][i][real].astype(bool))
+        yield i, (boxes, scores, classes)
 
 
 def run_evaluation(detector, dataset, num_classes, class_names=None, max_num_batches=None,
                    remove_difficult=True, matching_threshold=MATCHING_THRESHOLD,
-                   use_07_metric=False):
+                   use_07_metric=False, num_sample_images=0):
     """Runs `detector` over `dataset` and accumulates VOC metrics in original pixels.
 
-    dataset: batches of `make_eval_dataset`, or of `ssd_tf.data.build_eval_dataset` (whose
-      preprocessing must keep relative coordinates, i.e. a warp resize).
+    dataset: batches of `ssd_tf.data.build_eval_dataset` (its `bbox_img` maps detections back
+      to the original image, so every resize mode of the eval pre-processing works).
     detector: images -> detections dict; one with `input_kind == 'encoded'` (an end-to-end
-      SavedModel) gets the batch's encoded image files and returns boxes relative to the
-      original image.
+      SavedModel) gets the batch's encoded image files (`with_encoded=True`) and returns boxes
+      relative to the original image.
     remove_difficult: True applies the VOC rule (difficult objects are neither TP nor FP and
-      not counted); False treats difficult objects as ordinary ground truth.
+      not counted); False treats difficult objects as ordinary ground truth. Crowd boxes
+      (`is_crowd`) are always ignored that way.
+    num_sample_images: keep the encoded file and ground truth of the first images (batches
+      carrying `encoded`) in `EvalRun.samples`, for `draw_detection_grid`.
     A ground-truth label >= num_classes is an error naming --num_classes. Returns an
     `EvalRun`; its `detections` are keyed by the image's position in the data set.
     """
     ev = metrics_lib.VOCEvaluator(num_classes, class_names, ovthresh=matching_threshold,
                                   use_07_metric=use_07_metric)
-    kept = {}
-    n_images = 0
+    kept, samples = {}, {}
     detect_seconds = 0.
     end_to_end = getattr(detector, 'input_kind', 'preprocessed') == 'encoded'
     start = time.perf_counter()
     for step, batch in enumerate(dataset):
         if max_num_batches is not None and step >= max_num_batches:
             break
-        batch = _as_eval_batch(batch)
+        batch = _batch_numpy(batch)
         t0 = time.perf_counter()
-        if end_to_end:
-            if 'encoded' not in batch:
-                raise ValueError("an end-to-end SavedModel (image bytes in) needs batches with "
-                                 "the encoded images: use make_eval_dataset")
-            det = detector(batch['encoded'])
-            # boxes are already relative to the original image
-            batch['bbox_img'] = np.tile([[0., 0., 1., 1.]], (len(batch['encoded']), 1))
-        else:
-            det = detector(batch['image'])
-        det = {k: np.asarray(v) for k, v in det.items()}
+        det = _detect(detector, batch, end_to_end)
         detect_seconds += time.perf_counter() - t0
         max_label = int(np.max(batch['labels'], initial=0))
         if max_label >= num_classes:
             raise ValueError(f"the data set has label {max_label} but --num_classes="
                              f"{num_classes}; set --num_classes to the data set's number of "
                              f"classes + 1 (background)")
-        for i in range(len(batch['image_id'])):
-            h, w = int(batch['height'][i]), int(batch['width'][i])
-            scale = np.array([h, w, h, w], np.float64)
-            real = batch['labels'][i] > 0
-            gt_boxes = np.round(batch['boxes'][i][real].astype(np.float64) * scale,
-                                _GT_PIXEL_DECIMALS)
-            difficult = batch['difficult'][i][real].astype(bool)
-            if not remove_difficult:
-                difficult = np.zeros_like(difficult)
-            n = int(det['num_detections'][i])
-            boxes = to_original_relative(det['bboxes'][i][:n], batch['bbox_img'][i])
-            scores = det['scores'][i][:n].astype(np.float64)
-            classes = det['classes'][i][:n].astype(np.int64)
-            image_id = batch['image_id'][i]
-            image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
-            ev.add_image(image_id, gt_boxes, batch['labels'][i][real], difficult,
-                         boxes * scale, scores, classes, image_shape=(h, w), relative=False)
-            kept[n_images] = (boxes, scores, classes)
-            n_images += 1
-    if n_images == 0:
+        for i, found in _add_batch(ev, batch, det, remove_difficult):
+            if len(kept) < num_sample_images and 'encoded' in batch:
+                real = batch['labels'][i] > 0
+                samples[len(kept)] = (bytes(batch['encoded'][i]), batch['boxes'][i][real],
+                                      batch['labels'][i][real])
+            kept[len(kept)] = found
+    if not kept:
         raise ValueError("no image was evaluated (empty data set or --max_num_batches=0)")
-    return EvalRun(ev, n_images, time.perf_counter() - start, detect_seconds, kept)
+    return EvalRun(ev, len(kept), time.perf_counter() - start, detect_seconds, kept, samples)
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -401,11 +368,11 @@ def draw_pr_curves(m, path, panel=240, columns=4):
         x0, y0 = ox + margin, oy + panel - margin
         size = panel - 2 * margin + 10
         cv2.rectangle(canvas, (x0, y0 - size), (x0 + size, y0), (0, 0, 0), 1)
-        for t in (0.5,):
-            cv2.line(canvas, (x0, int(y0 - t * size)), (x0 + size, int(y0 - t * size)),
-                     (220, 220, 220), 1)
-            cv2.line(canvas, (int(x0 + t * size), y0), (int(x0 + t * size), y0 - size),
-                     (220, 220, 220), 1)
+        # grid lines at precision 0.5 and recall 0.5
+        cv2.line(canvas, (x0, int(y0 - 0.5 * size)), (x0 + size, int(y0 - 0.5 * size)),
+                 (220, 220, 220), 1)
+        cv2.line(canvas, (int(x0 + 0.5 * size), y0), (int(x0 + 0.5 * size), y0 - size),
+                 (220, 220, 220), 1)
         rec = per_class[name]['recall']
         prec = per_class[name]['precision']
         if len(rec):
@@ -430,27 +397,48 @@ def _write_png(path, rgb):
     visualize.save_png(path, rgb)
 
 
+# A Record-like view of kept encoded bytes, for `decode_record_image`.
+_EncodedImage = collections.namedtuple('_EncodedImage', 'encoded image image_path image_id')
+
+
+def _grid_samples(run, records, num_images):
+    """`(index, image uint8 [H, W, 3], GT boxes [N, 4] relative, GT labels [N])` of the first
+    `num_images` evaluated images: from `run.samples` (kept from the stream), else re-read by
+    index from `records` (a Record list); images found in neither are left out."""
+    out = []
+    for idx in sorted(run.detections)[:num_images]:
+        if run.samples and idx in run.samples:
+            encoded, boxes, labels = run.samples[idx]
+            record = _EncodedImage(encoded, None, None, str(idx))
+        elif records is not None:
+            record = records[idx]
+            boxes, labels = record.boxes, record.labels
+        else:
+            continue
+        out.append((idx, decode_record_image(record), np.asarray(boxes).reshape(-1, 4),
+                    np.asarray(labels).reshape(-1)))
+    return out
+
+
 def draw_detection_grid(run, records, class_names, path, num_images=8, score_threshold=0.3,
                         max_boxes=20, tile=300, columns=2):
     """PNG grid of the first `num_images` evaluated images, each as a pair: ground truth
     (left) and the best `max_boxes` detections with score >= score_threshold (right), drawn
-    with `ssd_tf.visualize`. Returns the path, or None when no image was evaluated."""
-    indices = sorted(run.detections)[:num_images]
-    if not indices:
+    with `ssd_tf.visualize`. Images come from `run.samples`, else from `records` (the
+    evaluated Record list, or None). Returns the path, or None when there is no image."""
+    samples = _grid_samples(run, records, num_images)
+    if not samples:
         return None
     names = ['none'] + list(class_names)
     pairs = []
-    for idx in indices:
-        rec = records[idx]
-        image = decode_record_image(rec)
+    for idx, image, gt_boxes, gt_labels in samples:
         scale = tile / max(image.shape[:2])
         image = cv2.resize(image, (max(1, int(round(image.shape[1] * scale))),
                                    max(1, int(round(image.shape[0] * scale)))),
                            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         boxes, scores, classes = run.detections[idx]
         keep = np.nonzero(scores >= score_threshold)[0][:max_boxes]  # scores are sorted
-        gt = visualize.draw_boxes(image, np.asarray(rec.boxes).reshape(-1, 4),
-                                  np.asarray(rec.labels).reshape(-1), label_names=names)
+        gt = visualize.draw_boxes(image, gt_boxes, gt_labels, label_names=names)
         det = visualize.draw_boxes(image, boxes[keep], classes[keep], scores=scores[keep],
                                    label_names=names)
         pairs.append(np.concatenate([gt, np.full((gt.shape[0], 4, 3), 255, np.uint8), det],
@@ -467,7 +455,8 @@ def write_report(run, eval_dir, split='test', coco=False, step=None, records=Non
     Files: `metrics.json` (numbers; null for undefined APs), `metrics.txt` (the table),
     `results/comp4_det_<split>_<class>.txt` (VOC results), `coco_detections.json` (COCO
     results; image ids are positions in `coco_groundtruth.json`, also written),
-    `pr_curves.png`, and `detections.png` when `records` (the evaluated Record list) is given.
+    `pr_curves.png`, and `detections.png` (`num_sample_images` images from `run.samples`,
+    else re-read from `records`, the evaluated Record list, when given).
     """
     os.makedirs(eval_dir, exist_ok=True)
     m = compute_metrics(run, coco=coco)
@@ -485,7 +474,7 @@ def write_report(run, eval_dir, split='test', coco=False, step=None, records=Non
     with open(paths['coco_groundtruth'], 'w') as f:
         json.dump(run.evaluator.coco_ground_truth(), f)
     paths['pr_curves'] = draw_pr_curves(m, os.path.join(eval_dir, 'pr_curves.png'))
-    if records is not None and num_sample_images > 0:
+    if num_sample_images > 0 and (run.samples or records is not None):
         paths['detections'] = draw_detection_grid(
             run, records, run.evaluator.class_names, os.path.join(eval_dir, 'detections.png'),
             num_images=num_sample_images)

@@ -47,15 +47,17 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from ssd_tf import evaluation
+from ssd_tf import boxes as boxes_lib
 from ssd_tf import images as images_lib
+from ssd_tf import postprocess
+# Moved to postprocess (the home of every NMS variant); re-exported for existing callers.
+from ssd_tf.postprocess import tflite_postprocess  # noqa: F401
 
-# Detection defaults of a deployed model (the slim eval thresholds; 100 detections as the TF
-# Object Detection API's exported SSDs).
-SELECT_THRESHOLD = 0.01
-NMS_THRESHOLD = 0.45
-MAX_DETECTIONS = 100
-SELECT_TOP_K = 400
+# Detection defaults of a deployed model: postprocess's, with MAX_DETECTIONS (100) kept.
+SELECT_THRESHOLD = postprocess.SELECT_THRESHOLD
+NMS_THRESHOLD = postprocess.NMS_THRESHOLD
+MAX_DETECTIONS = postprocess.MAX_DETECTIONS
+SELECT_TOP_K = postprocess.SELECT_TOP_K
 
 BYTES_INPUT = 'image_bytes'
 IMAGES_INPUT = 'images'
@@ -180,8 +182,8 @@ class DetectionModule(tf.Module):
     def _detect(self, images, bbox_img):
         """Pre-processed `[B, h, w, 3]`, bbox_img `[B, 4]` -> the output dict."""
         out = self.model(images, training=False)
-        det = evaluation.detections_from_raw(out['predictions'], out['localisations'],
-                                             self._net, self._anchors, **self._nms)
+        det = postprocess.detections_from_raw(out['predictions'], out['localisations'],
+                                              self._net, self._anchors, **self._nms)
         boxes = to_original_relative(det['bboxes'], bbox_img)
         live = tf.range(self._nms['keep_top_k'])[None, :] < det['num_detections'][:, None]
         boxes = tf.where(live[..., None], boxes, 0.)
@@ -199,9 +201,8 @@ class DetectionModule(tf.Module):
 def to_original_relative(boxes, bbox_img):
     """Boxes `[B, K, 4]` yxyx relative to the network input -> relative to the original image
     (bbox_img `[B, 4]`: the original's extent in network-input coordinates), clipped to [0, 1]."""
-    origin = tf.gather(bbox_img, [0, 1, 0, 1], axis=-1)[:, None, :]
-    extent = tf.gather(bbox_img, [2, 3, 2, 3], axis=-1)[:, None, :] - origin
-    return tf.clip_by_value((boxes - origin) / extent, 0., 1.)
+    bbox_img = tf.convert_to_tensor(bbox_img)
+    return boxes_lib.clip_boxes(boxes_lib.reframe(boxes, bbox_img[:, None, :]))
 
 
 def version_dir(output_dir, version):
@@ -325,39 +326,6 @@ def write_label_files(label_names, directory):
 
 
 # ---------------------------------------------------------------------------- TFLite
-def tflite_postprocess(scores, boxes, num_classes, select_threshold=SELECT_THRESHOLD,
-                       nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
-                       top_k=SELECT_TOP_K):
-    """Per-class NMS with TFLite builtin ops, for ONE image.
-
-    scores `[K, C]` class probabilities (0 = background), boxes `[K, 4]` yxyx relative (clipped
-    here to [0, 1]). Per class 1..C-1: the `top_k` best anchors, NMS V4 (padded) with the
-    score threshold, at most `max_detections`; then the best `max_detections` over all classes.
-    Returns `(boxes [M, 4], classes [M] float32, scores [M], count [] float32)`, M =
-    max_detections, rows past count zero. Same selection as `detected_bboxes_combined`.
-    """
-    boxes = tf.clip_by_value(boxes, 0., 1.)
-    k = min(int(top_k), int(scores.shape[0]))
-    all_scores, all_boxes, all_classes = [], [], []
-    for c in range(1, num_classes):  # unrolled: C-1 NMS ops, static shapes throughout
-        cand_scores, cand_idx = tf.math.top_k(scores[:, c], k=k)
-        cand_boxes = tf.gather(boxes, cand_idx)
-        keep, count = tf.raw_ops.NonMaxSuppressionV4(
-            boxes=cand_boxes, scores=cand_scores, max_output_size=max_detections,
-            iou_threshold=nms_threshold, score_threshold=select_threshold,
-            pad_to_max_output_size=True)
-        live = tf.range(max_detections) < count
-        all_scores.append(tf.where(live, tf.gather(cand_scores, keep), -1.))
-        all_boxes.append(tf.gather(cand_boxes, keep))
-        all_classes.append(tf.fill([max_detections], float(c)))
-    scores_m, pick = tf.math.top_k(tf.concat(all_scores, 0), k=max_detections)
-    live = scores_m >= 0.
-    boxes_m = tf.where(live[:, None], tf.gather(tf.concat(all_boxes, 0), pick), 0.)
-    classes_m = tf.where(live, tf.gather(tf.concat(all_classes, 0), pick), 0.)
-    scores_m = tf.where(live, scores_m, 0.)
-    return boxes_m, classes_m, scores_m, tf.reduce_sum(tf.cast(live, tf.float32))
-
-
 def tflite_detection_function(net, model, whiten_fn, select_threshold=SELECT_THRESHOLD,
                               nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
                               top_k=SELECT_TOP_K):
@@ -546,6 +514,7 @@ def load_from_checkpoint(checkpoint_path, get_network, model_name=None, num_clas
     Returns `(net, model, label_names or None, checkpoint prefix)`. A model_name/num_classes
     that contradicts the run config or the checkpoint is a ValueError naming the flag.
     """
+    from ssd_tf import evaluation
     from ssd_tf.datasets import labelmap as labelmap_lib
     kind, path = evaluation.resolve_checkpoint(checkpoint_path)
     if kind == 'saved_model':

@@ -17,15 +17,17 @@ core (`_match_detections`), so the two cannot disagree:
   detection is a FP (no fall-back to the second best box); otherwise TP;
 - a detection whose best IoU is <= ovthresh, or on an image without GT of its class, is FP;
 - npos counts the non-difficult GT boxes.
+- COCO crowd boxes (`iscrowd`) are treated exactly like difficult ones: VOC-style AP on COCO
+  data then ignores crowd regions, as pycocotools does for the COCO metrics.
 - A class with npos == 0 has an undefined AP (nan) and is left out of the mAP.
 """
 import contextlib
 import io
 import json
 import os
-import xml.etree.ElementTree as ET
-
 import numpy as np
+
+from ssd_tf.datasets import voc as voc_lib
 
 # The 11 recall thresholds of the VOC2007 metric exactly as py-faster-rcnn computes them
 # (np.arange, so 0.30000000000000004, 0.6000000000000001, 0.7000000000000001): kept bit for
@@ -169,56 +171,28 @@ def _class_result(gt_by_image, det_image_ids, det_scores, det_boxes, ovthresh):
 
 
 # ---------------------------------------------------------------------------- VOC files
-def _xml_int_flag(obj, tag):
-    """Reads a 0/1 child element's text; a missing or empty element means 0."""
-    node = obj.find(tag)
-    if node is None or node.text is None or not node.text.strip():
-        return 0
-    return int(float(node.text.strip()))
-
-
 def parse_voc_xml(path):
-    """Reads a VOC annotation file.
+    """Reads a VOC annotation file through the one VOC parser, `datasets.voc.read_annotation`.
 
     Returns a dict: `filename`, `height`, `width` (None when `<size>` is absent) and `objects`,
     a list of dicts `name`, `bbox` (`[ymin, xmin, ymax, xmax]` pixels, float), `difficult`,
-    `truncated` (bool; absent -> False) and `pose` (absent -> 'Unspecified').
+    `truncated` (bool, read from the element text; absent -> False) and `pose` (absent ->
+    'Unspecified'). A bad file is a ValueError naming it.
     """
     try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as e:
+        ann = voc_lib.read_annotation(path)
+    except voc_lib.AnnotationError as e:
         raise ValueError(f"cannot read VOC annotation {path}: {e}") from e
-    size = root.find('size')
-    height = width = None
-    if size is not None and size.find('height') is not None and size.find('width') is not None:
-        height = int(float(size.find('height').text))
-        width = int(float(size.find('width').text))
-    objects = []
-    for obj in root.findall('object'):
-        bnd = obj.find('bndbox')
-        name = obj.find('name')
-        if bnd is None or name is None:
-            raise ValueError(f"{path}: an <object> lacks <name> or <bndbox>")
-        try:
-            bbox = [float(bnd.find(k).text) for k in ('ymin', 'xmin', 'ymax', 'xmax')]
-        except (AttributeError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: bad <bndbox> for object {name.text!r}: {e}") from e
-        pose = obj.find('pose')
-        objects.append(dict(
-            name=name.text.strip(), bbox=bbox,
-            difficult=bool(_xml_int_flag(obj, 'difficult')),
-            truncated=bool(_xml_int_flag(obj, 'truncated')),
-            pose=pose.text.strip() if pose is not None and pose.text else 'Unspecified'))
-    filename = root.find('filename')
-    return dict(filename=filename.text if filename is not None else None, height=height,
-                width=width, objects=objects)
+    height, width = ann['size'] or (None, None)
+    objects = [dict(name=o['name'], bbox=o['bbox'], difficult=bool(o['difficult']),
+                    truncated=bool(o['truncated']), pose=o['pose']) for o in ann['objects']]
+    return dict(filename=ann['filename'], height=height, width=width, objects=objects)
 
 
 def read_image_set(imagesetfile):
     """Image ids of a VOC ImageSets file, one per line (blank lines skipped)."""
     try:
-        with open(imagesetfile) as f:
-            return [line.strip().split()[0] for line in f if line.strip()]
+        return voc_lib.read_id_list(imagesetfile)
     except OSError as e:
         raise ValueError(f"cannot read image set file {imagesetfile}: {e}") from e
 
@@ -278,6 +252,84 @@ def _as_array(x, dtype, shape_tail=()):
     return a.reshape((-1,) + shape_tail)
 
 
+def _check_class_names(num_classes, class_names):
+    """The names of labels 1..num_classes-1 (default 'class_<id>'); ValueError if they do not
+    fit num_classes."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 (background + objects), got "
+                         f"{num_classes}")
+    if class_names is None:
+        class_names = [f'class_{i}' for i in range(1, num_classes)]
+    class_names = list(class_names)
+    if len(class_names) != num_classes - 1:
+        raise ValueError(f"class_names must name labels 1..{num_classes - 1} "
+                         f"({num_classes - 1} names), got {len(class_names)}")
+    return class_names
+
+
+def _image_entry(image_id, num_classes, gt, det, image_shape, relative):
+    """Checked numpy arrays of one image for `VOCEvaluator.add_image`.
+
+    gt: (boxes, labels, difficult, is_crowd); det: (boxes, scores, classes), as add_image
+    takes them. Returns `(gt (boxes [N,4] pixels, labels [N], ignored [N] bool), det (boxes
+    [K,4] pixels, scores [K], classes [K]), shape (h, w) or None)`; `ignored` is difficult OR
+    crowd: the VOC rule ignores both (neither TP nor FP, not in npos).
+    """
+    gt_boxes, gt_labels = _as_array(gt[0], np.float64, (4,)), _as_array(gt[1], np.int64)
+    flags = [np.zeros(len(gt_labels), bool) if f is None else _as_array(f, bool)
+             for f in gt[2:]]
+    det_boxes, det_scores, det_classes = (_as_array(det[0], np.float64, (4,)),
+                                          _as_array(det[1], np.float64),
+                                          _as_array(det[2], np.int64))
+    if not (len(gt_boxes) == len(gt_labels) == len(flags[0]) == len(flags[1])):
+        raise ValueError(f"image {image_id!r}: {len(gt_boxes)} gt boxes, {len(gt_labels)} "
+                         f"labels, {len(flags[0])} difficult and {len(flags[1])} crowd flags")
+    if not (len(det_boxes) == len(det_scores) == len(det_classes)):
+        raise ValueError(f"image {image_id!r}: {len(det_boxes)} detected boxes, "
+                         f"{len(det_scores)} scores, {len(det_classes)} classes")
+    for what, labels in (('ground-truth label', gt_labels), ('detection class', det_classes)):
+        bad = labels[(labels < 1) | (labels >= num_classes)]
+        if bad.size:
+            raise ValueError(f"image {image_id!r}: {what} {int(bad[0])} outside "
+                             f"1..{num_classes - 1} (num_classes={num_classes})")
+    if relative is None:
+        relative = image_shape is not None
+    if relative and image_shape is None:
+        raise ValueError(f"image {image_id!r}: relative boxes need image_shape")
+    shape = None
+    if image_shape is not None:
+        h, w = (float(v) for v in image_shape[:2])
+        shape = (int(h), int(w))
+        if relative:
+            scale = np.array([h, w, h, w])
+            gt_boxes, det_boxes = gt_boxes * scale, det_boxes * scale
+    return ((gt_boxes, gt_labels, flags[0] | flags[1]), (det_boxes, det_scores, det_classes),
+            shape)
+
+
+def _gather_class(image_ids, gt, det, label):
+    """The matching core's inputs for one label: `(gt_by_image, ids [D], scores [D], boxes
+    [D, 4])`, detections in image order. gt, det: image_id -> the `_image_entry` tuples."""
+    gt_by_image, ids, scores, boxes = {}, [], [], []
+    for image_id in image_ids:
+        g_boxes, g_labels, g_ignored = gt[image_id]
+        gt_by_image[image_id] = (g_boxes[g_labels == label], g_ignored[g_labels == label])
+        d_boxes, d_scores, d_classes = det[image_id]
+        sel = d_classes == label
+        ids.extend([image_id] * int(sel.sum()))
+        scores.append(d_scores[sel])
+        boxes.append(d_boxes[sel])
+    scores = np.concatenate(scores) if scores else np.zeros(0)
+    boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+    return gt_by_image, ids, scores, boxes
+
+
+def _mean_ap(aps):
+    """Mean of the defined (non-nan) APs; nan if none is defined."""
+    vals = [v for v in aps.values() if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else float('nan')
+
+
 class VOCEvaluator:
     """Accumulates ground truth and detections per image; computes VOC07/VOC12 AP per class.
 
@@ -286,92 +338,43 @@ class VOCEvaluator:
     1..num_classes-1 (default 'class_<id>'). Boxes given to `add_image` are yxyx in pixels
     (VOC coordinates), or relative to the image when `image_shape=(height, width)` is passed
     (then multiplied by height/width, the inverse of the VOC readers' `pixel / size`).
+    Difficult and crowd ground truth are ignored alike (VOC rule; COCO `iscrowd` on export).
     `use_07_metric` chooses which AP is reported as the primary 'ap' / 'map'.
     """
 
     def __init__(self, num_classes, class_names=None, ovthresh=0.5, use_07_metric=False):
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (background + objects), got "
-                             f"{num_classes}")
-        if class_names is None:
-            class_names = [f'class_{i}' for i in range(1, num_classes)]
-        class_names = list(class_names)
-        if len(class_names) != num_classes - 1:
-            raise ValueError(f"class_names must name labels 1..{num_classes - 1} "
-                             f"({num_classes - 1} names), got {len(class_names)}")
+        self.class_names = _check_class_names(num_classes, class_names)
         self.num_classes = int(num_classes)
-        self.class_names = class_names
         self.ovthresh = float(ovthresh)
         self.use_07_metric = bool(use_07_metric)
         self.image_ids = []
         self.image_shapes = {}  # image_id -> (height, width) or None
-        self._gt = {}    # image_id -> (boxes [N,4] pixels, labels [N], difficult [N])
+        self._gt = {}    # image_id -> (boxes [N,4] pixels, labels [N], ignored [N])
         self._det = {}   # image_id -> (boxes [K,4] pixels, scores [K], classes [K])
 
     def add_image(self, image_id, gt_boxes, gt_labels, gt_difficult=None, det_boxes=None,
-                  det_scores=None, det_classes=None, image_shape=None, relative=None):
+                  det_scores=None, det_classes=None, image_shape=None, relative=None,
+                  gt_is_crowd=None):
         """Adds one image.
 
-        gt_boxes `[N, 4]` yxyx, gt_labels `[N]` in 1..C-1, gt_difficult `[N]` bool (default
-        all False); det_boxes `[K, 4]` yxyx, det_scores `[K]`, det_classes `[K]` in 1..C-1
-        (pass only real detections, no zero padding). image_shape: (height, width) of the
-        image; boxes are relative (and scaled by it) unless `relative=False` (pixel boxes, the
-        shape only recorded for the COCO export). An image may be added only once.
+        gt_boxes `[N, 4]` yxyx, gt_labels `[N]` in 1..C-1, gt_difficult and gt_is_crowd `[N]`
+        bool (default all False); det_boxes `[K, 4]` yxyx, det_scores `[K]`, det_classes `[K]`
+        in 1..C-1 (pass only real detections, no zero padding). image_shape: (height, width)
+        of the image; boxes are relative (and scaled by it) unless `relative=False` (pixel
+        boxes, the shape only recorded for the COCO export). An image may be added only once.
         """
         if image_id in self._gt:
             raise ValueError(f"image {image_id!r} was added twice")
-        gt_boxes = _as_array(gt_boxes, np.float64, (4,))
-        gt_labels = _as_array(gt_labels, np.int64)
-        gt_difficult = (np.zeros(len(gt_labels), dtype=bool) if gt_difficult is None
-                        else _as_array(gt_difficult, bool))
-        det_boxes = _as_array(det_boxes, np.float64, (4,))
-        det_scores = _as_array(det_scores, np.float64)
-        det_classes = _as_array(det_classes, np.int64)
-        if not (len(gt_boxes) == len(gt_labels) == len(gt_difficult)):
-            raise ValueError(f"image {image_id!r}: {len(gt_boxes)} gt boxes, {len(gt_labels)} "
-                             f"labels, {len(gt_difficult)} difficult flags")
-        if not (len(det_boxes) == len(det_scores) == len(det_classes)):
-            raise ValueError(f"image {image_id!r}: {len(det_boxes)} detected boxes, "
-                             f"{len(det_scores)} scores, {len(det_classes)} classes")
-        for what, labels in (('ground-truth label', gt_labels),
-                             ('detection class', det_classes)):
-            bad = labels[(labels < 1) | (labels >= self.num_classes)]
-            if bad.size:
-                raise ValueError(f"image {image_id!r}: {what} {int(bad[0])} outside "
-                                 f"1..{self.num_classes - 1} (num_classes={self.num_classes})")
-        if relative is None:
-            relative = image_shape is not None
-        if relative and image_shape is None:
-            raise ValueError(f"image {image_id!r}: relative boxes need image_shape")
-        if image_shape is not None:
-            h, w = (float(v) for v in image_shape[:2])
-            if relative:
-                scale = np.array([h, w, h, w])
-                gt_boxes = gt_boxes * scale
-                det_boxes = det_boxes * scale
-            self.image_shapes[image_id] = (int(h), int(w))
-        else:
-            self.image_shapes[image_id] = None
+        gt, det, shape = _image_entry(
+            image_id, self.num_classes, (gt_boxes, gt_labels, gt_difficult, gt_is_crowd),
+            (det_boxes, det_scores, det_classes), image_shape, relative)
         self.image_ids.append(image_id)
-        self._gt[image_id] = (gt_boxes, gt_labels, gt_difficult)
-        self._det[image_id] = (det_boxes, det_scores, det_classes)
+        self.image_shapes[image_id] = shape
+        self._gt[image_id], self._det[image_id] = gt, det
 
     def _class_inputs(self, label):
-        """The core's inputs for one label: gt_by_image and detections in image order."""
-        gt_by_image = {}
-        ids, scores, boxes = [], [], []
-        for image_id in self.image_ids:
-            g_boxes, g_labels, g_diff = self._gt[image_id]
-            sel = g_labels == label
-            gt_by_image[image_id] = (g_boxes[sel], g_diff[sel])
-            d_boxes, d_scores, d_classes = self._det[image_id]
-            sel = d_classes == label
-            ids.extend([image_id] * int(sel.sum()))
-            scores.append(d_scores[sel])
-            boxes.append(d_boxes[sel])
-        scores = np.concatenate(scores) if scores else np.zeros(0)
-        boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
-        return gt_by_image, ids, scores, boxes
+        """The core's inputs for one label (see `_gather_class`)."""
+        return _gather_class(self.image_ids, self._gt, self._det, label)
 
     def evaluate(self):
         """Returns a dict:
@@ -385,60 +388,73 @@ class VOCEvaluator:
             res = _class_result(*self._class_inputs(label), ovthresh=self.ovthresh)
             ap07[name], ap12[name] = res.pop('ap07'), res.pop('ap12')
             per_class[name] = res
-
-        def _mean(aps):
-            vals = [v for v in aps.values() if not np.isnan(v)]
-            return float(np.mean(vals)) if vals else float('nan')
-
-        out = dict(ap07=ap07, ap12=ap12, map07=_mean(ap07), map12=_mean(ap12),
+        out = dict(ap07=ap07, ap12=ap12, map07=_mean_ap(ap07), map12=_mean_ap(ap12),
                    per_class=per_class)
         out['ap'] = ap07 if self.use_07_metric else ap12
         out['map'] = out['map07'] if self.use_07_metric else out['map12']
         return out
 
-    # ------------------------------------------------------------------ writers
     def write_voc_results(self, out_dir, split='test', prefix='comp4_det_'):
-        """Writes one VOC results file per class, `<prefix><split>_<class>.txt`.
-
-        Lines `image_id score xmin ymin xmax ymax` (pixels, 6 decimals), in the order the
-        detections were added (so `voc_eval` on these files ranks ties like `evaluate`).
-        Returns {class_name: path}.
-        """
-        os.makedirs(out_dir, exist_ok=True)
-        paths = {}
-        for label, name in enumerate(self.class_names, 1):
-            _, ids, scores, boxes = self._class_inputs(label)
-            path = os.path.join(out_dir, f'{prefix}{split}_{name}.txt')
-            with open(path, 'w') as f:
-                for image_id, s, b in zip(ids, scores, boxes):
-                    f.write(f'{image_id} {s:.6f} {b[1]:.6f} {b[0]:.6f} {b[3]:.6f} {b[2]:.6f}\n')
-            paths[name] = path
-        return paths
+        """One VOC results file per class; see `write_voc_results`. Returns {name: path}."""
+        return write_voc_results(out_dir, self.class_names, self._class_inputs, split, prefix)
 
     def coco_ground_truth(self):
-        """The accumulated ground truth as a COCO dict (see `voc_to_coco_dict`)."""
-        images = []
-        for image_id in self.image_ids:
-            boxes, labels, difficult = self._gt[image_id]
-            shape = self.image_shapes[image_id]
-            images.append(dict(image_id=image_id, boxes=boxes, labels=labels,
-                               difficult=difficult,
-                               height=shape[0] if shape else None,
-                               width=shape[1] if shape else None))
-        return voc_to_coco_dict(images, self.class_names)
+        """The accumulated ground truth as a COCO dict (see `voc_to_coco_dict`; ignored
+        (difficult or crowd) boxes become `iscrowd`)."""
+        return voc_to_coco_dict([dict(image_id=i, boxes=self._gt[i][0], labels=self._gt[i][1],
+                                      difficult=self._gt[i][2],
+                                      height=(self.image_shapes[i] or (None, None))[0],
+                                      width=(self.image_shapes[i] or (None, None))[1])
+                                 for i in self.image_ids], self.class_names)
 
     def coco_detections(self):
         """The accumulated detections as a COCO results list (image ids as in
         `coco_ground_truth`: position in the order of `add_image`)."""
-        results = []
-        for index, image_id in enumerate(self.image_ids):
-            boxes, scores, classes = self._det[image_id]
-            results.extend(detections_to_coco(index, boxes, scores, classes))
-        return results
+        return [d for index, image_id in enumerate(self.image_ids)
+                for d in detections_to_coco(index, *self._det[image_id])]
 
     def write_coco_results(self, path):
         """Writes the COCO results JSON (list of image_id/category_id/bbox/score)."""
         return write_coco_results(path, self.coco_detections())
+
+
+# Characters that cannot be part of a file name on some system, or that would move it to
+# another directory; replaced by '_' in results file names.
+_UNSAFE_FILE_CHARS = frozenset('/\\:*?"<>|') | frozenset(chr(c) for c in range(32))
+
+
+def safe_file_part(name):
+    """`name` made usable as (part of) ONE file name: path separators, NUL, control and
+    reserved characters become '_', and a leading '.' (hidden file, '..') gets a '_' before it.
+    Names made of letters, digits, spaces, '_', '-' (every VOC and COCO class) are unchanged."""
+    out = ''.join('_' if c in _UNSAFE_FILE_CHARS else c for c in str(name))
+    return '_' + out if out.startswith('.') or not out else out
+
+
+def write_voc_results(out_dir, class_names, class_inputs, split='test', prefix='comp4_det_'):
+    """Writes one VOC results file per class, `<prefix><split>_<class>.txt`, into out_dir.
+
+    class_inputs: `label -> (gt_by_image, ids, scores, boxes)` (`VOCEvaluator._class_inputs`).
+    Lines `image_id score xmin ymin xmax ymax` (pixels, 6 decimals), in the order the
+    detections were added (so `voc_eval` on these files ranks ties like `evaluate`). The class
+    part of the name goes through `safe_file_part`; two classes that would share a file get
+    `_<label>` appended, so every file is distinct and inside out_dir. Returns {name: path}.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    used = {str(n) for n in class_names if safe_file_part(n) == str(n)}
+    paths = {}
+    for label, name in enumerate(class_names, 1):
+        part = safe_file_part(name)
+        if part != str(name):  # altered: must not take another class's file
+            part = part if part not in used else f'{part}_{label}'
+            used.add(part)
+        _, ids, scores, boxes = class_inputs(label)
+        path = os.path.join(out_dir, f'{prefix}{split}_{part}.txt')
+        with open(path, 'w') as f:
+            for image_id, s, b in zip(ids, scores, boxes):
+                f.write(f'{image_id} {s:.6f} {b[1]:.6f} {b[0]:.6f} {b[3]:.6f} {b[2]:.6f}\n')
+        paths[name] = path
+    return paths
 
 
 def evaluate_detections(groundtruths, detections, num_classes, class_names=None,
@@ -446,10 +462,11 @@ def evaluate_detections(groundtruths, detections, num_classes, class_names=None,
     """VOC07 and VOC12 AP per class and mAP of in-memory detections.
 
     groundtruths: dict image_id -> dict(boxes `[N, 4]` yxyx, labels `[N]`, difficult `[N]`
-      optional). detections: dict image_id -> dict(boxes `[K, 4]` yxyx, scores `[K]`,
-      classes `[K]`); a missing image has no detections; a detection on an image absent from
-      groundtruths is an error. Boxes are pixels, or relative when image_shapes maps image_id
-      -> (height, width). Returns `VOCEvaluator.evaluate()`'s dict.
+      and is_crowd `[N]` optional). detections: dict image_id -> dict(boxes `[K, 4]` yxyx,
+      scores `[K]`, classes `[K]`); a missing image has no detections; a detection on an
+      image absent from groundtruths is an error. Boxes are pixels, or relative when
+      image_shapes maps image_id -> (height, width). Returns `VOCEvaluator.evaluate()`'s
+      dict.
     """
     unknown = set(detections) - set(groundtruths)
     if unknown:
@@ -460,7 +477,8 @@ def evaluate_detections(groundtruths, detections, num_classes, class_names=None,
         det = detections.get(image_id, {})
         ev.add_image(image_id, gt.get('boxes'), gt.get('labels'), gt.get('difficult'),
                      det.get('boxes'), det.get('scores'), det.get('classes'),
-                     image_shape=None if image_shapes is None else image_shapes[image_id])
+                     image_shape=None if image_shapes is None else image_shapes[image_id],
+                     gt_is_crowd=gt.get('is_crowd'))
     return ev.evaluate()
 
 
@@ -507,24 +525,6 @@ def voc_to_coco_dict(images, class_names):
                 iscrowd=int(diff), ignore=int(diff)))
     categories = [dict(id=i, name=n, supercategory='none') for i, n in enumerate(class_names, 1)]
     return dict(images=coco_images, annotations=annotations, categories=categories)
-
-
-def voc_dataset_to_coco_dict(annopath, imagesetfile, class_names):
-    """Reads VOC XMLs of an image set into a COCO dict (`voc_to_coco_dict`); objects whose
-    name is not in class_names are an error naming the file."""
-    index = {n: i for i, n in enumerate(class_names, 1)}
-    images = []
-    for image_id in read_image_set(imagesetfile):
-        path = annopath.format(image_id)
-        ann = parse_voc_xml(path)
-        for o in ann['objects']:
-            if o['name'] not in index:
-                raise ValueError(f"{path}: class {o['name']!r} not in class_names {class_names}")
-        images.append(dict(image_id=image_id, height=ann['height'], width=ann['width'],
-                           boxes=[o['bbox'] for o in ann['objects']],
-                           labels=[index[o['name']] for o in ann['objects']],
-                           difficult=[o['difficult'] for o in ann['objects']]))
-    return voc_to_coco_dict(images, class_names)
 
 
 def detections_to_coco(coco_image_id, boxes, scores, classes):

@@ -1,17 +1,52 @@
-"""Detection post-processing: score selection and non-maximum suppression.
+"""Detection post-processing: the one home of score selection, NMS and their defaults.
 
 Inputs are per-layer class probabilities `[B, H, W, A, C]` and decoded boxes
-`[B, H, W, A, 4]` (yxyx, relative; see `encoding.bboxes_decode`). It is not the job of this
-module to decode offsets.
+`[B, H, W, A, 4]` (yxyx, relative; see `encoding.bboxes_decode`). Decoding offsets is the job
+of `encoding`; `detections_from_raw` only glues the two for callers holding raw outputs.
 
 - `detected_bboxes_reference`: the slim chain (select, sort, per-class NMS), per-class dicts,
   zero-padded, boxes unclipped unless `clipping_bbox` is given.
 - `detected_bboxes_combined` (default): per-class top-k candidates, then
   `tf.image.combined_non_max_suppression` keeping `keep_top_k` detections over all classes,
-  boxes clipped, and a count of valid detections (padding rows are not detections).
+  boxes clipped, and a count of valid detections (padding rows are not detections). Used by
+  evaluation and the SavedModel export.
+- `tflite_postprocess`: the same selection for ONE image with TFLite builtin ops only.
+- `detections_from_raw`: raw per-layer network outputs -> decode -> `detected_bboxes_combined`.
+
+Detection defaults (defined here only; evaluation, export, the scripts and `SSDNet` read them):
+`SELECT_THRESHOLD` 0.01, `SELECT_TOP_K` 400 candidates per class, `NMS_THRESHOLD` 0.45,
+`KEEP_TOP_K` 200 detections per image for evaluation, `MAX_DETECTIONS` 100 for deployed models,
+`MATCHING_THRESHOLD` 0.5 (IoU for a detection to match a ground-truth box).
 """
 import numpy as np
 import tensorflow as tf
+
+from ssd_tf import anchors as anchors_lib
+from ssd_tf import boxes as boxes_lib
+
+# The slim eval script's (eval_ssd_network.py) detection settings.
+SELECT_THRESHOLD = 0.01
+SELECT_TOP_K = 400
+KEEP_TOP_K = 200
+NMS_THRESHOLD = 0.45
+MATCHING_THRESHOLD = 0.5
+# Detections per image of an exported model (as the TF Object Detection API's exported SSDs).
+MAX_DETECTIONS = 100
+# The slim `SSDNet.detected_bboxes` signature's own NMS default (its eval script passed 0.45);
+# kept for `reference_compat=True` only.
+REFERENCE_NMS_THRESHOLD = 0.5
+DETECTION_DEFAULTS = dict(select_threshold=SELECT_THRESHOLD, nms_threshold=NMS_THRESHOLD,
+                          top_k=SELECT_TOP_K, keep_top_k=KEEP_TOP_K)
+
+
+def define_detection_flags(flags):
+    """Defines `--select_threshold`, `--nms_threshold` and `--select_top_k` (the slim names)
+    with these defaults on an absl `flags` module; eval_ssd.py and export_savedmodel.py share
+    them (each adds its own count flag: --keep_top_k, --max_detections)."""
+    flags.DEFINE_float('select_threshold', SELECT_THRESHOLD,
+                       'Score threshold: class scores below it are not detections.')
+    flags.DEFINE_float('nms_threshold', NMS_THRESHOLD, 'Non-maximum suppression IoU threshold.')
+    flags.DEFINE_integer('select_top_k', SELECT_TOP_K, 'Candidates per class before NMS.')
 
 
 def _flatten_layers(predictions, localisations):
@@ -34,17 +69,14 @@ def _flatten_layers(predictions, localisations):
 
 
 def bboxes_clip(bbox_ref, bboxes):
-    """Clips boxes `[..., 4]` to the window `bbox_ref` `[4]` (all yxyx), as the slim code."""
-    bbox_ref = tf.cast(tf.convert_to_tensor(bbox_ref), bboxes.dtype)
-    ymin = tf.maximum(bboxes[..., 0], bbox_ref[0])
-    xmin = tf.maximum(bboxes[..., 1], bbox_ref[1])
-    ymax = tf.minimum(bboxes[..., 2], bbox_ref[2])
-    xmax = tf.minimum(bboxes[..., 3], bbox_ref[3])
-    return tf.stack([ymin, xmin, ymax, xmax], axis=-1)
+    """The slim `bboxes_clip`: boxes `[..., 4]` intersected with the window `bbox_ref` `[4]`
+    (all yxyx); `boxes.clip_boxes(..., reference_compat=True)`."""
+    return boxes_lib.clip_boxes(bboxes, bbox_ref, reference_compat=True)
 
 
 def detected_bboxes_reference(predictions, localisations, num_classes, select_threshold=None,
-                              nms_threshold=0.5, clipping_bbox=None, top_k=400, keep_top_k=200):
+                              nms_threshold=REFERENCE_NMS_THRESHOLD, clipping_bbox=None,
+                              top_k=SELECT_TOP_K, keep_top_k=KEEP_TOP_K):
     """The slim `detected_bboxes`: dicts keyed by class 1..C-1.
 
     Per class and image: scores below `select_threshold` become 0 and their boxes all-zero
@@ -82,17 +114,17 @@ def detected_bboxes_reference(predictions, localisations, num_classes, select_th
     return rscores, rbboxes
 
 
-def detected_bboxes_combined(predictions, localisations, select_threshold=0.01,
-                             nms_threshold=0.45, clipping_bbox=(0., 0., 1., 1.), top_k=400,
-                             keep_top_k=200):
+def detected_bboxes_combined(predictions, localisations, select_threshold=SELECT_THRESHOLD,
+                             nms_threshold=NMS_THRESHOLD, clipping_bbox=(0., 0., 1., 1.),
+                             top_k=SELECT_TOP_K, keep_top_k=KEEP_TOP_K):
     """Batched detection over all classes with combined NMS.
 
     predictions: per layer `[B, H, W, A, C]` probabilities (class 0 = background).
     localisations: per layer `[B, H, W, A, 4]` decoded yxyx boxes.
     Per class, the `top_k` highest-scoring anchors are candidates; scores below
     `select_threshold` are dropped; NMS per class (IoU > `nms_threshold` suppressed);
-    the best `keep_top_k` over all classes are kept; boxes clipped to `clipping_bbox`
-    (pass None to leave them unclipped).
+    the best `keep_top_k` over all classes are kept; boxes clamped into `clipping_bbox`
+    (`boxes.clip_boxes`, as `tflite_postprocess`; pass None to leave them unclipped).
     Returns a dict: `scores [B, K]`, `bboxes [B, K, 4]` yxyx, `classes [B, K]` int32 in
     1..C-1, `num_detections [B]` int32 (rows past it are zero padding), `K = keep_top_k`.
     """
@@ -101,7 +133,7 @@ def detected_bboxes_combined(predictions, localisations, select_threshold=0.01,
     scores_all = tf.cast(scores_all, tf.float32)
     boxes_all = tf.cast(boxes_all, tf.float32)
     if clipping_bbox is not None:
-        boxes_all = bboxes_clip(clipping_bbox, boxes_all)
+        boxes_all = boxes_lib.clip_boxes(boxes_all, clipping_bbox)
     cls_scores = tf.transpose(scores_all[:, :, 1:], [0, 2, 1])  # [B, C-1, K]
     num_anchors = scores_all.shape[1]
     k = top_k if num_anchors is None else min(top_k, int(num_anchors))
@@ -122,3 +154,56 @@ def detected_bboxes_combined(predictions, localisations, select_threshold=0.01,
             'bboxes': tf.where(live[..., None], nmsed_boxes, 0.),
             'classes': classes,
             'num_detections': valid}
+
+
+def tflite_postprocess(scores, boxes, num_classes, select_threshold=SELECT_THRESHOLD,
+                       nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
+                       top_k=SELECT_TOP_K):
+    """Per-class NMS with TFLite builtin ops, for ONE image.
+
+    scores `[K, C]` class probabilities (0 = background), boxes `[K, 4]` yxyx relative (clipped
+    here to [0, 1]). Per class 1..C-1: the `top_k` best anchors, NMS V4 (padded) with the
+    score threshold, at most `max_detections`; then the best `max_detections` over all classes.
+    Returns `(boxes [M, 4], classes [M] float32, scores [M], count [] float32)`, M =
+    max_detections, rows past count zero. Same selection as `detected_bboxes_combined` with
+    `keep_top_k = max_detections` (tested for parity); only the op set differs.
+    """
+    boxes = boxes_lib.clip_boxes(boxes)
+    k = min(int(top_k), int(scores.shape[0]))
+    all_scores, all_boxes, all_classes = [], [], []
+    for c in range(1, num_classes):  # unrolled: C-1 NMS ops, static shapes throughout
+        cand_scores, cand_idx = tf.math.top_k(scores[:, c], k=k)
+        cand_boxes = tf.gather(boxes, cand_idx)
+        keep, count = tf.raw_ops.NonMaxSuppressionV4(
+            boxes=cand_boxes, scores=cand_scores, max_output_size=max_detections,
+            iou_threshold=nms_threshold, score_threshold=select_threshold,
+            pad_to_max_output_size=True)
+        live = tf.range(max_detections) < count
+        all_scores.append(tf.where(live, tf.gather(cand_scores, keep), -1.))
+        all_boxes.append(tf.gather(cand_boxes, keep))
+        all_classes.append(tf.fill([max_detections], float(c)))
+    scores_m, pick = tf.math.top_k(tf.concat(all_scores, 0), k=max_detections)
+    live = scores_m >= 0.
+    boxes_m = tf.where(live[:, None], tf.gather(tf.concat(all_boxes, 0), pick), 0.)
+    classes_m = tf.where(live, tf.gather(tf.concat(all_classes, 0), pick), 0.)
+    scores_m = tf.where(live, scores_m, 0.)
+    return boxes_m, classes_m, scores_m, tf.reduce_sum(tf.cast(live, tf.float32))
+
+
+def detections_from_raw(predictions, localisations, net, anchors,
+                        select_threshold=SELECT_THRESHOLD, nms_threshold=NMS_THRESHOLD,
+                        top_k=SELECT_TOP_K, keep_top_k=KEEP_TOP_K):
+    """Raw per-layer outputs -> the combined detections dict (decode, select, NMS, clip).
+
+    predictions: per layer `[B, H, W, A, C]` probabilities; localisations: per layer
+    `[B, H, W, A, 4]` offsets, decoded with `net.bboxes_decode` on `anchors` (the network
+    object is an argument, so this module imports no network). Returns the dict of
+    `detected_bboxes_combined`, boxes clipped to [0, 1] of the network input.
+    """
+    decoded = net.bboxes_decode(localisations, anchors)
+    # top_k cannot exceed the number of anchors (small networks); the flattened anchor count
+    # is not always static inside detected_bboxes_combined, so cap it here.
+    num_anchors = sum(anchors_lib.num_boxes_per_layer(anchors))
+    return detected_bboxes_combined(
+        predictions, decoded, select_threshold=select_threshold, nms_threshold=nms_threshold,
+        clipping_bbox=(0., 0., 1., 1.), top_k=min(top_k, num_anchors), keep_top_k=keep_top_k)

@@ -61,6 +61,59 @@ def test_clip_boxes():
     np.testing.assert_allclose(got, [[0., .2, 1., .9]])
 
 
+def test_clip_boxes_wholly_outside_and_the_slim_variant():
+    # A box below the image: clamped to a zero-area box on the border by default; the slim
+    # bboxes_clip only raises minima / lowers maxima, leaving it inverted (ymin 1.2 > ymax 1).
+    b = [[1.2, .2, 1.5, .4], [.1, -.3, .5, .6]]
+    np.testing.assert_allclose(boxes.clip_boxes(b).numpy(), [[1., .2, 1., .4],
+                                                             [.1, 0., .5, .6]])
+    np.testing.assert_allclose(boxes.clip_boxes(b, reference_compat=True).numpy(),
+                               [[1.2, .2, 1., .4], [.1, 0., .5, .6]])
+    # a window per batch row broadcasts: [B, 1, 4] against boxes [B, K, 4]
+    got = boxes.clip_boxes(np.full((2, 3, 4), .5, np.float32),
+                           np.array([[[0., 0., .4, .4]], [[0., 0., 1., 1.]]], np.float32))
+    np.testing.assert_allclose(got.numpy()[:, 0], [[.4, .4, .4, .4], [.5, .5, .5, .5]])
+
+
+def test_reframe_golden_and_inverse_of_the_window():
+    # window [.2, .1, .6, .5] (size .4 x .4): its corners map to 0 and 1, its centre
+    # (.4, .3) to .5; a box [.3, .2, .4, .5] -> [(.3-.2)/.4, (.2-.1)/.4, (.4-.2)/.4, 1].
+    window = [.2, .1, .6, .5]
+    got = boxes.reframe([[.2, .1, .6, .5], [.3, .2, .4, .5]], window).numpy()
+    np.testing.assert_allclose(got, [[0., 0., 1., 1.], [.25, .25, .5, 1.]], atol=1e-6)
+    # numpy float64 in, float64 out (the evaluation path), [B, 1, 4] windows broadcast
+    b64 = np.array([[.3, .2, .4, .5]])
+    assert boxes.reframe(b64, np.array(window)).dtype == tf.float64
+    per_row = boxes.reframe(np.tile(b64, (2, 1, 1)), np.array([[window], [[0., 0., 1., 1.]]]))
+    np.testing.assert_allclose(per_row.numpy()[:, 0], [[.25, .25, .5, 1.], b64[0]], atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1))
+def test_flip_left_right_is_an_involution_keeping_area(seed):
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0, 1, (6, 2))
+    s = rng.uniform(0, .5, (6, 2))
+    b = np.concatenate([c - s / 2, c + s / 2], -1).astype(np.float32)
+    f = boxes.flip_left_right(b).numpy()
+    np.testing.assert_allclose(boxes.flip_left_right(f).numpy(), b, atol=1e-6)
+    np.testing.assert_allclose(boxes.area(f).numpy(), boxes.area(b).numpy(), atol=1e-6)
+    np.testing.assert_allclose(f[:, [0, 2]], b[:, [0, 2]])  # y untouched
+    np.testing.assert_allclose(f[:, 1], 1. - b[:, 3], atol=1e-6)  # new xmin = 1 - old xmax
+
+
+def test_to_original_relative_numpy_and_tf_paths_agree():
+    # evaluation (numpy, one image) and export (tf, a batch) both go through boxes.reframe +
+    # clip_boxes; bbox_img [0, .25, 1, .75] = an image padded left and right.
+    from ssd_tf import evaluation, export
+    det = np.array([[.25, .5, .5, 1.], [0., 0., .1, .1]], np.float32)
+    bbox_img = np.array([0., .25, 1., .75], np.float32)
+    a = evaluation.to_original_relative(det, bbox_img)
+    b = export.to_original_relative(det[None], bbox_img[None]).numpy()[0]
+    np.testing.assert_allclose(a, [[.25, .5, .5, 1.], [0., 0., .1, 0.]], atol=1e-6)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_ssd300_first_layer_anchor_sizes():
     y, x, h, w = ssd_vgg_300.SSDNet().anchors()[0]
     # s0 = 21/300 = 0.07; sqrt(21*45)/300 = 0.102469...; ratio 2: h = 0.07/sqrt(2) = 0.049497,
@@ -86,8 +139,16 @@ def test_anchor_centres_not_clipped():
 def test_anchor_counts_and_ratio_direction():
     a300 = ssd_vgg_300.SSDNet().anchors()
     a512 = ssd_vgg_512.SSDNet().anchors()
-    assert sum(anchors_lib.num_anchors_per_layer(a300)) == 8732
-    assert sum(anchors_lib.num_anchors_per_layer(a512)) == 24564
+    assert sum(anchors_lib.num_boxes_per_layer(a300)) == 8732
+    assert sum(anchors_lib.num_boxes_per_layer(a512)) == 24564
+    assert anchors_lib.num_anchors_per_layer is anchors_lib.num_boxes_per_layer  # old name
+    # The network's heads count A per cell: 4, 6, 6, 6, 4, 4 for SSD300 (38*38*4 = 5776 ...).
+    from nets import ssd_vgg_keras
+    per_cell = ssd_vgg_keras.num_anchors_per_location(ssd_vgg_300.SSDNet.default_params)
+    assert per_cell == [4, 6, 6, 6, 4, 4]
+    assert [h * w * a for (h, w), a in zip(ssd_vgg_300.SSDNet.default_params.feat_shapes,
+                                           per_cell)] == anchors_lib.num_boxes_per_layer(a300)
+    assert ssd_vgg_keras.num_anchors_per_layer is ssd_vgg_keras.num_anchors_per_location
     for (y, x, h, w), ratios in zip(a300, ssd_vgg_300.SSDNet.default_params.anchor_ratios):
         # aspect ratio means w / h, anchors 2.. follow the ratio list.
         np.testing.assert_allclose(w[2:] / h[2:], ratios, rtol=1e-5)

@@ -1,8 +1,11 @@
-"""The tf.data builder: output structure, zero-object images, eval GT, determinism, sources."""
+"""The tf.data builder: output structure, zero-object images, eval GT, determinism, sources,
+bad TFRecord records (skipped, counted, named; strict stop; exact resume) and the check command."""
 import functools
 import os
 
 import cv2
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,6 +13,7 @@ import tensorflow as tf
 from ssd_tf import anchors as anchors_lib
 from ssd_tf import data
 from ssd_tf import encoding
+from ssd_tf.datasets import check as check_lib
 from ssd_tf.datasets import records, synthetic, tfrecord
 
 OUT = 32
@@ -239,3 +243,243 @@ def test_with_the_augmentation_of_preprocessing_if_present():
     for x, y in zip(a, b):
         tf.nest.map_structure(np.testing.assert_array_equal, x, y)
     assert a[0][0].shape == (4, OUT, OUT, 3)
+
+
+# ---------------------------------------------------------------------------- bad TFRecords
+def _example(rec, **changes):
+    """`tfrecord.record_to_example(rec)` with features replaced (None deletes one)."""
+    ex = tfrecord.record_to_example(rec)
+    feats = ex.features.feature
+    for key, value in changes.items():
+        key = 'image/' + key.replace('__', '/')
+        if value is None:
+            del feats[key]
+        elif isinstance(value, bytes):
+            feats[key].CopyFrom(tf.train.Feature(bytes_list=tf.train.BytesList(value=[value])))
+        else:
+            feats[key].CopyFrom(tf.train.Feature(float_list=tf.train.FloatList(value=value)))
+    return ex.SerializeToString()
+
+
+def _jpeg_record(image_id, boxes, labels):
+    img = np.random.default_rng(1).integers(0, 255, size=(40, 40, 3), dtype=np.uint8)
+    data = cv2.imencode('.jpg', img)[1].tobytes()
+    return records.make_record(image_id, 40, 40, boxes, labels, ['x'] * len(labels),
+                               encoded=data)
+
+
+def bad_shard(path):
+    """A shard of 4 good records (ids g0..g3) and one record of each kind of problem, in a
+    known order. Returns `(path, {record index: expected kind})`."""
+    good = [_jpeg_record(f'g{i}', [[0.1, 0.1, 0.6, 0.7]], [1 + i % 3]) for i in range(4)]
+    base = _jpeg_record('bad', [[0.1, 0.1, 0.6, 0.7], [0.2, 0.3, 0.5, 0.9]], [1, 2])
+    jpeg = base.encoded
+    corrupt = jpeg[:200] + bytes(range(256)) * 4 + b'\xff\xd9'  # passes the byte checks
+    rows = [
+        (tfrecord.record_to_example(good[0]).SerializeToString(), None),
+        (_example(base, object__bbox__xmin=[0.1]), tfrecord.UNEQUAL_BOX_LISTS),
+        (_example(base, object__bbox__xmin=[], object__bbox__ymin=[], object__bbox__xmax=[],
+                  object__bbox__ymax=[]), tfrecord.UNEQUAL_BOX_LISTS),  # labels, no boxes
+        (_example(base, encoded=jpeg[:len(jpeg) // 2]), tfrecord.BAD_IMAGE),  # truncated
+        (_example(base, encoded=None), tfrecord.MISSING_IMAGE),
+        (_example(base, encoded=b''), tfrecord.MISSING_IMAGE),
+        (_example(base, encoded=b'<html>not found</html>'), tfrecord.BAD_IMAGE),
+        (tfrecord.record_to_example(good[1]).SerializeToString(), None),
+        (_example(base, object__bbox__xmax=[28., 36.], object__bbox__ymax=[24., 20.]),
+         tfrecord.BOX_OUTSIDE),  # pixel coordinates
+        (_example(base, encoded=corrupt), tfrecord.UNREADABLE),  # the decoder fails
+        (b'not a tf.train.Example', tfrecord.UNREADABLE),
+        (tfrecord.record_to_example(good[2]).SerializeToString(), None),
+        (tfrecord.record_to_example(good[3]).SerializeToString(), None),
+    ]
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for serialized, _ in rows:
+            w.write(serialized)
+    return str(path), {i: kind for i, (_, kind) in enumerate(rows) if kind}
+
+
+def test_bad_tfrecord_records_are_skipped_counted_and_named(tmp_path):
+    path, bad = bad_shard(tmp_path / 'x_00000.tfrecord')
+    report = check_lib.DataProblems()
+    ds = data.build_dataset(path, resize_preprocess, batch_size=3, is_training=False,
+                            with_gt=True, report=report)
+    ids = [i for _, t in ds for i in t['image_id'].numpy().tolist()]
+    assert ids == [b'g0', b'g1', b'g2', b'g3']  # every good record, in order, nothing else
+    assert report.num_skipped == len(bad) == 9
+    want = {}
+    for kind in bad.values():
+        want[kind] = want.get(kind, 0) + 1
+    assert dict(report.skipped) == want
+    assert report.num_dropped_boxes == 0
+    summary = report.summary()
+    for index, kind in bad.items():
+        if index != 9 and index != 10:  # the decoder's failures are named by stream position
+            assert f'{path} record {index}: ' in summary, (index, summary)
+    assert 'pixel coordinates' in summary and '2 labels but 2 ymin, 1 xmin' in summary
+    assert 'stream position 9' in summary and 'stream position 10' in summary
+
+
+def test_bad_boxes_are_dropped_and_reported_the_record_kept(tmp_path):
+    rec = _jpeg_record('r', [[-1e-5, 0.1, 0.6, 1.0000001], [0.5, 0.5, 0.2, 0.9],
+                             [0.2, 0.2, 0.4, 0.4], [0.3, 0.3, 0.8, 0.8]], [1, 2, 7, 0])
+    path = str(tmp_path / 'b.tfrecord')
+    tfrecord.write_tfrecords([rec], str(tmp_path), 'b', 'x')
+    path = str(tmp_path / 'b_x_00000-of-00001.tfrecord')
+    report = check_lib.DataProblems()
+    _, t = next(iter(data.build_dataset(path, resize_preprocess, batch_size=1,
+                                        is_training=False, with_gt=True, num_classes=5,
+                                        report=report)))
+    # box 1 is inverted (ymin 0.5 > ymax 0.2), box 2 has label 7 >= 5, box 3 label 0 < 1;
+    # box 0 is float rounding at the border: clipped to [0, 1]
+    assert t['labels'].numpy().tolist() == [[1]]
+    np.testing.assert_array_equal(t['bboxes'][0].numpy(), np.float32([[0., 0.1, 0.6, 1.]]))
+    assert report.num_skipped == 0
+    assert dict(report.dropped_boxes) == {tfrecord.INVERTED_BOX: 1,
+                                          tfrecord.LABEL_OUT_OF_RANGE: 2}
+    assert f'{path} record 0: box 2 (label 7' in report.summary()
+
+
+def test_strict_data_stops_at_the_first_bad_record_naming_it(tmp_path):
+    path, _ = bad_shard(tmp_path / 'x.tfrecord')
+    report = check_lib.DataProblems(strict=True)
+    ds = data.build_dataset(path, resize_preprocess, batch_size=2, is_training=False,
+                            report=report)
+    with pytest.raises(tf.errors.OpError):
+        list(ds)
+    assert report.strict_error.startswith(f'bad input data: {path} record 1: 2 labels but')
+    assert report.num_skipped >= 1
+
+
+def test_training_on_bad_records_runs_and_resumes_exactly(tmp_path):
+    path, _ = bad_shard(tmp_path / 'x.tfrecord')
+
+    def build(start, report):
+        return data.build_dataset(path, flip_preprocess, encode, batch_size=4, seed=5,
+                                  shuffle_buffer=20, with_gt=True, start=start, report=report)
+
+    full_report, resumed_report = check_lib.DataProblems(), check_lib.DataProblems()
+    full = _batches(build(0, full_report), 7)  # 28 positions: more than two epochs of 13
+    resumed = _batches(build(4 * 4, resumed_report), 3)
+    for x, y in zip(full[4:], resumed):
+        tf.nest.map_structure(np.testing.assert_array_equal, x, y)
+    assert full_report.num_skipped >= 20 and resumed_report.num_skipped < full_report.num_skipped
+    # 9 of the 13 records are bad: a batch's bad rows take a good row of the same batch (each
+    # good record has one box); only a batch without any good record keeps the placeholders.
+    mixed = 0
+    for images, t in full:
+        boxes = t['num_boxes'].tolist()
+        if any(boxes):
+            mixed += boxes != [1, 1, 1, 1] or 0 < full_report.num_skipped
+            assert boxes == [1, 1, 1, 1] and np.all(images.std(axis=(1, 2, 3)) > 1.)
+        else:
+            assert np.all(images == images[0])  # the placeholders, never a half-read record
+    assert mixed >= 4
+
+
+def test_resume_skips_records_without_parsing_them(tmp_path):
+    path = str(tmp_path / 'r.tfrecord')
+    recs = synthetic_records(5)
+    with tf.io.TFRecordWriter(path) as w:
+        w.write(b'garbage: parsing this record fails')
+        for r in recs:
+            w.write(tfrecord.record_to_example(r).SerializeToString())
+    report = check_lib.DataProblems(strict=True)
+    resumed = _batches(data.build_dataset(path, resize_preprocess, batch_size=5, start=1,
+                                          is_training=False, with_gt=True, report=report), 1)
+    assert report.num_skipped == 0  # the garbage record was skipped before any parse
+    assert resumed[0][1]['image_id'].tolist() == [r.image_id.encode() for r in recs]
+    expected = _batches(data.build_eval_dataset(recs, resize_preprocess, batch_size=5), 1)
+    np.testing.assert_array_equal(resumed[0][0], expected[0][0])
+
+
+def _write_labels(path):
+    from ssd_tf.datasets import labelmap
+    return labelmap.LabelMap(['x', 'y']).write(str(path))
+
+
+def test_check_command_names_every_bad_record_and_exits_1_with_strict_data(tmp_path, capsys):
+    path, bad = bad_shard(tmp_path / 'x_00000.tfrecord')
+    tfrecord.write_tfrecords(synthetic_records(3), str(tmp_path), 'x', 'ok')
+    pattern = str(tmp_path / 'x_*.tfrecord')
+    # The two shards' label texts disagree ('x' vs 'cross' for label 2): reported...
+    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern]) == 0
+    assert "label 2 is named 'cross' but 'x'" in capsys.readouterr().out
+    # ... unless --label_map says which names are right (its 2 classes give C = 3).
+    names = _write_labels(tmp_path / 'names.txt')
+    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern,
+                           '--label_map', names]) == 0
+    out = capsys.readouterr().out
+    assert '16 records read' in out and '9 records skipped' in out
+    for index in bad:  # the decoder's failures too: the check reads the shards in order
+        assert f'{path} record {index}: ' in out, index
+    assert 'looks written in pixel coordinates' in out
+    assert 'label out of range' in out  # g2 has label 3, outside [1, 3)
+    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern,
+                           '--num_classes', '3', '--strict_data']) == 1
+    clean = str(tmp_path / 'x_ok_*.tfrecord')
+    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', clean,
+                           '--strict_data']) == 0
+    out = capsys.readouterr().out
+    assert '0 records skipped, 0 boxes dropped' in out
+    assert "['circle', 'cross', 'rectangle']" in out  # the classes in the records' label_text
+    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir',
+                           str(tmp_path / 'none_*.tfrecord')]) == 2
+
+
+def test_data_problems_summary_goes_to_tensorboard(tmp_path):
+    problems = check_lib.DataProblems(examples_per_kind=2)
+    for i in range(3):
+        problems.add(f'x.tfrecord record {i}', tfrecord.MISSING_IMAGE, 'image/encoded is empty')
+    problems.add('x.tfrecord record 7', tfrecord.INVERTED_BOX, 'box 0 (...)', whole_record=False)
+    text = problems.summary()
+    assert text.splitlines()[0] == 'data problems: 3 records skipped, 1 boxes dropped'
+    assert 'record 1: image/encoded' in text and 'record 2:' not in text  # first 2 kept
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    problems.write_summary(step=42, writer=writer)
+    writer.flush()
+    values = {}
+    for f in os.listdir(tmp_path):
+        for event in tf.compat.v1.train.summary_iterator(str(tmp_path / f)):
+            for v in event.summary.value:
+                values[v.tag] = (event.step, tf.make_ndarray(v.tensor))
+    assert values['data/records_skipped'] == (42, 3) and values['data/boxes_dropped'][1] == 1
+    assert values['data/missing_or_empty_image_encoded'][1] == 3
+    assert b'3 records skipped' in values['data/problems'][1].item()
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(ok=st.lists(st.booleans(), min_size=1, max_size=6))
+def test_bad_rows_take_a_good_row_of_their_batch(ok):
+    b = len(ok)
+    images = tf.reshape(tf.range(b, dtype=tf.float32), [b, 1, 1, 1])  # row i holds i
+    targets = {'labels': tf.reshape(tf.range(b, dtype=tf.int64) * 10, [b, 1]),
+               '_ok': tf.constant(ok)}
+    out_images, out_targets = data._replace_bad_rows(images, targets)
+    rows = out_images.numpy().reshape(b).astype(int).tolist()
+    assert '_ok' not in out_targets
+    assert out_targets['labels'].numpy().reshape(b).tolist() == [10 * r for r in rows]
+    if any(ok):
+        for i, row in enumerate(rows):
+            assert ok[row]  # every row now holds a good record ...
+            assert row == i if ok[i] else row == next(  # ... the next good one, cyclically
+                j % b for j in range(i, i + b) if ok[j % b])
+    else:
+        assert rows == list(range(b))  # nothing to take: the placeholders stay
+
+
+def test_a_truncated_shard_is_named_by_the_check_and_does_not_stop_eval(tmp_path, capsys):
+    paths = tfrecord.write_tfrecords(synthetic_records(6), str(tmp_path), 's', 't', 2)
+    whole = open(paths[0], 'rb').read()
+    with open(paths[0], 'wb') as f:
+        f.write(whole[:-100])  # shard 0 (records 0, 2, 4) loses the end of its last record
+    pattern = str(tmp_path / 's_*.tfrecord')
+    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern,
+                           '--strict_data']) == 1
+    assert f'{paths[0]} record 2 (the file ends inside this record' in capsys.readouterr().out
+    report = check_lib.DataProblems()
+    ds = data.build_dataset(pattern, resize_preprocess, batch_size=6, is_training=False,
+                            with_gt=True, report=report)
+    ids = sorted(i for _, t in ds for i in t['image_id'].numpy().tolist())
+    recs = synthetic_records(6)
+    assert ids == sorted(r.image_id.encode() for r in recs[:4] + recs[5:])  # all but record 4
+    assert report.num_skipped == 1

@@ -391,6 +391,62 @@ def test_tfrecord_writer_round_trip(tmp_path):
         np.testing.assert_array_equal(decoded, r.image)  # PNG: lossless
 
 
+def test_a_failed_conversion_leaves_no_shard_under_a_final_name(tmp_path):
+    recs = synthetic.make_synthetic_examples(5, seed=3, image_size=32)
+
+    def dies_mid_shard():
+        for i, r in enumerate(recs):
+            if i == 3:  # shard 0 has records 0 and 2, shard 1 record 1: both half written
+                raise KeyboardInterrupt('conversion killed')
+            yield r
+
+    old = tfrecord.write_tfrecords(recs[:1], str(tmp_path), 'syn', 'train', num_shards=2)
+    before = [open(p, 'rb').read() for p in old]
+    with pytest.raises(KeyboardInterrupt):
+        tfrecord.write_tfrecords(dies_mid_shard(), str(tmp_path), 'syn', 'train', num_shards=2)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in old)
+    assert [open(p, 'rb').read() for p in old] == before  # the complete old shards are kept
+    with pytest.raises(KeyboardInterrupt):
+        tfrecord.write_tfrecords(dies_mid_shard(), str(tmp_path / 'new'), 'syn', 'train', 2)
+    assert os.listdir(tmp_path / 'new') == []
+    paths = tfrecord.write_tfrecords(recs, str(tmp_path / 'new'), 'syn', 'train', 2)
+    assert sorted(os.listdir(tmp_path / 'new')) == sorted(os.path.basename(p) for p in paths)
+    assert len(tfrecord.read_tfrecord_records(str(tmp_path / 'new' / '*.tfrecord'))) == 5
+
+
+def test_tfrecord_label_map_from_flag_then_beside_then_label_text(tmp_path):
+    recs = synthetic.make_synthetic_examples(6, seed=2, image_size=32)
+    shards = tfrecord.write_tfrecords(recs, str(tmp_path), 'syn', 'train', num_shards=2)
+    pattern = str(tmp_path / 'syn_*.tfrecord')
+    # No labels.txt: the names come from the records' label_text.
+    assert factory.tfrecord_label_map(pattern) == synthetic.SYNTHETIC_LABEL_MAP
+    other = labelmap.LabelMap(['a', 'b', 'c', 'd'])
+    other.write(str(tmp_path))  # labels.txt beside the shards wins over the records
+    assert factory.tfrecord_label_map([pattern]) == other
+    flag = labelmap.LabelMap(['x', 'y', 'z', 'w']).write(str(tmp_path / 'flag.txt'))
+    assert factory.tfrecord_label_map(pattern, flag).names == ('x', 'y', 'z', 'w')
+    # Records without label_text and no file: no label map.
+    bare = str(tmp_path / 'bare' / 'b.tfrecord')
+    os.makedirs(os.path.dirname(bare))
+    with tf.io.TFRecordWriter(bare) as w:
+        ex = tfrecord.record_to_example(recs[0])
+        del ex.features.feature['image/object/bbox/label_text']
+        w.write(ex.SerializeToString())
+    assert factory.tfrecord_label_map(bare) is None
+    # Two names for one label: a clear error naming the record.
+    clash = str(tmp_path / 'clash' / 'c.tfrecord')
+    os.makedirs(os.path.dirname(clash))
+    r0, r1 = [r for r in recs if r.num_boxes][:2]
+    r1.labels[:] = r0.labels[0]
+    r1.label_text = ['other'] * len(r1.label_text)
+    with tf.io.TFRecordWriter(clash) as w:
+        for r in (r0, r1):
+            w.write(tfrecord.record_to_example(r).SerializeToString())
+    with pytest.raises(ValueError, match=r'c.tfrecord record 1: label .* is named .other.'):
+        factory.tfrecord_label_map(clash)
+    assert shards
+
+
 def test_convert_cli_voc_and_synthetic(tmp_path):
     root = synthetic.write_synthetic_voc(str(tmp_path / 'syn'), num_train=6, num_test=3,
                                          seed=1, image_size=48)
@@ -510,3 +566,14 @@ def test_factory_loads_each_kind(tmp_path):
         factory.load_records('imagenet', '', 'train')
     with pytest.raises(ValueError, match='synthetic splits'):
         factory.load_records('synthetic', '', 'val')
+
+
+def test_check_command_on_reader_data_sets(bad_voc, tmp_path, capsys):
+    from ssd_tf.datasets import check
+    args = ['--dataset_name', 'voc', '--dataset_dir', bad_voc, '--label_map']
+    label_file = LABELS.write(str(tmp_path / 'labels.txt'))
+    assert check.main(args + [label_file]) == 0
+    assert f'{len(BAD_RECORDS)} skipped' in capsys.readouterr().out
+    assert check.main(args + [label_file, '--strict_data']) == 1
+    assert check.main(['--dataset_name', 'synthetic', '--num_images', '3',
+                       '--strict_data']) == 0

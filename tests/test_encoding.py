@@ -132,6 +132,50 @@ def test_decode_encode_round_trip_on_matched_anchors(seed, n):
     assert len(set(np.argmin(d, axis=1))) == len({tuple(b) for b in bboxes})
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1), st.integers(1, 5),
+       st.lists(st.floats(0.05, 1.), min_size=4, max_size=4))
+def test_decode_inverts_encode_for_asymmetric_prior_scaling(seed, n, scaling):
+    # Any prior_scaling [s_y, s_x, s_h, s_w], e.g. (0.05, 0.3, 0.9, 0.1): the matched
+    # anchors decode back to their ground-truth box (the slim decoder swaps y/x and h/w).
+    labels, bboxes = _random_gt(np.random.default_rng(seed), n)
+    an = ANCHORS[:3]  # the three finest layers keep the example fast
+    gc, gl, _ = encoding.bboxes_encode(labels, bboxes, an, 21, prior_scaling=scaling)
+    decoded = encoding.bboxes_decode([g[None] for g in gl], an, prior_scaling=scaling)
+    gc_f = _flat(gc)
+    dec = _flat([d[0] for d in decoded], 4)[gc_f > 0]
+    if not len(dec):
+        return
+    d = np.abs(dec[:, None, :] - bboxes[None, :, :]).max(-1)  # [P, N]
+    assert np.all(d.min(axis=1) < 1e-4), d.min(axis=1).max()
+
+
+def test_decode_reference_compat_is_the_slim_decoder():
+    # The slim decoder multiplies x by s0, y by s1, w by s2 and h by s3: hand-derived on one
+    # anchor of layer 4 (3x3), offsets t = [1, 1, 1, 1], scaling (0.1, 0.2, 0.3, 0.4).
+    y, x, h, w = (np.asarray(v, np.float64) for v in ANCHORS[4])
+    ya, xa, ha, wa = y[1, 1, 0], x[1, 1, 0], h[0], w[0]
+    scaling = (0.1, 0.2, 0.3, 0.4)
+    locs = [np.zeros([1] + list(a[0].shape[:2]) + [a[2].shape[0], 4], np.float32)
+            for a in ANCHORS]
+    locs[4][0, 1, 1, 0] = 1.
+    ref = encoding.bboxes_decode(locs, ANCHORS, scaling, reference_compat=True)[4]
+    cy, cx = ya + ha * 0.2, xa + wa * 0.1
+    hh, ww = ha * np.exp(0.4), wa * np.exp(0.3)
+    np.testing.assert_allclose(ref[0, 1, 1, 0], [cy - hh / 2, cx - ww / 2, cy + hh / 2,
+                                                 cx + ww / 2], rtol=1e-5)
+    # default: y by s0, x by s1, h by s2, w by s3, the encoder's convention
+    new = encoding.bboxes_decode(locs, ANCHORS, scaling)[4]
+    cy, cx = ya + ha * 0.1, xa + wa * 0.2
+    hh, ww = ha * np.exp(0.3), wa * np.exp(0.4)
+    np.testing.assert_allclose(new[0, 1, 1, 0], [cy - hh / 2, cx - ww / 2, cy + hh / 2,
+                                                 cx + ww / 2], rtol=1e-5)
+    # the two agree for the symmetric default scaling, bit for bit
+    for a, b in zip(encoding.bboxes_decode(locs, ANCHORS),
+                    encoding.bboxes_decode(locs, ANCHORS, reference_compat=True)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_decode_golden():
     # zero offsets decode to the anchor itself: y +- h/2, x +- w/2
     y, x, h, w = ANCHORS[4]

@@ -14,6 +14,7 @@ import eval_ssd
 from nets import serving
 from nets import ssd_vgg_keras
 from nets.ssd_base import SSDNet, SSDParams
+from ssd_tf import data as data_lib
 from ssd_tf import evaluation
 from ssd_tf import metrics
 from ssd_tf.datasets import records as records_lib
@@ -176,9 +177,9 @@ def test_perfect_detector_scores_one():
             out['num_detections'][j] = n
         return out
 
-    ds = evaluation.make_eval_dataset(
-        recs, lambda im, l, b: (tf.image.resize(tf.cast(im, tf.float32), (32, 32)),
-                                tf.constant([0., 0., 1., 1.])), batch_size=3)
+    ds = data_lib.build_eval_dataset(
+        recs, lambda im, l, b: (tf.image.resize(tf.cast(im, tf.float32), (32, 32)), l, b),
+        batch_size=3)
     run = evaluation.run_evaluation(detector, ds, 5, list(synthetic.SYNTHETIC_LABEL_MAP.names))
     res = run.evaluator.evaluate()
     assert run.num_images == len(recs)
@@ -214,42 +215,100 @@ def test_detections_map_back_to_the_original_image(resize, out_shape):
             out['num_detections'][j] = n
         return out
 
-    ds = evaluation.make_eval_dataset(recs, eval_ssd.make_preprocess_fn(out_shape,
-                                                                        prep.Resize[resize]),
-                                      batch_size=4)
+    ds = data_lib.build_eval_dataset(recs, eval_ssd.make_preprocess_fn(out_shape,
+                                                                       prep.Resize[resize]),
+                                     batch_size=4)
     run = evaluation.run_evaluation(detector, ds, 5, list(synthetic.SYNTHETIC_LABEL_MAP.names))
     for i, r in enumerate(recs):
         np.testing.assert_allclose(run.detections[i][0], r.boxes, atol=1e-5)
     assert run.evaluator.evaluate()['map12'] == pytest.approx(1.)
 
 
-def test_run_evaluation_accepts_build_eval_dataset_batches():
-    """`ssd_tf.data.build_eval_dataset` batches (training's validation) give the same result
-    as `make_eval_dataset` batches."""
-    from ssd_tf import data as data_lib
+def _write_shards(recs, tmp_path, name='syn'):
+    from ssd_tf.datasets import tfrecord
+    return tfrecord.write_tfrecords(recs, str(tmp_path / 'tfr'), name, 'test', num_shards=2)
+
+
+def test_run_evaluation_streams_tfrecords_like_records(tmp_path, monkeypatch):
+    """The one pipeline: TFRecord shards of a set (streamed by build_eval_dataset, nothing read
+    eagerly) give the metrics and the kept samples of the Records they were written from."""
+    from ssd_tf.datasets import tfrecord
     recs = synthetic.make_synthetic_examples(5, seed=2, image_size=80)
+    _write_shards(recs, tmp_path)
+    monkeypatch.setattr(tfrecord, 'read_tfrecord_records', None)  # must not be needed
     net, model = _tiny_model()
     detector = evaluation.keras_detector(model, net)
-    resize = lambda im: tf.image.resize(tf.cast(im, tf.float32), (64, 64))  # noqa: E731
-    ds1 = evaluation.make_eval_dataset(
-        recs, lambda im, l, b: (resize(im), tf.constant([0., 0., 1., 1.])), batch_size=2)
-    ds2 = data_lib.build_eval_dataset(recs, lambda im, l, b: (resize(im), l, b), batch_size=2)
+    prep = eval_ssd.make_preprocess_fn((64, 64), 4)
     names = list(synthetic.SYNTHETIC_LABEL_MAP.names)
-    r1 = evaluation.run_evaluation(detector, ds1, 5, names).evaluator.evaluate()
-    r2 = evaluation.run_evaluation(detector, ds2, 5, names).evaluator.evaluate()
+    runs = [evaluation.run_evaluation(
+        detector, data_lib.build_eval_dataset(src, prep, batch_size=2, with_encoded=True),
+        5, names, num_sample_images=2)
+        for src in (recs, str(tmp_path / 'tfr' / '*.tfrecord'))]
+    r1, r2 = (r.evaluator.evaluate() for r in runs)
+    assert runs[1].num_images == 5
+    # shards hold records round-robin and are read interleaved: the records' order again
+    assert runs[1].evaluator.image_ids == [r.image_id for r in recs]
     assert r1['map07'] == pytest.approx(r2['map07'], abs=1e-9)
     for name in names:
-        np.testing.assert_allclose(r1['per_class'][name]['precision'],
-                                   r2['per_class'][name]['precision'])
+        assert r1['per_class'][name]['npos'] == r2['per_class'][name]['npos']
+    assert sorted(runs[1].samples) == [0, 1]
+    encoded, boxes, labels = runs[1].samples[1]
+    np.testing.assert_array_equal(evaluation.decode_record_image(
+        records_lib.make_record('x', 1, 1, [], [], [], encoded=encoded)), recs[1].image)
+    np.testing.assert_allclose(boxes, recs[1].boxes)
+    assert labels.tolist() == list(recs[1].labels)
+
+
+def test_eval_ssd_reads_tfrecords_through_the_streaming_pipeline(tmp_path, monkeypatch):
+    """eval_ssd.py --dataset_name=tfrecord no longer reads every record into memory first."""
+    from ssd_tf.datasets import tfrecord
+    recs = synthetic.make_synthetic_examples(4, seed=3, image_size=80)
+    _write_shards(recs, tmp_path)
+    monkeypatch.setattr(tfrecord, 'read_tfrecord_records', None)
+    _, model = _tiny_model()
+    train = str(tmp_path / 'train')
+    _save_train_dir(train, model, config={
+        'model_name': 'tiny', 'num_classes': 5,
+        'label_names': list(synthetic.SYNTHETIC_LABEL_MAP.names)})
+    out = str(tmp_path / 'eval')
+    _flags(f'--checkpoint_path={train}', f'--eval_dir={out}', '--dataset_name=tfrecord',
+           f'--dataset_dir={tmp_path / "tfr"}', '--batch_size=3', '--num_sample_images=2')
+    e = eval_ssd.Evaluation(get_network=_get_network)
+    assert all(isinstance(f, str) and f.endswith('.tfrecord') for f in e.source)
+    m = e.evaluate(e.path, e.kind)
+    assert m['num_images'] == 4
+    assert os.path.isfile(os.path.join(out, 'detections.png'))
+
+
+def test_run_evaluation_ignores_crowd_boxes():
+    """A detection on a crowd box is neither TP nor FP and the crowd box is not counted, even
+    with remove_difficult=False (golden in tests/test_metrics.py::test_voc_ap_crowd_golden)."""
+    # 100x100 image, class 1: a real box and a crowd box; detections: .9 on the crowd box,
+    # .8 on nothing (FP), .7 on the real box (TP) -> npos 1, tp/fp [0, 1], [1, 0]... AP .5.
+    real, crowd = [.1, .1, .3, .3], [.5, .5, .9, .9]
+    rec = records_lib.make_record('a', 100, 100, [real, crowd], [1, 1], ['circle'] * 2,
+                                  is_crowd=[0, 1], image=np.zeros((100, 100, 3), np.uint8))
+
+    def detector(images):
+        return dict(scores=np.array([[.9, .8, .7]], np.float32),
+                    bboxes=np.array([[crowd, [0., .6, .05, .65], real]], np.float32),
+                    classes=np.array([[1, 1, 1]], np.int32), num_detections=np.array([3]))
+
+    ds = data_lib.build_eval_dataset([rec], lambda im, l, b: (tf.cast(im, tf.float32), l, b))
+    for remove_difficult in (True, False):
+        res = evaluation.run_evaluation(detector, ds, 5, remove_difficult=remove_difficult
+                                        ).evaluator.evaluate()
+        assert res['per_class']['class_1']['npos'] == 1
+        assert (res['per_class']['class_1']['tp'], res['per_class']['class_1']['fp']) == (1, 1)
+        assert res['ap12']['class_1'] == pytest.approx(.5)
 
 
 def test_label_out_of_range_is_a_clear_error():
     recs = [records_lib.make_record('a', 20, 20, [[.1, .1, .5, .5]], [7], ['x'],
                                     image=np.zeros((20, 20, 3), np.uint8))]
     net, model = _tiny_model()
-    ds = evaluation.make_eval_dataset(
-        recs, lambda im, l, b: (tf.image.resize(tf.cast(im, tf.float32), (64, 64)),
-                                tf.constant([0., 0., 1., 1.])))
+    ds = data_lib.build_eval_dataset(
+        recs, lambda im, l, b: (tf.image.resize(tf.cast(im, tf.float32), (64, 64)), l, b))
     with pytest.raises(ValueError, match='--num_classes=5'):
         evaluation.run_evaluation(evaluation.keras_detector(model, net), ds, 5)
 
@@ -425,3 +484,53 @@ def test_eval_ssd_cli_wrong_path_errors_clearly(tmp_path):
     assert proc.returncode != 0
     assert missing in proc.stderr and 'Traceback' not in proc.stderr
     assert not os.path.exists(tmp_path / 'e' / 'metrics.json')
+
+
+# ---------------------------------------------------------------------------- flags / files
+def test_eval_ssd_checkpoint_path_is_required():
+    """No default under /tmp: without --checkpoint_path the error names the flag."""
+    _flags('--synthetic_num_images=2')
+    assert flags.FLAGS.checkpoint_path is None and flags.FLAGS.eval_dir is None
+    with pytest.raises(ValueError, match='--checkpoint_path is required'):
+        eval_ssd.Evaluation(get_network=_get_network)
+
+
+def test_eval_ssd_reports_go_next_to_the_run(tmp_path):
+    """Without --eval_dir: <train_dir>/eval for a training directory, and beside (not inside)
+    a SavedModel version directory: export/3 -> export/eval_3."""
+    _, model = _tiny_model()
+    train = str(tmp_path / 'train')
+    _save_train_dir(train, model)
+    _flags(f'--checkpoint_path={train}', '--synthetic_num_images=2', '--num_sample_images=0')
+    e = eval_ssd.Evaluation(get_network=_get_network)
+    assert e.eval_dir == os.path.join(train, 'eval')
+    e.evaluate(e.path, e.kind)
+    assert os.path.isfile(os.path.join(train, 'eval', 'metrics.json'))
+    version = str(tmp_path / 'export' / '3')
+    tf.saved_model.save(model, version, signatures={'serving_default':
+                                                    serving.serving_signature(model)})
+    with open(os.path.join(version, 'config.json'), 'w') as f:
+        json.dump({'model_name': 'tiny', 'num_classes': 5}, f)
+    _flags(f'--checkpoint_path={tmp_path / "export"}', '--synthetic_num_images=2')
+    e = eval_ssd.Evaluation(get_network=_get_network)
+    assert e.eval_dir == str(tmp_path / 'export' / 'eval_3')
+    assert eval_ssd.default_eval_dir('slim', '/ckpts/model.ckpt-9', '/ckpts/model.ckpt-9') == \
+        '/ckpts/eval'
+
+
+@pytest.mark.parametrize('flag,match', [('--master=grpc://host:2222', '--master'),
+                                        ('--gpu_memory_fraction=0.5', '--gpu_memory_fraction'),
+                                        ('--num_preprocessing_threads=8', '--num_readers'),
+                                        ('--preprocessing_name=inception', 'ssd_vgg')])
+def test_eval_ssd_flags_are_not_silently_ignored(tmp_path, flag, match):
+    _, model = _tiny_model()
+    _save_train_dir(str(tmp_path / 'train'), model)  # a valid run: only the flag is wrong
+    _flags(f'--checkpoint_path={tmp_path / "train"}', '--synthetic_num_images=2', flag)
+    with pytest.raises(ValueError, match=match):
+        eval_ssd.Evaluation(get_network=_get_network)
+
+
+def test_eval_ssd_preprocessing_names_of_slim_are_accepted():
+    for name in ('ssd_vgg', 'ssd_300_vgg', 'ssd_512_vgg'):
+        _flags('--checkpoint_path=x', f'--preprocessing_name={name}')
+        eval_ssd.check_flags()  # no error

@@ -2,6 +2,7 @@
 import contextlib
 import copy
 import io
+import json
 import math
 import os
 
@@ -358,7 +359,6 @@ def test_coco_metrics_equal_pycocotools_direct(tmp_path):
     assert list(got) == list(metrics.COCO_METRIC_NAMES)
     np.testing.assert_allclose([got[k] for k in metrics.COCO_METRIC_NAMES], expected)
     # from files too
-    import json
     (tmp_path / 'gt.json').write_text(json.dumps(gt))
     metrics.write_coco_results(str(tmp_path / 'dt.json'), dets)
     got2 = metrics.coco_metrics(str(tmp_path / 'gt.json'), str(tmp_path / 'dt.json'))
@@ -377,3 +377,151 @@ def test_coco_metrics_perfect_and_empty():
     assert metrics.coco_metrics(gt, [])['AP'] == 0.
     with pytest.raises(ValueError, match='nope.json'):
         metrics.coco_metrics('/nonexistent/nope.json', perfect)
+
+
+# ---------------------------------------------------------------------------- crowd boxes
+def test_voc_ap_crowd_golden():
+    """Crowd ground truth is treated like difficult (VOC rule), derived by hand.
+
+    One image, one class. GT: a box A (pixels y 11..30, x 11..30) and a crowd box C (y 51..90,
+    x 51..90). Detections by score: .9 exactly on C -> ignored (neither TP nor FP);
+    .8 on empty ground (y 1..5, x 61..65) -> FP; .7 exactly on A -> TP. npos = 1 (C not
+    counted). Ranked (ignored one has tp = fp = 0): tp [0, 0, 1], fp [0, 1, 0];
+    recall [0, 0, 1], precision [0, 0, .5]. VOC12: envelope .5 over recall 0..1 -> .5;
+    VOC07: max precision at every threshold is .5 -> .5.
+    (Counting C as an ordinary object would give npos 2, tp [1, 0, 1]: AP12 = .5 + .5 * 2/3.)
+    """
+    a, c = [11, 11, 30, 30], [51, 51, 90, 90]
+    gts = {'im': dict(boxes=[a, c], labels=[1, 1], is_crowd=[0, 1])}
+    dets = {'im': dict(boxes=[c, [1, 61, 5, 65], a], scores=[.9, .8, .7], classes=[1, 1, 1])}
+    res = metrics.evaluate_detections(gts, dets, num_classes=2, class_names=['person'])
+    assert res['per_class']['person']['npos'] == 1
+    assert (res['per_class']['person']['tp'], res['per_class']['person']['fp']) == (1, 1)
+    np.testing.assert_allclose(res['per_class']['person']['precision'], [0., 0., .5])
+    assert res['ap12']['person'] == pytest.approx(.5)
+    assert res['ap07']['person'] == pytest.approx(.5)
+
+
+# Hand-made COCO set with crowd regions ([x, y, w, h]; crowd = iscrowd 1), and detections.
+#   image 1: cat A [10, 10, 40, 30]; cat crowd [100, 100, 80, 60]; dog [5, 60, 30, 30]
+#   image 2: cat [20, 20, 50, 50]; dog crowd [0, 0, 200, 150] (a crowd covering everything)
+_COCO_GT = dict(
+    images=[dict(id=1, file_name='1.jpg', height=240, width=320),
+            dict(id=2, file_name='2.jpg', height=240, width=320)],
+    categories=[dict(id=1, name='cat', supercategory='none'),
+                dict(id=2, name='dog', supercategory='none')],
+    annotations=[
+        dict(id=1, image_id=1, category_id=1, bbox=[10, 10, 40, 30], area=1200, iscrowd=0),
+        dict(id=2, image_id=1, category_id=1, bbox=[100, 100, 80, 60], area=4800, iscrowd=1),
+        dict(id=3, image_id=1, category_id=2, bbox=[5, 60, 30, 30], area=900, iscrowd=0),
+        dict(id=4, image_id=2, category_id=1, bbox=[20, 20, 50, 50], area=2500, iscrowd=0),
+        dict(id=5, image_id=2, category_id=2, bbox=[0, 0, 200, 150], area=30000, iscrowd=1)])
+_COCO_DETS = [
+    dict(image_id=1, category_id=1, bbox=[11, 10, 40, 30], score=.9),     # on A
+    dict(image_id=1, category_id=1, bbox=[110, 105, 40, 30], score=.95),  # inside the crowd
+    dict(image_id=1, category_id=1, bbox=[250, 10, 30, 30], score=.6),    # FP
+    dict(image_id=1, category_id=2, bbox=[5, 62, 30, 28], score=.8),      # on the dog
+    dict(image_id=2, category_id=1, bbox=[22, 18, 50, 50], score=.7),     # on the cat
+    dict(image_id=2, category_id=2, bbox=[30, 30, 60, 60], score=.85),    # in the dog crowd
+    dict(image_id=2, category_id=2, bbox=[40, 20, 30, 40], score=.5),     # in the dog crowd
+]
+
+
+def test_coco_metrics_with_crowd_equal_pycocotools_direct(tmp_path):
+    """Crowd boxes reach pycocotools as iscrowd through VOCEvaluator (the eval path), giving
+    what pycocotools gives on the hand-made COCO files directly."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    (tmp_path / 'gt.json').write_text(json.dumps(_COCO_GT))
+    (tmp_path / 'dt.json').write_text(json.dumps(_COCO_DETS))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(tmp_path / 'gt.json'))
+        e = COCOeval(coco_gt, coco_gt.loadRes(str(tmp_path / 'dt.json')), 'bbox')
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    expected = e.stats
+
+    def voc(b):  # COCO [x, y, w, h] -> VOC pixels yxyx (the inverse of the export convention)
+        return [b[1] + 1, b[0] + 1, b[1] + b[3], b[0] + b[2]]
+
+    ev = metrics.VOCEvaluator(3, ['cat', 'dog'])
+    for im in _COCO_GT['images']:
+        anns = [a for a in _COCO_GT['annotations'] if a['image_id'] == im['id']]
+        dets = [d for d in _COCO_DETS if d['image_id'] == im['id']]
+        ev.add_image(im['file_name'], [voc(a['bbox']) for a in anns],
+                     [a['category_id'] for a in anns], None,
+                     [voc(d['bbox']) for d in dets], [d['score'] for d in dets],
+                     [d['category_id'] for d in dets], image_shape=(im['height'], im['width']),
+                     relative=False, gt_is_crowd=[a['iscrowd'] for a in anns])
+    got = metrics.coco_metrics(ev.coco_ground_truth(), ev.coco_detections())
+    np.testing.assert_allclose([got[k] for k in metrics.COCO_METRIC_NAMES], expected)
+    # the crowd regions matter: counted as objects, AP differs
+    plain = copy.deepcopy(_COCO_GT)
+    for a in plain['annotations']:
+        a['iscrowd'] = 0
+    assert not np.allclose(_run_pycocotools(plain, _COCO_DETS), expected)
+
+
+# ---------------------------------------------------------------------------- file names
+def test_results_file_names_are_safe_for_any_class_name(tmp_path):
+    """Class names with path characters still give one distinct file each, inside out_dir;
+    ordinary names keep their file names."""
+    names = ['a/b', '..', 'a_b', 'x\\y', 'ok name', '']
+    ev = metrics.VOCEvaluator(len(names) + 1, names)
+    ev.add_image('im', [[1, 1, 9, 9]], [1], None, [[1, 1, 9, 9]] * len(names),
+                 [.5] * len(names), list(range(1, len(names) + 1)))
+    out = str(tmp_path / 'results')
+    paths = ev.write_voc_results(out)
+    assert len(set(paths.values())) == len(names)
+    for name, path in paths.items():
+        assert os.path.dirname(path) == out and os.path.isfile(path), name
+        assert not os.path.basename(path).startswith('.')
+        assert metrics.read_voc_results(path)[0] == ['im']
+    assert os.path.basename(paths['a_b']) == 'comp4_det_test_a_b.txt'
+    assert os.path.basename(paths['ok name']) == 'comp4_det_test_ok name.txt'
+    assert paths['a/b'] != paths['a_b']
+
+
+@pytest.mark.parametrize('bad', ['a/b', '..', '.hidden', 'back\\slash', 'nul\x00', 'tab\tx'])
+def test_label_map_rejects_path_characters_naming_file_and_line(tmp_path, bad):
+    from ssd_tf.datasets import labelmap
+    path = tmp_path / 'labels.txt'
+    path.write_text(f'0:none\n1:cat\n2:{bad}\n', encoding='utf-8')
+    with pytest.raises(ValueError, match=f'{path}:3: invalid class name'):
+        labelmap.LabelMap.read(str(path))
+    jpath = tmp_path / 'labels.json'
+    jpath.write_text(json.dumps({'none': 0, 'cat': 1, bad: 2}, indent=1), encoding='utf-8')
+    with pytest.raises(ValueError, match=f'{jpath}:4: invalid class name'):
+        labelmap.LabelMap.read(str(jpath))
+    with pytest.raises(ValueError, match='invalid class name'):
+        labelmap.LabelMap(['cat', bad])
+    assert labelmap.LabelMap(['cat', 'traffic light', 'a.b']).names[1] == 'traffic light'
+
+
+# ---------------------------------------------------------------------------- one VOC parser
+def test_voc_eval_reads_through_the_data_readers_parser(tmp_path):
+    """metrics.parse_voc_xml / read_image_set are datasets.voc's parser and id reader."""
+    from ssd_tf.datasets import voc
+    _, annopath, imageset = _write_voc(tmp_path)
+    assert metrics.read_image_set(imageset) == voc.read_id_list(imageset)
+    for image_id in metrics.read_image_set(imageset):
+        ann = voc.read_annotation(annopath.format(image_id))
+        parsed = metrics.parse_voc_xml(annopath.format(image_id))
+        assert [(o['name'], o['bbox'], bool(o['difficult'])) for o in ann['objects']] == \
+            [(o['name'], o['bbox'], o['difficult']) for o in parsed['objects']]
+        assert ann['size'] == (parsed['height'], parsed['width'])
+    (tmp_path / 'Annotations' / 'img_b.xml').write_text(
+        '<annotation><object><name>dog</name></object></annotation>')
+    with pytest.raises(ValueError, match='img_b.xml.*no <bndbox>'):
+        metrics.parse_voc_xml(annopath.format('img_b'))
+
+
+def test_voc_class_name_with_a_slash_is_refused_naming_the_xml(tmp_path):
+    """A VOC set whose annotations name a class 'a/b' fails when its label map is inferred,
+    before any run, naming the annotation file."""
+    from ssd_tf.datasets import voc
+    _write_voc(tmp_path, gt={'img_a': [('cat', (1, 1, 9, 9), 0, True)],
+                             'img_b': [('a/b', (1, 1, 9, 9), 0, True)]}, dets={})
+    with pytest.raises(ValueError, match=r"img_b\.xml: class name 'a/b' cannot be used"):
+        voc.infer_label_map(str(tmp_path))

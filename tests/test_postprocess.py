@@ -1,10 +1,15 @@
-"""Detection post-processing: the slim per-class chain and the default combined NMS."""
+"""Detection post-processing: the slim per-class chain, combined NMS, the TFLite-ops NMS
+(parity with combined) and the one set of detection defaults."""
+import pathlib
+
 import numpy as np
 import pytest
 
 import slim_port
 from nets import ssd_vgg_300
 from ssd_tf import postprocess
+
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])  # this checkout, for subprocesses
 
 
 def _layers(preds, boxes):
@@ -130,3 +135,90 @@ def test_top_k_larger_than_anchor_count():
     rs, _ = postprocess.detected_bboxes_reference(*_layers(p, b), num_classes=3, top_k=400,
                                                   keep_top_k=5)
     assert rs[1].shape == (1, 5)
+
+
+def _peaked(rng, b, k, c):
+    """Probabilities with one dominant class per anchor, boxes partly outside the image."""
+    logits = rng.normal(size=(b, k, c))
+    logits[np.arange(b)[:, None], np.arange(k)[None, :], rng.integers(0, c, size=(b, k))] += 6.
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    centres = rng.uniform(-.1, 1.1, size=(b, k, 2))
+    size = rng.uniform(.02, .5, size=(b, k, 2))
+    boxes = np.concatenate([centres - size / 2, centres + size / 2], -1)
+    return p.astype(np.float32), boxes.astype(np.float32)
+
+
+@pytest.mark.parametrize('kind,seed,k,top_k,keep', [
+    ('random', 0, 300, 400, 100),  # top_k larger than the anchor count
+    ('random', 1, 500, 50, 100),
+    ('peaked', 2, 200, 400, 20),   # more candidates than kept detections
+    ('peaked', 3, 12, 400, 100),   # a tiny network: fewer boxes than max detections
+])
+def test_savedmodel_and_tflite_nms_give_the_same_detections(kind, seed, k, top_k, keep):
+    rng = np.random.default_rng(seed)
+    c = 5
+    p, b = (_random(rng, b=3, k=k, c=c) if kind == 'random' else _peaked(rng, 3, k, c))
+    nms = dict(select_threshold=0.05, nms_threshold=0.45, top_k=top_k)
+    combined = postprocess.detected_bboxes_combined(*_layers(p, b), keep_top_k=keep, **nms)
+    for i in range(p.shape[0]):
+        boxes, classes, scores, count = [x.numpy() for x in postprocess.tflite_postprocess(
+            p[i], b[i], c, max_detections=keep, **nms)]
+        n = int(combined['num_detections'][i])
+        assert int(count) == n and n > 0
+        np.testing.assert_array_equal(classes[:n], combined['classes'][i, :n].numpy())
+        np.testing.assert_allclose(scores[:n], combined['scores'][i, :n].numpy(), atol=1e-6)
+        np.testing.assert_allclose(boxes[:n], combined['bboxes'][i, :n].numpy(), atol=1e-5)
+        assert not np.any(boxes[n:]) and not np.any(classes[n:]) and not np.any(scores[n:])
+
+
+def _script_flag_defaults(script, names):
+    """The defaults of `names` in a script's absl flags (each script in its own process: two
+    scripts define the same flag names)."""
+    import json
+    import subprocess
+    import sys
+    code = (f"import json, {script}; f = {script}.flags.FLAGS; "
+            f"print(json.dumps([f[n].default for n in {list(names)!r}]))")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_one_set_of_detection_defaults():
+    from ssd_tf import evaluation, export
+    assert (evaluation.SELECT_THRESHOLD, evaluation.NMS_THRESHOLD, evaluation.SELECT_TOP_K,
+            evaluation.KEEP_TOP_K, evaluation.MATCHING_THRESHOLD) == (
+        postprocess.SELECT_THRESHOLD, postprocess.NMS_THRESHOLD, postprocess.SELECT_TOP_K,
+        postprocess.KEEP_TOP_K, postprocess.MATCHING_THRESHOLD) == (0.01, 0.45, 400, 200, 0.5)
+    assert (export.SELECT_THRESHOLD, export.NMS_THRESHOLD, export.SELECT_TOP_K,
+            export.MAX_DETECTIONS) == (0.01, 0.45, 400, postprocess.MAX_DETECTIONS) == \
+        (0.01, 0.45, 400, 100)
+    assert _script_flag_defaults('eval_ssd', ['select_threshold', 'nms_threshold',
+                                              'select_top_k', 'keep_top_k',
+                                              'matching_threshold']) == (0.01, 0.45, 400, 200, 0.5)
+    assert _script_flag_defaults('export_savedmodel', [
+        'select_threshold', 'nms_threshold', 'select_top_k', 'max_detections']) == \
+        (0.01, 0.45, 400, 100)
+    # the moved functions keep their old import paths
+    assert export.tflite_postprocess is postprocess.tflite_postprocess
+    assert evaluation.detections_from_raw is postprocess.detections_from_raw
+
+
+def test_ssdnet_detected_bboxes_default_nms_threshold_is_045():
+    # Two boxes of one class with 0.45 < IoU < 0.5: [0, 0, .5, .5] and [0, 0, .5, .2375]
+    # have areas .25 and .11875, the second inside the first: IoU = .11875 / .25 = 0.475.
+    p = np.array([[[.1, .9, 0.], [.2, .8, 0.]]], np.float32)
+    b = np.array([[[0., 0., .5, .5], [0., 0., .5, .2375]]], np.float32)
+    params = ssd_vgg_300.SSDNet.default_params._replace(num_classes=3)
+    out = ssd_vgg_300.SSDNet(params).detected_bboxes(*_layers(p, b))
+    assert int(out['num_detections'][0]) == 1  # suppressed at 0.45, like everything else
+    rs, _ = ssd_vgg_300.SSDNet(params, reference_compat=True).detected_bboxes(*_layers(p, b))
+    np.testing.assert_allclose(rs[1][0, :2].numpy(), [.9, .8])  # the slim signature: 0.5
+
+
+def test_export_does_not_import_evaluation():
+    import subprocess
+    import sys
+    code = ("import sys, ssd_tf.export; "
+            "sys.exit(1 if 'ssd_tf.evaluation' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, '-c', code], cwd=ROOT).returncode == 0

@@ -137,7 +137,7 @@ def test_property_boxes_valid_and_labels_aligned(height, width, n, seed, data):
     labels = np.arange(1, n + 1, dtype=np.int64)
     image = np.zeros((height, width, 3), np.uint8)
     for rc in (False, True):
-        out, l, b = [x.numpy() for x in prep.preprocess_for_train(
+        out, l, b, _ = [x.numpy() for x in prep.preprocess_for_train(
             image, labels, boxes, (24, 24), reference_compat=rc, seed=[seed, 0])]
         assert out.shape == (24, 24, 3) and np.all(np.isfinite(out))
         assert len(l) == len(b) <= n
@@ -152,7 +152,7 @@ def test_zero_boxes(reference_compat):
     image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
     for boxes, labels in [(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)), (None, None)]:
         for s in range(4):
-            out, l, b = prep.preprocess_for_train(image, labels, boxes, (32, 32),
+            out, l, b, _ = prep.preprocess_for_train(image, labels, boxes, (32, 32),
                                                   reference_compat=reference_compat,
                                                   seed=[s, 1])
             assert out.shape == (32, 32, 3)
@@ -266,7 +266,7 @@ def eval_image():
 
 def test_eval_warp():
     image, labels, boxes = eval_image()
-    out, l, b, bbox_img = prep.preprocess_for_eval(image, labels, boxes, (300, 300))
+    out, l, b, bbox_img, _ = prep.preprocess_for_eval(image, labels, boxes, (300, 300))
     assert out.shape == (300, 300, 3)
     np.testing.assert_allclose(out[150, 150], 100. - MEANS, atol=1e-4)
     np.testing.assert_allclose(b, boxes)  # relative coordinates survive a warp
@@ -278,8 +278,8 @@ def test_eval_pad_and_resize_golden():
     image, labels, boxes = eval_image()
     # out 100x100: factor = min(1, 100/100, 100/200) = 0.5 -> 50 x 100, padded by 25 rows top
     # and bottom: y' = (50 y + 25) / 100 = 0.5 y + 0.25; x unchanged.
-    out, l, b, bbox_img = prep.preprocess_for_eval(image, labels, boxes, (100, 100),
-                                                   resize=prep.Resize.PAD_AND_RESIZE)
+    out, l, b, bbox_img, _ = prep.preprocess_for_eval(image, labels, boxes, (100, 100),
+                                                      resize=prep.Resize.PAD_AND_RESIZE)
     want = boxes.copy()
     want[:, [0, 2]] = boxes[:, [0, 2]] * 0.5 + 0.25
     np.testing.assert_allclose(b, want, atol=1e-6)
@@ -288,8 +288,8 @@ def test_eval_pad_and_resize_golden():
     np.testing.assert_allclose(out[50, 50], 100. - MEANS, atol=1e-4)
     # out 300x300: never enlarged (factor 1), padded by 100 rows and 50 columns on each side:
     # y' = (100 y + 100) / 300, x' = (200 x + 50) / 300.
-    out, _, b, _ = prep.preprocess_for_eval(image, labels, boxes, (300, 300),
-                                            resize='PAD_AND_RESIZE')
+    out, _, b, _, _ = prep.preprocess_for_eval(image, labels, boxes, (300, 300),
+                                               resize='PAD_AND_RESIZE')
     assert out.shape == (300, 300, 3)
     want = np.stack([(100 * boxes[:, 0] + 100) / 300, (200 * boxes[:, 1] + 50) / 300,
                      (100 * boxes[:, 2] + 100) / 300, (200 * boxes[:, 3] + 50) / 300], -1)
@@ -299,8 +299,8 @@ def test_eval_pad_and_resize_golden():
 def test_eval_central_crop_golden():
     image, labels, boxes = eval_image()
     # 100 x 200 -> 100 x 100: 50 columns cropped on the left: x' = (200 x - 50) / 100.
-    out, _, b, bbox_img = prep.preprocess_for_eval(image, labels, boxes, (100, 100),
-                                                   resize=prep.Resize.CENTRAL_CROP)
+    out, _, b, bbox_img, _ = prep.preprocess_for_eval(image, labels, boxes, (100, 100),
+                                                      resize=prep.Resize.CENTRAL_CROP)
     assert out.shape == (100, 100, 3)
     want = boxes.copy()
     want[:, [1, 3]] = 2. * boxes[:, [1, 3]] - 0.5
@@ -327,9 +327,102 @@ def test_preprocess_image_dispatch():
     image, labels, boxes = eval_image()
     train = prep.preprocess_image(image, labels, boxes, (64, 64), 'NHWC', is_training=True,
                                   seed=[0, 1])
-    assert len(train) == 3 and train[0].shape == (64, 64, 3)
+    assert isinstance(train, prep.TrainExample) and train.image.shape == (64, 64, 3)
     evals = prep.preprocess_image(image, labels, boxes, (64, 64), 'NHWC')
-    assert len(evals) == 4
+    assert isinstance(evals, prep.EvalExample) and evals.image.shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize('reference_compat', [False, True])
+def test_fixed_return_types_with_or_without_difficults(reference_compat):
+    # The same named fields whether difficults are given or not; when they are not, the flags
+    # are all-zero int64 aligned with the kept boxes (so no caller slices or counts items).
+    image, labels, boxes, difficult = scene()
+    for d in (None, difficult):
+        train = prep.preprocess_for_train(image, labels, boxes, (48, 48), seed=[3, 1],
+                                          reference_compat=reference_compat, difficults=d)
+        assert type(train) is prep.TrainExample
+        assert train.difficults.shape == train.labels.shape
+        evals = prep.preprocess_for_eval(image, labels, boxes, (48, 48), difficults=d,
+                                         reference_compat=reference_compat)
+        assert type(evals) is prep.EvalExample
+        np.testing.assert_allclose(evals.bbox_img, [0., 0., 1., 1.])
+        assert evals.difficults.shape == evals.labels.shape
+        if d is None:
+            assert train.difficults.dtype == tf.int64 and evals.difficults.dtype == tf.int64
+            assert not np.any(train.difficults) and not np.any(evals.difficults)
+            np.testing.assert_array_equal(evals.labels, labels)  # nothing removed
+    # In tf.data the element is the namedtuple too.
+    ds = tf.data.Dataset.from_tensors((image, labels, boxes)).map(
+        lambda i, l, b: prep.preprocess_for_eval(i, l, b, (48, 48)))
+    assert type(ds.element_spec) is prep.EvalExample
+
+
+def _eval_old_order(image, out_shape, resize):
+    """The pre-change default eval path: means subtracted at full size, then resized."""
+    whitened = prep.tf_image_whitened(image)
+    box = tf.constant([[0., 0., 1., 1.]])
+    if resize == 'WARP_RESIZE':
+        return tf.image.resize(whitened, out_shape, method='bilinear')
+    hw = tf.cast(tf.shape(whitened)[0:2], tf.float64)
+    factor = tf.minimum(tf.constant(1., tf.float64),
+                        tf.reduce_min(tf.constant(out_shape, tf.float64) / hw))
+    size = tf.cast(tf.floor(factor * hw), tf.int32)
+    if resize == 'PAD_AND_RESIZE':
+        whitened = tf.image.resize(whitened, size, method='bilinear')
+    return prep._crop_or_pad(whitened, box, out_shape[0], out_shape[1])[0]
+
+
+def _eval_images(shared_dir, count=4):
+    """A few real photos (raccoon test images) when ../shared/data is there, else noise."""
+    folder = None if shared_dir is None else shared_dir / 'raccoon' / 'JPEGImages'
+    if folder is not None and folder.is_dir():
+        return [tf.io.decode_jpeg(p.read_bytes(), channels=3).numpy()
+                for p in sorted(folder.glob('*.jpg'))[:count]]
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            for h, w in ((480, 640), (333, 500), (120, 90), (300, 300))[:count]]
+
+
+@pytest.mark.parametrize('resize', ['WARP_RESIZE', 'PAD_AND_RESIZE', 'CENTRAL_CROP'])
+def test_eval_resize_first_matches_the_old_order(resize):
+    from conftest import SHARED_DATA
+    for image in _eval_images(SHARED_DATA if SHARED_DATA.is_dir() else None):
+        new = prep.preprocess_for_eval(image, None, None, (300, 300), resize=resize).image
+        old = _eval_old_order(image, (300, 300), resize)
+        # Bilinear weights sum to 1, so resize(x) - m == resize(x - m) up to float32 rounding.
+        np.testing.assert_allclose(new.numpy(), old.numpy(), rtol=0., atol=1e-4)
+        if resize == 'CENTRAL_CROP':  # pixels are only moved: the same bits
+            np.testing.assert_array_equal(new.numpy(), old.numpy())
+
+
+@pytest.mark.parametrize('resize', ['WARP_RESIZE', 'PAD_AND_RESIZE', 'CENTRAL_CROP'])
+def test_eval_reference_compat_keeps_the_slim_order_bit_for_bit(resize):
+    image = np.random.default_rng(2).integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    got = prep.preprocess_for_eval(image, None, None, (60, 80), resize=resize,
+                                   reference_compat=True).image
+    whitened = prep.tf_image_whitened(image)
+    if resize == 'WARP_RESIZE':
+        want = prep._resize_legacy(whitened, (60, 80))
+    else:
+        if resize == 'PAD_AND_RESIZE':  # factor min(60/97, 80/131) = 0.6107 -> 59 x 80
+            whitened = prep._resize_legacy(whitened, (59, 80))
+        want = prep._crop_or_pad(whitened, tf.zeros([1, 4]), 60, 80)[0]
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_eval_float_memory_is_bounded_by_the_output_size():
+    # Resize first, straight from uint8: no float tensor in the graph is larger than the
+    # network input, whatever the picture's size (a 16000 x 16000 photo would otherwise need
+    # 3 GB of float32 for the mean subtraction alone).
+    out_h, out_w = 300, 300
+    for resize in ('WARP_RESIZE', 'CENTRAL_CROP'):
+        fn = tf.function(lambda im, resize=resize: prep.preprocess_for_eval(
+            im, None, None, (out_h, out_w), resize=resize).image,
+            input_signature=[tf.TensorSpec([2000, 3000, 3], tf.uint8)])
+        graph = fn.get_concrete_function().graph
+        sizes = [t.shape.num_elements() for op in graph.get_operations() for t in op.outputs
+                 if t.dtype.is_floating and t.shape.is_fully_defined()]
+        assert sizes and max(sizes) <= out_h * out_w * 3, (resize, max(sizes))
 
 
 def test_unwhiten_round_trip():
@@ -337,3 +430,15 @@ def test_unwhiten_round_trip():
     whitened = prep.tf_image_whitened(image)
     np.testing.assert_array_equal(prep.np_image_unwhitened(whitened.numpy()), image)
     np.testing.assert_array_equal(prep.tf_image_unwhitened(whitened).numpy(), image)
+
+
+def test_eval_input_already_at_output_size_is_only_whitened():
+    # TFLite feeds images already at the network size; TFLite has no uint8 -> float resize,
+    # so the graph must not contain one (and a same-size half-pixel resize is the identity).
+    image = np.random.default_rng(3).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    out = prep.preprocess_for_eval(image, None, None, (40, 50)).image
+    np.testing.assert_array_equal(out.numpy(), image.astype(np.float32) - MEANS)
+    fn = tf.function(lambda im: prep.preprocess_for_eval(im, None, None, (40, 50)).image,
+                     input_signature=[tf.TensorSpec([40, 50, 3], tf.uint8)])
+    ops = {op.type for op in fn.get_concrete_function().graph.get_operations()}
+    assert 'ResizeBilinear' not in ops

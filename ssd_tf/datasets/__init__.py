@@ -2,7 +2,10 @@
 
 voc.read_voc (Pascal VOC directories), coco.read_coco (instances JSON), synthetic (procedural
 shapes, no download), tfrecord (slim key layout: parse_example, write_tfrecords), factory
-(load_records by name), convert (command line to sharded TFRecords), labelmap (names <-> ids).
+(load_records by name; tfrecord_label_map), convert (command line to sharded TFRecords),
+labelmap (names <-> ids), check (the report of bad TFRecord data, `DataProblems`, and the
+command that scans a data set before training).
 Bad records are skipped and counted in a `records.DataReport`, or raise `records.DataError`
-with `strict=True`. The tf.data builder is `ssd_tf.data.build_dataset`.
+with `strict=True`; TFRecords are checked in the graph by `tfrecord.check_example` as they
+stream. The tf.data builder is `ssd_tf.data.build_dataset`.
 """

@@ -10,7 +10,8 @@
 Files: `<output_dir>/<name>_<split>_<shard:05d>-of-<shards:05d>.tfrecord` (name defaults to
 the dataset name) and `<output_dir>/labels.txt`. Every image is decoded once and every box
 checked before writing; bad records are skipped and listed at the end (`--strict` stops at
-the first one instead).
+the first one instead). Shards are written under a temporary name and renamed when complete,
+so an interrupted conversion leaves no truncated shard under a final name.
 """
 import argparse
 import logging

@@ -1,6 +1,9 @@
 """One entry point to the readers by data set name (as slim's dataset_factory):
-`load_records('voc' | 'coco' | 'synthetic', dataset_dir, split, ...)`."""
+`load_records('voc' | 'coco' | 'synthetic', dataset_dir, split, ...)`, and the label map of
+TFRecord data (`tfrecord_label_map`), which is streamed by `data.build_dataset` instead."""
 import os
+
+import tensorflow as tf
 
 from ssd_tf.datasets import coco as coco_lib
 from ssd_tf.datasets import labelmap as labelmap_lib
@@ -13,7 +16,8 @@ DATASET_NAMES = ('voc', 'coco', 'synthetic')
 def load_records(dataset_name, dataset_dir, split, label_map=None, strict=False,
                  num_images=1000, seed=0, image_size=synthetic_lib.DEFAULT_IMAGE_SIZE,
                  check_images=True):
-    """`(records, label_map, report_summary)` for one split of a data set.
+    """`(records, label_map, report_summary)` for one split of a data set (the summary is
+    `load_records_and_report`'s report as text).
 
     voc: `dataset_dir` is one root or several joined by commas (VOC2007,VOC2012); `label_map`
       a LabelMap, a label map file, or None for the roots' labels.txt, else all class names
@@ -22,6 +26,18 @@ def load_records(dataset_name, dataset_dir, split, label_map=None, strict=False,
       `<split>/` (the COCO 2017 layout; split e.g. 'val2017').
     synthetic: no files; `num_images` images of `split` 'train'/'trainval'/'test' of `seed`.
     """
+    records, label_map, report = load_records_and_report(
+        dataset_name, dataset_dir, split, label_map=label_map, strict=strict,
+        num_images=num_images, seed=seed, image_size=image_size, check_images=check_images)
+    return records, label_map, report.summary() if report is not None else \
+        f"synthetic: {len(records)} records"
+
+
+def load_records_and_report(dataset_name, dataset_dir, split, label_map=None, strict=False,
+                            num_images=1000, seed=0,
+                            image_size=synthetic_lib.DEFAULT_IMAGE_SIZE, check_images=True):
+    """As `load_records`, but `(records, label_map, DataReport)` (the report is None for
+    synthetic data, which has nothing to check)."""
     if dataset_name == 'voc':
         if not dataset_dir:
             raise ValueError("dataset_dir is required for voc (a VOC root, or several "
@@ -33,7 +49,7 @@ def load_records(dataset_name, dataset_dir, split, label_map=None, strict=False,
             label_map = labelmap_lib.LabelMap.read(label_map)
         records, report = voc_lib.read_voc(dirs, split, label_map=label_map, strict=strict,
                                            check_images=check_images)
-        return records, label_map, report.summary()
+        return records, label_map, report
     if dataset_name == 'coco':
         if not dataset_dir:
             raise ValueError("dataset_dir is required for coco (with annotations/ and "
@@ -41,8 +57,78 @@ def load_records(dataset_name, dataset_dir, split, label_map=None, strict=False,
         ann = os.path.join(dataset_dir, 'annotations', f'instances_{split}.json')
         records, label_map, report = coco_lib.read_coco(
             ann, os.path.join(dataset_dir, split), strict=strict, check_images=check_images)
-        return records, label_map, report.summary()
+        return records, label_map, report
     if dataset_name == 'synthetic':
         records = synthetic_lib.make_synthetic_split(split, num_images, seed, image_size)
-        return records, synthetic_lib.SYNTHETIC_LABEL_MAP, f"synthetic: {len(records)} records"
+        return records, synthetic_lib.SYNTHETIC_LABEL_MAP, None
     raise ValueError(f"dataset_name must be one of {DATASET_NAMES}, got {dataset_name!r}")
+
+
+def tfrecord_label_map(dataset_dir, label_map=None):
+    """The LabelMap of TFRecord data (`dataset_dir` a file pattern or list of patterns):
+    `label_map` (a LabelMap or a labels.txt/json path, e.g. the --label_map flag), else the
+    `labels.txt` beside the shards (the converter writes it), else the class names stored in
+    the records' `image/object/bbox/label_text`; None when none of these exists.
+
+    Raises ValueError naming the shard and record when the records' label texts disagree
+    (one label with two names, one name with two labels) or leave a gap in 1..C-1.
+    """
+    if isinstance(label_map, labelmap_lib.LabelMap):
+        return label_map
+    if label_map:
+        return labelmap_lib.LabelMap.read(label_map)
+    patterns = [dataset_dir] if isinstance(dataset_dir, (str, os.PathLike)) else \
+        list(dataset_dir)
+    files = sorted({f for p in patterns for f in tf.io.gfile.glob(os.fspath(p))})
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {patterns}")
+    beside = os.path.join(os.path.dirname(files[0]), labelmap_lib.LABELS_FILENAME)
+    if os.path.isfile(beside):
+        return labelmap_lib.LabelMap.read(beside)
+    return _label_map_from_records(files)
+
+
+_LABEL_FEATURES = {
+    'image/object/bbox/label': tf.io.VarLenFeature(tf.int64),
+    'image/object/bbox/label_text': tf.io.VarLenFeature(tf.string),
+}
+# (record, label, text) triples read at once when scanning label texts.
+_SCAN_BATCH = 4096
+
+
+def _label_pairs(index, serialized):
+    """One record -> `(record index, label, text)` rows, none when its label texts are not
+    one per box."""
+    f = tf.io.parse_single_example(serialized, _LABEL_FEATURES)
+    labels = f['image/object/bbox/label'].values
+    texts = f['image/object/bbox/label_text'].values
+    n = tf.where(tf.equal(tf.size(labels), tf.size(texts)), tf.size(labels), 0)
+    return tf.data.Dataset.from_tensor_slices(
+        (tf.fill([n], index), labels[:n], texts[:n]))
+
+
+def _label_map_from_records(files):
+    """The label map spelled by the records' label texts (records that do not parse are left
+    to the pipeline's checks); None when no record has label texts."""
+    names = {}  # label -> (name, where first seen)
+    for f in files:
+        ds = tf.data.TFRecordDataset(f).enumerate().flat_map(_label_pairs).ignore_errors()
+        for indices, labels, texts in ds.batch(_SCAN_BATCH).as_numpy_iterator():
+            for index, label, text in zip(indices, labels, texts):
+                where = f"{f} record {index}"
+                text = text.decode('utf-8')
+                seen = names.setdefault(int(label), (text, where))
+                if seen[0] != text:
+                    raise ValueError(f"{where}: label {label} is named {text!r} but "
+                                     f"{seen[0]!r} in {seen[1]}; pass --label_map")
+    if not names:
+        return None
+    by_name = {}
+    for label, (text, where) in names.items():
+        if by_name.setdefault(text, label) != label:
+            raise ValueError(f"{where}: class {text!r} has labels {by_name[text]} and {label}; "
+                             f"pass --label_map")
+    if sorted(names) != list(range(1, len(names) + 1)):
+        raise ValueError(f"the label texts of {files[0]}... give labels {sorted(names)}, not "
+                         f"1..{len(names)} without gaps; pass --label_map")
+    return labelmap_lib.LabelMap([names[i][0] for i in range(1, len(names) + 1)])

@@ -3,13 +3,35 @@
 A label map travels with the data: the converter writes it beside the TFRecords as
 `labels.txt`, one `id:name` line per class (the slim `dataset_utils.write_label_file` format,
 including the `0:none` line), and training/export copy it next to their outputs. A `.json`
-file (`{"none": 0, "aeroplane": 1, ...}`) is read and written too.
+file (`{"none": 0, "aeroplane": 1, ...}`) is read and written too. Class names become file
+names, so a name with path characters is refused when the map is made or read
+(`class_name_problem`; errors name the file and line).
 """
 import json
 import os
 
 BACKGROUND_NAME = 'none'
 LABELS_FILENAME = 'labels.txt'
+
+# Class names become file names (VOC results files `comp4_det_<split>_<class>.txt`), so a name
+# must not hold path characters: '/' or '\\' (another directory), NUL or other control
+# characters, nor start with '.' (hidden files, '.', '..'); ':' and newlines break labels.txt.
+_FORBIDDEN_NAME_CHARS = frozenset('/\\:') | frozenset(chr(c) for c in range(32)) | {'\x7f'}
+
+
+def class_name_problem(name):
+    """Why `name` cannot be a class name ('' if it can): empty, leading '.', or a path,
+    control or ':' character (the rule above)."""
+    if not name:
+        return "empty"
+    if name.startswith('.'):
+        return "starts with '.' (hidden file, '.' or '..' as a file name)"
+    bad = sorted({c for c in name if c in _FORBIDDEN_NAME_CHARS})
+    if bad:
+        return (f"contains {', '.join(repr(c) for c in bad)} (class names become file names: "
+                f"no '/', '\\', ':', NUL or control characters)")
+    return ''
+
 
 # Pascal VOC's 20 classes in the original's order (alphabetical): aeroplane = 1 .. tvmonitor = 20.
 VOC_CLASSES = (
@@ -35,8 +57,9 @@ class LabelMap:
             raise ValueError(f"'{BACKGROUND_NAME}' is reserved for the background (id 0); "
                              f"do not list it among the object classes")
         for n in names:
-            if not n or ':' in n or '\n' in n:
-                raise ValueError(f"invalid class name {n!r} (empty, or contains ':' or newline)")
+            problem = class_name_problem(n)
+            if problem:
+                raise ValueError(f"invalid class name {n!r}: {problem}")
         self._names = names
         self._ids = {n: i + 1 for i, n in enumerate(names)}
 
@@ -110,17 +133,7 @@ class LabelMap:
                                     f"LabelMap(names).write(path) or run ssd_tf.datasets.convert)")
         with open(path, encoding='utf-8') as f:
             text = f.read()
-        if path.endswith('.json'):
-            mapping = {str(k): int(v) for k, v in json.loads(text).items()}
-        else:
-            mapping = {}
-            for lineno, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                idx, sep, name = line.partition(':')
-                if not sep or not idx.strip().isdigit():
-                    raise ValueError(f"{path}:{lineno}: expected 'id:name', got {line!r}")
-                mapping[name.strip()] = int(idx)
+        mapping = _read_json(path, text) if path.endswith('.json') else _read_lines(path, text)
         by_id = {i: n for n, i in mapping.items() if i != 0}
         if mapping.get(BACKGROUND_NAME, 0) != 0 or len(by_id) != len(mapping) - (
                 BACKGROUND_NAME in mapping):
@@ -130,6 +143,35 @@ class LabelMap:
             raise ValueError(f"{path}: object ids must be 1..{len(by_id)} without gaps, got "
                              f"{sorted(by_id)}")
         return cls([by_id[i] for i in range(1, len(by_id) + 1)])
+
+
+def _check_name(path, lineno, name):
+    problem = class_name_problem(name)
+    if problem:
+        raise ValueError(f"{path}:{lineno}: invalid class name {name!r}: {problem}")
+
+
+def _read_lines(path, text):
+    """`{name: id}` of `id:name` lines; errors name the file and line."""
+    mapping = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        idx, sep, name = line.partition(':')
+        if not sep or not idx.strip().isdigit():
+            raise ValueError(f"{path}:{lineno}: expected 'id:name', got {line!r}")
+        _check_name(path, lineno, name.strip())
+        mapping[name.strip()] = int(idx)
+    return mapping
+
+
+def _read_json(path, text):
+    """`{name: id}` of a JSON label map; a bad name's error gives the line where it is."""
+    mapping = {str(k): int(v) for k, v in json.loads(text).items()}
+    for name in mapping:
+        where = text.find(json.dumps(name)[1:-1])
+        _check_name(path, text.count('\n', 0, max(where, 0)) + 1, name)
+    return mapping
 
 
 VOC_LABEL_MAP = LabelMap(VOC_CLASSES)

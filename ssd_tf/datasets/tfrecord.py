@@ -7,13 +7,20 @@ Keys (as the original `pascalvoc_to_tfrecords.py` wrote them): `image/encoded`,
 This writer adds `image/filename` (the image id) and `image/object/bbox/is_crowd`; the parser
 treats both, and `difficult`/`truncated`, as optional, so records of the original converter
 read unchanged. Boxes are relative `[ymin, xmin, ymax, xmax]` once parsed.
+
+`check_example` is the graph-mode validation of one record (the TFRecord counterpart of the
+VOC/COCO readers' checks): whole-record problems and boxes to drop, each with a reason.
+`write_tfrecords` writes each shard under a temporary name and renames it when complete.
+`read_tfrecord_records` is an eager reader for small tools only; every graph path parses
+with `parse_example` / `check_example`.
 """
 import os
+import uuid
 
 import numpy as np
 import tensorflow as tf
 
-from ssd_tf import images
+from ssd_tf import images as images_lib
 from ssd_tf.datasets import records as records_lib
 
 _BOX_KEYS = ('ymin', 'xmin', 'ymax', 'xmax')
@@ -31,6 +38,24 @@ FEATURES = {
     'image/object/bbox/is_crowd': tf.io.VarLenFeature(tf.int64),
     **{f'image/object/bbox/{k}': tf.io.VarLenFeature(tf.float32) for k in _BOX_KEYS},
 }
+# check_example reads a missing image/encoded as '' (reported) instead of failing the parse.
+_CHECK_FEATURES = {**FEATURES, 'image/encoded': tf.io.FixedLenFeature([], tf.string,
+                                                                      default_value=b'')}
+
+# Kinds of problem (the keys of the counts in `check.DataProblems`). A record-level problem
+# skips the whole record; a box-level one drops that box and keeps the record.
+UNEQUAL_BOX_LISTS = 'box lists of unequal length'
+MISSING_IMAGE = 'missing or empty image/encoded'
+BAD_IMAGE = 'not a whole image'
+BOX_OUTSIDE = 'boxes outside [0, 1]'
+UNREADABLE = 'unparseable or undecodable record'
+INVERTED_BOX = 'inverted or empty box'
+LABEL_OUT_OF_RANGE = 'label out of range'
+# Coordinates this close outside [0, 1] are float rounding of a box at the image border:
+# clipped, not reported (a converter computing x / width may give 1.0000001).
+_BOX_TOLERANCE = 1e-3
+RECORD_KINDS = (UNEQUAL_BOX_LISTS, MISSING_IMAGE, BAD_IMAGE, BOX_OUTSIDE, UNREADABLE)
+BOX_KINDS = (INVERTED_BOX, LABEL_OUT_OF_RANGE)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -49,8 +74,8 @@ def _bytes(values):
 def encoded_image(record):
     """`(bytes, format)` of a record's image: the file's own bytes when it has a path or
     bytes (no re-encoding), PNG of an in-memory array (`ssd_tf.images.read_image_bytes`)."""
-    data = images.read_image_bytes(record)
-    return data, images.sniff_format(data) or 'JPEG'
+    data = images_lib.read_image_bytes(record)
+    return data, images_lib.sniff_format(data) or 'JPEG'
 
 
 def record_to_example(record):
@@ -86,19 +111,34 @@ def write_tfrecords(records, output_dir, name, split, num_shards=1):
 
     Record i goes to shard `i % num_shards`, so shards have equal sizes (+-1) and a
     shuffled read of several shards mixes the whole set.
+
+    Each shard is written to `<final name>.incomplete-<random>` in the same directory and
+    renamed to its final name only once every record is written, so a conversion that fails
+    or is killed never leaves a truncated shard under a final name (a failure removes its
+    temporary files; a kill may leave them, under a name no `*.tfrecord` pattern matches).
     """
     num_shards = int(num_shards)
     if num_shards < 1:
         raise ValueError(f"--shards must be >= 1, got {num_shards}")
     os.makedirs(output_dir, exist_ok=True)
     paths = [shard_path(output_dir, name, split, s, num_shards) for s in range(num_shards)]
-    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    tag = uuid.uuid4().hex[:8]
+    temps = [f'{p}.incomplete-{tag}' for p in paths]
+    writers = [tf.io.TFRecordWriter(t) for t in temps]
+    complete = False
     try:
         for i, r in enumerate(records):
             writers[i % num_shards].write(record_to_example(r).SerializeToString())
+        complete = True
     finally:
         for w in writers:
             w.close()
+        if not complete:
+            for t in temps:
+                if tf.io.gfile.exists(t):
+                    tf.io.gfile.remove(t)
+    for t, p in zip(temps, paths):
+        tf.io.gfile.rename(t, p, overwrite=True)
     return paths
 
 
@@ -114,14 +154,8 @@ def _one_per_box(values, n, default):
                    lambda: tf.fill([n], tf.constant(default, values.dtype)))
 
 
-def parse_example(serialized):
-    """Parses one serialized Example (graph-mode, for `tf.data` map).
-
-    Returns a dict: `encoded` (string), `image_id` (string, '' if absent), `height`, `width`
-    (int32 from the record), `labels` `[N]` int64, `bboxes` `[N, 4]` float32 relative yxyx,
-    `difficult`, `truncated`, `is_crowd` `[N]` int64, `label_text` `[N]` string.
-    """
-    f = tf.io.parse_single_example(serialized, FEATURES)
+def _fields(f):
+    """The parsed feature dict -> the `parse_example` dict (labels and boxes of equal length)."""
     labels = _dense(f['image/object/bbox/label'], 0)
     n = tf.size(labels)
     bboxes = tf.stack([_dense(f[f'image/object/bbox/{k}'], 0.) for k in _BOX_KEYS], axis=1)
@@ -140,9 +174,108 @@ def parse_example(serialized):
     }
 
 
+def parse_example(serialized):
+    """Parses one serialized Example (graph-mode, for `tf.data` map).
+
+    Returns a dict: `encoded` (string), `image_id` (string, '' if absent), `height`, `width`
+    (int32 from the record), `labels` `[N]` int64, `bboxes` `[N, 4]` float32 relative yxyx,
+    `difficult`, `truncated`, `is_crowd` `[N]` int64, `label_text` `[N]` string.
+    Fails (InvalidArgumentError) on a record with box lists of unequal length or without
+    `image/encoded`; `check_example` reports those instead.
+    """
+    return _fields(tf.io.parse_single_example(serialized, FEATURES))
+
+
+def _record_problem(f, max_pixels):
+    """`(kind, detail)` scalar strings of the first whole-record problem, ('', '') if none."""
+    counts = [tf.size(f['image/object/bbox/label'].values)] + [
+        tf.size(f[f'image/object/bbox/{k}'].values) for k in _BOX_KEYS]
+    unequal = tf.reduce_any(tf.not_equal(tf.stack(counts), counts[0]))
+    encoded = f['image/encoded']
+
+    def box_problem():
+        coords = tf.concat([f[f'image/object/bbox/{k}'].values for k in _BOX_KEYS], 0)
+        finite = tf.reduce_all(tf.math.is_finite(coords))
+        lo = tf.reduce_min(tf.concat([coords, [0.]], 0))
+        hi = tf.reduce_max(tf.concat([coords, [1.]], 0))
+        pixels = tf.where(hi > 1., ' (pixel coordinates? TFRecord boxes must be relative: '
+                                   're-convert the shard)', '')
+        detail = tf.strings.join([tf.strings.format(
+            'box coordinates from {} to {} are outside [0, 1]', (lo, hi)), pixels])
+        bad = tf.logical_or(tf.logical_not(finite), tf.logical_or(lo < -_BOX_TOLERANCE,
+                                                                  hi > 1. + _BOX_TOLERANCE))
+        detail = tf.where(finite, detail, 'a box coordinate is not a finite number')
+        return tf.where(bad, BOX_OUTSIDE, ''), tf.where(bad, detail, '')
+
+    def image_problem():
+        reason = images_lib.encoded_image_problem(encoded, max_pixels)
+        return tf.cond(tf.equal(reason, ''), box_problem,
+                       lambda: (tf.constant(BAD_IMAGE), reason))
+
+    def length_problem():
+        return tf.constant(UNEQUAL_BOX_LISTS), tf.strings.format(
+            '{} labels but {} ymin, {} xmin, {} ymax, {} xmax', tuple(counts))
+
+    def encoded_problem():
+        return tf.cond(tf.equal(tf.strings.length(encoded), 0),
+                       lambda: (tf.constant(MISSING_IMAGE),
+                                tf.constant('image/encoded is missing or empty')),
+                       image_problem)
+
+    return tf.cond(unequal, length_problem, encoded_problem)
+
+
+def check_example(serialized, num_classes=None, max_pixels=None):
+    """Parses and checks one serialized Example in the graph (the TFRecord counterpart of the
+    VOC/COCO readers' checks).
+
+    Returns `(example, kind, detail, box_kinds, box_details)`:
+      example: the `parse_example` dict with the dropped boxes removed (meaningful only when
+        `kind` is ''; a bad record gives empty box lists so that the graph still runs);
+      kind, detail: scalar strings, '' for a good record, else one of `RECORD_KINDS` and a
+        human reason (unequal box lists, missing image/encoded, bytes that are not a whole
+        image, boxes outside [0, 1] (by more than `_BOX_TOLERANCE`; closer ones are clipped)
+        or not finite) -- the record is to be skipped;
+      box_kinds: `[N]` string, '' for a kept box, else one of `BOX_KINDS` (inverted or empty
+        box, label outside [1, num_classes), or < 1 when `num_classes` is None);
+      box_details: `[N]` string, each box's index, label and coordinates (for the report).
+    A serialized string that is not an Example still fails (InvalidArgumentError).
+    """
+    f = tf.io.parse_single_example(serialized, _CHECK_FEATURES)
+    kind, detail = _record_problem(f, max_pixels)
+    ok = tf.equal(kind, '')
+    # A bad record's box lists are emptied, so that the stacking below cannot fail on them.
+    for key in ('label', 'label_text', 'difficult', 'truncated', 'is_crowd') + _BOX_KEYS:
+        sp = f[f'image/object/bbox/{key}']
+        f[f'image/object/bbox/{key}'] = tf.sparse.slice(
+            sp, [0], tf.where(ok, sp.dense_shape, tf.zeros_like(sp.dense_shape)))
+    ex = _fields(f)
+    ex['bboxes'] = tf.clip_by_value(ex['bboxes'], 0., 1.)  # within _BOX_TOLERANCE of [0, 1]
+    b = ex['bboxes']
+    labels = ex['labels']
+    inverted = tf.logical_or(b[:, 0] >= b[:, 2], b[:, 1] >= b[:, 3])
+    high = tf.zeros_like(labels, tf.bool) if num_classes is None else labels >= num_classes
+    out_of_range = tf.logical_or(labels < 1, high)
+    box_kinds = tf.where(inverted, INVERTED_BOX, tf.where(out_of_range, LABEL_OUT_OF_RANGE, ''))
+    coords = [tf.strings.as_string(b[:, j], precision=4) for j in range(4)]
+    box_details = tf.strings.join(
+        [tf.strings.as_string(tf.range(tf.size(labels))), ' (label ', tf.strings.as_string(labels),
+         ', ymin ', coords[0], ', xmin ', coords[1], ', ymax ', coords[2], ', xmax ', coords[3],
+         ')'], separator='')
+    box_details = tf.strings.join(['box ', box_details])
+    keep = tf.equal(box_kinds, '')
+    for key in ('labels', 'bboxes', 'difficult', 'truncated', 'is_crowd', 'label_text'):
+        ex[key] = tf.boolean_mask(ex[key], keep)
+    ex['bboxes'] = tf.reshape(ex['bboxes'], [-1, 4])
+    return ex, kind, detail, box_kinds, box_details
+
+
 def read_tfrecord_records(file_pattern):
-    """Reads TFRecords back into `Record`s (image bytes in `Record.encoded`), eagerly; for
-    tests, inspection and re-conversion, not for training (use `data.build_dataset`)."""
+    """Reads TFRecords back into `Record`s (image bytes in `Record.encoded`), eagerly and all
+    into memory: for small tools only (tests, inspection, re-conversion). Training and
+    evaluation stream TFRecords with `data.build_dataset`/`build_eval_dataset`, and
+    `python -m ssd_tf.datasets.check` validates them; this reader checks nothing and fails
+    on the first record `parse_example` cannot parse."""
     files = sorted(tf.io.gfile.glob(file_pattern))
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {file_pattern!r}")

@@ -6,6 +6,8 @@ indices (so a VOC box `xmin=1` becomes 1/width). `difficult` and `truncated` are
 element text (the original tested the XML element itself, which is always falsy for a leaf,
 so every object was "not difficult"); missing `pose`, `truncated`, `difficult` default to 0.
 The image size is the decoded image's; a different `<size>` in the XML is reported and ignored.
+`read_annotation` and `read_id_list` are the project's one VOC XML parser and image-set reader
+(`ssd_tf.metrics.voc_eval` reads through them too).
 """
 import logging
 import os
@@ -21,6 +23,13 @@ logger = logging.getLogger(__name__)
 _IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.JPG', '.JPEG', '.PNG', '.bmp', '.gif')
 
 
+def read_id_list(path):
+    """Image ids of an image-set file (`ImageSets/Main/<split>.txt`): the first column of each
+    non-blank line. OSError when the file cannot be read (callers name it)."""
+    with open(path, encoding='utf-8') as f:
+        return [line.split()[0] for line in f if line.strip()]
+
+
 def read_split_ids(dataset_dir, split):
     """Image ids listed in `<dataset_dir>/ImageSets/Main/<split>.txt` (first column)."""
     path = os.path.join(dataset_dir, 'ImageSets', 'Main', f'{split}.txt')
@@ -29,8 +38,7 @@ def read_split_ids(dataset_dir, split):
         have = sorted(f[:-4] for f in os.listdir(main) if f.endswith('.txt')) \
             if os.path.isdir(main) else []
         raise FileNotFoundError(f"split file not found: {path}; available splits: {have}")
-    with open(path, encoding='utf-8') as f:
-        return [line.split()[0] for line in f if line.strip()]
+    return read_id_list(path)
 
 
 def infer_label_map(dataset_dirs):
@@ -51,9 +59,12 @@ def infer_label_map(dataset_dirs):
             except ET.ParseError:
                 continue  # reported when the record is read
             for obj in root.iter('object'):
-                name = obj.findtext('name')
-                if name and name.strip():
-                    names.add(name.strip())
+                name = (obj.findtext('name') or '').strip()
+                if name and labelmap_lib.class_name_problem(name):
+                    raise ValueError(f"{os.path.join(ann, fname)}: class name {name!r} cannot "
+                                     f"be used: {labelmap_lib.class_name_problem(name)}")
+                if name:
+                    names.add(name)
     if not names:
         raise ValueError(f"no object class names found in the Annotations of {dataset_dirs}")
     return labelmap_lib.LabelMap(sorted(names))
@@ -70,28 +81,45 @@ def default_label_map(dataset_dirs):
     return infer_label_map(dataset_dirs)
 
 
-def _flag(obj, tag, xml_path, report):
-    """0/1 from the text of `<tag>` (missing or empty -> 0)."""
+class AnnotationError(ValueError):
+    """A VOC annotation file that cannot be used; the message names the file."""
+
+
+def _flag(obj, tag, fixes):
+    """0/1 from the text of `<tag>` (missing or empty -> 0; not a number -> 0, noted)."""
     text = obj.findtext(tag)
     if text is None or not text.strip():
         return 0
     try:
         return int(float(text.strip()) != 0)
     except ValueError:
-        report.fix(xml_path, f"<{tag}> is {text.strip()!r}, not a number; read as 0")
+        fixes.append(f"<{tag}> is {text.strip()!r}, not a number; read as 0")
         return 0
 
 
-def parse_annotation(xml_path, label_map, report):
-    """Parses one VOC XML. Returns `(filename or None, (height, width) or None, objects)` with
-    objects a list of `(name, label, [ymin, xmin, ymax, xmax] pixels, difficult, truncated)`,
-    or None when the record must be skipped (already reported)."""
+def _bndbox(obj):
+    """`[ymin, xmin, ymax, xmax]` floats of an object's `<bndbox>`, or None if incomplete."""
+    bb = obj.find('bndbox')
+    try:
+        return [float(bb.findtext(tag)) for tag in ('ymin', 'xmin', 'ymax', 'xmax')]
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def read_annotation(xml_path):
+    """THE VOC XML parser (the data readers and `metrics.voc_eval` both use it).
+
+    Returns a dict: `filename` (None if absent), `size` `(height, width)` or None (absent or
+    not numeric), `objects`: list of dicts `name`, `bbox` (`[ymin, xmin, ymax, xmax]` pixels,
+    float), `difficult`, `truncated` (0/1 read from the element TEXT, missing -> 0), `pose`
+    (missing -> 'Unspecified'); and `fixes`: notes on values read leniently. An unreadable
+    file, an object without `<name>` or with an incomplete `<bndbox>` is an AnnotationError
+    naming the file and the object.
+    """
     try:
         root = ET.parse(xml_path).getroot()
     except (ET.ParseError, OSError) as e:
-        report.skip(xml_path, f"cannot parse the annotation XML: {e}")
-        return None
-    filename = (root.findtext('filename') or '').strip() or None
+        raise AnnotationError(f"cannot parse the annotation XML: {e}") from e
     size = None
     size_el = root.find('size')
     if size_el is not None:
@@ -99,32 +127,44 @@ def parse_annotation(xml_path, label_map, report):
             size = (int(float(size_el.findtext('height'))), int(float(size_el.findtext('width'))))
         except (TypeError, ValueError):
             size = None
-    objects = []
+    objects, fixes = [], []
     for k, obj in enumerate(root.findall('object')):
         name = (obj.findtext('name') or '').strip()
         if not name:
-            report.skip(xml_path, f"object {k} has no <name>")
+            raise AnnotationError(f"object {k} has no <name>")
+        bbox = _bndbox(obj)
+        if bbox is None:
+            what = ("no <bndbox>" if obj.find('bndbox') is None
+                    else "a missing or non-numeric <bndbox> coordinate")
+            raise AnnotationError(f"object {k} ({name}) has {what}")
+        pose = (obj.findtext('pose') or '').strip() or 'Unspecified'
+        objects.append(dict(name=name, bbox=bbox, difficult=_flag(obj, 'difficult', fixes),
+                            truncated=_flag(obj, 'truncated', fixes), pose=pose))
+    return dict(filename=(root.findtext('filename') or '').strip() or None, size=size,
+                objects=objects, fixes=fixes)
+
+
+def parse_annotation(xml_path, label_map, report):
+    """Parses one VOC XML. Returns `(filename or None, (height, width) or None, objects)` with
+    objects a list of `(name, label, [ymin, xmin, ymax, xmax] pixels, difficult, truncated)`,
+    or None when the record must be skipped (already reported)."""
+    try:
+        ann = read_annotation(xml_path)
+    except AnnotationError as e:
+        report.skip(xml_path, str(e))
+        return None
+    for note in ann['fixes']:
+        report.fix(xml_path, note)
+    objects = []
+    for k, o in enumerate(ann['objects']):
+        if o['name'] not in label_map:
+            report.skip(xml_path, f"object {k} has unknown class name {o['name']!r}; known "
+                                  f"classes: {list(label_map.names)} (pass a label map that "
+                                  f"has it)")
             return None
-        if name not in label_map:
-            report.skip(xml_path, f"object {k} has unknown class name {name!r}; known classes: "
-                                  f"{list(label_map.names)} (pass a label map that has it)")
-            return None
-        bb = obj.find('bndbox')
-        coords = []
-        for tag in ('ymin', 'xmin', 'ymax', 'xmax'):
-            text = bb.findtext(tag) if bb is not None else None
-            try:
-                coords.append(float(text))
-            except (TypeError, ValueError):
-                coords = None
-                break
-        if coords is None:
-            what = "no <bndbox>" if bb is None else "a missing or non-numeric <bndbox> coordinate"
-            report.skip(xml_path, f"object {k} ({name}) has {what}")
-            return None
-        objects.append((name, label_map.id(name), coords, _flag(obj, 'difficult', xml_path, report),
-                        _flag(obj, 'truncated', xml_path, report)))
-    return filename, size, objects
+        objects.append((o['name'], label_map.id(o['name']), o['bbox'], o['difficult'],
+                        o['truncated']))
+    return ann['filename'], ann['size'], objects
 
 
 def _find_image(dataset_dir, image_id, filename):
