@@ -6,7 +6,9 @@
 Writes `output_dir/<version>/` (saved_model.pb, variables/, assets/labels.txt,
 assets/labels_tflite.txt, assets/export_config.json) and, with --tflite or
 --tflite_quantization, `output_dir/<version>/tflite/model_<variant>.tflite` beside the
-SavedModel. Signatures, inputs and outputs: see `ssd_tf/export.py`.
+SavedModel. The whole version (TFLite files included) is written to a staging directory in
+--output_dir first and moved into place at the end, so with --overwrite a failure at any
+point leaves the old version serving. Signatures, inputs and outputs: see `ssd_tf/export.py`.
 """
 from absl import app
 from absl import flags
@@ -24,6 +26,11 @@ flags.DEFINE_boolean('overwrite', False, 'Replace an existing version directory.
 postprocess.define_detection_flags(flags)  # --select_threshold, --nms_threshold, --select_top_k
 flags.DEFINE_integer('max_detections', postprocess.MAX_DETECTIONS, 'Detections per image.')
 flags.DEFINE_string('label_map', None, "Label map file; default: the run's labels.txt.")
+flags.DEFINE_integer('max_image_pixels', None, 'Largest image (width x height, read from its '
+                     'header before decoding) a request may send; default '
+                     'ssd_tf.images.DEFAULT_MAX_PIXELS, 200 MP: fits the largest camera frame '
+                     '(200 MP phone sensors) and bounds one decoded image to 600 MB.')
+flags.DEFINE_integer('max_batch_size', 64, 'Most images in one request.')
 flags.DEFINE_enum('mixed_precision', None, ['mixed_bfloat16'],
                   'SavedModel only: run the network in bfloat16 (float32 variables, decode and '
                   'NMS in float32); about 2x faster on CPUs with AVX512_BF16/AMX, slower '
@@ -42,8 +49,8 @@ FLAGS = flags.FLAGS
 
 def calibration_images(img_shape):
     """uint8 [1, h, w, 3] images for int8 calibration (VOC --dataset_dir or synthetic)."""
-    from ssd_tf import evaluation
     from ssd_tf import export
+    from ssd_tf import images
     from ssd_tf.datasets import factory
     if FLAGS.dataset_dir:
         records, _, _ = factory.load_records('voc', FLAGS.dataset_dir,
@@ -51,8 +58,8 @@ def calibration_images(img_shape):
     else:
         records, _, _ = factory.load_records('synthetic', None, 'train',
                                              num_images=FLAGS.num_calibration_images)
-    images = (evaluation.decode_record_image(r) for r in records)
-    return export.representative_images(images, img_shape, FLAGS.num_calibration_images)
+    decoded = (images.decode_record_image(r) for r in records)
+    return export.representative_images(decoded, img_shape, FLAGS.num_calibration_images)
 
 
 def main(argv):
@@ -62,6 +69,7 @@ def main(argv):
     from nets import ssd_vgg_keras
     from preprocessing import ssd_vgg_preprocessing as prep
     from ssd_tf import export
+    from ssd_tf import images
 
     variants = list(FLAGS.tflite_quantization) or (['float32'] if FLAGS.tflite else [])
     if FLAGS.mixed_precision:
@@ -81,18 +89,25 @@ def main(argv):
 
     nms = dict(select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
                max_detections=FLAGS.max_detections, top_k=FLAGS.select_top_k)
+    reps = calibration_images(shape) if 'int8' in variants else None
+    tflite_paths = {}
+
+    def add_tflite(version_dir):
+        if variants:
+            tflite_paths.update(export.export_tflite(
+                net, model, lambda im: preprocess(im)[0], os.path.join(version_dir, 'tflite'),
+                variants, reps, label_names=label_names, **nms))
+
     target = export.export_saved_model(
         net, model, preprocess, FLAGS.output_dir, FLAGS.version, FLAGS.overwrite,
         label_names=label_names,
-        metadata=dict(checkpoint_path=path, mixed_precision=FLAGS.mixed_precision), **nms)
+        metadata=dict(checkpoint_path=path, mixed_precision=FLAGS.mixed_precision),
+        max_image_pixels=FLAGS.max_image_pixels or images.DEFAULT_MAX_PIXELS,
+        max_batch_size=FLAGS.max_batch_size,
+        before_publish=add_tflite, **nms)
     print(f"SavedModel: {target}")
-    if variants:
-        reps = calibration_images(shape) if 'int8' in variants else None
-        paths = export.export_tflite(net, model, lambda im: preprocess(im)[0],
-                                     os.path.join(target, 'tflite'), variants, reps,
-                                     label_names=label_names, **nms)
-        for q, p in paths.items():
-            print(f"TFLite {q}: {p}")
+    for q in tflite_paths:
+        print(f"TFLite {q}: {os.path.join(target, 'tflite', f'model_{q}.tflite')}")
 
 
 def run_main():

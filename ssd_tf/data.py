@@ -46,17 +46,11 @@ import tensorflow as tf
 from ssd_tf.datasets import check as check_lib
 from ssd_tf.datasets import tfrecord as tfrecord_lib
 from ssd_tf.datasets.records import Record
+from ssd_tf.images import decode_image  # the one decoder (data.decode_image kept)
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Interleaved TFRecord files read at once; more only adds memory on a few cores.
 _MAX_INTERLEAVE = 8
-
-
-def decode_image(encoded):
-    """Encoded JPEG/PNG/GIF/BMP bytes (any channel count) -> uint8 `[H, W, 3]` RGB."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
 
 
 # ---------------------------------------------------------------------------- sources

@@ -1,28 +1,40 @@
 """Runs an exported or trained SSD on image files and writes annotated PNGs and a JSON.
 
-  python -m ssd_tf.detect --model=/tmp/serving/ssd/1 --images=photos/ --output_dir=/tmp/det
-  python -m ssd_tf.detect --model=/tmp/serving/ssd/1/tflite/model_int8.tflite --images=a.jpg
-  python -m ssd_tf.detect --model=runs/ssd_small_synthetic --images=a.jpg,b.png
+Library code; the command line is the top-level script `detect.py` (`python -m ssd_tf.detect`
+delegates to it):
 
---model: a SavedModel directory (written by export_savedmodel.py), a `.tflite` file (labels
-from labels.txt beside it), or a training directory / checkpoint prefix (built with
-nets.nets_factory and the eval pre-processing; this command-line entry point is the only
-place where this core module reaches up to nets/ and preprocessing/, passed on as arguments).
-Outputs in --output_dir: `<image name>.png` per image (boxes with score >= --score_threshold,
-drawn with ssd_tf.visualize) and `detections.json`: a list of
+  python detect.py --model=/tmp/serving/ssd/1 --images=photos/ --output_dir=/tmp/det
+  python detect.py --model=/tmp/serving/ssd/1/tflite/model_int8.tflite --images=a.jpg
+  python detect.py --model=runs/ssd_small_synthetic --images=a.jpg,b.png
+
+model: a SavedModel directory (written by export_savedmodel.py), a `.tflite` file (labels
+from labels.txt beside it), or a training directory / checkpoint prefix; for the last, the
+network factory and the pre-processing are arguments (this module imports neither `nets/`
+nor `preprocessing/`; the script wires them).
+Outputs in output_dir, which may be an input folder: `<image file name>.png` per image
+(`a.jpg` -> `a.jpg.png`, so `a.jpg` and `a.png` do not collide; a name already taken by an
+input or another output gets `-2`, `-3`, ... before `.png`, so no input is ever overwritten),
+boxes with score >= score_threshold drawn with ssd_tf.visualize, and `detections.json`,
+written even when the run stops early: a list, one entry per input in order,
 `{"image": path, "height", "width", "detections": [{"class_id", "label", "score",
-"box": [ymin, xmin, ymax, xmax] relative, "box_pixels": [ymin, xmin, ymax, xmax] pixels}]}`.
+"box": [ymin, xmin, ymax, xmax] relative, "box_pixels": [ymin, xmin, ymax, xmax] pixels}]}`;
+an image that cannot be read, is not a valid JPEG/PNG/GIF/BMP or is over the pixel budget
+(`ssd_tf.images`) is skipped: its entry is `{"image": path, "error": reason,
+"detections": []}`.
 """
 import json
+import logging
 import os
 
 import numpy as np
 import tensorflow as tf
 
 from ssd_tf import export
+from ssd_tf import images
 from ssd_tf import visualize
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+DETECTIONS_FILENAME = 'detections.json'
 
 
 def list_images(paths):
@@ -103,79 +115,93 @@ def make_detector(model_path, get_network=None, preprocess_factory=None, model_n
     return detect, labels or names
 
 
-def run(detect, image_paths, output_dir, label_names=None, score_threshold=0.3):
-    """Runs `detect` on each image; writes PNGs and detections.json; returns the JSON list."""
-    os.makedirs(output_dir, exist_ok=True)
-    names = ['none'] + list(label_names) if label_names else None
-    results = []
+def output_paths(image_paths, output_dir):
+    """The PNG path for each image: `output_dir/<file name>.png`, with `-2`, `-3`, ... before
+    `.png` when that path is an input, detections.json or an earlier output."""
+    taken = {os.path.realpath(p) for p in image_paths}
+    taken.add(os.path.realpath(os.path.join(output_dir, DETECTIONS_FILENAME)))
+    out = []
     for path in image_paths:
+        name = os.path.basename(path)
+        candidate, n = os.path.join(output_dir, name + '.png'), 1
+        while os.path.realpath(candidate) in taken:
+            n += 1
+            candidate = os.path.join(output_dir, f'{name}-{n}.png')
+        taken.add(os.path.realpath(candidate))
+        out.append(candidate)
+    return out
+
+
+def _reason(err, where):
+    """The reason in a TensorFlow error: the Assert message of `images.decode_image` without
+    its wrapping and the `<where>: ` prefix, else the error's first line."""
+    lines = (getattr(err, 'message', None) or str(err)).strip().splitlines()
+    marker = 'assertion failed: ['
+    for line in lines:
+        start, end = line.find(marker), line.rfind(']')
+        if start >= 0 and end > start:
+            text = line[start + len(marker):end]
+            return text[len(where) + 2:] if text.startswith(f'{where}: ') else text
+    return lines[0] if lines else type(err).__name__
+
+
+def _detect_one(detect, path, max_pixels):
+    """`(image uint8 [H, W, 3], detections dict)`; raises ValueError with the reason."""
+    try:
         with open(path, 'rb') as f:
             data = f.read()
-        try:
-            image = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
-        except tf.errors.InvalidArgumentError as e:
-            raise ValueError(f"--images: {path} could not be decoded as JPEG/PNG/GIF/BMP: "
-                             f"{e.message.splitlines()[0]}") from e
-        out = detect(data, image)
-        keep = out['scores'] >= score_threshold
-        boxes, classes, scores = out['boxes'][keep], out['classes'][keep], out['scores'][keep]
-        h, w = image.shape[:2]
-        dets = [{'class_id': int(c),
-                 'label': names[int(c)] if names and 0 <= int(c) < len(names) else str(int(c)),
-                 'score': float(s), 'box': [float(v) for v in b],
-                 'box_pixels': [float(v) for v in np.asarray(b, np.float64) * [h, w, h, w]]}
-                for b, c, s in zip(boxes, classes, scores)]
-        results.append({'image': path, 'height': int(h), 'width': int(w), 'detections': dets})
-        stem = os.path.splitext(os.path.basename(path))[0]
-        visualize.save_png(os.path.join(output_dir, stem + '.png'),
-                           visualize.draw_boxes(image, boxes, classes, scores=scores,
-                                                label_names=names))
-    with open(os.path.join(output_dir, 'detections.json'), 'w') as f:
+    except OSError as e:
+        raise ValueError(f"cannot read the file: {e.strerror or e}") from None
+    try:
+        image = images.decode_image(data, max_pixels, where=path).numpy()
+        return image, detect(data, image)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+        raise ValueError(_reason(e, path)) from None
+
+
+def _write_json(results, path):
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
         json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run(detect, image_paths, output_dir, label_names=None, score_threshold=0.3,
+        max_pixels=images.DEFAULT_MAX_PIXELS):
+    """Runs `detect` on each image; writes PNGs and detections.json; returns the JSON list.
+
+    Images that cannot be read or decoded, or are over `max_pixels` (None: no limit), are
+    skipped with a warning and an `"error"` entry. detections.json is written even when an
+    exception stops the run (with the images done so far).
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    names = ['none'] + list(label_names) if label_names else None
+    outputs = output_paths(image_paths, output_dir)
+    results = []
+    try:
+        for path, out_path in zip(image_paths, outputs):
+            try:
+                image, out = _detect_one(detect, path, max_pixels)
+            except ValueError as e:
+                logging.warning("skipped %s: %s", path, e)
+                results.append({'image': path, 'error': str(e), 'detections': []})
+                continue
+            keep = out['scores'] >= score_threshold
+            boxes, classes, scores = out['boxes'][keep], out['classes'][keep], out['scores'][keep]
+            h, w = image.shape[:2]
+            dets = [{'class_id': int(c),
+                     'label': names[int(c)] if names and 0 <= int(c) < len(names) else str(int(c)),
+                     'score': float(s), 'box': [float(v) for v in b],
+                     'box_pixels': [float(v) for v in np.asarray(b, np.float64) * [h, w, h, w]]}
+                    for b, c, s in zip(boxes, classes, scores)]
+            results.append({'image': path, 'height': int(h), 'width': int(w), 'detections': dets})
+            visualize.save_png(out_path, visualize.draw_boxes(image, boxes, classes, scores=scores,
+                                                              label_names=names))
+    finally:
+        _write_json(results, os.path.join(output_dir, DETECTIONS_FILENAME))
     return results
 
 
-def main(argv=None):
-    from absl import app
-    from absl import flags
-    flags.DEFINE_string('model', None, 'SavedModel dir, .tflite file, or training dir / '
-                        'checkpoint prefix.')
-    flags.DEFINE_list('images', None, 'Image files and/or folders.')
-    flags.DEFINE_string('output_dir', 'detections', 'Where PNGs and detections.json go.')
-    flags.DEFINE_float('score_threshold', 0.3, 'Minimum score of a reported detection.')
-    flags.DEFINE_string('label_map', None, 'Label map file; default: the one beside the model.')
-    flags.DEFINE_string('model_name', None, 'Network of a checkpoint without config.json.')
-    flags.DEFINE_integer('num_classes', None, 'Classes of a checkpoint without config.json.')
-    flags.mark_flags_as_required(['model', 'images'])
-    FLAGS = flags.FLAGS
-
-    def _main(argv):
-        del argv
-        try:
-            get_network = preprocess_factory = None
-            path = FLAGS.model
-            if not path.endswith('.tflite') and \
-                    not os.path.isfile(os.path.join(path, 'saved_model.pb')):
-                # The command-line edge wires up the network and pre-processing.
-                from nets import nets_factory
-                from preprocessing import ssd_vgg_preprocessing as prep
-                get_network = nets_factory.get_network
-
-                def preprocess_factory(shape):
-                    def preprocess(image):
-                        out = prep.preprocess_for_eval(image, None, None, out_shape=shape)
-                        return out.image, out.bbox_img
-                    return preprocess
-            detect, labels = make_detector(path, get_network, preprocess_factory,
-                                           FLAGS.model_name, FLAGS.num_classes, FLAGS.label_map)
-            results = run(detect, list_images(FLAGS.images), FLAGS.output_dir, labels,
-                          FLAGS.score_threshold)
-        except (ValueError, FileNotFoundError) as err:
-            raise SystemExit(f"ssd_tf.detect: error: {err}")
-        n = sum(len(r['detections']) for r in results)
-        print(f"{len(results)} images, {n} detections -> {FLAGS.output_dir}")
-    app.run(_main, argv)
-
-
 if __name__ == '__main__':
-    main()
+    import detect as detect_script  # the top-level script (repository root or installed)
+    detect_script.run_main()

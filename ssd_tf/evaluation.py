@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssd_tf import boxes as boxes_lib
+from ssd_tf import images
 from ssd_tf import metrics as metrics_lib
 from ssd_tf import postprocess
 from ssd_tf import visualize
@@ -49,30 +50,9 @@ _GT_PIXEL_DECIMALS = 4
 
 
 # ---------------------------------------------------------------------------- data
-def _record_bytes(record):
-    """The encoded image of a Record-like object (image_path, encoded or image array)."""
-    if getattr(record, 'encoded', None) is not None:
-        return bytes(record.encoded)
-    if getattr(record, 'image_path', None):
-        with open(record.image_path, 'rb') as f:
-            return f.read()
-    image = getattr(record, 'image', None)
-    if image is None:
-        raise ValueError(f"record {record.image_id!r} has no image_path, encoded or image")
-    ok, buf = cv2.imencode('.png', cv2.cvtColor(np.asarray(image, np.uint8), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError(f"cannot encode the in-memory image of record {record.image_id!r}")
-    return buf.tobytes()
-
-
-def decode_record_image(record):
-    """RGB uint8 `[H, W, 3]` image of a Record-like object (for drawing)."""
-    image = getattr(record, 'image', None)
-    if image is not None and getattr(record, 'encoded', None) is None \
-            and not getattr(record, 'image_path', None):
-        return np.asarray(image, np.uint8)
-    return tf.io.decode_image(_record_bytes(record), channels=3,
-                              expand_animations=False).numpy()
+# The image-bytes reader and the drawing decoder live in ssd_tf.images (old names kept).
+_record_bytes = images.read_image_bytes
+decode_record_image = images.decode_record_image
 
 
 # ---------------------------------------------------------------------------- detectors

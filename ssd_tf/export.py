@@ -10,9 +10,14 @@ SavedModel (`export_saved_model`), written in TF Serving's versioned layout
   any size; in a TF Serving REST request `{"instances": [{"b64": "<base64>"}, ...]}`, the name
   ending in `_bytes` also meets Cloud AI Platform's convention);
 - `serving_images`: input `images` `uint8 [None, None, None, 3]` RGB (one size per batch).
-Both decode (bytes only), pre-process each image with `preprocess_fn` (the evaluation
-pre-processing: warp resize to the network input, minus the VGG means), run the network,
-decode boxes on the anchors and apply combined NMS (`postprocess.detected_bboxes_combined`).
+Both decode (bytes only, with `ssd_tf.images.decode_image`), pre-process each image with
+`preprocess_fn` (the evaluation pre-processing: warp resize to the network input, minus the VGG
+means), run the network, decode boxes on the anchors and apply combined NMS
+(`postprocess.detected_bboxes_combined`). Request limits, fixed at export and recorded in
+export_config.json: at most `max_batch_size` images (default 64), each within
+`max_image_pixels` read from its header before decoding (default 200 MP), decoded
+`decode_parallelism` (2) at a time; a request over a limit, or with bad bytes, is an
+InvalidArgument naming the image index and the limit, and the model serves the next request.
 Outputs (TF Object Detection API names and dtypes), K = max_detections:
   `detection_boxes [B, K, 4]` float32 `[ymin, xmin, ymax, xmax]` relative to the ORIGINAL image,
   `detection_scores [B, K]` float32, sorted, `detection_classes [B, K]` float32 class ids
@@ -43,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssd_tf import boxes as boxes_lib
+from ssd_tf import images as images_lib
 from ssd_tf import postprocess
 # Moved to postprocess (the home of every NMS variant); re-exported for existing callers.
 from ssd_tf.postprocess import tflite_postprocess  # noqa: F401
@@ -63,8 +69,13 @@ TFLITE_LABELS_FILENAME = 'labels_tflite.txt'  # one name per line, line i = clas
 from ssd_tf.run_config import EXPORT_CONFIG_FILENAME  # noqa: E402  (one home: run_config)
 TFLITE_QUANTIZATIONS = ('float32', 'float16', 'dynamic', 'int8')
 
-# First bytes of the formats tf.io.decode_image reads.
-_MAGIC = ((b'\xff\xd8\xff', 'JPEG'), (b'\x89PNG', 'PNG'), (b'GIF8', 'GIF'), (b'BM', 'BMP'))
+# Request limits of the serving signatures (export_savedmodel.py --max_image_pixels,
+# --max_batch_size). Images of one request are decoded and pre-processed DECODE_PARALLELISM at a
+# time, so the worst request holds DECODE_PARALLELISM decoded images of max_image_pixels
+# (3 bytes a pixel) plus the batch at the network's input size.
+MAX_IMAGE_PIXELS = images_lib.DEFAULT_MAX_PIXELS
+MAX_BATCH_SIZE = 64
+DECODE_PARALLELISM = 2
 
 
 def _check_model(net, model):
@@ -75,28 +86,19 @@ def _check_model(net, model):
                          f"{(h, w)}; build the model with net.keras_model()")
 
 
-def _is_known_image(data):
-    """Scalar bool: `data` (scalar string) starts like a JPEG, PNG, GIF or BMP file."""
-    ok = tf.constant(False)
-    for magic, _ in _MAGIC:
-        ok = tf.logical_or(ok, tf.equal(tf.strings.substr(data, 0, len(magic)), magic))
-    return ok
+def decode_image(data, index, max_pixels=None):
+    """Decodes image `index` of a request (scalar string) to uint8 `[H, W, 3]` RGB with
+    `ssd_tf.images.decode_image`: bad bytes or an image over `max_pixels` raise
+    InvalidArgumentError 'image <index> of the batch (0-based): <reason>'."""
+    return images_lib.decode_image(
+        data, max_pixels, where=tf.strings.format('image {} of the batch (0-based)', index))
 
 
-def decode_image(data, index):
-    """Decodes one encoded image to uint8 `[H, W, 3]` RGB (first frame of a GIF).
-
-    Bytes that are not a JPEG/PNG/GIF/BMP image raise InvalidArgumentError 'image <index> of
-    the batch could not be decoded ...'; a corrupt body of a known format raises the decoder's
-    InvalidArgumentError.
-    """
-    check = tf.debugging.Assert(_is_known_image(data), [tf.strings.format(
-        'image {} of the batch (0-based) could not be decoded as JPEG/PNG/GIF/BMP: its first '
-        'bytes are not an image header', index)], name='check_image_format')
-    with tf.control_dependencies([check]):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
+def _check_batch(n, max_batch_size):
+    """Assert op: a request of `n` images is within `max_batch_size`."""
+    return tf.debugging.Assert(n <= max_batch_size, [tf.strings.format(
+        'the request has {} images; this model takes at most {} per request (export_savedmodel.py '
+        '--max_batch_size); split the request', (n, max_batch_size))], name='check_batch_size')
 
 
 class DetectionModule(tf.Module):
@@ -112,12 +114,16 @@ class DetectionModule(tf.Module):
         candidates per class before NMS).
       label_file: optional labels.txt path, saved as the asset `labels_file` (copied into
         the SavedModel's assets/).
+      max_image_pixels: pixel budget of one image (header checked before decoding; None: no
+        limit); max_batch_size: images per request; decode_parallelism: images decoded and
+        pre-processed at once. Requests over a limit raise InvalidArgumentError naming it.
     Methods `detect_bytes(image_bytes)` and `detect_images(images)` are the two signatures.
     """
 
     def __init__(self, net, model, preprocess_fn, select_threshold=SELECT_THRESHOLD,
                  nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
-                 top_k=SELECT_TOP_K, label_file=None):
+                 top_k=SELECT_TOP_K, label_file=None, max_image_pixels=MAX_IMAGE_PIXELS,
+                 max_batch_size=MAX_BATCH_SIZE, decode_parallelism=DECODE_PARALLELISM):
         super().__init__(name='ssd_detection')
         _check_model(net, model)
         self.model = model
@@ -127,6 +133,9 @@ class DetectionModule(tf.Module):
         self._nms = dict(select_threshold=float(select_threshold),
                          nms_threshold=float(nms_threshold), top_k=int(top_k),
                          keep_top_k=int(max_detections))
+        self._max_pixels = None if max_image_pixels is None else int(max_image_pixels)
+        self._max_batch = int(max_batch_size)
+        self._parallel = int(decode_parallelism)
         h, w = net.params.img_shape
         self._out_spec = (tf.TensorSpec([h, w, 3], tf.float32), tf.TensorSpec([4], tf.float32))
         if label_file is not None:
@@ -147,15 +156,27 @@ class DetectionModule(tf.Module):
 
         def one(args):
             data, index = args
-            return self._preprocess(decode_image(data, index))
+            return self._preprocess(decode_image(data, index, self._max_pixels))
 
-        images, bbox_img = tf.map_fn(one, (image_bytes, tf.range(n)),
-                                     fn_output_signature=self._out_spec)
+        with tf.control_dependencies([_check_batch(n, self._max_batch)]):
+            images, bbox_img = tf.map_fn(one, (image_bytes, tf.range(n)),
+                                         fn_output_signature=self._out_spec,
+                                         parallel_iterations=self._parallel)
         return self._detect(images, bbox_img)
 
     def _detect_images(self, images):
-        images, bbox_img = tf.map_fn(self._preprocess, images,
-                                     fn_output_signature=self._out_spec)
+        shape = tf.shape(images)
+        checks = [_check_batch(shape[0], self._max_batch)]
+        if self._max_pixels is not None:
+            pixels = tf.cast(shape[1], tf.int64) * tf.cast(shape[2], tf.int64)
+            checks.append(tf.debugging.Assert(pixels <= self._max_pixels, [tf.strings.format(
+                'images of {}x{} pixels are over the limit of {} (export_savedmodel.py '
+                '--max_image_pixels)', (shape[2], shape[1], self._max_pixels))],
+                name='check_image_pixels'))
+        with tf.control_dependencies(checks):
+            images, bbox_img = tf.map_fn(self._preprocess, images,
+                                         fn_output_signature=self._out_spec,
+                                         parallel_iterations=self._parallel)
         return self._detect(images, bbox_img)
 
     def _detect(self, images, bbox_img):
@@ -195,14 +216,21 @@ def version_dir(output_dir, version):
 def export_saved_model(net, model, preprocess_fn, output_dir, version=1, overwrite=False,
                        label_names=None, select_threshold=SELECT_THRESHOLD,
                        nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
-                       top_k=SELECT_TOP_K, metadata=None):
+                       top_k=SELECT_TOP_K, metadata=None, max_image_pixels=MAX_IMAGE_PIXELS,
+                       max_batch_size=MAX_BATCH_SIZE, decode_parallelism=DECODE_PARALLELISM,
+                       before_publish=None):
     """Writes the SavedModel to `output_dir/<version>/` and returns that path.
 
     label_names: object class names (ids 1..C-1), written as `assets/labels.txt` (`id:name`
     lines, `0:none` first) and `assets/labels_tflite.txt`; `assets/export_config.json` records
-    the thresholds, image shape and `metadata`. An existing version directory is an error
-    unless `overwrite`. The export is written to a temporary directory and then renamed, so a
-    server watching `output_dir` never sees a half-written version.
+    the thresholds, image shape, request limits (max_image_pixels, max_batch_size,
+    decode_parallelism: see `DetectionModule`) and `metadata`. An existing version directory
+    is an error unless `overwrite`. before_publish: optional `fn(staged_version_dir)` that adds
+    files to the complete version before it is published (export_savedmodel.py writes the
+    TFLite models there). The version is written in full to a staging directory inside
+    `output_dir` and then moved into place (`publish_version`), so a server watching
+    `output_dir` never sees a half-written version and a failure at any point, with
+    `overwrite`, leaves the old version in place.
     """
     target = version_dir(output_dir, version)
     if os.path.exists(target) and not overwrite:
@@ -225,9 +253,13 @@ def export_saved_model(net, model, preprocess_fn, output_dir, version=1, overwri
                       nms_threshold=nms_threshold, max_detections=max_detections, top_k=top_k,
                       label_names=list(label_names) if label_names is not None else None,
                       signatures={BYTES_SIGNATURE: BYTES_INPUT, IMAGES_SIGNATURE: IMAGES_INPUT},
-                      **(metadata or {}))
+                      max_image_pixels=max_image_pixels, max_batch_size=max_batch_size,
+                      decode_parallelism=decode_parallelism, **(metadata or {}))
         module = DetectionModule(net, model, preprocess_fn, select_threshold, nms_threshold,
-                                 max_detections, top_k, label_file=label_file)
+                                 max_detections, top_k, label_file=label_file,
+                                 max_image_pixels=max_image_pixels,
+                                 max_batch_size=max_batch_size,
+                                 decode_parallelism=decode_parallelism)
         out = os.path.join(staging, 'model')
         tf.saved_model.save(module, out, signatures=module.signatures())
         assets = os.path.join(out, 'assets')
@@ -236,12 +268,49 @@ def export_saved_model(net, model, preprocess_fn, output_dir, version=1, overwri
             shutil.copy(os.path.join(extra, TFLITE_LABELS_FILENAME), assets)
         with open(os.path.join(assets, EXPORT_CONFIG_FILENAME), 'w') as f:
             json.dump(config, f, indent=2, sort_keys=True)
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.replace(out, target)
+        if before_publish is not None:
+            before_publish(out)
+        if os.path.exists(target) and not overwrite:
+            raise FileExistsError(f"{target} appeared during the export; pass --overwrite to "
+                                  f"replace it")
+        publish_version(out, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def publish_version(staged, target):
+    """Moves the complete directory `staged` to `target` (same file system). An existing
+    `target` is swapped with it in one atomic rename (Linux renameat2 RENAME_EXCHANGE), or
+    where that is missing by two renames that put the old version back if the second fails;
+    the old version then ends at `staged` (the caller deletes it)."""
+    if not os.path.exists(target):
+        os.rename(staged, target)
+        return
+    if _exchange(staged, target):
+        return
+    old = f'{staged}-old'
+    os.rename(target, old)
+    try:
+        os.rename(staged, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    os.rename(old, staged)
+
+
+def _exchange(a, b):
+    """Atomically swaps paths a and b (renameat2 with RENAME_EXCHANGE); False where the C
+    library or the file system lacks it."""
+    import ctypes
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2  # <fcntl.h>, <linux/fs.h>
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def write_label_files(label_names, directory):

@@ -26,6 +26,7 @@ from ssd_tf import evaluation
 from ssd_tf import export
 from ssd_tf import metrics
 from ssd_tf.datasets import synthetic
+from test_images import gif_bytes, png_claiming
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASS_NAMES = list(synthetic.SYNTHETIC_CLASSES)
@@ -241,14 +242,20 @@ def test_export_script_end_to_end(exported, tmp_path):
     out = tmp_path / 'serving'
     cmd = [sys.executable, str(REPO / 'export_savedmodel.py'),
            f'--checkpoint_path={exported["train_dir"]}', f'--output_dir={out}', '--version=3',
-           f'--max_detections={MAX_DET}']
+           f'--max_detections={MAX_DET}', '--max_batch_size=8']
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
     images = _images(2, 9)
     fn = tf.saved_model.load(str(out / '3')).signatures['serving_images']
     got = {k: v.numpy() for k, v in fn(images=tf.constant(np.stack(images))).items()}
     _assert_same(got, _reference(exported, images))
+    cfg = json.loads((out / '3' / 'assets' / 'export_config.json').read_text())
+    assert (cfg['max_batch_size'], cfg['max_image_pixels']) == (8, 200_000_000)
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert again.returncode != 0 and 'already exists' in again.stderr + again.stdout
+    # --overwrite publishes the SavedModel and its TFLite file together, nothing left over.
+    subprocess.run(cmd + ['--overwrite', '--tflite'], check=True, cwd=REPO, capture_output=True)
+    assert (out / '3' / 'tflite' / 'model_float32.tflite').is_file()
+    assert sorted(os.listdir(out)) == ['3']
 
 
 def _agreement_map(detections, reference):
@@ -317,7 +324,9 @@ def test_detect_writes_pngs_and_json(exported, tmp_path, kind):
     res = detect.run(fn, detect.list_images([str(img_dir)]), str(tmp_path / 'out'), labels,
                      score_threshold=0.3)
     assert [pathlib.Path(r['image']).name for r in res] == ['im0.jpg', 'im1.jpg']
-    assert (tmp_path / 'out' / 'im0.png').is_file()
+    # Outputs are named after the whole file name (im0.jpg -> im0.jpg.png; was im0.png) so
+    # that a.jpg and a.png do not collide.
+    assert (tmp_path / 'out' / 'im0.jpg.png').is_file()
     saved = json.loads((tmp_path / 'out' / 'detections.json').read_text())
     assert saved == json.loads(json.dumps(res))
     dets = [d for r in res for d in r['detections']]
@@ -381,3 +390,157 @@ def test_export_script_bfloat16_saved_model_agrees_with_float(exported, tmp_path
     assert _agreement_map(dets, refs) >= 0.95
     cfg = json.loads((tmp_path / '1' / 'assets' / 'export_config.json').read_text())
     assert cfg['mixed_precision'] == 'mixed_bfloat16'
+
+
+# ---------------------------------------------------------------------------- hardening
+def test_refused_requests_name_the_image_and_the_model_serves_the_next(exported):
+    loaded = tf.saved_model.load(exported['saved_model'])
+    fn = loaded.signatures['serving_default']
+    images = _images(2, 60)
+    good = [_encode(im) for im in images]
+    jpeg = _encode(images[0], '.jpg')
+    cut = jpeg[:len(jpeg) // 2]
+    frames = [im[..., 0] // 2 for im in _images(40, 70)]  # a 40-frame GIF
+    bad = [
+        ([good[0], png_claiming(16000, 16000)],
+         r'image 1 of the batch \(0-based\): 16000x16000 pixels is over the limit of 200000000'),
+        ([cut], r'image 0 of the batch \(0-based\): truncated JPEG'),
+        ([good[0]] * 65, r'the request has 65 images; this model takes at most 64'),
+    ]
+    for request, message in bad:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            fn(image_bytes=tf.constant(request))
+    with pytest.raises(tf.errors.InvalidArgumentError, match='at most 64'):
+        loaded.signatures['serving_images'](images=tf.zeros([65, 8, 8, 3], tf.uint8))
+    # The same loaded model answers the next request as before.
+    got = {k: v.numpy() for k, v in fn(image_bytes=tf.constant(good)).items()}
+    _assert_same(got, _reference(exported, images))
+    # A GIF is decoded from its first frame only: same detections as that frame as a PNG.
+    gif = {k: v.numpy() for k, v in fn(image_bytes=tf.constant([gif_bytes(frames)])).items()}
+    first = np.repeat((frames[0] * 2)[..., None], 3, -1)
+    _assert_same(gif, {k: v.numpy() for k, v in
+                       fn(image_bytes=tf.constant([_encode(first)])).items()})
+    cfg = json.loads((pathlib.Path(exported['saved_model']) / 'assets' /
+                      'export_config.json').read_text())
+    assert (cfg['max_image_pixels'], cfg['max_batch_size']) == (200_000_000, 64)
+
+
+def test_export_limits_are_set_at_export(exported, tmp_path):
+    target = export.export_saved_model(exported['net'], exported['model'], _preprocess,
+                                       tmp_path, 1, max_image_pixels=IMG * IMG,
+                                       max_batch_size=2)
+    loaded = tf.saved_model.load(target)
+    small, large = _encode(_images(1)[0]), _encode(_images(1, size=IMG + 1)[0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match='129x129 pixels is over the limit '
+                       'of 16384'):
+        loaded.signatures['serving_default'](image_bytes=tf.constant([small, large]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match='has 3 images.*at most 2'):
+        loaded.signatures['serving_default'](image_bytes=tf.constant([small] * 3))
+    with pytest.raises(tf.errors.InvalidArgumentError, match='129x129 pixels are over'):
+        loaded.signatures['serving_images'](images=tf.zeros([1, IMG + 1, IMG + 1, 3], tf.uint8))
+    out = loaded.signatures['serving_default'](image_bytes=tf.constant([small, small]))
+    assert out['detection_boxes'].shape == (2, MAX_DET, 4)
+
+
+def _tree(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob('*'))
+            if p.is_file()}
+
+
+def test_overwrite_failure_mid_export_keeps_the_old_version(exported, tmp_path, monkeypatch):
+    net, model = exported['net'], exported['model']
+    target = pathlib.Path(export.export_saved_model(net, model, _preprocess, tmp_path, 1,
+                                                    label_names=CLASS_NAMES))
+    before = _tree(target)
+
+    def add_tflite(version_dir):
+        export.export_tflite(net, model, lambda im: _preprocess(im)[0],
+                             os.path.join(version_dir, 'tflite'), ['float32'])
+
+    def crash(*args, **kwargs):
+        raise RuntimeError('injected TFLite converter crash')
+
+    monkeypatch.setattr(export, 'convert_tflite', crash)
+    with pytest.raises(RuntimeError, match='injected'):
+        export.export_saved_model(net, model, _preprocess, tmp_path, 1, overwrite=True,
+                                  max_detections=7, before_publish=add_tflite)
+    assert _tree(target) == before
+    assert sorted(os.listdir(tmp_path)) == ['1']  # no staging directory left behind
+    # The swap without renameat2, with the second rename failing: the old version is put back.
+    monkeypatch.setattr(export, '_exchange', lambda a, b: False)
+    real_rename, calls = os.rename, []
+
+    def flaky_rename(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError('injected rename failure')
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, 'rename', flaky_rename)
+    with pytest.raises(OSError, match='injected'):
+        export.export_saved_model(net, model, _preprocess, tmp_path, 1, overwrite=True)
+    monkeypatch.setattr(os, 'rename', real_rename)
+    assert _tree(target) == before and sorted(os.listdir(tmp_path)) == ['1']
+    monkeypatch.undo()
+    export.export_saved_model(net, model, _preprocess, tmp_path, 1, overwrite=True,
+                              max_detections=7, before_publish=add_tflite)
+    assert (target / 'tflite' / 'model_float32.tflite').is_file()
+    cfg = json.loads((target / 'assets' / 'export_config.json').read_text())
+    assert cfg['max_detections'] == 7 and sorted(os.listdir(tmp_path)) == ['1']
+
+
+def test_detect_never_overwrites_inputs_and_reports_bad_images(exported, tmp_path):
+    from ssd_tf import detect
+    images = _images(2, 80, size=160)
+    inputs = {'a.jpg': _encode(images[0], '.jpg'), 'a.png': _encode(images[1]),
+              'a.jpg.png': _encode(images[1]), 'cut.jpg': _encode(images[0], '.jpg')[:500],
+              'huge.png': png_claiming(16000, 16000), 'text.gif': b'GIF? no, just text'}
+    for name, data in inputs.items():
+        (tmp_path / name).write_bytes(data)
+    fn, labels = detect.make_detector(exported['saved_model'])
+    paths = detect.list_images([str(tmp_path)])
+    res = detect.run(fn, paths, str(tmp_path), labels, 0.3)  # output dir = input dir
+    for name, data in inputs.items():
+        assert (tmp_path / name).read_bytes() == data, name
+    outputs = sorted(set(os.listdir(tmp_path)) - set(inputs))
+    # a.jpg.png is an input, so a.jpg's drawing is a.jpg-2.png
+    assert outputs == ['a.jpg-2.png', 'a.jpg.png.png', 'a.png.png', 'detections.json']
+    saved = json.loads((tmp_path / 'detections.json').read_text())
+    assert saved == json.loads(json.dumps(res))
+    errors = {pathlib.Path(r['image']).name: r['error'] for r in saved if 'error' in r}
+    assert errors == {'cut.jpg': 'truncated JPEG (no end-of-image marker)',
+                      'huge.png': '16000x16000 pixels is over the limit of 200000000',
+                      'text.gif': errors['text.gif']}
+    assert errors['text.gif'].startswith('not a JPEG/PNG/GIF/BMP file (first bytes 47 49 46')
+    assert len(saved) == len(inputs)
+
+
+def test_detect_json_is_written_when_the_run_stops(tmp_path):
+    from ssd_tf import detect
+    image = _images(1)[0]
+    for name in ('a.png', 'b.png'):
+        (tmp_path / name).write_bytes(_encode(image))
+
+    def detector(data, image):
+        if detector.calls:
+            raise KeyboardInterrupt
+        detector.calls += 1
+        return {'boxes': np.zeros([0, 4]), 'classes': np.zeros([0], int), 'scores': np.zeros([0])}
+    detector.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        detect.run(detector, [str(tmp_path / 'a.png'), str(tmp_path / 'b.png')],
+                   str(tmp_path / 'out'))
+    saved = json.loads((tmp_path / 'out' / 'detections.json').read_text())
+    assert [pathlib.Path(r['image']).name for r in saved] == ['a.png']
+
+
+def test_detect_module_runs_the_script(exported, tmp_path):
+    (tmp_path / 'a.jpg').write_bytes(_encode(_images(1, 90)[0], '.jpg'))
+    (tmp_path / 'b.jpg').write_bytes(b'\xff\xd8\xff truncated')
+    out = subprocess.run([sys.executable, '-m', 'ssd_tf.detect',
+                          f'--model={exported["saved_model"]}', f'--images={tmp_path}',
+                          f'--output_dir={tmp_path / "out"}'],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert '1 images' in out.stdout and '1 skipped' in out.stdout and 'b.jpg' in out.stdout
+    assert (tmp_path / 'out' / 'a.jpg.png').is_file()

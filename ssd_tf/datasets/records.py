@@ -16,10 +16,6 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# Magic numbers of the formats `tf.io.decode_image` reads.
-_MAGIC = ((b'\xff\xd8\xff', 'JPEG'), (b'\x89PNG\r\n\x1a\n', 'PNG'), (b'GIF8', 'GIF'),
-          (b'BM', 'BMP'))
-
 
 class DataError(ValueError):
     """Bad input data found while reading a data set in strict mode."""
@@ -128,22 +124,22 @@ class DataReport:
 
 # ---------------------------------------------------------------------------- images
 def sniff_format(data):
-    """Image format from the first bytes ('JPEG', 'PNG', 'GIF', 'BMP') or None."""
-    for magic, fmt in _MAGIC:
-        if data[:len(magic)] == magic:
-            return fmt
-    return None
+    """`ssd_tf.images.sniff_format` (its old home; imported on use, as ssd_tf.images loads
+    TensorFlow and the readers import without it)."""
+    from ssd_tf import images
+    return images.sniff_format(data)
 
 
 def check_image_bytes(data, where, decode=True):
     """Checks encoded image bytes; returns `(height, width, format)` or raises ValueError.
 
-    Cheap checks first (empty, unknown format), then a full decode with the decoder the
-    pipeline uses (`tf.io.decode_image(channels=3, expand_animations=False)`), which reads
+    Cheap checks first (empty, unknown format), then the header checks of
+    `ssd_tf.images.encoded_image_problem` (a JPEG without its end-of-image marker, a PNG
+    without IEND, a GIF cut short, a JPEG without a frame header), then a full
+    decode with the decoder the pipeline uses (`ssd_tf.images.decode_image`), which reads
     PNG, GIF or BMP files named `.jpg`, greyscale and CMYK JPEGs (TF 2.21 converts those to
-    RGB itself, so no conversion is needed) and fails on truncated files ("Premature end of
-    JPEG data"). With `decode=False` a JPEG is only checked for its end-of-image marker and
-    the size is None.
+    RGB itself, so no conversion is needed) and fails on corrupt bodies ("Premature end of
+    JPEG data"). With `decode=False` only the header checks run and the size is None.
     """
     if not data:
         raise ValueError("empty image file")
@@ -153,16 +149,18 @@ def check_image_bytes(data, where, decode=True):
     ext = os.path.splitext(os.fspath(where))[1].lower()
     if ext in ('.jpg', '.jpeg') and fmt != 'JPEG':
         logger.info("%s: %s data in a %s file; decoded by content", where, fmt, ext)
+    import tensorflow as tf  # here so that readers import fast
+    from ssd_tf import images
+    problem = images.encoded_image_problem(data).numpy().decode()
     if not decode:
-        # Without a decode, a JPEG must at least end with its end-of-image marker (some
-        # writers pad after it, hence the search in the tail).
-        if fmt == 'JPEG' and b'\xff\xd9' not in data.rstrip(b'\x00')[-64:]:
-            raise ValueError("truncated JPEG (no end-of-image marker)")
+        if problem:
+            raise ValueError(problem)
         return None, None, fmt
-    import tensorflow as tf  # here so that readers import fast when not decoding
     try:
-        shape = tf.io.decode_image(data, channels=3, expand_animations=False).shape
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+        if problem:
+            raise ValueError(problem)
+        shape = images.decode_image(data).shape
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, ValueError) as e:
         reason = str(e).split('}}')[-1].split('[Op:')[0].strip() or type(e).__name__
         raise ValueError(f"corrupt {fmt} image, TensorFlow cannot decode it: {reason}") from None
     return int(shape[0]), int(shape[1]), fmt

@@ -17,7 +17,6 @@ with `parse_example` / `check_example`.
 import os
 import uuid
 
-import cv2
 import numpy as np
 import tensorflow as tf
 
@@ -74,20 +73,9 @@ def _bytes(values):
 
 def encoded_image(record):
     """`(bytes, format)` of a record's image: the file's own bytes when it has a path or
-    bytes (no re-encoding), PNG of an in-memory array."""
-    if record.encoded is not None:
-        data = record.encoded
-    elif record.image_path is not None:
-        with open(record.image_path, 'rb') as f:
-            data = f.read()
-    elif record.image is not None:
-        ok, buf = cv2.imencode('.png', cv2.cvtColor(np.asarray(record.image), cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise ValueError(f"cannot PNG-encode the image of record {record.image_id}")
-        data = buf.tobytes()
-    else:
-        raise ValueError(f"record {record.image_id} has no image (path, bytes or array)")
-    return data, records_lib.sniff_format(data) or 'JPEG'
+    bytes (no re-encoding), PNG of an in-memory array (`ssd_tf.images.read_image_bytes`)."""
+    data = images_lib.read_image_bytes(record)
+    return data, images_lib.sniff_format(data) or 'JPEG'
 
 
 def record_to_example(record):

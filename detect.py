@@ -1,0 +1,73 @@
+"""Runs an exported or trained SSD on image files: annotated PNGs and detections.json.
+
+  python detect.py --model=/tmp/serving/ssd/1 --images=photos/ --output_dir=/tmp/det
+  python detect.py --model=/tmp/serving/ssd/1/tflite/model_int8.tflite --images=a.jpg
+  python detect.py --model=runs/ssd_small_synthetic --images=a.jpg,b.png
+
+--model: a SavedModel directory, a `.tflite` file or a training directory / checkpoint prefix
+(built here with nets.nets_factory and the eval pre-processing). Output names, skipped images
+and the JSON format: see `ssd_tf/detect.py` (`python -m ssd_tf.detect` runs this script).
+"""
+import os
+
+from absl import app
+from absl import flags
+
+flags.DEFINE_string('model', None, 'SavedModel dir, .tflite file, or training dir / '
+                    'checkpoint prefix.')
+flags.DEFINE_list('images', None, 'Image files and/or folders.')
+flags.DEFINE_string('output_dir', 'detections', 'Where PNGs and detections.json go (may be an '
+                    'input folder: inputs are never overwritten).')
+flags.DEFINE_float('score_threshold', 0.3, 'Minimum score of a reported detection.')
+flags.DEFINE_string('label_map', None, 'Label map file; default: the one beside the model.')
+flags.DEFINE_string('model_name', None, 'Network of a checkpoint without config.json.')
+flags.DEFINE_integer('num_classes', None, 'Classes of a checkpoint without config.json.')
+flags.DEFINE_integer('max_image_pixels', None, 'Images larger than this (width x height, read '
+                     'from the header before decoding) are skipped; default '
+                     'ssd_tf.images.DEFAULT_MAX_PIXELS (200 MP); 0: no limit.')
+flags.mark_flags_as_required(['model', 'images'])
+FLAGS = flags.FLAGS
+
+
+def preprocess_factory(shape):
+    """`img_shape -> preprocess_fn` of the eval pre-processing (warp resize, VGG means)."""
+    from preprocessing import ssd_vgg_preprocessing as prep
+
+    def preprocess(image):
+        out = prep.preprocess_for_eval(image, None, None, out_shape=shape)
+        return out.image, out.bbox_img
+    return preprocess
+
+
+def main(argv):
+    del argv
+    from ssd_tf import detect
+    from ssd_tf import images
+    max_pixels = images.DEFAULT_MAX_PIXELS if FLAGS.max_image_pixels is None else \
+        FLAGS.max_image_pixels or None
+    get_network = factory = None
+    path = FLAGS.model
+    if not path.endswith('.tflite') and not os.path.isfile(os.path.join(path, 'saved_model.pb')):
+        from nets import nets_factory
+        get_network, factory = nets_factory.get_network, preprocess_factory
+    try:
+        fn, labels = detect.make_detector(path, get_network, factory, FLAGS.model_name,
+                                          FLAGS.num_classes, FLAGS.label_map)
+        results = detect.run(fn, detect.list_images(FLAGS.images), FLAGS.output_dir, labels,
+                             FLAGS.score_threshold, max_pixels)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"detect.py: error: {err}")
+    n = sum(len(r['detections']) for r in results)
+    skipped = [r for r in results if 'error' in r]
+    print(f"{len(results) - len(skipped)} images, {n} detections, {len(skipped)} skipped "
+          f"-> {FLAGS.output_dir}")
+    for r in skipped:
+        print(f"  skipped {r['image']}: {r['error']}")
+
+
+def run_main():
+    app.run(main)
+
+
+if __name__ == '__main__':
+    run_main()
