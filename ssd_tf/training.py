@@ -4,7 +4,7 @@ It is not the job of this module to build networks or datasets: the `SSDNet` obj
 model, the optimizer, the strategy and a dataset factory are arguments (the script
 `train_ssd.py` wires them together).
 
-The step (`Trainer.train_step`) runs under any `tf.distribute` strategy: each replica computes
+The step (`DistributedStep`, called by `Trainer.train_step`) runs under any `tf.distribute` strategy: each replica computes
 the loss on its share of the global batch, normalised by the number of positives of the
 *global* batch (an all-reduce), so that the replicas' losses and gradients sum to exactly the
 single-replica ones (the optimizer all-reduces gradients by sum). A non-finite loss on any
@@ -387,8 +387,102 @@ def _inner_optimizer(optimizer):
     return getattr(optimizer, 'inner_optimizer', optimizer)
 
 
+class DistributedStep:
+    """One global training step under `strategy`: per replica the forward pass, the multibox
+    loss normalised by the global batch's positives, the gradients, one all-reduce that makes
+    every replica skip a non-finite update and carries a stop request, and the update.
+
+    `step(batch, stop_request)` -> `(losses summed over replicas, whether any worker asked
+    to stop)`; `global_step` counts the steps attempted (skipped ones included).
+    """
+
+    def __init__(self, net, model, optimizer, strategy, global_step, global_batch_size,
+                 trainable_variables, loss_config=None, jit_compile=False):
+        self.net = net
+        self.model = model
+        self.optimizer = optimizer
+        self.strategy = strategy
+        self.global_step = global_step
+        self.global_batch_size = int(global_batch_size)
+        self.trainable_variables = trainable_variables
+        self.loss_config = loss_config or LossConfig()
+        self.compiled_loss_and_grads = tf.function(self._loss_and_grads,
+                                                   jit_compile=jit_compile or None)
+        self._step_fn = None
+
+    def _count_positives(self, targets):
+        if self.net.reference_compat:
+            return tf.add_n([tf.reduce_sum(tf.cast(g > self.loss_config.match_threshold,
+                                                   tf.float32)) for g in targets['gscores']])
+        return tf.add_n([tf.reduce_sum(tf.cast(g > 0, tf.float32))
+                         for g in targets['gclasses']])
+
+    def _loss_and_grads(self, images, gclasses, glocs, gscores, num_positives, local_fraction):
+        cfg = self.loss_config
+        with tf.GradientTape() as tape:
+            out = self.model(images, training=True)
+            losses = self.net.losses(
+                out['logits'], out['localisations'], list(gclasses), list(glocs), list(gscores),
+                match_threshold=cfg.match_threshold, negative_ratio=cfg.negative_ratio,
+                alpha=cfg.alpha, label_smoothing=cfg.label_smoothing,
+                num_positives=num_positives)
+            losses = {k: tf.cast(v, tf.float32) for k, v in losses.items()}
+            if self.net.reference_compat:
+                # slim divides by its (local) batch size: rescale so replicas sum to the
+                # global-batch normalisation.
+                losses = {k: v * local_fraction for k, v in losses.items()}
+            reg = tf.constant(0., tf.float32)
+            if self.model.losses:
+                reg = tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]) \
+                    * local_fraction
+            total = losses['total'] + reg
+            scaled = self.optimizer.scale_loss(total)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        losses['regularization'] = reg
+        losses['total'] = total
+        return losses, grads
+
+    def _replica_step(self, images, targets, stop_request):
+        ctx = tf.distribute.get_replica_context()
+        n_pos = ctx.all_reduce(tf.distribute.ReduceOp.SUM, self._count_positives(targets))
+        local_fraction = tf.cast(tf.shape(images)[0], tf.float32) / self.global_batch_size
+        losses, grads = self.compiled_loss_and_grads(
+            images, targets['gclasses'], targets['glocalisations'], targets['gscores'], n_pos,
+            local_fraction)
+        # One replica's non-finite loss makes every replica skip (see the module docstring),
+        # and a stop asked on any worker (a signal) is seen by all after this same step, so
+        # none is left waiting in the next step's all-reduce: one all-reduce for both.
+        summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                tf.stack([losses['total'], tf.cast(stop_request, tf.float32)]))
+        poison = 0. * summed[0]
+        grads = [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
+        self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(grads, self.trainable_variables) if g is not None])
+        return losses, summed[1]
+
+    def make_step(self):
+        """The `tf.function` running one global batch on all replicas; returns summed losses
+        and whether any worker asked to stop."""
+        @tf.function
+        def step(batch, stop_request):
+            images, targets = batch
+            per_replica, stop = self.strategy.run(self._replica_step,
+                                                  args=(images, targets, stop_request))
+            self.global_step.assign_add(1)
+            losses = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                      for k, v in per_replica.items()}
+            return losses, self.strategy.reduce(tf.distribute.ReduceOp.SUM, stop, axis=None)
+        self._step_fn = step
+        return step
+
+    def __call__(self, batch, stop_request):
+        if self._step_fn is None:
+            self.make_step()
+        return self._step_fn(batch, tf.constant(float(bool(stop_request))))
+
+
 class Trainer:
-    """Owns the distributed step, the checkpoint manager and the loop.
+    """Owns the checkpoints and the loop around a `DistributedStep`.
 
     Build the model and the optimizer inside `strategy.scope()` before creating the Trainer.
     `trainable_variables` restricts training (slim's --trainable_scopes); default: all.
@@ -426,9 +520,10 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.save_dir,
                                                   max_to_keep=max_to_keep,
                                                   checkpoint_name='ckpt')
-        self._compiled_loss_and_grads = tf.function(self._loss_and_grads,
-                                                    jit_compile=self.jit_compile or None)
-        self._step_fn = None
+        self.step = DistributedStep(net, model, optimizer, strategy, self.global_step,
+                                    self.global_batch_size, self.trainable_variables,
+                                    self.loss_config, jit_compile)
+        self._compiled_loss_and_grads = self.step.compiled_loss_and_grads
         self.stop_requested_elsewhere = False
 
     @property
@@ -471,77 +566,14 @@ class Trainer:
             _inner_optimizer(self.optimizer).finalize_variable_values(self.trainable_variables)
 
     # ------------------------------------------------------------------ the step
-    def _count_positives(self, targets):
-        if self.net.reference_compat:
-            return tf.add_n([tf.reduce_sum(tf.cast(g > self.loss_config.match_threshold,
-                                                   tf.float32)) for g in targets['gscores']])
-        return tf.add_n([tf.reduce_sum(tf.cast(g > 0, tf.float32))
-                         for g in targets['gclasses']])
-
-    def _loss_and_grads(self, images, gclasses, glocs, gscores, num_positives, local_fraction):
-        cfg = self.loss_config
-        with tf.GradientTape() as tape:
-            out = self.model(images, training=True)
-            losses = self.net.losses(
-                out['logits'], out['localisations'], list(gclasses), list(glocs), list(gscores),
-                match_threshold=cfg.match_threshold, negative_ratio=cfg.negative_ratio,
-                alpha=cfg.alpha, label_smoothing=cfg.label_smoothing,
-                num_positives=num_positives)
-            losses = {k: tf.cast(v, tf.float32) for k, v in losses.items()}
-            if self.net.reference_compat:
-                # slim divides by its (local) batch size: rescale so replicas sum to the
-                # global-batch normalisation.
-                losses = {k: v * local_fraction for k, v in losses.items()}
-            reg = tf.constant(0., tf.float32)
-            if self.model.losses:
-                reg = tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]) \
-                    * local_fraction
-            total = losses['total'] + reg
-            scaled = self.optimizer.scale_loss(total)
-        grads = tape.gradient(scaled, self.trainable_variables)
-        losses['regularization'] = reg
-        losses['total'] = total
-        return losses, grads
-
-    def _replica_step(self, images, targets, stop_request):
-        ctx = tf.distribute.get_replica_context()
-        n_pos = ctx.all_reduce(tf.distribute.ReduceOp.SUM, self._count_positives(targets))
-        local_fraction = tf.cast(tf.shape(images)[0], tf.float32) / self.global_batch_size
-        losses, grads = self._compiled_loss_and_grads(
-            images, targets['gclasses'], targets['glocalisations'], targets['gscores'], n_pos,
-            local_fraction)
-        # One replica's non-finite loss makes every replica skip (see the module docstring),
-        # and a stop asked on any worker (a signal) is seen by all after this same step, so
-        # none is left waiting in the next step's all-reduce: one all-reduce for both.
-        summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
-                                tf.stack([losses['total'], tf.cast(stop_request, tf.float32)]))
-        poison = 0. * summed[0]
-        grads = [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
-        self.optimizer.apply_gradients(
-            [(g, v) for g, v in zip(grads, self.trainable_variables) if g is not None])
-        return losses, summed[1]
-
     def make_step(self):
-        """The `tf.function` running one global batch on all replicas; returns summed losses
-        and whether any worker asked to stop."""
-        @tf.function
-        def step(batch, stop_request):
-            images, targets = batch
-            per_replica, stop = self.strategy.run(self._replica_step,
-                                                  args=(images, targets, stop_request))
-            self.global_step.assign_add(1)
-            losses = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                      for k, v in per_replica.items()}
-            return losses, self.strategy.reduce(tf.distribute.ReduceOp.SUM, stop, axis=None)
-        self._step_fn = step
-        return step
+        """The `tf.function` of one global step (see `DistributedStep.make_step`)."""
+        return self.step.make_step()
 
     def train_step(self, batch, stop_request=False):
         """One global step; returns the summed losses. `stop_request`: this worker asks every
         worker to stop after the step (`stop_requested_elsewhere` then becomes True)."""
-        if self._step_fn is None:
-            self.make_step()
-        losses, stop = self._step_fn(batch, tf.constant(float(bool(stop_request))))
+        losses, stop = self.step(batch, stop_request)
         self.stop_requested_elsewhere = bool(float(stop) > 0)
         return losses
 
