@@ -105,6 +105,9 @@ def main():
     parser.add_argument('--child', choices=CASES)
     parser.add_argument('--model')
     parser.add_argument('--runs', type=int, default=3, help='fresh processes per request')
+    parser.add_argument('--baseline_model', default=None,
+                        help='also run the requests against this SavedModel version dir (e.g. '
+                             'one exported by an older release), in the same run')
     args = parser.parse_args()
     if args.child:
         child(args.child, args.model)
@@ -117,19 +120,24 @@ def main():
              'print(export_model(sys.argv[2]))',
              os.path.dirname(os.path.dirname(os.path.abspath(__file__))), tmp],
             check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        models = [('this export', model)]
+        if args.baseline_model:
+            models.append(('baseline', args.baseline_model))
         rows = []
         for case in CASES:
-            runs = []
-            for _ in range(args.runs):
-                out = subprocess.run([sys.executable, os.path.abspath(__file__), '--child',
-                                      case, '--model', model], check=True, capture_output=True,
-                                     text=True).stdout.strip().splitlines()[-1]
-                runs.append(json.loads(out))
-            med = {k: statistics.median(r[k] for r in runs)
-                   for k in ('seconds', 'growth_mb', 'wire_mb')}
-            rows.append([case, f"{med['wire_mb']:.1f}", f"{med['seconds']:.2f}",
-                         f"{med['growth_mb']:.0f}", runs[0]['outcome']])
-    print_table(['request', 'MB on the wire', 'seconds (median)', 'peak RSS growth MB (median)',
+            for label, path in models:
+                runs = []
+                for _ in range(args.runs):
+                    out = subprocess.run([sys.executable, os.path.abspath(__file__), '--child',
+                                          case, '--model', path], check=True,
+                                         capture_output=True,
+                                         text=True).stdout.strip().splitlines()[-1]
+                    runs.append(json.loads(out))
+                med = {k: statistics.median(r[k] for r in runs)
+                       for k in ('seconds', 'growth_mb', 'wire_mb')}
+                rows.append([case, label, f"{med['wire_mb']:.1f}", f"{med['seconds']:.2f}",
+                             f"{med['growth_mb']:.0f}", runs[0]['outcome'][:60]])
+    print_table(['request', 'model', 'MB on the wire', 'seconds (median)', 'peak RSS growth MB (median)',
                  'outcome'],
                 rows)
 
