@@ -5,9 +5,10 @@ dataset readers (`datasets/records.py`) all decode with `decode_image`, so a lim
 holds at every entry point. Before any pixel is decoded, `encoded_image_problem` reads only
 the file's header and tail:
 - the format from the leading bytes (`MAGIC`: JPEG, PNG, GIF, BMP);
-- visible truncation: a JPEG must end with its end-of-image marker FFD9, a PNG with its IEND
-  chunk (both looked for in the last `_TAIL_WINDOW` bytes before any trailing NUL padding,
-  as some writers pad), a GIF's first image must be complete;
+- visible truncation: a JPEG must contain its end-of-image marker FFD9 (normally at the end;
+  data after it, such as the video of a phone's motion photo, is accepted), a PNG must end
+  with its IEND chunk (looked for in the last `_TAIL_WINDOW` bytes before any trailing NUL
+  padding, as some writers pad), a GIF's first image must be complete;
 - with a budget `max_pixels`, the pixel count from the header (JPEG: the SOF frame header
   found by walking the marker segments, a JPEG without one is refused; PNG: IHDR; GIF: the
   larger of the logical screen and the first image descriptor; BMP: the DIB header).
@@ -203,9 +204,16 @@ def _inspect(data, max_pixels):
     width = tf.stack([jpeg_w, _uint(head[16:20], True), gif_w, bmp_w, zero])[fmt]
 
     tail = _tail(data)
+    # A JPEG may carry data after its end-of-image marker (phone "motion photos" append a
+    # whole video, some cameras a maker trailer) and still decode: it is truncated only when
+    # the marker occurs nowhere after the SOI. (An EXIF thumbnail's own marker can hide a cut
+    # main image; the decoder then reports it: this check must never refuse a good file.)
+    jpeg_end = tf.logical_or(_contains(tail, b'\xff\xd9'), tf.logical_and(
+        is_jpeg, _contains(tf.io.decode_raw(tf.strings.substr(
+            data, tf.minimum(2, tf.strings.length(data)), -1), tf.uint8),
+                           b'\xff\xd9')))
     code = tf.stack([  # per format: its header fault or truncation, else _OK
-        tf.where(jpeg_found, tf.where(_contains(tail, b'\xff\xd9'), _OK, _JPEG_CUT),
-                 _JPEG_NO_SOF),
+        tf.where(jpeg_found, tf.where(jpeg_end, _OK, _JPEG_CUT), _JPEG_NO_SOF),
         tf.where(tf.reduce_all(tf.equal(head[12:16], list(b'IHDR'))),
                  tf.where(_contains(tail, b'IEND'), _OK, _PNG_CUT), _PNG_NO_IHDR),
         tf.where(tf.equal(gif_state, 1), _OK,

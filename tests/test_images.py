@@ -102,6 +102,22 @@ def test_truncated_files_are_named_and_padding_is_accepted():
     assert problem(jpeg + b'\0' * 100) == ''  # writers that pad after the end marker
 
 
+def test_jpeg_with_data_after_its_end_marker_is_a_good_image():
+    # Phone "motion photos" append a video after the JPEG's end-of-image marker, some cameras
+    # a maker trailer: TensorFlow decodes them, so the check must not call them truncated.
+    image = rgb(40, 40)
+    jpeg = encode(image, '.jpg')
+    trailer = b'\0\0\0\x18ftypmp42' + bytes(range(256)) * 400  # ~100 KB, no FF D9 in it
+    assert b'\xff\xd9' not in trailer
+    for budget in (None, BUDGET):
+        assert problem(jpeg + trailer, budget) == ''
+        np.testing.assert_array_equal(images.decode_image(jpeg + trailer, budget).numpy(),
+                                      images.decode_image(jpeg, budget).numpy())
+    # a cut inside the image is still named, whatever follows the cut
+    assert problem(jpeg[:len(jpeg) // 2] + b'\0' * 100) == \
+        'truncated JPEG (no end-of-image marker)'
+
+
 def test_sixteen_thousand_square_png_is_refused_from_its_header():
     data = png_claiming(16000, 16000)
     assert len(data) < 100
