@@ -98,14 +98,6 @@ def _records_dataset(records):
     return tf.data.Dataset.from_tensor_slices(meta), images
 
 
-def _tfrecord_files(source):
-    patterns = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    files = sorted({f for p in patterns for f in tf.io.gfile.glob(os.fspath(p))})
-    if not files:
-        raise FileNotFoundError(f"no TFRecord files match {patterns}")
-    return files
-
-
 # ---------------------------------------------------------------------------- options
 @dataclasses.dataclass(frozen=True)
 class PipelineOptions:
@@ -217,7 +209,7 @@ def _tfrecord_source(source, opts):
     """`{'file', 'record' (index in its file), 'serialized'}` per record: files shuffled in
     training, then interleaved and (training) shuffled in a buffer of `shuffle_buffer`; a
     stream that does not repeat ends with an end marker (`_with_end_marker`)."""
-    files = _tfrecord_files(source)
+    files = tfrecord_lib.match_files(source)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if opts.is_training:
         ds = ds.shuffle(len(files), seed=opts.seed, reshuffle_each_iteration=True)
@@ -384,7 +376,7 @@ def checked_tfrecords(source, report, num_classes=None, max_pixels=None):
     through the training pipeline's load step (`check_example`, decode); problems go to
     `report` and name the shard and record index. Elements: `(position, example)`, the last
     one an end marker at position = the number of records (`ok` False)."""
-    files = _tfrecord_files(source)
+    files = tfrecord_lib.match_files(source)
     counts = []  # (records, whether the file ends inside a record) per file
 
     def locate(position):
@@ -405,7 +397,10 @@ def checked_tfrecords(source, report, num_classes=None, max_pixels=None):
 
 
 def _count_records(path):
-    """`(number of whole records, whether the file ends inside one)` of a TFRecord file."""
+    """`(number of whole records, whether the file ends inside one)` of a TFRecord file, as
+    the pipeline's reader sees it (it reads the payloads and stops where their checksums
+    fail, so the positions it names match the stream; `tfrecord.count_records` only walks
+    the headers, for the epoch size)."""
     n = 0
     try:
         for _ in tf.data.TFRecordDataset(path):

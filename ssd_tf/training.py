@@ -213,33 +213,14 @@ def resolve_num_samples(num_samples, records, tfrecord_pattern):
 
 def count_tfrecord_records(file_pattern):
     """Number of records in the TFRecord files matching `file_pattern` (comma-separated
-    patterns too), read from the record headers without reading or decoding the payloads.
-
-    A TFRecord is `uint64 length, uint32 crc(length), data[length], uint32 crc(data)`; the
-    count seeks from header to header. A file that ends inside a record is a ValueError
-    naming it and the record index.
-    """
-    files = sorted({f for p in str(file_pattern).split(',') if p
-                    for f in tf.io.gfile.glob(p.strip())})
-    if not files:
-        raise ValueError(f"--dataset_dir={file_pattern} matches no TFRecord file")
-    total = 0
-    for path in files:
-        size = tf.io.gfile.stat(path).length
-        with tf.io.gfile.GFile(path, 'rb') as f:
-            offset = 0
-            while offset < size:
-                header = f.read(8)
-                if len(header) < 8:
-                    raise ValueError(f"{path}: truncated after record {total}")
-                length = int.from_bytes(header, 'little')
-                offset += 8 + 4 + length + 4
-                if offset > size:
-                    raise ValueError(f"{path}: record {total} is truncated (the file ends "
-                                     f"inside it)")
-                f.seek(offset)
-                total += 1
-    return total
+    patterns too), from the record headers (`datasets.tfrecord.count_records`); a pattern
+    that matches nothing or a truncated file is a ValueError naming it."""
+    from ssd_tf.datasets import tfrecord as tfrecord_lib
+    patterns = [p.strip() for p in str(file_pattern).split(',') if p.strip()]
+    try:
+        return tfrecord_lib.count_records(patterns)
+    except FileNotFoundError:
+        raise ValueError(f"--dataset_dir={file_pattern} matches no TFRecord file") from None
 
 
 # ---------------------------------------------------------------------------- strategies

@@ -8,6 +8,7 @@ import tensorflow as tf
 from ssd_tf.datasets import coco as coco_lib
 from ssd_tf.datasets import labelmap as labelmap_lib
 from ssd_tf.datasets import synthetic as synthetic_lib
+from ssd_tf.datasets import tfrecord as tfrecord_lib
 from ssd_tf.datasets import voc as voc_lib
 
 DATASET_NAMES = ('voc', 'coco', 'synthetic')
@@ -77,11 +78,7 @@ def tfrecord_label_map(dataset_dir, label_map=None):
         return label_map
     if label_map:
         return labelmap_lib.LabelMap.read(label_map)
-    patterns = [dataset_dir] if isinstance(dataset_dir, (str, os.PathLike)) else \
-        list(dataset_dir)
-    files = sorted({f for p in patterns for f in tf.io.gfile.glob(os.fspath(p))})
-    if not files:
-        raise FileNotFoundError(f"no TFRecord files match {patterns}")
+    files = tfrecord_lib.match_files(dataset_dir)
     beside = os.path.join(os.path.dirname(files[0]), labelmap_lib.LABELS_FILENAME)
     if os.path.isfile(beside):
         return labelmap_lib.LabelMap.read(beside)

@@ -59,6 +59,44 @@ BOX_KINDS = (INVERTED_BOX, LABEL_OUT_OF_RANGE)
 
 
 # ---------------------------------------------------------------------------- writing
+def match_files(source):
+    """The sorted TFRecord files matching `source` (a file pattern, or a list of patterns);
+    FileNotFoundError naming the patterns when none matches. Every reader of TFRecord files
+    (the pipeline, the label-map scan, the record count, `read_tfrecord_records`) uses it."""
+    patterns = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    files = sorted({f for p in patterns for f in tf.io.gfile.glob(os.fspath(p))})
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {patterns}")
+    return files
+
+
+def count_records(source):
+    """Number of records in the TFRecord files matching `source` (see `match_files`), read
+    from the record headers without reading or decoding the payloads.
+
+    A TFRecord is `uint64 length, uint32 crc(length), data[length], uint32 crc(data)`; the
+    count seeks from header to header. A file that ends inside a record is a ValueError
+    naming it and the record index.
+    """
+    total = 0
+    for path in match_files(source):
+        size = tf.io.gfile.stat(path).length
+        with tf.io.gfile.GFile(path, 'rb') as f:
+            offset = 0
+            while offset < size:
+                header = f.read(8)
+                if len(header) < 8:
+                    raise ValueError(f"{path}: truncated after record {total}")
+                length = int.from_bytes(header, 'little')
+                offset += 8 + 4 + length + 4
+                if offset > size:
+                    raise ValueError(f"{path}: record {total} is truncated (the file ends "
+                                     f"inside it)")
+                f.seek(offset)
+                total += 1
+    return total
+
+
 def _int64(values):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
 
@@ -276,9 +314,7 @@ def read_tfrecord_records(file_pattern):
     evaluation stream TFRecords with `data.build_dataset`/`build_eval_dataset`, and
     `python -m ssd_tf.datasets.check` validates them; this reader checks nothing and fails
     on the first record `parse_example` cannot parse."""
-    files = sorted(tf.io.gfile.glob(file_pattern))
-    if not files:
-        raise FileNotFoundError(f"no TFRecord files match {file_pattern!r}")
+    files = match_files(file_pattern)
     out = []
     for i, serialized in enumerate(tf.data.TFRecordDataset(files)):
         p = {k: v.numpy() for k, v in parse_example(serialized).items()}
