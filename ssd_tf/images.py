@@ -39,7 +39,7 @@ MAGIC = {b'\xff\xd8\xff': 'JPEG', b'\x89PNG\r\n\x1a\n': 'PNG', b'GIF8': 'GIF', b
 # (256 MP) is over it.
 DEFAULT_MAX_PIXELS = 200_000_000
 
-# The end-of-image marker / IEND chunk must lie in the last _TAIL_BYTES bytes before trailing
+# A PNG's IEND chunk must lie in the last _TAIL_BYTES bytes before trailing
 # NULs (the padding some writers add); NULs are stripped from the last _TAIL_WINDOW bytes.
 _TAIL_BYTES = 64
 _TAIL_WINDOW = 4096
@@ -208,10 +208,11 @@ def _inspect(data, max_pixels):
     # whole video, some cameras a maker trailer) and still decode: it is truncated only when
     # the marker occurs nowhere after the SOI. (An EXIF thumbnail's own marker can hide a cut
     # main image; the decoder then reports it: this check must never refuse a good file.)
-    jpeg_end = tf.logical_or(_contains(tail, b'\xff\xd9'), tf.logical_and(
-        is_jpeg, _contains(tf.io.decode_raw(tf.strings.substr(
-            data, tf.minimum(2, tf.strings.length(data)), -1), tf.uint8),
-                           b'\xff\xd9')))
+    # Only a JPEG's bytes after its SOI are scanned (other formats: an empty slice).
+    size = tf.strings.length(data)
+    jpeg_body = tf.io.decode_raw(tf.strings.substr(
+        data, tf.minimum(2, size), tf.where(is_jpeg, tf.maximum(size - 2, 0), 0)), tf.uint8)
+    jpeg_end = _contains(jpeg_body, b'\xff\xd9')
     code = tf.stack([  # per format: its header fault or truncation, else _OK
         tf.where(jpeg_found, tf.where(jpeg_end, _OK, _JPEG_CUT), _JPEG_NO_SOF),
         tf.where(tf.reduce_all(tf.equal(head[12:16], list(b'IHDR'))),
