@@ -52,6 +52,7 @@ from ssd_tf import images as images_lib
 from ssd_tf import postprocess
 # Moved to postprocess (the home of every NMS variant); re-exported for existing callers.
 from ssd_tf.postprocess import tflite_postprocess  # noqa: F401
+from ssd_tf.run_config import EXPORT_CONFIG_FILENAME  # its home: run_config
 
 # Detection defaults of a deployed model: postprocess's, with MAX_DETECTIONS (100) kept.
 SELECT_THRESHOLD = postprocess.SELECT_THRESHOLD
@@ -66,7 +67,6 @@ IMAGES_SIGNATURE = 'serving_images'
 OUTPUT_KEYS = ('detection_boxes', 'detection_classes', 'detection_scores', 'num_detections')
 LABELS_FILENAME = 'labels.txt'          # `id:name` lines, 0:none first (datasets.labelmap)
 TFLITE_LABELS_FILENAME = 'labels_tflite.txt'  # one name per line, line i = class id i
-from ssd_tf.run_config import EXPORT_CONFIG_FILENAME  # noqa: E402  (one home: run_config)
 TFLITE_QUANTIZATIONS = ('float32', 'float16', 'dynamic', 'int8')
 
 # Request limits of the serving signatures (export_savedmodel.py --max_image_pixels,
