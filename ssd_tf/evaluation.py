@@ -396,10 +396,6 @@ def _write_png(path, rgb):
     visualize.save_png(path, rgb)
 
 
-# A Record-like view of kept encoded bytes, for `decode_record_image`.
-_EncodedImage = collections.namedtuple('_EncodedImage', 'encoded image image_path image_id')
-
-
 def _grid_samples(run, records, num_images):
     """`(index, image uint8 [H, W, 3], GT boxes [N, 4] relative, GT labels [N])` of the first
     `num_images` evaluated images: from `run.samples` (kept from the stream), else re-read by
@@ -408,13 +404,13 @@ def _grid_samples(run, records, num_images):
     for idx in sorted(run.detections)[:num_images]:
         if run.samples and idx in run.samples:
             encoded, boxes, labels = run.samples[idx]
-            record = _EncodedImage(encoded, None, None, str(idx))
+            image = images.decode_image(encoded, where=f'evaluated image {idx}').numpy()
         elif records is not None:
-            record = records[idx]
-            boxes, labels = record.boxes, record.labels
+            boxes, labels = records[idx].boxes, records[idx].labels
+            image = decode_record_image(records[idx])
         else:
             continue
-        out.append((idx, decode_record_image(record), np.asarray(boxes).reshape(-1, 4),
+        out.append((idx, image, np.asarray(boxes).reshape(-1, 4),
                     np.asarray(labels).reshape(-1)))
     return out
 
