@@ -60,11 +60,13 @@ def infer_label_map(dataset_dirs):
                 continue  # reported when the record is read
             for obj in root.iter('object'):
                 name = (obj.findtext('name') or '').strip()
-                if name and labelmap_lib.class_name_problem(name):
+                if not name:
+                    continue
+                problem = labelmap_lib.class_name_problem(name)
+                if problem:
                     raise ValueError(f"{os.path.join(ann, fname)}: class name {name!r} cannot "
-                                     f"be used: {labelmap_lib.class_name_problem(name)}")
-                if name:
-                    names.add(name)
+                                     f"be used: {problem}")
+                names.add(name)
     if not names:
         raise ValueError(f"no object class names found in the Annotations of {dataset_dirs}")
     return labelmap_lib.LabelMap(sorted(names))
