@@ -453,7 +453,11 @@ class RunEvaluation:
         self.preprocess = lambda i, l, b: prep.preprocess_for_eval(i, l, b, out_shape=shape)
 
     def load(self, split, flag):
-        """Reads `split` now (a bad split fails here, naming `flag`); records or None."""
+        """Reads `split` now (a bad split fails here, naming `flag`); records, or None for
+        TFRecord data (streamed in the graph; its label map was resolved with the training
+        split, so it is not scanned again here)."""
+        if self.cfg.dataset_name == 'tfrecord':
+            return None
         if split not in self.records:
             self.records[split] = _load_split(self.cfg, split, self.cfg.synthetic_num_test,
                                               flag=flag)[0]
