@@ -69,7 +69,8 @@ flags.DEFINE_float('gpu_memory_fraction', None, 'Not supported in TF2; an error 
 # Data set.
 flags.DEFINE_string('dataset_name', None,
                     "synthetic (built-in shapes), voc (a VOC root; labels.txt or the "
-                    "annotations' class names), coco, tfrecord (slim keys), or pascalvoc_2007 "
+                    "annotations' class names), coco, tfrecord (slim or TF Object Detection "
+                    "API keys), tfds (tensorflow-datasets by name), or pascalvoc_2007 "
                     "/ pascalvoc_2012 (a VOC root with the Pascal VOC class ids). Default: the "
                     "run config's, else synthetic.")
 flags.DEFINE_integer('num_classes', None,
@@ -77,10 +78,14 @@ flags.DEFINE_integer('num_classes', None,
                      'set\'s label map.')
 flags.DEFINE_string('dataset_split_name', 'test', 'Split (ImageSets/Main/<split>.txt, or the '
                     'split in TFRecord file names).')
-flags.DEFINE_string('dataset_dir', None, 'VOC root, COCO root, or TFRecord directory / '
-                    'file pattern. Default: the run config\'s.')
-flags.DEFINE_string('label_map', None, 'Label map file (labels.txt); default: the run config\'s '
-                    'class names, else the data set\'s.')
+flags.DEFINE_string('dataset_dir', None, 'VOC root, COCO root, TFRecord directory / '
+                    'file pattern, or tfds name (voc/2007). Default: the run config\'s.')
+flags.DEFINE_string('tfds_data_dir', None, 'tfds: where tensorflow-datasets keeps prepared '
+                    'data; default: the run config\'s, else $TFDS_DATA_DIR, else '
+                    '~/tensorflow_datasets. Nothing is downloaded.')
+flags.DEFINE_string('label_map', None, 'Label map file (labels.txt, .json or an OD API '
+                    'label_map.pbtxt); default: the run config\'s class names, else the data '
+                    'set\'s.')
 flags.DEFINE_integer('synthetic_num_images', None,
                      'Images of the synthetic test split; default: the run config\'s '
                      'synthetic_num_test, else 300.')
@@ -176,7 +181,7 @@ _PASCAL_NAMES = ('pascalvoc_2007', 'pascalvoc_2012', 'pascalvoc')
 
 
 def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_images=None,
-                     seed=0):
+                     seed=0, tfds_data_dir=None):
     """`(source, class_names)` of the evaluation set (see the --dataset_name flag): source is
     a list of Records, or for TFRecords the list of files (streamed, not read here).
 
@@ -189,7 +194,16 @@ def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_ima
     if dataset_name in _PASCAL_NAMES:
         dataset_name, label_map = 'voc', label_map or labelmap_lib.VOC_LABEL_MAP
     if dataset_name == 'tfrecord':
-        return _tfrecord_files(dataset_dir, split, label_map), list(label_map.names)
+        files = _tfrecord_files(dataset_dir, split, label_map)
+        if label_map is None:
+            label_map = factory.tfrecord_label_map(files)  # label_map.pbtxt beside, ...
+        if label_map is None:
+            raise ValueError("TFRecords carry no label map: pass --label_map (labels.txt or "
+                             "label_map.pbtxt) or evaluate a training directory whose "
+                             "config.json has label_names")
+        return files, list(label_map.names)
+    if dataset_name == 'tfds':
+        return _tfds_source(dataset_dir, split, label_map, tfds_data_dir)
     if dataset_name not in factory.DATASET_NAMES:
         raise ValueError(f"--dataset_name={dataset_name} is unknown; use one of "
                          f"{', '.join(factory.DATASET_NAMES + ('tfrecord',) + _PASCAL_NAMES)}")
@@ -222,10 +236,26 @@ def _tfrecord_files(dataset_dir, split, label_map):
     if not files:
         raise ValueError(f"--dataset_dir={dataset_dir}: no TFRecord files match {pattern} "
                          f"(--dataset_split_name={split})")
-    if label_map is None:
-        raise ValueError("TFRecords carry no label map: pass --label_map (labels.txt) or "
-                         "evaluate a training directory whose config.json has label_names")
     return files
+
+
+def _tfds_source(name, split, label_map, data_dir):
+    """`(TfdsSource, class names)`; the network's classes (`label_map`: run config or
+    --label_map) must be the tfds set's, in its order."""
+    from ssd_tf.datasets import tfds as tfds_lib
+    if not name:
+        raise ValueError("--dataset_name=tfds needs --dataset_dir (the tfds name, e.g. "
+                         "voc/2007)")
+    source = tfds_lib.TfdsSource(name, split, data_dir)
+    try:
+        source.check()
+    except ImportError as e:
+        raise ValueError(str(e)) from e
+    names = list(source.label_map().names)
+    if label_map is not None and list(label_map.names) != names:
+        raise ValueError(f"the network's classes (run config or --label_map) "
+                         f"{list(label_map.names)} are not those of tfds {name} {names}")
+    return source, names
 
 
 def make_preprocess_fn(out_shape, resize):
@@ -278,7 +308,8 @@ def resolve_data(config):
         num_images=(FLAGS.synthetic_num_images or config.synthetic_num_test
                     or DEFAULT_SYNTHETIC_NUM_TEST),
         seed=(FLAGS.synthetic_seed if FLAGS.synthetic_seed is not None
-              else config.seed or 0))
+              else config.seed or 0),
+        tfds_data_dir=FLAGS.tfds_data_dir or config.get('tfds_data_dir'))
     cfg_classes = config.num_classes
     num_classes = FLAGS.num_classes or (int(cfg_classes) if cfg_classes else None) or \
         len(class_names) + 1

@@ -33,17 +33,26 @@ flags.DEFINE_string('train_dir', 'runs/ssd_small_synthetic',
                     'evaluation. An existing run there is resumed.')
 flags.DEFINE_string('dataset_name', 'synthetic',
                     'synthetic (built in, no download), voc (Pascal VOC layout), coco '
-                    '(annotations/instances_<split>.json) or tfrecord (slim TFRecord keys).')
+                    '(annotations/instances_<split>.json), tfrecord (slim or TF Object '
+                    'Detection API keys, found from the shards) or tfds (tensorflow-datasets '
+                    'by name: pip install -e \'.[tfds]\').')
 flags.DEFINE_string('dataset_dir', None,
                     'voc: root(s), comma-separated (VOC2007,VOC2012); coco: folder with '
-                    'annotations/ and <split>/; tfrecord: a file pattern.')
-flags.DEFINE_string('dataset_split_name', 'train', 'Training split (ImageSets/Main/<split>.txt).')
+                    'annotations/ and <split>/; tfrecord: a file pattern; tfds: the tfds name '
+                    '(voc/2007, coco/2017, optionally :version).')
+flags.DEFINE_string('tfds_data_dir', None,
+                    'tfds: where tensorflow-datasets keeps prepared data (default: '
+                    '$TFDS_DATA_DIR, else ~/tensorflow_datasets). Nothing is downloaded: '
+                    'prepare a set with `tfds build voc/2007 --data_dir=DIR`.')
+flags.DEFINE_string('dataset_split_name', 'train', 'Training split (ImageSets/Main/<split>.txt; '
+                    'tfds: as tfds spells it, slicing too: train[:90%]).')
 flags.DEFINE_string('eval_split_name', 'test',
                     'Split evaluated at the end of training (VOC07 mAP); empty to skip.')
 flags.DEFINE_string('validation_split', None,
                     'Split evaluated every --eval_every_n_steps for TensorBoard (mAP curve).')
 flags.DEFINE_integer('eval_every_n_steps', 0, 'Periodic validation mAP (0: never).')
-flags.DEFINE_string('label_map', None, 'Label map file (labels.txt); default: the data set\'s.')
+flags.DEFINE_string('label_map', None, 'Label map file (labels.txt, .json or the TF Object '
+                    'Detection API\'s label_map.pbtxt); default: the data set\'s.')
 flags.DEFINE_boolean('strict_data', False,
                      'Stop at the first bad image or annotation instead of skipping it.')
 flags.DEFINE_integer('synthetic_num_train', 4000, 'Synthetic training images.')
@@ -175,6 +184,11 @@ def check_flags():
     if FLAGS.dataset_name != 'synthetic':
         errors += [f"--{n} applies to --dataset_name=synthetic only"
                    for n in ('synthetic_num_train', 'synthetic_num_test') if _present(n)]
+    if FLAGS.dataset_name != 'tfds' and FLAGS.tfds_data_dir:
+        errors.append("--tfds_data_dir applies to --dataset_name=tfds only")
+    if FLAGS.dataset_name == 'tfds' and FLAGS.label_map:
+        errors.append("--label_map does not apply to --dataset_name=tfds (the tfds class "
+                      "names are the label map)")
     if FLAGS.num_samples is not None and FLAGS.num_samples <= 0:
         errors.append("--num_samples must be positive")
     if FLAGS.batch_size <= 0 or FLAGS.max_number_of_steps <= 0:
@@ -216,12 +230,22 @@ def _load_split(cfg, split, num_synthetic, flag='--dataset_split_name'):
     """`(records, label_map, summary)` of one split; (None, None, '') for TFRecord data (read
     in the graph). A split that cannot be read is a UserError naming `flag`."""
     from ssd_tf.datasets import factory
+    from ssd_tf.datasets import tfrecord as tfrecord_lib
     if cfg.dataset_name == 'tfrecord':  # records are read (and checked) in the graph
         try:
-            return None, factory.tfrecord_label_map(cfg.dataset_dir, cfg.label_map), ''
+            layout = tfrecord_lib.detect_layout(cfg.dataset_dir)
+            return None, factory.tfrecord_label_map(cfg.dataset_dir, cfg.label_map, layout), \
+                f"{cfg.dataset_dir}: {tfrecord_lib.layout_description(layout)}"
         except (ValueError, OSError) as e:
             raise UserError(f"--dataset_dir={cfg.dataset_dir} / --label_map={cfg.label_map}: "
                             f"{e}") from e
+    if cfg.dataset_name == 'tfds':  # streamed in the graph too
+        try:
+            source = _tfds_source(cfg, split)
+            source.check()
+            return None, source.label_map(), source.describe()
+        except (ValueError, ImportError) as e:
+            raise UserError(f"{flag}={split}: {e}") from e
     try:
         records, label_map, summary = factory.load_records(
             cfg.dataset_name, cfg.dataset_dir, split, label_map=cfg.label_map,
@@ -232,6 +256,11 @@ def _load_split(cfg, split, num_synthetic, flag='--dataset_split_name'):
         raise UserError(f"{flag}={split}: no usable image in split {split!r} of --dataset_dir="
                         f"{cfg.dataset_dir} ({summary})")
     return records, label_map, summary
+
+
+def _tfds_source(cfg, split):
+    from ssd_tf.datasets import tfds as tfds_lib
+    return tfds_lib.TfdsSource(cfg.dataset_dir, split, cfg.get('tfds_data_dir'))
 
 
 def _resolve_num_classes(cfg, label_map, net_cls):
@@ -428,7 +457,9 @@ def make_train_dataset(cfg, net, strategy, records, start_step):
     def encode(labels, bboxes):
         return net.bboxes_encode(labels, bboxes, anchors, match_threshold=cfg.match_threshold)
 
-    source = records if records is not None else cfg.dataset_dir
+    source = records if records is not None else (
+        _tfds_source(cfg, cfg.dataset_split_name) if cfg.dataset_name == 'tfds'
+        else cfg.dataset_dir)
     problems = check_lib.DataProblems(strict=cfg.strict_data)
     threads = cfg.num_preprocessing_threads or tf.data.AUTOTUNE
     dataset = data_lib.build_dataset(
@@ -453,14 +484,17 @@ class RunEvaluation:
         self.preprocess = lambda i, l, b: prep.preprocess_for_eval(i, l, b, out_shape=shape)
 
     def load(self, split, flag):
-        """Reads `split` now (a bad split fails here, naming `flag`); records, or None for
-        TFRecord data (streamed in the graph; its label map was resolved with the training
-        split, so it is not scanned again here)."""
+        """Reads `split` now (a bad split fails here, naming `flag`); records, a
+        `TfdsSource` for tfds data (streamed), or None for TFRecord data (streamed in the
+        graph; its label map was resolved with the training split, so it is not scanned
+        again here)."""
         if self.cfg.dataset_name == 'tfrecord':
             return None
         if split not in self.records:
             self.records[split] = _load_split(self.cfg, split, self.cfg.synthetic_num_test,
                                               flag=flag)[0]
+            if self.cfg.dataset_name == 'tfds':  # streamed: the source, not records
+                self.records[split] = _tfds_source(self.cfg, split)
         return self.records[split]
 
     def __call__(self, split, flag='--eval_split_name'):
@@ -552,8 +586,10 @@ def final_evaluation(cfg, evaluate, writer, step):
         return
     run_, _ = result
     eval_dir = os.path.join(cfg.train_dir, 'eval')
+    records = evaluate.records[cfg.eval_split_name]
     m, _ = evaluation.write_report(run_, eval_dir, split=cfg.eval_split_name,
-                                   records=evaluate.records[cfg.eval_split_name], step=step)
+                                   records=records if isinstance(records, list) else None,
+                                   step=step)
     with writer.as_default(step=step):
         tf.summary.scalar('eval/mAP_voc07', m['voc07']['map'])
     print(evaluation.format_table(m))
@@ -602,7 +638,9 @@ def _run(cfg, strategy, chief, save_dir):
     if cfg.learning_rate_decay_type in _DECAY_FLAGS['num_epochs_per_decay']:
         try:  # the schedule counts in epochs
             cfg = cfg.replace(num_samples=training.resolve_num_samples(
-                cfg.num_samples, records, cfg.dataset_dir))
+                cfg.num_samples or (_tfds_source(cfg, cfg.dataset_split_name).num_examples()
+                                    if cfg.dataset_name == 'tfds' else None),
+                records, cfg.dataset_dir))
         except ValueError as e:
             raise UserError(f"{e}; pass --num_samples") from e
     trainer, init_report = build_trainer(cfg, net, strategy, save_dir, has_checkpoint)

@@ -1,11 +1,14 @@
-"""The tf.data input pipeline: records or TFRecords -> decode -> preprocess -> encode -> batch.
+"""The tf.data input pipeline: records, TFRecords or a tfds data set -> decode -> preprocess
+-> encode -> batch.
 
 The augmentation and the anchor encoding are arguments (`preprocess_fn`, `encode_fn`), so this
 module imports neither `preprocessing/` nor `nets/`. Boxes are relative
 `[ymin, xmin, ymax, xmax]` everywhere. `build_dataset` runs these steps, each a function
 below: source -> order (shuffle, repeat, skip `start`) -> load (decode; TFRecords are also
 parsed and checked, `tfrecord.check_example`) -> preprocess + encode -> batch. Every image is
-decoded exactly once, after the skip. Its options are a `PipelineOptions`.
+decoded exactly once, after the skip. Its options are a `PipelineOptions`. TFRecords of the
+slim or the TF Object Detection API key layout are read (`tfrecord.detect_layout`, logged);
+a `datasets.tfds.TfdsSource` streams through the same checks (`tfrecord.check_features`).
 
 Bad TFRecord records are skipped, counted in a `datasets.check.DataProblems` and named
 ('<shard> record <index>') in a warning; in training the batch that held one fills its row
@@ -37,6 +40,7 @@ Training drops crowd boxes (`is_crowd`, COCO) before preprocessing. Images may h
 import dataclasses
 import functools
 import inspect
+import logging
 import os
 from typing import Optional
 
@@ -44,9 +48,12 @@ import numpy as np
 import tensorflow as tf
 
 from ssd_tf.datasets import check as check_lib
+from ssd_tf.datasets import tfds as tfds_lib
 from ssd_tf.datasets import tfrecord as tfrecord_lib
 from ssd_tf.datasets.records import Record
 from ssd_tf.images import decode_image  # the one decoder (data.decode_image kept)
+
+logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Interleaved TFRecord files read at once; more only adds memory on a few cores.
@@ -118,6 +125,7 @@ class PipelineOptions:
     report: Optional[check_lib.DataProblems] = None
     max_pixels: Optional[int] = None
     with_encoded: bool = False
+    layout: Optional[str] = None
 
     def resolved(self):
         """A copy with drop_remainder/repeat defaulting to is_training, with_gt to its
@@ -139,7 +147,8 @@ def build_dataset(source, preprocess_fn, encode_fn=None, options=None, **overrid
 
     Args:
       source: a list of `Record`s (from voc/coco/synthetic readers; images from files, bytes
-        or in-memory arrays), or a TFRecord file pattern / list of patterns (slim key layout).
+        or in-memory arrays), a TFRecord file pattern / list of patterns (slim or TF Object
+        Detection API key layout), or a `datasets.tfds.TfdsSource` (read like TFRecords).
       preprocess_fn: `(image uint8 [H, W, 3], labels [N] int64, bboxes [N, 4] relative yxyx)
         -> (image float32 [h, w, 3], labels [N'], bboxes [N', 4], ...)` (outputs after the
         third, e.g. `preprocess_for_eval`'s bbox_img, are ignored); if it takes a `seed`
@@ -171,6 +180,8 @@ def build_dataset(source, preprocess_fn, encode_fn=None, options=None, **overrid
       max_pixels: TFRecord images over this many pixels (read from the header) are skipped.
       with_encoded: eval datasets only; also carry each image's encoded file (see
         `build_eval_dataset`).
+      layout: the TFRecord key layout, `tfrecord.SLIM` or `OD_API`; None finds it from the
+        shards' first records (`tfrecord.detect_layout`, which refuses a mix).
 
     Bad TFRecord records (`tfrecord.check_example`: unequal box lists, missing or broken
     image bytes, boxes outside [0, 1]; and records the decoder fails on) are skipped with a
@@ -179,11 +190,13 @@ def build_dataset(source, preprocess_fn, encode_fn=None, options=None, **overrid
     positions and a resume with `start` sees the same records; eval streams just omit it.
     """
     opts = dataclasses.replace(options or PipelineOptions(), **overrides).resolved()
+    opts = dataclasses.replace(opts, layout=resolve_layout(source, opts.layout))
     pass_seed = 'seed' in inspect.signature(preprocess_fn).parameters
     prepare = functools.partial(_prepare, preprocess_fn=preprocess_fn, encode_fn=encode_fn,
                                 opts=opts, pass_seed=pass_seed)
-    if _is_tfrecord_source(source):
-        ds = _order(_tfrecord_source(source, opts), opts)
+    if isinstance(source, tfds_lib.TfdsSource) or _is_tfrecord_source(source):
+        ds = _order(_tfds_source(source, opts) if isinstance(source, tfds_lib.TfdsSource)
+                    else _tfrecord_source(source, opts), opts)
         ds = _load_tfrecords(ds, opts, locate=None)
         if opts.is_training:
             ds = ds.map(lambda position, ex: prepare(position, ex, keep_flag=True),
@@ -210,6 +223,8 @@ def _tfrecord_source(source, opts):
     training, then interleaved and (training) shuffled in a buffer of `shuffle_buffer`; a
     stream that does not repeat ends with an end marker (`_with_end_marker`)."""
     files = tfrecord_lib.match_files(source)
+    if opts.layout is None:
+        raise ValueError("_tfrecord_source needs the layout (build_dataset resolves it)")
     ds = tf.data.Dataset.from_tensor_slices(files)
     if opts.is_training:
         ds = ds.shuffle(len(files), seed=opts.seed, reshuffle_each_iteration=True)
@@ -218,6 +233,26 @@ def _tfrecord_source(source, opts):
     if opts.is_training:
         ds = ds.shuffle(opts.shuffle_buffer, seed=opts.seed, reshuffle_each_iteration=True)
     return ds if opts.repeat else _with_end_marker(ds)
+
+
+def _tfds_source(source, opts):
+    """`{'file', 'record', 'values'}` per example of a tfds split (`TfdsSource.stream`):
+    tfds shuffles its files in training, then a buffer of `shuffle_buffer` as for
+    TFRecords; a stream that does not repeat ends with an end marker."""
+    ds = source.stream(shuffle=opts.is_training, seed=opts.seed)
+    if opts.is_training:
+        ds = ds.shuffle(opts.shuffle_buffer, seed=opts.seed, reshuffle_each_iteration=True)
+    return ds if opts.repeat else _with_end_marker(ds)
+
+
+def resolve_layout(source, layout=None):
+    """The key layout of TFRecord `source`: `layout` when given, else
+    `tfrecord.detect_layout`'s, logged; None for other sources."""
+    if layout is not None or not _is_tfrecord_source(source):
+        return layout
+    layout = tfrecord_lib.detect_layout(source)
+    logger.info("%s: %s", source, tfrecord_lib.layout_description(layout))
+    return layout
 
 
 def _read_file(path):
@@ -265,8 +300,14 @@ def _load_tfrecords(ds, opts, locate):
     report = opts.report
 
     def load(position, rec):
-        ex, kind, detail, box_kinds, box_details = tfrecord_lib.check_example(
-            rec['serialized'], num_classes=opts.num_classes, max_pixels=opts.max_pixels)
+        if 'values' in rec:  # a tfds example
+            ex, kind, detail, box_kinds, box_details = tfrecord_lib.check_features(
+                tfrecord_lib.object_features(rec['values']), num_classes=opts.num_classes,
+                max_pixels=opts.max_pixels)
+        else:
+            ex, kind, detail, box_kinds, box_details = tfrecord_lib.check_example(
+                rec['serialized'], num_classes=opts.num_classes, max_pixels=opts.max_pixels,
+                layout=opts.layout)
         real = rec['record'] >= 0  # the end-of-stream sentinel has record -1
         location = tf.strings.join([rec['file'], ' record ', tf.strings.as_string(rec['record'])])
         ok = tf.equal(kind, '')
@@ -392,7 +433,7 @@ def checked_tfrecords(source, report, num_classes=None, max_pixels=None):
 
     ds = _with_end_marker(tf.data.Dataset.from_tensor_slices(files).flat_map(_read_file))
     opts = PipelineOptions(is_training=False, num_classes=num_classes, max_pixels=max_pixels,
-                           report=report).resolved()
+                           report=report, layout=resolve_layout(files)).resolved()
     return _load_tfrecords(_order(ds, opts), opts, locate)
 
 
@@ -411,11 +452,13 @@ def _count_records(path):
 
 
 def _with_end_marker(ds):
-    """Appends an element with record index -1: a finite stream's last records that the
-    decoder fails on are then followed by something, so `_refill_dropped` sees them."""
-    return ds.concatenate(tf.data.Dataset.from_tensors(
-        {'file': tf.constant(''), 'record': tf.constant(-1, tf.int64),
-         'serialized': tf.constant('')}))
+    """Appends an element with record index -1 (and empty or zero values of the stream's
+    structure): a finite stream's last records that the decoder fails on are then followed
+    by something, so `_refill_dropped` sees them."""
+    marker = tf.nest.map_structure(
+        lambda s: tf.zeros([0 if d is None else d for d in s.shape], s.dtype), ds.element_spec)
+    marker['record'] = tf.constant(-1, tf.int64)
+    return ds.concatenate(tf.data.Dataset.from_tensors(marker))
 
 
 # ---------------------------------------------------------------------------- preprocess

@@ -1,4 +1,5 @@
-"""Converts a data set to sharded TFRecords in the slim SSD's key layout, plus `labels.txt`.
+"""Converts a data set to sharded TFRecords in the slim SSD's key layout, plus `labels.txt`
+(or, with `--layout=od_api`, the TF Object Detection API's keys plus `label_map.pbtxt`).
 
     python -m ssd_tf.datasets.convert --dataset_name voc --dataset_dir VOC2007,VOC2012 \
         --split trainval --output_dir /data/tfrecords --shards 8
@@ -6,15 +7,18 @@
         --split val2017 --output_dir /data/tfrecords
     python -m ssd_tf.datasets.convert --dataset_name synthetic --split train \
         --num_images 4000 --output_dir /data/synthetic
+    python -m ssd_tf.datasets.convert --dataset_name voc --dataset_dir VOC2007 \
+        --split test --output_dir /data/od_api --layout od_api
 
 Files: `<output_dir>/<name>_<split>_<shard:05d>-of-<shards:05d>.tfrecord` (name defaults to
-the dataset name) and `<output_dir>/labels.txt`. Every image is decoded once and every box
+the dataset name) and `<output_dir>/labels.txt` (od_api: `<output_dir>/label_map.pbtxt`). Every image is decoded once and every box
 checked before writing; bad records are skipped and listed at the end (`--strict` stops at
 the first one instead). Shards are written under a temporary name and renamed when complete,
 so an interrupted conversion leaves no truncated shard under a final name.
 """
 import argparse
 import logging
+import os
 import sys
 
 from ssd_tf.datasets import labelmap as labelmap_lib
@@ -38,6 +42,9 @@ def main(argv=None):
                         "all class names sorted); for Pascal VOC's ids pass --voc_ids")
     p.add_argument('--voc_ids', action='store_true',
                    help='voc: use the original 20 VOC classes (aeroplane=1 .. tvmonitor=20)')
+    p.add_argument('--layout', default=tfrecord_lib.SLIM, choices=tfrecord_lib.LAYOUTS,
+                   help='TFRecord keys: slim (the SSD original\'s, default) or od_api (the TF '
+                        'Object Detection API\'s, with label_map.pbtxt)')
     p.add_argument('--strict', action='store_true', help='stop at the first bad record')
     p.add_argument('--num_images', type=int, default=1000, help='synthetic: images to make')
     p.add_argument('--seed', type=int, default=0, help='synthetic: seed')
@@ -55,8 +62,11 @@ def main(argv=None):
         print(f"no valid records in split {args.split!r}; nothing written", file=sys.stderr)
         return 1
     paths = tfrecord_lib.write_tfrecords(records, args.output_dir, args.name or
-                                         args.dataset_name, args.split, args.shards)
-    label_path = label_map.write(args.output_dir)
+                                         args.dataset_name, args.split, args.shards,
+                                         layout=args.layout)
+    label_path = label_map.write(os.path.join(
+        args.output_dir, labelmap_lib.PBTXT_FILENAME if args.layout == tfrecord_lib.OD_API
+        else labelmap_lib.LABELS_FILENAME))
     print(summary)
     print(f"wrote {len(records)} records to {len(paths)} file(s): {paths[0]}"
           f"{' ...' if len(paths) > 1 else ''}; label map: {label_path}")

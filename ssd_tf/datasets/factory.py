@@ -1,6 +1,8 @@
 """One entry point to the readers by data set name (as slim's dataset_factory):
-`load_records('voc' | 'coco' | 'synthetic', dataset_dir, split, ...)`, and the label map of
-TFRecord data (`tfrecord_label_map`), which is streamed by `data.build_dataset` instead."""
+`load_records('voc' | 'coco' | 'synthetic', dataset_dir, split, ...)`, and the label maps of
+the data streamed by `data.build_dataset` instead: TFRecords of either key layout
+(`tfrecord_label_map`) and tfds data sets (`datasets.tfds.TfdsSource.label_map`)."""
+import functools
 import os
 
 import tensorflow as tf
@@ -65,11 +67,13 @@ def load_records_and_report(dataset_name, dataset_dir, split, label_map=None, st
     raise ValueError(f"dataset_name must be one of {DATASET_NAMES}, got {dataset_name!r}")
 
 
-def tfrecord_label_map(dataset_dir, label_map=None):
+def tfrecord_label_map(dataset_dir, label_map=None, layout=None):
     """The LabelMap of TFRecord data (`dataset_dir` a file pattern or list of patterns):
-    `label_map` (a LabelMap or a labels.txt/json path, e.g. the --label_map flag), else the
-    `labels.txt` beside the shards (the converter writes it), else the class names stored in
-    the records' `image/object/bbox/label_text`; None when none of these exists.
+    `label_map` (a LabelMap or a labels.txt/.json/.pbtxt path, e.g. the --label_map flag),
+    else the `labels.txt` beside the shards (the converter writes it), else the TF Object
+    Detection API's `label_map.pbtxt` beside them, else the class names stored in the
+    records' label texts (`image/object/bbox/label_text`, or `image/object/class/text` in
+    the OD API `layout`; None: `tfrecord.detect_layout`); None when none of these exists.
 
     Raises ValueError naming the shard and record when the records' label texts disagree
     (one label with two names, one name with two labels) or leave a gap in 1..C-1.
@@ -79,37 +83,37 @@ def tfrecord_label_map(dataset_dir, label_map=None):
     if label_map:
         return labelmap_lib.LabelMap.read(label_map)
     files = tfrecord_lib.match_files(dataset_dir)
-    beside = os.path.join(os.path.dirname(files[0]), labelmap_lib.LABELS_FILENAME)
-    if os.path.isfile(beside):
-        return labelmap_lib.LabelMap.read(beside)
-    return _label_map_from_records(files)
+    for name in (labelmap_lib.LABELS_FILENAME, labelmap_lib.PBTXT_FILENAME):
+        beside = os.path.join(os.path.dirname(files[0]), name)
+        if os.path.isfile(beside):
+            return labelmap_lib.LabelMap.read(beside)
+    return _label_map_from_records(files, layout or tfrecord_lib.detect_layout(files))
 
 
-_LABEL_FEATURES = {
-    'image/object/bbox/label': tf.io.VarLenFeature(tf.int64),
-    'image/object/bbox/label_text': tf.io.VarLenFeature(tf.string),
-}
 # (record, label, text) triples read at once when scanning label texts.
 _SCAN_BATCH = 4096
 
 
-def _label_pairs(index, serialized):
+def _label_pairs(index, serialized, layout):
     """One record -> `(record index, label, text)` rows, none when its label texts are not
     one per box."""
-    f = tf.io.parse_single_example(serialized, _LABEL_FEATURES)
-    labels = f['image/object/bbox/label'].values
-    texts = f['image/object/bbox/label_text'].values
+    label_key, text_key = tfrecord_lib.label_keys(layout)
+    f = tf.io.parse_single_example(serialized, {label_key: tf.io.VarLenFeature(tf.int64),
+                                                text_key: tf.io.VarLenFeature(tf.string)})
+    labels = f[label_key].values
+    texts = f[text_key].values
     n = tf.where(tf.equal(tf.size(labels), tf.size(texts)), tf.size(labels), 0)
     return tf.data.Dataset.from_tensor_slices(
         (tf.fill([n], index), labels[:n], texts[:n]))
 
 
-def _label_map_from_records(files):
+def _label_map_from_records(files, layout):
     """The label map spelled by the records' label texts (records that do not parse are left
     to the pipeline's checks); None when no record has label texts."""
     names = {}  # label -> (name, where first seen)
+    pairs = functools.partial(_label_pairs, layout=layout)
     for f in files:
-        ds = tf.data.TFRecordDataset(f).enumerate().flat_map(_label_pairs).ignore_errors()
+        ds = tf.data.TFRecordDataset(f).enumerate().flat_map(pairs).ignore_errors()
         for indices, labels, texts in ds.batch(_SCAN_BATCH).as_numpy_iterator():
             for index, label, text in zip(indices, labels, texts):
                 where = f"{f} record {index}"

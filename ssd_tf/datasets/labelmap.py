@@ -3,15 +3,19 @@
 A label map travels with the data: the converter writes it beside the TFRecords as
 `labels.txt`, one `id:name` line per class (the slim `dataset_utils.write_label_file` format,
 including the `0:none` line), and training/export copy it next to their outputs. A `.json`
-file (`{"none": 0, "aeroplane": 1, ...}`) is read and written too. Class names become file
-names, so a name with path characters is refused when the map is made or read
+file (`{"none": 0, "aeroplane": 1, ...}`) is read and written too, and so is the TF Object
+Detection API's `label_map.pbtxt` (`item { id: 1 name: 'x' display_name: 'y' }`; read by
+`parse_pbtxt`, a small parser of that text format, without the OD API package). Class names
+become file names, so a name with path characters is refused when the map is made or read
 (`class_name_problem`; errors name the file and line).
 """
 import json
 import os
+import re
 
 BACKGROUND_NAME = 'none'
 LABELS_FILENAME = 'labels.txt'
+PBTXT_FILENAME = 'label_map.pbtxt'  # the TF Object Detection API's name for its label map
 
 # Class names become file names (VOC results files `comp4_det_<split>_<class>.txt`), so a name
 # must not hold path characters: '/' or '\\' (another directory), NUL or other control
@@ -108,13 +112,17 @@ class LabelMap:
 
     # ------------------------------------------------------------------ files
     def write(self, path):
-        """Writes `id:name` lines (or JSON if `path` ends with .json); a directory gets
-        `labels.txt` inside. Returns the file path."""
+        """Writes `id:name` lines (JSON if `path` ends with .json, the OD API's `item { id
+        name }` text if it ends with .pbtxt); a directory gets `labels.txt` inside. Returns
+        the file path."""
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, LABELS_FILENAME)
         if path.endswith('.json'):
             text = json.dumps(self.to_dict(), indent=1) + '\n'
+        elif path.endswith('.pbtxt'):
+            text = ''.join(f"item {{\n  id: {i}\n  name: {_quote(n)}\n}}\n"
+                           for i, n in enumerate(self._names, 1))
         else:
             text = ''.join(f'{i}:{n}\n' for n, i in self.to_dict().items())
         with open(path, 'w', encoding='utf-8') as f:
@@ -123,8 +131,10 @@ class LabelMap:
 
     @classmethod
     def read(cls, path):
-        """Reads a file written by `write` (or slim's labels.txt); a directory is searched
-        for `labels.txt`. Ids must be 1..C-1 without gaps; a `0:none` line is optional."""
+        """Reads a file written by `write` (slim's labels.txt, .json, or an OD API
+        `.pbtxt`, see `parse_pbtxt`); a directory is searched for `labels.txt`. Ids must be
+        1..C-1 without gaps; a `0:none` line is optional (not in a .pbtxt: ids there are
+        >= 1)."""
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, LABELS_FILENAME)
@@ -133,6 +143,8 @@ class LabelMap:
                                     f"LabelMap(names).write(path) or run ssd_tf.datasets.convert)")
         with open(path, encoding='utf-8') as f:
             text = f.read()
+        if path.endswith('.pbtxt'):
+            return cls._from_pbtxt(path, text)
         mapping = _read_json(path, text) if path.endswith('.json') else _read_lines(path, text)
         by_id = {i: n for n, i in mapping.items() if i != 0}
         if mapping.get(BACKGROUND_NAME, 0) != 0 or len(by_id) != len(mapping) - (
@@ -142,6 +154,21 @@ class LabelMap:
         if sorted(by_id) != list(range(1, len(by_id) + 1)):
             raise ValueError(f"{path}: object ids must be 1..{len(by_id)} without gaps, got "
                              f"{sorted(by_id)}")
+        return cls([by_id[i] for i in range(1, len(by_id) + 1)])
+
+    @classmethod
+    def _from_pbtxt(cls, path, text):
+        by_id = {}
+        for item in parse_pbtxt(text, path):
+            if item['id'] in by_id:
+                raise ValueError(f"{path}:{item['line']}: id {item['id']} is used twice "
+                                 f"(also by {by_id[item['id']]!r})")
+            by_id[item['id']] = item['class_name']
+        missing = sorted(set(range(1, max(by_id, default=0) + 1)) - set(by_id))
+        if missing or not by_id:
+            raise ValueError(f"{path}: ids must be 1..N without gaps (this project's labels "
+                             f"are contiguous); missing ids {missing[:20]}" if by_id else
+                             f"{path}: no 'item {{ id: ... name: ... }}' entries")
         return cls([by_id[i] for i in range(1, len(by_id) + 1)])
 
 
@@ -172,6 +199,129 @@ def _read_json(path, text):
         where = text.find(json.dumps(name)[1:-1])
         _check_name(path, text.count('\n', 0, max(where, 0)) + 1, name)
     return mapping
+
+
+def _quote(name):
+    """A name as a double-quoted text-format string."""
+    return '"' + name.replace('\\', '\\\\').replace('"', '\\"') + '"'
+
+
+# Tokens of the protobuf text format, as the OD API's label maps use it: comments, quoted
+# strings (either quote, backslash escapes), braces/brackets/separators, and bare words
+# (field names, numbers, enum values). Anything else is a syntax error.
+_PBTXT_TOKEN = re.compile(r"""\s+|\#[^\n]*|(?P<str>'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")|"""
+                          r"""(?P<punct>[{}\[\]:,;<>])|(?P<word>[-+.\w]+)""")
+_PBTXT_ESCAPES = {'n': '\n', 't': '\t', 'r': '\r', "'": "'", '"': '"', '\\': '\\'}
+# An untrusted label map is read whole; beyond this it is refused rather than parsed.
+MAX_PBTXT_BYTES = 10_000_000
+
+
+def _pbtxt_tokens(text, path):
+    """`(kind, value, line)` tokens; a character that starts no token is a ValueError
+    naming the file and line."""
+    pos, line = 0, 1
+    while pos < len(text):
+        m = _PBTXT_TOKEN.match(text, pos)
+        if not m:
+            raise ValueError(f"{path}:{line}: syntax error at {text[pos:pos + 20]!r} (an "
+                             f"unterminated string or a stray character)")
+        kind = m.lastgroup
+        if kind == 'str':
+            raw = m.group(kind)[1:-1]
+            value = re.sub(r'\\(.)', lambda e: _PBTXT_ESCAPES.get(e.group(1), e.group(1)), raw)
+            yield 'str', value, line
+        elif kind:
+            yield kind, m.group(kind), line
+        line += m.group(0).count('\n')
+        pos = m.end()
+
+
+def parse_pbtxt(text, path='label_map.pbtxt'):
+    """The items of a TF Object Detection API label map (`StringIntLabelMap` text format):
+
+        item {            # comments, 'single' or "double" quotes, `item: {` or `item <>`
+          id: 1
+          name: 'dog'       # e.g. '/m/0bt9lr' in the OD API's own maps
+          display_name: "Dog"
+        }
+
+    Returns `[{'id', 'name', 'display_name' (or None), 'class_name', 'line'}]`; `class_name`
+    is the display_name when given (the OD API's `use_display_name`), else the name, and
+    must pass `class_name_problem`. Other fields (keypoints, frequency, ...) are skipped.
+    Every error is a ValueError naming `path` and the line: bad syntax, an item without id
+    or name, an id that is not an integer >= 1.
+    """
+    if len(text) > MAX_PBTXT_BYTES:
+        raise ValueError(f"{path}: {len(text)} bytes is over the {MAX_PBTXT_BYTES}-byte "
+                         f"limit of a label map")
+    tokens = list(_pbtxt_tokens(text, path))
+    items, i = [], 0
+
+    def expect(kind, what):
+        nonlocal i
+        if i >= len(tokens):
+            raise ValueError(f"{path}:{tokens[-1][2] if tokens else 1}: the file ends where "
+                             f"{what} was expected")
+        tok = tokens[i]
+        kinds = (kind,) if isinstance(kind, str) else kind
+        if not (tok[0] in kinds if tok[0] != 'punct' else tok[1] in kinds):
+            raise ValueError(f"{path}:{tok[2]}: expected {what}, got {tok[1]!r}")
+        i += 1
+        return tok
+
+    def skip_value():
+        """Skips one field value: a scalar, a list `[...]` or a message `{...}`/`<...>`."""
+        nonlocal i
+        _, value, line = expect(('str', 'word', '{', '[', '<'), 'a value')
+        if value in ('{', '[', '<'):
+            depth = 1
+            while depth:
+                kind, v, _ = expect(('str', 'word') + tuple('{}[]<>:,;'),
+                                    f"the end of the block opened on line {line}")
+                depth += (kind == 'punct' and v in '{[<') - (kind == 'punct' and v in '}]>')
+
+    while i < len(tokens):
+        _, key, line = expect('word', "'item'")
+        if key != 'item':
+            raise ValueError(f"{path}:{line}: expected 'item {{', got {key!r}")
+        if i < len(tokens) and tokens[i][1] == ':':
+            i += 1
+        close = {'{': '}', '<': '>'}[expect(('{', '<'), "'{' after item")[1]]
+        fields = {}
+        while True:
+            if i < len(tokens) and tokens[i][1] == close:
+                i += 1
+                break
+            _, field, fline = expect('word', f"a field name or {close!r} (the item opened on "
+                                             f"line {line})")
+            has_colon = i < len(tokens) and tokens[i][1] == ':'
+            i += has_colon
+            if field in ('id', 'name', 'display_name'):
+                kind, value, _ = expect(('word',) if field == 'id' else ('str',),
+                                        'an integer' if field == 'id' else 'a quoted string')
+                if not has_colon:
+                    raise ValueError(f"{path}:{fline}: expected ':' after {field}")
+                if field in fields:
+                    raise ValueError(f"{path}:{fline}: {field} is given twice in one item")
+                fields[field] = (value, fline)
+            else:
+                skip_value()
+            if i < len(tokens) and tokens[i][1] in (',', ';'):
+                i += 1
+        if 'id' not in fields or 'name' not in fields and 'display_name' not in fields:
+            raise ValueError(f"{path}:{line}: an item needs an id and a name")
+        value, fline = fields['id']
+        if not re.fullmatch(r'\+?\d+', value) or int(value) < 1:
+            raise ValueError(f"{path}:{fline}: id must be an integer >= 1 (0 is the "
+                             f"background), got {value}")
+        name = fields.get('name', (None,))[0]
+        display = fields.get('display_name', (None,))[0]
+        class_name = display if display is not None else name
+        name_line = fields['display_name' if display is not None else 'name'][1]
+        _check_name(path, name_line, class_name)
+        items.append({'id': int(value), 'name': name, 'display_name': display,
+                      'class_name': class_name, 'line': line})
+    return items
 
 
 VOC_LABEL_MAP = LabelMap(VOC_CLASSES)

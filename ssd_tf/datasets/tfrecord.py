@@ -1,4 +1,5 @@
-"""TFRecords in the slim SSD's key layout: writer (tf.train.Example) and graph-mode parser.
+"""TFRecords in the slim SSD's key layout or the TF Object Detection API's: writer
+(tf.train.Example) and graph-mode parser.
 
 Keys (as the original `pascalvoc_to_tfrecords.py` wrote them): `image/encoded`,
 `image/format`, `image/height`, `image/width`, `image/channels`, `image/shape`,
@@ -8,22 +9,55 @@ This writer adds `image/filename` (the image id) and `image/object/bbox/is_crowd
 treats both, and `difficult`/`truncated`, as optional, so records of the original converter
 read unchanged. Boxes are relative `[ymin, xmin, ymax, xmax]` once parsed.
 
+The TF Object Detection API layout (`OD_API`, what its `create_*_tf_record.py` scripts write)
+has the same `image/*` and box keys, plus `image/source_id`, and names the per-object lists
+`image/object/class/label` (1-based, 0 the background, as here), `image/object/class/text`,
+`image/object/difficult`, `image/object/truncated`, `image/object/is_crowd`. `detect_layout`
+finds the layout of a set of shards from their first records (and refuses a mix); parsing
+renames the OD API keys to the slim ones, so both layouts go through the same checks. The
+image id is `image/source_id` when present, else `image/filename`.
+
 `check_example` is the graph-mode validation of one record (the TFRecord counterpart of the
 VOC/COCO readers' checks): whole-record problems and boxes to drop, each with a reason.
 `write_tfrecords` writes each shard under a temporary name and renames it when complete.
 `read_tfrecord_records` is an eager reader for small tools only; every graph path parses
 with `parse_example` / `check_example`.
 """
+import hashlib
 import os
 import uuid
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import message
 
 from ssd_tf import images as images_lib
 from ssd_tf.datasets import records as records_lib
 
 _BOX_KEYS = ('ymin', 'xmin', 'ymax', 'xmax')
+
+# Key layouts (--layout of the converter; `detect_layout` for reading).
+SLIM = 'slim'
+OD_API = 'od_api'
+LAYOUTS = (SLIM, OD_API)
+# The OD API's key of each slim per-object key whose name differs (box keys are shared).
+_OD_API_KEYS = {
+    'image/object/bbox/label': 'image/object/class/label',
+    'image/object/bbox/label_text': 'image/object/class/text',
+    'image/object/bbox/difficult': 'image/object/difficult',
+    'image/object/bbox/truncated': 'image/object/truncated',
+    'image/object/bbox/is_crowd': 'image/object/is_crowd',
+}
+_SOURCE_ID = 'image/source_id'
+# Keys that only one layout writes: the evidence `detect_layout` looks for.
+_LAYOUT_KEYS = {SLIM: ('image/object/bbox/label', 'image/object/bbox/label_text'),
+                OD_API: ('image/object/class/label', 'image/object/class/text', _SOURCE_ID)}
+# Records read per shard to find its layout (a record without any object or id key tells
+# nothing; such shards are read this far, then taken as compatible with either layout).
+_DETECT_RECORDS = 8
+# The label key of the other layout, parsed too: a record that has labels only there is
+# reported (OTHER_LAYOUT) instead of being read as an image without objects.
+_OTHER_LABELS = '_other_layout_labels'
 
 FEATURES = {
     'image/encoded': tf.io.FixedLenFeature([], tf.string),
@@ -49,12 +83,14 @@ MISSING_IMAGE = 'missing or empty image/encoded'
 BAD_IMAGE = 'not a whole image'
 BOX_OUTSIDE = 'boxes outside [0, 1]'
 UNREADABLE = 'unparseable or undecodable record'
+OTHER_LAYOUT = 'record of the other key layout'
 INVERTED_BOX = 'inverted or empty box'
 LABEL_OUT_OF_RANGE = 'label out of range'
 # Coordinates this close outside [0, 1] are float rounding of a box at the image border:
 # clipped, not reported (a converter computing x / width may give 1.0000001).
 _BOX_TOLERANCE = 1e-3
-RECORD_KINDS = (UNEQUAL_BOX_LISTS, MISSING_IMAGE, BAD_IMAGE, BOX_OUTSIDE, UNREADABLE)
+RECORD_KINDS = (UNEQUAL_BOX_LISTS, MISSING_IMAGE, BAD_IMAGE, BOX_OUTSIDE, UNREADABLE,
+                OTHER_LAYOUT)
 BOX_KINDS = (INVERTED_BOX, LABEL_OUT_OF_RANGE)
 
 
@@ -116,10 +152,17 @@ def encoded_image(record):
     return data, images_lib.sniff_format(data) or 'JPEG'
 
 
-def record_to_example(record):
-    """A `tf.train.Example` with the original's keys (+ image/filename, is_crowd)."""
+def record_to_example(record, layout=SLIM):
+    """A `tf.train.Example` with the original's keys (+ image/filename, is_crowd), or with
+    `layout=OD_API` the TF Object Detection API's keys (`image/source_id`,
+    `image/key/sha256`, `image/object/class/label` and `/text`, `image/object/difficult`,
+    `/truncated`, `/is_crowd`; `image/format` in lower case, as its scripts write it)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     data, fmt = encoded_image(record)
     b = np.asarray(record.boxes, np.float32).reshape(-1, 4)
+    if layout == OD_API:
+        return _od_api_example(record, data, fmt, b)
     feature = {
         'image/height': _int64([record.height]),
         'image/width': _int64([record.width]),
@@ -139,13 +182,38 @@ def record_to_example(record):
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
+def _od_api_example(record, data, fmt, b):
+    """The OD API layout of `record_to_example` (`data`, `fmt`: its encoded image, `b`: its
+    boxes `[N, 4]` relative yxyx)."""
+    image_id = record.image_id.encode('utf-8')
+    feature = {
+        'image/height': _int64([record.height]),
+        'image/width': _int64([record.width]),
+        'image/filename': _bytes([image_id]),
+        _SOURCE_ID: _bytes([image_id]),
+        'image/key/sha256': _bytes([hashlib.sha256(data).hexdigest().encode()]),
+        'image/encoded': _bytes([data]),
+        'image/format': _bytes([fmt.lower().encode()]),
+        _OD_API_KEYS['image/object/bbox/label']: _int64(record.labels),
+        _OD_API_KEYS['image/object/bbox/label_text']: _bytes(
+            t.encode('utf-8') for t in record.label_text),
+        _OD_API_KEYS['image/object/bbox/difficult']: _int64(record.difficult),
+        _OD_API_KEYS['image/object/bbox/truncated']: _int64(record.truncated),
+        _OD_API_KEYS['image/object/bbox/is_crowd']: _int64(record.is_crowd),
+    }
+    for j, k in enumerate(_BOX_KEYS):
+        feature[f'image/object/bbox/{k}'] = _float(b[:, j])
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
 def shard_path(output_dir, name, split, shard, num_shards):
     """`<output_dir>/<name>_<split>_<shard:05d>-of-<num_shards:05d>.tfrecord`."""
     return os.path.join(output_dir, f'{name}_{split}_{shard:05d}-of-{num_shards:05d}.tfrecord')
 
 
-def write_tfrecords(records, output_dir, name, split, num_shards=1):
-    """Writes records round-robin into `num_shards` files; returns the list of paths.
+def write_tfrecords(records, output_dir, name, split, num_shards=1, layout=SLIM):
+    """Writes records round-robin into `num_shards` files (keys of `layout`: SLIM or
+    OD_API, see `record_to_example`); returns the list of paths.
 
     Record i goes to shard `i % num_shards`, so shards have equal sizes (+-1) and a
     shuffled read of several shards mixes the whole set.
@@ -156,6 +224,8 @@ def write_tfrecords(records, output_dir, name, split, num_shards=1):
     temporary files; a kill may leave them, under a name no `*.tfrecord` pattern matches).
     """
     num_shards = int(num_shards)
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout must be one of {LAYOUTS}, got {layout!r}")
     if num_shards < 1:
         raise ValueError(f"--shards must be >= 1, got {num_shards}")
     os.makedirs(output_dir, exist_ok=True)
@@ -166,7 +236,7 @@ def write_tfrecords(records, output_dir, name, split, num_shards=1):
     complete = False
     try:
         for i, r in enumerate(records):
-            writers[i % num_shards].write(record_to_example(r).SerializeToString())
+            writers[i % num_shards].write(record_to_example(r, layout).SerializeToString())
         complete = True
     finally:
         for w in writers:
@@ -178,6 +248,84 @@ def write_tfrecords(records, output_dir, name, split, num_shards=1):
     for t, p in zip(temps, paths):
         tf.io.gfile.rename(t, p, overwrite=True)
     return paths
+
+
+# ---------------------------------------------------------------------------- layouts
+def example_layouts(example):
+    """The layouts whose own keys a `tf.train.Example` carries (a set: empty for a record
+    with neither layout's object or id keys, both for a record that mixes them)."""
+    keys = example.features.feature
+    return {layout for layout, own in _LAYOUT_KEYS.items() if any(k in keys for k in own)}
+
+
+def detect_layout(source):
+    """The key layout (SLIM or OD_API) of the TFRecord files of `source` (see
+    `match_files`), from the first records of each shard (up to `_DETECT_RECORDS` per shard,
+    until one carries a layout's own keys); SLIM when no record tells.
+
+    Raises ValueError naming the shard and record of a record with both layouts' keys, and
+    one shard of each layout when the shards mix layouts. Records that do not parse are left
+    to the pipeline's checks.
+    """
+    found = {}  # layout -> first 'shard record i' that has it
+    for path in match_files(source):
+        try:
+            for i, raw in enumerate(tf.data.TFRecordDataset(path).take(_DETECT_RECORDS)):
+                try:
+                    layouts = example_layouts(tf.train.Example.FromString(raw.numpy()))
+                except message.DecodeError:
+                    continue
+                where = f"{path} record {i}"
+                if len(layouts) > 1:
+                    raise ValueError(f"{where} has the keys of both layouts (slim "
+                                     f"{_LAYOUT_KEYS[SLIM]} and TF Object Detection API "
+                                     f"{_LAYOUT_KEYS[OD_API]}); re-convert it")
+                if layouts:
+                    found.setdefault(layouts.pop(), where)
+                    break
+        except tf.errors.OpError:  # a truncated or corrupt shard: the pipeline reports it
+            pass
+        if len(found) > 1:
+            raise ValueError(f"the shards mix key layouts: {found[SLIM]} has the slim keys "
+                             f"(image/object/bbox/label) but {found[OD_API]} the TF Object "
+                             f"Detection API's (image/object/class/label); read them apart "
+                             f"or re-convert one set")
+    return next(iter(found), SLIM)
+
+
+def layout_description(layout):
+    """One line for the log: which key layout was found."""
+    return {SLIM: "slim SSD TFRecord keys (image/object/bbox/label, ...)",
+            OD_API: "TF Object Detection API TFRecord keys (image/object/class/label, "
+                    "image/source_id, ...)"}[layout]
+
+
+def label_keys(layout):
+    """`(label key, label text key)` of the per-object lists in `layout`."""
+    keys = ('image/object/bbox/label', 'image/object/bbox/label_text')
+    return tuple(_OD_API_KEYS[k] for k in keys) if layout == OD_API else keys
+
+
+def _parse(serialized, features, layout):
+    """`tf.io.parse_single_example` with the keys of `layout`, returned under the slim keys
+    of `features` (OD API: `image/filename` is `image/source_id` when that is non-empty),
+    plus `_OTHER_LABELS`, the other layout's label list."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    names = {k: _OD_API_KEYS.get(k, k) if layout == OD_API else k for k in features}
+    spec = {names[k]: v for k, v in features.items()}
+    other = 'image/object/bbox/label' if layout == OD_API else \
+        _OD_API_KEYS['image/object/bbox/label']
+    spec[other] = tf.io.VarLenFeature(tf.int64)
+    if layout == OD_API:
+        spec[_SOURCE_ID] = tf.io.FixedLenFeature([], tf.string, default_value=b'')
+    raw = tf.io.parse_single_example(serialized, spec)
+    f = {k: raw[names[k]] for k in features}
+    f[_OTHER_LABELS] = raw[other]
+    if layout == OD_API and 'image/filename' in f:
+        f['image/filename'] = tf.where(tf.strings.length(raw[_SOURCE_ID]) > 0,
+                                       raw[_SOURCE_ID], f['image/filename'])
+    return f
 
 
 # ---------------------------------------------------------------------------- reading
@@ -212,8 +360,8 @@ def _fields(f):
     }
 
 
-def parse_example(serialized):
-    """Parses one serialized Example (graph-mode, for `tf.data` map).
+def parse_example(serialized, layout=SLIM):
+    """Parses one serialized Example (graph-mode, for `tf.data` map) of key `layout`.
 
     Returns a dict: `encoded` (string), `image_id` (string, '' if absent), `height`, `width`
     (int32 from the record), `labels` `[N]` int64, `bboxes` `[N, 4]` float32 relative yxyx,
@@ -221,7 +369,7 @@ def parse_example(serialized):
     Fails (InvalidArgumentError) on a record with box lists of unequal length or without
     `image/encoded`; `check_example` reports those instead.
     """
-    return _fields(tf.io.parse_single_example(serialized, FEATURES))
+    return _fields(_parse(serialized, FEATURES, layout))
 
 
 def _record_problem(f, max_pixels):
@@ -230,6 +378,9 @@ def _record_problem(f, max_pixels):
         tf.size(f[f'image/object/bbox/{k}'].values) for k in _BOX_KEYS]
     unequal = tf.reduce_any(tf.not_equal(tf.stack(counts), counts[0]))
     encoded = f['image/encoded']
+    other = f.get(_OTHER_LABELS)
+    other_layout = tf.constant(False) if other is None else tf.logical_and(
+        tf.equal(counts[0], 0), tf.size(other.values) > 0)
 
     def box_problem():
         coords = tf.concat([f[f'image/object/bbox/{k}'].values for k in _BOX_KEYS], 0)
@@ -260,12 +411,44 @@ def _record_problem(f, max_pixels):
                                 tf.constant('image/encoded is missing or empty')),
                        image_problem)
 
-    return tf.cond(unequal, length_problem, encoded_problem)
+    def layout_problem():
+        return tf.constant(OTHER_LAYOUT), tf.constant(
+            "its labels are under the other key layout's name (slim image/object/bbox/label "
+            "vs TF Object Detection API image/object/class/label) than the first records of "
+            "the shards: a shard that mixes layouts")
+
+    return tf.cond(other_layout, layout_problem,
+                   lambda: tf.cond(unequal, length_problem, encoded_problem))
 
 
-def check_example(serialized, num_classes=None, max_pixels=None):
-    """Parses and checks one serialized Example in the graph (the TFRecord counterpart of the
-    VOC/COCO readers' checks).
+def check_example(serialized, num_classes=None, max_pixels=None, layout=SLIM):
+    """Parses (keys of `layout`) and checks one serialized Example in the graph (the
+    TFRecord counterpart of the VOC/COCO readers' checks); see `check_features`.
+    A serialized string that is not an Example still fails (InvalidArgumentError)."""
+    return check_features(_parse(serialized, _CHECK_FEATURES, layout), num_classes,
+                          max_pixels)
+
+
+def object_features(values):
+    """A `check_features` input from dense values of one image (e.g. a tfds example):
+    `values` maps the slim keys (`image/encoded`, `image/filename`, `image/object/bbox/label`,
+    `.../label_text`, `.../difficult`, `.../truncated`, `.../is_crowd`, `.../ymin` ..) to
+    tensors, scalars for `image/*` and `[N]` for `image/object/*`; missing keys get their
+    parse defaults (empty lists)."""
+    f = {}
+    for key, spec in _CHECK_FEATURES.items():
+        if isinstance(spec, tf.io.FixedLenFeature):
+            f[key] = tf.convert_to_tensor(values.get(key, spec.default_value), spec.dtype)
+            continue
+        v = tf.reshape(tf.cast(values[key], spec.dtype), [-1]) if key in values else \
+            tf.zeros([0], spec.dtype)
+        n = tf.size(v, out_type=tf.int64)
+        f[key] = tf.SparseTensor(tf.reshape(tf.range(n), [-1, 1]), v, tf.reshape(n, [1]))
+    return f
+
+
+def check_features(f, num_classes=None, max_pixels=None):
+    """Checks one parsed record in the graph (`_parse`'s dict, or `object_features`).
 
     Returns `(example, kind, detail, box_kinds, box_details)`:
       example: the `parse_example` dict with the dropped boxes removed (meaningful only when
@@ -277,9 +460,8 @@ def check_example(serialized, num_classes=None, max_pixels=None):
       box_kinds: `[N]` string, '' for a kept box, else one of `BOX_KINDS` (inverted or empty
         box, label outside [1, num_classes), or < 1 when `num_classes` is None);
       box_details: `[N]` string, each box's index, label and coordinates (for the report).
-    A serialized string that is not an Example still fails (InvalidArgumentError).
     """
-    f = tf.io.parse_single_example(serialized, _CHECK_FEATURES)
+    f = dict(f)
     kind, detail = _record_problem(f, max_pixels)
     ok = tf.equal(kind, '')
     # A bad record's box lists are emptied, so that the stacking below cannot fail on them.
@@ -308,16 +490,17 @@ def check_example(serialized, num_classes=None, max_pixels=None):
     return ex, kind, detail, box_kinds, box_details
 
 
-def read_tfrecord_records(file_pattern):
+def read_tfrecord_records(file_pattern, layout=None):
     """Reads TFRecords back into `Record`s (image bytes in `Record.encoded`), eagerly and all
     into memory: for small tools only (tests, inspection, re-conversion). Training and
     evaluation stream TFRecords with `data.build_dataset`/`build_eval_dataset`, and
     `python -m ssd_tf.datasets.check` validates them; this reader checks nothing and fails
-    on the first record `parse_example` cannot parse."""
+    on the first record `parse_example` cannot parse. `layout`: None to `detect_layout`."""
     files = match_files(file_pattern)
+    layout = layout or detect_layout(files)
     out = []
     for i, serialized in enumerate(tf.data.TFRecordDataset(files)):
-        p = {k: v.numpy() for k, v in parse_example(serialized).items()}
+        p = {k: v.numpy() for k, v in parse_example(serialized, layout).items()}
         out.append(records_lib.make_record(
             p['image_id'].decode() or f'{i:06d}', p['height'], p['width'], p['bboxes'],
             p['labels'], [t.decode() for t in p['label_text']], difficult=p['difficult'],
