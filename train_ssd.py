@@ -42,8 +42,8 @@ flags.DEFINE_string('dataset_dir', None,
                     '(voc/2007, coco/2017, optionally :version).')
 flags.DEFINE_string('tfds_data_dir', None,
                     'tfds: where tensorflow-datasets keeps prepared data (default: '
-                    '$TFDS_DATA_DIR, else ~/tensorflow_datasets). Nothing is downloaded: '
-                    'prepare a set with `tfds build voc/2007 --data_dir=DIR`.')
+                    '$TFDS_DATA_DIR, else ~/tensorflow_datasets). Nothing is downloaded: prepare '
+                    'a set with: python -m ssd_tf.datasets.tfds voc/2007 --data_dir DIR')
 flags.DEFINE_string('dataset_split_name', 'train', 'Training split (ImageSets/Main/<split>.txt; '
                     'tfds: as tfds spells it, slicing too: train[:90%]).')
 flags.DEFINE_string('eval_split_name', 'test',

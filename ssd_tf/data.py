@@ -223,8 +223,6 @@ def _tfrecord_source(source, opts):
     training, then interleaved and (training) shuffled in a buffer of `shuffle_buffer`; a
     stream that does not repeat ends with an end marker (`_with_end_marker`)."""
     files = tfrecord_lib.match_files(source)
-    if opts.layout is None:
-        raise ValueError("_tfrecord_source needs the layout (build_dataset resolves it)")
     ds = tf.data.Dataset.from_tensor_slices(files)
     if opts.is_training:
         ds = ds.shuffle(len(files), seed=opts.seed, reshuffle_each_iteration=True)

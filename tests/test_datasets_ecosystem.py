@@ -112,7 +112,8 @@ def od_api_example(source_id, boxes, labels, texts, difficult=None, crowd=None):
          'image/object/bbox/xmax': [float(x) for x in b[:, 3]],
          'image/object/class/text': [t.encode() for t in texts],
          'image/object/class/label': list(labels),
-         'image/object/truncated': [0] * len(labels), 'image/object/view': [b'Unspecified'] * len(labels)}
+         'image/object/truncated': [0] * len(labels),
+         'image/object/view': [b'Unspecified'] * len(labels)}
     if difficult is not None:
         f['image/object/difficult'] = list(difficult)
     if crowd is not None:
@@ -322,10 +323,19 @@ def test_tfds_not_prepared_names_the_command_and_nothing_is_downloaded(tmp_path)
     source = tfds_lib.TfdsSource('voc/2007', 'train', str(tmp_path / 'tfds'))
     with pytest.raises(ValueError) as e:
         source.check()
-    assert f"tfds build voc/2007 --data_dir={tmp_path / 'tfds'}" in str(e.value)
+    assert f"python -m ssd_tf.datasets.tfds voc/2007 --data_dir {tmp_path / 'tfds'}" in \
+        str(e.value)
     assert not (tmp_path / 'tfds' / 'downloads').exists()
     with pytest.raises(ValueError, match='--dataset_dir=no_such_set_xyz: not a tfds data set'):
         tfds_lib.TfdsSource('no_such_set_xyz', 'train').label_map()
+
+
+def test_tfds_prepare_command_prepares_on_request(mock_tfds, capsys):
+    # under the mock, tfds's download_and_prepare is a no-op: the command's own path runs
+    assert tfds_lib.main(['voc/2007', '--data_dir', '/nonexistent/tfds']) == 0
+    assert 'voc/2007 prepared in /nonexistent/tfds' in capsys.readouterr().out
+    assert tfds_lib.main(['no_such_set_xyz']) == 2
+    assert 'not a tfds data set' in capsys.readouterr().err
 
 
 def test_tfds_missing_extra_is_named(monkeypatch):

@@ -11,10 +11,11 @@
         --split test --output_dir /data/od_api --layout od_api
 
 Files: `<output_dir>/<name>_<split>_<shard:05d>-of-<shards:05d>.tfrecord` (name defaults to
-the dataset name) and `<output_dir>/labels.txt` (od_api: `<output_dir>/label_map.pbtxt`). Every image is decoded once and every box
-checked before writing; bad records are skipped and listed at the end (`--strict` stops at
-the first one instead). Shards are written under a temporary name and renamed when complete,
-so an interrupted conversion leaves no truncated shard under a final name.
+the dataset name) and `<output_dir>/labels.txt` (od_api: `label_map.pbtxt`). Every image is
+decoded once and every box checked before writing; bad records are skipped and listed at the
+end (`--strict` stops at the first one instead). Shards are written under a temporary name
+and renamed when complete, so an interrupted conversion leaves no truncated shard under a
+final name.
 """
 import argparse
 import logging

@@ -141,6 +141,9 @@ class LabelMap:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"label map file not found: {path} (write one with "
                                     f"LabelMap(names).write(path) or run ssd_tf.datasets.convert)")
+        if path.endswith('.pbtxt') and os.path.getsize(path) > MAX_PBTXT_BYTES:
+            raise ValueError(f"{path}: {os.path.getsize(path)} bytes is over the "
+                             f"{MAX_PBTXT_BYTES}-byte limit of a label map")
         with open(path, encoding='utf-8') as f:
             text = f.read()
         if path.endswith('.pbtxt'):

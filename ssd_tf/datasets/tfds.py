@@ -13,11 +13,17 @@ checks as TFRecords (`tfrecord.check_features`), and the image bytes through the
 
 The label map is the names of the `objects/label` ClassLabel. Nothing is downloaded: a data
 set that is not prepared in the data dir (`--tfds_data_dir`, else `TFDS_DATA_DIR`, else
-tfds's `~/tensorflow_datasets`) is a ValueError naming the `tfds build` command that
-prepares it. tensorflow-datasets is the optional extra `tfds` (`pip install -e '.[tfds]'`).
+tfds's `~/tensorflow_datasets`) is a ValueError naming the command that prepares it, this
+module's (on request only; `tfds build` of tensorflow-datasets 4.9 needs apache-beam):
+
+    python -m ssd_tf.datasets.tfds voc/2007 --data_dir /data/tfds
+
+tensorflow-datasets is the optional extra `tfds` (`pip install -e '.[tfds]'`).
 """
+import argparse
 import dataclasses
 import os
+import sys
 from typing import Optional
 
 import tensorflow as tf
@@ -117,10 +123,9 @@ class TfdsSource:
             raise ValueError(
                 f"--dataset_dir={self.name}: the tfds data set is not prepared in "
                 f"{data_dir_in_use(self.data_dir)} ({e}). Nothing is downloaded unless you "
-                f"ask: prepare it with `tfds build {self.name} --data_dir="
-                f"{data_dir_in_use(self.data_dir)}` (VOC 2007 about 0.9 GB, COCO 2017 about "
-                f"25 GB), or point --tfds_data_dir (or TFDS_DATA_DIR) at the directory that "
-                f"holds it") from None
+                f"ask: prepare it with `{prepare_command(self.name, self.data_dir)}` (VOC "
+                f"2007 about 0.9 GB, COCO 2017 about 25 GB), or point --tfds_data_dir (or "
+                f"TFDS_DATA_DIR) at the directory that holds it") from None
         except (ValueError, KeyError) as e:
             raise ValueError(f"--dataset_split_name={self.split}: not a split of tfds "
                              f"{self.name}: {e}") from None
@@ -154,3 +159,31 @@ class TfdsSource:
             return {'file': where, 'record': index, 'values': values}
 
         return self._as_dataset(shuffle, seed).enumerate().map(to_values)
+
+
+def prepare_command(name, data_dir=None):
+    """The command that downloads and prepares tfds `name` into `data_dir`."""
+    return f"python -m ssd_tf.datasets.tfds {name} --data_dir {data_dir_in_use(data_dir)}"
+
+
+def main(argv=None):
+    """Downloads and prepares a tfds data set (the user's explicit request)."""
+    p = argparse.ArgumentParser(description="Download and prepare a tensorflow-datasets data "
+                                            "set for --dataset_name=tfds.")
+    p.add_argument('name', help='tfds name, e.g. voc/2007, coco/2017 (optionally :version)')
+    p.add_argument('--data_dir', default=None,
+                   help='where to keep it (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)')
+    args = p.parse_args(argv)
+    try:
+        builder = _builder(args.name, args.data_dir)
+    except (ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    builder.download_and_prepare()
+    splits = {k: v.num_examples for k, v in builder.info.splits.items()}
+    print(f"{args.name} prepared in {data_dir_in_use(args.data_dir)}: splits {splits}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
