@@ -119,10 +119,10 @@ class TfdsSource:
             return self.builder().as_dataset(
                 split=self.split, shuffle_files=shuffle_files, read_config=read_config,
                 decoders={'image': tfds.decode.SkipDecoding()})
-        except AssertionError as e:  # tfds: "could not find data in ..."
+        except AssertionError:  # tfds: "could not find data in ..."
             raise ValueError(
                 f"--dataset_dir={self.name}: the tfds data set is not prepared in "
-                f"{data_dir_in_use(self.data_dir)} ({e}). Nothing is downloaded unless you "
+                f"{data_dir_in_use(self.data_dir)}. Nothing is downloaded unless you "
                 f"ask: prepare it with `{prepare_command(self.name, self.data_dir)}` (VOC "
                 f"2007 about 0.9 GB, COCO 2017 about 25 GB), or point --tfds_data_dir (or "
                 f"TFDS_DATA_DIR) at the directory that holds it") from None
