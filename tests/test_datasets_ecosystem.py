@@ -388,3 +388,16 @@ def test_tfds_train_and_eval_commands_end_to_end(tmp_path, mock_tfds, _reset_fla
         labelmap.VOC_CLASSES)
     m = e.evaluate(e.path, e.kind)
     assert m['num_images'] == 3
+
+
+def test_train_refuses_mixed_layouts_before_writing_anything(tmp_path):
+    od = _od_shard(tmp_path / 'mix-00000.tfrecord')
+    slim = _write(tmp_path / 'mix-00001.tfrecord', [slim_example([[.1, .1, .5, .5]], [1])])
+    train_dir = tmp_path / 'run'
+    p = subprocess.run([sys.executable, str(ROOT / 'train_ssd.py'), '--dataset_name=tfrecord',
+                        f'--dataset_dir={tmp_path / "mix-*.tfrecord"}', '--num_classes=4',
+                        f'--train_dir={train_dir}', '--max_number_of_steps=1'],
+                       capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert p.returncode == 2
+    assert 'mix key layouts' in p.stderr and od in p.stderr and slim in p.stderr
+    assert not train_dir.exists()
