@@ -182,15 +182,17 @@ _PASCAL_NAMES = ('pascalvoc_2007', 'pascalvoc_2012', 'pascalvoc')
 
 def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_images=None,
                      seed=0, tfds_data_dir=None):
-    """`(source, class_names)` of the evaluation set (see the --dataset_name flag): source is
+    """`(source, label_map)` of the evaluation set (see the --dataset_name flag): source is
     a list of Records, or for TFRecords the list of files (streamed, not read here).
 
     label_names: class names of labels 1..C-1 the network was trained with (run config or
-    --label_map); they fix the label ids of VOC and TFRecord sets.
+    --label_map), or a LabelMap (with the dataset ids of a map with gaps); they fix the label
+    ids of VOC and TFRecord sets.
     """
     from ssd_tf.datasets import factory
     from ssd_tf.datasets import labelmap as labelmap_lib
-    label_map = labelmap_lib.LabelMap(list(label_names)) if label_names else None
+    label_map = label_names if isinstance(label_names, labelmap_lib.LabelMap) else \
+        labelmap_lib.LabelMap(list(label_names)) if label_names else None
     if dataset_name in _PASCAL_NAMES:
         dataset_name, label_map = 'voc', label_map or labelmap_lib.VOC_LABEL_MAP
     if dataset_name == 'tfrecord':
@@ -201,7 +203,7 @@ def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_ima
             raise ValueError("TFRecords carry no label map: pass --label_map (labels.txt or "
                              "label_map.pbtxt) or evaluate a training directory whose "
                              "config.json has label_names")
-        return files, list(label_map.names)
+        return files, label_map
     if dataset_name == 'tfds':
         return _tfds_source(dataset_dir, split, label_map, tfds_data_dir)
     if dataset_name not in factory.DATASET_NAMES:
@@ -221,7 +223,7 @@ def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_ima
                 f"is this the data set it was trained for?" if label_names else "")
         raise ValueError(f"no usable image in split {split!r} of --dataset_dir={dataset_dir} "
                          f"({summary}){hint}")
-    return records, list(label_map.names)
+    return records, label_map
 
 
 def _tfrecord_files(dataset_dir, split, label_map):
@@ -240,7 +242,7 @@ def _tfrecord_files(dataset_dir, split, label_map):
 
 
 def _tfds_source(name, split, label_map, data_dir):
-    """`(TfdsSource, class names)`; the network's classes (`label_map`: run config or
+    """`(TfdsSource, LabelMap)`; the network's classes (`label_map`: run config or
     --label_map) must be the tfds set's, in its order."""
     from ssd_tf.datasets import tfds as tfds_lib
     if not name:
@@ -255,7 +257,7 @@ def _tfds_source(name, split, label_map, data_dir):
     if label_map is not None and list(label_map.names) != names:
         raise ValueError(f"the network's classes (run config or --label_map) "
                          f"{list(label_map.names)} are not those of tfds {name} {names}")
-    return source, names
+    return source, source.label_map()
 
 
 def make_preprocess_fn(out_shape, resize):
@@ -289,27 +291,35 @@ def resolve_model_name(config, path):
 
 
 def resolve_data(config):
-    """`(dataset_name, source, class_names, num_classes)` from the flags and the run config."""
+    """`(dataset_name, source, label_map, num_classes)` from the flags and the run config
+    (`label_map`: a LabelMap, with the dataset ids of a map with gaps)."""
+    from ssd_tf.datasets import labelmap as labelmap_lib
     label_names = None
     if FLAGS.label_map:
-        from ssd_tf.datasets import labelmap as labelmap_lib
         try:
-            label_names = labelmap_lib.LabelMap.read(FLAGS.label_map).names
+            label_names = labelmap_lib.LabelMap.read(FLAGS.label_map)
         except (OSError, ValueError) as e:
             raise ValueError(f"--label_map={FLAGS.label_map}: {e}") from e
-    label_names = label_names or config.label_names
+    elif config.label_names:
+        try:
+            label_names = labelmap_lib.LabelMap(config.label_names, config.label_ids)
+        except ValueError as e:
+            raise ValueError(f"the run config's label_names/label_ids: {e}") from e
     if FLAGS.dataset_name:
         dataset_name, dataset_dir = FLAGS.dataset_name, FLAGS.dataset_dir
     else:
         dataset_name = config.dataset_name or DEFAULT_DATASET_NAME
         dataset_dir = FLAGS.dataset_dir or config.dataset_dir
-    source, class_names = load_eval_source(
+    source, label_map = load_eval_source(
         dataset_name, dataset_dir, FLAGS.dataset_split_name, label_names,
         num_images=(FLAGS.synthetic_num_images or config.synthetic_num_test
                     or DEFAULT_SYNTHETIC_NUM_TEST),
         seed=(FLAGS.synthetic_seed if FLAGS.synthetic_seed is not None
               else config.seed or 0),
         tfds_data_dir=FLAGS.tfds_data_dir or config.get('tfds_data_dir'))
+    class_names = list(label_map.names)
+    if label_map.mapping_description():
+        logging.info('eval data: %s', label_map.mapping_description())
     cfg_classes = config.num_classes
     num_classes = FLAGS.num_classes or (int(cfg_classes) if cfg_classes else None) or \
         len(class_names) + 1
@@ -317,7 +327,7 @@ def resolve_data(config):
         raise ValueError(f"--num_classes={num_classes} but the data set "
                          f"{dataset_name} has {len(class_names)} classes + "
                          f"background = {len(class_names) + 1}")
-    return dataset_name, source, class_names, num_classes
+    return dataset_name, source, label_map, num_classes
 
 
 def build_net(get_network, model_name, num_classes, config):
@@ -382,8 +392,9 @@ class Evaluation:
         config = evaluation.read_run_config(
             self.path if self.kind == 'saved_model' else FLAGS.checkpoint_path)
         self.model_name = resolve_model_name(config, FLAGS.checkpoint_path)
-        self.dataset_name, self.source, self.class_names, self.num_classes = \
+        self.dataset_name, self.source, self.label_map, self.num_classes = \
             resolve_data(config)
+        self.class_names = list(self.label_map.names)
         self.net = build_net(get_network, self.model_name, self.num_classes, config)
         self.model, self.detector = build_detector(evaluation, self.kind, self.path, self.net,
                                                    self.model_name)
@@ -393,7 +404,8 @@ class Evaluation:
                         or FLAGS.num_sample_images > 0)
         self.dataset = data_lib.build_eval_dataset(
             self.source, self.preprocess_fn, FLAGS.batch_size,
-            num_parallel_calls=FLAGS.num_readers, with_encoded=with_encoded)
+            num_parallel_calls=FLAGS.num_readers, with_encoded=with_encoded,
+            label_ids=self.label_map.label_ids)
 
     def restore(self, path, kind):
         if kind == 'saved_model':
@@ -425,7 +437,7 @@ class Evaluation:
             self.detector, self.dataset, self.num_classes, self.class_names,
             max_num_batches=FLAGS.max_num_batches, remove_difficult=FLAGS.remove_difficult,
             matching_threshold=FLAGS.matching_threshold,
-            num_sample_images=FLAGS.num_sample_images)
+            num_sample_images=FLAGS.num_sample_images, category_ids=self.label_map.label_ids)
         m, paths = self.ev.write_report(
             run, self.eval_dir, split=FLAGS.dataset_split_name, coco=FLAGS.coco_metrics,
             step=step, num_sample_images=FLAGS.num_sample_images,

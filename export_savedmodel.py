@@ -101,13 +101,24 @@ def main(argv):
     target = export.export_saved_model(
         net, model, preprocess, FLAGS.output_dir, FLAGS.version, FLAGS.overwrite,
         label_names=label_names,
-        metadata=dict(checkpoint_path=path, mixed_precision=FLAGS.mixed_precision),
+        metadata=dict(checkpoint_path=path, mixed_precision=FLAGS.mixed_precision,
+                      label_ids=_label_ids()),
         max_image_pixels=FLAGS.max_image_pixels or images.DEFAULT_MAX_PIXELS,
         max_batch_size=FLAGS.max_batch_size,
         before_publish=add_tflite, **nms)
     print(f"SavedModel: {target}")
     for q in tflite_paths:
         print(f"TFLite {q}: {os.path.join(target, 'tflite', f'model_{q}.tflite')}")
+
+
+def _label_ids():
+    """The dataset ids of a label map with gaps (--label_map, else the run config's), for
+    eval_ssd.py's COCO results of the SavedModel; None when they are 1..C-1."""
+    from ssd_tf import run_config
+    from ssd_tf.datasets import labelmap as labelmap_lib
+    if FLAGS.label_map:
+        return labelmap_lib.LabelMap.read(FLAGS.label_map).label_ids
+    return run_config.read_run_config(FLAGS.checkpoint_path).label_ids
 
 
 def run_main():

@@ -359,11 +359,14 @@ def load_training_data(cfg, replicas):
                                               cfg.synthetic_num_train)
     if summary:
         print(f"train data: {summary}", file=sys.stderr)
+    if label_map is not None and label_map.mapping_description():
+        print(f"train data: {label_map.mapping_description()}", file=sys.stderr)
     num_classes = _resolve_num_classes(cfg, label_map, net_cls)
     net = net_cls(net_cls.default_params._replace(num_classes=num_classes),
                   reference_compat=cfg.reference_compat)
     cfg = cfg.replace(num_classes=num_classes, image_shape=list(net.params.img_shape),
-                      num_replicas=replicas, label_names=label_map.names if label_map else None)
+                      num_replicas=replicas, label_names=label_map.names if label_map else None,
+                      label_ids=label_map.label_ids if label_map else None)
     return cfg, net, records, label_map, summary
 
 
@@ -432,10 +435,11 @@ def restore_or_initialise(cfg, trainer, init_report):
 
 
 def write_run_files(cfg, label_map):
-    """labels.txt and config.json into train_dir (the chief only)."""
+    """labels.txt (training labels: what the network predicts) and config.json (with the
+    dataset ids of a label map with gaps, `label_ids`) into train_dir (the chief only)."""
     if label_map is not None:
         os.makedirs(cfg.train_dir, exist_ok=True)
-        label_map.write(os.path.join(cfg.train_dir, 'labels.txt'))
+        label_map.training_label_map().write(os.path.join(cfg.train_dir, 'labels.txt'))
     cfg.write(cfg.train_dir)
 
 
@@ -465,7 +469,8 @@ def make_train_dataset(cfg, net, strategy, records, start_step):
     dataset = data_lib.build_dataset(
         source, preprocess_train, encode, batch_size=cfg.batch_size, is_training=True,
         seed=cfg.seed, num_parallel_calls=threads, with_gt=True,
-        start=start_step * cfg.batch_size, num_classes=cfg.num_classes, report=problems)
+        start=start_step * cfg.batch_size, num_classes=cfg.num_classes, report=problems,
+        label_ids=cfg.label_ids)
     return strategy.experimental_distribute_dataset(dataset), problems
 
 
@@ -504,9 +509,11 @@ class RunEvaluation:
         records = self.load(split, flag)
         if records is None:
             return None
-        ds = data_lib.build_eval_dataset(records, self.preprocess, batch_size=16)
+        ds = data_lib.build_eval_dataset(records, self.preprocess, batch_size=16,
+                                         label_ids=self.cfg.label_ids)
         run_ = evaluation.run_evaluation(self.detect, ds, self.cfg.num_classes,
-                                         class_names=self.cfg.label_names)
+                                         class_names=self.cfg.label_names,
+                                         category_ids=self.cfg.label_ids)
         return run_, evaluation.compute_metrics(run_)
 
 

@@ -126,6 +126,7 @@ class PipelineOptions:
     max_pixels: Optional[int] = None
     with_encoded: bool = False
     layout: Optional[str] = None
+    label_ids: Optional[tuple] = None
 
     def resolved(self):
         """A copy with drop_remainder/repeat defaulting to is_training, with_gt to its
@@ -182,6 +183,10 @@ def build_dataset(source, preprocess_fn, encode_fn=None, options=None, **overrid
         `build_eval_dataset`).
       layout: the TFRecord key layout, `tfrecord.SLIM` or `OD_API`; None finds it from the
         shards' first records (`tfrecord.detect_layout`, which refuses a mix).
+      label_ids: the dataset ids of a label map with gaps (`LabelMap.label_ids`): TFRecord
+        labels are those ids, mapped to training labels 1..C-1 in the graph; a box whose id
+        is not among them is dropped and reported. None: labels are training labels. Record
+        lists and tfds sets hold training labels already (their readers map names).
 
     Bad TFRecord records (`tfrecord.check_example`: unequal box lists, missing or broken
     image bytes, boxes outside [0, 1]; and records the decoder fails on) are skipped with a
@@ -301,11 +306,11 @@ def _load_tfrecords(ds, opts, locate):
         if 'values' in rec:  # a tfds example
             ex, kind, detail, box_kinds, box_details = tfrecord_lib.check_features(
                 tfrecord_lib.object_features(rec['values']), num_classes=opts.num_classes,
-                max_pixels=opts.max_pixels)
+                max_pixels=opts.max_pixels)  # tfds labels: its ClassLabel's, contiguous
         else:
             ex, kind, detail, box_kinds, box_details = tfrecord_lib.check_example(
                 rec['serialized'], num_classes=opts.num_classes, max_pixels=opts.max_pixels,
-                layout=opts.layout)
+                layout=opts.layout, label_ids=opts.label_ids)
         real = rec['record'] >= 0  # the end-of-stream sentinel has record -1
         location = tf.strings.join([rec['file'], ' record ', tf.strings.as_string(rec['record'])])
         ok = tf.equal(kind, '')
@@ -410,9 +415,10 @@ def _refill_dropped(ds, start, report, locate):
     return ds.scan(tf.constant(int(start), tf.int64), step).flat_map(expand)
 
 
-def checked_tfrecords(source, report, num_classes=None, max_pixels=None):
+def checked_tfrecords(source, report, num_classes=None, max_pixels=None, label_ids=None):
     """Every record of the TFRecord files of `source` (a pattern or list), in file order,
-    through the training pipeline's load step (`check_example`, decode); problems go to
+    through the training pipeline's load step (`check_example`, decode; `label_ids` as in
+    `build_dataset`); problems go to
     `report` and name the shard and record index. Elements: `(position, example)`, the last
     one an end marker at position = the number of records (`ok` False)."""
     files = tfrecord_lib.match_files(source)
@@ -431,7 +437,8 @@ def checked_tfrecords(source, report, num_classes=None, max_pixels=None):
 
     ds = _with_end_marker(tf.data.Dataset.from_tensor_slices(files).flat_map(_read_file))
     opts = PipelineOptions(is_training=False, num_classes=num_classes, max_pixels=max_pixels,
-                           report=report, layout=resolve_layout(files)).resolved()
+                           report=report, layout=resolve_layout(files),
+                           label_ids=label_ids).resolved()
     return _load_tfrecords(_order(ds, opts), opts, locate)
 
 
@@ -577,7 +584,7 @@ def _eval_extras(outs, encoded, image, with_encoded):
 
 
 def build_eval_dataset(source, preprocess_fn, batch_size=32, encode_fn=None, max_boxes=None,
-                       num_parallel_calls=AUTOTUNE, with_encoded=False):
+                       num_parallel_calls=AUTOTUNE, with_encoded=False, label_ids=None):
     """Eval input, the one evaluation pipeline (`ssd_tf.evaluation.run_evaluation` reads it):
     every image once, in source order; TFRecords are streamed, never held in memory.
 
@@ -588,8 +595,9 @@ def build_eval_dataset(source, preprocess_fn, batch_size=32, encode_fn=None, max
     Targets: `image_id`, original `height`/`width`, the original ground truth padded
     (`labels`, `bboxes`, `difficult`, `is_crowd`, `num_boxes`), `bbox_img` `[B, 4]`, and with
     `with_encoded` the encoded image files `encoded` `[B]` string (for end-to-end SavedModels
-    and the detection grid).
+    and the detection grid). `label_ids`: see `build_dataset`.
     """
     return build_dataset(source, preprocess_fn, encode_fn=encode_fn, batch_size=batch_size,
                          is_training=False, with_gt=True, max_boxes=max_boxes,
-                         num_parallel_calls=num_parallel_calls, with_encoded=with_encoded)
+                         num_parallel_calls=num_parallel_calls, with_encoded=with_encoded,
+                         label_ids=label_ids)

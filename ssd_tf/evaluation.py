@@ -253,7 +253,7 @@ def _add_batch(ev, batch, det, remove_difficult):
 
 def run_evaluation(detector, dataset, num_classes, class_names=None, max_num_batches=None,
                    remove_difficult=True, matching_threshold=MATCHING_THRESHOLD,
-                   use_07_metric=False, num_sample_images=0):
+                   use_07_metric=False, num_sample_images=0, category_ids=None):
     """Runs `detector` over `dataset` and accumulates VOC metrics in original pixels.
 
     dataset: batches of `ssd_tf.data.build_eval_dataset` (its `bbox_img` maps detections back
@@ -266,11 +266,13 @@ def run_evaluation(detector, dataset, num_classes, class_names=None, max_num_bat
       (`is_crowd`) are always ignored that way.
     num_sample_images: keep the encoded file and ground truth of the first images (batches
       carrying `encoded`) in `EvalRun.samples`, for `draw_detection_grid`.
+    category_ids: the data set's id of each label 1..C-1 when its label map has gaps
+      (`LabelMap.label_ids`): the COCO json files report those ids.
     A ground-truth label >= num_classes is an error naming --num_classes. Returns an
     `EvalRun`; its `detections` are keyed by the image's position in the data set.
     """
     ev = metrics_lib.VOCEvaluator(num_classes, class_names, ovthresh=matching_threshold,
-                                  use_07_metric=use_07_metric)
+                                  use_07_metric=use_07_metric, category_ids=category_ids)
     kept, samples = {}, {}
     detect_seconds = 0.
     end_to_end = getattr(detector, 'input_kind', 'preprocessed') == 'encoded'

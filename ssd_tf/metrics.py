@@ -340,10 +340,17 @@ class VOCEvaluator:
     (then multiplied by height/width, the inverse of the VOC readers' `pixel / size`).
     Difficult and crowd ground truth are ignored alike (VOC rule; COCO `iscrowd` on export).
     `use_07_metric` chooses which AP is reported as the primary 'ap' / 'map'.
+    `category_ids`: the data set's id of each label 1..C-1 (a label map with gaps, e.g.
+    COCO's 1..90), used as COCO `category_id`s; default the labels themselves.
     """
 
-    def __init__(self, num_classes, class_names=None, ovthresh=0.5, use_07_metric=False):
+    def __init__(self, num_classes, class_names=None, ovthresh=0.5, use_07_metric=False,
+                 category_ids=None):
         self.class_names = _check_class_names(num_classes, class_names)
+        if category_ids is not None and len(category_ids) != num_classes - 1:
+            raise ValueError(f"category_ids must give the ids of labels 1..{num_classes - 1}, "
+                             f"got {len(category_ids)}")
+        self.category_ids = None if category_ids is None else [int(i) for i in category_ids]
         self.num_classes = int(num_classes)
         self.ovthresh = float(ovthresh)
         self.use_07_metric = bool(use_07_metric)
@@ -405,13 +412,15 @@ class VOCEvaluator:
                                       difficult=self._gt[i][2],
                                       height=(self.image_shapes[i] or (None, None))[0],
                                       width=(self.image_shapes[i] or (None, None))[1])
-                                 for i in self.image_ids], self.class_names)
+                                 for i in self.image_ids], self.class_names,
+                                self.category_ids)
 
     def coco_detections(self):
         """The accumulated detections as a COCO results list (image ids as in
         `coco_ground_truth`: position in the order of `add_image`)."""
         return [d for index, image_id in enumerate(self.image_ids)
-                for d in detections_to_coco(index, *self._det[image_id])]
+                for d in detections_to_coco(index, *self._det[image_id],
+                                            category_ids=self.category_ids)]
 
     def write_coco_results(self, path):
         """Writes the COCO results JSON (list of image_id/category_id/bbox/score)."""
@@ -499,13 +508,19 @@ def yxyx_pixels_to_coco_xywh(boxes):
                      boxes[:, 2] - boxes[:, 0] + 1.], axis=-1)
 
 
-def voc_to_coco_dict(images, class_names):
+def _category_id(label, category_ids):
+    """COCO category id of training label `label` (`category_ids[label - 1]`, or itself)."""
+    return int(label) if category_ids is None else int(category_ids[int(label) - 1])
+
+
+def voc_to_coco_dict(images, class_names, category_ids=None):
     """VOC ground truth -> a COCO dataset dict (images, annotations, categories).
 
     images: list of dicts `image_id` (any string), `boxes` `[N, 4]` yxyx pixels, `labels` `[N]`
       in 1..len(class_names), `difficult` `[N]` (optional), `height`, `width` (optional).
     COCO image ids are the positions in `images` (ints); `file_name` keeps the VOC id;
-    category ids are the labels. See the convention comment above for boxes and difficult.
+    category ids are the labels, or `category_ids[label - 1]` (the data set's ids of a label
+    map with gaps). See the convention comment above for boxes and difficult.
     """
     coco_images, annotations = [], []
     for index, im in enumerate(images):
@@ -520,17 +535,21 @@ def voc_to_coco_dict(images, class_names):
         for box, label, diff in zip(yxyx_pixels_to_coco_xywh(im.get('boxes', [])), labels,
                                     difficult):
             annotations.append(dict(
-                id=len(annotations) + 1, image_id=index, category_id=int(label),
+                id=len(annotations) + 1, image_id=index,
+                category_id=_category_id(label, category_ids),
                 bbox=[float(v) for v in box], area=float(box[2] * box[3]),
                 iscrowd=int(diff), ignore=int(diff)))
-    categories = [dict(id=i, name=n, supercategory='none') for i, n in enumerate(class_names, 1)]
+    categories = [dict(id=_category_id(i, category_ids), name=n, supercategory='none')
+                  for i, n in enumerate(class_names, 1)]
     return dict(images=coco_images, annotations=annotations, categories=categories)
 
 
-def detections_to_coco(coco_image_id, boxes, scores, classes):
-    """Detections of one image (boxes `[K, 4]` yxyx VOC pixels) -> COCO result dicts."""
+def detections_to_coco(coco_image_id, boxes, scores, classes, category_ids=None):
+    """Detections of one image (boxes `[K, 4]` yxyx VOC pixels, classes training labels)
+    -> COCO result dicts (category ids as in `voc_to_coco_dict`)."""
     xywh = yxyx_pixels_to_coco_xywh(boxes)
-    return [dict(image_id=coco_image_id, category_id=int(c), bbox=[float(v) for v in b],
+    return [dict(image_id=coco_image_id, category_id=_category_id(c, category_ids),
+                 bbox=[float(v) for v in b],
                  score=float(s))
             for b, s, c in zip(xywh, np.asarray(scores).reshape(-1),
                                np.asarray(classes).reshape(-1))]

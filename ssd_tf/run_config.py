@@ -28,8 +28,9 @@ _OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
 # ones that are not themselves flags.
 RESUME_KEYS = ('model_name', 'num_classes', 'batch_size', 'reference_compat', 'dataset_name',
                'dataset_dir', 'dataset_split_name', 'label_names', 'seed', 'image_shape',
-               'optimizer', 'mixed_precision', 'trainable_scopes')
+               'optimizer', 'mixed_precision', 'trainable_scopes', 'label_ids')
 _RESUME_FLAG_NAMES = {'label_names': 'label_map (class names in order)',
+                      'label_ids': 'label_map (dataset ids of the classes)',
                       'image_shape': 'model_name (input size)'}
 
 
@@ -112,6 +113,7 @@ class RunConfig:
     image_shape: list = None
     num_replicas: int = None
     label_names: list = None
+    label_ids: list = None  # dataset id of each label 1..C-1; None when they are 1..C-1
     # every other key of the file (absl's own flags, export_config.json's thresholds, ...)
     extra: dict = dataclasses.field(default_factory=dict)
     # the keys the source dict held (a recorded None differs from a key an older run lacks)
@@ -132,6 +134,8 @@ class RunConfig:
             known['image_shape'] = [int(s) for s in known['image_shape']]
         if known.get('label_names') is not None:
             known['label_names'] = list(known['label_names'])
+        if known.get('label_ids') is not None:
+            known['label_ids'] = [int(i) for i in known['label_ids']]
         return cls(**known, extra=d)
 
     def to_dict(self):

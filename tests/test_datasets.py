@@ -121,9 +121,11 @@ def test_label_map_rejects_bad_input(tmp_path):
         labelmap.LabelMap(['a', 'a'])
     with pytest.raises(ValueError, match='reserved'):
         labelmap.LabelMap(['none', 'a'])
-    (tmp_path / 'gap.txt').write_text('1:a\n3:b\n')
-    with pytest.raises(ValueError, match='without gaps'):
-        labelmap.LabelMap.read(tmp_path / 'gap.txt')
+    (tmp_path / 'gap.txt').write_text('1:a\n3:b\n')  # gaps: ids kept, training labels 1, 2
+    assert labelmap.LabelMap.read(tmp_path / 'gap.txt').dataset_ids == (1, 3)
+    (tmp_path / 'neg.json').write_text('{"a": 1, "b": -2}')
+    with pytest.raises(ValueError, match='must be >= 1'):
+        labelmap.LabelMap.read(tmp_path / 'neg.json')
     with pytest.raises(KeyError, match='unknown class'):
         LABELS.id('horse')
     with pytest.raises(FileNotFoundError):

@@ -51,7 +51,8 @@ def test_pbtxt_quote_styles_comments_display_names_and_other_fields(tmp_path):
 
 @pytest.mark.parametrize('text, where, needle', [
     ("item {\n id: 1\n name: 'a' ", ':3:', 'the file ends'),
-    ("item { id: 1 name: 'a' }\nitem {\n id: 0 name: 'b' }", ':3:', 'integer >= 1'),
+    ("item { id: 1 name: 'a' }\nitem {\n id: 0 name: 'b' }", ':3:', 'integer 1..'),
+    ("item {\n id: 99999999999999 name: 'a' }", ':2:', 'integer 1..2147483647'),
     ("item { id: 1 name: 'a' }\n\nitem { id: 1 name: 'b' }", ':3:', 'id 1 is used twice'),
     ("item {\n id: 1\n name: 'a/b' }", ':3:', "invalid class name 'a/b'"),
     ("item { id: 1 name: 'a }", ':1:', 'unterminated string'),
@@ -59,7 +60,6 @@ def test_pbtxt_quote_styles_comments_display_names_and_other_fields(tmp_path):
     ("label { id: 1 name: 'a' }", ':1:', "expected 'item {'"),
     ("item { id: 1 }", ':1:', 'needs an id and a name'),
     ("item { id: 1 name: 'a' name: 'b' }", ':1:', 'given twice'),
-    ("item { id: 2 name: 'a' }", ': ', 'missing ids [1]'),
     ("# nothing\n", ': ', "no 'item"),
 ])
 def test_pbtxt_errors_name_the_file_and_line(tmp_path, text, where, needle):
@@ -401,3 +401,141 @@ def test_train_refuses_mixed_layouts_before_writing_anything(tmp_path):
     assert p.returncode == 2
     assert 'mix key layouts' in p.stderr and od in p.stderr and slim in p.stderr
     assert not train_dir.exists()
+
+
+# ---------------------------------------------------------------------------- ids with gaps
+# The OD API's mscoco_label_map.pbtxt in small: ids skip numbers (COCO: 80 classes, 1..90).
+GAPPED_PBTXT = """item { name: "/m/01g317" id: 1 display_name: "person" }
+item { name: "/m/0k4j" id: 3 display_name: "car" }
+# ids 4..89 are not used
+item { name: "/m/01x3z" id: 90 display_name: "toothbrush" }
+"""
+GAPPED_IDS = [1, 3, 90]
+
+
+def test_label_map_with_gaps_gets_contiguous_training_labels_in_id_order(tmp_path):
+    path = tmp_path / 'label_map.pbtxt'
+    # items out of id order: training labels follow the ids, not the file
+    path.write_text('\n'.join(reversed(GAPPED_PBTXT.strip().splitlines())))
+    lm = labelmap.LabelMap.read(path)
+    assert lm.names == ('person', 'car', 'toothbrush') and lm.num_classes == 4
+    assert lm.dataset_ids == (1, 3, 90) and lm.label_ids == GAPPED_IDS
+    assert [lm.dataset_id(i) for i in (1, 2, 3)] == GAPPED_IDS
+    assert lm.mapping_description() == ("label map has 3 classes with ids 1..90 (gaps): "
+                                        "mapped to training labels 1..3")
+    # every format keeps the ids; the training map (a run's or an export's labels.txt) is 1..3
+    for name in ('again.pbtxt', 'labels.txt', 'labels.json'):
+        assert labelmap.LabelMap.read(lm.write(tmp_path / name)) == lm
+    train = lm.training_label_map()
+    assert train.names == lm.names and train.label_ids is None and train != lm
+    assert labelmap.LabelMap(['a', 'b']).mapping_description() == ''
+    with pytest.raises(ValueError, match='increasing'):
+        labelmap.LabelMap(['a', 'b'], [3, 2])
+
+
+@settings(max_examples=30, deadline=None)
+@given(ids=st.lists(st.integers(1, 10_000), min_size=1, max_size=12, unique=True),
+       probes=st.lists(st.integers(-3, 10_003), max_size=20))
+def test_training_labels_are_the_rank_of_known_ids_and_unknown_ids_are_flagged(ids, probes):
+    ids = sorted(ids)
+    labels, known = tfrecord.training_labels(tf.constant(probes, tf.int64), ids)
+    assert labels.numpy().tolist() == [ids.index(p) + 1 if p in ids else -1 for p in probes]
+    assert known.numpy().tolist() == [p in ids for p in probes]
+
+
+def _gapped_shard(tmp_path):
+    """OD API records with the dataset ids 1, 3, 90 and one id (5) the label map lacks."""
+    (tmp_path / 'label_map.pbtxt').write_text(GAPPED_PBTXT)
+    return _write(tmp_path / 'coco_val-00000-of-00001.tfrecord', [
+        od_api_example('img1', [[.1, .2, .5, .6], [.3, .3, .9, .8]], [90, 1],
+                       ['toothbrush', 'person']),
+        od_api_example('img2', [[.0, .0, .4, .4], [.5, .5, 1., 1.]], [3, 5],
+                       ['car', 'bus'])])
+
+
+def test_od_api_records_with_gapped_ids_get_contiguous_labels_and_unknown_ids_are_named(
+        tmp_path):
+    shard = _gapped_shard(tmp_path)
+    lm = factory.tfrecord_label_map(shard)  # label_map.pbtxt beside the shard
+    assert lm.label_ids == GAPPED_IDS
+    problems = check_lib.DataProblems()
+    rows = _eval_rows(shard, label_ids=lm.label_ids)
+    assert [r['labels'] for r in rows] == [[3, 1], [2]]  # 90 -> 3, 1 -> 1, 3 -> 2; 5 dropped
+    np.testing.assert_allclose(rows[1]['bboxes'], [[0., 0., .4, .4]])
+    train = data_lib.build_dataset(
+        shard, lambda i, l, b: (tf.image.resize(i, (16, 16)), l, b), batch_size=2,
+        is_training=True, seed=0, with_gt=True, repeat=False, num_classes=lm.num_classes,
+        label_ids=lm.label_ids, report=problems)
+    _, t = next(iter(train))
+    assert sorted(map(sorted, t['labels'].numpy().tolist())) == [[0, 2], [1, 3]]
+    assert problems.dropped_boxes == {tfrecord.LABEL_NOT_IN_MAP: 1}
+    example = problems.examples[tfrecord.LABEL_NOT_IN_MAP][0]
+    assert f"{shard} record 1" in example and '(label 5,' in example  # the record's own id
+    # the data check tool maps alike (without the map, 90 would be 'label out of range')
+    n, checked = check_lib.check_tfrecords(shard, num_classes=4, label_ids=GAPPED_IDS)
+    assert n == 2 and checked.dropped_boxes == {tfrecord.LABEL_NOT_IN_MAP: 1}
+
+
+# train_ssd.py's data step and run files, without training (train_ssd's flags cannot live
+# beside eval_ssd's in this process).
+_TRAIN_RUN_FILES = """
+import sys
+sys.path[:0] = [{root!r}]
+import train_ssd
+from ssd_tf import run_config
+cfg = run_config.RunConfig(dataset_name='tfrecord', dataset_dir={shard!r},
+                           dataset_split_name='val', model_name='ssd_small',
+                           reference_compat=False, train_dir={train_dir!r})
+cfg, net, _, label_map, _ = train_ssd.load_training_data(cfg, 1)
+train_ssd.write_run_files(cfg, label_map)
+"""
+
+
+def test_run_config_and_eval_keep_the_mapping_and_coco_results_use_dataset_ids(
+        tmp_path, _reset_flags):
+    from ssd_tf import evaluation
+    from ssd_tf import run_config
+    shard = _gapped_shard(tmp_path)
+    train_dir = tmp_path / 'run'
+    p = subprocess.run([sys.executable, '-c', _TRAIN_RUN_FILES.format(
+        root=str(ROOT), shard=shard, train_dir=str(train_dir))], capture_output=True,
+        text=True, timeout=600, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stderr.count('label map has 3 classes with ids 1..90 (gaps): mapped to training '
+                          'labels 1..3') == 1  # logged once
+    back = run_config.RunConfig.read(train_dir)
+    assert (back.num_classes, back.label_names, back.label_ids) == (
+        4, ['person', 'car', 'toothbrush'], GAPPED_IDS)
+    lm = labelmap.LabelMap.read(shard.rsplit('/', 1)[0] + '/label_map.pbtxt')
+    # labels.txt: the network's (training) labels; a resume with other ids is refused
+    assert labelmap.LabelMap.read(train_dir) == lm.training_label_map()
+    assert run_config.resume_conflicts(back, back.replace(label_ids=[1, 2, 3])) == [
+        ('label_map (dataset ids of the classes)', GAPPED_IDS, [1, 2, 3])]
+    # eval_ssd.py on the run: the classes and ids from its config.json
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(['eval_ssd', f'--checkpoint_path={train_dir}'])
+    _, source, eval_map, num_classes = eval_ssd.resolve_data(back)
+    assert eval_map == lm and num_classes == 4
+    # COCO results and ground truth carry the dataset's ids (what pycocotools expects)
+    ds = data_lib.build_eval_dataset(source, lambda i, l, b: (
+        tf.image.resize(i, (16, 16)), l, b, tf.constant([0., 0., 1., 1.])), batch_size=2,
+        label_ids=eval_map.label_ids)
+
+    def detector(images):  # img1's toothbrush (label 3) and a car (label 2) in every image
+        b = int(images.shape[0])
+        return {'bboxes': np.tile([[[.1, .2, .5, .6], [.0, .0, .4, .4]]], (b, 1, 1)),
+                'scores': np.tile([[.9, .8]], (b, 1)), 'classes': np.tile([[3, 2]], (b, 1)),
+                'num_detections': np.full([b], 2)}
+    run = evaluation.run_evaluation(detector, ds, num_classes, list(eval_map.names),
+                                    category_ids=eval_map.label_ids)
+    m, paths = evaluation.write_report(run, str(tmp_path / 'eval'), coco=True,
+                                       num_sample_images=0)
+    with open(paths['coco_results']) as f:
+        results = json.load(f)
+    assert sorted({r['category_id'] for r in results}) == [3, 90]
+    with open(paths['coco_groundtruth']) as f:
+        gt = json.load(f)
+    assert [(c['id'], c['name']) for c in gt['categories']] == [
+        (1, 'person'), (3, 'car'), (90, 'toothbrush')]
+    assert sorted(a['category_id'] for a in gt['annotations']) == [1, 3, 90]
+    assert m['coco']['AP50'] > 0  # pycocotools matched the ids of both files

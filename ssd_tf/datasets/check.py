@@ -113,14 +113,15 @@ class DataProblems:
 
 
 # ---------------------------------------------------------------------------- the command
-def check_tfrecords(pattern, num_classes=None, strict=False, max_pixels=None):
+def check_tfrecords(pattern, num_classes=None, strict=False, max_pixels=None, label_ids=None):
     """Scans every record of the TFRecord files matching `pattern` (a pattern or a list) with
-    the training pipeline's checks and a decode of each image; returns
+    the training pipeline's checks and a decode of each image (`label_ids`: the dataset ids of
+    a label map with gaps, see `data.build_dataset`); returns
     `(num_records, DataProblems)`. In strict mode the first problem raises DataError."""
     from ssd_tf import data as data_lib  # the pipeline's own check/load steps
     problems = DataProblems(strict=strict)
     ds = data_lib.checked_tfrecords(pattern, problems, num_classes=num_classes,
-                                    max_pixels=max_pixels)
+                                    max_pixels=max_pixels, label_ids=label_ids)
     n = 0
     try:
         for position, _ in ds:  # the last element is the end marker, at position = count
@@ -163,7 +164,10 @@ def main(argv=None):
             num_classes = args.num_classes
             if num_classes is None and label_map is not None:
                 num_classes = label_map.num_classes
-            n, problems = check_tfrecords(args.dataset_dir, num_classes=num_classes)
+            if label_map is not None and label_map.mapping_description():
+                print(label_map.mapping_description())
+            n, problems = check_tfrecords(args.dataset_dir, num_classes=num_classes,
+                                          label_ids=label_map.label_ids if label_map else None)
             print(f"{args.dataset_dir}: {n} records read, label map: "
                   f"{list(label_map.names) if label_map else 'none found'}, classes: "
                   f"{num_classes if num_classes is not None else 'not given (labels >= 1 only)'}")

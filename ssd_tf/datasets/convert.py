@@ -15,7 +15,8 @@ the dataset name) and `<output_dir>/labels.txt` (od_api: `label_map.pbtxt`). Eve
 decoded once and every box checked before writing; bad records are skipped and listed at the
 end (`--strict` stops at the first one instead). Shards are written under a temporary name
 and renamed when complete, so an interrupted conversion leaves no truncated shard under a
-final name.
+final name. The records and the label map written hold training labels 1..C-1 (a
+`--label_map` whose ids skip numbers is renumbered in id order).
 """
 import argparse
 import logging
@@ -65,7 +66,9 @@ def main(argv=None):
     paths = tfrecord_lib.write_tfrecords(records, args.output_dir, args.name or
                                          args.dataset_name, args.split, args.shards,
                                          layout=args.layout)
-    label_path = label_map.write(os.path.join(
+    # The records hold training labels 1..C-1 (the readers map names), so the label map
+    # written beside them is numbered so too, even when the given one has gaps.
+    label_path = label_map.training_label_map().write(os.path.join(
         args.output_dir, labelmap_lib.PBTXT_FILENAME if args.layout == tfrecord_lib.OD_API
         else labelmap_lib.LABELS_FILENAME))
     print(summary)

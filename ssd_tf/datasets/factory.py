@@ -74,6 +74,8 @@ def tfrecord_label_map(dataset_dir, label_map=None, layout=None):
     Detection API's `label_map.pbtxt` beside them, else the class names stored in the
     records' label texts (`image/object/bbox/label_text`, or `image/object/class/text` in
     the OD API `layout`; None: `tfrecord.detect_layout`); None when none of these exists.
+    A label map file may skip ids (`LabelMap.label_ids`: the pipeline maps them); label texts
+    may not, since a class absent from the records would leave an unseen gap.
 
     Raises ValueError naming the shard and record when the records' label texts disagree
     (one label with two names, one name with two labels) or leave a gap in 1..C-1.

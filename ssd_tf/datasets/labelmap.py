@@ -8,12 +8,18 @@ Detection API's `label_map.pbtxt` (`item { id: 1 name: 'x' display_name: 'y' }`;
 `parse_pbtxt`, a small parser of that text format, without the OD API package). Class names
 become file names, so a name with path characters is refused when the map is made or read
 (`class_name_problem`; errors name the file and line).
+
+Ids may skip numbers (the OD API's `mscoco_label_map.pbtxt`: 80 classes, ids 1..90): the
+classes then get contiguous training labels 1..C-1 in id order and the LabelMap keeps each
+one's dataset id (`dataset_ids`, `label_ids`); the TFRecord reader maps record ids to
+training labels (`tfrecord.check_features`), the COCO results report the dataset ids.
 """
 import json
 import os
 import re
 
 BACKGROUND_NAME = 'none'
+MAX_ID = 2**31 - 1  # dataset ids are int64 in records; larger ones are refused as absurd
 LABELS_FILENAME = 'labels.txt'
 PBTXT_FILENAME = 'label_map.pbtxt'  # the TF Object Detection API's name for its label map
 
@@ -48,9 +54,11 @@ class LabelMap:
     """Names of the object classes, label `i` (1-based) being `names[i - 1]`.
 
     `num_classes` counts the background, as SSDParams.num_classes does (VOC: 21).
+    `ids`: the data set's id of each class (the id its records carry), increasing, >= 1;
+    default 1..C-1. With gaps, training label `i` stands for dataset id `ids[i - 1]`.
     """
 
-    def __init__(self, names):
+    def __init__(self, names, ids=None):
         names = tuple(str(n) for n in names)
         if not names:
             raise ValueError("a LabelMap needs at least one object class name")
@@ -66,6 +74,12 @@ class LabelMap:
                 raise ValueError(f"invalid class name {n!r}: {problem}")
         self._names = names
         self._ids = {n: i + 1 for i, n in enumerate(names)}
+        ids = tuple(range(1, len(names) + 1)) if ids is None else tuple(int(i) for i in ids)
+        if len(ids) != len(names) or ids[0] < 1 or ids[-1] > MAX_ID or \
+                any(b <= a for a, b in zip(ids, ids[1:])):
+            raise ValueError(f"dataset ids must be one per class, 1..{MAX_ID} and increasing, got "
+                             f"{list(ids)[:20]} for {len(names)} classes")
+        self._dataset_ids = ids
 
     @property
     def names(self):
@@ -83,11 +97,46 @@ class LabelMap:
     def __contains__(self, name):
         return name in self._ids
 
+    @property
+    def dataset_ids(self):
+        """The data set's id of each class, in training-label order (1..C-1 if contiguous)."""
+        return self._dataset_ids
+
+    @property
+    def is_contiguous(self):
+        return self._dataset_ids[-1] == len(self._names)
+
+    @property
+    def label_ids(self):
+        """`dataset_ids` as a list when they have gaps, else None (what a run's config.json
+        records as `label_ids`)."""
+        return None if self.is_contiguous else list(self._dataset_ids)
+
+    def dataset_id(self, label):
+        """The data set's id of training label `label` (1..C-1)."""
+        self.name(label)  # range check
+        return self._dataset_ids[int(label) - 1]
+
+    def mapping_description(self):
+        """One log line on how dataset ids become training labels ('' when they are equal)."""
+        if self.is_contiguous:
+            return ''
+        return (f"label map has {len(self)} classes with ids {self._dataset_ids[0]}.."
+                f"{self._dataset_ids[-1]} (gaps): mapped to training labels 1..{len(self)}")
+
+    def training_label_map(self):
+        """The same classes with ids 1..C-1 (what the network predicts; an export's or a
+        run's labels.txt)."""
+        return LabelMap(self._names)
+
     def __eq__(self, other):
-        return isinstance(other, LabelMap) and other.names == self.names
+        return isinstance(other, LabelMap) and other.names == self.names and \
+            other.dataset_ids == self.dataset_ids
 
     def __repr__(self):
-        return f"LabelMap({list(self._names)!r})"
+        if self.is_contiguous:
+            return f"LabelMap({list(self._names)!r})"
+        return f"LabelMap({list(self._names)!r}, ids={list(self._dataset_ids)!r})"
 
     def id(self, name):
         """Label of `name` (1..C-1); KeyError naming the known classes if unknown."""
@@ -107,14 +156,14 @@ class LabelMap:
         return self._names[label - 1]
 
     def to_dict(self):
-        """`{name: id}` including `'none': 0`."""
-        return {BACKGROUND_NAME: 0, **self._ids}
+        """`{name: dataset id}` including `'none': 0`."""
+        return {BACKGROUND_NAME: 0, **dict(zip(self._names, self._dataset_ids))}
 
     # ------------------------------------------------------------------ files
     def write(self, path):
         """Writes `id:name` lines (JSON if `path` ends with .json, the OD API's `item { id
-        name }` text if it ends with .pbtxt); a directory gets `labels.txt` inside. Returns
-        the file path."""
+        name }` text if it ends with .pbtxt), the ids being the dataset ids; a directory gets
+        `labels.txt` inside. Returns the file path."""
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, LABELS_FILENAME)
@@ -122,7 +171,7 @@ class LabelMap:
             text = json.dumps(self.to_dict(), indent=1) + '\n'
         elif path.endswith('.pbtxt'):
             text = ''.join(f"item {{\n  id: {i}\n  name: {_quote(n)}\n}}\n"
-                           for i, n in enumerate(self._names, 1))
+                           for i, n in zip(self._dataset_ids, self._names))
         else:
             text = ''.join(f'{i}:{n}\n' for n, i in self.to_dict().items())
         with open(path, 'w', encoding='utf-8') as f:
@@ -133,8 +182,8 @@ class LabelMap:
     def read(cls, path):
         """Reads a file written by `write` (slim's labels.txt, .json, or an OD API
         `.pbtxt`, see `parse_pbtxt`); a directory is searched for `labels.txt`. Ids must be
-        1..C-1 without gaps; a `0:none` line is optional (not in a .pbtxt: ids there are
-        >= 1)."""
+        unique and >= 1, gaps allowed (see `dataset_ids`); a `0:none` line is optional (not
+        in a .pbtxt)."""
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, LABELS_FILENAME)
@@ -154,10 +203,12 @@ class LabelMap:
                 BACKGROUND_NAME in mapping):
             raise ValueError(f"{path}: id 0 is reserved for '{BACKGROUND_NAME}' and ids must "
                              f"be unique, got {mapping}")
-        if sorted(by_id) != list(range(1, len(by_id) + 1)):
-            raise ValueError(f"{path}: object ids must be 1..{len(by_id)} without gaps, got "
-                             f"{sorted(by_id)}")
-        return cls([by_id[i] for i in range(1, len(by_id) + 1)])
+        if by_id and min(by_id) < 1:
+            raise ValueError(f"{path}: object ids must be >= 1, got {sorted(by_id)[:20]}")
+        try:
+            return cls([by_id[i] for i in sorted(by_id)], sorted(by_id))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
 
     @classmethod
     def _from_pbtxt(cls, path, text):
@@ -167,12 +218,9 @@ class LabelMap:
                 raise ValueError(f"{path}:{item['line']}: id {item['id']} is used twice "
                                  f"(also by {by_id[item['id']]!r})")
             by_id[item['id']] = item['class_name']
-        missing = sorted(set(range(1, max(by_id, default=0) + 1)) - set(by_id))
-        if missing or not by_id:
-            raise ValueError(f"{path}: ids must be 1..N without gaps (this project's labels "
-                             f"are contiguous); missing ids {missing[:20]}" if by_id else
-                             f"{path}: no 'item {{ id: ... name: ... }}' entries")
-        return cls([by_id[i] for i in range(1, len(by_id) + 1)])
+        if not by_id:
+            raise ValueError(f"{path}: no 'item {{ id: ... name: ... }}' entries")
+        return cls([by_id[i] for i in sorted(by_id)], sorted(by_id))
 
 
 def _check_name(path, lineno, name):
@@ -314,8 +362,8 @@ def parse_pbtxt(text, path='label_map.pbtxt'):
         if 'id' not in fields or 'name' not in fields and 'display_name' not in fields:
             raise ValueError(f"{path}:{line}: an item needs an id and a name")
         value, fline = fields['id']
-        if not re.fullmatch(r'\+?\d+', value) or int(value) < 1:
-            raise ValueError(f"{path}:{fline}: id must be an integer >= 1 (0 is the "
+        if not re.fullmatch(r'\+?\d{1,12}', value) or not 1 <= int(value) <= MAX_ID:
+            raise ValueError(f"{path}:{fline}: id must be an integer 1..{MAX_ID} (0 is the "
                              f"background), got {value}")
         name = fields.get('name', (None,))[0]
         display = fields.get('display_name', (None,))[0]

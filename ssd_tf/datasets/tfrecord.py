@@ -19,6 +19,8 @@ image id is `image/source_id` when present, else `image/filename`.
 
 `check_example` is the graph-mode validation of one record (the TFRecord counterpart of the
 VOC/COCO readers' checks): whole-record problems and boxes to drop, each with a reason.
+With `label_ids` (a label map whose ids skip numbers, `LabelMap.label_ids`) it also maps the
+records' dataset ids to training labels 1..C-1; an id not in the map is a dropped box.
 `write_tfrecords` writes each shard under a temporary name and renames it when complete.
 `read_tfrecord_records` is an eager reader for small tools only; every graph path parses
 with `parse_example` / `check_example`.
@@ -86,12 +88,13 @@ UNREADABLE = 'unparseable or undecodable record'
 OTHER_LAYOUT = 'record of the other key layout'
 INVERTED_BOX = 'inverted or empty box'
 LABEL_OUT_OF_RANGE = 'label out of range'
+LABEL_NOT_IN_MAP = 'class id not in the label map'
 # Coordinates this close outside [0, 1] are float rounding of a box at the image border:
 # clipped, not reported (a converter computing x / width may give 1.0000001).
 _BOX_TOLERANCE = 1e-3
 RECORD_KINDS = (UNEQUAL_BOX_LISTS, MISSING_IMAGE, BAD_IMAGE, BOX_OUTSIDE, UNREADABLE,
                 OTHER_LAYOUT)
-BOX_KINDS = (INVERTED_BOX, LABEL_OUT_OF_RANGE)
+BOX_KINDS = (INVERTED_BOX, LABEL_OUT_OF_RANGE, LABEL_NOT_IN_MAP)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -421,12 +424,12 @@ def _record_problem(f, max_pixels):
                    lambda: tf.cond(unequal, length_problem, encoded_problem))
 
 
-def check_example(serialized, num_classes=None, max_pixels=None, layout=SLIM):
+def check_example(serialized, num_classes=None, max_pixels=None, layout=SLIM, label_ids=None):
     """Parses (keys of `layout`) and checks one serialized Example in the graph (the
     TFRecord counterpart of the VOC/COCO readers' checks); see `check_features`.
     A serialized string that is not an Example still fails (InvalidArgumentError)."""
     return check_features(_parse(serialized, _CHECK_FEATURES, layout), num_classes,
-                          max_pixels)
+                          max_pixels, label_ids)
 
 
 def object_features(values):
@@ -447,7 +450,17 @@ def object_features(values):
     return f
 
 
-def check_features(f, num_classes=None, max_pixels=None):
+def training_labels(dataset_ids, label_ids):
+    """`(labels, known)`: the training label (1-based position in `label_ids`, the sorted
+    dataset ids of a label map) of each of `dataset_ids` `[N]` int64, and whether it is in
+    the map (unknown ids get -1). Graph ops (a binary search in a constant)."""
+    table = tf.constant(label_ids, tf.int64)
+    pos = tf.searchsorted(table, dataset_ids, side='left', out_type=tf.int64)
+    known = tf.equal(tf.gather(table, tf.minimum(pos, len(label_ids) - 1)), dataset_ids)
+    return tf.where(known, pos + 1, tf.constant(-1, tf.int64)), known
+
+
+def check_features(f, num_classes=None, max_pixels=None, label_ids=None):
     """Checks one parsed record in the graph (`_parse`'s dict, or `object_features`).
 
     Returns `(example, kind, detail, box_kinds, box_details)`:
@@ -458,8 +471,12 @@ def check_features(f, num_classes=None, max_pixels=None):
         image, boxes outside [0, 1] (by more than `_BOX_TOLERANCE`; closer ones are clipped)
         or not finite) -- the record is to be skipped;
       box_kinds: `[N]` string, '' for a kept box, else one of `BOX_KINDS` (inverted or empty
-        box, label outside [1, num_classes), or < 1 when `num_classes` is None);
+        box, label outside [1, num_classes), or < 1 when `num_classes` is None, an id not in
+        `label_ids`);
       box_details: `[N]` string, each box's index, label and coordinates (for the report).
+    label_ids: None (record labels are training labels), or the increasing dataset ids of a
+      label map with gaps (`LabelMap.label_ids`): record labels are those ids and become
+      their position 1..C-1 (`training_labels`); the box details show the record's id.
     """
     f = dict(f)
     kind, detail = _record_problem(f, max_pixels)
@@ -472,11 +489,16 @@ def check_features(f, num_classes=None, max_pixels=None):
     ex = _fields(f)
     ex['bboxes'] = tf.clip_by_value(ex['bboxes'], 0., 1.)  # within _BOX_TOLERANCE of [0, 1]
     b = ex['bboxes']
-    labels = ex['labels']
+    labels = ex['labels']  # as in the record, for the box details
+    unknown = tf.zeros_like(labels, tf.bool)
+    if label_ids is not None:
+        ex['labels'], known = training_labels(labels, label_ids)
+        unknown = tf.logical_not(known)
     inverted = tf.logical_or(b[:, 0] >= b[:, 2], b[:, 1] >= b[:, 3])
-    high = tf.zeros_like(labels, tf.bool) if num_classes is None else labels >= num_classes
-    out_of_range = tf.logical_or(labels < 1, high)
-    box_kinds = tf.where(inverted, INVERTED_BOX, tf.where(out_of_range, LABEL_OUT_OF_RANGE, ''))
+    high = tf.zeros_like(labels, tf.bool) if num_classes is None else ex['labels'] >= num_classes
+    out_of_range = tf.logical_or(ex['labels'] < 1, high)
+    box_kinds = tf.where(inverted, INVERTED_BOX, tf.where(
+        unknown, LABEL_NOT_IN_MAP, tf.where(out_of_range, LABEL_OUT_OF_RANGE, '')))
     coords = [tf.strings.as_string(b[:, j], precision=4) for j in range(4)]
     box_details = tf.strings.join(
         [tf.strings.as_string(tf.range(tf.size(labels))), ' (label ', tf.strings.as_string(labels),
