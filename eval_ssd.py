@@ -197,6 +197,14 @@ def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_ima
         dataset_name, label_map = 'voc', label_map or labelmap_lib.VOC_LABEL_MAP
     if dataset_name == 'tfrecord':
         files = _tfrecord_files(dataset_dir, split, label_map)
+        data_map = factory.label_map_beside(files) if label_map is not None else None
+        if data_map is not None and data_map.names == label_map.names and \
+                data_map.dataset_ids != label_map.dataset_ids:
+            # the same classes, numbered otherwise in these records (e.g. a run trained on
+            # COCO ids 1..90 evaluated on shards of training labels 1..80): their file rules
+            logging.info('eval data: the class ids of the records are those of the label map '
+                         'beside them, %s', data_map.dataset_ids)
+            label_map = data_map
         if label_map is None:
             label_map = factory.tfrecord_label_map(files)  # label_map.pbtxt beside, ...
         if label_map is None:

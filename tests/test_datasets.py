@@ -310,7 +310,7 @@ def test_coco_reader(tmp_path):
     path = tmp_path / 'instances_val.json'
     path.write_text(json.dumps(ann))
     recs, lm, report = coco.read_coco(str(path), str(tmp_path / 'img'))
-    assert lm.names == ('person', 'car', 'kite')
+    assert lm.names == ('person', 'car', 'kite') and lm.label_ids == [1, 3, 7]
     assert [r.image_id for r in recs] == ['1', '2']
     r = recs[0]
     # bbox [x=20, y=10, w=100, h=50] on 200x100 -> [10/100, 20/200, 60/100, 120/200].

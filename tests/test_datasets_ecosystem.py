@@ -516,6 +516,15 @@ def test_run_config_and_eval_keep_the_mapping_and_coco_results_use_dataset_ids(
     flags.FLAGS(['eval_ssd', f'--checkpoint_path={train_dir}'])
     _, source, eval_map, num_classes = eval_ssd.resolve_data(back)
     assert eval_map == lm and num_classes == 4
+    # the same classes in shards numbered 1..3 (our converter's labels.txt beside them):
+    # their own file says what the records' ids are, not the run's COCO-style ids
+    other = tmp_path / 'converted'
+    other.mkdir()
+    lm.training_label_map().write(other)
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(['eval_ssd', f'--checkpoint_path={train_dir}',
+                 f'--dataset_dir={_write(other / "x_val.tfrecord", [])}'])
+    assert eval_ssd.resolve_data(back)[2] == lm.training_label_map()
     # COCO results and ground truth carry the dataset's ids (what pycocotools expects)
     ds = data_lib.build_eval_dataset(source, lambda i, l, b: (
         tf.image.resize(i, (16, 16)), l, b, tf.constant([0., 0., 1., 1.])), batch_size=2,

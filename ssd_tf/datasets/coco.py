@@ -1,7 +1,8 @@
 """COCO instances JSON reader: records with relative yxyx boxes and contiguous labels.
 
 Category ids (COCO's run 1..90 with gaps) map to labels 1..C-1 in sorted category-id order;
-the LabelMap carries the category names. `bbox` `[x, y, w, h]` in pixels becomes
+the LabelMap carries the category names and ids (`dataset_ids`, reported in COCO results).
+`bbox` `[x, y, w, h]` in pixels becomes
 `[y / H, x / W, (y + h) / H, (x + w) / W]`. Crowd annotations (`iscrowd: 1`) are kept and
 flagged in `Record.is_crowd` (the data builder drops them from training targets).
 """
@@ -19,10 +20,12 @@ logger = logging.getLogger(__name__)
 
 
 def category_label_map(categories):
-    """`(LabelMap, {category_id: label})` from COCO `categories`, in sorted id order."""
+    """`(LabelMap, {category_id: label})` from COCO `categories`, in sorted id order; the
+    LabelMap keeps the category ids (`dataset_ids`: COCO results report them)."""
     cats = sorted(categories, key=lambda c: int(c['id']))
     names = [str(c['name']) for c in cats]
-    return labelmap_lib.LabelMap(names), {int(c['id']): i + 1 for i, c in enumerate(cats)}
+    return (labelmap_lib.LabelMap(names, [int(c['id']) for c in cats]),
+            {int(c['id']): i + 1 for i, c in enumerate(cats)})
 
 
 def read_coco(annotation_file, image_dir, strict=False, check_images=True, skip_empty=False,
@@ -49,7 +52,10 @@ def read_coco(annotation_file, image_dir, strict=False, check_images=True, skip_
     for key in ('images', 'annotations', 'categories'):
         if key not in data:
             raise ValueError(f"{annotation_file}: not a COCO instances file (no '{key}' key)")
-    label_map, cat_to_label = category_label_map(data['categories'])
+    try:
+        label_map, cat_to_label = category_label_map(data['categories'])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{annotation_file}: bad 'categories': {e}") from e
     anns = collections.defaultdict(list)
     for a in data['annotations']:
         anns[a.get('image_id')].append(a)

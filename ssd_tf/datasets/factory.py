@@ -85,11 +85,20 @@ def tfrecord_label_map(dataset_dir, label_map=None, layout=None):
     if label_map:
         return labelmap_lib.LabelMap.read(label_map)
     files = tfrecord_lib.match_files(dataset_dir)
+    beside = label_map_beside(files)
+    if beside is not None:
+        return beside
+    return _label_map_from_records(files, layout or tfrecord_lib.detect_layout(files))
+
+
+def label_map_beside(files):
+    """The label map file beside TFRecord `files` (a list; `labels.txt`, else the OD API's
+    `label_map.pbtxt`, in the first file's directory), or None; nothing else is read."""
     for name in (labelmap_lib.LABELS_FILENAME, labelmap_lib.PBTXT_FILENAME):
         beside = os.path.join(os.path.dirname(files[0]), name)
         if os.path.isfile(beside):
             return labelmap_lib.LabelMap.read(beside)
-    return _label_map_from_records(files, layout or tfrecord_lib.detect_layout(files))
+    return None
 
 
 # (record, label, text) triples read at once when scanning label texts.
