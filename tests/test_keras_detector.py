@@ -4,9 +4,7 @@ ssd_tf.detect, distribution, mixed precision, steps_per_execution, callbacks, ba
 
 Tiny: ssd_small (128x128), synthetic images, batches of 4, a few steps each."""
 import ast
-import io
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -229,19 +227,49 @@ def test_export_equals_export_savedmodel_script(train_dir, images, tmp_path):
 
 
 # ---------------------------------------------------------------------------- execution
-def test_fit_under_a_mirrored_strategy_scope(records, trained):
-    strategy = tf.distribute.MirroredStrategy(devices=['/cpu:0'])
+# Run in a fresh process: two logical CPU devices must be set before TensorFlow starts.
+_MIRRORED = """
+import json, os
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import keras, numpy as np, tensorflow as tf
+from ssd_tf import training
+training.make_strategy('mirrored', num_logical_cpus=2)
+from preprocessing import ssd_vgg_preprocessing as prep
+from ssd_tf import SSDDetector, data
+from ssd_tf.datasets import synthetic
+records = synthetic.make_synthetic_examples(8, seed=1, image_size=128)
+prep_fn = lambda i, l, b: prep.preprocess_for_eval(i, l, b, out_shape=(128, 128))[:3]
+out = {}
+for mode in ('single', 'mirrored'):
+    strategy = tf.distribute.get_strategy() if mode == 'single' else \\
+        tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
     with strategy.scope():
-        det = _detector()
-        det.network.set_weights(trained['detector'].network.get_weights())
-        det.compile(optimizer=keras.optimizers.SGD(1e-3), **LOSS)
-    fixed = trained['fixed'].take(1)
-    reference = trained['detector'].evaluate(fixed, verbose=0, return_dict=True)
-    got = det.evaluate(fixed, verbose=0, return_dict=True)
-    for k in reference:
-        np.testing.assert_allclose(got[k], reference[k], rtol=1e-5)
-    history = det.fit(_dataset(det, records), steps_per_epoch=2, epochs=1, verbose=0)
-    assert np.isfinite(history.history['loss'][0])
+        keras.utils.set_random_seed(0)
+        det = SSDDetector.from_network('ssd_small')
+        det.compile(optimizer=keras.optimizers.SGD(0.05))
+    ds = data.build_dataset(records, prep_fn, det.encode_targets, batch_size=8,
+                            is_training=False, repeat=False, with_gt=False)
+    history = det.fit(ds, epochs=1, verbose=0, shuffle=False).history
+    out[mode] = dict(replicas=strategy.num_replicas_in_sync,
+                     loss=[history[k][0] for k in ('loss', 'cls_loss', 'loc_loss')],
+                     weights=[float(np.abs(w).sum()) for w in det.network.get_weights()])
+print(json.dumps(out))
+"""
+
+
+def test_fit_under_a_mirrored_strategy_equals_one_replica():
+    """One step on 8 images over two replicas (4 each): the same loss terms and updated
+    weights as one replica on the 8 (the loss is normalised by the global batch's
+    positives, the gradients summed)."""
+    run = subprocess.run([sys.executable, '-c', _MIRRORED], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    single, mirrored = out['single'], out['mirrored']
+    assert (single['replicas'], mirrored['replicas']) == (1, 2)
+    assert all(np.isfinite(single['loss']))
+    np.testing.assert_allclose(mirrored['loss'], single['loss'], rtol=1e-5)
+    np.testing.assert_allclose(mirrored['weights'], single['weights'], rtol=1e-5)
 
 
 def test_fit_with_a_mixed_precision_policy(records):
