@@ -12,6 +12,8 @@ replica turns every replica's gradients into NaN, and the loss-scale wrapper aro
 optimizer then skips the update everywhere (`SkipNonFiniteOptimizer`: the scale stays 1 for
 float32 and bfloat16; Keras' dynamic `LossScaleOptimizer` for float16). The same all-reduce
 carries a stop request, so a signal to one worker stops every worker after the same step.
+The loss itself (`count_positives`, `replica_losses`) is the one that
+`ssd_tf.keras_detector.SSDDetector.train_step` runs too.
 
 The loop (`Trainer.train`) saves a checkpoint when it ends, at a signal, and before any
 exception from the data, a callback or a summary write propagates (the last completed step).
@@ -323,10 +325,63 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclasses.dataclass
 class LossConfig:
+    """The loss flags of train_ssd.py (--match_threshold, --negative_ratio, --loss_alpha,
+    --label_smoothing), same defaults; `keras_detector.SSDDetector.compile` takes them too."""
     match_threshold: float = 0.5
     negative_ratio: float = 3.
     alpha: float = 1.
     label_smoothing: float = 0.
+
+
+def count_positives(net, targets, loss_config):
+    """Positive anchors of a batch of encoded targets (`targets['gclasses']` /
+    `targets['gscores']`, per layer `[B, H, W, A]`): the encoder's matches, or with
+    `net.reference_compat` the slim rule `gscores > match_threshold`. A float32 scalar, the
+    loss's normaliser once summed over the replicas."""
+    if net.reference_compat:
+        return tf.add_n([tf.reduce_sum(tf.cast(g > loss_config.match_threshold, tf.float32))
+                         for g in targets['gscores']])
+    return tf.add_n([tf.reduce_sum(tf.cast(g > 0, tf.float32)) for g in targets['gclasses']])
+
+
+def poison_gradients(grads, summed_loss):
+    """`grads` plus `0 * summed_loss` (the loss summed over the replicas): all NaN on every
+    replica when any replica's loss is not finite, so that every replica's loss-scale
+    optimizer skips the same step (Keras' decides on the first replica's gradients only)."""
+    poison = 0. * summed_loss
+    return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
+
+
+def replica_losses(net, outputs, targets, loss_config, num_positives, local_fraction,
+                   regularization_losses=()):
+    """The one training loss (train_ssd.py's step and `SSDDetector.train_step` call it).
+
+    outputs: the network's raw dict (`logits`, `localisations`, per layer `[B, H, W, A, C|4]`);
+    targets: the encoded targets of the data pipeline (`gclasses`, `glocalisations`,
+    `gscores`, per layer); num_positives: the positives of the GLOBAL batch (summed over the
+    replicas, see `count_positives`); local_fraction: this replica's share of the global batch
+    (1 on one replica); regularization_losses: the model's `losses` (weight decay).
+    Returns float32 scalars `cross_entropy_pos`, `cross_entropy_neg`, `localization`,
+    `regularization` and `total` (their sum), scaled so that the replicas' values sum to the
+    loss of the global batch on one replica.
+    """
+    cfg = loss_config
+    losses = net.losses(
+        outputs['logits'], outputs['localisations'], list(targets['gclasses']),
+        list(targets['glocalisations']), list(targets['gscores']),
+        match_threshold=cfg.match_threshold, negative_ratio=cfg.negative_ratio,
+        alpha=cfg.alpha, label_smoothing=cfg.label_smoothing, num_positives=num_positives)
+    losses = {k: tf.cast(v, tf.float32) for k, v in losses.items()}
+    if net.reference_compat:
+        # slim divides by its (local) batch size: rescale so replicas sum to the global-batch
+        # normalisation.
+        losses = {k: v * local_fraction for k, v in losses.items()}
+    reg = tf.constant(0., tf.float32)
+    if regularization_losses:
+        reg = tf.add_n([tf.cast(l, tf.float32) for l in regularization_losses]) * local_fraction
+    losses['regularization'] = reg
+    losses['total'] = losses['total'] + reg
+    return losses
 
 
 @dataclasses.dataclass
@@ -391,41 +446,20 @@ class DistributedStep:
                                                    jit_compile=jit_compile or None)
         self._step_fn = None
 
-    def _count_positives(self, targets):
-        if self.net.reference_compat:
-            return tf.add_n([tf.reduce_sum(tf.cast(g > self.loss_config.match_threshold,
-                                                   tf.float32)) for g in targets['gscores']])
-        return tf.add_n([tf.reduce_sum(tf.cast(g > 0, tf.float32))
-                         for g in targets['gclasses']])
-
     def _loss_and_grads(self, images, gclasses, glocs, gscores, num_positives, local_fraction):
-        cfg = self.loss_config
         with tf.GradientTape() as tape:
             out = self.model(images, training=True)
-            losses = self.net.losses(
-                out['logits'], out['localisations'], list(gclasses), list(glocs), list(gscores),
-                match_threshold=cfg.match_threshold, negative_ratio=cfg.negative_ratio,
-                alpha=cfg.alpha, label_smoothing=cfg.label_smoothing,
-                num_positives=num_positives)
-            losses = {k: tf.cast(v, tf.float32) for k, v in losses.items()}
-            if self.net.reference_compat:
-                # slim divides by its (local) batch size: rescale so replicas sum to the
-                # global-batch normalisation.
-                losses = {k: v * local_fraction for k, v in losses.items()}
-            reg = tf.constant(0., tf.float32)
-            if self.model.losses:
-                reg = tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]) \
-                    * local_fraction
-            total = losses['total'] + reg
-            scaled = self.optimizer.scale_loss(total)
+            targets = dict(gclasses=gclasses, glocalisations=glocs, gscores=gscores)
+            losses = replica_losses(self.net, out, targets, self.loss_config, num_positives,
+                                    local_fraction, self.model.losses)
+            scaled = self.optimizer.scale_loss(losses['total'])
         grads = tape.gradient(scaled, self.trainable_variables)
-        losses['regularization'] = reg
-        losses['total'] = total
         return losses, grads
 
     def _replica_step(self, images, targets, stop_request):
         ctx = tf.distribute.get_replica_context()
-        n_pos = ctx.all_reduce(tf.distribute.ReduceOp.SUM, self._count_positives(targets))
+        n_pos = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                               count_positives(self.net, targets, self.loss_config))
         local_fraction = tf.cast(tf.shape(images)[0], tf.float32) / self.global_batch_size
         losses, grads = self.compiled_loss_and_grads(
             images, targets['gclasses'], targets['glocalisations'], targets['gscores'], n_pos,
@@ -435,8 +469,7 @@ class DistributedStep:
         # none is left waiting in the next step's all-reduce: one all-reduce for both.
         summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
                                 tf.stack([losses['total'], tf.cast(stop_request, tf.float32)]))
-        poison = 0. * summed[0]
-        grads = [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
+        grads = poison_gradients(grads, summed[0])
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, self.trainable_variables) if g is not None])
         return losses, summed[1]
