@@ -49,6 +49,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -454,11 +455,16 @@ def convert_tflite(concrete_fn, quantization='float32', representative_images=No
                 float_converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
                 float_converter.allow_custom_ops = True
                 nodes = _nodes_outside(float_converter.convert(), network_scope)
-                debugger = tf.lite.experimental.QuantizationDebugger(
-                    converter=converter, debug_dataset=converter.representative_dataset,
-                    debug_options=tf.lite.experimental.QuantizationDebugOptions(
-                        denylisted_nodes=nodes))
-                return _order_outputs(debugger.get_nondebug_quantized_model())
+                with warnings.catch_warnings():
+                    # The debugger (TF's converter tooling) builds tf.lite.Interpreters
+                    # internally; its deprecation notice is not about how we run models.
+                    warnings.filterwarnings('ignore', message='.*tf.lite.Interpreter is '
+                                            'deprecated', category=UserWarning)
+                    debugger = tf.lite.experimental.QuantizationDebugger(
+                        converter=converter, debug_dataset=converter.representative_dataset,
+                        debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                            denylisted_nodes=nodes))
+                    return _order_outputs(debugger.get_nondebug_quantized_model())
         return _order_outputs(converter.convert())
 
 

@@ -62,8 +62,22 @@ def _encode(image, ext='.png'):
     return buf.tobytes()
 
 
+_BUILT = {}
+
+
+def build_export(tmp_path_factory):
+    """The exports of this module, built once per session (tests/test_mobile.py shares them)."""
+    if not _BUILT:
+        _BUILT.update(_build_export(tmp_path_factory))
+    return _BUILT
+
+
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
+    return build_export(tmp_path_factory)
+
+
+def _build_export(tmp_path_factory):
     root = tmp_path_factory.mktemp('export')
     keras.utils.set_random_seed(0)
     net = nets_factory.get_network('ssd_small')()
@@ -88,8 +102,12 @@ def exported(tmp_path_factory):
     tfl = export.export_tflite(net, model, lambda im: _preprocess(im)[0], root / 'tflite',
                                export.TFLITE_QUANTIZATIONS, calib, max_detections=MAX_DET,
                                label_names=CLASS_NAMES)
+    # The same network with TFLite_Detection_PostProcess (tests/test_mobile.py).
+    tfl_op = export.export_tflite(net, model, lambda im: _preprocess(im)[0], root / 'tflite_op',
+                                  ['float32'], max_detections=MAX_DET, label_names=CLASS_NAMES,
+                                  postprocess_op='detection_postprocess')
     return dict(root=root, net=net, model=model, train_dir=train_dir, saved_model=sm_dir,
-                tflite=tfl, keras_detect=evaluation.keras_detector(model, net,
+                tflite=tfl, tflite_op=tfl_op['float32'], keras_detect=evaluation.keras_detector(model, net,
                                                                    keep_top_k=MAX_DET))
 
 
