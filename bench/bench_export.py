@@ -112,10 +112,14 @@ def accuracy(checkpoint_path, num_images):
 
 
 def _sharpen_heads(net, model):
-    """Class heads scaled and background biases raised (tests/test_export.py's weights)."""
+    """Class heads scaled and background biases raised (tests/test_export.py's weights); a
+    head initialised to zeros (SSDLite's) first gets seeded N(0, 0.1) kernels."""
+    rng = np.random.default_rng(0)
     for layer in model.layers:
         if layer.name.endswith('_conv_cls'):
             kernel, bias = layer.get_weights()
+            if np.abs(kernel).max() < 1e-6:
+                kernel = rng.normal(0., 0.1, kernel.shape).astype(kernel.dtype)
             bias = bias.reshape(-1, net.params.num_classes)
             bias[:, 0] += BACKGROUND_BIAS
             layer.set_weights([kernel * HEAD_SCALE, bias.reshape(-1)])
