@@ -242,7 +242,9 @@ def main():
     ap.add_argument('--postprocess', action='store_true',
                     help='Compare the TFLite post-processing variants at 21 and 80 classes '
                     'instead of the default tables.')
-    ap.add_argument('--postprocess_models', default='ssdlite_mobilenet_v2,ssd_300_vgg')
+    ap.add_argument('--postprocess_models', default='ssd_small,ssd_300_vgg',
+                    help='Networks to compare (SSDLite\'s zero-initialised class heads give no '
+                    'detection to compare without training).')
     args = ap.parse_args()
     if args.postprocess:
         print(machine_info())

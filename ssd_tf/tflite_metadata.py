@@ -17,6 +17,8 @@ their tensor indices that way.
   without mediapipe is a clear error, `auto` says once how to get the metadata.
 - `add_metadata(tflite_bytes, label_names)`: the model with metadata and the label file.
 - `read_metadata(tflite_bytes)`: the metadata as a dict (the flatbuffer's JSON), for checks.
+- `embedded_labels(path)`: the label names packed in a .tflite (a zip of its associated
+  files), without mediapipe; None when there are none.
 - `minimum_parser_version(metadata_buffer)`: see below.
 
 mediapipe >= 0.10.30 (its C-API rewrite) ships the metadata writer without the compiled helper
@@ -30,6 +32,7 @@ import json
 import logging
 import sys
 import types
+import zipfile
 
 METADATA_MODES = ('auto', 'on', 'off')
 INSTALL_HINT = ("pip install -e '.[mobile]' (then see README \"Export and deployment\" to "
@@ -188,3 +191,19 @@ def read_metadata(tflite_bytes):
     except ValueError:
         return None
     return json.loads(displayer.get_metadata_json())
+
+
+def embedded_labels(path, max_bytes=10_000_000):
+    """The label names of the label file `labels.txt` packed in the .tflite at `path` (a model
+    with metadata is also a zip of its associated files), line i = 0-based class i; None when
+    the file has none. A label file over `max_bytes` is a ValueError naming the model."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            if 'labels.txt' not in z.namelist():
+                return None
+            if z.getinfo('labels.txt').file_size > max_bytes:
+                raise ValueError(f"{path}: its embedded labels.txt is over {max_bytes} bytes")
+            text = z.read('labels.txt').decode('utf-8')
+    except zipfile.BadZipFile:
+        return None
+    return [line for line in text.splitlines() if line.strip()]

@@ -172,8 +172,23 @@ def test_metadata_describes_the_model_and_embeds_the_labels(exported):
     # A .tflite with metadata is also a zip of its associated files: line i = class i.
     with zipfile.ZipFile(exported['tflite']['float32']) as z:
         assert z.read('labels.txt').decode().split('\n')[:len(CLASS_NAMES)] == CLASS_NAMES
-    # The metadata does not change what the runtime computes.
     assert tflite_metadata.read_metadata(open(exported['tflite_op'], 'rb').read()) is not None
+
+
+def test_detect_reads_the_labels_embedded_in_a_lone_tflite(exported, tmp_path):
+    _mediapipe()
+    from ssd_tf import detect
+    lone = tmp_path / 'model.tflite'  # no labels.txt beside it
+    lone.write_bytes(open(exported['tflite']['float32'], 'rb').read())
+    assert tflite_metadata.embedded_labels(lone) == CLASS_NAMES
+    fn, labels = detect.make_detector(lone)
+    assert labels == CLASS_NAMES
+    image = test_export._images(1, 30)[0]
+    dets = fn(None, image)
+    assert len(dets['classes']) and dets['classes'].min() >= 1  # 1-based ids, as labels.txt
+    plain = tmp_path / 'plain.tflite'
+    plain.write_bytes(b'TFL3 not a zip')
+    assert tflite_metadata.embedded_labels(plain) is None
 
 
 def _metadata_buffer(**fields):
