@@ -184,30 +184,52 @@ def postprocess_comparison(models, runs):
             def run_raw():
                 raw_det.set_tensor(raw_in, frames[0])
                 raw_det.invoke()
-            t_raw = median_time(run_raw, runs=runs)
+            dets, sizes, found = {'network only': run_raw}, {}, {}
             for op in postprocess.TFLITE_POSTPROCESS_OPTIONS:
-                path = export.export_tflite(net, model, whiten, os.path.join(tmp, f'{name}_{c}_{op}'),
-                                            ['float32'], postprocess_op=op, metadata='off')
-                det = export.TFLiteDetector(path['float32'], num_threads=2)
-                t = median_time(lambda: det.run_resized(frames[0]), runs=runs)
-                found = [0, 0, 0, 0]
+                path = export.export_tflite(net, model, whiten,
+                                            os.path.join(tmp, f'{name}_{c}_{op}'), ['float32'],
+                                            postprocess_op=op, metadata='off')['float32']
+                det = export.TFLiteDetector(path, num_threads=2)
+                dets[op] = lambda det=det: det.run_resized(frames[0])
+                sizes[op] = os.path.getsize(path) / 1e6
+                counts = np.zeros(4, int)
                 for f, ref in zip(frames, refs):
                     o = det.run_resized(f)
                     n = int(o['num_detections'][0])
                     got = (o['detection_boxes'][0, :n],
                            np.round(o['detection_classes'][0, :n]).astype(int) + 1,
                            o['detection_scores'][0, :n])
-                    a, b = _matched(ref, got), _matched(got, ref)
-                    found = [found[0] + a[0], found[1] + a[1], found[2] + b[0], found[3] + b[1]]
-                rows.append([name, c, op, f'{1e3 * t:.1f}', f'{1e3 * (t - t_raw):.1f}',
-                             f'{os.path.getsize(path["float32"]) / 1e6:.1f}',
-                             f'{found[0]}/{found[1]}', f'{found[2]}/{found[3]}'])
+                    counts += np.array(_matched(ref, got) + _matched(got, ref))
+                found[op] = counts
+            # Interleaved runs (one of each in turn), so that a change of the shared machine's
+            # load hits all variants alike.
+            times = _interleaved_medians(dets, runs)
+            for op in postprocess.TFLITE_POSTPROCESS_OPTIONS:
+                f = found[op]
+                rows.append([name, c, op, f'{1e3 * times[op]:.1f}',
+                             f'{1e3 * (times[op] - times["network only"]):.1f}',
+                             f'{sizes[op]:.1f}', f'{f[0]}/{f[1]}', f'{f[2]}/{f[3]}'])
                 print(rows[-1], flush=True)
     print()
     print_table(['model', 'classes', '--tflite_postprocess', 'median ms (whole model)',
                  'post-processing ms (difference)', 'size (MB)',
                  f'SavedModel detections >= {AGREEMENT_SCORE} found',
                  'TFLite detections found in SavedModel'], rows)
+
+
+def _interleaved_medians(fns, runs):
+    """{name: median seconds} of `fns` (name -> callable), timed in turn `runs` times after one
+    warm-up call each."""
+    import time
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def _raw_network_tflite(net, model, whiten):

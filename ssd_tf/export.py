@@ -29,7 +29,7 @@ model). Outputs in the order of the object-detector task APIs (MediaPipe, TFLite
 the TF OD API's TFLite_Detection_PostProcess ports), both as output index 0..3 and as
 ascending tensor indices (`_order_outputs`): `detection_boxes [1, K, 4]` (yxyx relative to the
 input), `detection_classes [1, K]` (float, 0-based: class id - 1, the line of
-labels_tflite.txt / the embedded label file; the SavedModel's ids are 1-based), 
+labels_tflite.txt / the embedded label file; the SavedModel's ids are 1-based),
 `detection_scores [1, K]`, `num_detections [1]` (float32); the signature `serving_default`
 names them too. With mediapipe installed (`--tflite_metadata`, `ssd_tf.tflite_metadata`) the
 file carries the metadata and labels the phone SDKs read. `TFLiteDetector` (LiteRT's
