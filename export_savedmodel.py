@@ -38,6 +38,17 @@ flags.DEFINE_enum('mixed_precision', None, ['mixed_bfloat16'],
 flags.DEFINE_boolean('tflite', False, 'Also write the float32 TFLite model.')
 flags.DEFINE_list('tflite_quantization', [], 'TFLite variants to write: any of float32, '
                   'float16, dynamic, int8 (implies --tflite).')
+flags.DEFINE_enum('tflite_postprocess', postprocess.TFLITE_POSTPROCESS,
+                  list(postprocess.TFLITE_POSTPROCESS_OPTIONS),
+                  'TFLite post-processing: builtin_nms (builtin ops, per-class NMS unrolled over '
+                  'the classes) or detection_postprocess (the custom op '
+                  'TFLite_Detection_PostProcess of the TF OD API mobile SSDs, in the default op '
+                  'resolver); see README "Export and deployment" for the measured choice.')
+flags.DEFINE_enum('tflite_metadata', 'auto', ['auto', 'on', 'off'],
+                  'Embed TFLite metadata (labels, input/output descriptions: what MediaPipe '
+                  'ObjectDetector / the TFLite Task Library need) with MediaPipe\'s metadata '
+                  'writer: auto = when mediapipe is installed (pip install -e \'.[mobile]\'), '
+                  'on = fail without it, off = never.')
 flags.DEFINE_string('dataset_dir', None, 'VOC directory of int8 calibration images; default: '
                     'the built-in synthetic images.')
 flags.DEFINE_string('dataset_split_name', 'train', 'Split of --dataset_dir used for int8 '
@@ -78,6 +89,9 @@ def main(argv):
                              "TFLite models in a run without it")
         import keras
         keras.mixed_precision.set_dtype_policy(FLAGS.mixed_precision)
+    if variants:  # a missing mediapipe with --tflite_metadata=on fails before any work
+        from ssd_tf import tflite_metadata
+        tflite_metadata.resolve_mode(FLAGS.tflite_metadata)
     net, model, label_names, path = export.load_from_checkpoint(
         FLAGS.checkpoint_path, nets_factory.get_network, FLAGS.model_name, FLAGS.num_classes,
         FLAGS.label_map, slim_variable_map_fn=ssd_vgg_keras.slim_variable_map)
@@ -96,7 +110,9 @@ def main(argv):
         if variants:
             tflite_paths.update(export.export_tflite(
                 net, model, lambda im: preprocess(im)[0], os.path.join(version_dir, 'tflite'),
-                variants, reps, label_names=label_names, **nms))
+                variants, reps, label_names=label_names,
+                postprocess_op=FLAGS.tflite_postprocess, metadata=FLAGS.tflite_metadata,
+                **nms))
 
     target = export.export_saved_model(
         net, model, preprocess, FLAGS.output_dir, FLAGS.version, FLAGS.overwrite,

@@ -89,7 +89,9 @@ def make_detector(model_path, get_network=None, preprocess_factory=None, model_n
             out = det(image)
             return {'boxes': out['detection_boxes'], 'classes': out['detection_classes'],
                     'scores': out['detection_scores']}
-        return detect, labels or _labels_near(os.path.dirname(os.path.abspath(model_path)))
+        from ssd_tf import tflite_metadata
+        return detect, (labels or _labels_near(os.path.dirname(os.path.abspath(model_path)))
+                        or tflite_metadata.embedded_labels(model_path))
     if os.path.isfile(os.path.join(model_path, 'saved_model.pb')):
         loaded = tf.saved_model.load(model_path)
         if export.BYTES_SIGNATURE not in loaded.signatures:

@@ -25,14 +25,20 @@ Outputs (TF Object Detection API names and dtypes), K = max_detections:
 
 TFLite (`convert_tflite`): batch 1, fixed input `images` uint8 `[1, H, W, 3]` RGB already resized
 to the network's `img_shape` (the app resizes the camera frame; the mean subtraction is in the
-model). One signature, `serving_default`, with named outputs `detection_boxes [1, K, 4]`,
-`detection_classes [1, K]` (float ids 1..C-1), `detection_scores [1, K]`, `num_detections [1]`
-(float32): look them up by name (SignatureRunner / `Interpreter.runSignature`). The raw output
-tensor order the converter produces is num_detections, boxes, classes, scores (index 0..3),
-not the boxes, classes, scores, count order of the TF OD API's custom post-processing op.
-Post-processing uses builtin ops
-only (TOPK_V2, GATHER, NON_MAX_SUPPRESSION_V4 per class, unrolled over the C-1 classes, then a
-TOPK_V2 over all kept boxes): the same semantics as the SavedModel's combined NMS.
+model). Outputs in the order of the object-detector task APIs (MediaPipe, TFLite Task Library,
+the TF OD API's TFLite_Detection_PostProcess ports), both as output index 0..3 and as
+ascending tensor indices (`_order_outputs`): `detection_boxes [1, K, 4]` (yxyx relative to the
+input), `detection_classes [1, K]` (float, 0-based: class id - 1, the line of
+labels_tflite.txt / the embedded label file; the SavedModel's ids are 1-based),
+`detection_scores [1, K]`, `num_detections [1]` (float32); the signature `serving_default`
+names them too. With mediapipe installed (`--tflite_metadata`, `ssd_tf.tflite_metadata`) the
+file carries the metadata and labels the phone SDKs read. `TFLiteDetector` (LiteRT's
+interpreter, `tflite_interpreter`) returns the SavedModel's 1-based ids.
+Post-processing (`--tflite_postprocess`, `postprocess.TFLITE_POSTPROCESS_OPTIONS`):
+`builtin_nms` uses builtin ops only (TOPK_V2, GATHER, NON_MAX_SUPPRESSION_V4 per class,
+unrolled over the C-1 classes, then a TOPK_V2 over all kept boxes): the same semantics as the
+SavedModel's combined NMS; `detection_postprocess` is the custom op TFLite_Detection_PostProcess
+(decoding and regular per-class NMS in one op, in the default op resolver of TFLite/LiteRT).
 Variants: float32, float16 (weights), dynamic (int8 weights, float activations), int8 (the
 network's weights and activations in int8, calibrated on representative images; the
 pre-processing, box decoding and NMS stay float32 by selective quantisation, since quantising
@@ -43,10 +49,12 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf import anchors as anchors_lib
 from ssd_tf import boxes as boxes_lib
 from ssd_tf import images as images_lib
 from ssd_tf import postprocess
@@ -66,7 +74,7 @@ BYTES_SIGNATURE = 'serving_default'
 IMAGES_SIGNATURE = 'serving_images'
 OUTPUT_KEYS = ('detection_boxes', 'detection_classes', 'detection_scores', 'num_detections')
 LABELS_FILENAME = 'labels.txt'          # `id:name` lines, 0:none first (datasets.labelmap)
-TFLITE_LABELS_FILENAME = 'labels_tflite.txt'  # one name per line, line i = class id i
+TFLITE_LABELS_FILENAME = 'labels_tflite.txt'  # one name per line, line i = TFLite class i
 TFLITE_QUANTIZATIONS = ('float32', 'float16', 'dynamic', 'int8')
 
 # Request limits of the serving signatures (export_savedmodel.py --max_image_pixels,
@@ -315,27 +323,33 @@ def _exchange(a, b):
 
 def write_label_files(label_names, directory):
     """Writes `labels.txt` (`id:name`, `0:none` first) and `labels_tflite.txt` (one name per
-    line, line i = class id i, line 0 'none') into `directory`; returns both paths."""
+    line, no background: line i = the 0-based TFLite class i = class id i + 1, as the label
+    file embedded in the .tflite metadata) into `directory`; returns both paths."""
     from ssd_tf.datasets import labelmap as labelmap_lib
     path = labelmap_lib.LabelMap(list(label_names)).write(os.path.join(directory,
                                                                        LABELS_FILENAME))
     plain = os.path.join(directory, TFLITE_LABELS_FILENAME)
     with open(plain, 'w', encoding='utf-8') as f:
-        f.write('\n'.join([labelmap_lib.BACKGROUND_NAME] + list(label_names)) + '\n')
+        f.write('\n'.join(list(label_names)) + '\n')
     return path, plain
 
 
 # ---------------------------------------------------------------------------- TFLite
 def tflite_detection_function(net, model, whiten_fn, select_threshold=SELECT_THRESHOLD,
                               nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
-                              top_k=SELECT_TOP_K):
-    """A concrete function `images uint8 [1, H, W, 3] -> dict of the four TFLite outputs`.
+                              top_k=SELECT_TOP_K, postprocess_op=postprocess.TFLITE_POSTPROCESS):
+    """A concrete function `images uint8 [1, H, W, 3] -> dict of the four TFLite outputs`
+    (classes 0-based, see the module docstring).
 
     whiten_fn: `image uint8 [H, W, 3] (already the network's size) -> float32 [H, W, 3]`, the
     pre-processing without the resize (e.g. the eval pre-processing, whose warp resize to the
-    same size is the identity).
+    same size is the identity). postprocess_op: one of `postprocess.TFLITE_POSTPROCESS_OPTIONS`
+    ('detection_postprocess' computes only once converted; `top_k` does not apply to it).
     """
     _check_model(net, model)
+    if postprocess_op not in postprocess.TFLITE_POSTPROCESS_OPTIONS:
+        raise ValueError(f"--tflite_postprocess={postprocess_op} must be one of "
+                         f"{', '.join(postprocess.TFLITE_POSTPROCESS_OPTIONS)}")
     h, w = net.params.img_shape
     anchors = net.anchors()
     num_classes = net.params.num_classes
@@ -344,15 +358,36 @@ def tflite_detection_function(net, model, whiten_fn, select_threshold=SELECT_THR
     def detect(images):
         image = tf.cast(whiten_fn(images[0]), tf.float32)[None]
         out = model(image, training=False)
-        decoded = net.bboxes_decode(out['localisations'], anchors)
         scores = tf.concat([tf.reshape(p, [-1, num_classes]) for p in out['predictions']], 0)
+        if postprocess_op == 'detection_postprocess':
+            # Raw outputs only: the custom op is added after freezing (`_fused_postprocess`).
+            offsets = tf.concat([tf.reshape(o, [-1, 4]) for o in out['localisations']], 0)
+            return {'offsets': offsets, 'scores': scores}
+        decoded = net.bboxes_decode(out['localisations'], anchors)
         boxes = tf.concat([tf.reshape(b, [-1, 4]) for b in decoded], 0)
         b, c, s, n = tflite_postprocess(scores, boxes, num_classes, select_threshold,
                                         nms_threshold, max_detections, top_k)
-        return {'detection_boxes': b[None], 'detection_classes': c[None],
-                'detection_scores': s[None], 'num_detections': n[None]}
+        c = tf.maximum(c - 1., 0.)  # 0-based; padding rows stay 0
+        return _tflite_outputs(b, c, s, n)
 
-    return detect.get_concrete_function()
+    concrete = detect.get_concrete_function()
+    if postprocess_op == 'detection_postprocess':
+        flat = anchors_lib.anchors_flat(anchors)
+        scales = postprocess.detection_postprocess_scales(net.params.prior_scaling,
+                                                          net.reference_compat)
+        # Freezing the variables (convert_tflite) inlines and constant-folds functions, which
+        # would erase the op's composite function: convert_tflite applies this after it.
+        concrete._fused_postprocess = lambda raw: _tflite_outputs(  # pylint: disable=protected-access
+            *postprocess.tflite_detection_postprocess(
+                raw['offsets'], raw['scores'], flat, num_classes, scales, select_threshold,
+                nms_threshold, max_detections))
+    return concrete
+
+
+def _tflite_outputs(boxes, classes, scores, count):
+    """One image's `[M, 4], [M], [M], []` -> the TFLite output dict (batch 1)."""
+    return {'detection_boxes': boxes[None], 'detection_classes': classes[None],
+            'detection_scores': scores[None], 'num_detections': count[None]}
 
 
 def convert_tflite(concrete_fn, quantization='float32', representative_images=None,
@@ -362,9 +397,11 @@ def convert_tflite(concrete_fn, quantization='float32', representative_images=No
     quantization: 'float32'; 'float16' (float16 weights); 'dynamic' (int8 weights, float
     activations); 'int8' (int8 weights and activations calibrated on `representative_images`,
     an iterable of uint8 `[1, H, W, 3]` arrays; float kernels where no int8 one exists, e.g.
-    NMS). Uses TFLite builtin ops only (no Select TF ops). network_scope: with 'int8', the
-    Keras model's name; only ops whose tensor names contain it are quantised (the network),
-    the pre-processing, box decoding and NMS keep float32 (see the comment in the code).
+    NMS). Uses TFLite builtin ops only (no Select TF ops), plus TFLite_Detection_PostProcess
+    when the function uses it (any other custom op is refused). network_scope: with 'int8',
+    the Keras model's name; only ops whose tensor names contain it are quantised (the network),
+    the pre-processing, box decoding and NMS keep float32 (see the comment in the code). The
+    outputs come out in the task APIs' order (`_order_outputs`).
     """
     if quantization not in TFLITE_QUANTIZATIONS:
         raise ValueError(f"--tflite_quantization={quantization} must be one of "
@@ -377,13 +414,16 @@ def convert_tflite(concrete_fn, quantization='float32', representative_images=No
     frozen = convert_to_constants.convert_variables_to_constants_v2(concrete_fn)
     spec = concrete_fn.structured_input_signature[0][0]
     keys = sorted(concrete_fn.structured_outputs)
+    fused = getattr(concrete_fn, '_fused_postprocess', None)
 
     @tf.function(input_signature=[spec], autograph=False)
     def named(images):
         outputs = frozen(images)
-        if isinstance(outputs, dict):
-            return {k: outputs[k] for k in keys}
-        return dict(zip(keys, tf.nest.flatten(outputs)))
+        if not isinstance(outputs, dict):
+            outputs = dict(zip(keys, tf.nest.flatten(outputs)))
+        if fused is not None:
+            return fused(outputs)
+        return {k: outputs[k] for k in keys}
 
     holder = tf.Module()
     holder.detect = named
@@ -392,6 +432,9 @@ def convert_tflite(concrete_fn, quantization='float32', representative_images=No
                                                      named.get_concrete_function()})
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        # TFLite_Detection_PostProcess is a custom op (in the default resolver); _order_outputs
+        # refuses any other custom op.
+        converter.allow_custom_ops = True
         if quantization != 'float32':
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantization == 'float16':
@@ -410,19 +453,60 @@ def convert_tflite(concrete_fn, quantization='float32', representative_images=No
                 # anchor arithmetic), score flattening and NMS stay float. Quantising them
                 # cost ~60% of the mAP of a trained ssd_small (VOC07 0.83 -> 0.33).
                 float_converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+                float_converter.allow_custom_ops = True
                 nodes = _nodes_outside(float_converter.convert(), network_scope)
-                debugger = tf.lite.experimental.QuantizationDebugger(
-                    converter=converter, debug_dataset=converter.representative_dataset,
-                    debug_options=tf.lite.experimental.QuantizationDebugOptions(
-                        denylisted_nodes=nodes))
-                return debugger.get_nondebug_quantized_model()
-        return converter.convert()
+                with warnings.catch_warnings():
+                    # The debugger (TF's converter tooling) builds tf.lite.Interpreters
+                    # internally; its deprecation notice is not about how we run models.
+                    warnings.filterwarnings('ignore', message='.*tf.lite.Interpreter is '
+                                            'deprecated', category=UserWarning)
+                    debugger = tf.lite.experimental.QuantizationDebugger(
+                        converter=converter, debug_dataset=converter.representative_dataset,
+                        debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                            denylisted_nodes=nodes))
+                    return _order_outputs(debugger.get_nondebug_quantized_model())
+        return _order_outputs(converter.convert())
+
+
+def _order_outputs(tflite_model, order=OUTPUT_KEYS):
+    """The model with its signature outputs `order` as outputs 0..3 AND as the last, ascending
+    tensor indices (MediaPipe's metadata writer pairs location, category, score, count with the
+    outputs by ascending tensor index; the converter's own order is arbitrary: it put
+    num_detections first). Refuses custom ops other than TFLite_Detection_PostProcess."""
+    from tensorflow.lite.tools import flatbuffer_utils
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_model))
+    for code in model.operatorCodes:
+        name = code.customCode.decode() if code.customCode else None
+        if name and name != postprocess.DETECTION_POSTPROCESS_OP:
+            raise ValueError(f"the TFLite model needs the custom op {name}, which the TFLite "
+                             f"runtimes do not provide")
+    sig = model.signatureDefs[0]
+    graph = model.subgraphs[sig.subgraphIndex]
+    by_name = {t.name.decode(): t.tensorIndex for t in sig.outputs}
+    if sorted(by_name) != sorted(order):
+        raise ValueError(f"TFLite outputs {sorted(by_name)}, expected {list(order)}")
+    outs = [by_name[k] for k in order]
+    keep = [i for i in range(len(graph.tensors)) if i not in outs]
+    new_index = {old: new for new, old in enumerate(keep + outs)}
+    graph.tensors = [graph.tensors[i] for i in keep + outs]
+    remap = lambda ids: [new_index[i] if i >= 0 else i for i in ids]  # noqa: E731  (-1: none)
+    for op in graph.operators:
+        op.inputs = remap(op.inputs)
+        op.outputs = remap(op.outputs)
+        if op.intermediates is not None:
+            op.intermediates = remap(op.intermediates)
+    graph.inputs = remap(graph.inputs)
+    graph.outputs = remap(outs)
+    for t in list(sig.inputs) + list(sig.outputs):
+        t.tensorIndex = new_index[t.tensorIndex]
+    sig.outputs = sorted(sig.outputs, key=lambda t: order.index(t.name.decode()))
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _nodes_outside(tflite_model, scope):
     """Output tensor names of the ops of a TFLite model whose names lack `scope` (the Keras
     model's name): the pre- and post-processing around the network."""
-    interp = tf.lite.Interpreter(model_content=tflite_model)
+    interp = tflite_interpreter(model_content=tflite_model)
     names = {d['index']: d['name'] for d in interp.get_tensor_details()}
     out = []
     for op in interp._get_ops_details():  # pylint: disable=protected-access
@@ -433,18 +517,30 @@ def _nodes_outside(tflite_model, scope):
 def export_tflite(net, model, whiten_fn, output_dir, quantizations=('float32',),
                   representative_images=None, select_threshold=SELECT_THRESHOLD,
                   nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
-                  top_k=SELECT_TOP_K, label_names=None):
+                  top_k=SELECT_TOP_K, label_names=None,
+                  postprocess_op=postprocess.TFLITE_POSTPROCESS, metadata='auto'):
     """Writes `output_dir/model_<quantization>.tflite` for each variant; returns their paths.
 
     representative_images: needed for 'int8' (uint8 `[1, H, W, 3]` arrays, resized to the
     network input). label_names: also writes labels.txt and labels_tflite.txt beside.
+    postprocess_op: `postprocess.TFLITE_POSTPROCESS_OPTIONS`. metadata: 'auto' | 'on' | 'off'
+    (`tflite_metadata.resolve_mode`): embed MediaPipe's object-detector metadata and the
+    label file (needs label_names and mediapipe; 'on' fails without them, 'auto' says once).
     """
+    from ssd_tf import tflite_metadata
+    with_metadata = tflite_metadata.resolve_mode(metadata)
+    if with_metadata and label_names is None:
+        if metadata == 'on':
+            raise ValueError("--tflite_metadata=on needs the label names (a label map)")
+        with_metadata = False
     os.makedirs(output_dir, exist_ok=True)
     fn = tflite_detection_function(net, model, whiten_fn, select_threshold, nms_threshold,
-                                   max_detections, top_k)
+                                   max_detections, top_k, postprocess_op)
     paths = {}
     for q in quantizations:
         data = convert_tflite(fn, q, representative_images, network_scope=model.name)
+        if with_metadata:
+            data = tflite_metadata.add_metadata(data, label_names)
         paths[q] = os.path.join(output_dir, f'model_{q}.tflite')
         with open(paths[q], 'wb') as f:
             f.write(data)
@@ -465,15 +561,36 @@ def representative_images(images, img_shape, limit=100):
     return out
 
 
+def tflite_interpreter(model_path=None, model_content=None, num_threads=None):
+    """LiteRT's interpreter (`ai_edge_litert.interpreter.Interpreter`, PyPI `ai-edge-litert`;
+    `tf.lite.Interpreter` is deprecated) on a .tflite file or bytes; its default op resolver
+    has TFLite_Detection_PostProcess."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as e:
+        raise ImportError(f"running a .tflite model needs LiteRT: pip install ai-edge-litert "
+                          f"({e})") from e
+    if model_path is not None:
+        model_path = os.fspath(model_path)
+        if not os.path.isfile(model_path):
+            raise ValueError(f"{model_path}: no such .tflite file")
+    try:
+        return Interpreter(model_path=model_path, model_content=model_content,
+                           num_threads=num_threads)
+    except ValueError as e:
+        raise ValueError(f"{model_path or 'the TFLite model'} is not a loadable TFLite "
+                         f"model: {e}") from e
+
+
 class TFLiteDetector:
-    """Runs a detection `.tflite` model: `detector(image uint8 [H, W, 3] any size)` -> dict of
-    numpy `detection_boxes [K, 4]` (relative yxyx), `detection_classes [K]` int, `scores [K]`,
+    """Runs a detection `.tflite` model with LiteRT: `detector(image uint8 [H, W, 3] any size)`
+    -> dict of numpy `detection_boxes [K, 4]` (relative yxyx), `detection_classes [K]` int
+    (1-based class ids, as the SavedModel: the file's 0-based classes + 1), `scores [K]`,
     `num_detections` int. The image is warp-resized to the model input (bilinear, as the
-    SavedModel's pre-processing)."""
+    SavedModel's pre-processing). `run_resized` gives the file's raw (0-based) outputs."""
 
     def __init__(self, path, num_threads=None):
-        self.interpreter = tf.lite.Interpreter(model_path=os.fspath(path),
-                                               num_threads=num_threads)
+        self.interpreter = tflite_interpreter(model_path=path, num_threads=num_threads)
         self.runner = self.interpreter.get_signature_runner()
         detail = self.runner.get_input_details()[IMAGES_INPUT]
         self.input_shape = tuple(int(s) for s in detail['shape'])
@@ -488,7 +605,8 @@ class TFLiteDetector:
         out = self.run_resized(batch)
         n = int(round(float(out['num_detections'][0])))
         return {'detection_boxes': out['detection_boxes'][0, :n],
-                'detection_classes': out['detection_classes'][0, :n].astype(np.int64),
+                'detection_classes': np.round(out['detection_classes'][0, :n]).astype(
+                    np.int64) + 1,
                 'detection_scores': out['detection_scores'][0, :n],
                 'num_detections': n}
 

@@ -11,6 +11,9 @@ of `encoding`; `detections_from_raw` only glues the two for callers holding raw 
   boxes clipped, and a count of valid detections (padding rows are not detections). Used by
   evaluation and the SavedModel export.
 - `tflite_postprocess`: the same selection for ONE image with TFLite builtin ops only.
+- `tflite_detection_postprocess`: TFLite's custom op TFLite_Detection_PostProcess (decoding
+  and per-class NMS in one op, as the TF OD API's mobile SSDs), `detection_postprocess_scales`
+  maps our prior_scaling to its scales. `TFLITE_POSTPROCESS_OPTIONS` names both variants.
 - `detections_from_raw`: raw per-layer network outputs -> decode -> `detected_bboxes_combined`.
 
 Detection defaults (defined here only; evaluation, export, the scripts and `SSDNet` read them):
@@ -188,6 +191,68 @@ def tflite_postprocess(scores, boxes, num_classes, select_threshold=SELECT_THRES
     classes_m = tf.where(live, tf.gather(tf.concat(all_classes, 0), pick), 0.)
     scores_m = tf.where(live, scores_m, 0.)
     return boxes_m, classes_m, scores_m, tf.reduce_sum(tf.cast(live, tf.float32))
+
+
+# TFLite post-processing variants (export_savedmodel.py --tflite_postprocess). The default,
+# builtin_nms, was faster in 3 of 4 cases of bench/bench_export.py --postprocess, finds the
+# SavedModel's detections exactly and needs no custom op (README "Export and deployment").
+TFLITE_POSTPROCESS_OPTIONS = ('builtin_nms', 'detection_postprocess')
+TFLITE_POSTPROCESS = 'builtin_nms'
+DETECTION_POSTPROCESS_OP = 'TFLite_Detection_PostProcess'
+
+
+def detection_postprocess_scales(prior_scaling, reference_compat=False):
+    """`(y_scale, x_scale, h_scale, w_scale)` of TFLite_Detection_PostProcess that decode our
+    offsets as `encoding.bboxes_decode` does. The op computes `yc = t_y / y_scale * ha + ya`,
+    `h = exp(t_h / h_scale) * ha` (same for x, w); ours `yc = t_y * s_y * ha + ya`, so each
+    scale is 1 / our factor: prior_scaling `[s0, s1, s2, s3]` applies to y, x, h, w, or with
+    `reference_compat` (the slim decoder) to x, y, w, h. Golden: (0.1, 0.1, 0.2, 0.2) ->
+    (10, 10, 5, 5); (0.1, 0.2, 0.3, 0.4) -> (10, 5, 1/0.3, 2.5), compat (5, 10, 2.5, 1/0.3).
+    """
+    s_y, s_x, s_h, s_w = (float(v) for v in prior_scaling)
+    if reference_compat:
+        s_x, s_y, s_w, s_h = (float(v) for v in prior_scaling)
+    return 1. / s_y, 1. / s_x, 1. / s_h, 1. / s_w
+
+
+def tflite_detection_postprocess(offsets, scores, anchors, num_classes, scales,
+                                 select_threshold=SELECT_THRESHOLD, nms_threshold=NMS_THRESHOLD,
+                                 max_detections=MAX_DETECTIONS):
+    """TFLite's custom op TFLite_Detection_PostProcess (in the default op resolver of the
+    TFLite/LiteRT runtimes, the one of the TF OD API's mobile SSDs), for ONE image.
+
+    offsets `[K, 4]` our `[x, y, w, h]` encodings; scores `[K, C]` class probabilities
+    (0 = background, skipped by the op); anchors `(ya, xa, ha, wa)` numpy `[K]` each
+    (`anchors.anchors_flat`); scales from `detection_postprocess_scales`. The op decodes the
+    boxes itself, then regular (per-class) NMS: per class the anchors scoring above
+    `select_threshold`, NMS at `nms_threshold` keeping `max_detections`, then the best
+    `max_detections` over all classes. Returns `(boxes [M, 4] yxyx clipped to [0, 1],
+    classes [M] float 0-based (class id - 1), scores [M], count [] float32)`, M =
+    max_detections. In TensorFlow the op is an empty composite function (zeros) that the
+    TFLite converter replaces by the op: only the converted model computes detections.
+    """
+    m = int(max_detections)
+    y_scale, x_scale, h_scale, w_scale = scales
+    attrs = [('max_detections', 'i', m), ('max_classes_per_detection', 'i', 1),
+             ('detections_per_class', 'i', m), ('use_regular_nms', 'b', 'true'),
+             ('nms_score_threshold', 'f', repr(float(select_threshold))),
+             ('nms_iou_threshold', 'f', repr(float(nms_threshold))),
+             ('num_classes', 'i', int(num_classes) - 1),
+             ('y_scale', 'f', repr(float(y_scale))), ('x_scale', 'f', repr(float(x_scale))),
+             ('h_scale', 'f', repr(float(h_scale))), ('w_scale', 'f', repr(float(w_scale)))]
+    implements = ' '.join([f'name: "{DETECTION_POSTPROCESS_OP}"'] + [
+        f'attr {{ key: "{k}" value {{ {t}: {v} }} }}' for k, t, v in attrs])
+
+    @tf.function(experimental_implements=implements)
+    def op(box_encodings, class_predictions, op_anchors):  # pylint: disable=unused-argument
+        return (tf.zeros([1, m, 4]), tf.zeros([1, m]), tf.zeros([1, m]), tf.zeros([1]))
+
+    ya, xa, ha, wa = (np.asarray(v, np.float32) for v in anchors)
+    # The op's encodings and anchors are centre form in the order y, x, h, w.
+    yxhw = tf.gather(tf.convert_to_tensor(offsets, tf.float32), [1, 0, 3, 2], axis=-1)
+    boxes, classes, out_scores, count = op(yxhw[None], tf.cast(scores, tf.float32)[None],
+                                           tf.constant(np.stack([ya, xa, ha, wa], -1)))
+    return boxes_lib.clip_boxes(boxes[0]), classes[0], out_scores[0], count[0]
 
 
 def detections_from_raw(predictions, localisations, net, anchors,

@@ -62,8 +62,22 @@ def _encode(image, ext='.png'):
     return buf.tobytes()
 
 
+_BUILT = {}
+
+
+def build_export(tmp_path_factory):
+    """The exports of this module, built once per session (tests/test_mobile.py shares them)."""
+    if not _BUILT:
+        _BUILT.update(_build_export(tmp_path_factory))
+    return _BUILT
+
+
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
+    return build_export(tmp_path_factory)
+
+
+def _build_export(tmp_path_factory):
     root = tmp_path_factory.mktemp('export')
     keras.utils.set_random_seed(0)
     net = nets_factory.get_network('ssd_small')()
@@ -88,8 +102,12 @@ def exported(tmp_path_factory):
     tfl = export.export_tflite(net, model, lambda im: _preprocess(im)[0], root / 'tflite',
                                export.TFLITE_QUANTIZATIONS, calib, max_detections=MAX_DET,
                                label_names=CLASS_NAMES)
+    # The same network with TFLite_Detection_PostProcess (tests/test_mobile.py).
+    tfl_op = export.export_tflite(net, model, lambda im: _preprocess(im)[0], root / 'tflite_op',
+                                  ['float32'], max_detections=MAX_DET, label_names=CLASS_NAMES,
+                                  postprocess_op='detection_postprocess')
     return dict(root=root, net=net, model=model, train_dir=train_dir, saved_model=sm_dir,
-                tflite=tfl, keras_detect=evaluation.keras_detector(model, net,
+                tflite=tfl, tflite_op=tfl_op['float32'], keras_detect=evaluation.keras_detector(model, net,
                                                                    keep_top_k=MAX_DET))
 
 
@@ -208,7 +226,8 @@ def test_saved_model_cli_lists_both_signatures(exported):
 def test_label_map_and_config_in_assets(exported):
     assets = pathlib.Path(exported['saved_model']) / 'assets'
     assert (assets / 'labels.txt').read_text().splitlines()[:2] == ['0:none', '1:circle']
-    assert (assets / 'labels_tflite.txt').read_text().split() == ['none'] + CLASS_NAMES
+    # One name per line, no background: line i = the TFLite models' 0-based class i.
+    assert (assets / 'labels_tflite.txt').read_text().split() == CLASS_NAMES
     cfg = json.loads((assets / 'export_config.json').read_text())
     assert cfg['num_classes'] == 5 and cfg['image_shape'] == [IMG, IMG]
     loaded = tf.saved_model.load(exported['saved_model'])
@@ -258,6 +277,15 @@ def test_export_script_end_to_end(exported, tmp_path):
     assert sorted(os.listdir(out)) == ['3']
 
 
+def _one_based(out):
+    """Raw TFLite outputs (classes 0-based, as the task APIs expect) with the SavedModel's
+    1-based class ids on the live rows (padding rows stay 0)."""
+    out = dict(out)
+    live = np.arange(out['detection_classes'].shape[1]) < out['num_detections'][0]
+    out['detection_classes'] = np.where(live, out['detection_classes'] + 1, 0.)
+    return out
+
+
 def _agreement_map(detections, reference):
     """VOC12 mAP of `detections` against reference detections with score >= GT_SCORE."""
     ev = metrics.VOCEvaluator(5, CLASS_NAMES)
@@ -275,7 +303,7 @@ def test_tflite_variants_match_saved_model(exported, variant):
     ref = _reference(exported, images)
     det = export.TFLiteDetector(exported['tflite'][variant])
     assert det.input_shape == (1, IMG, IMG, 3)
-    outs = [det.run_resized(im[None]) for im in images]
+    outs = [_one_based(det.run_resized(im[None])) for im in images]
     assert list(outs[0]) == list(export.OUTPUT_KEYS)
     if variant == 'float32':
         for i, o in enumerate(outs):
@@ -300,7 +328,7 @@ def test_tflite_sizes(exported):
     assert size['float16'] < 0.6 * size['float32']
     assert size['int8'] < 0.35 * size['float32'] and size['dynamic'] < 0.35 * size['float32']
     # int8: the network's conv kernels are int8, the box decoding / NMS ops float32.
-    interp = tf.lite.Interpreter(model_path=exported['tflite']['int8'])
+    interp = export.tflite_interpreter(model_path=exported['tflite']['int8'])
     ops = interp._get_ops_details()  # pylint: disable=protected-access
     dtypes = {d['index']: d['dtype'] for d in interp.get_tensor_details()}
     conv_in = {dtypes[op['inputs'][0]] for op in ops if op['op_name'] == 'CONV_2D'}
@@ -359,14 +387,29 @@ def test_detect_from_training_checkpoint_equals_saved_model(exported, tmp_path):
         np.testing.assert_allclose(da['box'], db['box'], atol=1e-4)
 
 
-def test_tflite_output_tensor_order_is_documented(exported):
-    """Apps that index outputs instead of using the signature names rely on this order
-    (documented in ssd_tf/export.py): num_detections, boxes, classes, scores."""
-    interp = tf.lite.Interpreter(model_path=exported['tflite']['float32'])
-    shapes = [tuple(int(s) for s in d['shape']) for d in interp.get_output_details()]
-    assert shapes == [(1,), (1, MAX_DET, 4), (1, MAX_DET), (1, MAX_DET)]
+@pytest.mark.parametrize('variant', export.TFLITE_QUANTIZATIONS)
+def test_tflite_outputs_in_the_task_api_order(exported, variant):
+    """The object-detector task APIs (MediaPipe, TFLite Task Library) index the outputs:
+    locations, classes, scores, count, as outputs 0..3 and as ascending tensor indices (the
+    metadata writer pairs them that way); the signature names them the same."""
+    interp = export.tflite_interpreter(model_path=exported['tflite'][variant])
+    details = interp.get_output_details()
+    shapes = [tuple(int(s) for s in d['shape']) for d in details]
+    assert shapes == [(1, MAX_DET, 4), (1, MAX_DET), (1, MAX_DET), (1,)]
+    indices = [d['index'] for d in details]
+    assert indices == sorted(indices)
     sig = interp.get_signature_list()['serving_default']
     assert sig['inputs'] == ['images'] and sig['outputs'] == list(export.OUTPUT_KEYS)
+    runner = interp.get_signature_runner()
+    out = {k: np.array(v) for k, v in runner(images=_images(1, 30)[0][None]).items()}
+    del runner
+    interp.set_tensor(interp.get_input_details()[0]['index'], _images(1, 30)[0][None])
+    interp.invoke()  # the same results by output index, as an app without signatures reads
+    for d, key in zip(details, export.OUTPUT_KEYS):
+        np.testing.assert_array_equal(interp.get_tensor(d['index']), out[key])
+    n = int(out['num_detections'][0])
+    assert n > 0 and out['detection_classes'][0, :n].min() >= 0
+    assert out['detection_classes'][0, :n].max() <= len(CLASS_NAMES) - 1
 
 
 def test_export_script_bfloat16_saved_model_agrees_with_float(exported, tmp_path):
