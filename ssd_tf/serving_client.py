@@ -31,16 +31,17 @@ a timeout, HTTP 5xx) stops the run with the server's message; detections.json ke
 images done so far.
 """
 import base64
+import http.client
 import json
 import os
 import re
-import socket
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import numpy as np
+import tensorflow as tf
 
 from ssd_tf import detect as detect_lib
 from ssd_tf import export
@@ -48,6 +49,8 @@ from ssd_tf import images
 
 DEFAULT_MAX_FILE_BYTES = 64 << 20      # one image file; a 200 MP JPEG is ~30-60 MB
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20   # image bytes of one request (JSON base64 adds 1/3)
+# A response is ~10 KB of JSON per image (100 detections); more is not a TF Serving answer.
+MAX_RESPONSE_BYTES = 64 << 20
 _BATCH_REFUSAL = re.compile(r'takes at most (\d+) per request')
 
 
@@ -88,18 +91,22 @@ class RestClient:
                                          headers={'Content-Type': 'application/json'})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read().decode('utf-8'))
+                raw = response.read(MAX_RESPONSE_BYTES + 1)
+            if len(raw) > MAX_RESPONSE_BYTES:
+                raise ServingError('bad response', f"the response is over {MAX_RESPONSE_BYTES} "
+                                   f"bytes", url)
+            return json.loads(raw.decode('utf-8'))
         except urllib.error.HTTPError as e:
-            raw = e.read().decode('utf-8', 'replace')
+            raw = e.read(1 << 20).decode('utf-8', 'replace')
             try:
                 message = json.loads(raw)['error']
             except (ValueError, KeyError, TypeError):
                 message = raw.strip()[:1000] or e.reason
             raise ServingError(e.code, message, url) from None
-        except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             reason = getattr(e, 'reason', e)
             raise ServingError(None, f"cannot reach the server ({reason})", url) from None
-        except ValueError as e:  # a body that is not JSON
+        except ValueError as e:  # a body that is not JSON (UnicodeDecodeError included)
             raise ServingError('bad response', f"not TF Serving's JSON ({e})", url) from None
 
     def status(self):
@@ -200,7 +207,6 @@ class GrpcClient:
                 for name, d in defs.signature_def.items()}
 
     def predict(self, encoded):
-        import tensorflow as tf
         request = self._predict_pb2.PredictRequest()
         self._spec(request.model_spec)
         request.model_spec.signature_name = self.signature
@@ -330,14 +336,16 @@ def run(client, image_paths, output_dir, label_names=None, score_threshold=0.3,
                     continue
                 try:
                     image = images.decode_image(item, max_pixels, where=path).numpy()
-                except Exception as e:  # noqa: BLE001 - the server decoded what we cannot
-                    writer.skip(path, f"decoded by the server but not here: {e}")
+                except tf.errors.OpError as e:  # the server decoded what we cannot
+                    writer.skip(path, f"decoded by the server but not here: "
+                                      f"{detect_lib._reason(e, path)}")
                     continue
                 writer.add(path, image, out)
     return writer.results
 
 
 def main(argv=None):
+    """The command line (see the module docstring); returns the exit code."""
     import argparse
     from ssd_tf import run_config
     ap = argparse.ArgumentParser(prog='python -m ssd_tf.serving_client',
