@@ -1,6 +1,6 @@
 """mixed_bfloat16 vs float32 for SSD300, on this CPU with and without its bfloat16 instructions.
 
-    python bench/bench_bfloat16.py [--runs 3] [--batch 8]
+    python bench/bench_bfloat16.py [--runs 3] [--batch 8] [--passes forward,train_step]
 
 Each configuration runs in a fresh process (the precision policy is global and oneDNN reads
 its ISA cap at start-up): SSD300 forward pass and training step (bench_train's step, Adam) at
@@ -73,6 +73,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--runs', type=int, default=3)
     ap.add_argument('--batch', type=int, default=8)
+    ap.add_argument('--passes', default=','.join(p.replace(' ', '_') for p in PASSES),
+                    help='comma-separated: forward, train_step')
     ap.add_argument('--child', nargs=2, metavar=('PASS', 'POLICY'), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -83,9 +85,10 @@ def main():
     from bench.machine import machine_info, print_table
     print(f'Machine: {machine_info()}\n')
     rows, ips = [], {}
+    passes = [p for p in PASSES if p.replace(' ', '_') in args.passes.split(',')]
     for setting, cap in SETTINGS:
         print(f'{setting}: oneDNN isa: {onednn_isa(cap)}', flush=True)
-        for what in PASSES:
+        for what in passes:
             for policy in POLICIES:
                 out = subprocess.run(
                     [sys.executable, os.path.abspath(__file__), '--runs', str(args.runs),
@@ -97,7 +100,7 @@ def main():
                     'images_per_s']
                 print(f'  {what} {policy}: {ips[setting, what, policy]:.2f} images/s', flush=True)
     for setting, _ in SETTINGS:
-        for what in PASSES:
+        for what in passes:
             f32, bf16 = (ips[setting, what, p] for p in POLICIES)
             rows.append([setting, f'{what}, batch {args.batch}', f'{f32:.2f}', f'{bf16:.2f}',
                          f'{bf16 / f32:.2f}'])
