@@ -57,12 +57,7 @@ def main(argv):
                              FLAGS.score_threshold, max_pixels)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"detect.py: error: {err}")
-    n = sum(len(r['detections']) for r in results)
-    skipped = [r for r in results if 'error' in r]
-    print(f"{len(results) - len(skipped)} images, {n} detections, {len(skipped)} skipped "
-          f"-> {FLAGS.output_dir}")
-    for r in skipped:
-        print(f"  skipped {r['image']}: {r['error']}")
+    print(detect.summary(results, FLAGS.output_dir))
 
 
 def run_main():

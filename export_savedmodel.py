@@ -34,7 +34,11 @@ flags.DEFINE_integer('max_batch_size', 64, 'Most images in one request.')
 flags.DEFINE_enum('mixed_precision', None, ['mixed_bfloat16'],
                   'SavedModel only: run the network in bfloat16 (float32 variables, decode and '
                   'NMS in float32); about 2x faster on CPUs with AVX512_BF16/AMX, slower '
-                  'elsewhere.')
+                  'elsewhere: refused on a machine without AVX512-BF16/AMX unless '
+                  '--allow_slow_bfloat16.')
+flags.DEFINE_boolean('allow_slow_bfloat16', False,
+                     'Export --mixed_precision=mixed_bfloat16 even though this machine lacks '
+                     'bfloat16 (e.g. for a serving machine that has it), with a warning.')
 flags.DEFINE_boolean('tflite', False, 'Also write the float32 TFLite model.')
 flags.DEFINE_list('tflite_quantization', [], 'TFLite variants to write: any of float32, '
                   'float16, dynamic, int8 (implies --tflite).')
@@ -83,11 +87,19 @@ def main(argv):
     from ssd_tf import images
 
     variants = list(FLAGS.tflite_quantization) or (['float32'] if FLAGS.tflite else [])
+    if FLAGS.allow_slow_bfloat16 and FLAGS.mixed_precision != 'mixed_bfloat16':
+        raise ValueError("--allow_slow_bfloat16 applies to --mixed_precision=mixed_bfloat16")
     if FLAGS.mixed_precision:
         if variants:
             raise ValueError("--mixed_precision applies to the SavedModel only; export the "
                              "TFLite models in a run without it")
+        import sys
         import keras
+        from ssd_tf import hardware
+        note = hardware.check_bfloat16(f'--mixed_precision={FLAGS.mixed_precision}',
+                                       FLAGS.allow_slow_bfloat16, what='the exported model')
+        if note:
+            print(note, file=sys.stderr)
         keras.mixed_precision.set_dtype_policy(FLAGS.mixed_precision)
     if variants:  # a missing mediapipe with --tflite_metadata=on fails before any work
         from ssd_tf import tflite_metadata

@@ -132,7 +132,12 @@ flags.DEFINE_integer('num_logical_cpus', 0,
                      '(for testing data parallelism).')
 flags.DEFINE_string('tpu', None, 'TPU name or address for --strategy=tpu.')
 flags.DEFINE_enum('mixed_precision', None, ['mixed_float16', 'mixed_bfloat16'],
-                  'Mixed precision policy (loss and L2 normalisation stay float32).')
+                  'Mixed precision policy (loss and L2 normalisation stay float32). '
+                  'mixed_bfloat16 is refused on a CPU without AVX512-BF16/AMX (about 5x '
+                  'slower than float32 there) unless --allow_slow_bfloat16.')
+flags.DEFINE_boolean('allow_slow_bfloat16', False,
+                     'Run --mixed_precision=mixed_bfloat16 even where the hardware lacks '
+                     'bfloat16 (ssd_tf.hardware), with a warning.')
 flags.DEFINE_boolean('jit_compile', False, 'XLA-compile the forward/loss/gradient computation.')
 flags.DEFINE_float('max_train_secs', None,
                    'Stop training after this many seconds (then evaluate as if finished): a fixed '
@@ -209,6 +214,8 @@ def check_flags():
     if FLAGS.strategy == 'tpu' and FLAGS.mixed_precision == 'mixed_float16':
         errors.append("--mixed_precision=mixed_float16 on --strategy=tpu: TPUs use "
                       "mixed_bfloat16")
+    if FLAGS.allow_slow_bfloat16 and FLAGS.mixed_precision != 'mixed_bfloat16':
+        errors.append("--allow_slow_bfloat16 applies to --mixed_precision=mixed_bfloat16")
     if FLAGS.eval_every_n_steps and not FLAGS.validation_split:
         errors.append("--eval_every_n_steps needs --validation_split")
     if not 0. <= FLAGS.label_smoothing < 1.:
@@ -335,9 +342,16 @@ def _trainable_variables(cfg, net, model):
 
 # ------------------------------------------------------------------ the steps of a run
 def setup_execution(cfg):
-    """The strategy, precision policy and seeds; returns the strategy."""
+    """The strategy, precision policy and seeds; returns the strategy. mixed_bfloat16 on
+    hardware without bfloat16 is refused first (ssd_tf.hardware.check_bfloat16)."""
     import keras
+    from ssd_tf import hardware
     from ssd_tf import training
+    if cfg.mixed_precision == 'mixed_bfloat16':
+        note = hardware.check_bfloat16('--mixed_precision=mixed_bfloat16',
+                                       cfg.get('allow_slow_bfloat16', False), cfg.strategy)
+        if note:
+            print(note, file=sys.stderr)
     strategy = training.make_strategy(cfg.strategy, cfg.num_logical_cpus, cfg.tpu)
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:

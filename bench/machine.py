@@ -6,8 +6,10 @@ import time
 
 
 def machine_info():
-    """One line: CPU model, cores, Python and TensorFlow versions."""
+    """One line: CPU model, cores, bfloat16 support (ssd_tf.hardware), Python and TensorFlow
+    versions."""
     import tensorflow as tf
+    from ssd_tf import hardware
     cpu = platform.processor() or 'unknown CPU'
     try:
         with open('/proc/cpuinfo') as f:
@@ -17,7 +19,8 @@ def machine_info():
                     break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+    return (f"{cpu}, {os.cpu_count()} cores, CPU bfloat16: {hardware.cpu_bfloat16().status}, "
+            f"Python {platform.python_version()}, "
             f"TensorFlow {tf.__version__}")
 
 

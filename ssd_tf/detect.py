@@ -21,6 +21,9 @@ written even when the run stops early: a list, one entry per input in order,
 an image that cannot be read, is not a valid JPEG/PNG/GIF/BMP or is over the pixel budget
 (`ssd_tf.images`) is skipped: its entry is `{"image": path, "error": reason,
 "detections": []}`.
+The writing (`read_image`, `output_paths`, `DetectionWriter`, `summary`) and
+`from_signature_output` are shared with `ssd_tf.serving_client`, which gets the detections
+from a TF Serving server.
 """
 import json
 import logging
@@ -62,11 +65,14 @@ def _labels_near(directory):
     return None
 
 
-def _from_signature_output(out):
-    n = int(round(float(np.asarray(out['num_detections'])[0])))
-    return {'boxes': np.asarray(out['detection_boxes'])[0, :n],
-            'classes': np.asarray(out['detection_classes'])[0, :n].astype(np.int64),
-            'scores': np.asarray(out['detection_scores'])[0, :n]}
+def from_signature_output(out, index=0):
+    """Image `index` of a serving signature's batch output (`export.OUTPUT_KEYS`, arrays or
+    tensors) -> numpy `boxes [N, 4]`, `classes [N]` int64, `scores [N]` (N = its
+    num_detections)."""
+    n = int(round(float(np.asarray(out['num_detections'])[index])))
+    return {'boxes': np.asarray(out['detection_boxes'])[index, :n],
+            'classes': np.asarray(out['detection_classes'])[index, :n].astype(np.int64),
+            'scores': np.asarray(out['detection_scores'])[index, :n]}
 
 
 def make_detector(model_path, get_network=None, preprocess_factory=None, model_name=None,
@@ -101,7 +107,7 @@ def make_detector(model_path, get_network=None, preprocess_factory=None, model_n
 
         def detect(data, image):
             del image
-            return _from_signature_output(fn(**{export.BYTES_INPUT: tf.constant([data])}))
+            return from_signature_output(fn(**{export.BYTES_INPUT: tf.constant([data])}))
         return detect, labels or _labels_near(model_path)
     if get_network is None or preprocess_factory is None:
         raise ValueError(f"--model={model_path} is a checkpoint: the network factory and the "
@@ -113,7 +119,7 @@ def make_detector(model_path, get_network=None, preprocess_factory=None, model_n
 
     def detect(data, image):
         del image
-        return _from_signature_output(module.detect_bytes(tf.constant([data])))
+        return from_signature_output(module.detect_bytes(tf.constant([data])))
     return detect, labels or names
 
 
@@ -147,15 +153,24 @@ def _reason(err, where):
     return lines[0] if lines else type(err).__name__
 
 
-def _detect_one(detect, path, max_pixels):
-    """`(image uint8 [H, W, 3], detections dict)`; raises ValueError with the reason."""
+def read_image(path, max_pixels):
+    """`(encoded bytes, image uint8 [H, W, 3])` of an image file, decoded with
+    `images.decode_image` within `max_pixels`; raises ValueError with the reason."""
     try:
         with open(path, 'rb') as f:
             data = f.read()
     except OSError as e:
         raise ValueError(f"cannot read the file: {e.strerror or e}") from None
     try:
-        image = images.decode_image(data, max_pixels, where=path).numpy()
+        return data, images.decode_image(data, max_pixels, where=path).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+        raise ValueError(_reason(e, path)) from None
+
+
+def _detect_one(detect, path, max_pixels):
+    """`(image uint8 [H, W, 3], detections dict)`; raises ValueError with the reason."""
+    data, image = read_image(path, max_pixels)
+    try:
         return image, detect(data, image)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
         raise ValueError(_reason(e, path)) from None
@@ -168,6 +183,78 @@ def _write_json(results, path):
     os.replace(tmp, path)
 
 
+class DetectionWriter:
+    """Writes the outputs of a run over `image_paths`, in their order: one annotated PNG per
+    image (`output_paths`) and detections.json (see the module docstring), which `close` (or
+    leaving a `with` block, also on an exception) writes with the entries so far.
+
+    `add(path, image uint8 [H, W, 3], out)` with out = numpy `boxes [N, 4]` relative yxyx,
+    `classes [N]`, `scores [N]` keeps the boxes with score >= score_threshold; `skip(path,
+    reason)` logs a warning and records an `"error"` entry. `run` and
+    `ssd_tf.serving_client` both write through it.
+    """
+
+    def __init__(self, image_paths, output_dir, label_names=None, score_threshold=0.3):
+        os.makedirs(output_dir, exist_ok=True)
+        self.output_dir = output_dir
+        self.names = ['none'] + list(label_names) if label_names else None
+        self.score_threshold = score_threshold
+        self._paths = list(image_paths)
+        self._outputs = output_paths(self._paths, output_dir)
+        self.results = []
+
+    def _next(self, path):
+        i = len(self.results)
+        if i >= len(self._paths) or self._paths[i] != path:
+            raise ValueError(f"DetectionWriter: {path} is not the next image "
+                             f"({self._paths[i] if i < len(self._paths) else 'none left'})")
+        return self._outputs[i]
+
+    def add(self, path, image, out):
+        """Records and draws the detections `out` of `image` (the file `path`)."""
+        out_path = self._next(path)
+        names = self.names
+        keep = out['scores'] >= self.score_threshold
+        boxes, classes, scores = out['boxes'][keep], out['classes'][keep], out['scores'][keep]
+        h, w = image.shape[:2]
+        dets = [{'class_id': int(c),
+                 'label': names[int(c)] if names and 0 <= int(c) < len(names) else str(int(c)),
+                 'score': float(s), 'box': [float(v) for v in b],
+                 'box_pixels': [float(v) for v in np.asarray(b, np.float64) * [h, w, h, w]]}
+                for b, c, s in zip(boxes, classes, scores)]
+        self.results.append({'image': path, 'height': int(h), 'width': int(w),
+                             'detections': dets})
+        visualize.save_png(out_path, visualize.draw_boxes(image, boxes, classes, scores=scores,
+                                                          label_names=names))
+        return self.results[-1]
+
+    def skip(self, path, reason):
+        """Records `path` as skipped for `reason` (no PNG)."""
+        self._next(path)
+        logging.warning("skipped %s: %s", path, reason)
+        self.results.append({'image': path, 'error': str(reason), 'detections': []})
+        return self.results[-1]
+
+    def close(self):
+        _write_json(self.results, os.path.join(self.output_dir, DETECTIONS_FILENAME))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def summary(results, output_dir):
+    """The lines a command prints after a run: counts, then each skipped image and why."""
+    n = sum(len(r['detections']) for r in results)
+    skipped = [r for r in results if 'error' in r]
+    return '\n'.join([f"{len(results) - len(skipped)} images, {n} detections, "
+                      f"{len(skipped)} skipped -> {output_dir}"] +
+                     [f"  skipped {r['image']}: {r['error']}" for r in skipped])
+
+
 def run(detect, image_paths, output_dir, label_names=None, score_threshold=0.3,
         max_pixels=images.DEFAULT_MAX_PIXELS):
     """Runs `detect` on each image; writes PNGs and detections.json; returns the JSON list.
@@ -176,32 +263,15 @@ def run(detect, image_paths, output_dir, label_names=None, score_threshold=0.3,
     skipped with a warning and an `"error"` entry. detections.json is written even when an
     exception stops the run (with the images done so far).
     """
-    os.makedirs(output_dir, exist_ok=True)
-    names = ['none'] + list(label_names) if label_names else None
-    outputs = output_paths(image_paths, output_dir)
-    results = []
-    try:
-        for path, out_path in zip(image_paths, outputs):
+    with DetectionWriter(image_paths, output_dir, label_names, score_threshold) as writer:
+        for path in image_paths:
             try:
                 image, out = _detect_one(detect, path, max_pixels)
             except ValueError as e:
-                logging.warning("skipped %s: %s", path, e)
-                results.append({'image': path, 'error': str(e), 'detections': []})
+                writer.skip(path, e)
                 continue
-            keep = out['scores'] >= score_threshold
-            boxes, classes, scores = out['boxes'][keep], out['classes'][keep], out['scores'][keep]
-            h, w = image.shape[:2]
-            dets = [{'class_id': int(c),
-                     'label': names[int(c)] if names and 0 <= int(c) < len(names) else str(int(c)),
-                     'score': float(s), 'box': [float(v) for v in b],
-                     'box_pixels': [float(v) for v in np.asarray(b, np.float64) * [h, w, h, w]]}
-                    for b, c, s in zip(boxes, classes, scores)]
-            results.append({'image': path, 'height': int(h), 'width': int(w), 'detections': dets})
-            visualize.save_png(out_path, visualize.draw_boxes(image, boxes, classes, scores=scores,
-                                                              label_names=names))
-    finally:
-        _write_json(results, os.path.join(output_dir, DETECTIONS_FILENAME))
-    return results
+            writer.add(path, image, out)
+    return writer.results
 
 
 if __name__ == '__main__':

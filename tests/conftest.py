@@ -14,3 +14,28 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip('../shared/data is not present (a user checkout has no ../shared)')
     return SHARED_DATA
+
+
+def sharpen_class_heads(model, num_classes, scale=5., background_bias=4.):
+    """Scales the class-head kernels (`*_conv_cls`) of a randomly initialised SSD by `scale`
+    and raises their background biases by `background_bias`, so that scores depend strongly
+    on the image: some detections score > 0.5, many stay low (raw random heads give ~uniform
+    1/C scores, where the NMS order is arbitrary). Channel a*C + c is class c of anchor a."""
+    for layer in model.layers:
+        if layer.name.endswith('_conv_cls'):
+            kernel, bias = layer.get_weights()
+            bias = bias.reshape(-1, num_classes)
+            bias[:, 0] += background_bias
+            layer.set_weights([kernel * scale, bias.reshape(-1)])
+
+
+def sharpened_network(seed, name='ssd_small', scale=5., background_bias=4.):
+    """`(net, model)`: network `name` with seeded random weights and sharpened class heads
+    (`sharpen_class_heads`), the model the export and serving tests export."""
+    import keras
+    from nets import nets_factory
+    keras.utils.set_random_seed(seed)
+    net = nets_factory.get_network(name)()
+    model = net.keras_model()
+    sharpen_class_heads(model, net.params.num_classes, scale, background_bias)
+    return net, model

@@ -492,9 +492,10 @@ def test_refused_resume_names_the_flag_and_writes_nothing(tmp_path):
     for flag, needle in (('--optimizer=sgd', '--optimizer=adam there, sgd now'),
                          ('--trainable_scopes=ssd_small/block4_box',
                           '--trainable_scopes=None there, ssd_small/block4_box now'),
-                         ('--mixed_precision=mixed_bfloat16',
+                         ('--mixed_precision=mixed_bfloat16 --allow_slow_bfloat16',
                           '--mixed_precision=None there, mixed_bfloat16 now')):
-        r = run_train(base[:2] + ['--max_number_of_steps=3', '--eval_split_name=', flag] + TINY)
+        r = run_train(base[:2] + ['--max_number_of_steps=3', '--eval_split_name='] +
+                      flag.split() + TINY)  # --allow_slow_bfloat16: also on CPUs without bf16
         assert r.returncode == 2 and needle in r.stderr, (flag, r.stderr[-2000:])
         # labels.txt and config.json unchanged, no new checkpoint, no new event file
         assert _snapshot(train_dir) == before, flag

@@ -1,0 +1,411 @@
+"""A client of the SSD served by TensorFlow Serving: writes what `ssd_tf.detect` writes.
+
+  python -m ssd_tf.serving_client --server http://localhost:8501 --images photos/ \\
+      --export_dir /tmp/ssd_export/1 --output_dir detections
+  python -m ssd_tf.serving_client --server localhost:8500 --protocol grpc --images a.jpg
+
+Sends the image files (JPEG/PNG/GIF/BMP bytes, as they are) to the `serving_default`
+signature of export_savedmodel.py's SavedModel (`image_bytes: string [None]`), over TF
+Serving's REST API (`POST /v1/models/<name>[/versions/<v>]:predict`, binary values as
+`{"b64": ...}`, row `{"instances": [...]}` -> `{"predictions": [...]}` or, with --columnar,
+`{"inputs": {...}}` -> `{"outputs": {...}}`; errors `{"error": ...}` with an HTTP status) or its
+gRPC API (`PredictionService.Predict`, with the `tensorflow-serving-api` package: extra
+`serving`). Writes the annotated PNGs and detections.json of `ssd_tf.detect` through its
+`DetectionWriter`, so the files are the same as `detect.py` on the same SavedModel.
+
+Before the first request the client asks the server for the model's metadata (`GET
+.../metadata` / GetModelMetadata) and checks the signature and its string input. TF Serving's
+metadata carries the signatures only, not the export's assets, so the class names and the
+limits come from --export_dir (the version directory: its assets/export_config.json) or
+--labels / --max_batch_size; without them the classes are named by id.
+
+Bounded, and named when refused: a file over --max_file_bytes is not read; a file that is not
+a JPEG/PNG/GIF/BMP, is visibly truncated or is over the pixel budget (the export's
+max_image_pixels, else 200 MP) is skipped from its header before anything is sent (the same
+reasons as `detect`); a request holds at most the export's max_batch_size images and
+--max_request_bytes of image data. A request the server refuses (HTTP 400 / INVALID_ARGUMENT)
+is split: a batch-size refusal makes the client send at most the size the server names, and a
+refused batch is re-sent image by image so that only the offending images get an `"error"`
+entry (`server refused: <the server's message>`). Any other failure (server down, unknown model,
+a timeout, HTTP 5xx) stops the run with the server's message; detections.json keeps the
+images done so far.
+"""
+import base64
+import http.client
+import json
+import os
+import re
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import tensorflow as tf
+
+from ssd_tf import detect as detect_lib
+from ssd_tf import export
+from ssd_tf import images
+
+DEFAULT_MAX_FILE_BYTES = 64 << 20      # one image file; a 200 MP JPEG is ~30-60 MB
+DEFAULT_MAX_REQUEST_BYTES = 64 << 20   # image bytes of one request (JSON base64 adds 1/3)
+# A response is ~10 KB of JSON per image (100 detections); more is not a TF Serving answer.
+MAX_RESPONSE_BYTES = 64 << 20
+_BATCH_REFUSAL = re.compile(r'takes at most (\d+) per request')
+
+
+class ServingError(Exception):
+    """A failed call: `status` (HTTP status, gRPC code name, or None when the server was not
+    reached), `message` (the server's error text) and the URL/target."""
+
+    def __init__(self, status, message, where):
+        super().__init__(f"{where}: {status or 'no answer'}: {message}")
+        self.status, self.message, self.where = status, message, where
+
+    @property
+    def refused(self):
+        """True for a refusal of the request's content (HTTP 400, INVALID_ARGUMENT)."""
+        return self.status in (400, 'INVALID_ARGUMENT')
+
+
+# ---------------------------------------------------------------------------- REST
+class RestClient:
+    """TF Serving's REST API at `server` (`http://host:8501`) for `model_name` [version]."""
+
+    def __init__(self, server, model_name='ssd', version=None, signature=export.BYTES_SIGNATURE,
+                 timeout=60., columnar=False):
+        server = server if '://' in server else f'http://{server}'
+        parts = urllib.parse.urlsplit(server)
+        if parts.scheme not in ('http', 'https') or not parts.netloc:
+            raise ValueError(f"--server={server}: expected http://host:port (REST) or "
+                             f"host:port with --protocol=grpc")
+        self.base = f"{server.rstrip('/')}/v1/models/{urllib.parse.quote(model_name)}"
+        if version is not None:
+            self.base += f'/versions/{int(version)}'
+        self.signature, self.timeout, self.columnar = signature, timeout, columnar
+        self.input_name = export.BYTES_INPUT
+
+    def _call(self, url, body=None):
+        data = None if body is None else json.dumps(body).encode('utf-8')
+        request = urllib.request.Request(url, data=data, method='GET' if body is None else 'POST',
+                                         headers={'Content-Type': 'application/json'})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read(MAX_RESPONSE_BYTES + 1)
+            if len(raw) > MAX_RESPONSE_BYTES:
+                raise ServingError('bad response', f"the response is over {MAX_RESPONSE_BYTES} "
+                                   f"bytes", url)
+            return json.loads(raw.decode('utf-8'))
+        except urllib.error.HTTPError as e:
+            raw = e.read(1 << 20).decode('utf-8', 'replace')
+            try:
+                message = json.loads(raw)['error']
+            except (ValueError, KeyError, TypeError):
+                message = raw.strip()[:1000] or e.reason
+            raise ServingError(e.code, message, url) from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            reason = getattr(e, 'reason', e)
+            raise ServingError(None, f"cannot reach the server ({reason})", url) from None
+        except ValueError as e:  # a body that is not JSON (UnicodeDecodeError included)
+            raise ServingError('bad response', f"not TF Serving's JSON ({e})", url) from None
+
+    def status(self):
+        """The model status JSON (`GET /v1/models/<name>`)."""
+        return self._call(self.base)
+
+    def signatures(self):
+        """`{signature name: {'inputs': {name: dtype}, 'outputs': {name: dtype}}}` from the
+        model metadata (`GET .../metadata`)."""
+        meta = self._call(f'{self.base}/metadata')
+        try:
+            defs = meta['metadata']['signature_def']['signature_def']
+            return {name: {side: {k: v.get('dtype') for k, v in d.get(side, {}).items()}
+                           for side in ('inputs', 'outputs')} for name, d in defs.items()}
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ServingError('bad response', f"no signature_def in the metadata ({e!r})",
+                               f'{self.base}/metadata') from None
+
+    def predict(self, encoded):
+        """Encoded images (list of bytes) -> `{output name: numpy array [B, ...]}`."""
+        values = [{'b64': base64.b64encode(d).decode('ascii')} for d in encoded]
+        body = {'signature_name': self.signature}
+        if self.columnar:
+            body['inputs'] = {self.input_name: values}
+        else:
+            body['instances'] = values
+        url = f'{self.base}:predict'
+        out = self._call(url, body)
+        try:
+            if self.columnar:
+                return {k: np.asarray(v, np.float32) for k, v in out['outputs'].items()}
+            rows = out['predictions']
+            return {k: np.asarray([r[k] for r in rows], np.float32) for k in rows[0]}
+        except (KeyError, TypeError, IndexError, ValueError) as e:
+            raise ServingError('bad response', f"unexpected predict response ({e!r}): "
+                               f"{json.dumps(out)[:300]}", url) from None
+
+
+# ---------------------------------------------------------------------------- gRPC
+def _grpc_modules():
+    try:
+        import grpc
+        from tensorflow_serving.apis import get_model_metadata_pb2
+        from tensorflow_serving.apis import predict_pb2
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+    except ImportError as e:
+        raise ValueError(f"--protocol=grpc needs the tensorflow-serving-api package ({e}); "
+                         f"pip install -e '.[serving]' (or use --protocol=rest)") from None
+    return grpc, get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+
+
+class GrpcClient:
+    """TF Serving's gRPC API at `server` (`host:8500`) for `model_name` [version]."""
+
+    def __init__(self, server, model_name='ssd', version=None, signature=export.BYTES_SIGNATURE,
+                 timeout=60., max_message_bytes=DEFAULT_MAX_REQUEST_BYTES * 2):
+        self._grpc, self._meta_pb2, self._predict_pb2, services = _grpc_modules()
+        target = server.split('://', 1)[-1].rstrip('/')
+        if ':' not in target:
+            raise ValueError(f"--server={server}: expected host:port for --protocol=grpc "
+                             f"(TF Serving's gRPC port is 8500)")
+        options = [('grpc.max_send_message_length', max_message_bytes),
+                   ('grpc.max_receive_message_length', max_message_bytes)]
+        self._channel = self._grpc.insecure_channel(target, options=options)
+        self._stub = services.PredictionServiceStub(self._channel)
+        self.target, self.model_name, self.version = target, model_name, version
+        self.signature, self.timeout = signature, timeout
+        self.input_name = export.BYTES_INPUT
+
+    def _spec(self, spec):
+        spec.name = self.model_name
+        if self.version is not None:
+            spec.version.value = int(self.version)
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except self._grpc.RpcError as e:
+            code = e.code().name if hasattr(e, 'code') else None
+            status = None if code in ('UNAVAILABLE', 'DEADLINE_EXCEEDED') else code
+            message = e.details() if hasattr(e, 'details') else str(e)
+            if status is None:
+                message = f"cannot reach the server ({code}: {message})"
+            raise ServingError(status, message, self.target) from None
+
+    def signatures(self):
+        """As RestClient.signatures, from GetModelMetadata."""
+        from tensorflow.core.framework import types_pb2
+        request = self._meta_pb2.GetModelMetadataRequest()
+        self._spec(request.model_spec)
+        request.metadata_field.append('signature_def')
+        response = self._call(self._stub.GetModelMetadata, request)
+        defs = self._meta_pb2.SignatureDefMap()
+        response.metadata['signature_def'].Unpack(defs)
+        return {name: {side: {k: types_pb2.DataType.Name(v.dtype)
+                              for k, v in getattr(d, side).items()}
+                       for side in ('inputs', 'outputs')}
+                for name, d in defs.signature_def.items()}
+
+    def predict(self, encoded):
+        request = self._predict_pb2.PredictRequest()
+        self._spec(request.model_spec)
+        request.model_spec.signature_name = self.signature
+        request.inputs[self.input_name].CopyFrom(
+            tf.make_tensor_proto(list(encoded), dtype=tf.string, shape=[len(encoded)]))
+        response = self._call(self._stub.Predict, request)
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+
+# ---------------------------------------------------------------------------- the run
+def check_signature(signatures, signature, where):
+    """Checks that `signature` exists and takes export's string `image_bytes` input."""
+    if signature not in signatures:
+        raise ValueError(f"{where}: the model has no signature {signature!r} (it has "
+                         f"{', '.join(sorted(signatures)) or 'none'}); pass --signature")
+    inputs = signatures[signature]['inputs']
+    if inputs.get(export.BYTES_INPUT) != 'DT_STRING' or len(inputs) != 1:
+        raise ValueError(f"{where}: signature {signature!r} takes {inputs}, not one "
+                         f"{export.BYTES_INPUT!r} string input: not an ssd-tf export's "
+                         f"{export.BYTES_SIGNATURE}")
+    missing = set(export.OUTPUT_KEYS) - set(signatures[signature]['outputs'])
+    if missing:
+        raise ValueError(f"{where}: signature {signature!r} lacks the outputs "
+                         f"{sorted(missing)}")
+
+
+def read_export_info(export_dir):
+    """`(label names or None, RunConfig of export_config.json)` of an export version
+    directory (or its assets/ folder), read with `run_config.RunConfig.read`."""
+    from ssd_tf import run_config
+    for path in (os.path.join(export_dir, 'assets', run_config.EXPORT_CONFIG_FILENAME),
+                 os.path.join(export_dir, run_config.EXPORT_CONFIG_FILENAME)):
+        if os.path.isfile(path):
+            config = run_config.RunConfig.read(path)
+            return config.label_names, config
+    raise ValueError(f"--export_dir={export_dir}: no assets/{run_config.EXPORT_CONFIG_FILENAME}"
+                     f" (pass the version directory export_savedmodel.py wrote, e.g. "
+                     f"/tmp/ssd_export/1)")
+
+
+def _read_checked(path, max_pixels, max_file_bytes):
+    """The bytes of an image file after the header checks of `ssd_tf.images` (the reasons
+    `detect` gives); ValueError with the reason."""
+    try:
+        size = os.path.getsize(path)
+        if size > max_file_bytes:
+            raise ValueError(f"the file has {size} bytes, over --max_file_bytes="
+                             f"{max_file_bytes}")
+        with open(path, 'rb') as f:
+            data = f.read(max_file_bytes + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read the file: {e.strerror or e}") from None
+    if len(data) > max_file_bytes:
+        raise ValueError(f"the file grew over --max_file_bytes={max_file_bytes}")
+    problem = images.encoded_image_problem(data, max_pixels).numpy().decode('utf-8', 'replace')
+    if problem:
+        raise ValueError(problem)
+    return data
+
+
+def _batches(paths, max_batch, max_request_bytes, read):
+    """Yields lists of `(path, bytes or ValueError)`: consecutive files, at most `max_batch`
+    readable images and `max_request_bytes` of image data each (one image always fits)."""
+    batch, n, size = [], 0, 0
+    for path in paths:
+        try:
+            item = read(path)
+        except ValueError as e:
+            item = e
+        if isinstance(item, bytes) and n and (n + 1 > max_batch[0] or
+                                              size + len(item) > max_request_bytes):
+            yield batch
+            batch, n, size = [], 0, 0
+        batch.append((path, item))
+        if isinstance(item, bytes):
+            n, size = n + 1, size + len(item)
+    if batch:
+        yield batch
+
+
+def _predict(client, encoded, max_batch):
+    """Detections per image of `encoded` (list of bytes): a dict, or the server's refusal
+    text for that image. Splits on a batch-size refusal (lowering max_batch[0] for the rest of
+    the run) and re-sends a refused batch image by image; other errors propagate."""
+    try:
+        out = client.predict(encoded)
+    except ServingError as e:
+        if not e.refused:
+            raise
+        limit = _BATCH_REFUSAL.search(e.message or '')
+        if limit and int(limit.group(1)) < len(encoded):
+            max_batch[0] = max(1, int(limit.group(1)))
+            step = max_batch[0]
+            return [r for i in range(0, len(encoded), step)
+                    for r in _predict(client, encoded[i:i + step], max_batch)]
+        if len(encoded) > 1:
+            return [r for d in encoded for r in _predict(client, [d], max_batch)]
+        # the Assert text without TensorFlow's wrapping, as detect reports it
+        return [f"server refused: {detect_lib._reason(e, '')}"]
+    got = len(np.asarray(out.get('num_detections', [])))
+    if got != len(encoded) or set(export.OUTPUT_KEYS) - set(out):
+        raise ServingError('bad response', f"{got} results with keys {sorted(out)} for "
+                           f"{len(encoded)} images", getattr(client, 'base', client))
+    return [detect_lib.from_signature_output(out, i) for i in range(len(encoded))]
+
+
+def run(client, image_paths, output_dir, label_names=None, score_threshold=0.3,
+        max_batch_size=export.MAX_BATCH_SIZE, max_pixels=images.DEFAULT_MAX_PIXELS,
+        max_file_bytes=DEFAULT_MAX_FILE_BYTES, max_request_bytes=DEFAULT_MAX_REQUEST_BYTES):
+    """Sends the images to `client` (RestClient/GrpcClient) in batches and writes the PNGs and
+    detections.json of `ssd_tf.detect`; returns the JSON list. A ServingError other than a
+    refusal stops the run (detections.json keeps the images done)."""
+    max_batch = [max(1, int(max_batch_size))]
+    with detect_lib.DetectionWriter(image_paths, output_dir, label_names,
+                                    score_threshold) as writer:
+        read = lambda p: _read_checked(p, max_pixels, max_file_bytes)  # noqa: E731
+        for batch in _batches(image_paths, max_batch, max_request_bytes, read):
+            encoded = [item for _, item in batch if isinstance(item, bytes)]
+            outs = iter(_predict(client, encoded, max_batch) if encoded else [])
+            for path, item in batch:
+                if isinstance(item, ValueError):
+                    writer.skip(path, item)
+                    continue
+                out = next(outs)
+                if isinstance(out, str):
+                    writer.skip(path, out)
+                    continue
+                try:
+                    image = images.decode_image(item, max_pixels, where=path).numpy()
+                except tf.errors.OpError as e:  # the server decoded what we cannot
+                    writer.skip(path, f"decoded by the server but not here: "
+                                      f"{detect_lib._reason(e, path)}")
+                    continue
+                writer.add(path, image, out)
+    return writer.results
+
+
+def main(argv=None):
+    """The command line (see the module docstring); returns the exit code."""
+    import argparse
+    from ssd_tf import run_config
+    ap = argparse.ArgumentParser(prog='python -m ssd_tf.serving_client',
+                                 description=__doc__.split('\n')[0])
+    ap.add_argument('--server', required=True, help="REST: http://host:8501; gRPC: host:8500")
+    ap.add_argument('--images', required=True,
+                    help='image files and/or folders, comma-separated')
+    ap.add_argument('--model_name', default='ssd', help="the server's MODEL_NAME")
+    ap.add_argument('--model_version', type=int, default=None,
+                    help='a version to ask for (default: the latest the server has)')
+    ap.add_argument('--signature', default=export.BYTES_SIGNATURE)
+    ap.add_argument('--output_dir', default='detections')
+    ap.add_argument('--protocol', choices=('rest', 'grpc'), default='rest')
+    ap.add_argument('--columnar', action='store_true',
+                    help='REST: send {"inputs": ...} (columnar) instead of {"instances": ...}')
+    ap.add_argument('--export_dir', default=None,
+                    help='the served version directory: class names and request limits '
+                         'from its assets/export_config.json')
+    ap.add_argument('--labels', default=None, help='labels.txt (overrides --export_dir)')
+    ap.add_argument('--max_batch_size', type=int, default=None,
+                    help='images per request (default: the export\'s max_batch_size, else 64)')
+    ap.add_argument('--max_image_pixels', type=int, default=None,
+                    help='images over this (from the header) are not sent (default: the '
+                         'export\'s max_image_pixels, else 200 MP)')
+    ap.add_argument('--max_file_bytes', type=int, default=DEFAULT_MAX_FILE_BYTES)
+    ap.add_argument('--max_request_bytes', type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    ap.add_argument('--score_threshold', type=float, default=0.3)
+    ap.add_argument('--timeout', type=float, default=60., help='seconds per request')
+    args = ap.parse_args(argv)
+    try:
+        labels, config = read_export_info(args.export_dir) if args.export_dir else \
+            (None, run_config.RunConfig())
+        if args.labels:
+            from ssd_tf.datasets import labelmap as labelmap_lib
+            labels = list(labelmap_lib.LabelMap.read(args.labels).names)
+        for flag in ('max_batch_size', 'max_file_bytes', 'max_request_bytes', 'max_image_pixels'):
+            value = getattr(args, flag)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{flag}={value} must be positive")
+        if args.columnar and args.protocol != 'rest':
+            raise ValueError("--columnar applies to --protocol=rest")
+        kind = RestClient if args.protocol == 'rest' else GrpcClient
+        extra = {'columnar': args.columnar} if args.protocol == 'rest' else {}
+        client = kind(args.server, args.model_name, args.model_version, args.signature,
+                      args.timeout, **extra)
+        check_signature(client.signatures(), args.signature,
+                        f"--server={args.server} model {args.model_name!r}")
+        paths = detect_lib.list_images([p for p in args.images.split(',') if p])
+        results = run(client, paths, args.output_dir, labels, args.score_threshold,
+                      args.max_batch_size or config.get('max_batch_size') or
+                      export.MAX_BATCH_SIZE,
+                      args.max_image_pixels or config.get('max_image_pixels') or
+                      images.DEFAULT_MAX_PIXELS,
+                      args.max_file_bytes, args.max_request_bytes)
+    except (ValueError, ServingError) as err:
+        print(f"serving_client: error: {err}", file=sys.stderr)
+        return 2
+    print(detect_lib.summary(results, args.output_dir))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
