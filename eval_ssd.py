@@ -86,6 +86,8 @@ flags.DEFINE_integer('synthetic_num_images', None,
                      'synthetic_num_test, else 300.')
 flags.DEFINE_integer('synthetic_seed', None,
                      'Seed of the synthetic data set; default: the run config\'s seed, else 0.')
+flags.DEFINE_enum('synthetic_objects', None, ['shapes', 'small'],
+                  'Synthetic data mode; default: the run config\'s, else shapes.')
 # Network.
 flags.DEFINE_string('model_name', None, "Network ('ssd_small', 'ssd_300_vgg', "
                     "'ssd_512_vgg'); default: the run config, else 'ssd_small'.")
@@ -176,7 +178,7 @@ _PASCAL_NAMES = ('pascalvoc_2007', 'pascalvoc_2012', 'pascalvoc')
 
 
 def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_images=None,
-                     seed=0):
+                     seed=0, synthetic_objects='shapes'):
     """`(source, class_names)` of the evaluation set (see the --dataset_name flag): source is
     a list of Records, or for TFRecords the list of files (streamed, not read here).
 
@@ -198,7 +200,8 @@ def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_ima
     try:
         records, label_map, summary = factory.load_records(
             dataset_name, dataset_dir, split, label_map=label_map,
-            num_images=num_images or FLAGS.synthetic_num_images, seed=seed)
+            num_images=num_images or FLAGS.synthetic_num_images, seed=seed,
+            synthetic_objects=synthetic_objects)
     except FileNotFoundError as e:
         raise ValueError(f"--dataset_dir={dataset_dir} --dataset_split_name={split}: {e}") from e
     logging.info('eval data: %s', summary)
@@ -278,7 +281,8 @@ def resolve_data(config):
         num_images=(FLAGS.synthetic_num_images or config.synthetic_num_test
                     or DEFAULT_SYNTHETIC_NUM_TEST),
         seed=(FLAGS.synthetic_seed if FLAGS.synthetic_seed is not None
-              else config.seed or 0))
+              else config.seed or 0),
+        synthetic_objects=FLAGS.synthetic_objects or config.synthetic_objects or 'shapes')
     cfg_classes = config.num_classes
     num_classes = FLAGS.num_classes or (int(cfg_classes) if cfg_classes else None) or \
         len(class_names) + 1

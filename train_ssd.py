@@ -48,6 +48,9 @@ flags.DEFINE_boolean('strict_data', False,
                      'Stop at the first bad image or annotation instead of skipping it.')
 flags.DEFINE_integer('synthetic_num_train', 4000, 'Synthetic training images.')
 flags.DEFINE_integer('synthetic_num_test', 300, 'Synthetic test images.')
+flags.DEFINE_enum('synthetic_objects', 'shapes', ['shapes', 'small'],
+                  'Synthetic data mode: shapes (160 px images, 0-4 objects of 10-60% of the '
+                  'side) or small (320 px, 5-15 objects of 3-10% of the side).')
 flags.DEFINE_integer('num_samples', None,
                      'Training examples per epoch, the unit of --num_epochs_per_decay; default: '
                      'the records read (VOC/COCO/synthetic) or counted in the TFRecord files.')
@@ -174,7 +177,8 @@ def check_flags():
         errors.append(f"--dataset_name={FLAGS.dataset_name} needs --dataset_dir")
     if FLAGS.dataset_name != 'synthetic':
         errors += [f"--{n} applies to --dataset_name=synthetic only"
-                   for n in ('synthetic_num_train', 'synthetic_num_test') if _present(n)]
+                   for n in ('synthetic_num_train', 'synthetic_num_test',
+                             'synthetic_objects') if _present(n)]
     if FLAGS.num_samples is not None and FLAGS.num_samples <= 0:
         errors.append("--num_samples must be positive")
     if FLAGS.batch_size <= 0 or FLAGS.max_number_of_steps <= 0:
@@ -225,7 +229,8 @@ def _load_split(cfg, split, num_synthetic, flag='--dataset_split_name'):
     try:
         records, label_map, summary = factory.load_records(
             cfg.dataset_name, cfg.dataset_dir, split, label_map=cfg.label_map,
-            strict=cfg.strict_data, num_images=num_synthetic, seed=cfg.seed)
+            strict=cfg.strict_data, num_images=num_synthetic, seed=cfg.seed,
+            synthetic_objects=cfg.synthetic_objects or 'shapes')
     except (ValueError, OSError) as e:
         raise UserError(f"{flag}={split}: {e}") from e
     if not records:

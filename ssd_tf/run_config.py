@@ -28,7 +28,7 @@ _OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
 # ones that are not themselves flags.
 RESUME_KEYS = ('model_name', 'num_classes', 'batch_size', 'reference_compat', 'dataset_name',
                'dataset_dir', 'dataset_split_name', 'label_names', 'seed', 'image_shape',
-               'optimizer', 'mixed_precision', 'trainable_scopes')
+               'optimizer', 'mixed_precision', 'trainable_scopes', 'synthetic_objects')
 _RESUME_FLAG_NAMES = {'label_names': 'label_map (class names in order)',
                       'image_shape': 'model_name (input size)'}
 
@@ -52,6 +52,7 @@ class RunConfig:
     strict_data: bool = None
     synthetic_num_train: int = None
     synthetic_num_test: int = None
+    synthetic_objects: str = None
     num_samples: int = None
     seed: int = None
     num_preprocessing_threads: int = None
