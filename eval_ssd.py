@@ -294,10 +294,15 @@ def resolve_data(config):
 
 
 def build_net(get_network, model_name, num_classes, config):
-    """The SSDNet with the data set's class count and the eval image size."""
+    """The SSDNet with the data set's class count, the run's anchors and the eval image
+    size."""
+    from ssd_tf import run_config
     net_cls = get_network(model_name)
     params = net_cls.default_params._replace(num_classes=num_classes,
                                              no_annotation_label=num_classes)
+    # The run's fitted anchors (--anchors=auto), as it was trained.
+    params = run_config.run_params(params, config, where=f"the run config of "
+                                                         f"{FLAGS.checkpoint_path}")
     size = _image_size(FLAGS.eval_image_size) or _image_size(
         config.image_shape)
     if size is not None and tuple(size) != tuple(params.img_shape):
