@@ -37,6 +37,9 @@ WARN_COVERAGE = 0.9
 # Box size buckets: sqrt(h * w) relative to the image side, edges in fractions.
 SIZE_EDGES = (0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
 SIZE_NAMES = ('<2%', '2-4%', '4-8%', '8-16%', '16-32%', '32-64%', '>64%')
+# The first buckets (boxes under 16 % of the side) are the small objects: when they are
+# uncovered, the warning also suggests the small-object network.
+SMALL_BUCKETS = 4
 # Aspect ratio buckets on w / h (relative units, as the network sees the warped image).
 ASPECT_EDGES = (1. / 3, 1. / 2, 4. / 5, 5. / 4, 2., 3.)
 ASPECT_NAMES = ('<1:3', '1:3-1:2', '1:2-4:5', '4:5-5:4', '5:4-2:1', '2:1-3:1', '>3:1')
@@ -159,7 +162,9 @@ class AnchorCoverage:
         remedies = []
         if self.anchors != 'auto':
             remedies.append("--anchors=auto (anchors fitted to these boxes)")
-        if self.small_object_network and self.small_object_network != self.model_name:
+        small = [k for k in self.uncovered_sizes() if SIZE_NAMES.index(k) < SMALL_BUCKETS]
+        if small and self.small_object_network and \
+                self.small_object_network != self.model_name:
             remedies.append(f"--model_name={self.small_object_network} (a finer first "
                             f"feature map for small objects)")
         text = (f"WARNING: only {100 * self.fraction:.1f}% of the ground-truth boxes have an "
