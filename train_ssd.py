@@ -403,12 +403,13 @@ def resolve_anchors(cfg, net, records, has_checkpoint):
         return anchors_report.anchor_coverage(boxes, n, cfg.match_threshold, seed=cfg.seed,
                                               small_object_network=small)
     before = None
-    if previous is not None and previous.anchor_shapes is not None:
+    if previous is not None:
         try:
             params = run_config.run_params(net.params, previous, where=config_path)
         except ValueError as e:
             raise UserError(str(e)) from e
         net = type(net)(params, reference_compat=cfg.reference_compat)
+    if previous is not None and previous.anchor_shapes is not None:
         print(f"resuming with the run's fitted anchors from {config_path} (kept, not refitted "
               f"to the current data)", file=sys.stderr)
     elif cfg.anchors == 'auto' and has_checkpoint:

@@ -206,6 +206,9 @@ def run_params(params, config, where='config.json'):
     ValueError naming `where` and the anchors."""
     shapes = config.anchor_shapes if config else None
     if shapes is None:
+        if config and config.anchors == 'auto':
+            raise ValueError(f"{where}: anchors=auto but no anchor_shapes (the run's fitted "
+                             f"anchors); the checkpoint cannot be used without them")
         return params
     problem = None
     if not isinstance(shapes, (list, tuple)) or any(

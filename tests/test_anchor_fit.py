@@ -272,6 +272,8 @@ def test_run_config_round_trip_and_bad_records(small_object_fit, tmp_path):
     for a, b in zip(SSDNet(params).anchors(), fitted.anchors()):
         assert all(np.array_equal(u, v) for u, v in zip(a, b))
     assert run_config.run_params(net.params, run_config.RunConfig()) is net.params
+    with pytest.raises(ValueError, match='anchors=auto but no anchor_shapes'):
+        run_config.run_params(net.params, back.replace(anchor_shapes=None))
     for bad in ([[[1., 2.]]] * 4,                    # 4 layers for 5 maps
                 [[[1., -2.]]] * 5,                   # a negative size
                 [[[True, 2.]]] * 5,                  # not a number
