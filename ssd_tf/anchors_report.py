@@ -172,9 +172,10 @@ class AnchorCoverage:
                 f"{100 * WARN_COVERAGE:.0f}%); uncovered sizes: {', '.join(parts) or 'none'}. "
                 f"Those boxes are only matched by the forced best-anchor step, with a poor "
                 f"anchor, and are detected badly.")
-        if remedies:
-            text += " Remedy: " + ' or '.join(remedies) + '.'
-        return text
+        if not remedies:  # fitted already, no small-object network to suggest
+            remedies.append("a network with a finer first feature map or a larger input "
+                            "(--model_name)")
+        return text + " Remedy: " + ' or '.join(remedies) + '.'
 
     def format(self):
         """A readable table (overall, by size, by aspect) followed by the warning, if any."""

@@ -1,6 +1,7 @@
 """Anchor coverage (ssd_tf.anchors_report) and fitted anchors (ssd_tf.anchor_fit,
 train_ssd.py --anchors): hand-derived goldens, properties, and the run's anchors used by
 resume, eval and export."""
+import dataclasses
 import json
 import math
 import os
@@ -135,7 +136,9 @@ def test_report_text_dict_sample_and_bad_input():
     # Large uncovered boxes do not suggest the small-object network; full coverage: no warning.
     big = np.array([[0., 0., 1., .3]] * 3)
     r = anchors_report.anchor_coverage(big, net, small_object_network='ssd_small_320')
-    assert r.fraction == 0. and '--model_name' not in r.warning()
+    assert r.fraction == 0. and '--model_name=' not in r.warning()
+    fitted_warning = dataclasses.replace(r, anchors='auto').warning()
+    assert '--anchors=auto' not in fitted_warning and 'finer first feature map' in fitted_warning
     assert anchors_report.anchor_coverage([[0., 0., 1., 1.]], net, .3).warning() == ''
     with pytest.raises(ValueError, match=r'\[N, 4\]'):
         anchors_report.anchor_coverage(np.zeros([3, 3]), net)
