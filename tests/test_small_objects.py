@@ -166,3 +166,58 @@ def test_default_anchors_miss_small_objects_and_fitted_anchors_cover_them(small_
     warning = anchors_report.anchor_coverage(
         small_boxes, small_192, small_object_network='ssd_small_320').warning()
     assert '--anchors=auto' in warning and '--model_name=ssd_small_320' in warning
+
+
+# ---------------------------------------------------------------------------- a short run
+SHORT_STEPS, SHORT_BATCH = 100, 16
+
+
+def _short_run_map(net, train_records, test_records, train_dir):
+    """VOC07 mAP of `net` trained from scratch for SHORT_STEPS steps of SHORT_BATCH (seeds
+    fixed; the training library as train_ssd.py wires it: paper augmentation, Adam with
+    warm-up + cosine, weight decay) on `train_records`, evaluated on `test_records`."""
+    import keras
+    import tensorflow as tf
+    from preprocessing import ssd_vgg_preprocessing as prep
+    from ssd_tf import data as data_lib
+    from ssd_tf import evaluation
+    from ssd_tf import training
+    keras.utils.set_random_seed(0)
+    shape, anchors = net.params.img_shape, net.anchors()
+    strategy = tf.distribute.get_strategy()
+    model = net.keras_model(weight_decay=0.0005)
+    schedule = training.WarmupDecaySchedule(0.002, 'cosine', decay_steps=1, decay_factor=0.94,
+                                            end_learning_rate=1e-5, total_steps=SHORT_STEPS,
+                                            warmup_steps=20)
+    trainer = training.Trainer(net, model, training.build_optimizer(training.OptimizerConfig(),
+                                                                    schedule),
+                               strategy, str(train_dir), SHORT_BATCH,
+                               loss_config=training.LossConfig(0.5, 3., 1., 0.))
+    dataset = data_lib.build_dataset(
+        train_records,
+        lambda i, l, b, seed=None: prep.preprocess_for_train(i, l, b, out_shape=shape,
+                                                             seed=seed),
+        lambda l, b: net.bboxes_encode(l, b, anchors), batch_size=SHORT_BATCH,
+        is_training=True, seed=0, with_gt=True, num_classes=net.params.num_classes)
+    trainer.train(strategy.experimental_distribute_dataset(dataset), SHORT_STEPS,
+                  log_every_n_steps=1000, save_interval_secs=10 ** 6,
+                  save_summaries_secs=10 ** 6)
+    eval_ds = data_lib.build_eval_dataset(
+        test_records, lambda i, l, b: prep.preprocess_for_eval(i, l, b, out_shape=shape),
+        batch_size=16)
+    run = evaluation.run_evaluation(evaluation.keras_detector(model, net), eval_ds,
+                                    net.params.num_classes)
+    return evaluation.compute_metrics(run)['voc07']['map']
+
+
+def test_a_short_run_detects_small_objects_better_with_fitted_anchors(tmp_path):
+    # ssd_small_192 on the small mode: default anchors cover ~21 % of the boxes, fitted ~49 %.
+    # 100 steps of 16 from scratch, seeds fixed: measured VOC07 0.107 (default) vs 0.190
+    # (fitted) on 48 test images; the margin asserted is half the measured gap.
+    train = synthetic.make_synthetic_split('train', 320, seed=0, objects='small')
+    test = synthetic.make_synthetic_split('test', 48, seed=0, objects='small')
+    net = nets_factory.get_network('ssd_small_192')()
+    fitted = anchor_fit.fit_anchors(anchors_report.boxes_of_records(train), net)
+    default_map = _short_run_map(net, train, test, tmp_path / 'default')
+    fitted_map = _short_run_map(fitted, train, test, tmp_path / 'auto')
+    assert fitted_map > default_map + 0.04, (default_map, fitted_map)
