@@ -94,6 +94,18 @@ def test_factory_and_voc_writer_carry_the_mode(tmp_path):
     np.testing.assert_array_equal(back[0].labels, want[0].labels)
 
 
+def test_a_run_records_the_mode_and_refuses_to_resume_with_another():
+    from ssd_tf import run_config
+    then = run_config.RunConfig.from_dict({'dataset_name': 'synthetic', 'seed': 0,
+                                           'synthetic_objects': 'small'})
+    now = then.replace(synthetic_objects='shapes')
+    assert run_config.resume_conflicts(then, now) == [('synthetic_objects', 'small', 'shapes')]
+    assert run_config.resume_conflicts(then, then) == []
+    # a run directory of an older release (no synthetic_objects key) still resumes
+    older = run_config.RunConfig.from_dict({'dataset_name': 'synthetic', 'seed': 0})
+    assert run_config.resume_conflicts(older, now) == []
+
+
 # ---------------------------------------------------------------------------- the network
 def test_small_object_network_is_as_documented():
     cls = nets_factory.get_network('ssd_small_320')
