@@ -44,6 +44,11 @@ SPEED_MODELS = ('ssd_small', 'ssd_small_192', SMALL_NET)
 REAL_SETS = ('raccoon', 'bccd')
 
 
+def _load():
+    """The 1, 5 and 15 minute load averages (the machine is shared: figures depend on it)."""
+    return ', '.join(f'{x:.2f}' for x in os.getloadavg())
+
+
 def synthetic_boxes(num, seed):
     """The boxes `[N, 4]` of the synthetic small-object training split (images dropped)."""
     import numpy as np
@@ -153,7 +158,7 @@ def main():
         ap.error(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     rows = [r for r in ROWS if r in rows]
 
-    print(f'Machine: {machine_info()}', flush=True)
+    print(f'Machine: {machine_info()}; load average {_load()}', flush=True)
     gt = synthetic_boxes(args.num_train, args.seed)
     if not args.skip_coverage:
         box_sets = {'synthetic small': gt}
@@ -168,9 +173,10 @@ def main():
     for r in rows:
         model_name, anchors = ROWS[r]
         results.append(train_row(model_name or args.model_name, anchors, args, gt))
-        print(f'row {r} done: {results[-1]}', file=sys.stderr, flush=True)
+        print(f'row {r} done (load average {_load()}): {results[-1]}', file=sys.stderr,
+              flush=True)
     if results:
-        print(f'\nMachine: {machine_info()}\n')
+        print(f'\nMachine: {machine_info()}; load average at the end {_load()}\n')
         print(f'Synthetic small objects ({args.num_train} training / {args.num_test} test '
               f'images of 320 px, 5-15 objects of 3-10 % of the side), budget '
               f'{args.budget_secs} s or {args.max_steps} steps of 32\n')
