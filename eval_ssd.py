@@ -91,6 +91,8 @@ flags.DEFINE_integer('synthetic_num_images', None,
                      'synthetic_num_test, else 300.')
 flags.DEFINE_integer('synthetic_seed', None,
                      'Seed of the synthetic data set; default: the run config\'s seed, else 0.')
+flags.DEFINE_enum('synthetic_objects', None, ['shapes', 'small'],
+                  'Synthetic data mode; default: the run config\'s, else shapes.')
 # Network.
 flags.DEFINE_string('model_name', None, "Network ('ssd_small', 'ssd_300_vgg', "
                     "'ssd_512_vgg'); default: the run config, else 'ssd_small'.")
@@ -181,7 +183,7 @@ _PASCAL_NAMES = ('pascalvoc_2007', 'pascalvoc_2012', 'pascalvoc')
 
 
 def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_images=None,
-                     seed=0, tfds_data_dir=None):
+                     seed=0, tfds_data_dir=None, synthetic_objects='shapes'):
     """`(source, label_map)` of the evaluation set (see the --dataset_name flag): source is
     a list of Records, or for TFRecords the list of files (streamed, not read here).
 
@@ -222,7 +224,8 @@ def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_ima
     try:
         records, label_map, summary = factory.load_records(
             dataset_name, dataset_dir, split, label_map=label_map,
-            num_images=num_images or FLAGS.synthetic_num_images, seed=seed)
+            num_images=num_images or FLAGS.synthetic_num_images, seed=seed,
+            synthetic_objects=synthetic_objects)
     except FileNotFoundError as e:
         raise ValueError(f"--dataset_dir={dataset_dir} --dataset_split_name={split}: {e}") from e
     logging.info('eval data: %s', summary)
@@ -324,7 +327,8 @@ def resolve_data(config):
                     or DEFAULT_SYNTHETIC_NUM_TEST),
         seed=(FLAGS.synthetic_seed if FLAGS.synthetic_seed is not None
               else config.seed or 0),
-        tfds_data_dir=FLAGS.tfds_data_dir or config.get('tfds_data_dir'))
+        tfds_data_dir=FLAGS.tfds_data_dir or config.get('tfds_data_dir'),
+        synthetic_objects=FLAGS.synthetic_objects or config.synthetic_objects or 'shapes')
     class_names = list(label_map.names)
     if label_map.mapping_description():
         logging.info('eval data: %s', label_map.mapping_description())
@@ -339,10 +343,15 @@ def resolve_data(config):
 
 
 def build_net(get_network, model_name, num_classes, config):
-    """The SSDNet with the data set's class count and the eval image size."""
+    """The SSDNet with the data set's class count, the run's anchors and the eval image
+    size."""
+    from ssd_tf import run_config
     net_cls = get_network(model_name)
     params = net_cls.default_params._replace(num_classes=num_classes,
                                              no_annotation_label=num_classes)
+    # The run's fitted anchors (--anchors=auto), as it was trained.
+    params = run_config.run_params(params, config, where=f"the run config of "
+                                                         f"{FLAGS.checkpoint_path}")
     size = _image_size(FLAGS.eval_image_size) or _image_size(
         config.image_shape)
     if size is not None and tuple(size) != tuple(params.img_shape):

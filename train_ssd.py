@@ -10,7 +10,8 @@ a resume with other settings (model, classes and their names, data set, batch, s
 precision, trainable scopes) is refused before anything is written. An error during training
 saves the last completed step first. TensorBoard: `tensorboard --logdir <train_dir>`.
 
-`run` is a list of steps (setup_execution, load_training_data, check_resume, build_trainer,
+`run` is a list of steps (setup_execution, load_training_data, check_resume, resolve_anchors,
+build_trainer,
 restore_or_initialise, write_run_files, make_train_dataset, the loop, report_data_quality,
 final_evaluation); the logic they call lives in `ssd_tf` (run_config, training, evaluation).
 """
@@ -57,6 +58,9 @@ flags.DEFINE_boolean('strict_data', False,
                      'Stop at the first bad image or annotation instead of skipping it.')
 flags.DEFINE_integer('synthetic_num_train', 4000, 'Synthetic training images.')
 flags.DEFINE_integer('synthetic_num_test', 300, 'Synthetic test images.')
+flags.DEFINE_enum('synthetic_objects', 'shapes', ['shapes', 'small'],
+                  'Synthetic data mode: shapes (160 px images, 0-4 objects of 10-60% of the '
+                  'side) or small (320 px, 5-15 objects of 3-10% of the side).')
 flags.DEFINE_integer('num_samples', None,
                      'Training examples per epoch, the unit of --num_epochs_per_decay; default: '
                      'the records read (VOC/COCO/synthetic) or counted in the TFRecord files.')
@@ -71,6 +75,10 @@ flags.DEFINE_integer('num_classes', None,
                      'A value that disagrees with the data set is an error.')
 flags.DEFINE_boolean('reference_compat', False,
                      'Reproduce the slim SSD: its matching, loss, augmentation and L2Norm init.')
+flags.DEFINE_enum('anchors', 'default', ['default', 'auto'],
+                  'default: the network\'s anchors; auto: anchor shapes fitted to the training '
+                  'boxes (same feature maps and anchors per location), saved with the run and '
+                  'used by resume, eval and export. The anchor coverage is printed either way.')
 # ------------------------------------------------------------------ loss
 flags.DEFINE_float('match_threshold', 0.5, 'IoU for an anchor to match a ground-truth box.')
 flags.DEFINE_float('negative_ratio', 3., 'Hard negatives per positive.')
@@ -188,7 +196,8 @@ def check_flags():
         errors.append(f"--dataset_name={FLAGS.dataset_name} needs --dataset_dir")
     if FLAGS.dataset_name != 'synthetic':
         errors += [f"--{n} applies to --dataset_name=synthetic only"
-                   for n in ('synthetic_num_train', 'synthetic_num_test') if _present(n)]
+                   for n in ('synthetic_num_train', 'synthetic_num_test',
+                             'synthetic_objects') if _present(n)]
     if FLAGS.dataset_name != 'tfds' and FLAGS.tfds_data_dir:
         errors.append("--tfds_data_dir applies to --dataset_name=tfds only")
     if FLAGS.dataset_name == 'tfds' and FLAGS.label_map:
@@ -204,6 +213,9 @@ def check_flags():
             FLAGS.end_learning_rate > FLAGS.learning_rate:
         errors.append(f"--end_learning_rate={FLAGS.end_learning_rate} is above "
                       f"--learning_rate={FLAGS.learning_rate}")
+    if FLAGS.reference_compat and FLAGS.anchors == 'auto':
+        errors.append("--anchors=auto with --reference_compat: the slim SSD's anchors are part "
+                      "of what reference_compat reproduces; drop one of them")
     if FLAGS.reference_compat and _present('label_smoothing'):
         errors.append("--label_smoothing with --reference_compat: the original ignored label "
                       "smoothing and reference_compat keeps that; drop one of them")
@@ -256,7 +268,8 @@ def _load_split(cfg, split, num_synthetic, flag='--dataset_split_name'):
     try:
         records, label_map, summary = factory.load_records(
             cfg.dataset_name, cfg.dataset_dir, split, label_map=cfg.label_map,
-            strict=cfg.strict_data, num_images=num_synthetic, seed=cfg.seed)
+            strict=cfg.strict_data, num_images=num_synthetic, seed=cfg.seed,
+            synthetic_objects=cfg.synthetic_objects or 'shapes')
     except (ValueError, OSError) as e:
         raise UserError(f"{flag}={split}: {e}") from e
     if not records:
@@ -400,6 +413,90 @@ def check_resume(cfg, train_dir):
             ', '.join(f"--{flag}={then} there, {now} now" for flag, then, now in changed) +
             "; use a new --train_dir, or the same flags to resume")
     return has_checkpoint
+
+
+def _training_boxes(cfg, records):
+    """The ground-truth boxes `[N, 4]` of the training split (TFRecord data: streamed, box
+    features only, at most `anchors_report.MAX_SCAN_RECORDS` records)."""
+    from ssd_tf import anchors_report
+    if records is not None:
+        return anchors_report.boxes_of_records(records)
+    try:
+        return anchors_report.boxes_of_tfrecords(
+            cfg.dataset_dir, max_records=anchors_report.MAX_SCAN_RECORDS)[0]
+    except (ValueError, OSError) as e:
+        raise UserError(f"--dataset_dir={cfg.dataset_dir}: {e}") from e
+
+
+def resolve_anchors(cfg, net, records, has_checkpoint):
+    """The run's anchors and their coverage of the training boxes: a resumed run keeps the
+    anchors saved in its config.json (not refitted to the current data: they are part of the
+    model); a new `--anchors=auto` run fits them (`ssd_tf.anchor_fit`). Prints the coverage
+    report (before and after fitting) with its warning; returns `(cfg with anchor_shapes and
+    anchor_coverage, net, report text)`."""
+    from nets import nets_factory
+    from ssd_tf import anchor_fit
+    from ssd_tf import anchors as anchors_lib
+    from ssd_tf import anchors_report
+    from ssd_tf import run_config
+    config_path = os.path.join(cfg.train_dir, run_config.CONFIG_FILENAME)
+    previous = run_config.RunConfig.read(config_path) \
+        if has_checkpoint and os.path.isfile(config_path) else None
+    boxes = _training_boxes(cfg, records)
+    small = anchors_report.small_object_network_name(nets_factory.networks_map)
+
+    def coverage(n):
+        return anchors_report.anchor_coverage(boxes, n, cfg.match_threshold, seed=cfg.seed,
+                                              small_object_network=small)
+    before = None
+    if previous is not None:
+        try:
+            params = run_config.run_params(net.params, previous, where=config_path)
+        except ValueError as e:
+            raise UserError(str(e)) from e
+        net = type(net)(params, reference_compat=cfg.reference_compat)
+    if previous is not None and previous.anchor_shapes is not None:
+        print(f"resuming with the run's fitted anchors from {config_path} (kept, not refitted "
+              f"to the current data)", file=sys.stderr)
+    elif cfg.anchors == 'auto' and has_checkpoint:
+        raise UserError(f"--anchors=auto but --train_dir={cfg.train_dir} holds a run trained "
+                        f"with the default anchors; use a new --train_dir, or --anchors=default "
+                        f"to resume")
+    elif cfg.anchors == 'auto':
+        before = coverage(net)
+        try:
+            net = anchor_fit.fit_anchors(boxes, net, cfg.match_threshold, seed=cfg.seed)
+        except ValueError as e:
+            raise UserError(f"--anchors=auto: {e}") from e
+    if not len(anchors_report.valid_boxes(boxes)):
+        print("anchor coverage: no ground-truth box in the training data", file=sys.stderr)
+        return cfg, net, ''
+    report = coverage(net)
+    explicit = any(anchors_lib.is_explicit(s) for s in net.params.anchor_sizes)
+    shapes = [[list(hw) for hw in layer] for layer in net.params.anchor_sizes] \
+        if explicit else None
+    text = report.format()
+    if before is not None:
+        text = (f"{before.format()}\n{anchor_fit.format_shapes(net)}\n{text}")
+    print(text, file=sys.stderr)
+    record = report.to_dict()
+    if before is not None:
+        record['before'] = before.to_dict()
+    return cfg.replace(anchor_shapes=shapes, anchor_coverage=record), net, text
+
+
+def write_anchor_summaries(cfg, text, writer, step):
+    """The coverage report to TensorBoard: text 'anchors/coverage' and scalar
+    'anchors/coverage' (and 'anchors/coverage_default' before fitting)."""
+    import tensorflow as tf
+    record = cfg.anchor_coverage or {}
+    if not text or record.get('fraction') is None:
+        return
+    with writer.as_default(step=step):
+        tf.summary.text('anchors/coverage', '```\n' + text + '\n```')
+        tf.summary.scalar('anchors/coverage', record['fraction'])
+        if (record.get('before') or {}).get('fraction') is not None:
+            tf.summary.scalar('anchors/coverage_default', record['before']['fraction'])
 
 
 def build_trainer(cfg, net, strategy, save_dir, has_checkpoint):
@@ -656,6 +753,7 @@ def _run(cfg, strategy, chief, save_dir):
     cfg, net, records, label_map, summary = load_training_data(
         cfg, strategy.num_replicas_in_sync)
     has_checkpoint = check_resume(cfg, cfg.train_dir)
+    cfg, net, anchor_text = resolve_anchors(cfg, net, records, has_checkpoint)
     if cfg.learning_rate_decay_type in _DECAY_FLAGS['num_epochs_per_decay']:
         try:  # the schedule counts in epochs
             cfg = cfg.replace(num_samples=training.resolve_num_samples(
@@ -674,6 +772,7 @@ def _run(cfg, strategy, chief, save_dir):
     dataset, problems = make_train_dataset(cfg, net, strategy, records, step)
     writer = tf.summary.create_file_writer(cfg.train_dir) if chief \
         else tf.summary.create_noop_writer()
+    write_anchor_summaries(cfg, anchor_text, writer, step)
     progress = training.ProgressBar(cfg.max_number_of_steps, step, cfg.log_every_n_steps)
     print(f"training {net.model_name} ({trainer.model.count_params():,} parameters, "
           f"{cfg.num_classes} classes, input {cfg.image_shape[0]}x{cfg.image_shape[1]}) on "

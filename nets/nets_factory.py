@@ -10,6 +10,7 @@ networks_map = {
     'ssdlite_mobilenet_v2': ssd_mobilenet_v2.SSDNet,
     'ssd_small': ssd_small.SSDNet,
     'ssd_small_192': ssd_small.SSDNet192,
+    'ssd_small_320': ssd_small.SSDNetSmallObjects,
 }
 
 

@@ -17,6 +17,11 @@ from ssd_tf import postprocess
 # `anchor_size_bounds` are read by nothing here (the slim code did not use them at run time
 # either: anchor sizes come from `anchor_sizes`); they are kept so that the tuple mirrors the
 # slim one field for field.
+# `anchor_sizes[i]` is the slim `(s0, s1)` in pixels (with `anchor_ratios[i]`), or, for anchors
+# fitted to a data set (`ssd_tf.anchor_fit`, train_ssd.py --anchors=auto), explicit `(h, w)`
+# pixel pairs with empty ratios (`ssd_tf.anchors.with_anchor_shapes`); either way a layer has
+# `A = len(anchor_sizes[i]) + len(anchor_ratios[i])` anchors per location, which sizes its
+# heads. The default networks keep the slim form, so their anchors are the slim ones exactly.
 SSDParams = collections.namedtuple('SSDParameters', [
     'img_shape', 'num_classes', 'no_annotation_label', 'feat_layers', 'feat_shapes',
     'anchor_size_bounds', 'anchor_sizes', 'anchor_ratios', 'anchor_steps', 'anchor_offset',

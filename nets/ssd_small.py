@@ -23,6 +23,15 @@ Design (the same code as SSD300, `nets.ssd_vgg_keras`, with a smaller `VGGSpec`)
 - Default 5 classes: background + the synthetic data set's circle, cross, rectangle, triangle.
 
 Cost: 0.07 GMAC per 128x128 image forward (bench/bench_forward.py counts it).
+
+`ssd_small_320`, the small-object configuration (`small_objects = True`): the same layers at
+a 320x320 input, with one more feature map taken from block3 (stride 4, 80x80) and anchor
+scales from 0.03 of the side (`_SMALL_OBJECT_SCALES`): maps 80, 40, 20, 10, 5, 3 and 34,136
+anchors, so objects of 8-16 pixels at 320 (2.5-5 % of the side) get an anchor with IoU >= 0.5:
+from 10 pixels wherever they lie (a box of side s is at most stride/2 = 2 pixels from an
+anchor centre along each axis, and the 13.6-pixel anchor then still overlaps a 10-pixel
+square by IoU 0.51), 8-pixel squares at 91 % of the positions.
+Same weights layout as `ssd_small` plus the block3 heads (615,272 parameters, 5 classes).
 """
 import keras
 
@@ -30,7 +39,7 @@ from nets import ssd_vgg_keras
 from nets.ssd_base import SSDNet as _SSDNetBase
 from nets.ssd_base import SSDParams
 
-__all__ = ['SSDNet', 'SSDParams', 'SMALL_SPEC']
+__all__ = ['SSDNet', 'SSDNet192', 'SSDNetSmallObjects', 'SSDParams', 'SMALL_SPEC']
 
 E = ssd_vgg_keras.ExtraBlock
 SMALL_SPEC = ssd_vgg_keras.VGGSpec(
@@ -50,32 +59,50 @@ HEAD_STDDEV = 0.01
 _IMG = 128
 # Anchor scales as fractions of the image side (module docstring).
 _SCALES = (0.10, 0.20, 0.37, 0.55, 0.75, 0.95)
+# The small-object configuration: 6 maps from block3 (stride 4); its first anchors are 3 % and
+# 4.2 % of the side (9.6 and 13.6 pixels at 320), then at most 2x per map (1.41x between
+# successive anchor sizes, as above).
+_SMALL_OBJECT_IMG = 320
+_SMALL_OBJECT_SCALES = (0.03, 0.06, 0.12, 0.22, 0.38, 0.60, 0.90)
+_FIRST_LAYER = {8: 'block4', 4: 'block3'}  # first feature map's stride -> its VGG block
 
 
-def small_params(img_size=_IMG, num_classes=5):
+def small_params(img_size=_IMG, num_classes=5, first_stride=8, scales=_SCALES):
     """SSDParams of the small network for a square input of `img_size` pixels.
 
     Every SAME pool and every pad-1 3x3/2 extra block halves the map (rounding up), so the
-    feature maps are `ceil(img_size / 8)`, then halved four times; anchor steps are
-    `img_size / map` (evenly spread centres) and anchor sizes the same fractions of the side
-    (`_SCALES`) at any input size. `small_params(128)` gives maps 16, 8, 4, 2, 1.
+    feature maps are `ceil(img_size / first_stride)` (first_stride 8: block4; 4: block3 as an
+    extra first map), then halved down to block10; anchor steps are `img_size / map` (evenly
+    spread centres) and anchor sizes the same fractions of the side (`scales`, one more than
+    the maps: map k uses (s_k, s_{k+1})) at any input size. `small_params(128)` gives maps
+    16, 8, 4, 2, 1; `small_params(320, first_stride=4, scales=_SMALL_OBJECT_SCALES)` gives
+    80, 40, 20, 10, 5, 3.
     """
-    shapes = [-(-img_size // 8)]
-    for _ in range(4):
+    if first_stride not in _FIRST_LAYER:
+        raise ValueError(f"first_stride must be one of {sorted(_FIRST_LAYER)}, got "
+                         f"{first_stride}")
+    layers = ([_FIRST_LAYER[first_stride]] + (['block4'] if first_stride == 4 else []) +
+              ['block7', 'block8', 'block9', 'block10'])
+    if len(scales) != len(layers) + 1:
+        raise ValueError(f"{len(layers)} feature maps need {len(layers) + 1} scales, got "
+                         f"{len(scales)}")
+    shapes = [-(-img_size // first_stride)]
+    for _ in range(len(layers) - 1):
         shapes.append(-(-shapes[-1] // 2))
+    n = len(layers)
     return SSDParams(
         img_shape=(img_size, img_size),
         num_classes=num_classes,
         no_annotation_label=num_classes,
-        feat_layers=['block4', 'block7', 'block8', 'block9', 'block10'],
+        feat_layers=layers,
         feat_shapes=[(s, s) for s in shapes],
-        anchor_size_bounds=[_SCALES[0], _SCALES[-1]],
+        anchor_size_bounds=[scales[0], scales[-1]],
         anchor_sizes=[(round(a * img_size, 2), round(b * img_size, 2))
-                      for a, b in zip(_SCALES[:-1], _SCALES[1:])],
-        anchor_ratios=[[2, .5]] * 5,
+                      for a, b in zip(scales[:-1], scales[1:])],
+        anchor_ratios=[[2, .5]] * n,
         anchor_steps=[img_size / s for s in shapes],
         anchor_offset=0.5,
-        normalizations=[-1, -1, -1, -1, -1],
+        normalizations=[-1] * n,
         prior_scaling=[0.1, 0.1, 0.2, 0.2])
 
 
@@ -98,3 +125,13 @@ class SSDNet192(SSDNet):
     128 pixels lose too much detail; about 2.3x the cost of `ssd_small`."""
     model_name = 'ssd_small_192'
     default_params = small_params(192)
+
+
+class SSDNetSmallObjects(SSDNet):
+    """The small-object configuration: 320x320 input, a stride-4 first map from block3 (maps
+    80, 40, 20, 10, 5, 3), anchors from 3 % of the side; for objects of 8-16 pixels and up
+    (module docstring)."""
+    model_name = 'ssd_small_320'
+    small_objects = True
+    default_params = small_params(_SMALL_OBJECT_IMG, first_stride=4,
+                                  scales=_SMALL_OBJECT_SCALES)

@@ -618,7 +618,8 @@ def load_from_checkpoint(checkpoint_path, get_network, model_name=None, num_clas
 
     checkpoint_path: a train_dir (its latest checkpoint) or checkpoint prefix written by
       train_ssd.py (config.json beside it gives model_name, num_classes, image_shape and
-      label_names), or a slim TF1 checkpoint (pass model_name and num_classes).
+      label_names, and the fitted anchors of an --anchors=auto run), or a slim TF1
+      checkpoint (pass model_name and num_classes).
     get_network: `name -> SSDNet class` (nets.nets_factory.get_network).
     label_map: a label map file; default the run's labels.txt, else config label_names.
     slim_variable_map_fn: `model -> slim variable map`, needed for slim checkpoints.
@@ -648,6 +649,9 @@ def load_from_checkpoint(checkpoint_path, get_network, model_name=None, num_clas
                                              no_annotation_label=int(num_classes))
     if config.image_shape is not None:
         params = params._replace(img_shape=tuple(config.image_shape))
+    # The run's fitted anchors (train_ssd.py --anchors=auto) are part of the model.
+    params = run_config.run_params(params, config, where=f"the run config beside "
+                                                         f"{checkpoint_path}")
     net = net_cls(params, reference_compat=bool(config.reference_compat))
     model = net.keras_model()
     slim_map = slim_variable_map_fn(model) if kind == 'slim' and slim_variable_map_fn else None

@@ -2,9 +2,10 @@
 
 `RunConfig` is the typed form of the `config.json` that `train_ssd.py` writes next to its
 checkpoints (every training flag plus what the run resolved: num_classes, image_shape,
-num_replicas, label_names). A field the file does not hold is None ("not recorded"), so a
-slim checkpoint without a config, or an older run directory, still loads; keys this class does
-not know are kept in `extra` and written back unchanged.
+num_replicas, label_names, and the anchors: fitted shapes and coverage report). A field the
+file does not hold is None ("not recorded"), so a slim checkpoint without a config, or an older
+run directory, still loads; keys this class does not know are kept in `extra` and written back
+unchanged. `run_params` rebuilds a run's network parameters (its fitted anchors included).
 
 `resolve_checkpoint` says what a `--checkpoint_path` is (a SavedModel, an object-based TF2
 checkpoint or a name-based slim one), `checkpoint_step` its training step, `read_run_config`
@@ -18,6 +19,8 @@ import os
 
 import tensorflow as tf
 
+from ssd_tf import anchors as anchors_lib
+
 CONFIG_FILENAME = 'config.json'
 EXPORT_CONFIG_FILENAME = 'export_config.json'  # ssd_tf.export's assets/ file
 # The checkpoint item holding the moving averages of the trainable weights (ssd_tf.training),
@@ -28,10 +31,14 @@ _OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
 # ones that are not themselves flags.
 RESUME_KEYS = ('model_name', 'num_classes', 'batch_size', 'reference_compat', 'dataset_name',
                'dataset_dir', 'dataset_split_name', 'label_names', 'seed', 'image_shape',
-               'optimizer', 'mixed_precision', 'trainable_scopes', 'label_ids')
+               'optimizer', 'mixed_precision', 'trainable_scopes', 'label_ids',
+               'synthetic_objects', 'anchors')
 _RESUME_FLAG_NAMES = {'label_names': 'label_map (class names in order)',
                       'label_ids': 'label_map (dataset ids of the classes)',
                       'image_shape': 'model_name (input size)'}
+# Bound on the anchors per location a config.json may ask for (untrusted file: the heads
+# and every anchor tensor grow with it; the networks here use 4 to 6).
+MAX_ANCHORS_PER_LOCATION = 64
 
 
 @dataclasses.dataclass
@@ -53,6 +60,7 @@ class RunConfig:
     strict_data: bool = None
     synthetic_num_train: int = None
     synthetic_num_test: int = None
+    synthetic_objects: str = None
     num_samples: int = None
     seed: int = None
     num_preprocessing_threads: int = None
@@ -60,6 +68,13 @@ class RunConfig:
     model_name: str = None
     num_classes: int = None
     reference_compat: bool = None
+    # anchors: 'default' or 'auto' (--anchors); the fitted shapes, a list per feature map of
+    # [h, w] pixel pairs at image_shape (None: the network's default anchors); the coverage
+    # report of the training boxes (ssd_tf.anchors_report.AnchorCoverage.to_dict(), and
+    # 'before': the default anchors' for a fitted run)
+    anchors: str = None
+    anchor_shapes: list = None
+    anchor_coverage: dict = None
     # loss
     match_threshold: float = None
     negative_ratio: float = None
@@ -185,6 +200,35 @@ def resume_conflicts(previous, current, keys=RESUME_KEYS):
     return [(_RESUME_FLAG_NAMES.get(k, k), getattr(previous, k), getattr(current, k))
             for k in keys if k in previous.recorded and
             norm(getattr(previous, k)) != norm(getattr(current, k))]
+
+
+def run_params(params, config, where='config.json'):
+    """The network parameters of a run: `params` (an SSDParams, e.g. the class defaults with
+    the run's num_classes) with the fitted anchors the RunConfig `config` records
+    (`anchor_shapes`), else unchanged. A record that does not fit the network (another number
+    of feature maps, sizes that are not positive (h, w) pairs, too many anchors) is a
+    ValueError naming `where` and the anchors."""
+    shapes = config.anchor_shapes if config else None
+    if shapes is None:
+        if config and config.anchors == 'auto':
+            raise ValueError(f"{where}: anchors=auto but no anchor_shapes (the run's fitted "
+                             f"anchors); the checkpoint cannot be used without them")
+        return params
+    problem = None
+    if not isinstance(shapes, (list, tuple)) or any(
+            not isinstance(layer, (list, tuple)) or len(layer) > MAX_ANCHORS_PER_LOCATION or
+            any(not isinstance(hw, (list, tuple)) or len(hw) != 2 or
+                any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in hw)
+                for hw in layer) for layer in shapes):
+        problem = (f"not a list per feature map of at most {MAX_ANCHORS_PER_LOCATION} "
+                   f"[h, w] number pairs")
+    else:
+        try:
+            return anchors_lib.with_anchor_sizes(params, shapes)
+        except ValueError as e:
+            problem = str(e)
+    raise ValueError(f"{where}: anchor_shapes (the run's fitted anchors) do not fit the "
+                     f"network: {problem}; train again or fix the file")
 
 
 def write_run_config(train_dir, config):
@@ -319,8 +363,9 @@ def restore_model(model, kind, path, slim_variable_map=None, model_scope=None,
     `nets.ssd_vgg_keras.slim_variable_map(model)`). Shape mismatches (usually another
     --num_classes or --model_name than at training) are ValueErrors naming the path and flags.
     """
-    hint = (f"check --model_name and --num_classes (they must match the network that wrote "
-            f"{path})")
+    hint = (f"check --model_name and --num_classes, and the anchors (anchors per location "
+            f"size the heads: --anchors and the anchor_shapes of the run's config.json); they "
+            f"must match the network that wrote {path}")
     if kind == 'tf2':
         ckpt = tf.train.Checkpoint(model=model)
         error = None

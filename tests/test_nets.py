@@ -280,11 +280,12 @@ def test_slim_scope_names_are_reversible():
 # ---------------------------------------------------------------------------- factory
 def test_factory_names_and_unknown_name():
     assert NAMES == ['ssd_300_vgg', 'ssd_512_vgg', 'ssd_small', 'ssd_small_192',
-                     'ssdlite_mobilenet_v2']
+                     'ssd_small_320', 'ssdlite_mobilenet_v2']
     for name in NAMES:
         assert nets_factory.get_network(name).model_name == name
     with pytest.raises(ValueError, match='ssd_300_vgg, ssd_512_vgg, ssd_small, '
-                                         'ssd_small_192, ssdlite_mobilenet_v2'):
+                                         'ssd_small_192, ssd_small_320, '
+                                         'ssdlite_mobilenet_v2'):
         nets_factory.get_network('ssd_300')
 
 

@@ -3,11 +3,13 @@ before training and prints it.
 
     python -m ssd_tf.datasets.check --dataset_name tfrecord --dataset_dir 'x_*.tfrecord' \
         [--num_classes C] [--label_map labels.txt] [--strict_data]
-    python -m ssd_tf.datasets.check --dataset_name voc --dataset_dir VOC2007 --split test
+    python -m ssd_tf.datasets.check --dataset_name voc --dataset_dir VOC2007 --split test \
+        [--model_name ssd_small]
 
 TFRecords are checked with the training pipeline's own graph checks
 (`tfrecord.check_example`, then a decode of every image); voc/coco/synthetic with their
-readers' `DataReport`. Exit code 0, or 1 with `--strict_data` when a problem was found
+readers' `DataReport`. With `--model_name` the report ends with the anchor coverage of the
+boxes by that network (`ssd_tf.anchors_report`). Exit code 0, or 1 with `--strict_data` when a problem was found
 (2 for unusable flags or files).
 """
 import argparse
@@ -133,6 +135,26 @@ def check_tfrecords(pattern, num_classes=None, strict=False, max_pixels=None, la
     return n, problems
 
 
+def _coverage_text(args, records):
+    """The anchor coverage report of the checked boxes (`records`, or the TFRecord files of
+    `args.dataset_dir` streamed, at most `anchors_report.MAX_SCAN_RECORDS`) by
+    `--model_name`."""
+    from nets import nets_factory  # the command wires the core to the networks
+    from ssd_tf import anchors_report
+    net = nets_factory.get_network(args.model_name)()
+    if records is None:
+        boxes, _ = anchors_report.boxes_of_tfrecords(
+            args.dataset_dir, max_records=anchors_report.MAX_SCAN_RECORDS)
+    else:
+        boxes = anchors_report.boxes_of_records(records)
+    if not len(anchors_report.valid_boxes(boxes)):
+        return "anchor coverage: no ground-truth box"
+    return anchors_report.anchor_coverage(
+        boxes, net, args.matching_threshold,
+        small_object_network=anchors_report.small_object_network_name(
+            nets_factory.networks_map)).format()
+
+
 def main(argv=None):
     from ssd_tf.datasets import factory
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
@@ -150,6 +172,11 @@ def main(argv=None):
     p.add_argument('--strict_data', action='store_true',
                    help='exit with code 1 when any problem is found')
     p.add_argument('--num_images', type=int, default=1000, help='synthetic: images to make')
+    p.add_argument('--model_name', default=None,
+                   help='also report the anchor coverage of the boxes by this network '
+                        '(python -m ssd_tf.anchors_report for the details and --anchors auto)')
+    p.add_argument('--matching_threshold', type=float, default=0.5,
+                   help='with --model_name: the IoU an anchor needs to cover a box')
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
     try:
@@ -175,13 +202,16 @@ def main(argv=None):
             if label_problem:
                 print(label_problem)
             found = bool(problems) or bool(label_problem)
+            records = None
         else:
-            _, _, report = factory.load_records_and_report(
+            records, _, report = factory.load_records_and_report(
                 args.dataset_name, args.dataset_dir, args.split, label_map=args.label_map,
                 num_images=args.num_images)
             print(report.summary() if hasattr(report, 'summary') else report)
             found = bool(getattr(report, 'skipped', None) or
                          getattr(report, 'dropped_boxes', None))
+        if args.model_name:
+            print(_coverage_text(args, records))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,8 +17,8 @@ DATASET_NAMES = ('voc', 'coco', 'synthetic')
 
 
 def load_records(dataset_name, dataset_dir, split, label_map=None, strict=False,
-                 num_images=1000, seed=0, image_size=synthetic_lib.DEFAULT_IMAGE_SIZE,
-                 check_images=True):
+                 num_images=1000, seed=0, image_size=None, check_images=True,
+                 synthetic_objects='shapes'):
     """`(records, label_map, report_summary)` for one split of a data set (the summary is
     `load_records_and_report`'s report as text).
 
@@ -27,18 +27,20 @@ def load_records(dataset_name, dataset_dir, split, label_map=None, strict=False,
       sorted (`voc.default_label_map`); pass `labelmap.VOC_LABEL_MAP` for Pascal VOC's ids.
     coco: `dataset_dir` holds `annotations/instances_<split>.json` and the images in
       `<split>/` (the COCO 2017 layout; split e.g. 'val2017').
-    synthetic: no files; `num_images` images of `split` 'train'/'trainval'/'test' of `seed`.
+    synthetic: no files; `num_images` images of `split` 'train'/'trainval'/'test' of `seed`,
+      mode `synthetic_objects` ('shapes' or 'small'), side `image_size` (None: the mode's).
     """
     records, label_map, report = load_records_and_report(
         dataset_name, dataset_dir, split, label_map=label_map, strict=strict,
-        num_images=num_images, seed=seed, image_size=image_size, check_images=check_images)
+        num_images=num_images, seed=seed, image_size=image_size, check_images=check_images,
+        synthetic_objects=synthetic_objects)
     return records, label_map, report.summary() if report is not None else \
         f"synthetic: {len(records)} records"
 
 
 def load_records_and_report(dataset_name, dataset_dir, split, label_map=None, strict=False,
-                            num_images=1000, seed=0,
-                            image_size=synthetic_lib.DEFAULT_IMAGE_SIZE, check_images=True):
+                            num_images=1000, seed=0, image_size=None, check_images=True,
+                            synthetic_objects='shapes'):
     """As `load_records`, but `(records, label_map, DataReport)` (the report is None for
     synthetic data, which has nothing to check)."""
     if dataset_name == 'voc':
@@ -62,7 +64,8 @@ def load_records_and_report(dataset_name, dataset_dir, split, label_map=None, st
             ann, os.path.join(dataset_dir, split), strict=strict, check_images=check_images)
         return records, label_map, report
     if dataset_name == 'synthetic':
-        records = synthetic_lib.make_synthetic_split(split, num_images, seed, image_size)
+        records = synthetic_lib.make_synthetic_split(split, num_images, seed, image_size,
+                                                     objects=synthetic_objects)
         return records, synthetic_lib.SYNTHETIC_LABEL_MAP, None
     raise ValueError(f"dataset_name must be one of {DATASET_NAMES}, got {dataset_name!r}")
 

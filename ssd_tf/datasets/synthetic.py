@@ -7,9 +7,16 @@ noise backgrounds, and at most moderate overlap (an earlier, partly hidden objec
 least 70% of its box visible; boxes are amodal). Each box is the exact pixel extent of its
 drawn shape: `[row0 / H, col0 / W, (row1 + 1) / H, (col1 + 1) / W]` (pixel edges).
 
-Image `i` of seed `s` depends only on `(s, i)`, so `make_synthetic_examples(10, s)` is a
-prefix of `make_synthetic_examples(100, s)`.
+Two modes (`objects=`, the `--synthetic_objects` flag), the same four classes:
+- 'shapes' (default, the main job's data): 160x160 images, 0-4 objects of 10%-60% of the side.
+- 'small': 320x320 images, 5-15 objects of 3%-10% of the side (about 10-32 pixels at 320),
+  to develop small-object detection on (see README "Small objects").
+
+Image `i` of seed `s` depends only on `(s, i)` (and the mode), so
+`make_synthetic_examples(10, s)` is a prefix of `make_synthetic_examples(100, s)`.
 """
+import collections
+import math
 import os
 
 import cv2
@@ -28,6 +35,28 @@ NUM_OBJECTS_P = (0.05, 0.30, 0.30, 0.20, 0.15)  # P(0..4 objects per image)
 MAX_HIDDEN = 0.30                        # largest part of an earlier box a later one may cover
 MIN_COLOUR_DISTANCE = 120.               # L1 RGB distance object colour vs local background
 _PLACEMENT_TRIES = 40
+
+# One mode of the data set: box side / image side in [min_size, max_size] (log-uniform), the
+# number of objects per image (`num_objects(rng)`), the default image side, and whether the
+# box side bounds are whole pixels (ceil/floor: boxes stay inside the stated range) or, as the
+# original 'shapes' mode, fractional (kept so that its images never change).
+SyntheticMode = collections.namedtuple(
+    'SyntheticMode', ['name', 'min_size', 'max_size', 'num_objects', 'image_size',
+                      'whole_pixel_bounds', 'seed_tag'])
+SMALL_MIN_SIZE, SMALL_MAX_SIZE = 0.03, 0.10
+SMALL_NUM_OBJECTS = (5, 15)              # uniform, inclusive
+SMALL_IMAGE_SIZE = 320
+MODES = {
+    'shapes': SyntheticMode('shapes', MIN_SIZE, MAX_SIZE,
+                            lambda rng: rng.choice(len(NUM_OBJECTS_P), p=NUM_OBJECTS_P),
+                            DEFAULT_IMAGE_SIZE, False, ()),
+    'small': SyntheticMode('small', SMALL_MIN_SIZE, SMALL_MAX_SIZE,
+                           lambda rng: rng.integers(SMALL_NUM_OBJECTS[0],
+                                                    SMALL_NUM_OBJECTS[1] + 1),
+                           SMALL_IMAGE_SIZE, True, (1,)),
+}
+OBJECT_MODES = tuple(MODES)
+
 # Image index of the first 'test' image: far above any train set, so the splits never share an
 # image whatever their sizes (in memory or written as VOC).
 TEST_FIRST_INDEX = 1_000_000
@@ -107,24 +136,54 @@ def _hidden_fraction(box, other):
     return ih * iw / float((box[2] - box[0]) * (box[3] - box[1]))
 
 
-def synthetic_image(seed, index, image_size=DEFAULT_IMAGE_SIZE, with_masks=False):
-    """Image `index` of `seed`: `(image uint8 [S, S, 3] RGB, boxes [N, 4] relative yxyx,
-    labels [N] (1..4), masks [N, S, S] bool or None)`."""
-    rng = np.random.default_rng([int(seed), int(index)])
-    size = int(image_size)
+def get_mode(objects):
+    """The `SyntheticMode` named `objects` ('shapes' or 'small'); ValueError naming the flag."""
+    if objects not in MODES:
+        raise ValueError(f"--synthetic_objects={objects!r} is unknown; choose one of "
+                         f"{', '.join(OBJECT_MODES)}")
+    return MODES[objects]
+
+
+def _image_size(image_size, mode):
+    size = mode.image_size if image_size is None else int(image_size)
+    if size < 16:
+        raise ValueError(f"synthetic image_size={image_size} is too small (at least 16)")
+    return size
+
+
+def _side_bounds(mode, size):
+    """Box side bounds in pixels `(lo, hi)` of `mode` at image side `size`."""
+    lo, hi = mode.min_size * size, mode.max_size * size
+    if mode.whole_pixel_bounds:
+        lo, hi = math.ceil(lo - 1e-9), max(math.floor(hi + 1e-9), math.ceil(lo - 1e-9))
+    return lo, hi
+
+
+def synthetic_image(seed, index, image_size=None, with_masks=False, objects='shapes'):
+    """Image `index` of `seed` in mode `objects`: `(image uint8 [S, S, 3] RGB, boxes [N, 4]
+    relative yxyx, labels [N] (1..4), masks [N, S, S] bool or None)`; S = image_size, by
+    default the mode's (160 shapes, 320 small)."""
+    mode = get_mode(objects)
+    rng = np.random.default_rng([int(seed), int(index), *mode.seed_tag])
+    size = _image_size(image_size, mode)
+    lo, hi = _side_bounds(mode, size)
     img = _background(rng, size)
-    n = rng.choice(len(NUM_OBJECTS_P), p=NUM_OBJECTS_P)
+    n = mode.num_objects(rng)
     boxes, labels, masks = [], [], []
     for _ in range(n):
         label = int(rng.integers(len(SYNTHETIC_CLASSES))) + 1
         cls = SYNTHETIC_CLASSES[label - 1]
         for _ in range(_PLACEMENT_TRIES):
-            side = np.exp(rng.uniform(np.log(MIN_SIZE), np.log(MAX_SIZE))) * size
+            side = np.exp(rng.uniform(np.log(mode.min_size), np.log(mode.max_size))) * size
             aspect = np.exp(rng.uniform(np.log(0.6), np.log(1.667)))  # w / h
-            h = int(np.clip(round(side / np.sqrt(aspect)), 0.1 * size, 0.6 * size))
-            w = int(np.clip(round(side * np.sqrt(aspect)), 0.1 * size, 0.6 * size))
+            h = int(np.clip(round(side / np.sqrt(aspect)), lo, hi))
+            w = int(np.clip(round(side * np.sqrt(aspect)), lo, hi))
             if cls == 'circle':
-                h = w = min(h, w) // 2 * 2 + 1
+                d = min(h, w)
+                if mode.whole_pixel_bounds:  # an odd diameter inside [lo, hi]
+                    h = w = d if d % 2 else (d - 1 if d - 1 >= lo else d + 1)
+                else:
+                    h = w = min(h, w) // 2 * 2 + 1
             y0 = int(rng.integers(0, size - h + 1))
             x0 = int(rng.integers(0, size - w + 1))
             mask = _shape_mask(rng, cls, y0, x0, h, w, size)
@@ -146,25 +205,27 @@ def synthetic_image(seed, index, image_size=DEFAULT_IMAGE_SIZE, with_masks=False
     return image, rel, np.array(labels, np.int64), masks
 
 
-def make_synthetic_examples(num, seed=0, image_size=DEFAULT_IMAGE_SIZE, first_index=0):
-    """`num` in-memory records (images `first_index` .. of `seed`), image in `Record.image`
-    (uint8 `[S, S, 3]` RGB), boxes `[N, 4]` relative yxyx, labels 1..4 (SYNTHETIC_LABEL_MAP)."""
+def make_synthetic_examples(num, seed=0, image_size=None, first_index=0, objects='shapes'):
+    """`num` in-memory records (images `first_index` .. of `seed`, mode `objects`), image in
+    `Record.image` (uint8 `[S, S, 3]` RGB, S = image_size or the mode's), boxes `[N, 4]`
+    relative yxyx, labels 1..4 (SYNTHETIC_LABEL_MAP)."""
+    size = _image_size(image_size, get_mode(objects))
     out = []
     for i in range(first_index, first_index + int(num)):
-        image, boxes, labels, _ = synthetic_image(seed, i, image_size)
+        image, boxes, labels, _ = synthetic_image(seed, i, size, objects=objects)
         out.append(records_lib.make_record(
-            f'{i:06d}', image_size, image_size, boxes, labels,
+            f'{i:06d}', size, size, boxes, labels,
             [SYNTHETIC_LABEL_MAP.name(l) for l in labels], image=image))
     return out
 
 
-def make_synthetic_split(split, num, seed=0, image_size=DEFAULT_IMAGE_SIZE):
+def make_synthetic_split(split, num, seed=0, image_size=None, objects='shapes'):
     """Records of split 'train' (= 'trainval', indices 0..num-1) or 'test' (indices
-    TEST_FIRST_INDEX..), the same images `write_synthetic_voc` writes."""
+    TEST_FIRST_INDEX..) of mode `objects`, the same images `write_synthetic_voc` writes."""
     first = {'train': 0, 'trainval': 0, 'test': TEST_FIRST_INDEX}.get(split)
     if first is None:
         raise ValueError(f"synthetic splits are train, trainval and test, got {split!r}")
-    return make_synthetic_examples(num, seed, image_size, first_index=first)
+    return make_synthetic_examples(num, seed, image_size, first_index=first, objects=objects)
 
 
 def _voc_xml(record, filename):
@@ -185,8 +246,9 @@ def _voc_xml(record, filename):
             + ''.join(objs) + "</annotation>\n")
 
 
-def write_synthetic_voc(out_dir, num_train, num_test, seed=0, image_size=DEFAULT_IMAGE_SIZE):
-    """Writes the data set as a VOC directory readable by `voc.read_voc`.
+def write_synthetic_voc(out_dir, num_train, num_test, seed=0, image_size=None,
+                        objects='shapes'):
+    """Writes the data set (mode `objects`) as a VOC directory readable by `voc.read_voc`.
 
     Images are lossless PNG files (`JPEGImages/<id>.png`, named in the XML `<filename>`) so the
     boxes stay exact; splits `train` (ids 000000..), `trainval` (= train) and `test` (ids from
@@ -194,8 +256,8 @@ def write_synthetic_voc(out_dir, num_train, num_test, seed=0, image_size=DEFAULT
     """
     for sub in ('Annotations', 'JPEGImages', os.path.join('ImageSets', 'Main')):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-    splits = {'train': make_synthetic_split('train', num_train, seed, image_size),
-              'test': make_synthetic_split('test', num_test, seed, image_size)}
+    splits = {'train': make_synthetic_split('train', num_train, seed, image_size, objects),
+              'test': make_synthetic_split('test', num_test, seed, image_size, objects)}
     for split, recs in splits.items():
         for r in recs:
             filename = r.image_id + '.png'

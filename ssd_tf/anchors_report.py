@@ -1,0 +1,379 @@
+"""Anchor coverage: which ground-truth boxes a network's anchors can match, and the command.
+
+A box is *covered* when its best anchor reaches the matching threshold (IoU >= 0.5 by default,
+train_ssd.py's `--match_threshold`); an uncovered box can only be matched by the encoder's
+forced best-anchor step, with a poor anchor. `anchor_coverage(gt_boxes, net)` reports the
+covered share overall, by box size (sqrt of the area, as % of the image side) and by aspect
+ratio (w/h), and which feature maps serve each bucket (where the best anchors come from).
+
+The best anchor of a box on one feature map is exact and cheap: IoU falls with the distance of
+the centres along each axis, so for every anchor shape the best position is the grid centre
+nearest to the box centre; one IoU per box and anchor shape (`ssd_tf.boxes.iou` on the box
+moved to that centre), not per anchor position. At most `MAX_BOXES` boxes are used (a seeded
+sample, said in the report).
+
+    python -m ssd_tf.anchors_report --dataset_name voc --dataset_dir DIR --model_name ssd_small \
+        [--split train] [--anchors auto] [--matching_threshold 0.5] [--json out.json]
+"""
+import argparse
+import collections
+import dataclasses
+import json
+import sys
+
+import numpy as np
+
+from ssd_tf import boxes as boxes_lib
+
+# At most this many boxes enter a report or a fit (a seeded sample beyond): bounds time and
+# memory on big data sets (one float per box and anchor shape); the share is still exact to
+# about +-0.5 % at 20000 boxes.
+MAX_BOXES = 20000
+# Records of TFRecord data read for a report at the start of training (box features only).
+MAX_SCAN_RECORDS = 50000
+# Below this coverage the report warns (issue 13: a detector must say when it cannot see
+# the objects).
+WARN_COVERAGE = 0.9
+# Box size buckets: sqrt(h * w) relative to the image side, edges in fractions.
+SIZE_EDGES = (0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
+SIZE_NAMES = ('<2%', '2-4%', '4-8%', '8-16%', '16-32%', '32-64%', '>64%')
+# The first buckets (boxes under 16 % of the side) are the small objects: when they are
+# uncovered, the warning also suggests the small-object network.
+SMALL_BUCKETS = 4
+# Aspect ratio buckets on w / h (relative units, as the network sees the warped image).
+ASPECT_EDGES = (1. / 3, 1. / 2, 4. / 5, 5. / 4, 2., 3.)
+ASPECT_NAMES = ('<1:3', '1:3-1:2', '1:2-4:5', '4:5-5:4', '5:4-2:1', '2:1-3:1', '>3:1')
+# A feature map is named as serving a bucket when it holds the best anchor of at least this
+# share of the bucket's boxes.
+SERVING_SHARE = 0.1
+
+Bucket = collections.namedtuple('Bucket', ['count', 'covered', 'feature_maps'])
+Bucket.__doc__ = ("One bucket of a coverage report: `count` boxes, `covered` share in [0, 1] "
+                  "(nan when empty), `feature_maps` the layers holding the best anchors, most "
+                  "used first.")
+
+
+def valid_boxes(gt_boxes):
+    """`gt_boxes` `[N, 4]` yxyx relative as float64, keeping boxes of positive finite size;
+    ValueError when the last dimension is not 4."""
+    b = np.asarray(gt_boxes, dtype=np.float64)
+    if b.size == 0:
+        return b.reshape(0, 4)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"gt_boxes must be [N, 4] ([ymin, xmin, ymax, xmax]), got shape "
+                         f"{b.shape}")
+    ok = np.all(np.isfinite(b), axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    return b[ok]
+
+
+def sample_boxes(gt_boxes, max_boxes=MAX_BOXES, seed=0):
+    """`(boxes, total)`: the valid boxes of `gt_boxes` (`valid_boxes`), at most `max_boxes`
+    of them drawn without replacement with `seed` (the order kept), and how many there were."""
+    b = valid_boxes(gt_boxes)
+    total = b.shape[0]
+    if total > max_boxes:
+        keep = np.sort(np.random.default_rng(seed).choice(total, max_boxes, replace=False))
+        b = b[keep]
+    return b, total
+
+
+def _grid(values):
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def best_iou_per_layer(gt_boxes, anchors):
+    """The best anchor IoU of each box on each layer: `gt_boxes` `[N, 4]` yxyx relative
+    (valid boxes), `anchors` the layers `(y [H, W, 1], x [H, W, 1], h [A], w [A])` (a
+    separable grid, as `ssd_tf.anchors` makes). Returns `[N, L]` float64."""
+    b = np.asarray(gt_boxes, dtype=np.float64)
+    cy, cx = (b[:, 0] + b[:, 2]) / 2., (b[:, 1] + b[:, 3]) / 2.
+    out = np.zeros((b.shape[0], len(anchors)), np.float64)
+    if b.shape[0] == 0:
+        return out
+    for i, (y, x, h, w) in enumerate(anchors):
+        ys, xs = _grid(np.asarray(y)[:, 0, 0]), _grid(np.asarray(x)[0, :, 0])
+        ny = ys[_nearest(ys, cy)]
+        nx = xs[_nearest(xs, cx)]
+        # The box in the frame of its nearest centre, against the shapes centred at 0.
+        moved = b - np.stack([ny, nx, ny, nx], axis=-1)
+        h, w = _grid(h), _grid(w)
+        shapes = np.stack([-h / 2., -w / 2., h / 2., w / 2.], axis=-1)  # [A, 4]
+        out[:, i] = boxes_lib.iou(moved, shapes).numpy().max(axis=1)
+    return out
+
+
+def _nearest(grid, values):
+    """Index of the element of the sorted 1-D `grid` nearest to each of `values`."""
+    i = np.clip(np.searchsorted(grid, values), 1, max(len(grid) - 1, 1))
+    if len(grid) == 1:
+        return np.zeros(values.shape, np.int64)
+    left_closer = np.abs(values - grid[i - 1]) <= np.abs(grid[i] - values)
+    return np.where(left_closer, i - 1, i)
+
+
+def size_bucket(gt_boxes):
+    """Size bucket index (into `SIZE_NAMES`) of each box `[N, 4]`: sqrt(h * w) vs
+    `SIZE_EDGES` (an edge value falls in the upper bucket)."""
+    b = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    side = np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+    return np.searchsorted(SIZE_EDGES, side, side='right')
+
+
+def aspect_bucket(gt_boxes):
+    """Aspect bucket index (into `ASPECT_NAMES`) of each box `[N, 4]`: w / h vs
+    `ASPECT_EDGES`."""
+    b = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    return np.searchsorted(ASPECT_EDGES, (b[:, 3] - b[:, 1]) / (b[:, 2] - b[:, 0]),
+                           side='right')
+
+
+@dataclasses.dataclass
+class AnchorCoverage:
+    """A coverage report (`anchor_coverage`). `fraction`: share of the boxes whose best anchor
+    IoU >= `matching_threshold` (nan without boxes); `by_size` / `by_aspect`: bucket name ->
+    `Bucket(count, covered, feature_maps)`; `by_feature_map`: layer -> share of the boxes
+    whose best anchor is there. `num_boxes` boxes were measured out of `total_boxes`."""
+    fraction: float
+    matching_threshold: float
+    by_size: dict
+    by_aspect: dict
+    by_feature_map: dict
+    num_boxes: int
+    total_boxes: int
+    model_name: str = None
+    anchors: str = 'default'
+    small_object_network: str = None
+
+    @property
+    def sampled(self):
+        return self.num_boxes < self.total_boxes
+
+    def uncovered_sizes(self, below=WARN_COVERAGE):
+        """Size buckets (names) holding boxes whose covered share is under `below`."""
+        return [k for k, v in self.by_size.items() if v.count and v.covered < below]
+
+    def warning(self):
+        """The warning text when coverage is under `WARN_COVERAGE`, else ''."""
+        if not self.num_boxes or self.fraction >= WARN_COVERAGE:
+            return ''
+        parts = [f"{k} of the side ({self.by_size[k].count} boxes, "
+                 f"{100 * self.by_size[k].covered:.0f}% covered)"
+                 for k in self.uncovered_sizes()]
+        remedies = []
+        if self.anchors != 'auto':
+            remedies.append("--anchors=auto (anchors fitted to these boxes)")
+        small = [k for k in self.uncovered_sizes() if SIZE_NAMES.index(k) < SMALL_BUCKETS]
+        if small and self.small_object_network and \
+                self.small_object_network != self.model_name:
+            remedies.append(f"--model_name={self.small_object_network} (a finer first "
+                            f"feature map for small objects)")
+        text = (f"WARNING: only {100 * self.fraction:.1f}% of the ground-truth boxes have an "
+                f"anchor with IoU >= {self.matching_threshold:g} (under "
+                f"{100 * WARN_COVERAGE:.0f}%); uncovered sizes: {', '.join(parts) or 'none'}. "
+                f"Those boxes are only matched by the forced best-anchor step, with a poor "
+                f"anchor, and are detected badly.")
+        if not remedies:  # fitted already, no small-object network to suggest
+            remedies.append("a network with a finer first feature map or a larger input "
+                            "(--model_name)")
+        return text + " Remedy: " + ' or '.join(remedies) + '.'
+
+    def format(self):
+        """A readable table (overall, by size, by aspect) followed by the warning, if any."""
+        lines = [f"anchor coverage of {self.model_name or 'the network'} ({self.anchors} "
+                 f"anchors): {100 * self.fraction:.1f}% of {self.num_boxes} ground-truth "
+                 f"boxes have an anchor with IoU >= {self.matching_threshold:g}"]
+        if self.sampled:
+            lines[0] += f" (a seeded sample of {self.num_boxes} of {self.total_boxes} boxes)"
+        for title, table in (('box side (% of image side)', self.by_size),
+                             ('aspect w/h', self.by_aspect)):
+            lines.append(f"  {title:<27} {'boxes':>7} {'covered':>8}  feature maps")
+            for name, v in table.items():
+                if v.count:
+                    lines.append(f"  {name:<27} {v.count:>7} {100 * v.covered:>7.1f}%  "
+                                 f"{', '.join(v.feature_maps)}")
+        warning = self.warning()
+        if warning:
+            lines.append(warning)
+        return '\n'.join(lines)
+
+    def to_dict(self):
+        """JSON-able dict (buckets as `{count, covered, feature_maps}`; nan as None)."""
+        def num(x):
+            return None if x is None or not np.isfinite(x) else round(float(x), 4)
+
+        def table(t):
+            return {k: {'count': int(v.count), 'covered': num(v.covered),
+                        'feature_maps': list(v.feature_maps)} for k, v in t.items()}
+        return {'fraction': num(self.fraction), 'matching_threshold': self.matching_threshold,
+                'by_size': table(self.by_size), 'by_aspect': table(self.by_aspect),
+                'by_feature_map': {k: num(v) for k, v in self.by_feature_map.items()},
+                'num_boxes': int(self.num_boxes), 'total_boxes': int(self.total_boxes),
+                'model_name': self.model_name, 'anchors': self.anchors,
+                'uncovered_sizes': self.uncovered_sizes()}
+
+
+def _buckets(index, names, covered, layer, layer_names):
+    out = {}
+    for i, name in enumerate(names):
+        sel = index == i
+        n = int(sel.sum())
+        counts = np.bincount(layer[sel], minlength=len(layer_names))
+        order = [j for j in np.argsort(-counts, kind='stable')
+                 if n and counts[j] >= SERVING_SHARE * n]
+        out[name] = Bucket(n, float(covered[sel].mean()) if n else float('nan'),
+                           tuple(layer_names[j] for j in order))
+    return out
+
+
+def coverage_from_best(best, gt_boxes, layer_names, matching_threshold=0.5, total_boxes=None,
+                       **info):
+    """The report from `best_iou_per_layer`'s `[N, L]` matrix of the boxes `[N, 4]`;
+    `info`: `model_name`, `anchors`, `small_object_network` (see `AnchorCoverage`)."""
+    best = np.asarray(best, np.float64).reshape(-1, len(layer_names))
+    n = best.shape[0]
+    top = best.max(axis=1) if n else np.zeros([0])
+    layer = best.argmax(axis=1) if n else np.zeros([0], np.int64)
+    covered = top >= matching_threshold
+    return AnchorCoverage(
+        fraction=float(covered.mean()) if n else float('nan'),
+        matching_threshold=float(matching_threshold),
+        by_size=_buckets(size_bucket(gt_boxes), SIZE_NAMES, covered, layer, layer_names),
+        by_aspect=_buckets(aspect_bucket(gt_boxes), ASPECT_NAMES, covered, layer, layer_names),
+        by_feature_map={name: float((layer == j).mean()) if n else float('nan')
+                        for j, name in enumerate(layer_names)},
+        num_boxes=n, total_boxes=n if total_boxes is None else int(total_boxes), **info)
+
+
+def anchor_coverage(gt_boxes, net, matching_threshold=0.5, max_boxes=MAX_BOXES, seed=0,
+                    anchors=None, small_object_network=None):
+    """Coverage of the ground-truth boxes `gt_boxes` (`[N, 4]` yxyx relative, numpy) by the
+    anchors of `net` (an `SSDNet`). Boxes of zero or negative size are left out; beyond
+    `max_boxes` a sample drawn with `seed` is measured. `anchors`: 'default' or 'auto'
+    (default: 'auto' when `net`'s anchors are explicit, fitted ones), for the report's text;
+    `small_object_network`: a model name the warning suggests (`small_object_network_name`).
+    Returns an `AnchorCoverage`."""
+    from ssd_tf import anchors as anchors_lib
+    b, total = sample_boxes(gt_boxes, max_boxes, seed)
+    if anchors is None:
+        anchors = 'auto' if any(anchors_lib.is_explicit(s)
+                                for s in net.params.anchor_sizes) else 'default'
+    best = best_iou_per_layer(b, net.anchors())
+    return coverage_from_best(best, b, list(net.params.feat_layers), matching_threshold,
+                              total_boxes=total, model_name=net.model_name, anchors=anchors,
+                              small_object_network=small_object_network)
+
+
+def small_object_network_name(networks_map):
+    """The registered model name whose class has `small_objects = True` (the configuration
+    for small objects), or None; `networks_map` is `nets.nets_factory.networks_map`."""
+    names = [k for k, v in networks_map.items() if getattr(v, 'small_objects', False)]
+    return sorted(names)[0] if names else None
+
+
+# ---------------------------------------------------------------------------- boxes of data
+def boxes_of_records(records):
+    """All ground-truth boxes `[N, 4]` (yxyx relative, float32) of reader `Record`s."""
+    parts = [np.asarray(r.boxes, np.float32).reshape(-1, 4) for r in records]
+    return np.concatenate(parts) if parts else np.zeros([0, 4], np.float32)
+
+
+def boxes_of_tfrecords(pattern, max_records=None):
+    """The boxes `[N, 4]` of TFRecord files (`pattern` a file pattern or list), streamed:
+    only the box features are parsed, images are never decoded; records that do not parse or
+    whose four coordinate lists differ in length are left out (the data check reports them).
+    At most `max_records` records are read (None: all). Returns `(boxes, records_read)`."""
+    import tensorflow as tf
+    from ssd_tf.datasets import tfrecord as tfrecord_lib
+    keys = ['image/object/bbox/' + k for k in ('ymin', 'xmin', 'ymax', 'xmax')]
+    features = {k: tf.io.VarLenFeature(tf.float32) for k in keys}
+
+    def parse(serialized):
+        f = tf.io.parse_single_example(serialized, features)
+        cols = [f[k].values for k in keys]
+        n = tf.size(cols[0])
+        same = tf.reduce_all([tf.equal(tf.size(c), n) for c in cols])
+        n = tf.where(same, n, 0)
+        return tf.stack([c[:n] for c in cols], axis=-1)
+
+    ds = tf.data.TFRecordDataset(tfrecord_lib.match_files(pattern))
+    if max_records is not None:
+        ds = ds.take(int(max_records))
+    ds = ds.map(parse).ignore_errors()
+    parts, n = [], 0
+    for b in ds.prefetch(64).as_numpy_iterator():
+        parts.append(b)
+        n += 1
+    return (np.concatenate(parts) if parts else np.zeros([0, 4], np.float32)), n
+
+
+def training_boxes(dataset_name, dataset_dir, split, label_map=None, num_images=1000, seed=0,
+                   max_records=None):
+    """The ground-truth boxes of a data set split (factory names; TFRecord streamed) for a
+    coverage report: `(boxes [N, 4], number of images read)`."""
+    if dataset_name == 'tfrecord':
+        return boxes_of_tfrecords(dataset_dir, max_records=max_records)
+    from ssd_tf.datasets import factory
+    records, _, _ = factory.load_records(dataset_name, dataset_dir, split, label_map=label_map,
+                                         num_images=num_images, seed=seed, check_images=False)
+    return boxes_of_records(records), len(records)
+
+
+# ---------------------------------------------------------------------------- the command
+def main(argv=None):
+    """`python -m ssd_tf.anchors_report`: prints the coverage report of a data set split for
+    a network (and of fitted anchors with `--anchors auto`, before and after)."""
+    from nets import nets_factory  # the command wires the core to the networks
+    from ssd_tf import anchor_fit
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--dataset_name', default='synthetic',
+                   choices=('voc', 'coco', 'synthetic', 'tfrecord'))
+    p.add_argument('--dataset_dir', default='', help='as train_ssd.py --dataset_dir')
+    p.add_argument('--split', default='train', help='voc/coco/synthetic: the split')
+    p.add_argument('--label_map', default=None, help='labels.txt (voc/coco)')
+    p.add_argument('--model_name', default='ssd_small', help='a network of nets_factory')
+    p.add_argument('--anchors', default='default', choices=('default', 'auto'),
+                   help='auto: also fit anchors to the boxes and report before and after')
+    p.add_argument('--matching_threshold', type=float, default=0.5,
+                   help="IoU an anchor needs to cover a box (train_ssd.py --match_threshold)")
+    p.add_argument('--num_images', type=int, default=1000, help='synthetic: images to make')
+    p.add_argument('--max_records', type=int, default=None,
+                   help='tfrecord: read at most this many records')
+    p.add_argument('--json', default=None, help='also write the report(s) to this JSON file')
+    args = p.parse_args(argv)
+    if not 0. < args.matching_threshold <= 1.:
+        print(f"error: --matching_threshold={args.matching_threshold} must be in (0, 1]",
+              file=sys.stderr)
+        return 2
+    try:
+        net = nets_factory.get_network(args.model_name)()
+        boxes, n_images = training_boxes(args.dataset_name, args.dataset_dir, args.split,
+                                         label_map=args.label_map, num_images=args.num_images,
+                                         max_records=args.max_records)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not len(valid_boxes(boxes)):
+        print(f"error: no ground-truth box in --dataset_dir={args.dataset_dir} "
+              f"(split {args.split})", file=sys.stderr)
+        return 2
+    small = small_object_network_name(nets_factory.networks_map)
+    report = anchor_coverage(boxes, net, args.matching_threshold,
+                             small_object_network=small)
+    print(f"{n_images} images, {len(boxes)} boxes")
+    print(report.format())
+    out = {'default': report.to_dict()}
+    if args.anchors == 'auto':
+        fitted = anchor_fit.fit_anchors(boxes, net, args.matching_threshold)
+        after = anchor_coverage(boxes, fitted, args.matching_threshold,
+                                small_object_network=small)
+        print(after.format())
+        print(anchor_fit.format_shapes(fitted))
+        out['auto'] = after.to_dict()
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
