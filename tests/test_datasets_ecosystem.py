@@ -13,6 +13,7 @@ import tensorflow as tf
 from absl import flags
 from hypothesis import given, settings, strategies as st
 
+import conftest
 import eval_ssd
 from ssd_tf import data as data_lib
 from ssd_tf.datasets import check as check_lib
@@ -22,7 +23,7 @@ from ssd_tf.datasets import labelmap
 from ssd_tf.datasets import tfds as tfds_lib
 from ssd_tf.datasets import tfrecord
 
-tfds = pytest.importorskip('tensorflow_datasets')  # the `tfds` extra; CI installs it
+tfds = conftest.import_extra('tensorflow_datasets', 'tfds')  # CI installs the extra
 import tfds_fakes  # noqa: E402 (needs tensorflow_datasets)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

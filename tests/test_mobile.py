@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import conftest
 import test_export
 from conftest import SHARED_DATA
 from ssd_tf import export
@@ -41,7 +42,7 @@ UNMATCHED = {'float32': 0., 'float16': 0., 'dynamic': 0.01, 'int8': 0.02}
 
 
 def _mediapipe():
-    return pytest.importorskip('mediapipe', reason="pip install -e '.[mobile]'")
+    return conftest.import_extra('mediapipe', 'mobile')
 
 
 @pytest.fixture(scope='module')

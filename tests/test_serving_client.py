@@ -32,6 +32,7 @@ from ssd_tf import hardware
 from ssd_tf import serving_client
 from ssd_tf.datasets import synthetic
 from conftest import sharpened_network
+import conftest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASS_NAMES = list(synthetic.SYNTHETIC_CLASSES)
@@ -327,8 +328,7 @@ def _free_port():
 
 # ---------------------------------------------------------------------------- gRPC
 def test_grpc_client_writes_what_detect_writes(server, saved_model, reference, tmp_path):
-    if not os.environ.get('CI'):  # CI installs the `serving` extra: there it must run
-        pytest.importorskip('tensorflow_serving', reason="pip install -e '.[serving]'")
+    conftest.import_extra('tensorflow_serving', 'serving')  # CI installs the extra
     import grpc
     from concurrent import futures
     from tensorflow_serving.apis import get_model_metadata_pb2
