@@ -416,11 +416,17 @@ def check_resume(cfg, train_dir):
 
 
 def _training_boxes(cfg, records):
-    """The ground-truth boxes `[N, 4]` of the training split (TFRecord data: streamed, box
-    features only, at most `anchors_report.MAX_SCAN_RECORDS` records)."""
+    """The ground-truth boxes `[N, 4]` of the training split (TFRecord and tfds data:
+    streamed, box features only, at most `anchors_report.MAX_SCAN_RECORDS` examples)."""
     from ssd_tf import anchors_report
     if records is not None:
         return anchors_report.boxes_of_records(records)
+    if cfg.dataset_name == 'tfds':
+        try:
+            return _tfds_source(cfg, cfg.dataset_split_name).boxes(
+                anchors_report.MAX_SCAN_RECORDS)[0]
+        except (ValueError, ImportError) as e:
+            raise UserError(f"--dataset_dir={cfg.dataset_dir}: {e}") from e
     try:
         return anchors_report.boxes_of_tfrecords(
             cfg.dataset_dir, max_records=anchors_report.MAX_SCAN_RECORDS)[0]

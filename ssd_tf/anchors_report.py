@@ -312,6 +312,9 @@ def training_boxes(dataset_name, dataset_dir, split, label_map=None, num_images=
     coverage report: `(boxes [N, 4], number of images read)`."""
     if dataset_name == 'tfrecord':
         return boxes_of_tfrecords(dataset_dir, max_records=max_records)
+    if dataset_name == 'tfds':  # dataset_dir: the tfds name, e.g. voc/2007
+        from ssd_tf.datasets import tfds as tfds_lib
+        return tfds_lib.TfdsSource(dataset_dir, split, None).boxes(max_records)
     from ssd_tf.datasets import factory
     records, _, _ = factory.load_records(dataset_name, dataset_dir, split, label_map=label_map,
                                          num_images=num_images, seed=seed, check_images=False)
@@ -326,7 +329,7 @@ def main(argv=None):
     from ssd_tf import anchor_fit
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--dataset_name', default='synthetic',
-                   choices=('voc', 'coco', 'synthetic', 'tfrecord'))
+                   choices=('voc', 'coco', 'synthetic', 'tfrecord', 'tfds'))
     p.add_argument('--dataset_dir', default='', help='as train_ssd.py --dataset_dir')
     p.add_argument('--split', default='train', help='voc/coco/synthetic: the split')
     p.add_argument('--label_map', default=None, help='labels.txt (voc/coco)')

@@ -26,6 +26,7 @@ import os
 import sys
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from ssd_tf.datasets import labelmap as labelmap_lib
@@ -159,6 +160,18 @@ class TfdsSource:
             return {'file': where, 'record': index, 'values': values}
 
         return self._as_dataset(shuffle, seed).enumerate().map(to_values)
+
+    def boxes(self, max_examples=None):
+        """The ground-truth boxes `[N, 4]` (yxyx relative, float32) of the first
+        `max_examples` examples (None: all), for the anchor coverage report; images are not
+        decoded. Returns `(boxes, examples_read)`."""
+        ds = self._as_dataset(False, None)
+        if max_examples is not None:
+            ds = ds.take(int(max_examples))
+        parts = [np.asarray(b, np.float32).reshape(-1, 4) for b in ds.map(
+            lambda ex: tf.cast(ex['objects']['bbox'], tf.float32)).as_numpy_iterator()]
+        boxes = np.concatenate(parts) if parts else np.zeros([0, 4], np.float32)
+        return boxes, len(parts)
 
 
 def prepare_command(name, data_dir=None):
