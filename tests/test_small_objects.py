@@ -180,6 +180,30 @@ def test_default_anchors_miss_small_objects_and_fitted_anchors_cover_them(small_
     assert '--anchors=auto' in warning and '--model_name=ssd_small_320' in warning
 
 
+def _elongated_boxes(n=2000, seed=0):
+    """Boxes `[n, 4]` of medium size (sqrt(area) 15-30 % of the side) and aspect 4:1 to 5:1
+    or 1:5 to 1:4 (text lines, pens, poles): a shape the default anchors (ratios 2 and 1/2)
+    do not have, on sizes every grid here can serve."""
+    rng = np.random.default_rng(seed)
+    side = rng.uniform(0.15, 0.30, n)
+    aspect = rng.uniform(4, 5, n) ** rng.choice([-1, 1], n)  # w / h
+    h, w = side / np.sqrt(aspect), side * np.sqrt(aspect)
+    cy, cx = rng.uniform(h / 2, 1 - h / 2), rng.uniform(w / 2, 1 - w / 2)
+    return np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], 1).astype(np.float32)
+
+
+@pytest.mark.parametrize('model_name', ['ssd_small', 'ssd_small_192'])
+def test_fitted_anchors_lift_coverage_over_90_where_the_default_is_under_60(model_name):
+    # The issue's claim, on data where the anchor shapes (not the grid) are what is missing:
+    # measured 12 % -> 97 % (ssd_small) and 16 % -> 99 % (ssd_small_192). On small objects
+    # the grid caps what fitting can do (test above); there the remedy is ssd_small_320.
+    boxes = _elongated_boxes()
+    net = nets_factory.get_network(model_name)()
+    default = anchors_report.anchor_coverage(boxes, net).fraction
+    fitted = anchors_report.anchor_coverage(boxes, anchor_fit.fit_anchors(boxes, net)).fraction
+    assert default < 0.6 and fitted > 0.9, (default, fitted)
+
+
 # ---------------------------------------------------------------------------- a short run
 SHORT_STEPS, SHORT_BATCH = 100, 16
 
