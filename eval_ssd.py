@@ -94,8 +94,9 @@ flags.DEFINE_integer('synthetic_seed', None,
 flags.DEFINE_enum('synthetic_objects', None, ['shapes', 'small'],
                   'Synthetic data mode; default: the run config\'s, else shapes.')
 # Network.
-flags.DEFINE_string('model_name', None, "Network ('ssd_small', 'ssd_300_vgg', "
-                    "'ssd_512_vgg'); default: the run config, else 'ssd_small'.")
+flags.DEFINE_string('model_name', None, "Network (a train_ssd.py --model_name: 'ssd_small', "
+                    "'ssd_small_192', 'ssd_small_320', 'ssd_300_vgg', 'ssd_512_vgg', "
+                    "'ssdlite_mobilenet_v2'); default: the run config, else 'ssd_small'.")
 flags.DEFINE_string('preprocessing_name', None, "The eval pre-processing: 'ssd_vgg' (the "
                     "only one: VGG means, --eval_resize) or, as slim's factory, a --model_name; "
                     "another name is an error. Default: ssd_vgg.")

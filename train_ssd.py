@@ -69,7 +69,9 @@ flags.DEFINE_integer('num_preprocessing_threads', 4,
                      'Parallel calls of the decode/augment/encode map (0: AUTOTUNE).')
 # ------------------------------------------------------------------ network
 flags.DEFINE_string('model_name', 'ssd_small',
-                    'ssd_small (CPU-sized), ssd_300_vgg, ssd_512_vgg, ssdlite_mobilenet_v2.')
+                    'ssd_small (CPU-sized, 128 px), ssd_small_192 (real photographs), '
+                    'ssd_small_320 (small objects: stride-4 first map), ssd_300_vgg, '
+                    'ssd_512_vgg, ssdlite_mobilenet_v2.')
 flags.DEFINE_integer('num_classes', None,
                      'Classes including background; default: from the data set\'s label map. '
                      'A value that disagrees with the data set is an error.')
