@@ -32,11 +32,7 @@ FLAGS = flags.FLAGS
 def preprocess_factory(shape):
     """`img_shape -> preprocess_fn` of the eval pre-processing (warp resize, VGG means)."""
     from preprocessing import ssd_vgg_preprocessing as prep
-
-    def preprocess(image):
-        out = prep.preprocess_for_eval(image, None, None, out_shape=shape)
-        return out.image, out.bbox_img
-    return preprocess
+    return prep.image_preprocess_fn(shape)
 
 
 def main(argv):

@@ -108,10 +108,7 @@ def main(argv):
         FLAGS.checkpoint_path, nets_factory.get_network, FLAGS.model_name, FLAGS.num_classes,
         FLAGS.label_map, slim_variable_map_fn=ssd_vgg_keras.slim_variable_map)
     shape = tuple(net.params.img_shape)
-
-    def preprocess(image):
-        out = prep.preprocess_for_eval(image, None, None, out_shape=shape)
-        return out.image, out.bbox_img
+    preprocess = prep.image_preprocess_fn(shape)
 
     nms = dict(select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
                max_detections=FLAGS.max_detections, top_k=FLAGS.select_top_k)

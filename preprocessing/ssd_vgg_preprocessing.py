@@ -578,6 +578,18 @@ def preprocess_for_eval(image, labels, bboxes, out_shape=EVAL_SIZE, data_format=
         return EvalExample(image, labels, bboxes, bbox_img, difficults)
 
 
+def image_preprocess_fn(out_shape):
+    """The evaluation pre-processing of one image without ground truth, as the exports,
+    `detect` and `SSDDetector.predict` run it: a function `image uint8 [H, W, 3] ->
+    (image float32 [h, w, 3] warped to `out_shape` minus the VGG means, bbox_img [4])`."""
+    shape = tuple(int(s) for s in out_shape)
+
+    def preprocess(image):
+        out = preprocess_for_eval(image, None, None, out_shape=shape)
+        return out.image, out.bbox_img
+    return preprocess
+
+
 def preprocess_image(image, labels, bboxes, out_shape, data_format, is_training=False,
                      **kwargs):
     """`preprocess_for_train` if `is_training` else `preprocess_for_eval` (kwargs passed on);

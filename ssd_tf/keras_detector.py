@@ -53,12 +53,7 @@ def _eval_preprocess(img_shape):
     """The evaluation pre-processing of export_savedmodel.py: `image uint8 [H, W, 3] ->
     (float32 [h, w, 3] warped to img_shape minus the VGG means, bbox_img [4])`."""
     from preprocessing import ssd_vgg_preprocessing as prep
-    shape = tuple(int(s) for s in img_shape)
-
-    def preprocess(image):
-        out = prep.preprocess_for_eval(image, None, None, out_shape=shape)
-        return out.image, out.bbox_img
-    return preprocess
+    return prep.image_preprocess_fn(img_shape)
 
 
 def detection_settings(detection=None):
