@@ -423,16 +423,12 @@ def _training_boxes(cfg, records):
     from ssd_tf import anchors_report
     if records is not None:
         return anchors_report.boxes_of_records(records)
-    if cfg.dataset_name == 'tfds':
-        try:
-            return _tfds_source(cfg, cfg.dataset_split_name).boxes(
-                anchors_report.MAX_SCAN_RECORDS)[0]
-        except (ValueError, ImportError) as e:
-            raise UserError(f"--dataset_dir={cfg.dataset_dir}: {e}") from e
     try:
-        return anchors_report.boxes_of_tfrecords(
-            cfg.dataset_dir, max_records=anchors_report.MAX_SCAN_RECORDS)[0]
-    except (ValueError, OSError) as e:
+        return anchors_report.training_boxes(
+            cfg.dataset_name, cfg.dataset_dir, cfg.dataset_split_name,
+            max_records=anchors_report.MAX_SCAN_RECORDS,
+            tfds_data_dir=cfg.get('tfds_data_dir'))[0]
+    except (ValueError, OSError, ImportError) as e:
         raise UserError(f"--dataset_dir={cfg.dataset_dir}: {e}") from e
 
 

@@ -307,14 +307,15 @@ def boxes_of_tfrecords(pattern, max_records=None):
 
 
 def training_boxes(dataset_name, dataset_dir, split, label_map=None, num_images=1000, seed=0,
-                   max_records=None):
-    """The ground-truth boxes of a data set split (factory names; TFRecord streamed) for a
-    coverage report: `(boxes [N, 4], number of images read)`."""
+                   max_records=None, tfds_data_dir=None):
+    """The ground-truth boxes of a data set split (factory names; TFRecord and tfds streamed,
+    at most `max_records` examples) for a coverage report: `(boxes [N, 4], number of images
+    read)`."""
     if dataset_name == 'tfrecord':
         return boxes_of_tfrecords(dataset_dir, max_records=max_records)
     if dataset_name == 'tfds':  # dataset_dir: the tfds name, e.g. voc/2007
         from ssd_tf.datasets import tfds as tfds_lib
-        return tfds_lib.TfdsSource(dataset_dir, split, None).boxes(max_records)
+        return tfds_lib.TfdsSource(dataset_dir, split, tfds_data_dir).boxes(max_records)
     from ssd_tf.datasets import factory
     records, _, _ = factory.load_records(dataset_name, dataset_dir, split, label_map=label_map,
                                          num_images=num_images, seed=seed, check_images=False)
