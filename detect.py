@@ -4,12 +4,11 @@
   python detect.py --model=/tmp/serving/ssd/1/tflite/model_int8.tflite --images=a.jpg
   python detect.py --model=runs/ssd_small_synthetic --images=a.jpg,b.png
 
---model: a SavedModel directory, a `.tflite` file or a training directory / checkpoint prefix
-(built here with nets.nets_factory and the eval pre-processing). Output names, skipped images
-and the JSON format: see `ssd_tf/detect.py` (`python -m ssd_tf.detect` runs this script).
+--model: a SavedModel directory, a `.tflite` file, a training directory / checkpoint prefix,
+or an original slim SSD checkpoint with --model_name and --num_classes (`ssd_tf.builder`).
+Output names, skipped images and the JSON format: see `ssd_tf/detect.py`
+(`python -m ssd_tf.detect` and the console command `ssd-detect` run this script).
 """
-import os
-
 from absl import app
 from absl import flags
 
@@ -29,26 +28,15 @@ flags.mark_flags_as_required(['model', 'images'])
 FLAGS = flags.FLAGS
 
 
-def preprocess_factory(shape):
-    """`img_shape -> preprocess_fn` of the eval pre-processing (warp resize, VGG means)."""
-    from preprocessing import ssd_vgg_preprocessing as prep
-    return prep.image_preprocess_fn(shape)
-
-
 def main(argv):
     del argv
     from ssd_tf import detect
     from ssd_tf import images
     max_pixels = images.DEFAULT_MAX_PIXELS if FLAGS.max_image_pixels is None else \
         FLAGS.max_image_pixels or None
-    get_network = factory = None
-    path = FLAGS.model
-    if not path.endswith('.tflite') and not os.path.isfile(os.path.join(path, 'saved_model.pb')):
-        from nets import nets_factory
-        get_network, factory = nets_factory.get_network, preprocess_factory
     try:
-        fn, labels = detect.make_detector(path, get_network, factory, FLAGS.model_name,
-                                          FLAGS.num_classes, FLAGS.label_map)
+        fn, labels = detect.make_detector(FLAGS.model, FLAGS.model_name, FLAGS.num_classes,
+                                          FLAGS.label_map)
         results = detect.run(fn, detect.list_images(FLAGS.images), FLAGS.output_dir, labels,
                              FLAGS.score_threshold, max_pixels)
     except (ValueError, FileNotFoundError) as err:

@@ -16,6 +16,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf import run_config
+
 _LOG = logging.getLogger(__name__)
 
 # fc6/fc7 of an ImageNet VGG16 that SSD's conv6/conv7 are subsampled from (paper, sec. 3).
@@ -123,13 +125,6 @@ def _mismatch_error(mismatches, source):
         f"checkpoint.")
 
 
-def resolve_checkpoint_path(checkpoint_path):
-    """A checkpoint prefix, or a directory -> its latest checkpoint prefix (the path of
-    `ssd_tf.run_config.resolve_checkpoint`, kept under its old name)."""
-    from ssd_tf import run_config  # run_config loads slim checkpoints through this module
-    return run_config.resolve_checkpoint(checkpoint_path)[1]
-
-
 def load_slim_checkpoint(variable_map, checkpoint_path, model_scope='ssd_300_vgg',
                          checkpoint_model_scope=None, exclude_scopes=None,
                          ignore_missing_vars=False):
@@ -153,7 +148,7 @@ def load_slim_checkpoint(variable_map, checkpoint_path, model_scope='ssd_300_vgg
       mismatch (and the flag that skips them) or on missing variables.
     """
     variables = _resolve_variable_map(variable_map)
-    path = resolve_checkpoint_path(checkpoint_path)
+    path = run_config.resolve_checkpoint(checkpoint_path)[1]
     try:
         reader = tf.train.load_checkpoint(path)
     except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:

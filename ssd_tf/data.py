@@ -50,8 +50,9 @@ import tensorflow as tf
 from ssd_tf.datasets import check as check_lib
 from ssd_tf.datasets import tfds as tfds_lib
 from ssd_tf.datasets import tfrecord as tfrecord_lib
+from ssd_tf.datasets import records as records_lib
 from ssd_tf.datasets.records import Record
-from ssd_tf.images import decode_image  # the one decoder (data.decode_image kept)
+from ssd_tf.images import decode_image  # the one decoder
 
 logger = logging.getLogger(__name__)
 
@@ -440,6 +441,25 @@ def checked_tfrecords(source, report, num_classes=None, max_pixels=None, label_i
                            report=report, layout=resolve_layout(files),
                            label_ids=label_ids).resolved()
     return _load_tfrecords(_order(ds, opts), opts, locate)
+
+
+def check_tfrecords(pattern, num_classes=None, strict=False, max_pixels=None, label_ids=None):
+    """Scans every record of the TFRecord files matching `pattern` (a pattern or a list) with
+    the pipeline's checks (`checked_tfrecords`) and a decode of each image (`label_ids`: the
+    dataset ids of a label map with gaps, see `build_dataset`); returns
+    `(num_records, check.DataProblems)`. In strict mode the first problem raises DataError."""
+    problems = check_lib.DataProblems(strict=strict)
+    ds = checked_tfrecords(pattern, problems, num_classes=num_classes, max_pixels=max_pixels,
+                           label_ids=label_ids)
+    n = 0
+    try:
+        for position, _ in ds:  # the last element is the end marker, at position = count
+            n = int(position)
+    except tf.errors.OpError:
+        if problems.strict_error:
+            raise records_lib.DataError(problems.strict_error) from None
+        raise
+    return n, problems
 
 
 def _count_records(path):

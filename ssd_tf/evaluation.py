@@ -34,8 +34,6 @@ from ssd_tf import images
 from ssd_tf import metrics as metrics_lib
 from ssd_tf import postprocess
 from ssd_tf import visualize
-# Moved to postprocess (decode + NMS glue); re-exported for existing callers.
-from ssd_tf.postprocess import detections_from_raw  # noqa: F401
 
 
 # Detection defaults of the slim eval script (eval_ssd_network.py), defined in postprocess.
@@ -50,9 +48,6 @@ _GT_PIXEL_DECIMALS = 4
 
 
 # ---------------------------------------------------------------------------- data
-# The image-bytes reader and the drawing decoder live in ssd_tf.images (old names kept).
-_record_bytes = images.read_image_bytes
-decode_record_image = images.decode_record_image
 
 
 # ---------------------------------------------------------------------------- detectors
@@ -70,8 +65,9 @@ def keras_detector(model, net, select_threshold=SELECT_THRESHOLD, nms_threshold=
     @tf.function(reduce_retracing=True)
     def detect(images):
         out = model(images, training=False)
-        return detections_from_raw(out['predictions'], out['localisations'], net, anchors,
-                                   select_threshold, nms_threshold, top_k, keep_top_k)
+        return postprocess.detections_from_raw(out['predictions'], out['localisations'], net,
+                                               anchors, select_threshold, nms_threshold,
+                                               top_k, keep_top_k)
     return detect
 
 
@@ -166,8 +162,8 @@ def saved_model_detector(path, net=None, select_threshold=SELECT_THRESHOLD,
         if net is None:
             raise ValueError(f"SavedModel {path} returns raw per-layer outputs; the network "
                              f"(--model_name) is needed to decode them")
-        return detections_from_raw(preds, locs, net, anchors, select_threshold, nms_threshold,
-                                   top_k, keep_top_k)
+        return postprocess.detections_from_raw(preds, locs, net, anchors, select_threshold,
+                                               nms_threshold, top_k, keep_top_k)
     detect.input_kind = input_kind
     return detect
 
@@ -409,7 +405,7 @@ def _grid_samples(run, records, num_images):
             image = images.decode_image(encoded, where=f'evaluated image {idx}').numpy()
         elif records is not None:
             boxes, labels = records[idx].boxes, records[idx].labels
-            image = decode_record_image(records[idx])
+            image = images.decode_record_image(records[idx])
         else:
             continue
         out.append((idx, image, np.asarray(boxes).reshape(-1, 4),
@@ -526,10 +522,3 @@ def watch_checkpoints(checkpoint_dir, evaluate_fn, timeout=None, min_interval_se
         if max_evaluations is not None and len(results) >= max_evaluations:
             break
     return results
-
-
-# ---------------------------------------------------------------------------- checkpoints
-# Run config and checkpoint resolution live in ssd_tf.run_config; these names stay importable.
-from ssd_tf.run_config import (  # noqa: E402,F401  (re-exports)
-    CONFIG_FILENAME, EXPORT_CONFIG_FILENAME, checkpoint_step, read_run_config, resolve_checkpoint,
-    restore_model)

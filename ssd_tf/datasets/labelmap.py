@@ -223,6 +223,49 @@ class LabelMap:
         return cls([by_id[i] for i in sorted(by_id)], sorted(by_id))
 
 
+def resolve_label_map(label_map=None, recorded_names=None, recorded_ids=None, beside=(),
+                      fallback=None, num_classes=None, flag='--label_map'):
+    """The class names of a model, found the same way by every command and the serving client:
+    the file `label_map` (the flag `flag`: labels.txt, .json or .pbtxt), else the names a run or
+    an export recorded (`recorded_names`, with their dataset ids `recorded_ids`: config.json,
+    export_config.json), else the first `labels.txt` in a directory of `beside` or its
+    `assets/` (a training directory, a SavedModel, the folder of a .tflite), else
+    `fallback()` (names, e.g. those embedded in a .tflite file), else None.
+
+    Returns a LabelMap or None. A file that cannot be read is a ValueError naming the flag;
+    with `num_classes` (classes + background) a map of another size is a ValueError.
+    """
+    found = None
+    if label_map:
+        try:
+            found = LabelMap.read(label_map)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{flag}={label_map}: {e}") from e
+    elif recorded_names:
+        try:
+            found = LabelMap(list(recorded_names), recorded_ids)
+        except ValueError as e:
+            raise ValueError(f"the recorded label_names/label_ids: {e}") from e
+    else:
+        found = _label_map_beside(beside)
+        if found is None and fallback is not None:
+            names = fallback()
+            found = LabelMap(list(names)) if names else None
+    if found is not None and num_classes is not None and found.num_classes != num_classes:
+        raise ValueError(f"the label map has {len(found)} classes but the network has "
+                         f"num_classes={num_classes} (= classes + background); check {flag}")
+    return found
+
+
+def _label_map_beside(directories):
+    """The LabelMap of the first `labels.txt` in `directories` (or their `assets/`), or None."""
+    for directory in directories:
+        for d in (directory, os.path.join(directory, 'assets')):
+            if os.path.isfile(os.path.join(d, LABELS_FILENAME)):
+                return LabelMap.read(d)
+    return None
+
+
 def _check_name(path, lineno, name):
     problem = class_name_problem(name)
     if problem:
