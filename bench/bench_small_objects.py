@@ -115,7 +115,7 @@ def train_row(model_name, anchors, args, gt_boxes):
     max_steps = args.max_steps_small if model_name == SMALL_NET else args.max_steps
     from nets import nets_factory
     from ssd_tf import anchors_report
-    from ssd_tf import export
+    from ssd_tf.export import saved_model as export
     with tempfile.TemporaryDirectory(prefix='bench_small_') as train_dir:
         cmd = [sys.executable, os.path.join(ROOT, 'train_ssd.py'), '--train_dir', train_dir,
                '--model_name', model_name, '--synthetic_objects', 'small',

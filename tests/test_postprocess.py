@@ -199,9 +199,6 @@ def test_one_set_of_detection_defaults():
     assert _script_flag_defaults('export_savedmodel', [
         'select_threshold', 'nms_threshold', 'select_top_k', 'max_detections']) == \
         (0.01, 0.45, 400, 100)
-    # the moved functions keep their old import paths
-    assert export.tflite_postprocess is postprocess.tflite_postprocess
-    assert evaluation.detections_from_raw is postprocess.detections_from_raw
 
 
 def test_ssdnet_detected_bboxes_default_nms_threshold_is_045():
