@@ -185,7 +185,8 @@ def _script_flag_defaults(script, names):
 
 
 def test_one_set_of_detection_defaults():
-    from ssd_tf import evaluation, export
+    from ssd_tf import evaluation
+    from ssd_tf.export import saved_model as export
     assert (evaluation.SELECT_THRESHOLD, evaluation.NMS_THRESHOLD, evaluation.SELECT_TOP_K,
             evaluation.KEEP_TOP_K, evaluation.MATCHING_THRESHOLD) == (
         postprocess.SELECT_THRESHOLD, postprocess.NMS_THRESHOLD, postprocess.SELECT_TOP_K,
