@@ -12,15 +12,16 @@ Output names, skipped images and the JSON format: see `ssd_tf/detect.py`
 from absl import app
 from absl import flags
 
+from ssd_tf.cli import flags as shared_flags
+
 flags.DEFINE_string('model', None, 'SavedModel dir, .tflite file, or training dir / '
                     'checkpoint prefix.')
 flags.DEFINE_list('images', None, 'Image files and/or folders.')
 flags.DEFINE_string('output_dir', 'detections', 'Where PNGs and detections.json go (may be an '
                     'input folder: inputs are never overwritten).')
 flags.DEFINE_float('score_threshold', 0.3, 'Minimum score of a reported detection.')
-flags.DEFINE_string('label_map', None, 'Label map file; default: the one beside the model.')
-flags.DEFINE_string('model_name', None, 'Network of a checkpoint without config.json.')
-flags.DEFINE_integer('num_classes', None, 'Classes of a checkpoint without config.json.')
+shared_flags.define_model_flags(flags, extra={  # --model_name, --num_classes, --label_map
+    'label_map': "For a .tflite file: else the names embedded in it."})
 flags.DEFINE_integer('max_image_pixels', None, 'Images larger than this (width x height, read '
                      'from the header before decoding) are skipped; default '
                      'ssd_tf.images.DEFAULT_MAX_PIXELS (200 MP); 0: no limit.')

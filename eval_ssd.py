@@ -28,10 +28,11 @@ from absl import flags
 from absl import logging
 
 from ssd_tf import postprocess
+from ssd_tf.cli import flags as shared_flags
 
 # ---------------------------------------------------------------------------- flags
 # Post-processing (the original's names; defaults from ssd_tf.postprocess).
-postprocess.define_detection_flags(flags)
+shared_flags.define_detection_flags(flags)
 flags.DEFINE_integer('keep_top_k', postprocess.KEEP_TOP_K, 'Detections kept per image after NMS.')
 flags.DEFINE_float('matching_threshold', postprocess.MATCHING_THRESHOLD,
                    'IoU a detection must exceed to match a ground-truth box.')
@@ -74,9 +75,6 @@ flags.DEFINE_string('dataset_name', None,
                     "API keys), tfds (tensorflow-datasets by name), or pascalvoc_2007 "
                     "/ pascalvoc_2012 (a VOC root with the Pascal VOC class ids). Default: the "
                     "run config's, else synthetic.")
-flags.DEFINE_integer('num_classes', None,
-                     'Classes including background; default: the run config, else the data '
-                     'set\'s label map.')
 flags.DEFINE_string('dataset_split_name', 'test', 'Split (ImageSets/Main/<split>.txt, or the '
                     'split in TFRecord file names).')
 flags.DEFINE_string('dataset_dir', None, 'VOC root, COCO root, TFRecord directory / '
@@ -84,9 +82,6 @@ flags.DEFINE_string('dataset_dir', None, 'VOC root, COCO root, TFRecord director
 flags.DEFINE_string('tfds_data_dir', None, 'tfds: where tensorflow-datasets keeps prepared '
                     'data; default: the run config\'s, else $TFDS_DATA_DIR, else '
                     '~/tensorflow_datasets. Nothing is downloaded.')
-flags.DEFINE_string('label_map', None, 'Label map file (labels.txt, .json or an OD API '
-                    'label_map.pbtxt); default: the run config\'s class names, else the data '
-                    'set\'s.')
 flags.DEFINE_integer('synthetic_num_images', None,
                      'Images of the synthetic test split; default: the run config\'s '
                      'synthetic_num_test, else 300.')
@@ -94,11 +89,10 @@ flags.DEFINE_integer('synthetic_seed', None,
                      'Seed of the synthetic data set; default: the run config\'s seed, else 0.')
 flags.DEFINE_enum('synthetic_objects', None, ['shapes', 'small'],
                   'Synthetic data mode; default: the run config\'s, else shapes.')
-# Network.
-flags.DEFINE_string('model_name', None, "Network (a train_ssd.py --model_name: 'ssd_small', "
-                    "'ssd_small_192', 'ssd_small_320', 'ssd_300_vgg', 'ssd_512_vgg', "
-                    "'ssdlite_mobilenet_v2'); default: the run config (needed for a "
-                    "checkpoint without config.json).")
+# Network: --model_name, --num_classes, --label_map (the builder's overrides).
+shared_flags.define_model_flags(flags, extra={
+    'num_classes': "Else the data set's label map.",
+    'label_map': "Else the data set's (it also gives the dataset ids of a map with gaps)."})
 flags.DEFINE_string('preprocessing_name', None, "The eval pre-processing: 'ssd_vgg' (the "
                     "only one: VGG means, --eval_resize) or, as slim's factory, a --model_name; "
                     "another name is an error. Default: ssd_vgg.")

@@ -17,18 +17,17 @@ from absl import app
 from absl import flags
 
 from ssd_tf import postprocess
+from ssd_tf.cli import flags as shared_flags
 
 flags.DEFINE_string('checkpoint_path', None, 'Training directory or checkpoint prefix written '
                     'by train_ssd.py, or a slim TF1 checkpoint (with --model_name and '
                     '--num_classes).')
-flags.DEFINE_string('model_name', None, 'Network; default: the run config (config.json).')
-flags.DEFINE_integer('num_classes', None, 'Classes incl. background; default: the run config.')
+shared_flags.define_model_flags(flags)  # --model_name, --num_classes, --label_map
 flags.DEFINE_string('output_dir', None, 'Model base directory (TF Serving --model_base_path).')
 flags.DEFINE_integer('version', 1, 'Version subdirectory to write.')
 flags.DEFINE_boolean('overwrite', False, 'Replace an existing version directory.')
-postprocess.define_detection_flags(flags)  # --select_threshold, --nms_threshold, --select_top_k
+shared_flags.define_detection_flags(flags)  # --select_threshold, --nms_threshold, --select_top_k
 flags.DEFINE_integer('max_detections', postprocess.MAX_DETECTIONS, 'Detections per image.')
-flags.DEFINE_string('label_map', None, "Label map file; default: the run's labels.txt.")
 flags.DEFINE_integer('max_image_pixels', None, 'Largest image (width x height, read from its '
                      'header before decoding) a request may send; default '
                      'ssd_tf.images.DEFAULT_MAX_PIXELS, 200 MP: fits the largest camera frame '

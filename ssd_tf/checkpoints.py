@@ -168,27 +168,14 @@ def load_slim_checkpoint(variable_map, checkpoint_path, model_scope='ssd_300_vgg
         ckpt_name = name
         if checkpoint_model_scope and model_scope and _in_scope(name, model_scope):
             ckpt_name = checkpoint_model_scope + name[len(model_scope):]
-        var_shape = tuple(var.shape)
-        note = ckpt_name
-        if ckpt_name not in ckpt_shapes:
-            fc_name = _fc_fallback_name(ckpt_name, ckpt_shapes)
-            if fc_name is None:
-                missing.append((name, ckpt_name))
-                continue
-            value = reader.get_tensor(fc_name)
-            try:
-                value = subsample_to_shape(value, var_shape)
-            except ValueError:
-                mismatches.append((name, var_shape, value.shape))
-                continue
-            ckpt_name = fc_name
-            note = (f"{fc_name}" if tuple(ckpt_shapes[fc_name]) == var_shape else
-                    f"{fc_name} subsampled {tuple(ckpt_shapes[fc_name])} -> {var_shape}")
-        else:
-            if tuple(ckpt_shapes[ckpt_name]) != var_shape:
-                mismatches.append((name, var_shape, tuple(ckpt_shapes[ckpt_name])))
-                continue
-            value = reader.get_tensor(ckpt_name)
+        found = _checkpoint_value(reader, ckpt_shapes, ckpt_name, tuple(var.shape))
+        if found[0] == 'missing':
+            missing.append((name, ckpt_name))
+            continue
+        if found[0] == 'mismatch':
+            mismatches.append((name, tuple(var.shape), found[1]))
+            continue
+        _, ckpt_name, value, note = found
         used.add(ckpt_name)
         assignments.append((name, var, value))
         report.restored[name] = note
@@ -209,6 +196,27 @@ def load_slim_checkpoint(variable_map, checkpoint_path, model_scope='ssd_300_vgg
     report.unused = sorted(set(ckpt_shapes) - used)
     _LOG.info('%s', report)
     return report
+
+
+def _checkpoint_value(reader, ckpt_shapes, ckpt_name, var_shape):
+    """The value for a model variable of shape `var_shape` stored as `ckpt_name`:
+    `('ok', name read, value, note)`, `('missing',)` or `('mismatch', stored shape)`. A
+    missing conv6/conv7 is read from fc6/fc7, subsampled when the shapes differ."""
+    if ckpt_name in ckpt_shapes:
+        if tuple(ckpt_shapes[ckpt_name]) != var_shape:
+            return ('mismatch', tuple(ckpt_shapes[ckpt_name]))
+        return ('ok', ckpt_name, reader.get_tensor(ckpt_name), ckpt_name)
+    fc_name = _fc_fallback_name(ckpt_name, ckpt_shapes)
+    if fc_name is None:
+        return ('missing',)
+    value = reader.get_tensor(fc_name)
+    try:
+        value = subsample_to_shape(value, var_shape)
+    except ValueError:
+        return ('mismatch', value.shape)
+    note = (f"{fc_name}" if tuple(ckpt_shapes[fc_name]) == var_shape else
+            f"{fc_name} subsampled {tuple(ckpt_shapes[fc_name])} -> {var_shape}")
+    return ('ok', fc_name, value, note)
 
 
 def _fc_fallback_name(ckpt_name, ckpt_shapes):

@@ -141,14 +141,12 @@ def test_anchor_counts_and_ratio_direction():
     a512 = ssd_vgg_512.SSDNet().anchors()
     assert sum(anchors_lib.num_boxes_per_layer(a300)) == 8732
     assert sum(anchors_lib.num_boxes_per_layer(a512)) == 24564
-    assert anchors_lib.num_anchors_per_layer is anchors_lib.num_boxes_per_layer  # old name
     # The network's heads count A per cell: 4, 6, 6, 6, 4, 4 for SSD300 (38*38*4 = 5776 ...).
     from nets import ssd_vgg_keras
     per_cell = ssd_vgg_keras.num_anchors_per_location(ssd_vgg_300.SSDNet.default_params)
     assert per_cell == [4, 6, 6, 6, 4, 4]
     assert [h * w * a for (h, w), a in zip(ssd_vgg_300.SSDNet.default_params.feat_shapes,
                                            per_cell)] == anchors_lib.num_boxes_per_layer(a300)
-    assert ssd_vgg_keras.num_anchors_per_layer is ssd_vgg_keras.num_anchors_per_location
     for (y, x, h, w), ratios in zip(a300, ssd_vgg_300.SSDNet.default_params.anchor_ratios):
         # aspect ratio means w / h, anchors 2.. follow the ratio list.
         np.testing.assert_allclose(w[2:] / h[2:], ratios, rtol=1e-5)

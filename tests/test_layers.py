@@ -2,6 +2,7 @@
 no program, `import ssd_tf.boxes` stays light, the console entry points resolve and the old
 `python -m` paths of the programs still run."""
 import ast
+import json
 import importlib
 import os
 import subprocess
@@ -109,6 +110,20 @@ def test_no_import_cycle_and_the_library_imports_no_program():
                 assert not any(e.startswith('ssd_tf.cli') for e in edges), name
 
 
+MAX_FUNCTION_LINES = 80  # the house limit: a longer function is split into named helpers
+
+
+def test_no_function_over_80_lines():
+    long = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f'{name}.{node.name}: {lines} lines')
+    assert long == []
+
+
 def _run(code):
     return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT,
@@ -166,3 +181,26 @@ def test_an_entry_point_and_an_old_module_path_run(tmp_path):
                        env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'ssd-check-data' in r.stdout and '--strict_data' in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+def test_the_shared_flags_are_defined_once_with_one_help_text():
+    from nets import nets_factory
+    from ssd_tf.cli import flags as shared_flags
+    helps = {}
+    for script in ('eval_ssd', 'export_savedmodel', 'detect'):
+        r = _run(f"import json, {script}; f = {script}.flags.FLAGS; print(json.dumps("
+                 f"[f[n].help for n in ('model_name', 'num_classes', 'label_map', "
+                 f"'select_threshold')] + [0, f['select_top_k'].default "
+                 f"if 'select_top_k' in f else 400]))")
+        assert r.returncode == 0, r.stderr[-2000:]
+        helps[script] = json.loads(r.stdout.strip().splitlines()[-1])
+    model_help = helps['detect'][0]
+    for script, (model, classes, labels, select, _, top_k) in helps.items():
+        assert model == model_help and classes.startswith(helps['detect'][1]), script
+        assert labels.startswith("Label map file (labels.txt, .json or an OD API"), script
+        if script != 'detect':
+            assert select == 'Score threshold: class scores below it are not detections.'
+            assert top_k == 400  # postprocess.SELECT_TOP_K, slim's default
+    for name in nets_factory.networks_map:  # every registered network is named
+        assert f"'{name}'" in shared_flags.NETWORK_NAMES
