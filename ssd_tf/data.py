@@ -2,7 +2,8 @@
 -> encode -> batch.
 
 The augmentation and the anchor encoding are arguments (`preprocess_fn`, `encode_fn`), so this
-module imports neither `preprocessing/` nor `nets/`. Boxes are relative
+module imports neither `preprocessing/` nor `nets/`; `check_tfrecords` runs the same checks
+over a whole data set (the data check command). Boxes are relative
 `[ymin, xmin, ymax, xmax]` everywhere. `build_dataset` runs these steps, each a function
 below: source -> order (shuffle, repeat, skip `start`) -> load (decode; TFRecords are also
 parsed and checked, `tfrecord.check_example`) -> preprocess + encode -> batch. Every image is

@@ -96,8 +96,8 @@ def saved_model_detector(path, net=None, select_threshold=SELECT_THRESHOLD,
     """A detector from an exported SavedModel directory (with saved_model.pb).
 
     Uses the `signature` (default serving_default) when present, else calls the loaded object.
-    - A signature taking a string tensor (`ssd_tf.export`'s `image_bytes`) is end to end: it
-      gets the encoded image files and returns boxes relative to the ORIGINAL image; the
+    - A signature taking a string tensor (`ssd_tf.export.saved_model`'s `image_bytes`) is end
+      to end: it gets the encoded image files and returns boxes relative to the ORIGINAL image; the
       detector then has `input_kind = 'encoded'` (see `run_evaluation`). Such a model applies
       the thresholds it was exported with (the arguments here do not apply).
     - Otherwise it gets the pre-processed images (`input_kind = 'preprocessed'`); its outputs

@@ -249,7 +249,7 @@ def read_run_config(checkpoint_path):
     """The RunConfig of the run beside a checkpoint; an empty RunConfig (falsy) if none.
 
     Looked for in the checkpoint's directory (the train_dir) and its parent; for a SavedModel
-    of `ssd_tf.export` also `assets/export_config.json`.
+    of `ssd_tf.export.saved_model` also `assets/export_config.json`.
     """
     path = os.fspath(checkpoint_path)
     base = path if tf.io.gfile.isdir(path) else os.path.dirname(path)

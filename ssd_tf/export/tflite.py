@@ -1,15 +1,16 @@
 """TFLite conversion of a trained SSD: detection function, quantisation, output order.
 
-`export_tflite` writes `model_<variant>.tflite` files (`convert_tflite`): batch 1, fixed input `images` uint8 `[1, H, W, 3]` RGB already resized
-to the network's `img_shape` (the app resizes the camera frame; the mean subtraction is in the
-model). Outputs in the order of the object-detector task APIs (MediaPipe, TFLite Task Library,
-the TF OD API's TFLite_Detection_PostProcess ports), both as output index 0..3 and as
-ascending tensor indices (`_order_outputs`): `detection_boxes [1, K, 4]` (yxyx relative to the
-input), `detection_classes [1, K]` (float, 0-based: class id - 1, the line of
-labels_tflite.txt / the embedded label file; the SavedModel's ids are 1-based),
-`detection_scores [1, K]`, `num_detections [1]` (float32); the signature `serving_default`
-names them too. With mediapipe installed (`--tflite_metadata`, `ssd_tf.tflite_metadata`) the
-file carries the metadata and labels the phone SDKs read.
+`export_tflite` writes `model_<variant>.tflite` files (`convert_tflite`): batch 1, fixed input
+`images` uint8 `[1, H, W, 3]` RGB already resized to the network's `img_shape` (the app resizes
+the camera frame; the mean subtraction is in the model). Outputs in the order of the
+object-detector task APIs (MediaPipe, TFLite Task Library, the TF OD API's
+TFLite_Detection_PostProcess ports), both as output index 0..3 and as ascending tensor indices
+(`_order_outputs`): `detection_boxes [1, K, 4]` (yxyx relative to the input),
+`detection_classes [1, K]` (float, 0-based: class id - 1, the line of labels_tflite.txt / the
+embedded label file; the SavedModel's ids are 1-based), `detection_scores [1, K]`,
+`num_detections [1]` (float32); the signature `serving_default` names them too. With mediapipe
+installed (`--tflite_metadata`, `ssd_tf.tflite_metadata`) the file carries the metadata and
+labels the phone SDKs read.
 `ssd_tf.export.tflite_runtime.TFLiteDetector` runs the files and returns the SavedModel's
 1-based ids.
 Post-processing (`--tflite_postprocess`, `postprocess.TFLITE_POSTPROCESS_OPTIONS`):
