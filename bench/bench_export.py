@@ -60,17 +60,17 @@ def accuracy(checkpoint_path, num_images):
     SavedModel and as each TFLite variant, on the synthetic test split (int8 calibrated on
     100 synthetic training images)."""
     import tensorflow as tf
-    from nets import nets_factory
     from preprocessing import ssd_vgg_preprocessing as prep
-    from ssd_tf import evaluation
+    from ssd_tf import builder
+    from ssd_tf import images
     from ssd_tf.export import saved_model as export
     from ssd_tf.export import tflite as export_tflite
     from ssd_tf.export import tflite_runtime
     from ssd_tf import metrics
     from ssd_tf.datasets import synthetic
 
-    net, model, names, _ = export.load_from_checkpoint(checkpoint_path,
-                                                       nets_factory.get_network)
+    built = builder.load_model(checkpoint_path)
+    net, model, names = built.net, built.model, built.label_names
     shape = tuple(net.params.img_shape)
 
     def preprocess(image):
@@ -82,12 +82,13 @@ def accuracy(checkpoint_path, num_images):
     calib = export_tflite.representative_images(
         (r.image for r in synthetic.make_synthetic_split('train', 100)), shape)
     paths = export_tflite.export_tflite(net, model, lambda im: preprocess(im)[0],
-                                 os.path.join(tmp, 'tflite'), export_tflite.TFLITE_QUANTIZATIONS, calib)
+                                        os.path.join(tmp, 'tflite'),
+                                        export_tflite.TFLITE_QUANTIZATIONS, calib)
     records = synthetic.make_synthetic_split('test', num_images)
     fn = tf.saved_model.load(sm).signatures['serving_default']
 
     def saved_model_detect(rec):
-        out = fn(image_bytes=tf.constant([evaluation._record_bytes(rec)]))
+        out = fn(image_bytes=tf.constant([images.read_image_bytes(rec)]))
         n = int(out['num_detections'][0])
         return (out['detection_boxes'][0, :n].numpy(), out['detection_scores'][0, :n].numpy(),
                 out['detection_classes'][0, :n].numpy().astype(int))
