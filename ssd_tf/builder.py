@@ -6,9 +6,11 @@ one command takes, all take, and they resolve it the same way:
 
 - the source (`resolve_source`): a training directory (its latest checkpoint), a checkpoint
   prefix written by train_ssd.py (object-based, 'tf2'), an original slim SSD TF1 checkpoint
-  (name-based, 'slim'), a SavedModel directory ('saved_model': the commands that run one take
-  it as it is), or a Keras weights file `.h5` ('keras_h5': the weights of the whole network,
-  e.g. `model.save_weights`; train_ssd.py reads an ImageNet VGG16 `.h5` into the backbone);
+  (name-based, 'slim'), a SavedModel directory or TF Serving's versioned directory
+  ('saved_model') and a `.tflite` file ('tflite'), which the commands that run them (eval_ssd.py,
+  detect.py) take as they are, or a Keras weights file `.h5` ('keras_h5': the weights of the
+  whole network, e.g. `model.save_weights`; train_ssd.py reads an ImageNet VGG16 `.h5` into
+  the backbone);
 - the network (`resolve_network`): `--model_name` and `--num_classes` default to the run's
   `config.json` (`ssd_tf.run_config.read_run_config`); a flag that contradicts the config is
   the one error of `check_overrides`; a checkpoint without a config needs both flags. The
@@ -32,6 +34,7 @@ from ssd_tf.datasets import labelmap as labelmap_lib
 
 EMA_WEIGHTS_FILENAME = 'ema.weights.h5'  # older runs' averages (now inside each checkpoint)
 KERAS_WEIGHTS_SUFFIX = '.h5'
+TFLITE_SUFFIX = '.tflite'
 
 
 def network_class(model_name, get_network=None):
@@ -47,14 +50,17 @@ def network_class(model_name, get_network=None):
 
 
 def resolve_source(checkpoint_path):
-    """`(kind, path)` of a model source: 'keras_h5' for a `.h5` weights file, else
-    `run_config.resolve_checkpoint`'s ('saved_model', 'tf2' or 'slim', with a directory
-    resolved to its latest checkpoint)."""
+    """`(kind, path)` of a model source: 'keras_h5' for a `.h5` weights file, 'tflite' for a
+    `.tflite` file, else `run_config.resolve_checkpoint`'s ('saved_model' with a versioned
+    directory resolved to its highest version, 'tf2' or 'slim' with a directory resolved to
+    its latest checkpoint)."""
     path = os.fspath(checkpoint_path) if checkpoint_path else ''
-    if path.endswith(KERAS_WEIGHTS_SUFFIX):
-        if not os.path.isfile(path):
-            raise ValueError(f"--checkpoint_path={path}: no such Keras weights file")
-        return 'keras_h5', path
+    for kind, suffix, what in (('keras_h5', KERAS_WEIGHTS_SUFFIX, 'Keras weights'),
+                               ('tflite', TFLITE_SUFFIX, '.tflite')):
+        if path.endswith(suffix):
+            if not os.path.isfile(path):
+                raise ValueError(f"--checkpoint_path={path}: no such {what} file")
+            return kind, path
     return run_config.resolve_checkpoint(path)
 
 
@@ -197,8 +203,9 @@ def restore_weights(model, net, kind, path, config=None, moving_average=None,
     checkpoints (train_ssd.py's fine-tuning flags). backbone_h5: a `.h5` is an ImageNet Keras
     VGG16 file for the backbone (train_ssd.py), not the weights of the whole network.
     """
-    if kind == 'saved_model':
-        raise ValueError(f"--checkpoint_path={path} is a SavedModel; pass a checkpoint (a "
+    if kind in ('saved_model', 'tflite'):
+        what = 'SavedModel' if kind == 'saved_model' else 'TFLite model'
+        raise ValueError(f"--checkpoint_path={path} is a {what}; pass a checkpoint (a "
                          f"training directory or prefix)")
     if kind == 'keras_h5':
         if backbone_h5:
@@ -261,8 +268,9 @@ def load_model(checkpoint_path, model_name=None, num_classes=None, image_size=No
     SavedModel is a ValueError (it is already a model: the commands that run one load it)."""
     checkpoint_path = os.fspath(checkpoint_path)
     kind, path = resolve_source(checkpoint_path)
-    if kind == 'saved_model':
-        raise ValueError(f"--checkpoint_path={checkpoint_path} is already a SavedModel; pass "
+    if kind in ('saved_model', 'tflite'):
+        what = 'a SavedModel' if kind == 'saved_model' else 'a TFLite model'
+        raise ValueError(f"--checkpoint_path={checkpoint_path} is already {what}; pass "
                          f"a training directory or checkpoint")
     config = run_config.read_run_config(checkpoint_path)
     net = resolve_network(config, checkpoint_path, model_name, num_classes, image_size,

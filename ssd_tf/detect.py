@@ -83,9 +83,9 @@ def make_detector(model_path, model_name=None, num_classes=None, label_map=None)
     (model_name, num_classes: for a checkpoint without config.json). label_map: a label map
     file (default: see the module docstring).
     """
-    model_path = os.fspath(model_path)
-    if model_path.endswith('.tflite'):
-        det = tflite_runtime.TFLiteDetector(model_path)
+    kind, path = builder.resolve_source(model_path)
+    if kind == 'tflite':
+        det = tflite_runtime.TFLiteDetector(path)
 
         def detect(data, image):
             del data
@@ -93,23 +93,23 @@ def make_detector(model_path, model_name=None, num_classes=None, label_map=None)
             return {'boxes': out['detection_boxes'], 'classes': out['detection_classes'],
                     'scores': out['detection_scores']}
         labels = labelmap_lib.resolve_label_map(
-            label_map, beside=[os.path.dirname(os.path.abspath(model_path))],
-            fallback=lambda: tflite_metadata.embedded_labels(model_path))
+            label_map, beside=[os.path.dirname(os.path.abspath(path))],
+            fallback=lambda: tflite_metadata.embedded_labels(path))
         return detect, _names(labels)
-    if os.path.isfile(os.path.join(model_path, 'saved_model.pb')):
-        loaded = tf.saved_model.load(model_path)
+    if kind == 'saved_model':
+        loaded = tf.saved_model.load(path)
         if export_lib.BYTES_SIGNATURE not in loaded.signatures:
-            raise ValueError(f"--model={model_path}: SavedModel without a "
+            raise ValueError(f"--model={path}: SavedModel without a "
                              f"{export_lib.BYTES_SIGNATURE} signature")
         fn = loaded.signatures[export_lib.BYTES_SIGNATURE]
 
         def detect(data, image):
             del image
             return from_signature_output(fn(**{export_lib.BYTES_INPUT: tf.constant([data])}))
-        recorded = run_config.read_run_config(model_path)
+        recorded = run_config.read_run_config(path)
         labels = labelmap_lib.resolve_label_map(
             label_map, recorded_names=recorded.label_names, recorded_ids=recorded.label_ids,
-            beside=[model_path])
+            beside=[path])
         return detect, _names(labels)
     built = builder.load_model(model_path, model_name, num_classes, label_map=label_map)
     module = export_lib.DetectionModule(

@@ -56,6 +56,12 @@ def test_resolve_source_kinds(tmp_path):
         builder.resolve_source(str(weights))
     weights.write_bytes(b'')
     assert builder.resolve_source(str(weights)) == ('keras_h5', str(weights))
+    with pytest.raises(ValueError, match='no such .tflite file'):
+        builder.resolve_source(str(tmp_path / 'model.tflite'))
+    (tmp_path / 'model.tflite').write_bytes(b'')
+    assert builder.resolve_source(str(tmp_path / 'model.tflite'))[0] == 'tflite'
+    with pytest.raises(ValueError, match='is already a TFLite model'):
+        builder.load_model(str(tmp_path / 'model.tflite'))
     with pytest.raises(ValueError, match='does not exist'):
         builder.resolve_source(str(tmp_path / 'model.ckpt-3'))
 
