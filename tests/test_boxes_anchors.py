@@ -105,7 +105,8 @@ def test_flip_left_right_is_an_involution_keeping_area(seed):
 def test_to_original_relative_numpy_and_tf_paths_agree():
     # evaluation (numpy, one image) and export (tf, a batch) both go through boxes.reframe +
     # clip_boxes; bbox_img [0, .25, 1, .75] = an image padded left and right.
-    from ssd_tf import evaluation, export
+    from ssd_tf import evaluation
+    from ssd_tf.export import saved_model as export
     det = np.array([[.25, .5, .5, 1.], [0., 0., .1, .1]], np.float32)
     bbox_img = np.array([0., .25, 1., .75], np.float32)
     a = evaluation.to_original_relative(det, bbox_img)

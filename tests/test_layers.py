@@ -190,13 +190,13 @@ def test_the_shared_flags_are_defined_once_with_one_help_text():
     helps = {}
     for script in ('eval_ssd', 'export_savedmodel', 'detect'):
         r = _run(f"import json, {script}; f = {script}.flags.FLAGS; print(json.dumps("
-                 f"[f[n].help for n in ('model_name', 'num_classes', 'label_map', "
-                 f"'select_threshold')] + [0, f['select_top_k'].default "
-                 f"if 'select_top_k' in f else 400]))")
+                 f"[f[n].help for n in ('model_name', 'num_classes', 'label_map')] + "
+                 f"([f['select_threshold'].help, f['select_top_k'].default] "
+                 f"if 'select_top_k' in f else [None, None])))")
         assert r.returncode == 0, r.stderr[-2000:]
         helps[script] = json.loads(r.stdout.strip().splitlines()[-1])
     model_help = helps['detect'][0]
-    for script, (model, classes, labels, select, _, top_k) in helps.items():
+    for script, (model, classes, labels, select, top_k) in helps.items():
         assert model == model_help and classes.startswith(helps['detect'][1]), script
         assert labels.startswith("Label map file (labels.txt, .json or an OD API"), script
         if script != 'detect':
