@@ -1,7 +1,8 @@
 """Evaluates an SSD checkpoint (training run, slim checkpoint or SavedModel) on a data set.
 
-The flags are those of the slim `eval_ssd_network.py`, with defaults that work: the default
-network is `ssd_small` and the default data set the built-in synthetic shapes (as training).
+The flags are those of the slim `eval_ssd_network.py`, with defaults that work: the network
+and the data set are the run's (its config.json; a checkpoint without one needs --model_name
+and --num_classes), the data set else the built-in synthetic shapes (as training).
 
   python eval_ssd.py --checkpoint_path=runs/ssd_small_synthetic
   python eval_ssd.py --checkpoint_path=VGG_VOC0712_SSD_300x300_ft_iter_120000.ckpt \
