@@ -192,8 +192,9 @@ def postprocess_comparison(models, runs):
             dets, sizes, found = {'network only': run_raw}, {}, {}
             for op in postprocess.TFLITE_POSTPROCESS_OPTIONS:
                 path = export_tflite.export_tflite(net, model, whiten,
-                                            os.path.join(tmp, f'{name}_{c}_{op}'), ['float32'],
-                                            postprocess_op=op, metadata='off')['float32']
+                                                   os.path.join(tmp, f'{name}_{c}_{op}'),
+                                                   ['float32'], postprocess_op=op,
+                                                   metadata='off')['float32']
                 det = tflite_runtime.TFLiteDetector(path, num_threads=2)
                 dets[op] = lambda det=det: det.run_resized(frames[0])
                 sizes[op] = os.path.getsize(path) / 1e6
@@ -347,8 +348,9 @@ def main():
             images = [synthetic.synthetic_image(0, i, 160)[0] for i in range(20)]
             calib = export_tflite.representative_images(images, shape)
         paths = export_tflite.export_tflite(net, model, lambda im: preprocess(im)[0],
-                                     os.path.join(tmp, name + '_tflite'), variants, calib)
-        frame = export_tflite.representative_images([tf.io.decode_jpeg(jpegs[0]).numpy()], shape)[0]
+                                            os.path.join(tmp, name + '_tflite'), variants, calib)
+        frame = export_tflite.representative_images([tf.io.decode_jpeg(jpegs[0]).numpy()],
+                                                    shape)[0]
         for q, p in paths.items():
             size_rows.append([name, f'TFLite {q}', f'{os.path.getsize(p) / 1e6:.1f}'])
             det = tflite_runtime.TFLiteDetector(p, num_threads=2)

@@ -94,12 +94,13 @@ def _build_export(tmp_path_factory):
                                        label_names=CLASS_NAMES, max_detections=MAX_DET)
     calib = export_tflite.representative_images(_images(20, first=100), (IMG, IMG))
     tfl = export_tflite.export_tflite(net, model, lambda im: _preprocess(im)[0], root / 'tflite',
-                               export_tflite.TFLITE_QUANTIZATIONS, calib, max_detections=MAX_DET,
-                               label_names=CLASS_NAMES)
+                                      export_tflite.TFLITE_QUANTIZATIONS, calib,
+                                      max_detections=MAX_DET, label_names=CLASS_NAMES)
     # The same network with TFLite_Detection_PostProcess (tests/test_mobile.py).
-    tfl_op = export_tflite.export_tflite(net, model, lambda im: _preprocess(im)[0], root / 'tflite_op',
-                                  ['float32'], max_detections=MAX_DET, label_names=CLASS_NAMES,
-                                  postprocess_op='detection_postprocess')
+    tfl_op = export_tflite.export_tflite(net, model, lambda im: _preprocess(im)[0],
+                                         root / 'tflite_op', ['float32'],
+                                         max_detections=MAX_DET, label_names=CLASS_NAMES,
+                                         postprocess_op='detection_postprocess')
     return dict(root=root, net=net, model=model, train_dir=train_dir, saved_model=sm_dir,
                 tflite=tfl, tflite_op=tfl_op['float32'], keras_detect=evaluation.keras_detector(model, net,
                                                                    keep_top_k=MAX_DET))
@@ -488,12 +489,12 @@ def test_overwrite_failure_mid_export_keeps_the_old_version(exported, tmp_path, 
 
     def add_tflite(version_dir):
         export_tflite.export_tflite(net, model, lambda im: _preprocess(im)[0],
-                             os.path.join(version_dir, 'tflite'), ['float32'])
+                                    os.path.join(version_dir, 'tflite'), ['float32'])
 
     def crash(*args, **kwargs):
         raise RuntimeError('injected TFLite converter crash')
 
-    monkeypatch.setattr(export, 'convert_tflite', crash)
+    monkeypatch.setattr(export_tflite, 'convert_tflite', crash)
     with pytest.raises(RuntimeError, match='injected'):
         export.export_saved_model(net, model, _preprocess, tmp_path, 1, overwrite=True,
                                   max_detections=7, before_publish=add_tflite)

@@ -248,7 +248,7 @@ def test_export_without_label_names_refuses_metadata_on(exported, tmp_path):
     ex = exported
     with pytest.raises(ValueError, match='--tflite_metadata=on needs the label names'):
         export_tflite.export_tflite(ex['net'], ex['model'], lambda im: im, tmp_path, ['float32'],
-                             metadata='on')
+                                    metadata='on')
 
 
 def test_detection_postprocess_scales_goldens():
