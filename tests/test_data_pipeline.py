@@ -365,11 +365,14 @@ def test_training_on_bad_records_runs_and_resumes_exactly(tmp_path):
     assert full_report.num_skipped >= 20 and resumed_report.num_skipped < full_report.num_skipped
     # 9 of the 13 records are bad: a batch's bad rows take a good row of the same batch (each
     # good record has one box); only a batch without any good record keeps the placeholders.
+    # A batch with a bad row holds a copy of one of its good rows: fewer than 4 distinct
+    # images. 28 positions hold 8 to 10 good ones (4 of each epoch of 13), so most of the 7
+    # batches mix good and bad rows.
     mixed = 0
     for images, t in full:
         boxes = t['num_boxes'].tolist()
         if any(boxes):
-            mixed += boxes != [1, 1, 1, 1] or 0 < full_report.num_skipped
+            mixed += len({im.tobytes() for im in images}) < 4
             assert boxes == [1, 1, 1, 1] and np.all(images.std(axis=(1, 2, 3)) > 1.)
         else:
             assert np.all(images == images[0])  # the placeholders, never a half-read record
