@@ -159,7 +159,13 @@ def test_mixed_precision_steps_are_finite(tmp_path):
             opt = training.build_optimizer('adam', 1e-3, mixed_precision=policy)
             trainer = training.Trainer(net, model, opt, tf.distribute.get_strategy(),
                                        str(tmp_path / policy), 4)
-            assert model.layers[-1].compute_dtype in ('float16', 'bfloat16', 'float32')
+            # The policy reaches the network: every convolution computes in the policy's
+            # half type, while the heads' reshapes and softmaxes stay in float32.
+            half = {'mixed_float16': 'float16', 'mixed_bfloat16': 'bfloat16'}[policy]
+            convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+            assert convs and {l.compute_dtype for l in convs} == {half}, policy
+            assert {l.compute_dtype for l in model.layers
+                    if isinstance(l, keras.layers.Softmax)} == {'float32'}
             records = synthetic.make_synthetic_examples(8, seed=0, image_size=96)
             anchors = net.anchors()
             ds = data_lib.build_dataset(
