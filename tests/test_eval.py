@@ -531,6 +531,16 @@ def test_eval_ssd_flags_are_not_silently_ignored(tmp_path, flag, match):
 
 
 def test_eval_ssd_preprocessing_names_of_slim_are_accepted():
-    for name in ('ssd_vgg', 'ssd_300_vgg', 'ssd_512_vgg'):
+    # Accepted: slim's 'ssd_vgg' and every network's name (slim also named the pre-processing
+    # after the network); anything else is refused, naming the flag and the accepted names.
+    from nets import nets_factory
+    accepted = ['ssd_vgg'] + sorted(nets_factory.networks_map)
+    assert {'ssd_300_vgg', 'ssd_512_vgg'} <= set(accepted)
+    for name in accepted:
         _flags('--checkpoint_path=x', f'--preprocessing_name={name}')
-        eval_ssd.check_flags()  # no error
+        assert eval_ssd.check_flags() is None and flags.FLAGS.preprocessing_name == name
+    for name in ('ssd_vgg_300', 'vgg', 'SSD_VGG'):
+        _flags('--checkpoint_path=x', f'--preprocessing_name={name}')
+        with pytest.raises(ValueError, match=rf"--preprocessing_name={name} is unknown.*"
+                                             r"'ssd_vgg' \(also named .*ssd_300_vgg"):
+            eval_ssd.check_flags()
