@@ -283,7 +283,10 @@ def test_detection_postprocess_op_decodes_like_ours(exported):
                 paired += 1
                 np.testing.assert_allclose(b['detection_boxes'][0, :m][same][0], box,
                                            atol=1e-5)
-    assert total >= 50 and paired >= 0.9 * total, (paired, total)
+    # Measured: 494 of 505 paired (11 unpaired, 2.2 %) on these seeded images and weights;
+    # the unpaired are selections that differ between suppressing on unclipped and on clipped
+    # boxes (near the border). 3 % allows a few more on another CPU, where 10 % allowed 50.
+    assert total >= 400 and total - paired <= 0.03 * total, (paired, total)
 
 
 def test_one_opencv_build_owns_cv2():
