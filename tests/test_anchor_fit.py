@@ -363,6 +363,7 @@ def auto_run(tmp_path_factory):
     return train_dir, r
 
 
+@pytest.mark.slow
 def test_auto_run_reports_and_stores_its_anchors(auto_run):
     train_dir, r = auto_run
     assert 'anchor coverage of ssd_small (default anchors)' in r.stderr
@@ -412,6 +413,7 @@ def test_a_checkpoint_whose_heads_do_not_match_the_anchors_is_refused(auto_run, 
         export.load_from_checkpoint(str(other), nets_factory.get_network)
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_saved_anchors_on_other_data(auto_run, tmp_path):
     train_dir, _ = auto_run
     run = tmp_path / 'run'

@@ -69,6 +69,7 @@ def test_variable_map_has_the_slim_names_and_shapes(ssd300):
         assert tuple(var.shape) == expected[name], name
 
 
+@pytest.mark.slow
 def test_slim_checkpoint_every_weight_lands_by_name(ssd300, tmp_path):
     shapes = ssd300_slim_shapes()
     names = sorted(shapes)
@@ -164,6 +165,7 @@ def test_subsample_to_shape_keeps_the_papers_indices():
         checkpoints.subsample_to_shape(np.zeros((3,)), (6,))
 
 
+@pytest.mark.slow
 def test_vgg16_slim_checkpoint_into_backbone_with_fc_subsampling(ssd300, tmp_path):
     # The real ImageNet shapes once: fc6 7x7x512x4096 (411 MB float32), fc7 1x1x4096x4096.
     rng = np.random.default_rng(0)

@@ -58,6 +58,7 @@ def write_jpeg(path, h, w, channels=3):
     return str(path)
 
 
+@pytest.mark.slow
 def test_training_structure_with_zero_object_images():
     recs = synthetic_records(5) + [empty_record('e1'), empty_record('e2')]
     ds = data.build_dataset(recs, resize_preprocess, encode, batch_size=7, seed=0, with_gt=True)
@@ -87,6 +88,7 @@ def test_training_repeats_and_drops_remainder():
     assert batches[0][1] == {}  # no encode_fn, no ground truth asked
 
 
+@pytest.mark.slow
 def test_eval_dataset_keeps_order_ids_sizes_and_original_gt(tmp_path):
     # Files of different sizes, one greyscale, one PNG named .jpg.
     paths = [write_jpeg(tmp_path / 'a.jpg', 30, 50), write_jpeg(tmp_path / 'b.jpg', 64, 20, 1)]
@@ -130,6 +132,7 @@ def _batches(ds, n):
     return [tf.nest.map_structure(lambda x: x.numpy(), b) for b in ds.take(n)]
 
 
+@pytest.mark.slow
 def test_pipeline_is_deterministic_with_a_seed():
     recs = synthetic_records(12)
 
@@ -145,6 +148,7 @@ def test_pipeline_is_deterministic_with_a_seed():
     assert not all(np.array_equal(x[0], y[0]) for x, y in zip(a[:3], a[3:]))
 
 
+@pytest.mark.slow
 def test_start_resumes_the_stream_exactly():
     recs = synthetic_records(10)
 
@@ -170,6 +174,7 @@ def test_seed_reaches_the_preprocessing():
     assert flips == {True, False}
 
 
+@pytest.mark.slow
 def test_tfrecord_source_matches_record_source(tmp_path):
     recs = synthetic_records(5) + [empty_record('e')]
     recs[1].difficult[:] = 1
@@ -186,6 +191,7 @@ def test_tfrecord_source_matches_record_source(tmp_path):
     assert images.shape == (4, OUT, OUT, 3) and t['gclasses'][0].shape == (4, 4, 4, 2)
 
 
+@pytest.mark.slow
 def test_slim_records_without_ids_get_positions(tmp_path):
     path = str(tmp_path / 'voc_2007_test_000.tfrecord')  # the original's file naming
     with tf.io.TFRecordWriter(path) as w:
@@ -231,6 +237,7 @@ def test_empty_source_is_a_clear_error():
         data.build_dataset('/nonexistent/*.tfrecord', resize_preprocess)
 
 
+@pytest.mark.slow
 def test_with_the_augmentation_of_preprocessing_if_present():
     prep = pytest.importorskip('preprocessing.ssd_vgg_preprocessing')
     fn = functools.partial(prep.preprocess_for_train, out_shape=(OUT, OUT))
@@ -339,6 +346,7 @@ def test_bad_boxes_are_dropped_and_reported_the_record_kept(tmp_path):
     assert f'{path} record 0: box 2 (label 7' in report.summary()
 
 
+@pytest.mark.slow
 def test_strict_data_stops_at_the_first_bad_record_naming_it(tmp_path):
     path, _ = bad_shard(tmp_path / 'x.tfrecord')
     report = check_lib.DataProblems(strict=True)
@@ -350,6 +358,7 @@ def test_strict_data_stops_at_the_first_bad_record_naming_it(tmp_path):
     assert report.num_skipped >= 1
 
 
+@pytest.mark.slow
 def test_training_on_bad_records_runs_and_resumes_exactly(tmp_path):
     path, _ = bad_shard(tmp_path / 'x.tfrecord')
 
@@ -379,6 +388,7 @@ def test_training_on_bad_records_runs_and_resumes_exactly(tmp_path):
     assert mixed >= 4
 
 
+@pytest.mark.slow
 def test_resume_skips_records_without_parsing_them(tmp_path):
     path = str(tmp_path / 'r.tfrecord')
     recs = synthetic_records(5)
@@ -400,6 +410,7 @@ def _write_labels(path):
     return labelmap.LabelMap(['x', 'y']).write(str(path))
 
 
+@pytest.mark.slow
 def test_check_command_names_every_bad_record_and_exits_1_with_strict_data(tmp_path, capsys):
     path, bad = bad_shard(tmp_path / 'x_00000.tfrecord')
     tfrecord.write_tfrecords(synthetic_records(3), str(tmp_path), 'x', 'ok')
@@ -470,6 +481,7 @@ def test_bad_rows_take_a_good_row_of_their_batch(ok):
         assert rows == list(range(b))  # nothing to take: the placeholders stay
 
 
+@pytest.mark.slow
 def test_a_truncated_shard_is_named_by_the_check_and_does_not_stop_eval(tmp_path, capsys):
     paths = tfrecord.write_tfrecords(synthetic_records(6), str(tmp_path), 's', 't', 2)
     whole = open(paths[0], 'rb').read()
@@ -504,6 +516,7 @@ def _train_on(shard, tmp_path, *extra):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root, env=env)
 
 
+@pytest.mark.slow
 def test_train_ssd_on_bad_tfrecords_reports_them_and_honours_label_map(tmp_path):
     shard, bad = bad_shard(tmp_path / 'x.tfrecord')
     r = _train_on(shard, tmp_path)
@@ -515,6 +528,7 @@ def test_train_ssd_on_bad_tfrecords_reports_them_and_honours_label_map(tmp_path)
     assert list(labelmap.LabelMap.read(str(tmp_path / 'run')).names) == ['p', 'q', 'r']
 
 
+@pytest.mark.slow
 def test_train_ssd_strict_data_stops_naming_the_record(tmp_path):
     shard, bad = bad_shard(tmp_path / 'x.tfrecord')
     r = _train_on(shard, tmp_path, '--strict_data')

@@ -209,6 +209,7 @@ def _eval_rows(source, **kw):
     return rows
 
 
+@pytest.mark.slow
 def test_od_api_shards_through_the_pipeline_and_label_map_pbtxt(tmp_path, caplog):
     shard = _od_shard(tmp_path / 'od_train-00000-of-00001.tfrecord')
     # no label file: the label map is spelled by image/object/class/text
@@ -234,6 +235,7 @@ def test_od_api_shards_through_the_pipeline_and_label_map_pbtxt(tmp_path, caplog
     assert counts == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_record_of_the_other_layout_inside_a_shard_is_reported_not_read_empty(tmp_path):
     shard = _write(tmp_path / 'od.tfrecord', [
         od_api_example('a', [[.1, .1, .5, .5]], [1], ['cat']),
@@ -284,6 +286,7 @@ def mock_tfds():
         yield
 
 
+@pytest.mark.slow
 def test_tfds_voc_reaches_the_pipeline_with_tfds_labels(mock_tfds):
     source = tfds_lib.TfdsSource('voc/2007', 'test')
     assert source.label_map() == labelmap.VOC_LABEL_MAP  # the ClassLabel names
@@ -302,6 +305,7 @@ def test_tfds_voc_reaches_the_pipeline_with_tfds_labels(mock_tfds):
     assert 'voc-test.tfrecord-00000-of-00001__2' in problems.examples[tfrecord.INVERTED_BOX][0]
 
 
+@pytest.mark.slow
 def test_tfds_coco_crowd_is_kept_for_eval_and_dropped_in_training(mock_tfds):
     source = tfds_lib.TfdsSource('coco/2017', 'validation')
     # the names of tfds's ClassLabel (prepared COCO carries the category names; the mock,
@@ -364,6 +368,7 @@ def _reset_flags():
     flags.FLAGS.unparse_flags()
 
 
+@pytest.mark.slow
 def test_tfds_train_and_eval_commands_end_to_end(tmp_path, mock_tfds, _reset_flags):
     train_dir = str(tmp_path / 'run')
     args = ['--dataset_name=tfds', '--dataset_dir=voc/2007', '--dataset_split_name=train',
@@ -391,6 +396,7 @@ def test_tfds_train_and_eval_commands_end_to_end(tmp_path, mock_tfds, _reset_fla
     assert m['num_images'] == 3
 
 
+@pytest.mark.slow
 def test_train_refuses_mixed_layouts_before_writing_anything(tmp_path):
     od = _od_shard(tmp_path / 'mix-00000.tfrecord')
     slim = _write(tmp_path / 'mix-00001.tfrecord', [slim_example([[.1, .1, .5, .5]], [1])])
@@ -454,6 +460,7 @@ def _gapped_shard(tmp_path):
                        ['car', 'bus'])])
 
 
+@pytest.mark.slow
 def test_od_api_records_with_gapped_ids_get_contiguous_labels_and_unknown_ids_are_named(
         tmp_path):
     shard = _gapped_shard(tmp_path)
@@ -492,6 +499,7 @@ train_ssd.write_run_files(cfg, label_map)
 """
 
 
+@pytest.mark.slow
 def test_run_config_and_eval_keep_the_mapping_and_coco_results_use_dataset_ids(
         tmp_path, _reset_flags):
     from ssd_tf import evaluation

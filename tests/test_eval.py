@@ -115,6 +115,7 @@ def test_resolve_kinds_and_step(tmp_path):
     assert evaluation.checkpoint_step(slim) == 0  # global_step variable is stored as 0
 
 
+@pytest.mark.slow
 def test_run_evaluation_matches_voc_eval_on_written_voc_set(tmp_path):
     """End to end on a VOC directory: metrics.json AP == voc_eval(results files, XMLs)."""
     voc_dir = synthetic.write_synthetic_voc(str(tmp_path / 'voc'), 2, 6, seed=3, image_size=96)
@@ -188,6 +189,7 @@ def test_perfect_detector_scores_one():
     assert res['map07'] == pytest.approx(1.)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('resize,out_shape', [('PAD_AND_RESIZE', (64, 48)),
                                                ('CENTRAL_CROP', (96, 112)),
                                                ('WARP_RESIZE', (50, 70))])
@@ -229,6 +231,7 @@ def _write_shards(recs, tmp_path, name='syn'):
     return tfrecord.write_tfrecords(recs, str(tmp_path / 'tfr'), name, 'test', num_shards=2)
 
 
+@pytest.mark.slow
 def test_run_evaluation_streams_tfrecords_like_records(tmp_path, monkeypatch):
     """The one pipeline: TFRecord shards of a set (streamed by build_eval_dataset, nothing read
     eagerly) give the metrics and the kept samples of the Records they were written from."""
@@ -259,6 +262,7 @@ def test_run_evaluation_streams_tfrecords_like_records(tmp_path, monkeypatch):
     assert labels.tolist() == list(recs[1].labels)
 
 
+@pytest.mark.slow
 def test_eval_ssd_reads_tfrecords_through_the_streaming_pipeline(tmp_path, monkeypatch):
     """eval_ssd.py --dataset_name=tfrecord no longer reads every record into memory first."""
     from ssd_tf.datasets import tfrecord
@@ -303,6 +307,7 @@ def test_run_evaluation_ignores_crowd_boxes():
         assert res['ap12']['class_1'] == pytest.approx(.5)
 
 
+@pytest.mark.slow
 def test_label_out_of_range_is_a_clear_error():
     recs = [records_lib.make_record('a', 20, 20, [[.1, .1, .5, .5]], [7], ['x'],
                                     image=np.zeros((20, 20, 3), np.uint8))]
@@ -314,6 +319,7 @@ def test_label_out_of_range_is_a_clear_error():
 
 
 # ---------------------------------------------------------------------------- eval_ssd
+@pytest.mark.slow
 def test_eval_ssd_checkpoint_and_savedmodel_agree(tmp_path):
     _, model = _tiny_model()
     train = str(tmp_path / 'train')
@@ -344,6 +350,7 @@ def test_eval_ssd_checkpoint_and_savedmodel_agree(tmp_path):
         assert m1[key]['map'] == pytest.approx(m2[key]['map'], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_eval_ssd_end_to_end_export_agrees_with_checkpoint(tmp_path):
     """`ssd_tf.export`'s SavedModel (image bytes in, boxes relative to the original out, TF
     Serving's versioned layout) evaluates like the checkpoint it came from."""
@@ -395,6 +402,7 @@ def _write_slim_checkpoint(prefix, model):
             saver.save(sess, prefix)
 
 
+@pytest.mark.slow
 def test_eval_ssd_slim_checkpoint_equals_tf2_checkpoint(tmp_path):
     _, model = _tiny_model(seed=4)
     train = str(tmp_path / 'train')
@@ -421,6 +429,7 @@ def test_eval_ssd_slim_checkpoint_equals_tf2_checkpoint(tmp_path):
     assert sum(len(d[0]) for d in dets[0]) > 0
 
 
+@pytest.mark.slow
 def test_eval_ssd_class_count_mismatch_is_an_error(tmp_path):
     _, model = _tiny_model(num_classes=3)
     train = str(tmp_path / 'train')
@@ -437,6 +446,7 @@ def test_eval_ssd_class_count_mismatch_is_an_error(tmp_path):
         eval_ssd.Evaluation(get_network=_get_network)
 
 
+@pytest.mark.slow
 def test_eval_ssd_moving_average_needs_the_ema_file(tmp_path):
     _, model = _tiny_model()
     train = str(tmp_path / 'train')
@@ -453,6 +463,7 @@ def test_eval_ssd_moving_average_needs_the_ema_file(tmp_path):
     np.testing.assert_array_equal(e.model.get_weights()[0], other.get_weights()[0])
 
 
+@pytest.mark.slow
 def test_eval_ssd_wait_for_checkpoints_writes_summaries(tmp_path):
     _, model = _tiny_model()
     train = str(tmp_path / 'train')
@@ -475,6 +486,7 @@ def test_eval_ssd_wait_for_checkpoints_writes_summaries(tmp_path):
     assert values['eval/mAP_VOC07'][1] == pytest.approx(np.nan_to_num(res[0]['voc07']['map']))
 
 
+@pytest.mark.slow
 def test_eval_ssd_cli_wrong_path_errors_clearly(tmp_path):
     missing = str(tmp_path / 'no_such_run')
     proc = subprocess.run([sys.executable, os.path.join(REPO, 'eval_ssd.py'),
@@ -495,6 +507,7 @@ def test_eval_ssd_checkpoint_path_is_required():
         eval_ssd.Evaluation(get_network=_get_network)
 
 
+@pytest.mark.slow
 def test_eval_ssd_reports_go_next_to_the_run(tmp_path):
     """Without --eval_dir: <train_dir>/eval for a training directory, and beside (not inside)
     a SavedModel version directory: export/3 -> export/eval_3."""
@@ -518,6 +531,7 @@ def test_eval_ssd_reports_go_next_to_the_run(tmp_path):
         '/ckpts/eval'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flag,match', [('--master=grpc://host:2222', '--master'),
                                         ('--gpu_memory_fraction=0.5', '--gpu_memory_fraction'),
                                         ('--num_preprocessing_threads=8', '--num_readers'),

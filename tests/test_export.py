@@ -154,6 +154,7 @@ FRESH_PROCESS = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_saved_model_in_fresh_process_matches_in_process(exported, tmp_path):
     images = _images(3)
     request = {'instances': [{'b64': base64.b64encode(_encode(im)).decode()} for im in images]}
@@ -175,6 +176,7 @@ def test_saved_model_in_fresh_process_matches_in_process(exported, tmp_path):
     assert 'image_bytes' in res['inputs'][0] and 'images' in res['inputs'][1]
 
 
+@pytest.mark.slow
 def test_string_batch_of_different_sizes_equals_one_by_one(exported):
     fn = tf.saved_model.load(exported['saved_model']).signatures['serving_default']
     images = [_images(1, 5, size=s)[0] for s in (96, 160, 200)]
@@ -195,6 +197,7 @@ def test_string_batch_of_different_sizes_equals_one_by_one(exported):
     assert (batch['detection_classes'][0, n[0]:] == 0).all()
 
 
+@pytest.mark.slow
 def test_corrupt_bytes_raise_invalid_argument_naming_the_image(exported):
     fn = tf.saved_model.load(exported['saved_model']).signatures['serving_default']
     good = _encode(_images(1)[0], '.jpg')
@@ -204,6 +207,7 @@ def test_corrupt_bytes_raise_invalid_argument_naming_the_image(exported):
         fn(image_bytes=tf.constant([good[:len(good) // 3]]))  # truncated JPEG body
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_both_signatures(exported):
     cmd = ([sys.executable, '-m', 'tensorflow.python.tools.saved_model_cli'])
     out = subprocess.run(cmd + ['show', '--dir', exported['saved_model'], '--all'],
@@ -215,6 +219,7 @@ def test_saved_model_cli_lists_both_signatures(exported):
         assert key in out
 
 
+@pytest.mark.slow
 def test_label_map_and_config_in_assets(exported):
     assets = pathlib.Path(exported['saved_model']) / 'assets'
     assert (assets / 'labels.txt').read_text().splitlines()[:2] == ['0:none', '1:circle']
@@ -249,6 +254,7 @@ def test_checkpoint_loading_checks_flags_against_config(exported):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+@pytest.mark.slow
 def test_export_script_end_to_end(exported, tmp_path):
     out = tmp_path / 'serving'
     cmd = [sys.executable, str(REPO / 'export_savedmodel.py'),
@@ -289,6 +295,7 @@ def _agreement_map(detections, reference):
     return ev.evaluate()['map12']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', export.TFLITE_QUANTIZATIONS)
 def test_tflite_variants_match_saved_model(exported, variant):
     images = _images(NUM_EVAL, 30)
@@ -329,6 +336,7 @@ def test_tflite_sizes(exported):
     assert len(nms) == 4 and all(dtypes[op['inputs'][1]] == np.float32 for op in nms)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['saved_model', 'tflite'])
 def test_detect_writes_pngs_and_json(exported, tmp_path, kind):
     from ssd_tf import detect
@@ -358,6 +366,7 @@ def test_detect_writes_pngs_and_json(exported, tmp_path, kind):
         detect.list_images([str(tmp_path / 'missing.jpg')])
 
 
+@pytest.mark.slow
 def test_detect_from_training_checkpoint_equals_saved_model(exported, tmp_path):
     from ssd_tf import detect
     image = _images(1, 50, size=160)[0]
@@ -404,6 +413,7 @@ def test_tflite_outputs_in_the_task_api_order(exported, variant):
     assert out['detection_classes'][0, :n].max() <= len(CLASS_NAMES) - 1
 
 
+@pytest.mark.slow
 def test_export_script_bfloat16_saved_model_agrees_with_float(exported, tmp_path):
     base = [sys.executable, str(REPO / 'export_savedmodel.py'),
             f'--checkpoint_path={exported["train_dir"]}', f'--output_dir={tmp_path}',
@@ -429,6 +439,7 @@ def test_export_script_bfloat16_saved_model_agrees_with_float(exported, tmp_path
 
 
 # ---------------------------------------------------------------------------- hardening
+@pytest.mark.slow
 def test_refused_requests_name_the_image_and_the_model_serves_the_next(exported):
     loaded = tf.saved_model.load(exported['saved_model'])
     fn = loaded.signatures['serving_default']
@@ -461,6 +472,7 @@ def test_refused_requests_name_the_image_and_the_model_serves_the_next(exported)
     assert (cfg['max_image_pixels'], cfg['max_batch_size']) == (200_000_000, 64)
 
 
+@pytest.mark.slow
 def test_export_limits_are_set_at_export(exported, tmp_path):
     target = export.export_saved_model(exported['net'], exported['model'], _preprocess,
                                        tmp_path, 1, max_image_pixels=IMG * IMG,
@@ -483,6 +495,7 @@ def _tree(path):
             if p.is_file()}
 
 
+@pytest.mark.slow
 def test_overwrite_failure_mid_export_keeps_the_old_version(exported, tmp_path, monkeypatch):
     net, model = exported['net'], exported['model']
     target = pathlib.Path(export.export_saved_model(net, model, _preprocess, tmp_path, 1,
@@ -525,6 +538,7 @@ def test_overwrite_failure_mid_export_keeps_the_old_version(exported, tmp_path, 
     assert cfg['max_detections'] == 7 and sorted(os.listdir(tmp_path)) == ['1']
 
 
+@pytest.mark.slow
 def test_detect_never_overwrites_inputs_and_reports_bad_images(exported, tmp_path):
     from ssd_tf import detect
     images = _images(2, 80, size=160)
@@ -570,6 +584,7 @@ def test_detect_json_is_written_when_the_run_stops(tmp_path):
     assert [pathlib.Path(r['image']).name for r in saved] == ['a.png']
 
 
+@pytest.mark.slow
 def test_detect_module_runs_the_script(exported, tmp_path):
     (tmp_path / 'a.jpg').write_bytes(_encode(_images(1, 90)[0], '.jpg'))
     (tmp_path / 'b.jpg').write_bytes(b'\xff\xd8\xff truncated')

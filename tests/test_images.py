@@ -105,6 +105,7 @@ def test_truncated_files_are_named_and_padding_is_accepted():
     assert problem(jpeg + b'\0' * 100) == ''  # writers that pad after the end marker
 
 
+@pytest.mark.slow
 def test_jpeg_with_data_after_its_end_marker_is_a_good_image():
     # Phone "motion photos" append a video after the JPEG's end-of-image marker, some cameras
     # a maker trailer: TensorFlow decodes them, so the check must not call them truncated.

@@ -34,11 +34,29 @@ def run_train(args, timeout=600, **kw):
                           **kw)
 
 
+# train_ssd.py processes that a test reads line by line (Popen): killed after the test, so
+# that a test failing mid-way (e.g. at its pytest timeout, waiting for a progress line that
+# never comes) leaves no 100000-step training running.
+_CHILDREN = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_trainings():
+    yield
+    while _CHILDREN:
+        p = _CHILDREN.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def start_train(args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
-    return subprocess.Popen([sys.executable, str(ROOT / 'train_ssd.py')] + list(args),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, cwd=ROOT)
+    p = subprocess.Popen([sys.executable, str(ROOT / 'train_ssd.py')] + list(args),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=env, cwd=ROOT)
+    _CHILDREN.append(p)
+    return p
 
 
 def latest_step(train_dir):
@@ -585,6 +603,7 @@ def _start_workers(tmp_path, args):
         procs.append(subprocess.Popen(
             [sys.executable, str(ROOT / 'train_ssd.py'), '--strategy=multi_worker'] + args,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT))
+    _CHILDREN.extend(procs)
     return procs
 
 
