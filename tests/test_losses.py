@@ -202,6 +202,7 @@ def test_out_of_range_labels_are_background():
     assert all(np.isfinite(v) for v in got.values()) and got['cross_entropy_pos'] == 0.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('rc', [False, True])
 def test_loss_compiles_with_xla(rc):
     args = _batch(np.random.default_rng(7), 2)

@@ -127,6 +127,7 @@ def _unmatched(a, b, tol):
     return missing, int(keep.sum())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', export.TFLITE_QUANTIZATIONS)
 def test_mediapipe_object_detector_finds_the_saved_model_detections(
         exported, raccoons, saved_model_detections, variant):

@@ -21,6 +21,7 @@ def _net(name, num_classes=3, **param_changes):
 
 
 # ---------------------------------------------------------------------------- output contract
+@pytest.mark.slow
 @pytest.mark.parametrize('name', NAMES)
 def test_output_shapes_match_params_and_anchors(name):
     net = _net(name)
@@ -89,6 +90,7 @@ def test_ssd300_layers_follow_the_original():
     assert model.get_layer('block11_conv3x3').output.shape[1:3] == (1, 1)
 
 
+@pytest.mark.slow
 def test_ssd512_block12_and_no_dropout():
     model = _net('ssd_512_vgg').keras_model()
     assert model.get_layer('block12_conv4x4').kernel_size == (4, 4)
@@ -128,6 +130,7 @@ def test_feat_shapes_are_checked():
         net.keras_model()
 
 
+@pytest.mark.slow
 def test_mobilenet_320_input():
     net = ssd_mobilenet_v2.SSDNet(ssd_mobilenet_v2.SSDNet.default_params._replace(
         img_shape=(320, 320), num_classes=2,
@@ -136,6 +139,7 @@ def test_mobilenet_320_input():
     assert [tuple(t.shape[1:3]) for t in out['localisations']] == net.params.feat_shapes
 
 
+@pytest.mark.slow
 def test_mobilenet_backbone_weights_file(tmp_path):
     backbone = keras.applications.MobileNetV2(input_shape=(300, 300, 3), include_top=False,
                                               weights=None)
@@ -236,6 +240,7 @@ def _tiny_vgg_with_l2norm():
     return ssd_vgg_keras.build_ssd_vgg_keras(params, arch=spec, name='tiny')
 
 
+@pytest.mark.slow
 def test_model_config_keras_file_and_savedmodel_round_trip(tmp_path):
     model = _tiny_vgg_with_l2norm()
     gamma = model.get_layer('block4_box_L2Normalization').gamma
@@ -337,6 +342,7 @@ def test_readme_table_feature_maps_and_anchor_counts(name):
     assert sum(y.shape[0] * y.shape[1] * h.shape[0] for y, _, h, _ in anchors) == total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', [
     # SSD300 is counted in test_ssd300_has_the_originals_parameter_count.
     pytest.param('ssd_512_vgg', marks=pytest.mark.slow),
