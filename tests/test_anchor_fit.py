@@ -379,6 +379,7 @@ def test_auto_run_reports_and_stores_its_anchors(auto_run):
     assert {'anchors/coverage', 'anchors/coverage_default'} <= tags
 
 
+@pytest.mark.slow
 def test_export_and_eval_build_the_run_with_its_fitted_anchors(auto_run):
     from ssd_tf import export
     train_dir, _ = auto_run
@@ -401,6 +402,7 @@ def test_export_and_eval_build_the_run_with_its_fitted_anchors(auto_run):
         assert all(np.array_equal(u, v) for u, v in zip(a, b))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_whose_heads_do_not_match_the_anchors_is_refused(auto_run, tmp_path):
     from ssd_tf import export
     train_dir, _ = auto_run

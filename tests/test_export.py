@@ -231,6 +231,7 @@ def test_label_map_and_config_in_assets(exported):
     assert loaded.labels_file.asset_path.numpy().decode().endswith('labels.txt')
 
 
+@pytest.mark.slow
 def test_export_refuses_to_overwrite_a_version(exported):
     net, model = exported['net'], exported['model']
     with pytest.raises(FileExistsError, match='--overwrite'):
@@ -242,6 +243,7 @@ def test_export_refuses_to_overwrite_a_version(exported):
                                   label_names=['a', 'b'])
 
 
+@pytest.mark.slow
 def test_checkpoint_loading_checks_flags_against_config(exported):
     get = nets_factory.get_network
     with pytest.raises(ValueError, match='--num_classes=21.*num_classes=5'):
@@ -317,6 +319,7 @@ def test_tflite_variants_match_saved_model(exported, variant):
     assert agreement >= MIN_MAP[variant]
 
 
+@pytest.mark.slow
 def test_tflite_sizes(exported):
     size = {q: os.path.getsize(p) for q, p in exported['tflite'].items()}
     # float32 holds the weights (measured 2.09 MB for 594,500 parameters, i.e. 2.38 MB of
@@ -388,6 +391,7 @@ def test_detect_from_training_checkpoint_equals_saved_model(exported, tmp_path):
         np.testing.assert_allclose(da['box'], db['box'], atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', export.TFLITE_QUANTIZATIONS)
 def test_tflite_outputs_in_the_task_api_order(exported, variant):
     """The object-detector task APIs (MediaPipe, TFLite Task Library) index the outputs:

@@ -120,6 +120,7 @@ def test_fit_lowers_the_loss_and_reports_its_terms(trained):
     np.testing.assert_allclose(reg, expected, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_evaluate_runs_the_one_training_loss(trained):
     """test_step's terms equal training.replica_losses on the same batch (what train_ssd.py's
     DistributedStep computes) with the compiled options."""
@@ -333,6 +334,7 @@ def test_keras_callbacks(records, trained, tmp_path):
 
 
 # ---------------------------------------------------------------------------- bad input
+@pytest.mark.slow
 def test_bad_inputs_give_clear_errors(trained, train_dir, records):
     det = trained['detector']
     with pytest.raises(ValueError, match=r'\[2, 96, 96, 3\].*\[batch, 128, 128, 3\]'):

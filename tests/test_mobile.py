@@ -153,6 +153,7 @@ def test_mediapipe_object_detector_finds_the_saved_model_detections(
         assert [count(m[2]) for m in mine] == [count(r[2]) for r in saved_model_detections]
 
 
+@pytest.mark.slow
 def test_metadata_describes_the_model_and_embeds_the_labels(exported):
     _mediapipe()
     data = open(exported['tflite']['float32'], 'rb').read()
@@ -177,6 +178,7 @@ def test_metadata_describes_the_model_and_embeds_the_labels(exported):
     assert tflite_metadata.read_metadata(open(exported['tflite_op'], 'rb').read()) is not None
 
 
+@pytest.mark.slow
 def test_detect_reads_the_labels_embedded_in_a_lone_tflite(exported, tmp_path):
     _mediapipe()
     from ssd_tf import detect
@@ -243,6 +245,7 @@ def test_metadata_modes(monkeypatch, caplog):
     assert len(said) == 1 and "[mobile]" in said[0].getMessage()
 
 
+@pytest.mark.slow
 def test_export_without_label_names_refuses_metadata_on(exported, tmp_path):
     ex = exported
     with pytest.raises(ValueError, match='--tflite_metadata=on needs the label names'):
@@ -259,6 +262,7 @@ def test_detection_postprocess_scales_goldens():
         pytest.approx((5., 10., 2.5, 1 / 0.3))
 
 
+@pytest.mark.slow
 def test_detection_postprocess_op_decodes_like_ours(exported):
     """TFLite_Detection_PostProcess decodes our offsets on our anchors (centre form, scales
     from prior_scaling) into the boxes of `encoding.bboxes_decode`: a detection of the op and

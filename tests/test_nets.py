@@ -342,7 +342,6 @@ def test_readme_table_feature_maps_and_anchor_counts(name):
     assert sum(y.shape[0] * y.shape[1] * h.shape[0] for y, _, h, _ in anchors) == total
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('name', [
     # SSD300 is counted in test_ssd300_has_the_originals_parameter_count.
     pytest.param('ssd_512_vgg', marks=pytest.mark.slow),

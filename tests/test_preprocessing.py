@@ -59,6 +59,7 @@ def check_boxes_on_objects(image, labels, boxes, size):
         assert mask.sum() <= 2, (l, mask.sum())
 
 
+@pytest.mark.slow
 def test_paper_chain_boxes_frame_their_objects(no_photometric):
     image, labels, boxes, difficult = scene()
     size = 96
@@ -106,6 +107,7 @@ def test_photometric_affine_maps_grey_to_grey():
     assert 0 < identity < 20
 
 
+@pytest.mark.slow
 def test_sampled_patches_satisfy_constraints():
     boxes = tf.constant([[0.1, 0.1, 0.4, 0.3], [0.5, 0.6, 0.9, 0.95]])
     whole = 0
@@ -124,6 +126,7 @@ def test_sampled_patches_satisfy_constraints():
     assert 0 < whole < 60
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(height=st.integers(8, 90), width=st.integers(8, 90), n=st.integers(0, 6),
        seed=st.integers(0, 2 ** 31 - 1), data=st.data())
@@ -177,6 +180,7 @@ def test_seeded_determinism(reference_compat):
     assert any(not np.array_equal(a[0], o) for o in others)
 
 
+@pytest.mark.slow
 def test_graph_mode_with_unknown_shapes_and_tf_data_map():
     image, labels, boxes, difficult = scene()
     spec = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None], tf.int64),
@@ -237,6 +241,7 @@ def test_slim_overlap_rule_golden():
     assert kept.shape == (0, 4)
 
 
+@pytest.mark.slow
 def test_slim_chain_keeps_unclipped_boxes_with_majority_inside():
     image, labels, boxes, difficult = scene()
     saw_unclipped = False
@@ -332,6 +337,7 @@ def test_preprocess_image_dispatch():
     assert isinstance(evals, prep.EvalExample) and evals.image.shape == (64, 64, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('reference_compat', [False, True])
 def test_fixed_return_types_with_or_without_difficults(reference_compat):
     # The same named fields whether difficults are given or not; when they are not, the flags
