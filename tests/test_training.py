@@ -210,6 +210,9 @@ def test_schedule_warmup_and_decays():
 
 
 # ------------------------------------------------------------------ subprocess behaviour
+# Reads the progress of a --max_number_of_steps=100000 run: a changed line format must fail
+# here by name, not wait for the run (three train_ssd.py runs: well under this on 2 cores).
+@pytest.mark.timeout(600)
 def test_sigterm_saves_kill9_loses_nothing_and_resume_continues(tmp_path):
     train_dir = tmp_path / 'run'
     args = ['--train_dir', str(train_dir), '--max_number_of_steps=100000',
@@ -539,6 +542,8 @@ def test_refused_resume_names_the_flag_and_writes_nothing(tmp_path):
         assert _snapshot(train_dir) == before, flag
 
 
+# A --max_number_of_steps=100000 run that must stop before step 1: fails by name if not.
+@pytest.mark.timeout(300)
 def test_a_typo_in_validation_split_fails_before_step_one(tmp_path):
     train_dir = tmp_path / 'run'
     r = run_train(['--train_dir', str(train_dir), '--max_number_of_steps=100000',
@@ -607,6 +612,9 @@ def _start_workers(tmp_path, args):
     return procs
 
 
+# Reads the progress of a --max_number_of_steps=100000 run: a changed line format must fail
+# here by name, not wait for the run (two pairs of workers: well under this on 2 cores).
+@pytest.mark.timeout(600)
 def test_multi_worker_only_the_chief_writes_and_sigterm_stops_all(tmp_path):
     train_dir = tmp_path / 'run'
     args = ['--train_dir', str(train_dir), '--eval_split_name=', '--save_summaries_secs=100000',
