@@ -65,6 +65,7 @@ def latest_step(train_dir):
 
 
 # ------------------------------------------------------------------ flags
+@pytest.mark.slow
 @pytest.mark.parametrize('args, needle', [
     (['--momentum=0.5'], '--momentum applies to --optimizer=momentum'),
     (['--checkpoint_exclude_scopes=a/b'], '--checkpoint_exclude_scopes needs --checkpoint_path'),
@@ -82,6 +83,7 @@ def test_bad_flags_fail_at_once_naming_them(args, needle, tmp_path):
     assert time.time() - t0 < 60
 
 
+@pytest.mark.slow
 def test_num_classes_disagreeing_with_data_is_an_error(tmp_path):
     r = run_train(['--train_dir', str(tmp_path / 'r'), '--num_classes=21'] + TINY)
     assert r.returncode == 2
@@ -212,6 +214,7 @@ def test_schedule_warmup_and_decays():
 # ------------------------------------------------------------------ subprocess behaviour
 # Reads the progress of a --max_number_of_steps=100000 run: a changed line format must fail
 # here by name, not wait for the run (three train_ssd.py runs: well under this on 2 cores).
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sigterm_saves_kill9_loses_nothing_and_resume_continues(tmp_path):
     train_dir = tmp_path / 'run'
@@ -258,6 +261,7 @@ def test_sigterm_saves_kill9_loses_nothing_and_resume_continues(tmp_path):
     assert config['model_name'] == 'ssd_small' and config['num_classes'] == 5
 
 
+@pytest.mark.slow
 def test_resume_with_changed_model_is_refused(tmp_path):
     train_dir = tmp_path / 'run'
     r = run_train(['--train_dir', str(train_dir), '--max_number_of_steps=1',
@@ -315,6 +319,7 @@ def _assert_same_step(single, other, replicas):
         np.testing.assert_allclose(got, want, rtol=0., atol=DIST_ATOL, err_msg=f'weight {i}')
 
 
+@pytest.mark.slow
 def test_mirrored_and_multi_worker_equal_single_replica(tmp_path):
     weights = tmp_path / 'w0.npz'
     single = _dist('single', tmp_path / 'single.json', weights)
@@ -332,6 +337,7 @@ def test_mirrored_and_multi_worker_equal_single_replica(tmp_path):
 
 
 # ------------------------------------------------------------------ fine-tuning
+@pytest.mark.slow
 def test_fine_tune_from_slim_checkpoint_with_another_class_count(tmp_path):
     from nets import ssd_vgg_keras
     # A slim-named checkpoint of the same network trained on 21 classes (VOC).
@@ -378,6 +384,7 @@ def _untrained_map(num_test):
     return evaluation.compute_metrics(run)['voc07']['map']
 
 
+@pytest.mark.slow
 def test_short_default_run_clearly_beats_untrained(tmp_path):
     # The default job (ssd_small, synthetic shapes, paper augmentation), shortened: 300 steps.
     r = run_train(['--train_dir', str(tmp_path / 'run'), '--max_number_of_steps=300',
@@ -524,6 +531,7 @@ def _snapshot(train_dir):
             for p in pathlib.Path(train_dir).iterdir()}
 
 
+@pytest.mark.slow
 def test_refused_resume_names_the_flag_and_writes_nothing(tmp_path):
     train_dir = tmp_path / 'run'
     base = ['--train_dir', str(train_dir), '--max_number_of_steps=1', '--eval_split_name=']
@@ -543,6 +551,7 @@ def test_refused_resume_names_the_flag_and_writes_nothing(tmp_path):
 
 
 # A --max_number_of_steps=100000 run that must stop before step 1: fails by name if not.
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_typo_in_validation_split_fails_before_step_one(tmp_path):
     train_dir = tmp_path / 'run'
@@ -554,6 +563,7 @@ def test_a_typo_in_validation_split_fails_before_step_one(tmp_path):
     assert latest_step(train_dir) is None
 
 
+@pytest.mark.slow
 def test_moving_average_with_trainable_scopes_for_eval_during_training_and_export(tmp_path):
     from absl import flags as absl_flags
     import eval_ssd
@@ -614,6 +624,7 @@ def _start_workers(tmp_path, args):
 
 # Reads the progress of a --max_number_of_steps=100000 run: a changed line format must fail
 # here by name, not wait for the run (two pairs of workers: well under this on 2 cores).
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_multi_worker_only_the_chief_writes_and_sigterm_stops_all(tmp_path):
     train_dir = tmp_path / 'run'
