@@ -123,6 +123,7 @@ def _opt_state(opt):
     return [v.numpy().copy() for v in opt.variables]
 
 
+@pytest.mark.slow
 def test_resume_gives_same_step_optimizer_state_and_weights(tmp_path):
     # Uninterrupted: 4 steps.
     _, model_a, opt_a, tr_a, ds_a = _setup(tmp_path / 'a')
@@ -145,6 +146,7 @@ def test_resume_gives_same_step_optimizer_state_and_weights(tmp_path):
         np.testing.assert_allclose(wa, wc, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_nan_in_data_is_skipped_then_repeated_nans_stop(tmp_path):
     net, model, opt, trainer, ds = _setup(tmp_path)
     batches = list(ds().take(3))
@@ -170,6 +172,7 @@ def test_nan_in_data_is_skipped_then_repeated_nans_stop(tmp_path):
     assert trainer.manager.latest_checkpoint == good
 
 
+@pytest.mark.slow
 def test_mixed_precision_steps_are_finite(tmp_path):
     for policy in ('mixed_float16', 'mixed_bfloat16'):
         keras.mixed_precision.set_dtype_policy(policy)
@@ -414,6 +417,7 @@ def test_short_default_run_clearly_beats_untrained(tmp_path):
 
 
 # ------------------------------------------------------------------ the optimizer and the loop
+@pytest.mark.slow
 def test_optimizer_config_and_the_compiled_step_exist_before_use(tmp_path):
     c = training.OptimizerConfig(optimizer='momentum', momentum=0.5, clip_gradient_norm=2.)
     opt = training.build_optimizer(c, 0.1)
@@ -463,6 +467,7 @@ class _FailingWriter:
         raise OSError(28, 'No space left on device')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('fault', ['callback', 'summary', 'data'])
 def test_an_exception_in_the_loop_saves_the_last_good_step_first(tmp_path, fault):
     _, _, _, trainer, ds = _setup(tmp_path)
@@ -485,6 +490,7 @@ def test_an_exception_in_the_loop_saves_the_last_good_step_first(tmp_path, fault
     assert any('checkpoint of step 2 saved' in m for m in progress.messages)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('subset', [False, True], ids=['all', 'trainable_scopes'])
 def test_moving_averages_in_every_checkpoint_and_the_final_weights(tmp_path, subset):
     from ssd_tf import run_config
