@@ -47,6 +47,8 @@ def main(argv=None):
         times.append(seconds)
         rows.append([i + 1, f'{seconds:.1f}', f'{load_before:.2f}',
                      f'{os.getloadavg()[0]:.2f}', rc, tail])
+        print(f'run {i + 1}: {seconds:.1f} s, exit {rc}, load {load_before:.2f} -> '
+              f'{os.getloadavg()[0]:.2f}: {tail}', file=sys.stderr, flush=True)
     print(f'fast tier: python -m pytest -m "not slow" tests'
           + (f' -n {args.workers}' if args.workers else ''))
     print_table(['run', 'wall s', 'load before', 'load after', 'exit', 'pytest summary'], rows)
