@@ -95,6 +95,7 @@ def test_feature_maps_named_by_where_the_best_anchors_are():
     assert r.by_feature_map == pytest.approx({'fine': 2 / 3, 'coarse': 1 / 3})
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(st.integers(0, 2 ** 31 - 1))
 def test_best_anchor_equals_brute_force_over_every_anchor(seed):
@@ -108,6 +109,7 @@ def test_best_anchor_equals_brute_force_over_every_anchor(seed):
         np.testing.assert_allclose(fast[:, i], brute, atol=1e-5)
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(st.integers(0, 2 ** 31 - 1), st.floats(.05, .95), st.floats(.05, .95))
 def test_coverage_monotone_in_the_threshold(seed, t1, t2):
@@ -287,6 +289,7 @@ def small_object_fit():
     return net, boxes, anchor_fit.fit_anchors(boxes, net, seed=0)
 
 
+@pytest.mark.slow
 def test_fit_keeps_the_network_and_is_deterministic(small_object_fit):
     net, boxes, fitted = small_object_fit
     assert type(fitted) is type(net)
@@ -304,6 +307,7 @@ def test_fit_keeps_the_network_and_is_deterministic(small_object_fit):
     assert 'auto anchors' in anchors_report.anchor_coverage(boxes, fitted).format()
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None)
 @given(st.integers(0, 2 ** 31 - 1), st.sampled_from(['ssd_small', 'ssd_300_vgg']),
        st.floats(.01, .3), st.floats(.05, 1.))
@@ -324,6 +328,7 @@ def test_fit_refuses_reference_compat_and_no_boxes():
 
 
 # ---------------------------------------------------------------------------- the run config
+@pytest.mark.slow
 def test_run_config_round_trip_and_bad_records(small_object_fit, tmp_path):
     net, _, fitted = small_object_fit
     cfg = run_config.RunConfig(model_name='ssd_small', anchors='auto',
@@ -447,6 +452,7 @@ def test_auto_anchors_with_reference_compat_is_refused(tmp_path):
     assert not (tmp_path / 'r').exists()
 
 
+@pytest.mark.slow
 def test_report_command_and_data_check_print_the_coverage(tmp_path, capsys):
     from ssd_tf.datasets import check
     out = str(tmp_path / 'cov.json')

@@ -81,6 +81,7 @@ def test_training_structure_with_zero_object_images():
     assert t['labels'].shape[1] == num.max()  # padded to the largest count in the batch
 
 
+@pytest.mark.slow
 def test_training_repeats_and_drops_remainder():
     ds = data.build_dataset(synthetic_records(5), resize_preprocess, None, batch_size=2, seed=0)
     batches = list(ds.take(6))  # 12 images from 5 records: only possible with repeat
@@ -217,6 +218,7 @@ def test_max_boxes_pads_to_a_fixed_size_and_overflow_fails_loudly():
         next(iter(ds))
 
 
+@pytest.mark.slow
 def test_in_memory_images_of_different_sizes_and_extra_preprocess_outputs():
     recs = [empty_record('s', 20), empty_record('l', 50)]
 
@@ -305,6 +307,7 @@ def bad_shard(path):
     return str(path), {i: kind for i, (_, kind) in enumerate(rows) if kind}
 
 
+@pytest.mark.slow
 def test_bad_tfrecord_records_are_skipped_counted_and_named(tmp_path):
     path, bad = bad_shard(tmp_path / 'x_00000.tfrecord')
     report = check_lib.DataProblems()
@@ -326,6 +329,7 @@ def test_bad_tfrecord_records_are_skipped_counted_and_named(tmp_path):
     assert 'stream position 9' in summary and 'stream position 10' in summary
 
 
+@pytest.mark.slow
 def test_bad_boxes_are_dropped_and_reported_the_record_kept(tmp_path):
     rec = _jpeg_record('r', [[-1e-5, 0.1, 0.6, 1.0000001], [0.5, 0.5, 0.2, 0.9],
                              [0.2, 0.2, 0.4, 0.4], [0.3, 0.3, 0.8, 0.8]], [1, 2, 7, 0])

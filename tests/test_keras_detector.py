@@ -137,6 +137,7 @@ def test_evaluate_runs_the_one_training_loss(trained):
                                                  ref['cross_entropy_neg']).numpy(), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_compile_defaults_are_train_ssd_defaults():
     """Read from train_ssd.py's flag definitions (without importing its flags here)."""
     tree = ast.parse((REPO / 'train_ssd.py').read_text())

@@ -151,6 +151,7 @@ def test_mobilenet_backbone_weights_file(tmp_path):
                                       backbone.get_layer(layer).weights[0].numpy())
 
 
+@pytest.mark.slow
 def test_mobilenet_uses_only_builtin_layers():
     model = _net('ssdlite_mobilenet_v2').keras_model()
     allowed = (keras.layers.InputLayer, keras.layers.Rescaling, keras.layers.Conv2D,

@@ -460,6 +460,7 @@ def test_eval_resize_hand_worked_2x4(resize, out_shape, reference_compat):
     np.testing.assert_allclose(got.bbox_img.numpy(), bbox_img, rtol=0., atol=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_float_memory_is_bounded_by_the_output_size():
     # Resize first, straight from uint8: no float tensor in the graph is larger than the
     # network input, whatever the picture's size (a 16000 x 16000 photo would otherwise need

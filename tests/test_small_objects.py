@@ -146,6 +146,7 @@ def test_small_params_keep_the_existing_networks():
         ssd_small.small_params(320, first_stride=2)
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(st.floats(10., 16.), st.floats(0., 1.), st.floats(0., 1.)),
                 min_size=1, max_size=20))
@@ -160,6 +161,7 @@ def test_small_network_covers_10_to_16_pixel_objects_anywhere(specs):
 
 
 # ---------------------------------------------------------------------------- coverage claims
+@pytest.mark.slow
 def test_default_anchors_miss_small_objects_and_fitted_anchors_cover_them(small_boxes):
     small_192 = nets_factory.get_network('ssd_small_192')()
     small_320 = nets_factory.get_network('ssd_small_320')()
