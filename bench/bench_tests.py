@@ -11,6 +11,7 @@ load average is printed so that a loaded run is recognisable.
 """
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -30,7 +31,12 @@ def run_once(workers, extra):
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
-    tail = (proc.stdout.strip().splitlines() or [''])[-1]
+    # The progress lines ('..s.F [ 42%]'; the project's addopts -q plus -q print no summary
+    # line): one character per test.
+    marks = ''.join(line.split(' [')[0] for line in proc.stdout.splitlines()
+                    if re.fullmatch(r'[.sFExX]+ *\[ *\d+%\]', line.strip()))
+    tail = (f'{marks.count(".")} passed, {marks.count("s")} skipped, '
+            f'{marks.count("F") + marks.count("E")} failed')
     return seconds, proc.returncode, tail
 
 
@@ -51,7 +57,7 @@ def main(argv=None):
               f'{os.getloadavg()[0]:.2f}: {tail}', file=sys.stderr, flush=True)
     print(f'fast tier: python -m pytest -m "not slow" tests'
           + (f' -n {args.workers}' if args.workers else ''))
-    print_table(['run', 'wall s', 'load before', 'load after', 'exit', 'pytest summary'], rows)
+    print_table(['run', 'wall s', 'load before', 'load after', 'exit', 'tests'], rows)
     print(f'median: {statistics.median(times):.1f} s over {args.runs} runs')
     print(f'machine: {machine_info()}')
     return 0 if all(r[4] == 0 for r in rows) else 1
