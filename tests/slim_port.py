@@ -39,31 +39,67 @@ def encode_layer(labels, bboxes, anchor_layer, num_classes, prior_scaling=(.1, .
     return feat_labels, np.stack([cx, cy, fw, fh], -1).astype(f32), feat_scores
 
 
+def _top_k(values, k):
+    """`tf.nn.top_k(values, k)` of a 1-D array: the k largest values, largest first, ties
+    to the lower index; returns `(values [k], indices [k])`."""
+    order = np.argsort(-values, kind='stable')[:k]
+    return values[order], order
+
+
+def _sparse_softmax_cross_entropy(logits, labels):
+    """`tf.nn.sparse_softmax_cross_entropy_with_logits`: logsumexp(logits) - logits[label]."""
+    m = logits.max(-1, keepdims=True)
+    lse = np.log(np.exp(logits - m).sum(-1)) + m[:, 0]
+    return lse - logits[np.arange(len(labels)), labels]
+
+
 def ssd_losses(logits, localisations, gclasses, glocalisations, gscores, match_threshold=.5,
                negative_ratio=3., alpha=1.):
-    c = logits[0].shape[-1]
+    """The original `ssd_losses`, step by step (float32 as the original): everything flattened
+    layer-major, positives `gscores > match_threshold`; hard negatives by
+    `tf.nn.top_k(-nvalues_flat, k=n_neg)` with `n_neg = int(negative_ratio * n_positives) +
+    batch_size` capped at `max_neg_entries`, and the mask `nvalues < max_hard_pred` (strict);
+    each term divided by batch_size."""
+    f32 = np.float32
+    num_classes = logits[0].shape[-1]
     batch_size = logits[0].shape[0]
-    lg = np.concatenate([np.reshape(x, [-1, c]) for x in logits]).astype(np.float64)
-    gcl = np.concatenate([np.reshape(x, [-1]) for x in gclasses])
-    gsc = np.concatenate([np.reshape(x, [-1]) for x in gscores])
-    loc = np.concatenate([np.reshape(x, [-1, 4]) for x in localisations]).astype(np.float64)
-    gloc = np.concatenate([np.reshape(x, [-1, 4]) for x in glocalisations]).astype(np.float64)
-    pmask = gsc > match_threshold
-    n_pos = pmask.sum()
-    e = np.exp(lg - lg.max(-1, keepdims=True))
-    pred = e / e.sum(-1, keepdims=True)
-    logp = np.log(pred)
-    nmask = ~pmask & (gsc > -0.5)
-    nvalues = np.where(nmask, pred[:, 0], 1. - nmask)
-    n_neg = min(int(negative_ratio * n_pos) + batch_size, int(nmask.sum()))
-    cut = np.sort(nvalues)[n_neg - 1]  # the n_neg-th smallest, as top_k(-v)[-1]
-    nmask = nmask & (nvalues < cut)
-    ce_pos = -(logp[np.arange(len(gcl)), gcl] * pmask).sum() / batch_size
-    ce_neg = -(logp[:, 0] * nmask).sum() / batch_size
-    d = np.abs(loc - gloc)
-    sl1 = np.where(d < 1, 0.5 * d * d, d - 0.5)
-    loc_loss = (sl1 * alpha * pmask[:, None]).sum() / batch_size
-    return {'cross_entropy_pos': ce_pos, 'cross_entropy_neg': ce_neg, 'localization': loc_loss}
+    # Flatten out all vectors!
+    logits = np.concatenate([np.reshape(x, [-1, num_classes]) for x in logits]).astype(f32)
+    gclasses = np.concatenate([np.reshape(x, [-1]) for x in gclasses])
+    gscores = np.concatenate([np.reshape(x, [-1]) for x in gscores]).astype(f32)
+    localisations = np.concatenate([np.reshape(x, [-1, 4]) for x in localisations]).astype(f32)
+    glocalisations = np.concatenate([np.reshape(x, [-1, 4])
+                                     for x in glocalisations]).astype(f32)
+    # Compute positive matching mask...
+    pmask = gscores > match_threshold
+    fpmask = pmask.astype(f32)
+    n_positives = fpmask.sum()
+    # Hard negative mining...
+    no_classes = pmask.astype(np.int32)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    predictions = e / e.sum(-1, keepdims=True)  # slim.softmax
+    nmask = np.logical_and(np.logical_not(pmask), gscores > -0.5)
+    fnmask = nmask.astype(f32)
+    nvalues = np.where(nmask, predictions[:, 0], f32(1.) - fnmask)
+    nvalues_flat = np.reshape(nvalues, [-1])
+    # Number of negative entries to select.
+    max_neg_entries = int(fnmask.sum())
+    n_neg = int(f32(negative_ratio) * n_positives) + batch_size  # tf.cast(..., tf.int32)
+    n_neg = min(n_neg, max_neg_entries)
+    val, _ = _top_k(-nvalues_flat, n_neg)
+    max_hard_pred = -val[-1]
+    # Final negative mask.
+    nmask = np.logical_and(nmask, nvalues < max_hard_pred)
+    fnmask = nmask.astype(f32)
+    ce_pos = (_sparse_softmax_cross_entropy(logits, gclasses) * fpmask).sum() / batch_size
+    ce_neg = (_sparse_softmax_cross_entropy(logits, no_classes) * fnmask).sum() / batch_size
+    # Localization: abs_smooth(x) = 0.5 * ((|x| - 1) * min(|x|, 1) + |x|), weights alpha * pmask.
+    weights = np.expand_dims(alpha * fpmask, axis=-1)
+    absx = np.abs(localisations - glocalisations)
+    sl1 = 0.5 * ((absx - 1) * np.minimum(absx, 1) + absx)
+    loc_loss = (sl1 * weights).sum() / batch_size
+    return {'cross_entropy_pos': float(ce_pos), 'cross_entropy_neg': float(ce_neg),
+            'localization': float(loc_loss)}
 
 
 def _iou(a, b):

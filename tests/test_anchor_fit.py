@@ -95,6 +95,7 @@ def test_feature_maps_named_by_where_the_best_anchors_are():
     assert r.by_feature_map == pytest.approx({'fine': 2 / 3, 'coarse': 1 / 3})
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(st.integers(0, 2 ** 31 - 1))
 def test_best_anchor_equals_brute_force_over_every_anchor(seed):
@@ -108,6 +109,7 @@ def test_best_anchor_equals_brute_force_over_every_anchor(seed):
         np.testing.assert_allclose(fast[:, i], brute, atol=1e-5)
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(st.integers(0, 2 ** 31 - 1), st.floats(.05, .95), st.floats(.05, .95))
 def test_coverage_monotone_in_the_threshold(seed, t1, t2):
@@ -171,26 +173,86 @@ def test_boxes_of_tfrecords_streams_only_the_boxes(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the default path
+# SSD300 (SPEC.md): img 300, maps 38, 19, 10, 5, 3, 1, steps 8, 16, 32, 64, 100, 300, offset .5,
+# sizes (21, 45), (45, 99), (99, 153), (153, 207), (207, 261), (261, 315), ratios [2, .5] on
+# maps 1, 5, 6 and [2, .5, 3, 1/3] on maps 2-4. Order: s0, sqrt(s0 s1), then per ratio r
+# h = s0/sqrt(r), w = s0*sqrt(r), all over 300. Worked by hand:
+#  map 1 (38x38, step 8): centres (i + .5) * 8 / 300: i = 0 -> 4/300 = .013333, i = 1 -> 12/300
+#   = .04, i = 37 -> 300/300 = 1. s0 = 21/300 = .07; sqrt(21 * 45) = sqrt(945) = 30.74085 ->
+#   .1024695; r = 2: h = .07 / 1.4142136 = .0494975, w = .07 * 1.4142136 = .0989949; r = .5
+#   swaps them.
+#  map 3 (10x10, step 32): last centre 9.5 * 32 / 300 = 304/300 = 1.013333 (outside [0, 1],
+#   not clipped). s0 = 99/300 = .33; sqrt(99 * 153) = sqrt(15147) = 123.07315 -> .4102438;
+#   r = 3: h = .33 / 1.7320508 = .1905256, w = .33 * 1.7320508 = .5715768; r = 1/3 swaps.
+#  map 6 (1x1, step 300): centre .5 * 300 / 300 = .5. s0 = 261/300 = .87; sqrt(261 * 315) =
+#   sqrt(82215) = 286.7316 -> .9557719; r = 2: h = .87 / 1.4142136 = .6151829, w = 1.2303658
+#   (wider than the image: nothing is clipped).
+# Goldens have 7 significant digits: compared at rtol 1e-5.
+SSD300_GOLDEN = {  # map index: (H, centres of rows/cols 0, 1, last, h [A], w [A])
+    0: (38, (.0133333, .04, 1.), [.07, .1024695, .0494975, .0989949],
+        [.07, .1024695, .0989949, .0494975]),
+    2: (10, (.0533333, .16, 1.0133333), [.33, .4102438, .2333452, .4666905, .1905256, .5715768],
+        [.33, .4102438, .4666905, .2333452, .5715768, .1905256]),
+    5: (1, (.5, None, .5), [.87, .9557719, .6151829, 1.2303658],
+        [.87, .9557719, 1.2303658, .6151829]),
+}
+# map 3, r = 2: h = .33 / 1.4142136 = .2333452, w = .33 * 1.4142136 = .4666905. Map 3's first
+# centres: .5 * 32 / 300 = .053333, 1.5 * 32 / 300 = .16.
+
+
+def test_ssd300_default_anchors_hand_derived():
+    y_x_h_w = SSDNet(nets_factory.get_network('ssd_300_vgg').default_params).anchors()
+    # Anchors per location 4, 6, 6, 6, 4, 4: 38*38*4 + 19*19*6 + 10*10*6 + 5*5*6 + 3*3*4 + 1*4
+    # = 5776 + 2166 + 600 + 150 + 36 + 4 = 8732.
+    assert [h.shape[0] for _, _, h, _ in y_x_h_w] == [4, 6, 6, 6, 4, 4]
+    assert sum(y.shape[0] * y.shape[1] * h.shape[0] for y, _, h, _ in y_x_h_w) == 8732
+    for i, (n, (c0, c1, clast), hs, ws) in SSD300_GOLDEN.items():
+        y, x, h, w = y_x_h_w[i]
+        assert y.shape == x.shape == (n, n, 1)
+        assert all(a.dtype == np.float32 for a in (y, x, h, w))
+        for centres in (y[:, 0, 0], x[0, :, 0]):  # rows go down y, columns along x
+            np.testing.assert_allclose(centres[[0, -1]], [c0, clast], rtol=1e-5)
+            if c1 is not None:
+                np.testing.assert_allclose(centres[1], c1, rtol=1e-5)
+        np.testing.assert_array_equal(y[:, -1, 0], y[:, 0, 0])  # y does not vary along a row
+        np.testing.assert_allclose(h, hs, rtol=1e-5)
+        np.testing.assert_allclose(w, ws, rtol=1e-5)
+
+
+def test_ssd512_default_anchors_hand_derived():
+    # SSD512 map 1 (SPEC.md): 64x64, step 8, sizes (20.48, 51.2), ratios [2, .5] on 512 px.
+    # Centres (i + .5) * 8 / 512: 4/512 = .0078125, 12/512 = .0234375, 508/512 = .9921875.
+    # s0 = 20.48 / 512 = .04; sqrt(20.48 * 51.2) = sqrt(1048.576) = 32.38172 -> .0632456;
+    # r = 2: h = .04 / 1.4142136 = .0282843, w = .04 * 1.4142136 = .0565685.
+    # Anchors: 64^2*4 + 32^2*6 + 16^2*6 + 8^2*6 + 4^2*6 + 2^2*4 + 1*4
+    #        = 16384 + 6144 + 1536 + 384 + 96 + 16 + 4 = 24564.
+    y_x_h_w = SSDNet(nets_factory.get_network('ssd_512_vgg').default_params).anchors()
+    assert sum(y.shape[0] * y.shape[1] * h.shape[0] for y, _, h, _ in y_x_h_w) == 24564
+    y, x, h, w = y_x_h_w[0]
+    np.testing.assert_allclose(y[[0, 1, 63], 0, 0], [.0078125, .0234375, .9921875], rtol=1e-5)
+    np.testing.assert_allclose(x[0, [0, 1, 63], 0], [.0078125, .0234375, .9921875], rtol=1e-5)
+    np.testing.assert_allclose(h, [.04, .0632456, .0282843, .0565685], rtol=1e-5)
+    np.testing.assert_allclose(w, [.04, .0632456, .0565685, .0282843], rtol=1e-5)
+
+
 @pytest.mark.parametrize('name', sorted(nets_factory.networks_map))
-def test_default_anchors_are_the_slim_formula_bit_for_bit(name):
-    """Every registered network's default anchors: the slim formula (SPEC.md), literally."""
+def test_default_anchors_properties(name):
+    """Every registered network's default anchors: float32, slim sizes (not explicit), and
+    for each ratio r an anchor of area s0^2 with w / h = r, the centres one step apart."""
     p = nets_factory.get_network(name).default_params
     assert not any(anchors_lib.is_explicit(s) for s in p.anchor_sizes)
     for (y, x, h, w), fs, sizes, ratios, step in zip(
             SSDNet(p).anchors(), p.feat_shapes, p.anchor_sizes, p.anchor_ratios,
             p.anchor_steps):
-        gy, gx = np.mgrid[0:fs[0], 0:fs[1]]
-        want_y = ((gy.astype(np.float32) + p.anchor_offset) * step / p.img_shape[0])[..., None]
-        want_x = ((gx.astype(np.float32) + p.anchor_offset) * step / p.img_shape[1])[..., None]
-        s0 = sizes[0]
-        hs = [s0 / p.img_shape[0]] + ([math.sqrt(s0 * sizes[1]) / p.img_shape[0]]
-                                      if len(sizes) > 1 else [])
-        ws = [s0 / p.img_shape[1]] + ([math.sqrt(s0 * sizes[1]) / p.img_shape[1]]
-                                      if len(sizes) > 1 else [])
-        hs += [s0 / p.img_shape[0] / math.sqrt(r) for r in ratios]
-        ws += [s0 / p.img_shape[1] * math.sqrt(r) for r in ratios]
-        for got, want in ((y, want_y), (x, want_x), (h, np.float32(hs)), (w, np.float32(ws))):
-            assert got.dtype == np.float32 and np.array_equal(got, want)
+        assert y.dtype == x.dtype == h.dtype == w.dtype == np.float32
+        assert y.shape == (fs[0], fs[1], 1) and h.shape == (len(sizes) + len(ratios),)
+        if fs[0] > 1:
+            np.testing.assert_allclose(np.diff(y[:, 0, 0]), step / p.img_shape[0], rtol=1e-5)
+        k = len(sizes)
+        np.testing.assert_allclose(w[k:] / h[k:] * p.img_shape[1] / p.img_shape[0], ratios,
+                                   rtol=1e-5)
+        np.testing.assert_allclose(h[k:] * w[k:] * p.img_shape[0] * p.img_shape[1],
+                                   sizes[0] ** 2, rtol=1e-5)
 
 
 def test_explicit_sizes_reproduce_the_default_shapes_and_refuse_ratios():
@@ -227,6 +289,7 @@ def small_object_fit():
     return net, boxes, anchor_fit.fit_anchors(boxes, net, seed=0)
 
 
+@pytest.mark.slow
 def test_fit_keeps_the_network_and_is_deterministic(small_object_fit):
     net, boxes, fitted = small_object_fit
     assert type(fitted) is type(net)
@@ -244,6 +307,7 @@ def test_fit_keeps_the_network_and_is_deterministic(small_object_fit):
     assert 'auto anchors' in anchors_report.anchor_coverage(boxes, fitted).format()
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None)
 @given(st.integers(0, 2 ** 31 - 1), st.sampled_from(['ssd_small', 'ssd_300_vgg']),
        st.floats(.01, .3), st.floats(.05, 1.))
@@ -264,6 +328,7 @@ def test_fit_refuses_reference_compat_and_no_boxes():
 
 
 # ---------------------------------------------------------------------------- the run config
+@pytest.mark.slow
 def test_run_config_round_trip_and_bad_records(small_object_fit, tmp_path):
     net, _, fitted = small_object_fit
     cfg = run_config.RunConfig(model_name='ssd_small', anchors='auto',
@@ -303,6 +368,7 @@ def auto_run(tmp_path_factory):
     return train_dir, r
 
 
+@pytest.mark.slow
 def test_auto_run_reports_and_stores_its_anchors(auto_run):
     train_dir, r = auto_run
     assert 'anchor coverage of ssd_small (default anchors)' in r.stderr
@@ -318,6 +384,7 @@ def test_auto_run_reports_and_stores_its_anchors(auto_run):
     assert {'anchors/coverage', 'anchors/coverage_default'} <= tags
 
 
+@pytest.mark.slow
 def test_export_and_eval_build_the_run_with_its_fitted_anchors(auto_run):
     from ssd_tf import builder
     train_dir, _ = auto_run
@@ -334,6 +401,7 @@ def test_export_and_eval_build_the_run_with_its_fitted_anchors(auto_run):
         assert all(np.array_equal(u, v) for u, v in zip(a, b))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_whose_heads_do_not_match_the_anchors_is_refused(auto_run, tmp_path):
     from ssd_tf import builder
     train_dir, _ = auto_run
@@ -346,6 +414,7 @@ def test_a_checkpoint_whose_heads_do_not_match_the_anchors_is_refused(auto_run, 
         builder.load_model(str(other))
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_saved_anchors_on_other_data(auto_run, tmp_path):
     train_dir, _ = auto_run
     run = tmp_path / 'run'
@@ -377,6 +446,7 @@ def test_auto_anchors_with_reference_compat_is_refused(tmp_path):
     assert not (tmp_path / 'r').exists()
 
 
+@pytest.mark.slow
 def test_report_command_and_data_check_print_the_coverage(tmp_path, capsys):
     from ssd_tf.cli import anchors as anchors_cli
     from ssd_tf.cli import check_data as check

@@ -61,6 +61,7 @@ def ssd300():
     return net.keras_model()
 
 
+@pytest.mark.slow
 def test_variable_map_has_the_slim_names_and_shapes(ssd300):
     vmap = ssd_vgg_keras.slim_variable_map(ssd300)
     expected = ssd300_slim_shapes()
@@ -69,6 +70,7 @@ def test_variable_map_has_the_slim_names_and_shapes(ssd300):
         assert tuple(var.shape) == expected[name], name
 
 
+@pytest.mark.slow
 def test_slim_checkpoint_every_weight_lands_by_name(ssd300, tmp_path):
     shapes = ssd300_slim_shapes()
     names = sorted(shapes)
@@ -99,6 +101,7 @@ def test_slim_checkpoint_every_weight_lands_by_name(ssd300, tmp_path):
         np.testing.assert_array_equal(var.numpy(), values[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_class_mismatch_names_variables_and_flag(ssd300, tmp_path):
     shapes = ssd300_slim_shapes(num_classes=21)  # a VOC checkpoint into a 4-class model
     prefix = write_tf1_checkpoint(str(tmp_path / 'voc.ckpt'),
@@ -124,6 +127,7 @@ def test_class_mismatch_names_variables_and_flag(ssd300, tmp_path):
     assert all('excluded' in r for r in report.skipped.values())
 
 
+@pytest.mark.slow
 def test_missing_variables_raise_unless_ignored(ssd300, tmp_path):
     shapes = ssd300_slim_shapes()
     shapes.pop('ssd_300_vgg/block9/conv1x1/biases')
@@ -138,6 +142,7 @@ def test_missing_variables_raise_unless_ignored(ssd300, tmp_path):
     assert len(report.restored) == 70
 
 
+@pytest.mark.slow
 def test_model_instead_of_map_is_refused_with_advice(ssd300, tmp_path):
     with pytest.raises(TypeError, match='slim_variable_map'):
         checkpoints.load_slim_checkpoint(ssd300, str(tmp_path / 'x'))
@@ -164,6 +169,7 @@ def test_subsample_to_shape_keeps_the_papers_indices():
         checkpoints.subsample_to_shape(np.zeros((3,)), (6,))
 
 
+@pytest.mark.slow
 def test_vgg16_slim_checkpoint_into_backbone_with_fc_subsampling(ssd300, tmp_path):
     # The real ImageNet shapes once: fc6 7x7x512x4096 (411 MB float32), fc7 1x1x4096x4096.
     rng = np.random.default_rng(0)
@@ -242,6 +248,7 @@ def _write_legacy_vgg16_h5(path, include_top, keras1_names=False):
     return values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('include_top,keras1_names', [(False, True), (True, False)])
 def test_keras_vgg16_h5_into_backbone(ssd300, tmp_path, include_top, keras1_names):
     path = str(tmp_path / 'vgg16.h5')
@@ -270,6 +277,7 @@ def test_keras_vgg16_h5_into_backbone(ssd300, tmp_path, include_top, keras1_name
         assert 'fc1 not in the file' in report.skipped['ssd_300_vgg/conv6/weights']
 
 
+@pytest.mark.slow
 def test_keras3_weights_h5_layout(tmp_path):
     """The Keras 3 `.weights.h5` names groups by class (conv2d_3); the layer name is an attr."""
     import keras

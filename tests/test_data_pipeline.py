@@ -59,6 +59,7 @@ def write_jpeg(path, h, w, channels=3):
     return str(path)
 
 
+@pytest.mark.slow
 def test_training_structure_with_zero_object_images():
     recs = synthetic_records(5) + [empty_record('e1'), empty_record('e2')]
     ds = data.build_dataset(recs, resize_preprocess, encode, batch_size=7, seed=0, with_gt=True)
@@ -81,6 +82,7 @@ def test_training_structure_with_zero_object_images():
     assert t['labels'].shape[1] == num.max()  # padded to the largest count in the batch
 
 
+@pytest.mark.slow
 def test_training_repeats_and_drops_remainder():
     ds = data.build_dataset(synthetic_records(5), resize_preprocess, None, batch_size=2, seed=0)
     batches = list(ds.take(6))  # 12 images from 5 records: only possible with repeat
@@ -88,6 +90,7 @@ def test_training_repeats_and_drops_remainder():
     assert batches[0][1] == {}  # no encode_fn, no ground truth asked
 
 
+@pytest.mark.slow
 def test_eval_dataset_keeps_order_ids_sizes_and_original_gt(tmp_path):
     # Files of different sizes, one greyscale, one PNG named .jpg.
     paths = [write_jpeg(tmp_path / 'a.jpg', 30, 50), write_jpeg(tmp_path / 'b.jpg', 64, 20, 1)]
@@ -131,6 +134,7 @@ def _batches(ds, n):
     return [tf.nest.map_structure(lambda x: x.numpy(), b) for b in ds.take(n)]
 
 
+@pytest.mark.slow
 def test_pipeline_is_deterministic_with_a_seed():
     recs = synthetic_records(12)
 
@@ -146,6 +150,7 @@ def test_pipeline_is_deterministic_with_a_seed():
     assert not all(np.array_equal(x[0], y[0]) for x, y in zip(a[:3], a[3:]))
 
 
+@pytest.mark.slow
 def test_start_resumes_the_stream_exactly():
     recs = synthetic_records(10)
 
@@ -171,6 +176,7 @@ def test_seed_reaches_the_preprocessing():
     assert flips == {True, False}
 
 
+@pytest.mark.slow
 def test_tfrecord_source_matches_record_source(tmp_path):
     recs = synthetic_records(5) + [empty_record('e')]
     recs[1].difficult[:] = 1
@@ -187,6 +193,7 @@ def test_tfrecord_source_matches_record_source(tmp_path):
     assert images.shape == (4, OUT, OUT, 3) and t['gclasses'][0].shape == (4, 4, 4, 2)
 
 
+@pytest.mark.slow
 def test_slim_records_without_ids_get_positions(tmp_path):
     path = str(tmp_path / 'voc_2007_test_000.tfrecord')  # the original's file naming
     with tf.io.TFRecordWriter(path) as w:
@@ -212,6 +219,7 @@ def test_max_boxes_pads_to_a_fixed_size_and_overflow_fails_loudly():
         next(iter(ds))
 
 
+@pytest.mark.slow
 def test_in_memory_images_of_different_sizes_and_extra_preprocess_outputs():
     recs = [empty_record('s', 20), empty_record('l', 50)]
 
@@ -232,6 +240,7 @@ def test_empty_source_is_a_clear_error():
         data.build_dataset('/nonexistent/*.tfrecord', resize_preprocess)
 
 
+@pytest.mark.slow
 def test_with_the_augmentation_of_preprocessing_if_present():
     prep = pytest.importorskip('preprocessing.ssd_vgg_preprocessing')
     fn = functools.partial(prep.preprocess_for_train, out_shape=(OUT, OUT))
@@ -299,6 +308,7 @@ def bad_shard(path):
     return str(path), {i: kind for i, (_, kind) in enumerate(rows) if kind}
 
 
+@pytest.mark.slow
 def test_bad_tfrecord_records_are_skipped_counted_and_named(tmp_path):
     path, bad = bad_shard(tmp_path / 'x_00000.tfrecord')
     report = check_lib.DataProblems()
@@ -320,6 +330,7 @@ def test_bad_tfrecord_records_are_skipped_counted_and_named(tmp_path):
     assert 'stream position 9' in summary and 'stream position 10' in summary
 
 
+@pytest.mark.slow
 def test_bad_boxes_are_dropped_and_reported_the_record_kept(tmp_path):
     rec = _jpeg_record('r', [[-1e-5, 0.1, 0.6, 1.0000001], [0.5, 0.5, 0.2, 0.9],
                              [0.2, 0.2, 0.4, 0.4], [0.3, 0.3, 0.8, 0.8]], [1, 2, 7, 0])
@@ -340,6 +351,7 @@ def test_bad_boxes_are_dropped_and_reported_the_record_kept(tmp_path):
     assert f'{path} record 0: box 2 (label 7' in report.summary()
 
 
+@pytest.mark.slow
 def test_strict_data_stops_at_the_first_bad_record_naming_it(tmp_path):
     path, _ = bad_shard(tmp_path / 'x.tfrecord')
     report = check_lib.DataProblems(strict=True)
@@ -351,6 +363,7 @@ def test_strict_data_stops_at_the_first_bad_record_naming_it(tmp_path):
     assert report.num_skipped >= 1
 
 
+@pytest.mark.slow
 def test_training_on_bad_records_runs_and_resumes_exactly(tmp_path):
     path, _ = bad_shard(tmp_path / 'x.tfrecord')
 
@@ -366,17 +379,21 @@ def test_training_on_bad_records_runs_and_resumes_exactly(tmp_path):
     assert full_report.num_skipped >= 20 and resumed_report.num_skipped < full_report.num_skipped
     # 9 of the 13 records are bad: a batch's bad rows take a good row of the same batch (each
     # good record has one box); only a batch without any good record keeps the placeholders.
+    # A batch with a bad row holds a copy of one of its good rows: fewer than 4 distinct
+    # images. 28 positions hold 8 to 10 good ones (4 of each epoch of 13), so most of the 7
+    # batches mix good and bad rows.
     mixed = 0
     for images, t in full:
         boxes = t['num_boxes'].tolist()
         if any(boxes):
-            mixed += boxes != [1, 1, 1, 1] or 0 < full_report.num_skipped
+            mixed += len({im.tobytes() for im in images}) < 4
             assert boxes == [1, 1, 1, 1] and np.all(images.std(axis=(1, 2, 3)) > 1.)
         else:
             assert np.all(images == images[0])  # the placeholders, never a half-read record
     assert mixed >= 4
 
 
+@pytest.mark.slow
 def test_resume_skips_records_without_parsing_them(tmp_path):
     path = str(tmp_path / 'r.tfrecord')
     recs = synthetic_records(5)
@@ -398,6 +415,7 @@ def _write_labels(path):
     return labelmap.LabelMap(['x', 'y']).write(str(path))
 
 
+@pytest.mark.slow
 def test_check_command_names_every_bad_record_and_exits_1_with_strict_data(tmp_path, capsys):
     path, bad = bad_shard(tmp_path / 'x_00000.tfrecord')
     tfrecord.write_tfrecords(synthetic_records(3), str(tmp_path), 'x', 'ok')
@@ -468,6 +486,7 @@ def test_bad_rows_take_a_good_row_of_their_batch(ok):
         assert rows == list(range(b))  # nothing to take: the placeholders stay
 
 
+@pytest.mark.slow
 def test_a_truncated_shard_is_named_by_the_check_and_does_not_stop_eval(tmp_path, capsys):
     paths = tfrecord.write_tfrecords(synthetic_records(6), str(tmp_path), 's', 't', 2)
     whole = open(paths[0], 'rb').read()
@@ -502,6 +521,7 @@ def _train_on(shard, tmp_path, *extra):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root, env=env)
 
 
+@pytest.mark.slow
 def test_train_ssd_on_bad_tfrecords_reports_them_and_honours_label_map(tmp_path):
     shard, bad = bad_shard(tmp_path / 'x.tfrecord')
     r = _train_on(shard, tmp_path)
@@ -513,6 +533,7 @@ def test_train_ssd_on_bad_tfrecords_reports_them_and_honours_label_map(tmp_path)
     assert list(labelmap.LabelMap.read(str(tmp_path / 'run')).names) == ['p', 'q', 'r']
 
 
+@pytest.mark.slow
 def test_train_ssd_strict_data_stops_naming_the_record(tmp_path):
     shard, bad = bad_shard(tmp_path / 'x.tfrecord')
     r = _train_on(shard, tmp_path, '--strict_data')

@@ -447,7 +447,10 @@ def test_tfrecord_label_map_from_flag_then_beside_then_label_text(tmp_path):
             w.write(tfrecord.record_to_example(r).SerializeToString())
     with pytest.raises(ValueError, match=r'c.tfrecord record 1: label .* is named .other.'):
         factory.tfrecord_label_map(clash)
-    assert shards
+    # The shards written above: <name>_<split>_<shard>-of-<count>, 6 records round-robin.
+    assert shards == [str(tmp_path / 'syn_train_00000-of-00002.tfrecord'),
+                      str(tmp_path / 'syn_train_00001-of-00002.tfrecord')]
+    assert [sum(1 for _ in tf.data.TFRecordDataset(p)) for p in shards] == [3, 3]
 
 
 def test_convert_cli_voc_and_synthetic(tmp_path):

@@ -25,8 +25,12 @@ from ssd_tf.datasets import labelmap
 from ssd_tf.datasets import tfds as tfds_lib
 from ssd_tf.datasets import tfrecord
 
-tfds = conftest.import_extra('tensorflow_datasets', 'tfds')  # CI installs the extra
-import tfds_fakes  # noqa: E402 (needs tensorflow_datasets)
+
+def _tfds():
+    """tensorflow_datasets, or a skip (a failure under SSD_TF_REQUIRE_EXTRAS, as in CI):
+    only the tests of the tfds source need the extra; label_map.pbtxt, OD API records and
+    gapped ids run without it."""
+    return conftest.import_extra('tensorflow_datasets', 'tfds')
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -211,6 +215,7 @@ def _eval_rows(source, **kw):
     return rows
 
 
+@pytest.mark.slow
 def test_od_api_shards_through_the_pipeline_and_label_map_pbtxt(tmp_path, caplog):
     shard = _od_shard(tmp_path / 'od_train-00000-of-00001.tfrecord')
     # no label file: the label map is spelled by image/object/class/text
@@ -236,6 +241,7 @@ def test_od_api_shards_through_the_pipeline_and_label_map_pbtxt(tmp_path, caplog
     assert counts == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_record_of_the_other_layout_inside_a_shard_is_reported_not_read_empty(tmp_path):
     shard = _write(tmp_path / 'od.tfrecord', [
         od_api_example('a', [[.1, .1, .5, .5]], [1], ['cat']),
@@ -282,10 +288,14 @@ def test_convert_od_api_then_read_equals_convert_slim_then_read(tmp_path):
 # ---------------------------------------------------------------------------- tfds
 @pytest.fixture
 def mock_tfds():
+    """tfds's own mock_data (no download) with tfds_fakes' examples; yields the tfds module."""
+    tfds = _tfds()
+    import tfds_fakes  # imports tensorflow_datasets
     with tfds.testing.mock_data(as_dataset_fn=tfds_fakes.fake_as_dataset):
-        yield
+        yield tfds
 
 
+@pytest.mark.slow
 def test_tfds_voc_reaches_the_pipeline_with_tfds_labels(mock_tfds):
     source = tfds_lib.TfdsSource('voc/2007', 'test')
     assert source.label_map() == labelmap.VOC_LABEL_MAP  # the ClassLabel names
@@ -304,12 +314,13 @@ def test_tfds_voc_reaches_the_pipeline_with_tfds_labels(mock_tfds):
     assert 'voc-test.tfrecord-00000-of-00001__2' in problems.examples[tfrecord.INVERTED_BOX][0]
 
 
+@pytest.mark.slow
 def test_tfds_coco_crowd_is_kept_for_eval_and_dropped_in_training(mock_tfds):
     source = tfds_lib.TfdsSource('coco/2017', 'validation')
     # the names of tfds's ClassLabel (prepared COCO carries the category names; the mock,
     # without generated metadata, numbers them)
     names = source.label_map().names
-    assert names == tuple(tfds.builder('coco/2017').info.features['objects']['label'].names)
+    assert names == tuple(mock_tfds.builder('coco/2017').info.features['objects']['label'].names)
     assert len(names) == 80
     rows = _eval_rows(source)
     assert [r['labels'] for r in rows] == [[1, 3], [1, 3]]
@@ -323,6 +334,7 @@ def test_tfds_coco_crowd_is_kept_for_eval_and_dropped_in_training(mock_tfds):
 
 
 def test_tfds_not_prepared_names_the_command_and_nothing_is_downloaded(tmp_path):
+    _tfds()
     source = tfds_lib.TfdsSource('voc/2007', 'train', str(tmp_path / 'tfds'))
     with pytest.raises(ValueError) as e:
         source.check()
@@ -366,6 +378,7 @@ def _reset_flags():
     flags.FLAGS.unparse_flags()
 
 
+@pytest.mark.slow
 def test_tfds_train_and_eval_commands_end_to_end(tmp_path, mock_tfds, _reset_flags):
     train_dir = str(tmp_path / 'run')
     args = ['--dataset_name=tfds', '--dataset_dir=voc/2007', '--dataset_split_name=train',
@@ -393,6 +406,7 @@ def test_tfds_train_and_eval_commands_end_to_end(tmp_path, mock_tfds, _reset_fla
     assert m['num_images'] == 3
 
 
+@pytest.mark.slow
 def test_train_refuses_mixed_layouts_before_writing_anything(tmp_path):
     od = _od_shard(tmp_path / 'mix-00000.tfrecord')
     slim = _write(tmp_path / 'mix-00001.tfrecord', [slim_example([[.1, .1, .5, .5]], [1])])
@@ -456,6 +470,7 @@ def _gapped_shard(tmp_path):
                        ['car', 'bus'])])
 
 
+@pytest.mark.slow
 def test_od_api_records_with_gapped_ids_get_contiguous_labels_and_unknown_ids_are_named(
         tmp_path):
     shard = _gapped_shard(tmp_path)
@@ -494,6 +509,7 @@ train_ssd.write_run_files(cfg, label_map)
 """
 
 
+@pytest.mark.slow
 def test_run_config_and_eval_keep_the_mapping_and_coco_results_use_dataset_ids(
         tmp_path, _reset_flags):
     from ssd_tf import evaluation

@@ -116,6 +116,7 @@ def test_zero_area_padding_and_out_of_range_labels_are_ignored():
     assert _flat(gc_r).sum() == 0
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(st.integers(0, 2 ** 31 - 1), st.integers(1, 5))
 def test_decode_encode_round_trip_on_matched_anchors(seed, n):
@@ -132,6 +133,7 @@ def test_decode_encode_round_trip_on_matched_anchors(seed, n):
     assert len(set(np.argmin(d, axis=1))) == len({tuple(b) for b in bboxes})
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(st.integers(0, 2 ** 31 - 1), st.integers(1, 5),
        st.lists(st.floats(0.05, 1.), min_size=4, max_size=4))
@@ -191,6 +193,7 @@ def test_decode_golden():
     assert dec2[3] - dec2[1] == pytest.approx(2 * w[1], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_encoding_compiles_with_xla_and_in_graph():
     fn = tf.function(lambda l, b: encoding.bboxes_encode_flat(l, b, ANCHORS, 21),
                      jit_compile=True)

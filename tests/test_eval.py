@@ -117,6 +117,7 @@ def test_resolve_kinds_and_step(tmp_path):
     assert run_config.checkpoint_step(slim) == 0  # global_step variable is stored as 0
 
 
+@pytest.mark.slow
 def test_run_evaluation_matches_voc_eval_on_written_voc_set(tmp_path):
     """End to end on a VOC directory: metrics.json AP == voc_eval(results files, XMLs)."""
     voc_dir = synthetic.write_synthetic_voc(str(tmp_path / 'voc'), 2, 6, seed=3, image_size=96)
@@ -190,6 +191,7 @@ def test_perfect_detector_scores_one():
     assert res['map07'] == pytest.approx(1.)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('resize,out_shape', [('PAD_AND_RESIZE', (64, 48)),
                                                ('CENTRAL_CROP', (96, 112)),
                                                ('WARP_RESIZE', (50, 70))])
@@ -231,6 +233,7 @@ def _write_shards(recs, tmp_path, name='syn'):
     return tfrecord.write_tfrecords(recs, str(tmp_path / 'tfr'), name, 'test', num_shards=2)
 
 
+@pytest.mark.slow
 def test_run_evaluation_streams_tfrecords_like_records(tmp_path, monkeypatch):
     """The one pipeline: TFRecord shards of a set (streamed by build_eval_dataset, nothing read
     eagerly) give the metrics and the kept samples of the Records they were written from."""
@@ -261,6 +264,7 @@ def test_run_evaluation_streams_tfrecords_like_records(tmp_path, monkeypatch):
     assert labels.tolist() == list(recs[1].labels)
 
 
+@pytest.mark.slow
 def test_eval_ssd_reads_tfrecords_through_the_streaming_pipeline(tmp_path, monkeypatch):
     """eval_ssd.py --dataset_name=tfrecord no longer reads every record into memory first."""
     from ssd_tf.datasets import tfrecord
@@ -305,6 +309,7 @@ def test_run_evaluation_ignores_crowd_boxes():
         assert res['ap12']['class_1'] == pytest.approx(.5)
 
 
+@pytest.mark.slow
 def test_label_out_of_range_is_a_clear_error():
     recs = [records_lib.make_record('a', 20, 20, [[.1, .1, .5, .5]], [7], ['x'],
                                     image=np.zeros((20, 20, 3), np.uint8))]
@@ -316,6 +321,7 @@ def test_label_out_of_range_is_a_clear_error():
 
 
 # ---------------------------------------------------------------------------- eval_ssd
+@pytest.mark.slow
 def test_eval_ssd_checkpoint_and_savedmodel_agree(tmp_path):
     _, model = _tiny_model()
     train = str(tmp_path / 'train')
@@ -346,6 +352,7 @@ def test_eval_ssd_checkpoint_and_savedmodel_agree(tmp_path):
         assert m1[key]['map'] == pytest.approx(m2[key]['map'], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_eval_ssd_end_to_end_export_agrees_with_checkpoint(tmp_path):
     """`ssd_tf.export`'s SavedModel (image bytes in, boxes relative to the original out, TF
     Serving's versioned layout) evaluates like the checkpoint it came from."""
@@ -397,6 +404,7 @@ def _write_slim_checkpoint(prefix, model):
             saver.save(sess, prefix)
 
 
+@pytest.mark.slow
 def test_eval_ssd_slim_checkpoint_equals_tf2_checkpoint(tmp_path):
     _, model = _tiny_model(seed=4)
     train = str(tmp_path / 'train')
@@ -423,6 +431,7 @@ def test_eval_ssd_slim_checkpoint_equals_tf2_checkpoint(tmp_path):
     assert sum(len(d[0]) for d in dets[0]) > 0
 
 
+@pytest.mark.slow
 def test_eval_ssd_class_count_mismatch_is_an_error(tmp_path):
     _, model = _tiny_model(num_classes=3)
     train = str(tmp_path / 'train')
@@ -439,6 +448,7 @@ def test_eval_ssd_class_count_mismatch_is_an_error(tmp_path):
         eval_ssd.Evaluation(get_network=_get_network)
 
 
+@pytest.mark.slow
 def test_eval_ssd_moving_average_needs_the_ema_file(tmp_path):
     _, model = _tiny_model()
     train = str(tmp_path / 'train')
@@ -455,6 +465,7 @@ def test_eval_ssd_moving_average_needs_the_ema_file(tmp_path):
     np.testing.assert_array_equal(e.model.get_weights()[0], other.get_weights()[0])
 
 
+@pytest.mark.slow
 def test_eval_ssd_wait_for_checkpoints_writes_summaries(tmp_path):
     _, model = _tiny_model()
     train = str(tmp_path / 'train')
@@ -477,6 +488,7 @@ def test_eval_ssd_wait_for_checkpoints_writes_summaries(tmp_path):
     assert values['eval/mAP_VOC07'][1] == pytest.approx(np.nan_to_num(res[0]['voc07']['map']))
 
 
+@pytest.mark.slow
 def test_eval_ssd_cli_wrong_path_errors_clearly(tmp_path):
     missing = str(tmp_path / 'no_such_run')
     proc = subprocess.run([sys.executable, os.path.join(REPO, 'eval_ssd.py'),
@@ -497,6 +509,7 @@ def test_eval_ssd_checkpoint_path_is_required():
         eval_ssd.Evaluation(get_network=_get_network)
 
 
+@pytest.mark.slow
 def test_eval_ssd_reports_go_next_to_the_run(tmp_path):
     """Without --eval_dir: <train_dir>/eval for a training directory, and beside (not inside)
     a SavedModel version directory: export/3 -> export/eval_3."""
@@ -520,6 +533,7 @@ def test_eval_ssd_reports_go_next_to_the_run(tmp_path):
         '/ckpts/eval'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flag,match', [('--master=grpc://host:2222', '--master'),
                                         ('--gpu_memory_fraction=0.5', '--gpu_memory_fraction'),
                                         ('--num_preprocessing_threads=8', '--num_readers'),
@@ -533,6 +547,16 @@ def test_eval_ssd_flags_are_not_silently_ignored(tmp_path, flag, match):
 
 
 def test_eval_ssd_preprocessing_names_of_slim_are_accepted():
-    for name in ('ssd_vgg', 'ssd_300_vgg', 'ssd_512_vgg'):
+    # Accepted: slim's 'ssd_vgg' and every network's name (slim also named the pre-processing
+    # after the network); anything else is refused, naming the flag and the accepted names.
+    from nets import nets_factory
+    accepted = ['ssd_vgg'] + sorted(nets_factory.networks_map)
+    assert {'ssd_300_vgg', 'ssd_512_vgg'} <= set(accepted)
+    for name in accepted:
         _flags('--checkpoint_path=x', f'--preprocessing_name={name}')
-        eval_ssd.check_flags()  # no error
+        assert eval_ssd.check_flags() is None and flags.FLAGS.preprocessing_name == name
+    for name in ('ssd_vgg_300', 'vgg', 'SSD_VGG'):
+        _flags('--checkpoint_path=x', f'--preprocessing_name={name}')
+        with pytest.raises(ValueError, match=rf"--preprocessing_name={name} is unknown.*"
+                                             r"'ssd_vgg' \(also named .*ssd_300_vgg"):
+            eval_ssd.check_flags()

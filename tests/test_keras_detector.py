@@ -106,6 +106,7 @@ def _assert_same_detections(a, b, atol=1e-5):
 
 
 # ---------------------------------------------------------------------------- fit
+@pytest.mark.slow
 def test_fit_lowers_the_loss_and_reports_its_terms(trained):
     before, after, history = trained['before'], trained['after'], trained['history']
     assert set(history) == {'loss', 'cls_loss', 'loc_loss'}
@@ -119,6 +120,7 @@ def test_fit_lowers_the_loss_and_reports_its_terms(trained):
     np.testing.assert_allclose(reg, expected, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_evaluate_runs_the_one_training_loss(trained):
     """test_step's terms equal training.replica_losses on the same batch (what train_ssd.py's
     DistributedStep computes) with the compiled options."""
@@ -135,6 +137,7 @@ def test_evaluate_runs_the_one_training_loss(trained):
                                                  ref['cross_entropy_neg']).numpy(), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_compile_defaults_are_train_ssd_defaults():
     """Read from train_ssd.py's flag definitions (without importing its flags here)."""
     tree = ast.parse((REPO / 'train_ssd.py').read_text())
@@ -154,6 +157,7 @@ def test_compile_defaults_are_train_ssd_defaults():
 
 
 # ---------------------------------------------------------------------------- save / export
+@pytest.mark.slow
 def test_keras_round_trip_gives_identical_predictions(trained, images, tmp_path):
     det = trained['detector']
     path = tmp_path / 'ssd.keras'
@@ -176,6 +180,7 @@ def test_keras_round_trip_gives_identical_predictions(trained, images, tmp_path)
     assert int(a['num_detections'].min()) > 0
 
 
+@pytest.mark.slow
 def test_predict_equals_ssd_tf_detect_on_a_train_ssd_checkpoint(train_dir, trained, images):
     from ssd_tf import detect
     from nets import nets_factory
@@ -201,6 +206,7 @@ def test_predict_equals_ssd_tf_detect_on_a_train_ssd_checkpoint(train_dir, train
     np.testing.assert_allclose(again['scores'], got['scores'], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_export_equals_export_savedmodel_script(train_dir, images, tmp_path):
     det = ssd_tf.SSDDetector.from_checkpoint(str(train_dir))
     ours = det.export(str(tmp_path / 'keras'), verbose=False)
@@ -256,6 +262,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_fit_under_a_mirrored_strategy_equals_one_replica():
     """One step on 8 images over two replicas (4 each): the same loss terms and updated
     weights as one replica on the 8 (the loss is normalised by the global batch's
@@ -271,6 +278,7 @@ def test_fit_under_a_mirrored_strategy_equals_one_replica():
     np.testing.assert_allclose(mirrored['weights'], single['weights'], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_fit_with_a_mixed_precision_policy(records):
     # float16: Keras' LossScaleOptimizer and the loss in float32 (bfloat16 takes the same
     # path without the loss scaling)
@@ -290,6 +298,7 @@ def test_fit_with_a_mixed_precision_policy(records):
     assert out['scores'].dtype == np.float32
 
 
+@pytest.mark.slow
 def test_steps_per_execution_gives_the_same_training(records):
     runs = []
     for steps in (1, 3):
@@ -303,6 +312,7 @@ def test_steps_per_execution_gives_the_same_training(records):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_keras_callbacks(records, trained, tmp_path):
     keras.utils.set_random_seed(2)
     det = _detector()
@@ -324,6 +334,7 @@ def test_keras_callbacks(records, trained, tmp_path):
 
 
 # ---------------------------------------------------------------------------- bad input
+@pytest.mark.slow
 def test_bad_inputs_give_clear_errors(trained, train_dir, records):
     det = trained['detector']
     with pytest.raises(ValueError, match=r'\[2, 96, 96, 3\].*\[batch, 128, 128, 3\]'):

@@ -55,6 +55,29 @@ def test_reference_strict_cut_uses_n_neg_minus_one():
     assert got_d['cross_entropy_neg'] == pytest.approx(-np.log([.1, .2, .3]).sum(), rel=1e-5)
 
 
+def test_slim_port_hand_worked():
+    # The port itself on a case worked by hand: 1 image, 3 anchors, 2 classes, logits 0 or
+    # log-odds so that p0 = .5, .2, .8; anchor 0 positive (gscore .9, class 1).
+    # n_positives 1 -> n_neg = int(3 * 1) + 1 = 4, capped at the 2 negatives -> 2;
+    # top_k(-[1, .2, .8], 2) = [-.2, -.8] -> max_hard_pred .8; negatives with p0 < .8: anchor 1.
+    # cross_entropy_pos = -log(1 - .5) = .693147; cross_entropy_neg = -log .2 = 1.609438;
+    # localization: anchor 0's |d| = .5, 2 -> .5 * .25 + (2 - .5) = 1.625 (others weight 0).
+    p0 = np.array([.5, .2, .8])
+    logits = np.log(np.stack([p0, 1 - p0], -1)).astype(np.float32)[None, :, None, None]
+    gscores = np.array([.9, .3, 0.], np.float32)[None, :, None, None]
+    gclasses = np.array([1, 0, 0])[None, :, None, None]
+    locs = np.zeros([1, 3, 1, 1, 4], np.float32)
+    glocs = np.zeros_like(locs)
+    glocs[0, 0, 0, 0, :2] = [.5, -2.]
+    glocs[0, 1, 0, 0] = 7.  # a negative: no localisation loss
+    want = {'cross_entropy_pos': .693147, 'cross_entropy_neg': 1.609438, 'localization': 1.625}
+    got = slim_port.ssd_losses([logits], [locs], [gclasses], [glocs], [gscores])
+    assert got == pytest.approx(want, rel=1e-5)
+    got = _np(losses.ssd_losses([logits], [locs], [gclasses], [glocs], [gscores],
+                                reference_compat=True))
+    assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-5)
+
+
 def test_default_mines_per_image_and_normalises_by_positives():
     # Image 0: 1 positive, image 1: 2 positives; 8 negatives each with known p0.
     k = 11
@@ -179,6 +202,7 @@ def test_out_of_range_labels_are_background():
     assert all(np.isfinite(v) for v in got.values()) and got['cross_entropy_pos'] == 0.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('rc', [False, True])
 def test_loss_compiles_with_xla(rc):
     args = _batch(np.random.default_rng(7), 2)

@@ -129,6 +129,7 @@ def _unmatched(a, b, tol):
     return missing, int(keep.sum())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', export_tflite.TFLITE_QUANTIZATIONS)
 def test_mediapipe_object_detector_finds_the_saved_model_detections(
         exported, raccoons, saved_model_detections, variant):
@@ -154,6 +155,7 @@ def test_mediapipe_object_detector_finds_the_saved_model_detections(
         assert [count(m[2]) for m in mine] == [count(r[2]) for r in saved_model_detections]
 
 
+@pytest.mark.slow
 def test_metadata_describes_the_model_and_embeds_the_labels(exported):
     _mediapipe()
     data = open(exported['tflite']['float32'], 'rb').read()
@@ -178,6 +180,7 @@ def test_metadata_describes_the_model_and_embeds_the_labels(exported):
     assert tflite_metadata.read_metadata(open(exported['tflite_op'], 'rb').read()) is not None
 
 
+@pytest.mark.slow
 def test_detect_reads_the_labels_embedded_in_a_lone_tflite(exported, tmp_path):
     _mediapipe()
     from ssd_tf import detect
@@ -244,6 +247,7 @@ def test_metadata_modes(monkeypatch, caplog):
     assert len(said) == 1 and "[mobile]" in said[0].getMessage()
 
 
+@pytest.mark.slow
 def test_export_without_label_names_refuses_metadata_on(exported, tmp_path):
     ex = exported
     with pytest.raises(ValueError, match='--tflite_metadata=on needs the label names'):
@@ -260,6 +264,7 @@ def test_detection_postprocess_scales_goldens():
         pytest.approx((5., 10., 2.5, 1 / 0.3))
 
 
+@pytest.mark.slow
 def test_detection_postprocess_op_decodes_like_ours(exported):
     """TFLite_Detection_PostProcess decodes our offsets on our anchors (centre form, scales
     from prior_scaling) into the boxes of `encoding.bboxes_decode`: a detection of the op and
@@ -285,7 +290,10 @@ def test_detection_postprocess_op_decodes_like_ours(exported):
                 paired += 1
                 np.testing.assert_allclose(b['detection_boxes'][0, :m][same][0], box,
                                            atol=1e-5)
-    assert total >= 50 and paired >= 0.9 * total, (paired, total)
+    # Measured: 494 of 505 paired (11 unpaired, 2.2 %) on these seeded images and weights;
+    # the unpaired are selections that differ between suppressing on unclipped and on clipped
+    # boxes (near the border). 3 % allows a few more on another CPU, where 10 % allowed 50.
+    assert total >= 400 and total - paired <= 0.03 * total, (paired, total)
 
 
 def test_one_opencv_build_owns_cv2():

@@ -21,6 +21,7 @@ def _net(name, num_classes=3, **param_changes):
 
 
 # ---------------------------------------------------------------------------- output contract
+@pytest.mark.slow
 @pytest.mark.parametrize('name', NAMES)
 def test_output_shapes_match_params_and_anchors(name):
     net = _net(name)
@@ -89,6 +90,7 @@ def test_ssd300_layers_follow_the_original():
     assert model.get_layer('block11_conv3x3').output.shape[1:3] == (1, 1)
 
 
+@pytest.mark.slow
 def test_ssd512_block12_and_no_dropout():
     model = _net('ssd_512_vgg').keras_model()
     assert model.get_layer('block12_conv4x4').kernel_size == (4, 4)
@@ -128,6 +130,7 @@ def test_feat_shapes_are_checked():
         net.keras_model()
 
 
+@pytest.mark.slow
 def test_mobilenet_320_input():
     net = ssd_mobilenet_v2.SSDNet(ssd_mobilenet_v2.SSDNet.default_params._replace(
         img_shape=(320, 320), num_classes=2,
@@ -136,6 +139,7 @@ def test_mobilenet_320_input():
     assert [tuple(t.shape[1:3]) for t in out['localisations']] == net.params.feat_shapes
 
 
+@pytest.mark.slow
 def test_mobilenet_backbone_weights_file(tmp_path):
     backbone = keras.applications.MobileNetV2(input_shape=(300, 300, 3), include_top=False,
                                               weights=None)
@@ -147,6 +151,7 @@ def test_mobilenet_backbone_weights_file(tmp_path):
                                       backbone.get_layer(layer).weights[0].numpy())
 
 
+@pytest.mark.slow
 def test_mobilenet_uses_only_builtin_layers():
     model = _net('ssdlite_mobilenet_v2').keras_model()
     allowed = (keras.layers.InputLayer, keras.layers.Rescaling, keras.layers.Conv2D,
@@ -236,6 +241,7 @@ def _tiny_vgg_with_l2norm():
     return ssd_vgg_keras.build_ssd_vgg_keras(params, arch=spec, name='tiny')
 
 
+@pytest.mark.slow
 def test_model_config_keras_file_and_savedmodel_round_trip(tmp_path):
     model = _tiny_vgg_with_l2norm()
     gamma = model.get_layer('block4_box_L2Normalization').gamma
@@ -298,3 +304,54 @@ def test_small_params_scale_with_the_input():
     # anchor sizes are the same fractions of the side at any size: 0.10 * 192 = 19.2
     assert p.anchor_sizes[0] == (19.2, 38.4)
     assert ssd_small.small_params(128) == ssd_small.SSDNet.default_params
+
+
+# ---------------------------------------------------------------------------- README table
+# The README's network table, figure for figure. Anchors = sum over feature maps of
+# H * W * (anchors per location), A = 2 sizes + number of ratios:
+#  ssd_300_vgg: 38^2*4 + 19^2*6 + 10^2*6 + 5^2*6 + 3^2*4 + 1*4
+#             = 5776 + 2166 + 600 + 150 + 36 + 4 = 8732
+#  ssd_512_vgg: 64^2*4 + 32^2*6 + 16^2*6 + 8^2*6 + 4^2*6 + 2^2*4 + 1*4
+#             = 16384 + 6144 + 1536 + 384 + 96 + 16 + 4 = 24564
+#  ssdlite_mobilenet_v2: 19^2*4 + 10^2*6 + 5^2*6 + 3^2*6 + 2^2*4 + 1*4
+#             = 1444 + 600 + 150 + 54 + 16 + 4 = 2268
+#  ssd_small (A = 4: ratios 2, 1/2): (16^2 + 8^2 + 4^2 + 2^2 + 1) * 4 = 341 * 4 = 1364
+#  ssd_small_192: (24^2 + 12^2 + 6^2 + 3^2 + 2^2) * 4 = 769 * 4 = 3076
+#  ssd_small_320: (80^2 + 40^2 + 20^2 + 10^2 + 5^2 + 3^2) * 4 = 8534 * 4 = 34136
+README_TABLE = {  # name: (feature maps, anchors per location, anchors, parameters)
+    'ssd_300_vgg': ([38, 19, 10, 5, 3, 1], [4, 6, 6, 6, 4, 4], 8732, 26_285_486),
+    'ssd_512_vgg': ([64, 32, 16, 8, 4, 2, 1], [4, 6, 6, 6, 6, 4, 4], 24564, 27_188_676),
+    'ssdlite_mobilenet_v2': ([19, 10, 5, 3, 2, 1], [4, 6, 6, 6, 4, 4], 2268, 3_401_710),
+    'ssd_small': ([16, 8, 4, 2, 1], [4] * 5, 1364, 594_500),
+    'ssd_small_192': ([24, 12, 6, 3, 2], [4] * 5, 3076, 594_500),
+    'ssd_small_320': ([80, 40, 20, 10, 5, 3], [4] * 6, 34136, 615_272),
+}
+
+
+def test_readme_table_lists_every_network():
+    assert sorted(README_TABLE) == NAMES
+
+
+@pytest.mark.parametrize('name', sorted(README_TABLE))
+def test_readme_table_feature_maps_and_anchor_counts(name):
+    maps, per_location, total, _ = README_TABLE[name]
+    net = nets_factory.get_network(name)()
+    anchors = net.anchors()
+    assert [s[0] for s in net.params.feat_shapes] == maps
+    assert [s[1] for s in net.params.feat_shapes] == maps  # square maps
+    assert [h.shape[0] for _, _, h, _ in anchors] == per_location
+    assert sum(y.shape[0] * y.shape[1] * h.shape[0] for y, _, h, _ in anchors) == total
+
+
+@pytest.mark.parametrize('name', [
+    # SSD300 is counted in test_ssd300_has_the_originals_parameter_count.
+    pytest.param('ssd_512_vgg', marks=pytest.mark.slow),
+    pytest.param('ssdlite_mobilenet_v2', marks=pytest.mark.slow),
+    'ssd_small', 'ssd_small_192', 'ssd_small_320'])
+def test_readme_table_parameter_counts(name):
+    # With the default classes: 21 (VOC) for the VGG and MobileNet networks, 5 for ssd_small*
+    # (the synthetic shapes); ssd_small and ssd_small_192 differ only in the input size, which
+    # convolutions do not count.
+    net = nets_factory.get_network(name)()
+    assert net.params.num_classes == (5 if name.startswith('ssd_small') else 21)
+    assert net.keras_model().count_params() == README_TABLE[name][3]

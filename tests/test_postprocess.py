@@ -184,6 +184,7 @@ def _script_flag_defaults(script, names):
     return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.slow
 def test_one_set_of_detection_defaults():
     from ssd_tf import evaluation
     from ssd_tf.export import saved_model as export
@@ -214,6 +215,7 @@ def test_ssdnet_detected_bboxes_default_nms_threshold_is_045():
     np.testing.assert_allclose(rs[1][0, :2].numpy(), [.9, .8])  # the slim signature: 0.5
 
 
+@pytest.mark.slow
 def test_export_does_not_import_evaluation():
     import subprocess
     import sys

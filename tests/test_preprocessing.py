@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from preprocessing import ssd_vgg_preprocessing as prep
 
-MEANS = np.array(prep._MEANS, np.float32)
+MEANS = np.array([123., 117., 104.], np.float32)  # the VGG means, RGB (SPEC.md)
 BG = (40, 40, 40)
 # label -> colour of a solid rectangle; far apart so bilinear edges never look like another.
 COLOURS = {1: (255, 0, 0), 2: (0, 255, 0), 3: (0, 0, 255)}
@@ -59,6 +59,7 @@ def check_boxes_on_objects(image, labels, boxes, size):
         assert mask.sum() <= 2, (l, mask.sum())
 
 
+@pytest.mark.slow
 def test_paper_chain_boxes_frame_their_objects(no_photometric):
     image, labels, boxes, difficult = scene()
     size = 96
@@ -106,6 +107,7 @@ def test_photometric_affine_maps_grey_to_grey():
     assert 0 < identity < 20
 
 
+@pytest.mark.slow
 def test_sampled_patches_satisfy_constraints():
     boxes = tf.constant([[0.1, 0.1, 0.4, 0.3], [0.5, 0.6, 0.9, 0.95]])
     whole = 0
@@ -124,6 +126,7 @@ def test_sampled_patches_satisfy_constraints():
     assert 0 < whole < 60
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(height=st.integers(8, 90), width=st.integers(8, 90), n=st.integers(0, 6),
        seed=st.integers(0, 2 ** 31 - 1), data=st.data())
@@ -177,6 +180,7 @@ def test_seeded_determinism(reference_compat):
     assert any(not np.array_equal(a[0], o) for o in others)
 
 
+@pytest.mark.slow
 def test_graph_mode_with_unknown_shapes_and_tf_data_map():
     image, labels, boxes, difficult = scene()
     spec = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None], tf.int64),
@@ -237,6 +241,7 @@ def test_slim_overlap_rule_golden():
     assert kept.shape == (0, 4)
 
 
+@pytest.mark.slow
 def test_slim_chain_keeps_unclipped_boxes_with_majority_inside():
     image, labels, boxes, difficult = scene()
     saw_unclipped = False
@@ -332,6 +337,7 @@ def test_preprocess_image_dispatch():
     assert isinstance(evals, prep.EvalExample) and evals.image.shape == (64, 64, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('reference_compat', [False, True])
 def test_fixed_return_types_with_or_without_difficults(reference_compat):
     # The same named fields whether difficults are given or not; when they are not, the flags
@@ -357,19 +363,31 @@ def test_fixed_return_types_with_or_without_difficults(reference_compat):
     assert type(ds.element_spec) is prep.EvalExample
 
 
+def _np_crop_or_pad(image, out_h, out_w):
+    """Central crop and/or zero pad in numpy (offsets (in - out) // 2, as SPEC.md's slim
+    `resize_image_with_crop_or_pad`); written here so that no helper of the module under test
+    computes an expected value."""
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    cy, cx = max((h - out_h) // 2, 0), max((w - out_w) // 2, 0)
+    image = image[cy:cy + min(out_h, h), cx:cx + min(out_w, w)]
+    py, px = max((out_h - h) // 2, 0), max((out_w - w) // 2, 0)
+    out = np.zeros((out_h, out_w) + image.shape[2:], image.dtype)
+    out[py:py + image.shape[0], px:px + image.shape[1]] = image
+    return out
+
+
 def _eval_old_order(image, out_shape, resize):
     """The pre-change default eval path: means subtracted at full size, then resized."""
     whitened = prep.tf_image_whitened(image)
-    box = tf.constant([[0., 0., 1., 1.]])
     if resize == 'WARP_RESIZE':
-        return tf.image.resize(whitened, out_shape, method='bilinear')
-    hw = tf.cast(tf.shape(whitened)[0:2], tf.float64)
-    factor = tf.minimum(tf.constant(1., tf.float64),
-                        tf.reduce_min(tf.constant(out_shape, tf.float64) / hw))
-    size = tf.cast(tf.floor(factor * hw), tf.int32)
+        return tf.image.resize(whitened, out_shape, method='bilinear').numpy()
+    h, w = image.shape[:2]
+    factor = min(1., out_shape[0] / h, out_shape[1] / w)
     if resize == 'PAD_AND_RESIZE':
-        whitened = tf.image.resize(whitened, size, method='bilinear')
-    return prep._crop_or_pad(whitened, box, out_shape[0], out_shape[1])[0]
+        whitened = tf.image.resize(whitened, (int(np.floor(factor * h)),
+                                              int(np.floor(factor * w))), method='bilinear')
+    return _np_crop_or_pad(whitened, out_shape[0], out_shape[1])
 
 
 def _eval_images(shared_dir, count=4):
@@ -390,26 +408,59 @@ def test_eval_resize_first_matches_the_old_order(resize):
         new = prep.preprocess_for_eval(image, None, None, (300, 300), resize=resize).image
         old = _eval_old_order(image, (300, 300), resize)
         # Bilinear weights sum to 1, so resize(x) - m == resize(x - m) up to float32 rounding.
-        np.testing.assert_allclose(new.numpy(), old.numpy(), rtol=0., atol=1e-4)
+        np.testing.assert_allclose(new.numpy(), old, rtol=0., atol=1e-4)
         if resize == 'CENTRAL_CROP':  # pixels are only moved: the same bits
-            np.testing.assert_array_equal(new.numpy(), old.numpy())
+            np.testing.assert_array_equal(new.numpy(), old)
 
 
-@pytest.mark.parametrize('resize', ['WARP_RESIZE', 'PAD_AND_RESIZE', 'CENTRAL_CROP'])
-def test_eval_reference_compat_keeps_the_slim_order_bit_for_bit(resize):
-    image = np.random.default_rng(2).integers(0, 256, (97, 131, 3), dtype=np.uint8)
-    got = prep.preprocess_for_eval(image, None, None, (60, 80), resize=resize,
-                                   reference_compat=True).image
-    whitened = prep.tf_image_whitened(image)
-    if resize == 'WARP_RESIZE':
-        want = prep._resize_legacy(whitened, (60, 80))
-    else:
-        if resize == 'PAD_AND_RESIZE':  # factor min(60/97, 80/131) = 0.6107 -> 59 x 80
-            whitened = prep._resize_legacy(whitened, (59, 80))
-        want = prep._crop_or_pad(whitened, tf.zeros([1, 4]), 60, 80)[0]
-    np.testing.assert_array_equal(got.numpy(), want.numpy())
+# A 2 x 4 grey image (the same value in R, G, B), worked by hand below:
+#   row 0:   0  30  60  90
+#   row 1: 120 150 180 210
+# Means (SPEC.md, RGB) 123, 117, 104 are subtracted per channel.
+TINY_GREY = np.array([[0, 30, 60, 90], [120, 150, 180, 210]], np.uint8)
+# (resize, out_shape, reference_compat) -> (expected grey values before the means [h, w];
+# None where a pixel is padding (0 after the means: the mean colour), bbox_img).
+# - WARP_RESIZE to 2 x 3, reference_compat (TF1 bilinear, no half-pixel centres): source
+#   x = out_x * 4/3: 0, 1.333, 2.667 -> 0; 30*2/3 + 60/3 = 40; 60/3 + 90*2/3 = 80 (row 1:
+#   120, 150*2/3 + 180/3 = 160, 180/3 + 210*2/3 = 200); rows map 1:1 (scale 2/2).
+# - WARP_RESIZE to 2 x 3, default (half-pixel centres): x = (out_x + .5) * 4/3 - .5 = .1667,
+#   1.5, 2.8333 -> 0 + 30*.1667 = 5; (30 + 60)/2 = 45; 60 + 30*.8333 = 85 (row 1: 125, 165,
+#   205).
+# - PAD_AND_RESIZE to 2 x 2: factor min(1, 2/2, 2/4) = .5 -> 1 x 2, then padded to 2 x 2 at
+#   offset (2 - 1) // 2 = 0 (the last row is padding); bbox_img [0, 0, .5, 1].
+#   reference_compat: source (y, x) = (2 out_y, 2 out_x): in[0, 0] = 0, in[0, 2] = 60.
+#   default: y = (0 + .5) * 2 - .5 = .5 (mean of the rows), x = .5, 2.5: (0 + 30 + 120 +
+#   150)/4 = 75, (60 + 90 + 180 + 210)/4 = 135.
+# - CENTRAL_CROP to 4 x 2 (the same in both orders, pixels only move): crop x offset
+#   (4 - 2) // 2 = 1 -> columns 1, 2; pad y offset (4 - 2) // 2 = 1 -> rows 1, 2 of 4.
+#   bbox_img: y (0 * 2 + 1) / 4 = .25, (1 * 2 + 1) / 4 = .75; x (0 * 4 - 1) / 2 = -.5,
+#   (1 * 4 - 1) / 2 = 1.5 (not clipped).
+TINY_EVAL_GOLDENS = {
+    ('WARP_RESIZE', (2, 3), True): ([[0, 40, 80], [120, 160, 200]], [0, 0, 1, 1]),
+    ('WARP_RESIZE', (2, 3), False): ([[5, 45, 85], [125, 165, 205]], [0, 0, 1, 1]),
+    ('PAD_AND_RESIZE', (2, 2), True): ([[0, 60], [None, None]], [0, 0, .5, 1]),
+    ('PAD_AND_RESIZE', (2, 2), False): ([[75, 135], [None, None]], [0, 0, .5, 1]),
+    ('CENTRAL_CROP', (4, 2), True): ([[None, None], [30, 60], [150, 180], [None, None]],
+                                     [.25, -.5, .75, 1.5]),
+    ('CENTRAL_CROP', (4, 2), False): ([[None, None], [30, 60], [150, 180], [None, None]],
+                                      [.25, -.5, .75, 1.5]),
+}
 
 
+@pytest.mark.parametrize('resize,out_shape,reference_compat', sorted(TINY_EVAL_GOLDENS))
+def test_eval_resize_hand_worked_2x4(resize, out_shape, reference_compat):
+    grey, bbox_img = TINY_EVAL_GOLDENS[(resize, out_shape, reference_compat)]
+    want = np.array([[[np.nan] * 3 if v is None else [v - m for m in MEANS] for v in row]
+                     for row in grey], np.float32)
+    want[np.isnan(want)] = 0.  # padding is 0 after the means: the mean colour
+    image = np.repeat(TINY_GREY[..., None], 3, axis=-1)
+    got = prep.preprocess_for_eval(image, None, None, out_shape, resize=resize,
+                                   reference_compat=reference_compat)
+    np.testing.assert_allclose(got.image.numpy(), want, rtol=0., atol=1e-4)
+    np.testing.assert_allclose(got.bbox_img.numpy(), bbox_img, rtol=0., atol=1e-6)
+
+
+@pytest.mark.slow
 def test_eval_float_memory_is_bounded_by_the_output_size():
     # Resize first, straight from uint8: no float tensor in the graph is larger than the
     # network input, whatever the picture's size (a 16000 x 16000 photo would otherwise need

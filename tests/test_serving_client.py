@@ -215,6 +215,7 @@ def _assert_same(got, ref):
 
 
 # ---------------------------------------------------------------------------- REST
+@pytest.mark.slow
 @pytest.mark.parametrize('columnar', [False, True])
 def test_rest_client_writes_what_detect_writes(server, saved_model, image_dir, reference,
                                                tmp_path, columnar):
@@ -246,6 +247,7 @@ def test_rest_client_writes_what_detect_writes(server, saved_model, image_dir, r
     assert errors['wide.png'] == '250x250 pixels is over the limit of 40000'  # from its header
 
 
+@pytest.mark.slow
 def test_server_refusals_split_the_request_and_name_the_image(server, reference, tmp_path):
     """Without the export's limits the client sends 200-MP-budget images in batches of 10:
     the server refuses the batch size (the client then sends at most 3) and the over-budget
@@ -264,6 +266,7 @@ def test_server_refusals_split_the_request_and_name_the_image(server, reference,
     _assert_same(_good(got), _good(ref))
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_and_its_errors(server, saved_model, image_dir, reference, tmp_path,
                                        capsys):
     _, url = server
@@ -294,6 +297,7 @@ def test_cli_end_to_end_and_its_errors(server, saved_model, image_dir, reference
                                                           '--max_batch_size', '0')
 
 
+@pytest.mark.slow
 def test_oversize_files_are_not_read_and_a_stop_keeps_the_json(server, reference, tmp_path):
     _, url = server
     paths, ref, _ = reference
@@ -328,6 +332,7 @@ def _free_port():
 
 
 # ---------------------------------------------------------------------------- gRPC
+@pytest.mark.slow
 def test_grpc_client_writes_what_detect_writes(server, saved_model, reference, tmp_path):
     conftest.import_extra('tensorflow_serving', 'serving')  # CI installs the extra
     import grpc
@@ -485,6 +490,7 @@ _ENTRY = textwrap.dedent("""\
     """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('script', ['train', 'export'])
 def test_entry_points_refuse_slow_bfloat16_unless_allowed(tmp_path, script):
     lacks, has = tmp_path / 'lacks', tmp_path / 'has'

@@ -146,6 +146,7 @@ def test_small_params_keep_the_existing_networks():
         ssd_small.small_params(320, first_stride=2)
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(st.floats(10., 16.), st.floats(0., 1.), st.floats(0., 1.)),
                 min_size=1, max_size=20))
@@ -160,6 +161,7 @@ def test_small_network_covers_10_to_16_pixel_objects_anywhere(specs):
 
 
 # ---------------------------------------------------------------------------- coverage claims
+@pytest.mark.slow
 def test_default_anchors_miss_small_objects_and_fitted_anchors_cover_them(small_boxes):
     small_192 = nets_factory.get_network('ssd_small_192')()
     small_320 = nets_factory.get_network('ssd_small_320')()
@@ -192,6 +194,7 @@ def _elongated_boxes(n=2000, seed=0):
     return np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], 1).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model_name', ['ssd_small', 'ssd_small_192'])
 def test_fitted_anchors_lift_coverage_over_90_where_the_default_is_under_60(model_name):
     # The claim, on data where the anchor shapes (not the grid) are what is missing:
@@ -246,6 +249,7 @@ def _short_run_map(net, train_records, test_records, train_dir):
     return evaluation.compute_metrics(run)['voc07']['map']
 
 
+@pytest.mark.slow
 def test_a_short_run_detects_small_objects_better_with_fitted_anchors(tmp_path):
     # ssd_small_192 on the small mode: default anchors cover ~21 % of the boxes, fitted ~49 %.
     # 100 steps of 16 from scratch, seeds fixed: measured VOC07 0.107 (default) vs 0.190

@@ -53,6 +53,7 @@ def test_save_png_round_trip(tmp_path):
         visualize.save_png(tmp_path / 'missing' / 'x.png', image)
 
 
+@pytest.mark.slow
 def test_show_augmentation_grid_on_synthetic_set():
     from ssd_tf.cli import show_augmentation
     records, label_map = show_augmentation.load_source(None, 'train', seed=0)
