@@ -611,7 +611,7 @@ tf.config.threading.set_inter_op_parallelism_threads(8)
 import numpy as np
 from nets import nets_factory
 from preprocessing import ssd_vgg_preprocessing as prep
-from ssd_tf import export
+from ssd_tf.export import saved_model as export
 
 lock, state = threading.Lock(), {{'now': 0, 'max': 0}}
 
