@@ -64,10 +64,14 @@ def keras_detector(model, net, select_threshold=SELECT_THRESHOLD, nms_threshold=
     `postprocess.detected_bboxes_combined` (boxes clipped to the network input).
     Returns dict scores `[B, K]`, bboxes `[B, K, 4]` yxyx relative to the network input,
     classes `[B, K]` int32 1..C-1, num_detections `[B]` int32.
+    The images must be float32 of the network's `img_shape` `(h, w)`; the batch size may
+    change from call to call (the summary images' 3, the eval batches, a last partial batch):
+    the function is traced once, for any batch size.
     """
     anchors = net.anchors()
+    h, w = (int(s) for s in net.params.img_shape)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)])
     def detect(images):
         out = model(images, training=False)
         return detections_from_raw(out['predictions'], out['localisations'], net, anchors,
