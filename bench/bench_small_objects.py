@@ -2,6 +2,7 @@
 small-object configuration, on the synthetic small-object data (companion of bench_raccoon.py).
 
     python bench/bench_small_objects.py [--budget_secs 1200] [--rows default,small,auto]
+        [--devset DIR]   # the real small-object dev set instead of the synthetic shapes
 
 Each training row runs (in this order: default, small, auto, then the optional small_auto)
 
@@ -70,6 +71,17 @@ def real_boxes(data_root, name):
     return np.concatenate([r.boxes for r in records])
 
 
+def devset_boxes(devset, data_root, seed):
+    """The train split boxes of the small-object dev set `devset`, made first (from data_root's
+    raccoon and bccd) when the folder does not exist."""
+    from ssd_tf.datasets import small_devset
+    if not os.path.isdir(devset):
+        report = small_devset.make_devset([os.path.join(data_root, n) for n in REAL_SETS],
+                                          devset, seed=seed)
+        print(small_devset.format_report(report), flush=True)
+    return real_boxes(os.path.dirname(os.path.abspath(devset)), os.path.basename(devset))
+
+
 def coverage_table(box_sets):
     """Default-anchor coverage of every registered network on each `{name: boxes}`."""
     from nets import nets_factory
@@ -117,10 +129,13 @@ def train_row(model_name, anchors, args, gt_boxes):
     from ssd_tf import anchors_report
     from ssd_tf import export
     with tempfile.TemporaryDirectory(prefix='bench_small_') as train_dir:
+        if args.devset:  # the real small-object dev set (VOC)
+            data = ['--dataset_name', 'voc', '--dataset_dir', args.devset]
+        else:
+            data = ['--synthetic_objects', 'small', '--synthetic_num_train', str(args.num_train),
+                    '--synthetic_num_test', str(args.num_test)]
         cmd = [sys.executable, os.path.join(ROOT, 'train_ssd.py'), '--train_dir', train_dir,
-               '--model_name', model_name, '--synthetic_objects', 'small',
-               '--synthetic_num_train', str(args.num_train),
-               '--synthetic_num_test', str(args.num_test), '--seed', str(args.seed),
+               '--model_name', model_name] + data + ['--seed', str(args.seed),
                '--max_train_secs', str(args.budget_secs),
                '--max_number_of_steps', str(max_steps), '--log_every_n_steps', '100']
         if anchors != 'default':
@@ -156,6 +171,11 @@ def main():
     ap.add_argument('--speed_runs', type=int, default=5)
     ap.add_argument('--skip_speed', action='store_true')
     ap.add_argument('--skip_coverage', action='store_true')
+    ap.add_argument('--devset', default=None,
+                    help='train and evaluate the rows on this real small-object dev set (a VOC '
+                         'root; made from --data_root raccoon and bccd by '
+                         'ssd_tf.datasets.small_devset when the folder does not exist) instead '
+                         'of the synthetic small objects')
     args = ap.parse_args()
     rows = [r for r in args.rows.split(',') if r]
     unknown = [r for r in rows if r not in ROWS]
@@ -164,9 +184,12 @@ def main():
     rows = [r for r in ROWS if r in rows]
 
     print(f'Machine: {machine_info()}; load average {_load()}', flush=True)
-    gt = synthetic_boxes(args.num_train, args.seed)
+    if args.devset:
+        gt = devset_boxes(args.devset, args.data_root, args.seed)
+    else:
+        gt = synthetic_boxes(args.num_train, args.seed)
     if not args.skip_coverage:
-        box_sets = {'synthetic small': gt}
+        box_sets = {'small dev set' if args.devset else 'synthetic small': gt}
         for name in REAL_SETS:
             b = real_boxes(args.data_root, name)
             if b is not None:
@@ -182,8 +205,11 @@ def main():
               flush=True)
     if results:
         print(f'\nMachine: {machine_info()}; load average at the end {_load()}\n')
-        print(f'Synthetic small objects ({args.num_train} training / {args.num_test} test '
-              f'images of 320 px, 5-15 objects of 3-10 % of the side), budget '
+        what = (f'Small-object dev set {args.devset} (mosaics of raccoon/bccd thumbnails)'
+                if args.devset else
+                f'Synthetic small objects ({args.num_train} training / {args.num_test} test '
+                f'images of 320 px, 5-15 objects of 3-10 % of the side)')
+        print(f'{what}, budget '
               f'{args.budget_secs} s or {args.max_steps} steps of 32 ({args.max_steps_small} '
               f'for {SMALL_NET})\n')
         print_table(['model', 'anchors', 'steps', 'wall s (incl. data + eval)',
