@@ -151,6 +151,10 @@ class AnchorCoverage:
     small_object_network: str = None
     # size bucket -> {reason: boxes lost for it} (`loss_reasons`), when measured
     lost_by_size: dict = None
+    # (H, W) input of `small_object_network`, and how many of the boxes would still be under
+    # MIN_INPUT_PIXELS at that input (for `recommended_command`), when known
+    small_object_input: tuple = None
+    too_small_for_small_network: int = None
 
     @property
     def sampled(self):
@@ -159,6 +163,32 @@ class AnchorCoverage:
     def uncovered_sizes(self, below=WARN_COVERAGE):
         """Size buckets (names) holding boxes whose covered share is under `below`."""
         return [k for k, v in self.by_size.items() if v.count and v.covered < below]
+
+    @property
+    def small_share(self):
+        """Share of the boxes in the small-object buckets (the first `SMALL_BUCKETS`, under
+        16 % of the side); nan without boxes."""
+        if not self.num_boxes:
+            return float('nan')
+        names = SIZE_NAMES[:SMALL_BUCKETS]
+        return sum(self.by_size[n].count for n in names if n in self.by_size) / self.num_boxes
+
+    def recommended_command(self):
+        """When most boxes are small (`small_share` >= 0.5) and a small-object network is
+        known: the one `train_ssd.py` command for such data (that network, whose input size
+        comes with it, and anchors fitted to the boxes), else ''. The data flags are the
+        user's own (written as a placeholder)."""
+        if not self.small_object_network or not self.num_boxes or self.small_share < 0.5:
+            return ''
+        text = (f"python train_ssd.py --model_name={self.small_object_network} --anchors=auto "
+                f"<your --dataset_name/--dataset_dir flags>")
+        if self.small_object_input:
+            h, w = self.small_object_input
+            text += f" (input {h}x{w}, fixed by {self.small_object_network})"
+            if self.too_small_for_small_network:
+                text += (f"; {self.too_small_for_small_network} boxes stay under "
+                         f"{MIN_INPUT_PIXELS} px even at that input")
+        return text
 
     def warning(self):
         """The warning text when coverage is under `WARN_COVERAGE`, else ''."""
@@ -183,7 +213,13 @@ class AnchorCoverage:
         if not remedies:  # fitted already, no small-object network to suggest
             remedies.append("a network with a finer first feature map or a larger input "
                             "(--model_name)")
-        return text + " Remedy: " + ' or '.join(remedies) + '.'
+        text += " Remedy: " + ' or '.join(remedies) + '.'
+        command = self.recommended_command()
+        if command and not (self.model_name == self.small_object_network and
+                            self.anchors == 'auto'):
+            text += (f" {100 * self.small_share:.0f}% of the boxes are under 16% of the image "
+                     f"side; the small-object command: {command}")
+        return text
 
     def format(self):
         """A readable table (overall, by size, by aspect) followed by the warning, if any."""
@@ -267,12 +303,13 @@ def coverage_from_best(best, gt_boxes, layer_names, matching_threshold=0.5, tota
 
 
 def anchor_coverage(gt_boxes, net, matching_threshold=0.5, max_boxes=MAX_BOXES, seed=0,
-                    anchors=None, small_object_network=None):
+                    anchors=None, small_object_network=None, small_object_input=None):
     """Coverage of the ground-truth boxes `gt_boxes` (`[N, 4]` yxyx relative, numpy) by the
     anchors of `net` (an `SSDNet`). Boxes of zero or negative size are left out; beyond
     `max_boxes` a sample drawn with `seed` is measured. `anchors`: 'default' or 'auto'
     (default: 'auto' when `net`'s anchors are explicit, fitted ones), for the report's text;
-    `small_object_network`: a model name the warning suggests (`small_object_network_name`).
+    `small_object_network`: a model name the warning suggests (`small_object_network_name`);
+    `small_object_input`: its input `(H, W)`, for `AnchorCoverage.recommended_command`.
     Returns an `AnchorCoverage`."""
     from ssd_tf import anchors as anchors_lib
     b, total = sample_boxes(gt_boxes, max_boxes, seed)
@@ -286,6 +323,11 @@ def anchor_coverage(gt_boxes, net, matching_threshold=0.5, max_boxes=MAX_BOXES, 
                                 small_object_network=small_object_network)
     report.lost_by_size = losses_by_size(
         loss_reasons(b, layers, net.params.img_shape, matching_threshold, best), b)
+    if small_object_input is not None:
+        h, w = (int(v) for v in small_object_input[:2])
+        report.small_object_input = (h, w)
+        side_px = np.sqrt((b[:, 2] - b[:, 0]) * h * (b[:, 3] - b[:, 1]) * w)
+        report.too_small_for_small_network = int((side_px < MIN_INPUT_PIXELS).sum())
     return report
 
 

@@ -55,3 +55,37 @@ def test_losses_by_size_buckets_and_the_report_table():
     # D is 0.02 * 128 = 2.6 px at ssd_small's 128 px input
     assert d['2-4%']['input too small'] == 1
     assert sum(sum(v.values()) for v in d.values()) >= 1
+
+
+def _small_boxes():
+    """10 boxes of side 0.05 (4-8 % of the side) and 2 of side 0.01 (<2 %), spread out."""
+    out = []
+    for i in range(10):
+        y = 0.05 + 0.09 * i
+        out.append([y, y, y + 0.05, y + 0.05])
+    out += [[0.5, 0.1, 0.51, 0.11], [0.1, 0.5, 0.11, 0.51]]
+    return np.array(out)
+
+
+def test_small_boxes_warning_names_the_small_object_command():
+    report = anchors_report.anchor_coverage(_small_boxes(), ssd_small.SSDNet(),
+                                            small_object_network='ssd_small_320',
+                                            small_object_input=(320, 320))
+    assert report.small_share == 1.0  # all 12 boxes are under 16 % of the side
+    warning = report.warning()
+    assert ('python train_ssd.py --model_name=ssd_small_320 --anchors=auto '
+            '<your --dataset_name/--dataset_dir flags> (input 320x320') in warning
+    # the two 0.01 boxes are 0.01 * 320 = 3.2 px at 320 px: still under 8 px
+    assert '2 boxes stay under 8 px even at that input' in warning
+    assert '100% of the boxes are under 16% of the image side' in warning
+
+
+def test_no_command_for_large_boxes_or_without_a_small_network():
+    big = np.array([[0.1, 0.1, 0.6, 0.6], [0.3, 0.2, 0.9, 0.8]])  # sides 0.5, 0.6
+    report = anchors_report.anchor_coverage(big, ssd_small.SSDNet(),
+                                            small_object_network='ssd_small_320',
+                                            small_object_input=(320, 320))
+    assert report.small_share == 0. and report.recommended_command() == ''
+    report = anchors_report.anchor_coverage(_small_boxes(), ssd_small.SSDNet())
+    assert report.recommended_command() == ''
+    assert 'train_ssd.py' not in report.warning()
