@@ -17,7 +17,8 @@ it trains in 20 minutes on an idle machine, so that its cosine schedule ends wit
 budget) or when the budget is spent; then the 300 synthetic test images are evaluated.
 Columns: model, anchors, steps done, wall (training + data generation + evaluation), anchor
 coverage of the training boxes (share with an anchor of IoU >= 0.5, for the anchors the run
-used, read back from its checkpoint), VOC07 and VOC12 mAP.
+used, read back from its checkpoint), VOC07 and VOC12 mAP, and the VOC07 AP of the small size
+buckets (the evaluation's per-size table).
 
 Before training (cheap, no training): the coverage of every network's default anchors on the
 synthetic small-object boxes and on ../shared/data raccoon and bccd (train split, when
@@ -45,6 +46,9 @@ ROWS = {'default': (None, 'default'), 'small': (SMALL_NET, 'default'),
 DEFAULT_ROWS = 'default,small,auto'
 SPEED_MODELS = ('ssd_small', 'ssd_small_192', SMALL_NET)
 REAL_SETS = ('raccoon', 'bccd')
+# Size buckets whose VOC07 AP each row reports (eval metrics.json `by_size`; '-' when the test
+# set has no box of that size)
+SMALL_BUCKETS = ('<2%', '2-4%', '4-8%', '8-16%')
 
 
 def _load():
@@ -146,11 +150,16 @@ def train_row(model_name, anchors, args, gt_boxes):
         wall = time.perf_counter() - t0
         with open(os.path.join(train_dir, 'final_metrics.json')) as f:
             m = json.load(f)
+        # VOC07 AP of the small buckets (the eval report's per-size table)
+        with open(os.path.join(train_dir, 'eval', 'metrics.json')) as f:
+            by_size = json.load(f).get('by_size', {})
+        small_ap = [by_size.get(b, {}).get('map07') for b in SMALL_BUCKETS]
         # The anchors the run used (fitted ones included), as eval and export read them.
         net = export.load_from_checkpoint(train_dir, nets_factory.get_network)[0]
         coverage = anchors_report.anchor_coverage(gt_boxes, net).fraction
     return [model_name, anchors, m['step'], f'{wall:.0f}', f'{100 * coverage:.1f} %',
-            f"{m['voc07_map']:.4f}", f"{m['voc12_map']:.4f}"]
+            f"{m['voc07_map']:.4f}", f"{m['voc12_map']:.4f}"] + \
+        ['-' if v is None else f'{v:.4f}' for v in small_ap]
 
 
 def main():
@@ -213,7 +222,8 @@ def main():
               f'{args.budget_secs} s or {args.max_steps} steps of 32 ({args.max_steps_small} '
               f'for {SMALL_NET})\n')
         print_table(['model', 'anchors', 'steps', 'wall s (incl. data + eval)',
-                     'coverage', 'VOC07 mAP', 'VOC12 mAP'], results)
+                     'coverage', 'VOC07 mAP', 'VOC12 mAP'] +
+                    [f'AP07 {b}' for b in SMALL_BUCKETS], results)
 
 
 if __name__ == '__main__':

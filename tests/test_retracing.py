@@ -96,8 +96,9 @@ def test_eval_detector_is_traced_once_for_any_batch_size():
 
 def test_image_checks_called_first_from_many_threads_trace_once(tmp_path, monkeypatch):
     """`records.check_image_files` reads with a pool of threads; their simultaneous first calls
-    of the compiled header check / decoder each counted as a trace (8 threads: the warning). Fresh compiled copies, whose Python body counts its traces (and is slow, so that
-    without the lock the threads would all be tracing at once)."""
+    of the compiled header check / decoder each counted as a trace (8 threads: the warning).
+    Fresh compiled copies, whose Python body counts its traces (and is slow, so that without
+    the lock the threads would all be calling during the first trace)."""
     traces = []
 
     def counting(name, python_function):
