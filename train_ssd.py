@@ -436,10 +436,13 @@ def resolve_anchors(cfg, net, records, has_checkpoint):
         if has_checkpoint and os.path.isfile(config_path) else None
     boxes = _training_boxes(cfg, records)
     small = anchors_report.small_object_network_name(nets_factory.networks_map)
+    small_input = None if small is None else \
+        tuple(nets_factory.networks_map[small].default_params.img_shape)
 
     def coverage(n):
         return anchors_report.anchor_coverage(boxes, n, cfg.match_threshold, seed=cfg.seed,
-                                              small_object_network=small)
+                                              small_object_network=small,
+                                              small_object_input=small_input)
     before = None
     if previous is not None:
         try:

@@ -2,6 +2,7 @@
 small-object configuration, on the synthetic small-object data (companion of bench_raccoon.py).
 
     python bench/bench_small_objects.py [--budget_secs 1200] [--rows default,small,auto]
+        [--devset DIR]   # the real small-object dev set instead of the synthetic shapes
 
 Each training row runs (in this order: default, small, auto, then the optional small_auto)
 
@@ -16,7 +17,8 @@ it trains in 20 minutes on an idle machine, so that its cosine schedule ends wit
 budget) or when the budget is spent; then the 300 synthetic test images are evaluated.
 Columns: model, anchors, steps done, wall (training + data generation + evaluation), anchor
 coverage of the training boxes (share with an anchor of IoU >= 0.5, for the anchors the run
-used, read back from its checkpoint), VOC07 and VOC12 mAP.
+used, read back from its checkpoint), VOC07 and VOC12 mAP, and the VOC07 AP of the small size
+buckets (the evaluation's per-size table).
 
 Before training (cheap, no training): the coverage of every network's default anchors on the
 synthetic small-object boxes and on ../shared/data raccoon and bccd (train split, when
@@ -44,6 +46,9 @@ ROWS = {'default': (None, 'default'), 'small': (SMALL_NET, 'default'),
 DEFAULT_ROWS = 'default,small,auto'
 SPEED_MODELS = ('ssd_small', 'ssd_small_192', SMALL_NET)
 REAL_SETS = ('raccoon', 'bccd')
+# Size buckets whose VOC07 AP each row reports (eval metrics.json `by_size`; '-' when the test
+# set has no box of that size)
+SMALL_BUCKETS = ('<2%', '2-4%', '4-8%', '8-16%')
 
 
 def _load():
@@ -68,6 +73,17 @@ def real_boxes(data_root, name):
         return None
     records, _, _ = factory.load_records('voc', path, 'train', check_images=False)
     return np.concatenate([r.boxes for r in records])
+
+
+def devset_boxes(devset, data_root, seed):
+    """The train split boxes of the small-object dev set `devset`, made first (from data_root's
+    raccoon and bccd) when the folder does not exist."""
+    from ssd_tf.datasets import small_devset
+    if not os.path.isdir(devset):
+        report = small_devset.make_devset([os.path.join(data_root, n) for n in REAL_SETS],
+                                          devset, seed=seed)
+        print(small_devset.format_report(report), flush=True)
+    return real_boxes(os.path.dirname(os.path.abspath(devset)), os.path.basename(devset))
 
 
 def coverage_table(box_sets):
@@ -116,10 +132,13 @@ def train_row(model_name, anchors, args, gt_boxes):
     from ssd_tf import anchors_report
     from ssd_tf import builder
     with tempfile.TemporaryDirectory(prefix='bench_small_') as train_dir:
+        if args.devset:  # the real small-object dev set (VOC)
+            data = ['--dataset_name', 'voc', '--dataset_dir', args.devset]
+        else:
+            data = ['--synthetic_objects', 'small', '--synthetic_num_train', str(args.num_train),
+                    '--synthetic_num_test', str(args.num_test)]
         cmd = [sys.executable, os.path.join(ROOT, 'train_ssd.py'), '--train_dir', train_dir,
-               '--model_name', model_name, '--synthetic_objects', 'small',
-               '--synthetic_num_train', str(args.num_train),
-               '--synthetic_num_test', str(args.num_test), '--seed', str(args.seed),
+               '--model_name', model_name] + data + ['--seed', str(args.seed),
                '--max_train_secs', str(args.budget_secs),
                '--max_number_of_steps', str(max_steps), '--log_every_n_steps', '100']
         if anchors != 'default':
@@ -130,11 +149,16 @@ def train_row(model_name, anchors, args, gt_boxes):
         wall = time.perf_counter() - t0
         with open(os.path.join(train_dir, 'final_metrics.json')) as f:
             m = json.load(f)
+        # VOC07 AP of the small buckets (the eval report's per-size table)
+        with open(os.path.join(train_dir, 'eval', 'metrics.json')) as f:
+            by_size = json.load(f).get('by_size', {})
+        small_ap = [by_size.get(b, {}).get('map07') for b in SMALL_BUCKETS]
         # The anchors the run used (fitted ones included), as eval and export read them.
         net = builder.load_model(train_dir).net
         coverage = anchors_report.anchor_coverage(gt_boxes, net).fraction
     return [model_name, anchors, m['step'], f'{wall:.0f}', f'{100 * coverage:.1f} %',
-            f"{m['voc07_map']:.4f}", f"{m['voc12_map']:.4f}"]
+            f"{m['voc07_map']:.4f}", f"{m['voc12_map']:.4f}"] + \
+        ['-' if v is None else f'{v:.4f}' for v in small_ap]
 
 
 def main():
@@ -155,6 +179,11 @@ def main():
     ap.add_argument('--speed_runs', type=int, default=5)
     ap.add_argument('--skip_speed', action='store_true')
     ap.add_argument('--skip_coverage', action='store_true')
+    ap.add_argument('--devset', default=None,
+                    help='train and evaluate the rows on this real small-object dev set (a VOC '
+                         'root; made from --data_root raccoon and bccd by '
+                         'ssd_tf.datasets.small_devset when the folder does not exist) instead '
+                         'of the synthetic small objects')
     args = ap.parse_args()
     rows = [r for r in args.rows.split(',') if r]
     unknown = [r for r in rows if r not in ROWS]
@@ -163,9 +192,12 @@ def main():
     rows = [r for r in ROWS if r in rows]
 
     print(f'Machine: {machine_info()}; load average {_load()}', flush=True)
-    gt = synthetic_boxes(args.num_train, args.seed)
+    if args.devset:
+        gt = devset_boxes(args.devset, args.data_root, args.seed)
+    else:
+        gt = synthetic_boxes(args.num_train, args.seed)
     if not args.skip_coverage:
-        box_sets = {'synthetic small': gt}
+        box_sets = {'small dev set' if args.devset else 'synthetic small': gt}
         for name in REAL_SETS:
             b = real_boxes(args.data_root, name)
             if b is not None:
@@ -181,12 +213,16 @@ def main():
               flush=True)
     if results:
         print(f'\nMachine: {machine_info()}; load average at the end {_load()}\n')
-        print(f'Synthetic small objects ({args.num_train} training / {args.num_test} test '
-              f'images of 320 px, 5-15 objects of 3-10 % of the side), budget '
+        what = (f'Small-object dev set {args.devset} (mosaics of raccoon/bccd thumbnails)'
+                if args.devset else
+                f'Synthetic small objects ({args.num_train} training / {args.num_test} test '
+                f'images of 320 px, 5-15 objects of 3-10 % of the side)')
+        print(f'{what}, budget '
               f'{args.budget_secs} s or {args.max_steps} steps of 32 ({args.max_steps_small} '
               f'for {SMALL_NET})\n')
         print_table(['model', 'anchors', 'steps', 'wall s (incl. data + eval)',
-                     'coverage', 'VOC07 mAP', 'VOC12 mAP'], results)
+                     'coverage', 'VOC07 mAP', 'VOC12 mAP'] +
+                    [f'AP07 {b}' for b in SMALL_BUCKETS], results)
 
 
 if __name__ == '__main__':

@@ -35,6 +35,12 @@ SIZE_NAMES = ('<2%', '2-4%', '4-8%', '8-16%', '16-32%', '32-64%', '>64%')
 # The first buckets (boxes under 16 % of the side) are the small objects: when they are
 # uncovered, the warning also suggests the small-object network.
 SMALL_BUCKETS = 4
+# A box whose side sqrt(h * w) at the network input is under this many pixels is lost for
+# being too small (`loss_reasons`): under one cell of the finest feature map of every network
+# here (stride 8: 38 x 38 on SSD300, 16 x 16 on ssd_small's 128 px).
+MIN_INPUT_PIXELS = 8
+# Where boxes are lost (`loss_reasons`), in the order the reasons are tried.
+LOSS_REASONS = ('input too small', 'no anchor shape', 'map too coarse')
 # Aspect ratio buckets on w / h (relative units, as the network sees the warped image).
 ASPECT_EDGES = (1. / 3, 1. / 2, 4. / 5, 5. / 4, 2., 3.)
 ASPECT_NAMES = ('<1:3', '1:3-1:2', '1:2-4:5', '4:5-5:4', '5:4-2:1', '2:1-3:1', '>3:1')
@@ -138,6 +144,12 @@ class AnchorCoverage:
     model_name: str = None
     anchors: str = 'default'
     small_object_network: str = None
+    # size bucket -> {reason: boxes lost for it} (`loss_reasons`), when measured
+    lost_by_size: dict = None
+    # (H, W) input of `small_object_network`, and how many of the boxes would still be under
+    # MIN_INPUT_PIXELS at that input (for `recommended_command`), when known
+    small_object_input: tuple = None
+    too_small_for_small_network: int = None
 
     @property
     def sampled(self):
@@ -146,6 +158,32 @@ class AnchorCoverage:
     def uncovered_sizes(self, below=WARN_COVERAGE):
         """Size buckets (names) holding boxes whose covered share is under `below`."""
         return [k for k, v in self.by_size.items() if v.count and v.covered < below]
+
+    @property
+    def small_share(self):
+        """Share of the boxes in the small-object buckets (the first `SMALL_BUCKETS`, under
+        16 % of the side); nan without boxes."""
+        if not self.num_boxes:
+            return float('nan')
+        names = SIZE_NAMES[:SMALL_BUCKETS]
+        return sum(self.by_size[n].count for n in names if n in self.by_size) / self.num_boxes
+
+    def recommended_command(self):
+        """When most boxes are small (`small_share` >= 0.5) and a small-object network is
+        known: the one `train_ssd.py` command for such data (that network, whose input size
+        comes with it, and anchors fitted to the boxes), else ''. The data flags are the
+        user's own (written as a placeholder)."""
+        if not self.small_object_network or not self.num_boxes or self.small_share < 0.5:
+            return ''
+        text = (f"python train_ssd.py --model_name={self.small_object_network} --anchors=auto "
+                f"<your --dataset_name/--dataset_dir flags>")
+        if self.small_object_input:
+            h, w = self.small_object_input
+            text += f" (input {h}x{w}, fixed by {self.small_object_network})"
+            if self.too_small_for_small_network:
+                text += (f"; {self.too_small_for_small_network} boxes stay under "
+                         f"{MIN_INPUT_PIXELS} px even at that input")
+        return text
 
     def warning(self):
         """The warning text when coverage is under `WARN_COVERAGE`, else ''."""
@@ -170,7 +208,13 @@ class AnchorCoverage:
         if not remedies:  # fitted already, no small-object network to suggest
             remedies.append("a network with a finer first feature map or a larger input "
                             "(--model_name)")
-        return text + " Remedy: " + ' or '.join(remedies) + '.'
+        text += " Remedy: " + ' or '.join(remedies) + '.'
+        command = self.recommended_command()
+        if command and not (self.model_name == self.small_object_network and
+                            self.anchors == 'auto'):
+            text += (f" {100 * self.small_share:.0f}% of the boxes are under 16% of the image "
+                     f"side; the small-object command: {command}")
+        return text
 
     def format(self):
         """A readable table (overall, by size, by aspect) followed by the warning, if any."""
@@ -186,10 +230,23 @@ class AnchorCoverage:
                 if v.count:
                     lines.append(f"  {name:<27} {v.count:>7} {100 * v.covered:>7.1f}%  "
                                  f"{', '.join(v.feature_maps)}")
+        lines += self.format_losses()
         warning = self.warning()
         if warning:
             lines.append(warning)
         return '\n'.join(lines)
+
+    def format_losses(self):
+        """Lines of the table of where boxes are lost, per size bucket (none when no box is
+        lost or the reasons were not measured)."""
+        if not self.lost_by_size or not any(sum(v.values()) for v in self.lost_by_size.values()):
+            return []
+        lines = [f"  boxes lost, by size          {'input too small':>15} {'no anchor shape':>15} "
+                 f"{'map too coarse':>15}"]
+        for name, v in self.lost_by_size.items():
+            if sum(v.values()):
+                lines.append(f"  {name:<27} " + ' '.join(f'{v[r]:>15}' for r in LOSS_REASONS))
+        return lines
 
     def to_dict(self):
         """JSON-able dict (buckets as `{count, covered, feature_maps}`; nan as None)."""
@@ -204,7 +261,8 @@ class AnchorCoverage:
                 'by_feature_map': {k: num(v) for k, v in self.by_feature_map.items()},
                 'num_boxes': int(self.num_boxes), 'total_boxes': int(self.total_boxes),
                 'model_name': self.model_name, 'anchors': self.anchors,
-                'uncovered_sizes': self.uncovered_sizes()}
+                'uncovered_sizes': self.uncovered_sizes(),
+                'lost_by_size': self.lost_by_size}
 
 
 def _buckets(index, names, covered, layer, layer_names):
@@ -240,22 +298,95 @@ def coverage_from_best(best, gt_boxes, layer_names, matching_threshold=0.5, tota
 
 
 def anchor_coverage(gt_boxes, net, matching_threshold=0.5, max_boxes=MAX_BOXES, seed=0,
-                    anchors=None, small_object_network=None):
+                    anchors=None, small_object_network=None, small_object_input=None):
     """Coverage of the ground-truth boxes `gt_boxes` (`[N, 4]` yxyx relative, numpy) by the
     anchors of `net` (an `SSDNet`). Boxes of zero or negative size are left out; beyond
     `max_boxes` a sample drawn with `seed` is measured. `anchors`: 'default' or 'auto'
     (default: 'auto' when `net`'s anchors are explicit, fitted ones), for the report's text;
-    `small_object_network`: a model name the warning suggests (`small_object_network_name`).
+    `small_object_network`: a model name the warning suggests (`small_object_network_name`);
+    `small_object_input`: its input `(H, W)`, for `AnchorCoverage.recommended_command`.
     Returns an `AnchorCoverage`."""
     from ssd_tf import anchors as anchors_lib
     b, total = sample_boxes(gt_boxes, max_boxes, seed)
     if anchors is None:
         anchors = 'auto' if any(anchors_lib.is_explicit(s)
                                 for s in net.params.anchor_sizes) else 'default'
-    best = best_iou_per_layer(b, net.anchors())
-    return coverage_from_best(best, b, list(net.params.feat_layers), matching_threshold,
-                              total_boxes=total, model_name=net.model_name, anchors=anchors,
-                              small_object_network=small_object_network)
+    layers = net.anchors()
+    best = best_iou_per_layer(b, layers)
+    report = coverage_from_best(best, b, list(net.params.feat_layers), matching_threshold,
+                                total_boxes=total, model_name=net.model_name, anchors=anchors,
+                                small_object_network=small_object_network)
+    report.lost_by_size = losses_by_size(
+        loss_reasons(b, layers, net.params.img_shape, matching_threshold, best), b)
+    if small_object_input is not None:
+        h, w = (int(v) for v in small_object_input[:2])
+        report.small_object_input = (h, w)
+        side_px = np.sqrt((b[:, 2] - b[:, 0]) * h * (b[:, 3] - b[:, 1]) * w)
+        report.too_small_for_small_network = int((side_px < MIN_INPUT_PIXELS).sum())
+    return report
+
+
+def best_shape_iou(gt_boxes, anchors):
+    """The best IoU of each box `[N, 4]` with any anchor shape of any layer centred exactly on
+    it (no grid): what the anchor shapes could reach with an infinitely fine grid. `[N]`."""
+    b = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    out = np.zeros(b.shape[0], np.float64)
+    if b.shape[0] == 0:
+        return out
+    cy, cx = (b[:, 0] + b[:, 2]) / 2., (b[:, 1] + b[:, 3]) / 2.
+    centred = b - np.stack([cy, cx, cy, cx], axis=-1)
+    for _, _, h, w in anchors:
+        h, w = _grid(h), _grid(w)
+        shapes = np.stack([-h / 2., -w / 2., h / 2., w / 2.], axis=-1)
+        out = np.maximum(out, boxes_lib.iou(centred, shapes).numpy().max(axis=1))
+    return out
+
+
+def loss_reasons(gt_boxes, anchors, img_shape, matching_threshold=0.5, best=None,
+                 min_input_pixels=MIN_INPUT_PIXELS):
+    """Why each box `[N, 4]` (yxyx relative) is lost, or '' when it is not: the first of
+    `LOSS_REASONS` that holds.
+
+    - 'input too small': its side at the network input (`img_shape` (H, W) pixels),
+      sqrt(h H * w W), is under `min_input_pixels`: too few pixels for any feature, whatever
+      the anchors (a larger input, or tiles of the image, would help);
+    - 'no anchor shape': not covered (best anchor IoU < `matching_threshold`), and no anchor
+      shape of any layer reaches the threshold even centred exactly on the box
+      (`best_shape_iou`): the sizes / aspect ratios do not fit (`--anchors=auto` fits them);
+    - 'map too coarse': not covered, although a shape centred on the box would reach the
+      threshold: the grid step of the layers is too large, the nearest anchor centre too far
+      from the box centre (a finer feature map helps).
+    A covered box of at least `min_input_pixels` is not lost. `anchors`: the layers as
+    `best_iou_per_layer` takes them; `best`: its `[N, L]` result, if already computed.
+    Returns a list of N strings.
+    """
+    b = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    if best is None:
+        best = best_iou_per_layer(b, anchors)
+    covered = np.asarray(best).reshape(b.shape[0], -1).max(axis=1, initial=0.) >= \
+        matching_threshold
+    height, width = (float(v) for v in img_shape[:2])
+    side_px = np.sqrt((b[:, 2] - b[:, 0]) * height * (b[:, 3] - b[:, 1]) * width)
+    shape_fits = best_shape_iou(b, anchors) >= matching_threshold
+    out = []
+    for i in range(b.shape[0]):
+        if side_px[i] < min_input_pixels:
+            out.append(LOSS_REASONS[0])
+        elif covered[i]:
+            out.append('')
+        else:
+            out.append(LOSS_REASONS[2] if shape_fits[i] else LOSS_REASONS[1])
+    return out
+
+
+def losses_by_size(reasons, gt_boxes):
+    """{size bucket name: {reason: boxes lost for it}} from `loss_reasons(gt_boxes, ..)`."""
+    idx = size_bucket(gt_boxes)
+    out = {name: dict.fromkeys(LOSS_REASONS, 0) for name in SIZE_NAMES}
+    for i, reason in zip(idx, reasons):
+        if reason:
+            out[SIZE_NAMES[i]][reason] += 1
+    return out
 
 
 def small_object_network_name(networks_map):

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf import anchors_report
 from ssd_tf import boxes as boxes_lib
 from ssd_tf import images
 from ssd_tf import metrics as metrics_lib
@@ -59,10 +60,14 @@ def keras_detector(model, net, select_threshold=SELECT_THRESHOLD, nms_threshold=
     `postprocess.detected_bboxes_combined` (boxes clipped to the network input).
     Returns dict scores `[B, K]`, bboxes `[B, K, 4]` yxyx relative to the network input,
     classes `[B, K]` int32 1..C-1, num_detections `[B]` int32.
+    The images must be float32 of the network's `img_shape` `(h, w)`; the batch size may
+    change from call to call (the summary images' 3, the eval batches, a last partial batch):
+    the function is traced once, for any batch size.
     """
     anchors = net.anchors()
+    h, w = (int(s) for s in net.params.img_shape)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)])
     def detect(images):
         out = model(images, training=False)
         return postprocess.detections_from_raw(out['predictions'], out['localisations'], net,
@@ -309,11 +314,39 @@ def compute_metrics(run, coco=False):
         num_detections={k: v['num_detections'] for k, v in res['per_class'].items()},
         images_per_second=run.num_images / max(run.seconds, 1e-9),
     )
+    by_size = size_metrics(run.evaluator)
+    if by_size is not None:
+        out['by_size'] = by_size
     if coco:
         out['coco'] = metrics_lib.coco_metrics(run.evaluator.coco_ground_truth(),
                                                run.evaluator.coco_detections())
     out['_per_class'] = res['per_class']
     return out
+
+
+def size_metrics(evaluator):
+    """AP (VOC07, VOC12) and recall per object-size bucket of the coverage report
+    (`anchors_report.SIZE_NAMES`: sqrt of the box area over the image's), buckets without
+    ground truth left out; rules in `metrics.size_bucket_results` (a matched detection counts
+    in its ground truth's bucket, an unmatched one in its own). None without image sizes."""
+    res = evaluator.evaluate_by_size(anchors_report.SIZE_EDGES, anchors_report.SIZE_NAMES)
+    if res is None:
+        return None
+    return {name: dict(npos=v['npos'], num_detections=v['num_detections'],
+                       recall=v['recall'], map07=v['map07'], map12=v['map12'],
+                       ap07=v['ap07'], ap12=v['ap12'])
+            for name, v in res.items() if v['npos']}
+
+
+def format_size_table(by_size):
+    """The per-size table: bucket, npos, detections counted in it, mAP VOC07 and VOC12 over
+    the classes with ground truth there, and recall."""
+    lines = [f"{'box side':<9}  {'npos':>5}  {'dets':>6}  {'AP07':>6}  {'AP12':>6}  "
+             f"{'recall':>6}", '-' * 46]
+    for name, v in by_size.items():
+        lines.append(f"{name:<9}  {v['npos']:>5d}  {v['num_detections']:>6d}  "
+                     f"{_fmt(v['map07'])}  {_fmt(v['map12'])}  {_fmt(v['recall'])}")
+    return '\n'.join(lines)
 
 
 def _fmt(v):
@@ -333,6 +366,12 @@ def format_table(m):
     lines.append(f"{'mAP':<{width}}  {sum(m['npos'].values()):>5d}  "
                  f"{sum(m['num_detections'].values()):>6d}  {_fmt(m['voc07']['map'])}  "
                  f"{_fmt(m['voc12']['map'])}")
+    if m.get('by_size'):
+        lines.append('')
+        lines.append('by object size (box side sqrt(h*w) as % of the image side; a matched '
+                     'detection counts in its ground truth\'s bucket, an unmatched one in '
+                     'its own):')
+        lines.append(format_size_table(m['by_size']))
     if 'coco' in m:
         c = m['coco']
         lines.append('COCO: ' + '  '.join(f'{k}={c[k]:.4f}' for k in metrics_lib.COCO_METRIC_NAMES))

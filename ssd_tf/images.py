@@ -27,6 +27,8 @@ Graph code (`encoded_image_problem`, `decode_image`) takes a scalar `tf.string`;
 eagerly it runs a compiled copy. Python helpers: `sniff_format`, `read_image_bytes`,
 `decode_record_image`.
 """
+import threading
+
 import numpy as np
 import tensorflow as tf
 
@@ -257,6 +259,24 @@ _DECODE_FN = {
                        autograph=False)}
 
 
+_FIRST_CALL_LOCK = threading.Lock()
+_TRACED = set()
+
+
+def _call_compiled(fn, args):
+    """`fn(*args)` for one of the compiled copies above. Their first call traces them; the
+    readers call them from several threads at once (`records.check_image_files`), and
+    TensorFlow counts every call that overlaps a trace as a retrace (8 threads: "8 out of the
+    last 8 calls ... triggered tf.function retracing"), so the first call runs alone, under a
+    lock; later calls run concurrently."""
+    if id(fn) in _TRACED:
+        return fn(*args)
+    with _FIRST_CALL_LOCK:
+        out = fn(*args)
+        _TRACED.add(id(fn))
+    return out
+
+
 def _eager_args(data, max_pixels, *rest):
     args = [tf.convert_to_tensor(data, tf.string)]
     if max_pixels is not None:
@@ -271,7 +291,8 @@ def encoded_image_problem(data, max_pixels=None):
     (no end-of-image marker)' or '16000x16000 pixels is over the limit of 200000000'
     (width x height)."""
     if tf.executing_eagerly():
-        return _PROBLEM_FN[max_pixels is not None](*_eager_args(data, max_pixels))
+        return _call_compiled(_PROBLEM_FN[max_pixels is not None],
+                              _eager_args(data, max_pixels))
     return _inspect(data, max_pixels)[0]
 
 
@@ -300,7 +321,8 @@ def decode_image(data, max_pixels=None, where=None):
     """
     where = 'image' if where is None else where
     if tf.executing_eagerly():
-        return _DECODE_FN[max_pixels is not None](*_eager_args(data, max_pixels, where))
+        return _call_compiled(_DECODE_FN[max_pixels is not None],
+                              _eager_args(data, max_pixels, where))
     return _decode(data, max_pixels, where)
 
 

@@ -324,6 +324,73 @@ def _gather_class(image_ids, gt, det, label):
     return gt_by_image, ids, scores, boxes
 
 
+def relative_sides(boxes, image_shape):
+    """Size of pixel boxes `[N, 4]` yxyx relative to their image `(height, width)`:
+    sqrt(h * w / (height * width)) (h, w without VOC's +1), the measure of the coverage
+    report's size buckets."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    return np.sqrt(area / (float(image_shape[0]) * float(image_shape[1])))
+
+
+def size_bucket_results(image_ids, gt, det, image_shapes, num_labels, edges, names,
+                        ovthresh=0.5):
+    """AP and recall per object-size bucket, with COCO's rule for area ranges applied to the
+    VOC matching.
+
+    A box's size is `relative_sides` (sqrt of its area over the image's); bucket i holds the
+    sizes in `[edges[i-1], edges[i])` (`names[i]`; the first bucket has no lower edge, the last
+    no upper one). For bucket b and each class:
+    - ground truth outside b is ignored, as difficult ground truth is (not in npos; a
+      detection whose best-overlapping box, IoU > ovthresh, is such a box is neither TP nor FP);
+    - a detection matched to ground truth of b is a TP whatever its own size;
+    - a detection left unmatched (FP: no overlap above ovthresh, or a duplicate) counts as FP
+      only when its own size is in b; otherwise it is ignored.
+    So the bucket of a matched detection is its ground truth's size, that of an unmatched one
+    its own size. Then VOC07/VOC12 AP per class on those flags, the mean over the classes with
+    ground truth in b (nan if none), and the recall: matched ground truth of b over all of it
+    (nan without any).
+
+    image_ids, gt, det: as `VOCEvaluator` keeps them (pixel boxes); image_shapes: image_id ->
+    (height, width). Returns {bucket name: dict(npos, num_detections (TP + FP), tp, map07,
+    map12, recall, ap07, ap12 ({label: AP} of the classes with npos > 0))}.
+    """
+    edges = np.asarray(edges, np.float64)
+    gt_bucket = {i: np.searchsorted(edges, relative_sides(gt[i][0], image_shapes[i]),
+                                    side='right') for i in image_ids}
+    det_bucket = {i: np.searchsorted(edges, relative_sides(det[i][0], image_shapes[i]),
+                                     side='right') for i in image_ids}
+    out = {}
+    for b, name in enumerate(names):
+        total = dict(npos=0, tp=0, fp=0)
+        ap07, ap12 = {}, {}
+        for label in range(1, num_labels + 1):
+            gt_by_image, ids, scores, boxes = _gather_class(image_ids, gt, det, label)
+            restricted, det_in = {}, []
+            for i in image_ids:
+                g_boxes, g_ignored = gt_by_image[i]
+                g_in = gt_bucket[i][gt[i][1] == label] == b
+                restricted[i] = (g_boxes, g_ignored | ~g_in)
+                det_in.append(det_bucket[i][det[i][2] == label] == b)
+            det_in = np.concatenate(det_in) if det_in else np.zeros(0, bool)
+            tp, fp, _, npos = _match_detections(restricted, ids, scores, boxes, ovthresh)
+            fp = fp * det_in[np.argsort(-np.asarray(scores, np.float64), kind='stable')]
+            total['npos'] += npos
+            total['tp'] += int(tp.sum())
+            total['fp'] += int(fp.sum())
+            if npos:
+                recall, precision = _precision_recall(tp, fp, npos)
+                ap07[label] = average_precision_voc07(precision, recall)
+                ap12[label] = average_precision_voc12(precision, recall)
+        out[name] = dict(
+            npos=total['npos'], tp=total['tp'], num_detections=total['tp'] + total['fp'],
+            map07=float(np.mean(list(ap07.values()))) if ap07 else float('nan'),
+            map12=float(np.mean(list(ap12.values()))) if ap12 else float('nan'),
+            recall=total['tp'] / total['npos'] if total['npos'] else float('nan'),
+            ap07=ap07, ap12=ap12)
+    return out
+
+
 def _mean_ap(aps):
     """Mean of the defined (non-nan) APs; nan if none is defined."""
     vals = [v for v in aps.values() if not np.isnan(v)]
@@ -399,6 +466,19 @@ class VOCEvaluator:
                    per_class=per_class)
         out['ap'] = ap07 if self.use_07_metric else ap12
         out['map'] = out['map07'] if self.use_07_metric else out['map12']
+        return out
+
+    def evaluate_by_size(self, edges, names):
+        """VOC07/VOC12 mAP and recall per object-size bucket (see `size_bucket_results`);
+        `edges`, `names`: the buckets (`ssd_tf.anchors_report.SIZE_EDGES` / `SIZE_NAMES`).
+        None when an image was added without its `image_shape` (sizes are relative to it)."""
+        if any(self.image_shapes[i] is None for i in self.image_ids):
+            return None
+        out = size_bucket_results(self.image_ids, self._gt, self._det, self.image_shapes,
+                                  self.num_classes - 1, edges, names, self.ovthresh)
+        for v in out.values():  # per-class APs by class name
+            for key in ('ap07', 'ap12'):
+                v[key] = {self.class_names[label - 1]: ap for label, ap in v[key].items()}
         return out
 
     def write_voc_results(self, out_dir, split='test', prefix='comp4_det_'):

@@ -473,7 +473,8 @@ class DistributedStep:
 
     def make_step(self):
         """The `tf.function` running one global batch on all replicas; returns summed losses
-        and whether any worker asked to stop."""
+        and whether any worker asked to stop. It takes `(images, encoded targets)` only (see
+        `step_inputs`), so that it is traced once per run."""
         @tf.function
         def step(batch, stop_request):
             images, targets = batch
@@ -489,7 +490,25 @@ class DistributedStep:
     def __call__(self, batch, stop_request):
         if self._step_fn is None:
             self.make_step()
-        return self._step_fn(batch, tf.constant(float(bool(stop_request))))
+        return self._step_fn(step_inputs(batch), tf.constant(float(bool(stop_request))))
+
+
+# The encoded targets, the only targets the step reads (`count_positives`, `replica_losses`).
+ENCODED_TARGETS = ('gclasses', 'glocalisations', 'gscores')
+
+
+def step_inputs(batch):
+    """`(images, targets)` of the data pipeline -> `(images, the ENCODED_TARGETS of targets)`.
+
+    The pipeline's batches also carry the ground truth (`labels [B, N]`, `bboxes [B, N, 4]`,
+    `num_boxes`, ... for the summary images), padded to N = the most boxes of any image of the
+    batch, which changes from batch to batch; the encoded targets have the anchors' fixed
+    shapes. Passing only those keeps the step's input signature constant, so the step is traced
+    once per run instead of once per new N (TensorFlow's "triggered tf.function retracing"
+    warning, seconds per trace).
+    """
+    images, targets = batch
+    return images, {k: targets[k] for k in ENCODED_TARGETS}
 
 
 class Trainer:
