@@ -166,6 +166,21 @@ def resolve_mode(mode):
     return False
 
 
+def summary(mode, label_names):
+    """The export's line on metadata for `--tflite_metadata=mode`: what was embedded in the
+    .tflite files, or why nothing was (as `ssd_tf.export.export_tflite` decides)."""
+    if mode == 'off':
+        return "TFLite metadata: none (--tflite_metadata=off; labels in labels_tflite.txt)"
+    problem = import_problem()
+    if problem is not None:
+        return (f"TFLite metadata: none (MediaPipe's metadata writer does not import: "
+                f"{problem}; {INSTALL_HINT})")
+    if label_names is None:
+        return "TFLite metadata: none (no label names: pass --label_map)"
+    return (f"TFLite metadata: embedded (object detector input/outputs and {len(label_names)} "
+            f"labels, for MediaPipe ObjectDetector and the TFLite Task Library)")
+
+
 def add_metadata(tflite_bytes, label_names, name='ssd-tf SSD detector'):
     """The detection model `tflite_bytes` with its metadata (see the module docstring) and the
     label file `labels.txt` (one name per line, no background: line i = category i)
