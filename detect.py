@@ -10,6 +10,7 @@ and the JSON format: see `ssd_tf/detect.py` (`python -m ssd_tf.detect` runs this
 """
 import os
 
+from ssd_tf import quiet  # noqa: F401  first: quiets TensorFlow in the programs (ssd_tf.quiet)
 from absl import app
 from absl import flags
 

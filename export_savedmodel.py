@@ -10,6 +10,7 @@ SavedModel. The whole version (TFLite files included) is written to a staging di
 --output_dir first and moved into place at the end, so with --overwrite a failure at any
 point leaves the old version serving. Signatures, inputs and outputs: see `ssd_tf/export.py`.
 """
+from ssd_tf import quiet  # noqa: F401  first: quiets TensorFlow in the programs (ssd_tf.quiet)
 from absl import app
 from absl import flags
 
