@@ -18,7 +18,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ssd_tf import quiet  # noqa: E402  (TensorFlow's start-up and converter logs off)
 from bench.machine import machine_info, print_table  # noqa: E402
+
+quiet.setup()
 
 
 def _iou(a, b):
@@ -34,7 +37,7 @@ def _iou(a, b):
 
 
 def agreement(reference, other, threshold, iou=0.5):
-    """`(matched, total)`: reference detections (boxes, scores, classes) at score >= threshold
+    """`(matched, total, sum of |score difference| over the matched)`: reference detections (boxes, scores, classes) at score >= threshold
     matched one to one (highest score first) by `other`'s at score >= threshold, same class,
     IoU >= iou."""
     import numpy as np
@@ -43,16 +46,19 @@ def agreement(reference, other, threshold, iou=0.5):
     rk, ok = rs >= threshold, os_ >= threshold
     rb, rs, rc, ob, oc = rb[rk], rs[rk], rc[rk], ob[ok], oc[ok]
     if not len(rb):
-        return 0, 0
+        return 0, 0, 0.
     used = np.zeros(len(ob), bool)
     ious = _iou(rb, ob) if len(ob) else np.zeros([len(rb), 0])
-    matched = 0
+    matched, diff = 0, 0.
+    os_ = os_[ok]
     for i in np.argsort(-rs):
         cand = np.where(~used & (oc == rc[i]) & (ious[i] >= iou))[0]
         if len(cand):
-            used[cand[np.argmax(ious[i, cand])]] = True
+            j = cand[np.argmax(ious[i, cand])]
+            used[j] = True
             matched += 1
-    return matched, len(rb)
+            diff += abs(float(rs[i]) - float(os_[j]))
+    return matched, len(rb), diff
 
 
 def main():
@@ -109,12 +115,13 @@ def main():
                          det_scores=scores, det_classes=classes, gt_difficult=rec.difficult,
                          image_shape=(rec.height, rec.width))
         res = ev.evaluate()
-        agree = '-'
+        agree = score_diff = '-'
         if name != 'float32':
-            m, n = (sum(x) for x in zip(*(agreement(r, o, args.score_threshold) for r, o in
-                                          zip(dets['float32'], dets[name]))))
+            m, n, d = (sum(x) for x in zip(*(agreement(r, o, args.score_threshold) for r, o in
+                                             zip(dets['float32'], dets[name]))))
             agree = f"{m}/{n} = {m / max(n, 1):.1%}"
-        rows.append([name, f"{res['map07']:.4f}", f"{res['map12']:.4f}", agree])
+            score_diff = f"{d / max(m, 1):.4f}"
+        rows.append([name, f"{res['map07']:.4f}", f"{res['map12']:.4f}", agree, score_diff])
     print(f"\nMachine: {machine_info()}")
     print(f"Run: {args.checkpoint_path} ({config.model_name}, {config.dataset_name} "
           f"{config.dataset_dir}); evaluated on split {split}, {len(records)} images")
@@ -122,7 +129,7 @@ def main():
         print(line)
     print_table(['TFLite model', 'VOC07 mAP', 'VOC12 mAP',
                  f'boxes agreeing with float32 (score >= {args.score_threshold}, IoU >= 0.5, '
-                 f'same class)'], rows)
+                 f'same class)', 'mean |score - float32 score| of those'], rows)
 
 
 if __name__ == '__main__':

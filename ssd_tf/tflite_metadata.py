@@ -35,8 +35,7 @@ import types
 import zipfile
 
 METADATA_MODES = ('auto', 'on', 'off')
-INSTALL_HINT = ("pip install -e '.[mobile]' (then see README \"Export and deployment\" to "
-                "keep the headless OpenCV)")
+INSTALL_HINT = "pip install -e '.[mobile]'"
 # Without metadata, how the outputs map to labels (said once per process).
 _SAID_NO_METADATA = []
 
