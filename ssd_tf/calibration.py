@@ -150,10 +150,9 @@ def encoded_or_decoded_images(source, limit):
 
 
 def resize_for_tflite(image, img_shape):
-    """uint8 `[1, h, w, 3]`: RGB uint8 `[H, W, 3]` warp-resized to `img_shape` as the TFLite
-    input is fed (bilinear, rounded)."""
-    resized = tf.image.resize(tf.convert_to_tensor(image)[None], img_shape)
-    return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
+    """uint8 `[1, h, w, 3]`: RGB uint8 `[H, W, 3]` resized to `img_shape` as every runtime
+    feeds the network (`images.resize_to_input`)."""
+    return images_lib.resize_to_input(image, tuple(img_shape)).numpy()[None]
 
 
 def calibration_images(source, img_shape, limit=100, resize_fn=resize_for_tflite):

@@ -550,14 +550,14 @@ def export_tflite(net, model, whiten_fn, output_dir, quantizations=('float32',),
 
 
 def representative_images(images, img_shape, limit=100):
-    """uint8 `[1, h, w, 3]` arrays (bilinear warp to `img_shape`, as the eval pre-processing)
-    from RGB uint8 images of any size, for int8 calibration; at most `limit`."""
+    """uint8 `[1, h, w, 3]` arrays (`images.resize_to_input` to `img_shape`: the resize of
+    every runtime) from RGB uint8 images of any size, for int8 calibration and the TFLite
+    input; at most `limit`."""
     out = []
     for image in images:
         if len(out) >= limit:
             break
-        resized = tf.image.resize(tf.convert_to_tensor(image)[None], img_shape)
-        out.append(np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8))
+        out.append(images_lib.resize_to_input(image, img_shape).numpy()[None])
     return out
 
 
@@ -586,8 +586,8 @@ class TFLiteDetector:
     """Runs a detection `.tflite` model with LiteRT: `detector(image uint8 [H, W, 3] any size)`
     -> dict of numpy `detection_boxes [K, 4]` (relative yxyx), `detection_classes [K]` int
     (1-based class ids, as the SavedModel: the file's 0-based classes + 1), `scores [K]`,
-    `num_detections` int. The image is warp-resized to the model input (bilinear, as the
-    SavedModel's pre-processing). `run_resized` gives the file's raw (0-based) outputs."""
+    `num_detections` int. The image is resized to the model input by
+    `images.resize_to_input`, as the SavedModel's pre-processing and MediaPipe do. `run_resized` gives the file's raw (0-based) outputs."""
 
     def __init__(self, path, num_threads=None):
         self.interpreter = tflite_interpreter(model_path=path, num_threads=num_threads)
