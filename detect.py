@@ -54,7 +54,7 @@ def main(argv):
                              FLAGS.score_threshold, max_pixels)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"detect.py: error: {err}")
-    print(detect.summary(results, FLAGS.output_dir))
+    print(detect.summary(results, FLAGS.output_dir, FLAGS.score_threshold))
 
 
 def run_main():
