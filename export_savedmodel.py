@@ -10,7 +10,7 @@ SavedModel. The whole version (TFLite files included) is written to a staging di
 --output_dir first and moved into place at the end, so with --overwrite a failure at any
 point leaves the old version serving. Signatures, inputs and outputs: see `ssd_tf/export.py`.
 """
-from ssd_tf import quiet  # noqa: F401  first: quiets TensorFlow in the programs (ssd_tf.quiet)
+from ssd_tf import quiet  # first: quiets TensorFlow in the programs (ssd_tf.quiet)
 from absl import app
 from absl import flags
 
@@ -118,11 +118,12 @@ def main(argv):
 
     def add_tflite(version_dir):
         if variants:
-            tflite_paths.update(export.export_tflite(
-                net, model, lambda im: preprocess(im)[0], os.path.join(version_dir, 'tflite'),
-                variants, reps, label_names=label_names,
-                postprocess_op=FLAGS.tflite_postprocess, metadata=FLAGS.tflite_metadata,
-                **nms))
+            with quiet.native_output_filtered():
+                tflite_paths.update(export.export_tflite(
+                    net, model, lambda im: preprocess(im)[0],
+                    os.path.join(version_dir, 'tflite'), variants, reps, label_names=label_names,
+                    postprocess_op=FLAGS.tflite_postprocess, metadata=FLAGS.tflite_metadata,
+                    **nms))
 
     target = export.export_saved_model(
         net, model, preprocess, FLAGS.output_dir, FLAGS.version, FLAGS.overwrite,

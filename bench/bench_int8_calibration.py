@@ -37,7 +37,8 @@ def _iou(a, b):
 
 
 def agreement(reference, other, threshold, iou=0.5):
-    """`(matched, total, sum of |score difference| over the matched)`: reference detections (boxes, scores, classes) at score >= threshold
+    """`(matched, total, sum of |score difference| over the matched)`: reference detections
+    (boxes, scores, classes) at score >= threshold
     matched one to one (highest score first) by `other`'s at score >= threshold, same class,
     IoU >= iou."""
     import numpy as np

@@ -1,17 +1,19 @@
 """Quiet programs: TensorFlow's start-up banners and INFO logs off, unless asked for.
 
 Every program (train_ssd.py, eval_ssd.py, export_savedmodel.py, detect.py, the `python -m`
-commands) calls `setup()` before anything imports TensorFlow. Without `--verbose` on the
-command line or `SSD_TF_VERBOSE=1` in the environment it:
+commands, the `ssd-*` console commands) runs `setup()` before anything imports TensorFlow
+(through `import ssd_tf`, see below; a command's main may call `setup(verbose)` itself).
+Without `--verbose` on the command line or `SSD_TF_VERBOSE=1` in the environment it:
 - sets `TF_CPP_MIN_LOG_LEVEL=3` (unless the environment sets it already): TensorFlow's C++ log
   lines (the CUDA probe's "failed call to cuInit", the TFLite converter's "Ignored
   output_format", ...) are not printed. A real TensorFlow error still reaches the program as a
   Python exception, which the program reports;
 - has TensorFlow imported (when something imports it) with the process's stderr (file
-  descriptor 2) captured, and prints back every captured line except the known start-up banners (`NOISE`: oneDNN, CUDA driver probe,
-  CPU feature guard, absl's "All log messages before absl::InitializeLog()"). TF 2.21 logs
-  those through absl before TF_CPP_MIN_LOG_LEVEL applies, so no environment variable hides
-  them;
+  descriptor 2) captured, and prints back every captured line except the known start-up
+  banners (`NOISE`: oneDNN, CUDA driver probe, CPU feature guard, absl's "All log messages
+  before absl::InitializeLog()"). TF 2.21 logs those through absl before TF_CPP_MIN_LOG_LEVEL
+  applies, so no environment variable hides them (`native_output_filtered()` does the same
+  around the TFLite int8 converter, whose quantizer prints a line of its own);
 - lowers the `tensorflow` and `absl` Python loggers to WARNING (absl INFO lines such as the
   checkpoint saver's "Sharding callback duration" go; the project's own warnings stay) and
   ignores Python warnings in `NOISE_WARNINGS` (none of them is about what the user did).
@@ -49,6 +51,8 @@ NOISE = (
     'Unable to register cuBLAS factory', 'computation placer already registered',
     'failed call to cuInit',
     'TF-TRT Warning: Could not find TensorRT',
+    # the TFLite quantizer's own print at each int8 conversion
+    'fully_quantize: 0, inference_type:',
 )
 # Python warnings that are TensorFlow/Keras internals, not about the user's input.
 NOISE_WARNINGS = (
@@ -115,19 +119,23 @@ def _define_verbose_flag():
 
 
 class _FilteredStderr:
-    """Context: fd 2 captured; on exit the captured lines go back to stderr without the NOISE
-    lines (all of them when the block raised)."""
+    """Context: file descriptor `fd` (2: stderr, 1: stdout) captured; on exit the captured
+    lines go back to it without the NOISE lines (all of them when the block raised)."""
+
+    def __init__(self, fd=2):
+        self._fd = fd
+        self._stream = sys.stderr if fd == 2 else sys.stdout
 
     def __enter__(self):
-        sys.stderr.flush()
-        self._saved = os.dup(2)
+        self._stream.flush()
+        self._saved = os.dup(self._fd)
         self._capture = tempfile.TemporaryFile(mode='w+b')
-        os.dup2(self._capture.fileno(), 2)
+        os.dup2(self._capture.fileno(), self._fd)
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        sys.stderr.flush()
-        os.dup2(self._saved, 2)
+        self._stream.flush()
+        os.dup2(self._saved, self._fd)
         os.close(self._saved)
         self._capture.seek(0)
         text = self._capture.read().decode('utf-8', 'replace')
@@ -135,8 +143,25 @@ class _FilteredStderr:
         kept = [line for line in text.splitlines(keepends=True)
                 if exc_type is not None or not is_noise(line)]
         if kept:
-            sys.stderr.write(''.join(kept))
-            sys.stderr.flush()
+            self._stream.write(''.join(kept))
+            self._stream.flush()
+        return False
+
+
+class native_output_filtered:  # pylint: disable=invalid-name  (used as a function)
+    """Context for a block whose native code prints noise (the TFLite converter's int8
+    quantizer): stdout and stderr lines of `NOISE` dropped, once `setup()` made the process
+    quiet; nothing changes in a verbose process or a user's own."""
+
+    def __enter__(self):
+        self._contexts = [_FilteredStderr(1), _FilteredStderr(2)] if _DONE else []
+        for c in self._contexts:
+            c.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for c in reversed(self._contexts):
+            c.__exit__(*exc)
         return False
 
 
