@@ -116,7 +116,7 @@ def _run_source(config):
                              tfds_data_dir=config.get('tfds_data_dir')), None
 
 
-def encoded_or_decoded_images(source, limit):
+def source_images(source, limit):
     """The first `limit` images of a source: uint8 `[H, W, 3]` RGB numpy arrays, any size,
     read image-only with the training's readers (`datasets.factory.load_records` for VOC, COCO
     and synthetic; the TFRecord parser of either layout; `datasets.tfds.TfdsSource`)."""
@@ -159,7 +159,7 @@ def calibration_images(source, img_shape, limit=100, resize_fn=resize_for_tflite
     """uint8 `[1, h, w, 3]` arrays (at most `limit`) of `source` for int8 calibration.
     ValueError when the source has no image."""
     out = [resize_fn(image, tuple(img_shape))
-           for image in encoded_or_decoded_images(source, limit)]
+           for image in source_images(source, limit)]
     if not out:
         raise ValueError(f"int8 calibration found no image: {source.describe(0)}")
     return out

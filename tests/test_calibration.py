@@ -177,7 +177,7 @@ def test_synthetic_source_follows_the_runs_mode_and_seed():
     assert (src.kind, src.synthetic_objects, src.seed, src.origin) == ('synthetic', 'small', 3,
                                                                        'run')
     assert 'synthetic small objects' in src.describe(2)
-    got = list(calibration.encoded_or_decoded_images(src, 2))
+    got = list(calibration.source_images(src, 2))
     records = synthetic.make_synthetic_split('train', 2, 3, objects='small')
     assert len(got) == 2
     np.testing.assert_array_equal(got[1], records[1].image)
