@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssd_tf import boxes as boxes_lib
+from ssd_tf import images as images_lib
 
 # Resizing strategies for evaluation (the slim names and order).
 Resize = enum.IntEnum('Resize', ('NONE',            # Nothing.
@@ -585,7 +586,6 @@ def image_preprocess_fn(out_shape):
     The warp is `ssd_tf.images.resize_to_input` (uint8, MediaPipe's sampling), the resize of
     every runtime, so that a photo scores the same in the SavedModel, a checkpoint, a TFLite
     file and MediaPipe; the eval's own resize then has nothing left to do."""
-    from ssd_tf import images as images_lib
     shape = tuple(int(s) for s in out_shape)
 
     def preprocess(image):
