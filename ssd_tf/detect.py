@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from ssd_tf import export
 from ssd_tf import images
+from ssd_tf import quiet
 from ssd_tf import visualize
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
@@ -90,6 +91,8 @@ def make_detector(model_path, get_network=None, preprocess_factory=None, model_n
     labels = list(labelmap_lib.LabelMap.read(label_map).names) if label_map else None
     if model_path.endswith('.tflite'):
         det = export.TFLiteDetector(model_path)
+        with quiet.native_output_filtered():  # LiteRT's XNNPACK notice, at the first run
+            det.run_resized(np.zeros(det.input_shape, np.uint8))
 
         def detect(data, image):
             del data

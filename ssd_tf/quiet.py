@@ -51,8 +51,9 @@ NOISE = (
     'Unable to register cuBLAS factory', 'computation placer already registered',
     'failed call to cuInit',
     'TF-TRT Warning: Could not find TensorRT',
-    # the TFLite quantizer's own print at each int8 conversion
+    # the TFLite quantizer's own print at each int8 conversion; LiteRT's first run
     'fully_quantize: 0, inference_type:',
+    'INFO: Created TensorFlow Lite XNNPACK delegate for CPU',
 )
 # Python warnings that are TensorFlow/Keras internals, not about the user's input.
 NOISE_WARNINGS = (
