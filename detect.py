@@ -9,6 +9,7 @@ or an original slim SSD checkpoint with --model_name and --num_classes (`ssd_tf.
 Output names, skipped images and the JSON format: see `ssd_tf/detect.py`
 (`python -m ssd_tf.detect` and the console command `ssd-detect` run this script).
 """
+from ssd_tf import quiet  # noqa: F401  first: quiets TensorFlow in the programs (ssd_tf.quiet)
 from absl import app
 from absl import flags
 
@@ -42,7 +43,7 @@ def main(argv):
                              FLAGS.score_threshold, max_pixels)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"detect.py: error: {err}")
-    print(detect.summary(results, FLAGS.output_dir))
+    print(detect.summary(results, FLAGS.output_dir, FLAGS.score_threshold))
 
 
 def run_main():

@@ -24,6 +24,7 @@ The data is read by `ssd_tf.data.build_eval_dataset`, which streams TFRecords.
 """
 import os
 
+from ssd_tf import quiet  # noqa: F401  first: quiets TensorFlow in the programs (ssd_tf.quiet)
 from absl import app
 from absl import flags
 from absl import logging

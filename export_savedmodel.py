@@ -13,6 +13,7 @@ point leaves the old version serving. Signatures, inputs and outputs: see
 `ssd_tf.builder.load_model` takes (a run, a checkpoint prefix, an original slim SSD
 checkpoint with --model_name and --num_classes).
 """
+from ssd_tf import quiet  # first: quiets TensorFlow in the programs (ssd_tf.quiet)
 from absl import app
 from absl import flags
 
@@ -55,29 +56,28 @@ flags.DEFINE_enum('tflite_metadata', 'auto', ['auto', 'on', 'off'],
                   'ObjectDetector / the TFLite Task Library need) with MediaPipe\'s metadata '
                   'writer: auto = when mediapipe is installed (pip install -e \'.[mobile]\'), '
                   'on = fail without it, off = never.')
-flags.DEFINE_string('dataset_dir', None, 'VOC directory of int8 calibration images; default: '
-                    'the built-in synthetic images.')
-flags.DEFINE_string('dataset_split_name', 'train', 'Split of --dataset_dir used for int8 '
-                    'calibration (ImageSets/Main/<split>.txt).')
+flags.DEFINE_string('calibration_data', None, 'int8 calibration images: run (the run\'s '
+                    'training data, from config.json), synthetic, voc:<dir>, coco:<dir>, '
+                    'tfrecord:<file pattern> or tfds:<name>; default: run when its data is '
+                    'there, else synthetic (the summary says which).')
+flags.DEFINE_string('dataset_dir', None, 'Old spelling of --calibration_data=voc:<dir>.')
+flags.DEFINE_string('dataset_split_name', 'train', 'Split of an explicit --calibration_data '
+                    'or --dataset_dir (the run\'s own split for the default).')
 flags.DEFINE_integer('num_calibration_images', 100, 'Images for int8 calibration.')
 flags.mark_flags_as_required(['checkpoint_path', 'output_dir'])
 FLAGS = flags.FLAGS
 
 
 def calibration_images(img_shape):
-    """uint8 [1, h, w, 3] images for int8 calibration (VOC --dataset_dir or synthetic)."""
-    from ssd_tf import images
-    from ssd_tf.export import tflite as export_tflite
-    from ssd_tf.datasets import factory
-    if FLAGS.dataset_dir:
-        records, _, _ = factory.load_records('voc', FLAGS.dataset_dir,
-                                             FLAGS.dataset_split_name)
-    else:
-        records, _, _ = factory.load_records('synthetic', None, 'train',
-                                             num_images=FLAGS.num_calibration_images)
-    decoded = (images.decode_record_image(r) for r in records)
-    return export_tflite.representative_images(decoded, img_shape,
-                                               FLAGS.num_calibration_images)
+    """uint8 [1, h, w, 3] images for int8 calibration and the line that says what they are
+    (--calibration_data, the old --dataset_dir, else the run's data: ssd_tf.calibration)."""
+    from ssd_tf import calibration
+    from ssd_tf import run_config
+    config = run_config.read_run_config(FLAGS.checkpoint_path)
+    source = calibration.parse_spec(FLAGS.calibration_data, config, FLAGS.dataset_split_name,
+                                    legacy_voc_dir=FLAGS.dataset_dir)
+    reps = calibration.calibration_images(source, img_shape, FLAGS.num_calibration_images)
+    return reps, source.describe(len(reps))
 
 
 def main(argv):
@@ -115,16 +115,17 @@ def main(argv):
 
     nms = dict(select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
                max_detections=FLAGS.max_detections, top_k=FLAGS.select_top_k)
-    reps = calibration_images(shape) if 'int8' in variants else None
+    reps, calibration_line = calibration_images(shape) if 'int8' in variants else (None, None)
     tflite_paths = {}
 
     def add_tflite(version_dir):
         if variants:
-            tflite_paths.update(export_tflite.export_tflite(
-                net, model, lambda im: preprocess(im)[0], os.path.join(version_dir, 'tflite'),
-                variants, reps, label_names=label_names,
-                postprocess_op=FLAGS.tflite_postprocess, metadata=FLAGS.tflite_metadata,
-                **nms))
+            with quiet.native_output_filtered():
+                tflite_paths.update(export_tflite.export_tflite(
+                    net, model, lambda im: preprocess(im)[0],
+                    os.path.join(version_dir, 'tflite'), variants, reps, label_names=label_names,
+                    postprocess_op=FLAGS.tflite_postprocess, metadata=FLAGS.tflite_metadata,
+                    **nms))
 
     target = export.export_saved_model(
         net, model, preprocess, FLAGS.output_dir, FLAGS.version, FLAGS.overwrite,
@@ -137,6 +138,10 @@ def main(argv):
     print(f"SavedModel: {target}")
     for q in tflite_paths:
         print(f"TFLite {q}: {os.path.join(target, 'tflite', f'model_{q}.tflite')}")
+    from ssd_tf import tflite_metadata
+    for line in filter(None, [calibration_line, tflite_paths and
+                              tflite_metadata.summary(FLAGS.tflite_metadata, label_names)]):
+        print(line)
 
 
 def run_main():

@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from ssd_tf import quiet  # noqa: E402,F401  first: quiets TensorFlow in the programs (ssd_tf.quiet)
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssd_tf import boxes as boxes_lib
+from ssd_tf import images as images_lib
 
 # Resizing strategies for evaluation (the slim names and order).
 Resize = enum.IntEnum('Resize', ('NONE',            # Nothing.
@@ -581,10 +582,15 @@ def preprocess_for_eval(image, labels, bboxes, out_shape=EVAL_SIZE, data_format=
 def image_preprocess_fn(out_shape):
     """The evaluation pre-processing of one image without ground truth, as the exports,
     `detect` and `SSDDetector.predict` run it: a function `image uint8 [H, W, 3] ->
-    (image float32 [h, w, 3] warped to `out_shape` minus the VGG means, bbox_img [4])`."""
+    (image float32 [h, w, 3] warped to `out_shape` minus the VGG means, bbox_img [4])`.
+    The warp is `ssd_tf.images.resize_to_input` (uint8, MediaPipe's sampling), the resize of
+    every runtime, so that a photo scores the same in the SavedModel, a checkpoint, a TFLite
+    file and MediaPipe; the eval's own resize then has nothing left to do."""
     shape = tuple(int(s) for s in out_shape)
 
     def preprocess(image):
+        if tuple(image.shape[:2]) != shape:  # a TFLite input has the size already
+            image = images_lib.resize_to_input(image, shape)
         out = preprocess_for_eval(image, None, None, out_shape=shape)
         return out.image, out.bbox_img
     return preprocess

@@ -29,6 +29,7 @@ from a TF Serving server.
 """
 import json
 import logging
+import math
 import os
 
 import numpy as np
@@ -37,6 +38,7 @@ import tensorflow as tf
 from preprocessing import ssd_vgg_preprocessing as prep
 from ssd_tf import builder
 from ssd_tf import images
+from ssd_tf import quiet
 from ssd_tf import run_config
 from ssd_tf import tflite_metadata
 from ssd_tf import visualize
@@ -86,6 +88,8 @@ def make_detector(model_path, model_name=None, num_classes=None, label_map=None)
     kind, path = builder.resolve_source(model_path)
     if kind == 'tflite':
         det = tflite_runtime.TFLiteDetector(path)
+        with quiet.native_output_filtered():  # LiteRT's XNNPACK notice, at the first run
+            det.run_resized(np.zeros(det.input_shape, np.uint8))
 
         def detect(data, image):
             del data
@@ -203,7 +207,7 @@ class DetectionWriter:
         self.score_threshold = score_threshold
         self._paths = list(image_paths)
         self._outputs = output_paths(self._paths, output_dir)
-        self.results = []
+        self.results = DetectionResults()
 
     def _next(self, path):
         i = len(self.results)
@@ -216,6 +220,10 @@ class DetectionWriter:
         """Records and draws the detections `out` of `image` (the file `path`)."""
         out_path = self._next(path)
         names = self.names
+        if len(out['scores']):
+            top = float(np.max(out['scores']))
+            if self.results.best_score is None or top > self.results.best_score:
+                self.results.best_score = top
         keep = out['scores'] >= self.score_threshold
         boxes, classes, scores = out['boxes'][keep], out['classes'][keep], out['scores'][keep]
         h, w = image.shape[:2]
@@ -248,13 +256,29 @@ class DetectionWriter:
         return False
 
 
-def summary(results, output_dir):
-    """The lines a command prints after a run: counts, then each skipped image and why."""
+def summary(results, output_dir, score_threshold=None):
+    """The lines a command prints after a run: counts, then each skipped image and why. With
+    no detection at all and `score_threshold` given, a hint: the highest score the model gave
+    (`results.best_score` of `DetectionWriter`) and the flag that lowers the threshold."""
     n = sum(len(r['detections']) for r in results)
     skipped = [r for r in results if 'error' in r]
-    return '\n'.join([f"{len(results) - len(skipped)} images, {n} detections, "
-                      f"{len(skipped)} skipped -> {output_dir}"] +
-                     [f"  skipped {r['image']}: {r['error']}" for r in skipped])
+    lines = [f"{len(results) - len(skipped)} images, {n} detections, {len(skipped)} skipped "
+             f"-> {output_dir}"] + [f"  skipped {r['image']}: {r['error']}" for r in skipped]
+    if n == 0 and len(results) > len(skipped) and score_threshold is not None:
+        best = getattr(results, 'best_score', None)
+        if best is None:
+            lines.append("  the model returned no box at all")
+        else:
+            lower = max(math.floor(best * 100) / 100, 0.01)
+            lines.append(f"  no box scored >= {score_threshold:g}; the highest score was "
+                         f"{best:.3f}: to see the best boxes, pass --score_threshold={lower:g}")
+    return '\n'.join(lines)
+
+
+class DetectionResults(list):
+    """The JSON entries of a run (a list), and `best_score`: the highest score of any box the
+    model returned, kept or not (None before the first)."""
+    best_score = None
 
 
 def run(detect, image_paths, output_dir, label_names=None, score_threshold=0.3,

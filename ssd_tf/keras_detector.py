@@ -301,6 +301,17 @@ class SSDDetector(keras.Model):
             tracker.update_state(value * replicas)
         return {m.name: m.result() for m in self.loss_trackers}
 
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose='auto', callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=None, **kwargs):
+        """`keras.Model.fit`, with `shuffle` defaulting to False for a `tf.data.Dataset` (the
+        batches of `data.build_dataset` are shuffled there; Keras ignores shuffle=True for a
+        dataset and warns on every call) and to Keras's True for anything else."""
+        if shuffle is None:
+            shuffle = not isinstance(x, tf.data.Dataset)
+        return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
+                           callbacks=callbacks, validation_split=validation_split,
+                           validation_data=validation_data, shuffle=shuffle, **kwargs)
+
     def train_step(self, data):
         images, targets = self._training_batch(data, 'fit')
         variables = self.trainable_variables

@@ -33,14 +33,8 @@ entry (`server refused: <the server's message>`). Any other failure (server down
 a timeout, HTTP 5xx) stops the run with the server's message; detections.json keeps the
 images done so far.
 """
-import base64
-import http.client
-import json
 import os
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import numpy as np
 import tensorflow as tf
@@ -48,103 +42,25 @@ import tensorflow as tf
 from ssd_tf import detect as detect_lib
 from ssd_tf.export import saved_model as export
 from ssd_tf import images
+from ssd_tf import serving_rest
 
 DEFAULT_MAX_FILE_BYTES = 64 << 20      # one image file; a 200 MP JPEG is ~30-60 MB
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20   # image bytes of one request (JSON base64 adds 1/3)
-# A response is ~10 KB of JSON per image (100 detections); more is not a TF Serving answer.
-MAX_RESPONSE_BYTES = 64 << 20
+MAX_RESPONSE_BYTES = serving_rest.MAX_RESPONSE_BYTES
 _BATCH_REFUSAL = re.compile(r'takes at most (\d+) per request')
 
 
-class ServingError(Exception):
-    """A failed call: `status` (HTTP status, gRPC code name, or None when the server was not
-    reached), `message` (the server's error text) and the URL/target."""
-
-    def __init__(self, status, message, where):
-        super().__init__(f"{where}: {status or 'no answer'}: {message}")
-        self.status, self.message, self.where = status, message, where
-
-    @property
-    def refused(self):
-        """True for a refusal of the request's content (HTTP 400, INVALID_ARGUMENT)."""
-        return self.status in (400, 'INVALID_ARGUMENT')
+ServingError = serving_rest.ServingError
 
 
 # ---------------------------------------------------------------------------- REST
-class RestClient:
-    """TF Serving's REST API at `server` (`http://host:8501`) for `model_name` [version]."""
-
-    def __init__(self, server, model_name='ssd', version=None, signature=export.BYTES_SIGNATURE,
-                 timeout=60., columnar=False):
-        server = server if '://' in server else f'http://{server}'
-        parts = urllib.parse.urlsplit(server)
-        if parts.scheme not in ('http', 'https') or not parts.netloc:
-            raise ValueError(f"--server={server}: expected http://host:port (REST) or "
-                             f"host:port with --protocol=grpc")
-        self.base = f"{server.rstrip('/')}/v1/models/{urllib.parse.quote(model_name)}"
-        if version is not None:
-            self.base += f'/versions/{int(version)}'
-        self.signature, self.timeout, self.columnar = signature, timeout, columnar
-        self.input_name = export.BYTES_INPUT
-
-    def _call(self, url, body=None):
-        data = None if body is None else json.dumps(body).encode('utf-8')
-        request = urllib.request.Request(url, data=data, method='GET' if body is None else 'POST',
-                                         headers={'Content-Type': 'application/json'})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read(MAX_RESPONSE_BYTES + 1)
-            if len(raw) > MAX_RESPONSE_BYTES:
-                raise ServingError('bad response', f"the response is over {MAX_RESPONSE_BYTES} "
-                                   f"bytes", url)
-            return json.loads(raw.decode('utf-8'))
-        except urllib.error.HTTPError as e:
-            raw = e.read(1 << 20).decode('utf-8', 'replace')
-            try:
-                message = json.loads(raw)['error']
-            except (ValueError, KeyError, TypeError):
-                message = raw.strip()[:1000] or e.reason
-            raise ServingError(e.code, message, url) from None
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            reason = getattr(e, 'reason', e)
-            raise ServingError(None, f"cannot reach the server ({reason})", url) from None
-        except ValueError as e:  # a body that is not JSON (UnicodeDecodeError included)
-            raise ServingError('bad response', f"not TF Serving's JSON ({e})", url) from None
-
-    def status(self):
-        """The model status JSON (`GET /v1/models/<name>`)."""
-        return self._call(self.base)
-
-    def signatures(self):
-        """`{signature name: {'inputs': {name: dtype}, 'outputs': {name: dtype}}}` from the
-        model metadata (`GET .../metadata`)."""
-        meta = self._call(f'{self.base}/metadata')
-        try:
-            defs = meta['metadata']['signature_def']['signature_def']
-            return {name: {side: {k: v.get('dtype') for k, v in d.get(side, {}).items()}
-                           for side in ('inputs', 'outputs')} for name, d in defs.items()}
-        except (KeyError, TypeError, AttributeError) as e:
-            raise ServingError('bad response', f"no signature_def in the metadata ({e!r})",
-                               f'{self.base}/metadata') from None
+class RestClient(serving_rest.RestClient):
+    """`serving_rest.RestClient` (TF Serving's REST API at `server`, standard library only)
+    whose `predict` gives numpy arrays, as `GrpcClient`."""
 
     def predict(self, encoded):
         """Encoded images (list of bytes) -> `{output name: numpy array [B, ...]}`."""
-        values = [{'b64': base64.b64encode(d).decode('ascii')} for d in encoded]
-        body = {'signature_name': self.signature}
-        if self.columnar:
-            body['inputs'] = {self.input_name: values}
-        else:
-            body['instances'] = values
-        url = f'{self.base}:predict'
-        out = self._call(url, body)
-        try:
-            if self.columnar:
-                return {k: np.asarray(v, np.float32) for k, v in out['outputs'].items()}
-            rows = out['predictions']
-            return {k: np.asarray([r[k] for r in rows], np.float32) for k in rows[0]}
-        except (KeyError, TypeError, IndexError, ValueError) as e:
-            raise ServingError('bad response', f"unexpected predict response ({e!r}): "
-                               f"{json.dumps(out)[:300]}", url) from None
+        return {k: np.asarray(v, np.float32) for k, v in super().predict(encoded).items()}
 
 
 # ---------------------------------------------------------------------------- gRPC

@@ -35,8 +35,7 @@ import types
 import zipfile
 
 METADATA_MODES = ('auto', 'on', 'off')
-INSTALL_HINT = ("pip install -e '.[mobile]' (then see README \"Export and deployment\" to "
-                "keep the headless OpenCV)")
+INSTALL_HINT = "pip install -e '.[mobile]'"
 # Without metadata, how the outputs map to labels (said once per process).
 _SAID_NO_METADATA = []
 
@@ -164,6 +163,21 @@ def resolve_mode(mode):
             "Library need it; labels are only in labels_tflite.txt beside them): %s, or "
             "--tflite_metadata=off to silence this", INSTALL_HINT)
     return False
+
+
+def summary(mode, label_names):
+    """The export's line on metadata for `--tflite_metadata=mode`: what was embedded in the
+    .tflite files, or why nothing was (as `ssd_tf.export.export_tflite` decides)."""
+    if mode == 'off':
+        return "TFLite metadata: none (--tflite_metadata=off; labels in labels_tflite.txt)"
+    problem = import_problem()
+    if problem is not None:
+        return (f"TFLite metadata: none (MediaPipe's metadata writer does not import: "
+                f"{problem}; {INSTALL_HINT})")
+    if label_names is None:
+        return "TFLite metadata: none (no label names: pass --label_map)"
+    return (f"TFLite metadata: embedded (object detector input/outputs and {len(label_names)} "
+            f"labels, for MediaPipe ObjectDetector and the TFLite Task Library)")
 
 
 def add_metadata(tflite_bytes, label_names, name='ssd-tf SSD detector'):

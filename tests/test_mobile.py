@@ -149,10 +149,12 @@ def test_mediapipe_object_detector_finds_the_saved_model_detections(
     assert lost <= UNMATCHED[variant] * total, (variant, lost, total)
     if not UNMATCHED[variant]:
         # Same count above SCORE, but for scores within 2e-3 of it (float16 weights move
-        # scores by up to 6e-4, float32 kernels of TF and TFLite by 1e-6).
-        def count(scores):
-            return int((scores[np.abs(scores - SCORE) > 2e-3] >= SCORE).sum())
-        assert [count(m[2]) for m in mine] == [count(r[2]) for r in saved_model_detections]
+        # scores by up to 6e-4, float32 kernels of TF and TFLite by 1e-6): MediaPipe's count
+        # lies between the SavedModel's counts at SCORE + 2e-3 and SCORE - 2e-3 (excluding
+        # the band from each list on its own differed for a score on the band's edge).
+        for m, r in zip(mine, saved_model_detections):
+            got = int((m[2] >= SCORE).sum())
+            assert int((r[2] >= SCORE + 2e-3).sum()) <= got <= int((r[2] >= SCORE - 2e-3).sum())
 
 
 @pytest.mark.slow

@@ -260,8 +260,8 @@ def export_tflite(net, model, whiten_fn, output_dir, quantizations=('float32',),
 
 
 def representative_images(images, img_shape, limit=100):
-    """uint8 `[1, h, w, 3]` arrays (bilinear warp to `img_shape`, as the eval pre-processing)
-    from RGB uint8 images of any size, for int8 calibration; at most `limit`."""
+    """uint8 `[1, h, w, 3]` arrays (`images.resize_to_input` to `img_shape`: the resize of
+    every runtime) from RGB uint8 images of any size, for int8 calibration; at most `limit`."""
     out = []
     for image in images:
         if len(out) >= limit:

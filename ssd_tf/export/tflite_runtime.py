@@ -9,6 +9,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf import images as images_lib
 from ssd_tf.export import saved_model
 
 def tflite_interpreter(model_path=None, model_content=None, num_threads=None):
@@ -36,8 +37,9 @@ class TFLiteDetector:
     """Runs a detection `.tflite` model with LiteRT: `detector(image uint8 [H, W, 3] any size)`
     -> dict of numpy `detection_boxes [K, 4]` (relative yxyx), `detection_classes [K]` int
     (1-based class ids, as the SavedModel: the file's 0-based classes + 1), `scores [K]`,
-    `num_detections` int. The image is warp-resized to the model input (bilinear, as the
-    SavedModel's pre-processing). `run_resized` gives the file's raw (0-based) outputs."""
+    `num_detections` int. The image is resized to the model input by
+    `images.resize_to_input`, as the SavedModel's pre-processing and MediaPipe do.
+    `run_resized` gives the file's raw (0-based) outputs."""
 
     def __init__(self, path, num_threads=None):
         self.interpreter = tflite_interpreter(model_path=path, num_threads=num_threads)
@@ -62,7 +64,6 @@ class TFLiteDetector:
 
 
 def resize_to_input(image, img_shape):
-    """RGB uint8 `[H, W, 3]` of any size -> uint8 `[1, h, w, 3]`, a bilinear warp to
-    `img_shape` rounded back to uint8 (the eval pre-processing's resize)."""
-    resized = tf.image.resize(tf.convert_to_tensor(image)[None], img_shape)
-    return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
+    """RGB uint8 `[H, W, 3]` of any size -> uint8 `[1, h, w, 3]`: `images.resize_to_input`, the
+    one resize of every runtime (the SavedModel's pre-processing and MediaPipe's)."""
+    return images_lib.resize_to_input(image, img_shape).numpy()[None]
