@@ -123,6 +123,13 @@ def test_every_relative_link_resolves(page):
     assert link_problems(page) == []
 
 
+@pytest.mark.parametrize('page', _pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_two_headings_of_a_page_share_an_anchor(page):
+    # GitHub numbers a repeated anchor -1, MkDocs _1: a link to the second would break.
+    slugs = [slug_mkdocs(h) for h in _heading_texts(page.read_text(encoding='utf-8'))]
+    assert sorted({s for s in slugs if slugs.count(s) > 1}) == []
+
+
 def test_every_docs_page_is_in_the_mkdocs_nav():
     config = (ROOT / 'mkdocs.yml').read_text(encoding='utf-8')
     nav = set(re.findall(r'^\s*-\s*(?:[^:\n]+:\s*)?([\w./-]+\.md)\s*$', config, re.M))
