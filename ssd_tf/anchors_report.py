@@ -30,8 +30,6 @@ MAX_SCAN_RECORDS = 50000
 # the objects).
 WARN_COVERAGE = 0.9
 # Box size buckets: sqrt(h * w) relative to the image side, edges in fractions.
-SIZE_EDGES = (0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
-SIZE_NAMES = ('<2%', '2-4%', '4-8%', '8-16%', '16-32%', '32-64%', '>64%')
 # The first buckets (boxes under 16 % of the side) are the small objects: when they are
 # uncovered, the warning also suggests the small-object network.
 SMALL_BUCKETS = 4
@@ -112,14 +110,6 @@ def _nearest(grid, values):
     return np.where(left_closer, i - 1, i)
 
 
-def size_bucket(gt_boxes):
-    """Size bucket index (into `SIZE_NAMES`) of each box `[N, 4]`: sqrt(h * w) vs
-    `SIZE_EDGES` (an edge value falls in the upper bucket)."""
-    b = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
-    side = np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
-    return np.searchsorted(SIZE_EDGES, side, side='right')
-
-
 def aspect_bucket(gt_boxes):
     """Aspect bucket index (into `ASPECT_NAMES`) of each box `[N, 4]`: w / h vs
     `ASPECT_EDGES`."""
@@ -165,7 +155,7 @@ class AnchorCoverage:
         16 % of the side); nan without boxes."""
         if not self.num_boxes:
             return float('nan')
-        names = SIZE_NAMES[:SMALL_BUCKETS]
+        names = boxes_lib.SIZE_NAMES[:SMALL_BUCKETS]
         return sum(self.by_size[n].count for n in names if n in self.by_size) / self.num_boxes
 
     def recommended_command(self):
@@ -195,7 +185,7 @@ class AnchorCoverage:
         remedies = []
         if self.anchors != 'auto':
             remedies.append("--anchors=auto (anchors fitted to these boxes)")
-        small = [k for k in self.uncovered_sizes() if SIZE_NAMES.index(k) < SMALL_BUCKETS]
+        small = [k for k in self.uncovered_sizes() if boxes_lib.SIZE_NAMES.index(k) < SMALL_BUCKETS]
         if small and self.small_object_network and \
                 self.small_object_network != self.model_name:
             remedies.append(f"--model_name={self.small_object_network} (a finer first "
@@ -290,7 +280,7 @@ def coverage_from_best(best, gt_boxes, layer_names, matching_threshold=0.5, tota
     return AnchorCoverage(
         fraction=float(covered.mean()) if n else float('nan'),
         matching_threshold=float(matching_threshold),
-        by_size=_buckets(size_bucket(gt_boxes), SIZE_NAMES, covered, layer, layer_names),
+        by_size=_buckets(boxes_lib.size_bucket(gt_boxes), boxes_lib.SIZE_NAMES, covered, layer, layer_names),
         by_aspect=_buckets(aspect_bucket(gt_boxes), ASPECT_NAMES, covered, layer, layer_names),
         by_feature_map={name: float((layer == j).mean()) if n else float('nan')
                         for j, name in enumerate(layer_names)},
@@ -381,11 +371,11 @@ def loss_reasons(gt_boxes, anchors, img_shape, matching_threshold=0.5, best=None
 
 def losses_by_size(reasons, gt_boxes):
     """{size bucket name: {reason: boxes lost for it}} from `loss_reasons(gt_boxes, ..)`."""
-    idx = size_bucket(gt_boxes)
-    out = {name: dict.fromkeys(LOSS_REASONS, 0) for name in SIZE_NAMES}
+    idx = boxes_lib.size_bucket(gt_boxes)
+    out = {name: dict.fromkeys(LOSS_REASONS, 0) for name in boxes_lib.SIZE_NAMES}
     for i, reason in zip(idx, reasons):
         if reason:
-            out[SIZE_NAMES[i]][reason] += 1
+            out[boxes_lib.SIZE_NAMES[i]][reason] += 1
     return out
 
 

@@ -4,6 +4,7 @@ Every function accepts numpy arrays or tensors and returns tensors; the last dim
 box argument must be 4. Formats other than yxyx appear only in a function's name
 (`yxyx_to_cxcywh`, `pixel_to_relative`).
 """
+import numpy as np
 import tensorflow as tf
 
 
@@ -119,3 +120,17 @@ def relative_to_pixel(boxes, height, width):
     boxes = _as_boxes(boxes)
     scale = tf.cast(tf.stack([height, width, height, width]), boxes.dtype)
     return boxes * scale
+
+
+# Object-size buckets of the coverage report, the per-size evaluation and the small-object
+# dev set: the side sqrt(h * w) of a relative box, as a share of the image side.
+SIZE_EDGES = (0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
+SIZE_NAMES = ('<2%', '2-4%', '4-8%', '8-16%', '16-32%', '32-64%', '>64%')
+
+
+def size_bucket(gt_boxes):
+    """Size bucket index (into `SIZE_NAMES`) of each box `[N, 4]`: sqrt(h * w) vs
+    `SIZE_EDGES` (an edge value falls in the upper bucket)."""
+    b = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    side = np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+    return np.searchsorted(SIZE_EDGES, side, side='right')

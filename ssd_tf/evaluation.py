@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from ssd_tf import anchors_report
 from ssd_tf import boxes as boxes_lib
 from ssd_tf import images
 from ssd_tf import metrics as metrics_lib
@@ -326,10 +325,10 @@ def compute_metrics(run, coco=False):
 
 def size_metrics(evaluator):
     """AP (VOC07, VOC12) and recall per object-size bucket of the coverage report
-    (`anchors_report.SIZE_NAMES`: sqrt of the box area over the image's), buckets without
+    (`boxes_lib.SIZE_NAMES`: sqrt of the box area over the image's), buckets without
     ground truth left out; rules in `metrics.size_bucket_results` (a matched detection counts
     in its ground truth's bucket, an unmatched one in its own). None without image sizes."""
-    res = evaluator.evaluate_by_size(anchors_report.SIZE_EDGES, anchors_report.SIZE_NAMES)
+    res = evaluator.evaluate_by_size(boxes_lib.SIZE_EDGES, boxes_lib.SIZE_NAMES)
     if res is None:
         return None
     return {name: dict(npos=v['npos'], num_detections=v['num_detections'],

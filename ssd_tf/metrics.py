@@ -470,7 +470,7 @@ class VOCEvaluator:
 
     def evaluate_by_size(self, edges, names):
         """VOC07/VOC12 mAP and recall per object-size bucket (see `size_bucket_results`);
-        `edges`, `names`: the buckets (`ssd_tf.anchors_report.SIZE_EDGES` / `SIZE_NAMES`).
+        `edges`, `names`: the buckets (`ssd_tf.boxes.SIZE_EDGES` / `SIZE_NAMES`).
         None when an image was added without its `image_shape` (sizes are relative to it)."""
         if any(self.image_shapes[i] is None for i in self.image_ids):
             return None

@@ -71,7 +71,7 @@ def test_coverage_goldens_box_equal_to_an_anchor_and_half_its_size():
 def test_bucket_edges_fall_in_the_upper_bucket():
     side = np.array([.01, .02, .03, .04, .5, .64, .9])
     boxes = np.stack([np.zeros(7), np.zeros(7), side, side], axis=-1)
-    names = [anchors_report.SIZE_NAMES[i] for i in anchors_report.size_bucket(boxes)]
+    names = [boxes_lib.SIZE_NAMES[i] for i in boxes_lib.size_bucket(boxes)]
     assert names == ['<2%', '2-4%', '2-4%', '4-8%', '32-64%', '>64%', '>64%']
     # w / h = 1/4, 1/2 (edge, upper), 1, 2 (edge, upper), 4
     wide = np.array([[0, 0, .4, .1], [0, 0, .4, .2], [0, 0, .3, .3], [0, 0, .2, .4],

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from ssd_tf import anchors_report
+from ssd_tf import boxes as boxes_lib
 from ssd_tf import metrics
 
-EDGES, NAMES = anchors_report.SIZE_EDGES, anchors_report.SIZE_NAMES
+EDGES, NAMES = boxes_lib.SIZE_EDGES, boxes_lib.SIZE_NAMES
 
 
 def _one_image_case():

@@ -20,7 +20,7 @@ is `h / H` and `w / W` of the rounded pixel size, so the box follows the pixels 
 Output: a Pascal VOC root (`JPEGImages/<split>_<i>.jpg`, `Annotations/<split>_<i>.xml`,
 `ImageSets/Main/{train,test}.txt`, `labels.txt`) that every reader and command of the project
 takes (`--dataset_name=voc --dataset_dir=OUT`), and `devset.json` with the object-size
-distribution (the coverage report's buckets, `ssd_tf.anchors_report.SIZE_NAMES`). The same
+distribution (the coverage report's buckets, `ssd_tf.boxes.SIZE_NAMES`). The same
 sources, seed and settings give byte-identical files.
 """
 import json
@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from ssd_tf import anchors_report
+from ssd_tf import boxes as boxes_lib
 from ssd_tf.datasets import labelmap as labelmap_lib
 from ssd_tf.datasets import voc
 
@@ -133,11 +133,11 @@ def _annotation_xml(image_id, size, boxes, names):
 
 def size_distribution(boxes):
     """Share of `boxes` `[N, 4]` in each size bucket of the coverage report
-    (`anchors_report.SIZE_NAMES`) and the share within 2-8 % of the side."""
+    (`boxes_lib.SIZE_NAMES`) and the share within 2-8 % of the side."""
     sides = box_sides(boxes)
-    idx = anchors_report.size_bucket(boxes)
+    idx = boxes_lib.size_bucket(boxes)
     n = max(len(sides), 1)
-    counts = {name: int((idx == i).sum()) for i, name in enumerate(anchors_report.SIZE_NAMES)}
+    counts = {name: int((idx == i).sum()) for i, name in enumerate(boxes_lib.SIZE_NAMES)}
     return {'boxes': int(len(sides)), 'by_size': counts,
             'share_2_8': float(((sides >= 0.02) & (sides < 0.08)).sum() / n),
             'median_side': float(np.median(sides)) if len(sides) else None}
@@ -194,7 +194,7 @@ def make_devset(source_dirs, out_dir, num_images=None, seed=0, canvas=512, grids
 
 def format_report(report):
     """The size distribution of `make_devset`'s report as a table."""
-    names = anchors_report.SIZE_NAMES
+    names = boxes_lib.SIZE_NAMES
     lines = [f"{'split':<6} {'images':>6} {'boxes':>6} {'2-8 %':>6}  " +
              ' '.join(f'{n:>7}' for n in names)]
     for split, d in report['splits'].items():
