@@ -69,10 +69,11 @@ def main():
     ap.add_argument('--score_threshold', type=float, default=0.3)
     ap.add_argument('--split', default=None, help="default: the run's eval split, else test")
     args = ap.parse_args()
-    from nets import nets_factory
+    from ssd_tf import builder
     from preprocessing import ssd_vgg_preprocessing as prep
     from ssd_tf import calibration
-    from ssd_tf import export
+    from ssd_tf.export import tflite as export_tflite
+    from ssd_tf.export import tflite_runtime
     from ssd_tf import images
     from ssd_tf import metrics
     from ssd_tf import run_config
@@ -83,8 +84,8 @@ def main():
         sys.exit(f"{args.checkpoint_path}: a run on VOC or COCO data is needed "
                  f"(this one: {config.dataset_name})")
     split = args.split or config.eval_split_name or 'test'
-    net, model, names, _ = export.load_from_checkpoint(args.checkpoint_path,
-                                                       nets_factory.get_network)
+    built = builder.load_model(args.checkpoint_path)
+    net, model, names = built.net, built.model, built.label_names
     shape = tuple(net.params.img_shape)
     preprocess = prep.image_preprocess_fn(shape)
     tmp = tempfile.mkdtemp(prefix='bench_int8_')
@@ -96,7 +97,7 @@ def main():
             reps = calibration.calibration_images(source, shape, args.num_calibration)
             lines.append(f"{name}: {source.describe(len(reps))}")
         t0 = time.perf_counter()
-        out = export.export_tflite(net, model, lambda im: preprocess(im)[0],
+        out = export_tflite.export_tflite(net, model, lambda im: preprocess(im)[0],
                                    os.path.join(tmp, name.replace(' ', '_')),
                                    ['int8' if spec else 'float32'], reps, metadata='off')
         paths[name] = list(out.values())[0]
@@ -105,7 +106,7 @@ def main():
     decoded = [images.decode_record_image(r) for r in records]
     dets = {}
     for name, path in paths.items():
-        det = export.TFLiteDetector(path)
+        det = tflite_runtime.TFLiteDetector(path)
         dets[name] = [(lambda o: (o['detection_boxes'], o['detection_scores'],
                                   o['detection_classes']))(det(im)) for im in decoded]
     rows = []

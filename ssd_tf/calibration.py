@@ -25,7 +25,6 @@ resized as the TFLite runtime path resizes: `resize_fn`) and a `CalibrationSourc
 import dataclasses
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from ssd_tf import images as images_lib

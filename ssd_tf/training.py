@@ -23,7 +23,6 @@ a typed `OptimizerConfig` (`build_optimizer`); the run config itself lives in
 `ssd_tf.run_config`.
 """
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -32,7 +31,6 @@ import sys
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from ssd_tf import run_config

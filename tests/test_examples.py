@@ -43,12 +43,12 @@ def test_mediapipe_snippet_prints_every_category_and_closes(tmp_path):
     if not photo.is_file():
         pytest.skip('../shared/data is not present (a user checkout has no ../shared)')
     from preprocessing import ssd_vgg_preprocessing as prep
-    from ssd_tf import export
+    from ssd_tf.export import tflite as export_tflite
     # Random heads sharpened so that boxes score over the snippet's 0.5 (tests/conftest.py).
     net, model = conftest.sharpened_network(0, 'ssd_small', 5., 4.)
     preprocess = prep.image_preprocess_fn(net.params.img_shape)
     with tempfile.TemporaryDirectory() as build:
-        path = export.export_tflite(net, model, lambda im: preprocess(im)[0], build,
+        path = export_tflite.export_tflite(net, model, lambda im: preprocess(im)[0], build,
                                     ['float32'], label_names=['a', 'b', 'c', 'd'],
                                     metadata='on')['float32']
         shutil.copy(path, tmp_path / 'model_float32.tflite')

@@ -56,17 +56,21 @@ def test_mediapipe_detect_and_saved_model_score_a_full_size_photo_alike(tmp_path
     mp = conftest.import_extra('mediapipe', 'mobile')
     from mediapipe.tasks.python import vision
     from preprocessing import ssd_vgg_preprocessing as prep
-    from ssd_tf import export
+    from ssd_tf.export import saved_model
+    from ssd_tf.export import tflite as export_tflite
+    from ssd_tf.export import tflite_runtime
     photos = _photos()
     assert max(p.shape[0] * p.shape[1] for p in photos) > 4 * 128 * 128  # full size
     net, model = conftest.sharpened_network(0, 'ssd_small', 5., 4.)
     names = ['circle', 'cross', 'rectangle', 'triangle']
     preprocess = prep.image_preprocess_fn(net.params.img_shape)
-    tfl = export.export_tflite(net, model, lambda im: preprocess(im)[0], tmp_path / 'tfl',
-                               ['float32'], label_names=names, metadata='on')['float32']
-    sm = export.export_saved_model(net, model, preprocess, tmp_path / 'sm', label_names=names)
-    serve = tf.saved_model.load(sm).signatures[export.IMAGES_SIGNATURE]
-    detector = export.TFLiteDetector(tfl)  # what detect.py runs for a .tflite
+    tfl = export_tflite.export_tflite(net, model, lambda im: preprocess(im)[0],
+                                      tmp_path / 'tfl', ['float32'], label_names=names,
+                                      metadata='on')['float32']
+    sm = saved_model.export_saved_model(net, model, preprocess, tmp_path / 'sm',
+                                        label_names=names)
+    serve = tf.saved_model.load(sm).signatures[saved_model.IMAGES_SIGNATURE]
+    detector = tflite_runtime.TFLiteDetector(tfl)  # what detect.py runs for a .tflite
     options = vision.ObjectDetectorOptions(
         base_options=mp.tasks.BaseOptions(model_asset_path=str(tfl)), score_threshold=0.,
         max_results=5)

@@ -26,7 +26,7 @@ def test_importing_the_rest_client_imports_no_tensorflow_and_no_numpy():
 
 
 def test_names_are_the_saved_models():
-    from ssd_tf import export
+    from ssd_tf.export import saved_model as export
     assert serving_rest.BYTES_SIGNATURE == export.BYTES_SIGNATURE
     assert serving_rest.BYTES_INPUT == export.BYTES_INPUT
     assert tuple(serving_rest.OUTPUT_KEYS) == tuple(export.OUTPUT_KEYS)

@@ -7,7 +7,6 @@ written by `ssd_tf.export.tflite`.
 import os
 
 import numpy as np
-import tensorflow as tf
 
 from ssd_tf import images as images_lib
 from ssd_tf.export import saved_model
