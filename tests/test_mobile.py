@@ -299,12 +299,12 @@ def test_detection_postprocess_op_decodes_like_ours(exported):
 
 
 def test_one_opencv_build_owns_cv2():
-    """mediapipe pulls opencv-contrib-python, whose cv2 overwrites the headless one; the README
-    install line keeps one build. Both installed: uninstalling either breaks cv2."""
+    """One OpenCV build owns cv2 (the core and mediapipe both require opencv-contrib-python;
+    a second build installed over it shares cv2's files), and cv2 works."""
     owners = sorted(d.metadata['Name'] for d in importlib.metadata.distributions()
                     if (d.metadata['Name'] or '').lower().startswith('opencv')
                     and any(str(f).startswith('cv2/') for f in d.files or []))
-    assert len(owners) == 1, (f"several OpenCV builds own cv2: {owners}; see README "
-                              f"\"Export and deployment\" (mobile extra)")
+    assert len(owners) == 1, (f"several OpenCV builds own cv2: {owners}; see docs/export.md "
+                              f"(the mobile extra and OpenCV)")
     ok, buf = cv2.imencode('.png', np.zeros((4, 4, 3), np.uint8))
     assert ok and cv2.imdecode(buf, cv2.IMREAD_COLOR).shape == (4, 4, 3)
