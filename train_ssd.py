@@ -738,6 +738,10 @@ def run(flag_values):
     cfg = run_config.RunConfig.from_dict(flag_values)
     strategy = setup_execution(cfg)
     chief = is_chief(strategy)
+    from ssd_tf import run_lock
+    lock = run_lock.acquire(cfg.train_dir) if chief else None  # one run per --train_dir
+    if lock is not None and lock.note:
+        print(f"WARNING: {lock.note}", file=sys.stderr)
     # A non-chief worker writes its checkpoints to a directory of its own, removed at exit
     # (every worker must save: saving takes part in the workers' collectives).
     save_dir = cfg.train_dir if chief else tempfile.mkdtemp(prefix='ssd_tf_worker_')
@@ -747,6 +751,8 @@ def run(flag_values):
     try:
         return _run(cfg, strategy, chief, save_dir)
     finally:
+        if lock is not None:
+            lock.release()
         if not chief:
             shutil.rmtree(save_dir, ignore_errors=True)
 
