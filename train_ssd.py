@@ -402,9 +402,11 @@ def load_training_data(cfg, replicas):
 def check_resume(cfg, train_dir):
     """Refuses to resume the run in train_dir with other settings (before anything is
     written); returns whether train_dir holds a checkpoint to resume."""
-    import tensorflow as tf
     from ssd_tf import run_config
-    has_checkpoint = tf.train.latest_checkpoint(train_dir) is not None
+    try:  # damaged newer checkpoints are reported; none intact is refused (not step 0)
+        has_checkpoint = run_config.resume_checkpoint(train_dir) is not None
+    except ValueError as e:
+        raise UserError(str(e)) from e
     if not has_checkpoint or not os.path.isfile(os.path.join(train_dir,
                                                              run_config.CONFIG_FILENAME)):
         return has_checkpoint

@@ -110,3 +110,144 @@ def test_second_train_on_a_live_dir_is_refused_and_kill9_leaves_it_resumable(tmp
                                             '--save_interval_secs=100000'] + TINY)
     assert r.returncode == 0, r.stderr
     assert 'resuming from' in r.stderr
+
+
+# ------------------------------------------------------------------ 2. damaged checkpoints
+def _three_checkpoints(directory):
+    """ckpt-1, ckpt-2, ckpt-3 of a 1000-float variable (4000 bytes of data each)."""
+    import tensorflow as tf
+    v = tf.Variable(tf.zeros([1000]))
+    ckpt = tf.train.Checkpoint(v=v)
+    manager = tf.train.CheckpointManager(ckpt, str(directory), max_to_keep=None)
+    for step in (1, 2, 3):
+        v.assign(tf.fill([1000], float(step)))
+        manager.save(checkpoint_number=step)
+    return [str(directory / f'ckpt-{s}') for s in (1, 2, 3)]
+
+
+def _cut_data(prefix):
+    data = pathlib.Path(prefix + '.data-00000-of-00001')
+    data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+
+
+def test_intact_search_skips_a_missing_index_and_a_cut_data_file(tmp_path):
+    from ssd_tf import run_config
+    c1, c2, c3 = _three_checkpoints(tmp_path)
+    assert run_config.checkpoint_prefixes(str(tmp_path)) == [c3, c2, c1]
+    assert run_config.find_intact_checkpoint(str(tmp_path), None) == (c3, [])
+    os.remove(c3 + '.index')
+    _cut_data(c2)
+    seen = []
+    latest, damaged = run_config.find_intact_checkpoint(
+        str(tmp_path), lambda p, r: seen.append(p))
+    assert latest == c1 and seen == [c3, c2]
+    assert damaged[0] == (c3, 'its .index file is missing')
+    assert damaged[1][0] == c2 and damaged[1][1].startswith('it cannot be read')
+    # a directory resolves to ckpt-1; the damaged prefixes themselves are refused by name
+    assert run_config.resolve_checkpoint(str(tmp_path)) == ('tf2', c1)
+    for bad in (c2, c3):
+        with pytest.raises(ValueError, match=f'--checkpoint_path={bad} is damaged'):
+            run_config.resolve_checkpoint(bad)
+
+
+def test_no_intact_checkpoint_is_refused_saying_how_to_start_anew(tmp_path):
+    from ssd_tf import run_config
+    for prefix in _three_checkpoints(tmp_path):
+        _cut_data(prefix)
+    with pytest.raises(ValueError) as e:
+        run_config.resolve_checkpoint(str(tmp_path))
+    assert 'none is intact (ckpt-3: it cannot be read' in str(e.value)
+    assert 'use a new --train_dir' in str(e.value)
+    with pytest.raises(ValueError, match='--train_dir=.*none is intact'):
+        run_config.resume_checkpoint(str(tmp_path))
+    # an empty directory is a new run
+    (tmp_path / 'new').mkdir()
+    assert run_config.resume_checkpoint(str(tmp_path / 'new')) is None
+
+
+def test_rotation_keeps_the_newest_intact_and_never_deletes_after_a_bad_save(tmp_path):
+    from ssd_tf import run_config
+    c1, c2, c3 = _three_checkpoints(tmp_path)
+    # keep 2: ckpt-1 goes, the state file names ckpt-2, ckpt-3
+    assert run_config.prune_checkpoints(str(tmp_path), 2, c3) == [c1]
+    assert not os.path.exists(c1 + '.index')
+    import tensorflow as tf
+    state = tf.train.get_checkpoint_state(str(tmp_path))
+    assert list(state.all_model_checkpoint_paths) == [c2, c3]
+    # the newest save is damaged: nothing is deleted, even with keep=1
+    _cut_data(c3)
+    assert run_config.prune_checkpoints(str(tmp_path), 1, c3) == []
+    assert os.path.exists(c2 + '.index')
+
+
+@pytest.mark.slow
+def test_train_resumes_from_newest_intact_and_refuses_when_none(tmp_path):
+    train_dir = tmp_path / 'run'
+    args = ['--train_dir', train_dir, '--save_every_n_steps=2',
+            '--save_interval_secs=100000'] + TINY
+    r = program('train_ssd.py', args + ['--max_number_of_steps=6'])
+    assert r.returncode == 0, r.stderr
+    os.remove(train_dir / 'ckpt-6.index')
+    _cut_data(str(train_dir / 'ckpt-4'))
+    # export from the directory: the newest intact checkpoint (ckpt-2), damaged ones named
+    r = program('export_savedmodel.py', ['--checkpoint_path', train_dir,
+                                         '--output_dir', tmp_path / 'export'])
+    assert r.returncode == 0, r.stderr
+    assert f'checkpoint {train_dir / "ckpt-6"} is damaged (its .index file is missing)' \
+        in r.stderr
+    r = program('train_ssd.py', args + ['--max_number_of_steps=8'])
+    assert r.returncode == 0, r.stderr
+    assert f'checkpoint {train_dir / "ckpt-6"} is damaged (its .index file is missing)' \
+        in r.stderr
+    assert f'checkpoint {train_dir / "ckpt-4"} is damaged (it cannot be read' in r.stderr
+    assert f'resuming from {train_dir / "ckpt-2"} (step 2)' in r.stderr
+    from ssd_tf import run_config
+    assert run_config.find_intact_checkpoint(str(train_dir), None) == \
+        (str(train_dir / 'ckpt-8'), [])
+    # every checkpoint damaged: refused, nothing written, the way out said
+    for prefix in run_config.checkpoint_prefixes(str(train_dir)):
+        _cut_data(prefix)
+    before = {p.name: p.stat().st_mtime_ns for p in train_dir.iterdir()}
+    r = program('train_ssd.py', args + ['--max_number_of_steps=10'])
+    assert r.returncode == 2, r.stderr
+    assert f'--train_dir={train_dir} holds checkpoints but none is intact' in r.stderr
+    assert 'use a new --train_dir' in r.stderr and 'Traceback' not in r.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in train_dir.iterdir()
+            if p.name != '.train_lock'} == \
+        {k: v for k, v in before.items() if k != '.train_lock'}
+    r = program('eval_ssd.py', ['--checkpoint_path', train_dir])
+    assert r.returncode != 0 and 'none is intact' in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr
+
+
+# ------------------------------------------------------------------ 7. defused VOC XML
+BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE annotation [
+ <!ENTITY lol "lol">
+ <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+]>
+<annotation><filename>000001.png</filename><object><name>&lol4;</name>
+<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object>
+</annotation>
+"""
+
+
+def test_entity_expansion_is_refused_naming_the_file_and_old_voc_files_parse(tmp_path):
+    from ssd_tf.datasets import factory
+    from ssd_tf.datasets import synthetic
+    from ssd_tf.datasets import voc
+    root = synthetic.write_synthetic_voc(str(tmp_path / 'voc'), 4, 2)
+    old = voc.read_annotation(os.path.join(root, 'Annotations', '000000.xml'))  # still parses
+    assert old['filename'] == '000000.png' and old['objects']
+    bomb = os.path.join(root, 'Annotations', '000001.xml')
+    pathlib.Path(bomb).write_text(BILLION_LAUGHS)
+    with pytest.raises(voc.AnnotationError, match="refused: the annotation XML declares "
+                                                  "entities"):
+        voc.read_annotation(bomb)
+    records, _, summary = factory.load_records('voc', root, 'train')
+    assert sorted(r.image_id for r in records) == ['000000', '000002', '000003']
+    assert '000001.xml' in summary, summary
+    with pytest.raises(ValueError, match='000001.xml'):
+        factory.load_records('voc', root, 'train', strict=True)
