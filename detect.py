@@ -47,6 +47,7 @@ def main(argv):
         from nets import nets_factory
         get_network, factory = nets_factory.get_network, preprocess_factory
     try:
+        detect.check_output_dir(FLAGS.output_dir)  # before the model loads
         fn, labels = detect.make_detector(path, get_network, factory, FLAGS.model_name,
                                           FLAGS.num_classes, FLAGS.label_map)
         results = detect.run(fn, detect.list_images(FLAGS.images), FLAGS.output_dir, labels,

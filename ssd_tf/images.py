@@ -304,6 +304,34 @@ def decode_image(data, max_pixels=None, where=None):
     return _decode(data, max_pixels, where)
 
 
+# ---------------------------------------------------------------------------- files
+def read_regular_file(path, limit=None):
+    """The bytes of the regular file `path` (at most `limit` + 1 of them with a limit).
+
+    A FIFO, device or socket is refused (ValueError 'not a regular file (a FIFO)') without
+    being opened for reading (`os.stat` first): reading a FIFO blocks until a writer comes,
+    so a pipe named `x.jpg` in a folder of photos would hang the program. The file is then
+    opened non-blocking and checked again (`os.fstat`), so a file swapped for a FIFO in
+    between cannot hang it either. Other OSErrors propagate."""
+    import os
+    import stat
+
+    def refuse(mode):
+        kind = ('a FIFO' if stat.S_ISFIFO(mode) else 'a socket' if stat.S_ISSOCK(mode)
+                else 'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+                'a directory' if stat.S_ISDIR(mode) else 'a special file')
+        return ValueError(f"not a regular file ({kind}); skipped without reading it")
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise refuse(mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+    with os.fdopen(fd, 'rb') as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise refuse(mode)
+        return f.read() if limit is None else f.read(limit + 1)
+
+
 # ---------------------------------------------------------------------------- records
 def read_image_bytes(record):
     """The encoded image (bytes) of a Record-like object: its `encoded` bytes or the file at

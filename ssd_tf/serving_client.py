@@ -255,8 +255,7 @@ def _read_checked(path, max_pixels, max_file_bytes):
         if size > max_file_bytes:
             raise ValueError(f"the file has {size} bytes, over --max_file_bytes="
                              f"{max_file_bytes}")
-        with open(path, 'rb') as f:
-            data = f.read(max_file_bytes + 1)
+        data = images.read_regular_file(path, max_file_bytes)
     except OSError as e:
         raise ValueError(f"cannot read the file: {e.strerror or e}") from None
     if len(data) > max_file_bytes:
@@ -387,6 +386,7 @@ def main(argv=None):
                 raise ValueError(f"--{flag}={value} must be positive")
         if args.columnar and args.protocol != 'rest':
             raise ValueError("--columnar applies to --protocol=rest")
+        detect_lib.check_output_dir(args.output_dir)  # before talking to the server
         kind = RestClient if args.protocol == 'rest' else GrpcClient
         extra = {'columnar': args.columnar} if args.protocol == 'rest' else {}
         client = kind(args.server, args.model_name, args.model_version, args.signature,

@@ -251,3 +251,83 @@ def test_entity_expansion_is_refused_naming_the_file_and_old_voc_files_parse(tmp
     assert '000001.xml' in summary, summary
     with pytest.raises(ValueError, match='000001.xml'):
         factory.load_records('voc', root, 'train', strict=True)
+
+
+# ------------------------------------------------------------------ 4. detect.py and serving
+@pytest.mark.timeout(60)
+def test_a_fifo_is_refused_without_being_opened(tmp_path):
+    from ssd_tf import images
+    fifo = tmp_path / 'x.jpg'
+    os.mkfifo(fifo)  # opening it for reading would block: no writer ever comes
+    with pytest.raises(ValueError, match=r'not a regular file \(a FIFO\)'):
+        images.read_regular_file(str(fifo))
+    with pytest.raises(ValueError, match=r'not a regular file \(a directory\)'):
+        images.read_regular_file(str(tmp_path))
+    (tmp_path / 'a.bin').write_bytes(b'0123456789')
+    assert images.read_regular_file(str(tmp_path / 'a.bin')) == b'0123456789'
+    assert images.read_regular_file(str(tmp_path / 'a.bin'), limit=3) == b'0123'
+
+
+def test_unwritable_output_dir_is_refused_naming_the_flag(tmp_path):
+    from ssd_tf import detect
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(ValueError, match=f'--output_dir={tmp_path / "file" / "out"} is not a '
+                                         'writable directory'):
+        detect.check_output_dir(str(tmp_path / 'file' / 'out'))
+    detect.check_output_dir(str(tmp_path / 'new' / 'out'))
+    assert os.listdir(tmp_path / 'new' / 'out') == []  # the probe file is gone
+
+
+@pytest.fixture(scope='module')
+def saved_model(tmp_path_factory):
+    """A SavedModel of a seeded ssd_small (export.export_saved_model), 5 classes."""
+    from conftest import sharpened_network
+    from preprocessing import ssd_vgg_preprocessing as prep
+    from ssd_tf import export
+    net, model = sharpened_network(0, 'ssd_small')
+    root = tmp_path_factory.mktemp('robust_export')
+    return export.export_saved_model(net, model, prep.image_preprocess_fn(net.params.img_shape),
+                                     root / 'serving', version=1, max_detections=10,
+                                     label_names=['a', 'b', 'c', 'd'])
+
+
+@pytest.mark.slow
+def test_zero_images_get_an_empty_answer_from_both_signatures(saved_model):
+    import numpy as np
+    import tensorflow as tf
+    loaded = tf.saved_model.load(str(saved_model))
+    out = loaded.signatures['serving_default'](tf.constant([], tf.string))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        'detection_boxes': (0, 10, 4), 'detection_scores': (0, 10),
+        'detection_classes': (0, 10), 'num_detections': (0,)}
+    out = loaded.signatures['serving_images'](tf.zeros([0, 50, 60, 3], tf.uint8))
+    assert tuple(out['detection_boxes'].shape) == (0, 10, 4)
+    # one image still runs the network
+    image = tf.io.encode_png(np.full([40, 30, 3], 200, np.uint8))
+    out = loaded.signatures['serving_default'](tf.stack([image]))
+    assert tuple(out['detection_boxes'].shape) == (1, 10, 4)
+
+
+@pytest.mark.slow
+def test_detect_skips_a_fifo_and_refuses_an_unwritable_output_dir(saved_model, tmp_path):
+    import cv2
+    import numpy as np
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'a.png'), np.full([40, 30, 3], 90, np.uint8))
+    os.mkfifo(folder / 'x.jpg')
+    out = tmp_path / 'out'
+    r = program('detect.py', ['--model', saved_model, '--images', folder, '--output_dir', out],
+                timeout=300)  # a hang is a TimeoutExpired failure
+    assert r.returncode == 0, r.stderr
+    assert f'skipped {folder / "x.jpg"}: not a regular file (a FIFO)' in r.stdout
+    results = json.loads((out / 'detections.json').read_text())
+    assert [pathlib.Path(x['image']).name for x in results] == ['a.png', 'x.jpg']
+    assert 'error' not in results[0] and 'FIFO' in results[1]['error']
+    # an unwritable --output_dir is refused before the model loads (the model does not exist)
+    (tmp_path / 'file').write_text('x')
+    r = program('detect.py', ['--model', tmp_path / 'no_model', '--images', folder,
+                              '--output_dir', tmp_path / 'file' / 'out'], timeout=120)
+    assert r.returncode != 0
+    assert f'--output_dir={tmp_path / "file" / "out"} is not a writable directory' in r.stderr
+    assert 'Traceback' not in r.stderr
