@@ -255,7 +255,8 @@ def _load_split(cfg, split, num_synthetic, flag='--dataset_split_name'):
     if cfg.dataset_name == 'tfrecord':  # records are read (and checked) in the graph
         try:
             layout = tfrecord_lib.detect_layout(cfg.dataset_dir)
-            return None, factory.tfrecord_label_map(cfg.dataset_dir, cfg.label_map, layout), \
+            return None, factory.tfrecord_label_map(cfg.dataset_dir, cfg.label_map, layout,
+                                                    cfg.num_classes), \
                 f"{cfg.dataset_dir}: {tfrecord_lib.layout_description(layout)}"
         except (ValueError, OSError) as e:
             raise UserError(f"--dataset_dir={cfg.dataset_dir} / --label_map={cfg.label_map}: "
@@ -560,7 +561,7 @@ def write_run_files(cfg, label_map):
     cfg.write(cfg.train_dir)
 
 
-def make_train_dataset(cfg, net, strategy, records, start_step):
+def make_train_dataset(cfg, net, strategy, records, start_step, label_texts=None):
     """`(dataset, problems)`: the distributed training dataset positioned at `start_step`,
     and the `check.DataProblems` that counts the TFRecord records it skips (strict mode: the
     first bad record stops the run, naming its shard and index)."""
@@ -587,7 +588,7 @@ def make_train_dataset(cfg, net, strategy, records, start_step):
         source, preprocess_train, encode, batch_size=cfg.batch_size, is_training=True,
         seed=cfg.seed, num_parallel_calls=threads, with_gt=True,
         start=start_step * cfg.batch_size, num_classes=cfg.num_classes, report=problems,
-        label_ids=cfg.label_ids)
+        label_ids=cfg.label_ids, label_texts=label_texts)
     return strategy.experimental_distribute_dataset(dataset), problems
 
 
@@ -781,7 +782,8 @@ def _run(cfg, strategy, chief, save_dir):
     step = restore_or_initialise(cfg, trainer, init_report)
     if chief:
         write_run_files(cfg, label_map)
-    dataset, problems = make_train_dataset(cfg, net, strategy, records, step)
+    dataset, problems = make_train_dataset(cfg, net, strategy, records, step,
+                                           getattr(label_map, 'record_texts', None))
     writer = tf.summary.create_file_writer(cfg.train_dir) if chief \
         else tf.summary.create_noop_writer()
     write_anchor_summaries(cfg, anchor_text, writer, step)

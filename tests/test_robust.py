@@ -331,3 +331,148 @@ def test_detect_skips_a_fifo_and_refuses_an_unwritable_output_dir(saved_model, t
     assert r.returncode != 0
     assert f'--output_dir={tmp_path / "file" / "out"} is not a writable directory' in r.stderr
     assert 'Traceback' not in r.stderr
+
+
+# ------------------------------------------------------------------ 8. kill -9 and resume
+def _step_lines(text):
+    """`{step: 'loss terms'}` of the progress lines 'step N/M [bar] terms | img/s | ETA'."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith('step ') and '/' in line and '] ' in line:
+            step = int(line.split()[1].split('/')[0])
+            out[step] = line.split('] ', 1)[1].split(' | ')[0]
+    return out
+
+
+def _weights(prefix):
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(prefix)
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
+            if n != '_CHECKPOINTABLE_OBJECT_GRAPH'}  # weights, optimizer state, step
+
+
+@pytest.mark.slow
+def test_kill9_and_resume_reads_the_same_batches_and_reaches_the_same_weights(tmp_path):
+    """A run of 12 steps (batch 8 of 64 images: 1.5 epochs, so the resumed stream crosses
+    the epoch boundary and its reshuffle) against the same run killed with SIGKILL after step
+    5 and resumed from its last checkpoint (step 4, or 6 if it got that far). The loss of
+    every step after the resume point is the loss of the uninterrupted run at that step (it
+    depends on the restored weights and on the batch read, so a resumed stream that starts
+    again at the first batch fails here), and the final weights agree."""
+    import numpy as np
+    args = ['--max_number_of_steps=12', '--save_every_n_steps=2',
+            '--save_interval_secs=100000', '--seed=3'] + TINY
+    a = program('train_ssd.py', ['--train_dir', tmp_path / 'a'] + args)
+    assert a.returncode == 0, a.stderr
+    losses_a = _step_lines(a.stdout + a.stderr)
+    assert sorted(losses_a) == list(range(1, 13))
+    b = start_program('train_ssd.py', ['--train_dir', tmp_path / 'b'] + args)
+    read_until(b, 'step 5/')
+    b.send_signal(signal.SIGKILL)
+    assert b.wait(timeout=60) == -signal.SIGKILL
+    r = program('train_ssd.py', ['--train_dir', tmp_path / 'b'] + args)
+    assert r.returncode == 0, r.stderr
+    resumed_at = int(r.stderr.split('resuming from ')[1].split('(step ')[1].split(')')[0])
+    assert resumed_at in (4, 6), r.stderr
+    losses_b = _step_lines(r.stdout + r.stderr)
+    assert sorted(losses_b) == list(range(resumed_at + 1, 13))
+    for step, terms in losses_b.items():
+        assert terms == losses_a[step], (step, terms, losses_a[step])
+    wa, wb = _weights(str(tmp_path / 'a' / 'ckpt-12')), _weights(str(tmp_path / 'b' / 'ckpt-12'))
+    assert wa.keys() == wb.keys() and len(wa) > 10
+    assert int(wb['global_step/.ATTRIBUTES/VARIABLE_VALUE']) == 12
+    for name in wa:
+        np.testing.assert_allclose(wa[name], wb[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+# ------------------------------------------------------------------ 5. TFRecord label texts
+def _slim_example(labels, texts, seed=0):
+    """A tf.Example with the keys of the original slim `pascalvoc_to_tfrecords` (a 32x32 JPEG,
+    one 8..24 px box per label)."""
+    import numpy as np
+    import tensorflow as tf
+    image = np.random.default_rng(seed).integers(0, 255, [32, 32, 3], dtype=np.uint8)
+    data = tf.io.encode_jpeg(image).numpy()
+    n = len(labels)
+
+    def floats(v):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=v))
+
+    def ints(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=v))
+
+    def strings(v):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=v))
+    feature = {
+        'image/height': ints([32]), 'image/width': ints([32]), 'image/channels': ints([3]),
+        'image/shape': ints([32, 32, 3]),
+        'image/object/bbox/xmin': floats([0.25] * n), 'image/object/bbox/xmax': floats([0.75] * n),
+        'image/object/bbox/ymin': floats([0.25] * n), 'image/object/bbox/ymax': floats([0.75] * n),
+        'image/object/bbox/label': ints(labels),
+        'image/object/bbox/label_text': strings([t.encode() for t in texts]),
+        'image/object/bbox/difficult': ints([0] * n), 'image/object/bbox/truncated': ints([0] * n),
+        'image/format': strings([b'JPEG']), 'image/encoded': strings([data])}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write_shard(path, examples):
+    import tensorflow as tf
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for e in examples:
+            w.write(e)
+    return str(path)
+
+
+VOC_SUBSET = (1, 2, 3, 5, 6, 7, 10)  # aeroplane bicycle bird bottle bus car cow
+
+
+def _voc_subset_shard(path, copies=2):
+    from ssd_tf.datasets import labelmap
+    return _write_shard(path, [_slim_example([label], [labelmap.VOC_CLASSES[label - 1]], i)
+                               for i, label in enumerate(VOC_SUBSET * copies)])
+
+
+def test_label_texts_with_gaps_fill_voc_names_and_check_num_classes(tmp_path):
+    from ssd_tf.datasets import factory
+    from ssd_tf.datasets import labelmap
+    shard = _voc_subset_shard(tmp_path / 'voc_subset.tfrecord')
+    m = factory.tfrecord_label_map(shard, num_classes=21)
+    assert list(m.names) == list(labelmap.VOC_CLASSES) and m.num_classes == 21
+    # named labels keep their text; the gaps (4, 8, 9, 11..20) accept any
+    # VOC: 1 aeroplane 2 bicycle 3 bird 4 boat 5 bottle 6 bus 7 car 8 cat 9 chair 10 cow
+    assert m.record_texts[:11] == ('none', 'aeroplane', 'bicycle', 'bird', '', 'bottle', 'bus',
+                                   'car', '', '', 'cow')
+    m = factory.tfrecord_label_map(shard)  # without --num_classes: the largest label + 1
+    assert list(m.names) == list(labelmap.VOC_CLASSES[:10])
+    with pytest.raises(ValueError, match=r'--num_classes=8 but the records have label 10 '
+                                         r"\('cow'\): --num_classes must be at least 11"):
+        factory.tfrecord_label_map(shard, num_classes=8)
+    # not VOC names: the gaps get class_<label>
+    other = _write_shard(tmp_path / 'other.tfrecord',
+                         [_slim_example([1], ['raccoon']), _slim_example([3], ['fox'])])
+    assert list(factory.tfrecord_label_map(other).names) == ['raccoon', 'class_2', 'fox']
+
+
+def test_a_record_whose_text_disagrees_is_skipped_and_counted(tmp_path):
+    from ssd_tf import data as data_lib
+    from ssd_tf.datasets import check
+    from ssd_tf.datasets import factory
+    # 6 records name label 1 'cat' and label 2 'dog'; records 2 and 5 call label 1 'bird'
+    examples = [_slim_example([1, 2], ['cat', 'dog'], i) for i in range(6)]
+    examples[2] = _slim_example([1], ['bird'], 2)
+    examples[5] = _slim_example([2, 1], ['dog', 'bird'], 5)
+    shard = _write_shard(tmp_path / 'mixed.tfrecord', examples)
+    m = factory.tfrecord_label_map(shard)
+    assert list(m.names) == ['cat', 'dog']
+    report = check.DataProblems()
+    ok = [bool(ex['ok']) for _, ex in data_lib.checked_tfrecords(
+        shard, report, num_classes=3, label_texts=m.record_texts)][:-1]  # last: end marker
+    assert ok == [True, True, False, True, True, False]
+    assert report.num_skipped == 2
+    summary = report.summary()
+    assert 'label text disagrees with the other records: 2 records skipped' in summary
+    assert f'{shard} record 5' in summary and 'box 1: label 1 is named "bird"' in summary
+    # without the texts to check (a label map file given), nothing is skipped
+    report = check.DataProblems()
+    list(data_lib.checked_tfrecords(shard, report, num_classes=3))
+    assert report.num_skipped == 0
