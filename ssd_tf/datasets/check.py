@@ -115,7 +115,8 @@ class DataProblems:
 
 
 # ---------------------------------------------------------------------------- the command
-def check_tfrecords(pattern, num_classes=None, strict=False, max_pixels=None, label_ids=None):
+def check_tfrecords(pattern, num_classes=None, strict=False, max_pixels=None, label_ids=None,
+                    label_texts=None):
     """Scans every record of the TFRecord files matching `pattern` (a pattern or a list) with
     the training pipeline's checks and a decode of each image (`label_ids`: the dataset ids of
     a label map with gaps, see `data.build_dataset`); returns
@@ -123,7 +124,8 @@ def check_tfrecords(pattern, num_classes=None, strict=False, max_pixels=None, la
     from ssd_tf import data as data_lib  # the pipeline's own check/load steps
     problems = DataProblems(strict=strict)
     ds = data_lib.checked_tfrecords(pattern, problems, num_classes=num_classes,
-                                    max_pixels=max_pixels, label_ids=label_ids)
+                                    max_pixels=max_pixels, label_ids=label_ids,
+                                    label_texts=label_texts)
     n = 0
     try:
         for position, _ in ds:  # the last element is the end marker, at position = count
@@ -183,7 +185,8 @@ def main(argv=None):
         if args.dataset_name == 'tfrecord':
             label_problem = None
             try:
-                label_map = factory.tfrecord_label_map(args.dataset_dir, args.label_map)
+                label_map = factory.tfrecord_label_map(args.dataset_dir, args.label_map,
+                                                       num_classes=args.num_classes)
             except ValueError as e:  # label texts that disagree: a problem of the data
                 if args.label_map:
                     raise
@@ -194,7 +197,8 @@ def main(argv=None):
             if label_map is not None and label_map.mapping_description():
                 print(label_map.mapping_description())
             n, problems = check_tfrecords(args.dataset_dir, num_classes=num_classes,
-                                          label_ids=label_map.label_ids if label_map else None)
+                                          label_ids=label_map.label_ids if label_map else None,
+                                          label_texts=getattr(label_map, 'record_texts', None))
             print(f"{args.dataset_dir}: {n} records read, label map: "
                   f"{list(label_map.names) if label_map else 'none found'}, classes: "
                   f"{num_classes if num_classes is not None else 'not given (labels >= 1 only)'}")
