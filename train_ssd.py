@@ -612,12 +612,31 @@ class RunEvaluation:
         graph; its label map was resolved with the training split, so it is not scanned
         again here)."""
         if self.cfg.dataset_name == 'tfrecord':
-            return None
+            return self._tfrecord_split(split, flag)
         if split not in self.records:
             self.records[split] = _load_split(self.cfg, split, self.cfg.synthetic_num_test,
                                               flag=flag)[0]
             if self.cfg.dataset_name == 'tfds':  # streamed: the source, not records
                 self.records[split] = _tfds_source(self.cfg, split)
+        return self.records[split]
+
+    def _tfrecord_split(self, split, flag):
+        """The shards of `split` beside the training shards (a tuple of files), or None, said
+        on the console (a UserError for --validation_split, which asks for them)."""
+        import tensorflow as tf
+        from ssd_tf.datasets import tfrecord as tfrecord_lib
+        if split not in self.records:
+            pattern = tfrecord_lib.split_pattern(self.cfg.dataset_dir,
+                                                 self.cfg.dataset_split_name, split)
+            self.records[split] = tuple(sorted(tf.io.gfile.glob(pattern))) if pattern else None
+            why = (f"{flag}={split}: no TFRecord shards of split {split!r} beside "
+                   f"--dataset_dir={self.cfg.dataset_dir} (looked for its file names with "
+                   f"{split!r} in place of {self.cfg.dataset_split_name!r})")
+            if pattern is None and flag == '--validation_split':
+                raise UserError(why)
+            print(f"{flag}={split}: evaluating the shards {pattern}" if pattern else
+                  f"NO EVALUATION: {why}; evaluate later with eval_ssd.py --checkpoint_path="
+                  f"{self.cfg.train_dir} --dataset_dir=<the {split} shards>", file=sys.stderr)
         return self.records[split]
 
     def __call__(self, split, flag='--eval_split_name'):

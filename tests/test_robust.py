@@ -476,3 +476,73 @@ def test_a_record_whose_text_disagrees_is_skipped_and_counted(tmp_path):
     report = check.DataProblems()
     list(data_lib.checked_tfrecords(shard, report, num_classes=3))
     assert report.num_skipped == 0
+
+
+# ------------------------------------------------------------------ 6. TFRecord evaluation
+def test_split_pattern_replaces_the_training_split_token(tmp_path):
+    from ssd_tf.datasets import tfrecord
+    for name in ('voc_2007_train_000.tfrecord', 'voc_2007_test_000.tfrecord',
+                 'x-train-0.tfrecord'):
+        (tmp_path / name).write_bytes(b'')
+    train = str(tmp_path / 'voc_2007_train_*.tfrecord')
+    assert tfrecord.split_pattern(train, 'train', 'test') == \
+        str(tmp_path / 'voc_2007_test_*.tfrecord')
+    assert tfrecord.split_pattern(train, 'train', 'val') is None  # no such shards
+    assert tfrecord.split_pattern(train, 'train', 'train') is None  # the training split
+    assert tfrecord.split_pattern(str(tmp_path / 'x-train-*.tfrecord'), 'train', 'test') \
+        is None  # x-test-* does not exist
+    assert tfrecord.split_pattern(str(tmp_path / 'voc_2007_trainval_*'), 'train', 'test') \
+        is None  # 'train' inside 'trainval' is not the split token
+    assert tfrecord.split_pattern(str(tmp_path), 'train', 'test') == \
+        str(tmp_path / '*test*.tfrecord*')
+
+
+def test_warning_when_evaluating_the_training_data():
+    import io
+    from ssd_tf import evaluation
+    from ssd_tf import run_config
+    cfg = run_config.RunConfig.from_dict(dict(dataset_name='voc', dataset_dir='/d',
+                                              dataset_split_name='trainval'))
+    out = io.StringIO()
+    assert evaluation.warn_if_training_split(cfg, 'voc', '/d', 'trainval', out)
+    assert out.getvalue().startswith("WARNING: evaluating the run's training split 'trainval'")
+    assert not evaluation.warn_if_training_split(cfg, 'voc', '/d', 'test', out)
+    assert not evaluation.warn_if_training_split(cfg, 'voc', '/other', 'trainval', out)
+    rec = run_config.RunConfig.from_dict(dict(dataset_name='tfrecord', dataset_dir='/s/a_*',
+                                              dataset_split_name='train'))
+    assert evaluation.warn_if_training_split(rec, 'tfrecord', '/s/a_*', 'test', out)
+    assert "the run's training shards --dataset_dir=/s/a_*" in out.getvalue()
+
+
+@pytest.mark.slow
+def test_tfrecord_run_evaluates_its_eval_shards_and_eval_warns_on_training_shards(tmp_path):
+    from ssd_tf.datasets import synthetic
+    from ssd_tf.datasets import tfrecord
+    data = tmp_path / 'data'
+    tfrecord.write_tfrecords(synthetic.make_synthetic_split('train', 32, 0), str(data), 'syn',
+                             'train')
+    tfrecord.write_tfrecords(synthetic.make_synthetic_split('test', 12, 0), str(data), 'syn',
+                             'test')
+    args = ['--dataset_name=tfrecord', f'--dataset_dir={data}/syn_train_*.tfrecord',
+            '--max_number_of_steps=2', '--batch_size=8', '--warmup_steps=1',
+            '--eval_split_name=test']
+    r = program('train_ssd.py', ['--train_dir', tmp_path / 'run'] + args)
+    assert r.returncode == 0, r.stderr
+    assert f'--eval_split_name=test: evaluating the shards {data}/syn_test_*.tfrecord' \
+        in r.stderr
+    assert 'VOC07 mAP (test, 12 images)' in r.stdout
+    # eval_ssd on the run: the test shards, found the same way; no warning
+    r = program('eval_ssd.py', ['--checkpoint_path', tmp_path / 'run'])
+    assert r.returncode == 0, r.stderr
+    assert 'WARNING: evaluating' not in r.stderr
+    # the training shards named explicitly: evaluated, with a WARNING on stderr
+    r = program('eval_ssd.py', ['--checkpoint_path', tmp_path / 'run', '--dataset_name',
+                                'tfrecord', '--dataset_dir', f'{data}/syn_train_*.tfrecord'])
+    assert r.returncode == 0, r.stderr
+    assert "WARNING: evaluating the run's training shards" in r.stderr
+    # no test shards beside the training ones: said on the console, training still succeeds
+    (data / 'syn_test_00000-of-00001.tfrecord').unlink()
+    r = program('train_ssd.py', ['--train_dir', tmp_path / 'run2'] + args)
+    assert r.returncode == 0, r.stderr
+    assert "NO EVALUATION: --eval_split_name=test: no TFRecord shards of split 'test'" \
+        in r.stderr

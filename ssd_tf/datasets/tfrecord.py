@@ -27,6 +27,7 @@ with `parse_example` / `check_example`.
 """
 import hashlib
 import os
+import re
 import uuid
 
 import numpy as np
@@ -99,6 +100,29 @@ BOX_KINDS = (INVERTED_BOX, LABEL_OUT_OF_RANGE, LABEL_NOT_IN_MAP)
 
 
 # ---------------------------------------------------------------------------- writing
+def split_pattern(pattern, train_split, split):
+    """The file pattern of the shards of `split` beside the training shards `pattern`, or
+    None when there are none (or `split` is the training split).
+
+    A directory gives `<dir>/*<split>*.tfrecord*`; a pattern gives the same pattern with the
+    training split's name, where it stands between `_`, `-` or `.` in the file name, replaced
+    by `split` (`voc_2007_train_*.tfrecord` -> `voc_2007_test_*.tfrecord`, the names of the
+    slim converter and of `write_tfrecords`). The result must match at least one file."""
+    if not pattern or not split or split == train_split:
+        return None
+    pattern = os.fspath(pattern)
+    if tf.io.gfile.isdir(pattern):
+        candidate = os.path.join(pattern, f'*{split}*.tfrecord*')
+    else:
+        directory, base = os.path.split(pattern)
+        tokens = re.split(r'([_.-])', base)
+        if not train_split or train_split not in tokens:
+            return None
+        candidate = os.path.join(directory, ''.join(split if t == train_split else t
+                                                    for t in tokens))
+    return candidate if tf.io.gfile.glob(candidate) else None
+
+
 def match_files(source):
     """The sorted TFRecord files matching `source` (a file pattern, or a list of patterns);
     FileNotFoundError naming the patterns when none matches. Every reader of TFRecord files
