@@ -174,6 +174,78 @@ _PROBLEMS = ('', 'empty file', 'not a JPEG/PNG/GIF/BMP file',
              'truncated JPEG (no end-of-image marker)', 'truncated PNG (no IEND chunk)')
 
 
+# EXIF orientation (JPEG only): the APPn segments looked through for the Exif APP1 (JFIF
+# APP0 first is common; cameras put APP1 first), and the IFD0 entries read (the orientation
+# tag 0x0112 is among the first dozen in camera files; IFD0 entries are sorted by tag).
+_EXIF_APP_SEGMENTS = 4
+_EXIF_MAX_ENTRIES = 48
+_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation(data):
+    """Scalar int32 1..8: the EXIF orientation tag of the JPEG `data` (scalar string): 1
+    (as stored) for other formats, JPEGs without an Exif APP1 among their first
+    `_EXIF_APP_SEGMENTS` segments, without the tag in IFD0 or with a value outside 1..8.
+    Branch-free graph code (a fixed number of byte reads, no loop)."""
+    data = tf.convert_to_tensor(data, tf.string)
+    head = tf.cast(_bytes_at(data, 0, 2), tf.int64)
+    is_jpeg = tf.logical_and(tf.equal(head[0], 0xFF), tf.equal(head[1], 0xD8))
+    exif = tf.constant(list(b'Exif\0\0'), tf.int64)
+    pos = tf.constant(2, tf.int64)
+    found = tf.constant(False)
+    tiff = tf.constant(0, tf.int64)
+    for _ in range(_EXIF_APP_SEGMENTS):
+        b = tf.cast(_bytes_at(data, pos, 10), tf.int64)
+        is_app = tf.logical_and(tf.equal(b[0], 0xFF),
+                                tf.logical_and(b[1] >= 0xE0, b[1] <= 0xEF))
+        hit = tf.logical_and(tf.logical_and(is_app, tf.equal(b[1], 0xE1)),
+                             tf.reduce_all(tf.equal(b[4:10], exif)))
+        hit = tf.logical_and(hit, tf.logical_not(found))
+        tiff = tf.where(hit, pos + 10, tiff)
+        found = tf.logical_or(found, hit)
+        walk = tf.logical_and(is_app, tf.logical_not(found))
+        pos = tf.where(walk, pos + 2 + b[2] * 256 + b[3], pos)
+    t = _bytes_at(data, tiff, 8)
+    big = tf.equal(t[0], ord('M'))  # 'MM' big-endian (Motorola), 'II' little-endian
+
+    def number(raw):
+        return tf.where(big, _uint(raw, True), _uint(raw, False))
+    ifd = tiff + number(t[4:8])
+    count = number(_bytes_at(data, ifd, 2))
+    e = tf.cast(tf.reshape(_bytes_at(data, ifd + 2, 12 * _EXIF_MAX_ENTRIES),
+                           [_EXIF_MAX_ENTRIES, 12]), tf.int64)
+    tags = tf.where(big, e[:, 0] * 256 + e[:, 1], e[:, 1] * 256 + e[:, 0])
+    values = tf.where(big, e[:, 8] * 256 + e[:, 9], e[:, 9] * 256 + e[:, 8])  # SHORT
+    match = tf.logical_and(tf.equal(tags, _ORIENTATION_TAG),
+                           tf.range(_EXIF_MAX_ENTRIES, dtype=tf.int64) < count)
+    value = tf.gather(values, tf.argmax(tf.cast(match, tf.int32)))
+    valid = tf.logical_and(tf.logical_and(is_jpeg, found), tf.reduce_any(match))
+    valid = tf.logical_and(valid, tf.logical_and(value >= 1, value <= 8))
+    return tf.cast(tf.where(valid, value, 1), tf.int32)
+
+
+def apply_orientation(image, orientation):
+    """`image` `[H, W, C]` as stored -> as displayed, for the EXIF `orientation` 1..8 (scalar
+    int32): 2 mirrored, 3 turned 180, 4 flipped upside down, 5 transposed, 6 turned 90 degrees
+    clockwise to display (a phone held upright, the usual portrait photo), 7 transverse, 8
+    turned 90 counter-clockwise. 5..8 swap height and width."""
+    def transposed(img):
+        return tf.transpose(img, [1, 0, 2])
+    branches = [
+        lambda: image,
+        lambda: tf.reverse(image, [1]),
+        lambda: tf.reverse(image, [0, 1]),
+        lambda: tf.reverse(image, [0]),
+        lambda: transposed(image),
+        lambda: tf.reverse(transposed(image), [1]),  # 90 clockwise
+        lambda: tf.reverse(transposed(image), [0, 1]),
+        lambda: tf.reverse(transposed(image), [0]),  # 90 counter-clockwise
+    ]
+    out = tf.switch_case(tf.clip_by_value(orientation - 1, 0, 7), branches)
+    out.set_shape([None, None, image.shape[-1]])
+    return out
+
+
 def _inspect(data, max_pixels):
     """`(problem, body)`: the problem string ('' when fine) and the bytes to decode (a GIF cut
     after its first image). Branch-free but for the two header walks, which take no step
@@ -285,12 +357,14 @@ def _decode(data, max_pixels, where):
     with tf.control_dependencies([check]):
         image = tf.io.decode_image(body, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    return image
+    return apply_orientation(image, exif_orientation(data))
 
 
 def decode_image(data, max_pixels=None, where=None):
     """Encoded JPEG/PNG/GIF/BMP bytes (scalar string, any channel count) -> uint8 `[H, W, 3]`
-    RGB; a GIF gives its first frame.
+    RGB as displayed: a JPEG's EXIF orientation is applied (`exif_orientation`,
+    `apply_orientation`; a phone's portrait photo stored turned comes out upright, with
+    height and width of the displayed image); a GIF gives its first frame.
 
     The header is checked first (`encoded_image_problem`): a problem raises
     InvalidArgumentError '<where>: <reason>' before anything is decoded. max_pixels: the

@@ -546,3 +546,129 @@ def test_tfrecord_run_evaluates_its_eval_shards_and_eval_warns_on_training_shard
     assert r.returncode == 0, r.stderr
     assert "NO EVALUATION: --eval_split_name=test: no TFRecord shards of split 'test'" \
         in r.stderr
+
+
+# ------------------------------------------------------------------ 3. EXIF orientation
+RED, BLUE = (220, 20, 20), (20, 20, 220)
+
+
+def _app1(orientation, big_endian=True):
+    """The bytes of an Exif APP1 segment whose IFD0 holds one entry, the orientation tag
+    0x0112 (type 3 SHORT, count 1), written by hand."""
+    order = 'big' if big_endian else 'little'
+
+    def u16(v):
+        return v.to_bytes(2, order)
+
+    def u32(v):
+        return v.to_bytes(4, order)
+    tiff = ((b'MM' if big_endian else b'II') + u16(42) + u32(8) +  # header, IFD0 at 8
+            u16(1) + u16(0x0112) + u16(3) + u32(1) + u16(orientation) + b'\0\0' +
+            u32(0))  # one entry, no next IFD
+    payload = b'Exif\0\0' + tiff
+    return b'\xff\xe1' + (len(payload) + 2).to_bytes(2, 'big') + payload
+
+
+def _turned_jpeg(orientation=6, big_endian=True, after_jfif=True):
+    """A JPEG stored turned, shown upright (60 high, 40 wide) by its EXIF orientation 6: the
+    displayed top-left quadrant (rows 0..29, columns 0..19) is red, the rest blue.
+
+    Orientation 6 displays the stored image turned 90 degrees clockwise:
+    displayed[i, j] = stored[H_s - 1 - j, i] with H_s = 40 (stored 40 high, 60 wide). The red
+    displayed i < 30, j < 20 is stored rows 39 - j in 20..39 and columns i in 0..29."""
+    import cv2
+    import numpy as np
+    assert orientation == 6
+    stored = np.empty([40, 60, 3], np.uint8)
+    stored[:] = BLUE
+    stored[20:40, 0:30] = RED
+    ok, buf = cv2.imencode('.jpg', cv2.cvtColor(stored, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, 95])
+    data = buf.tobytes()
+    assert data[2:4] == b'\xff\xe0'  # cv2 writes a JFIF APP0 first
+    at = 4 + int.from_bytes(data[4:6], 'big') if after_jfif else 2
+    return data[:at] + _app1(orientation, big_endian) + data[at:]
+
+
+def _is(pixel, colour):
+    return all(abs(int(a) - b) < 40 for a, b in zip(pixel, colour))
+
+
+@pytest.mark.parametrize('big_endian, after_jfif', [(True, True), (False, False)])
+def test_decoder_shows_a_turned_jpeg_upright(big_endian, after_jfif):
+    from ssd_tf import images
+    data = _turned_jpeg(6, big_endian, after_jfif)
+    assert int(images.exif_orientation(data)) == 6
+    image = images.decode_image(data).numpy()
+    assert image.shape == (60, 40, 3)
+    assert _is(image[10, 10], RED) and _is(image[25, 15], RED)
+    assert _is(image[10, 30], BLUE) and _is(image[50, 10], BLUE) and _is(image[50, 30], BLUE)
+
+
+def test_orientation_golden_of_each_value():
+    """A 2x3 image with pixel values 0..5 (row-major) displayed for each orientation; the
+    goldens are the EXIF definitions written out: 2 mirror, 3 turn 180, 4 flip, 5 transpose,
+    6 turn 90 clockwise, 7 transverse, 8 turn 90 counter-clockwise."""
+    import numpy as np
+    import tensorflow as tf
+    from ssd_tf import images
+    stored = np.arange(6, dtype=np.uint8).reshape(2, 3, 1)  # [[0 1 2] [3 4 5]]
+    goldens = {1: [[0, 1, 2], [3, 4, 5]], 2: [[2, 1, 0], [5, 4, 3]],
+               3: [[5, 4, 3], [2, 1, 0]], 4: [[3, 4, 5], [0, 1, 2]],
+               5: [[0, 3], [1, 4], [2, 5]], 6: [[3, 0], [4, 1], [5, 2]],
+               7: [[5, 2], [4, 1], [3, 0]], 8: [[2, 5], [1, 4], [0, 3]]}
+    for o, golden in goldens.items():
+        out = images.apply_orientation(tf.constant(stored), tf.constant(o)).numpy()[..., 0]
+        assert out.tolist() == golden, o
+
+
+def test_no_exif_and_other_formats_are_as_stored():
+    import cv2
+    import numpy as np
+    from ssd_tf import images
+    img = np.zeros([5, 7, 3], np.uint8)
+    for ext in ('.jpg', '.png'):
+        data = cv2.imencode(ext, img)[1].tobytes()
+        assert int(images.exif_orientation(data)) == 1
+        assert images.decode_image(data).shape == (5, 7, 3)
+    assert int(images.exif_orientation(b'garbage')) == 1
+
+
+def _turned_voc(root):
+    """A VOC directory of one turned JPEG annotated as displayed: <size> 40 x 60, the box on
+    the red displayed quadrant (VOC 1-based pixels 1..20 x 1..30)."""
+    for sub in ('Annotations', 'JPEGImages', 'ImageSets/Main'):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / 'JPEGImages' / 'phone.jpg').write_bytes(_turned_jpeg())
+    (root / 'Annotations' / 'phone.xml').write_text(
+        '<annotation><filename>phone.jpg</filename><size><width>40</width><height>60</height>'
+        '<depth>3</depth></size><object><name>red</name><difficult>0</difficult><bndbox>'
+        '<xmin>1</xmin><ymin>1</ymin><xmax>20</xmax><ymax>30</ymax></bndbox></object>'
+        '</annotation>')
+    (root / 'ImageSets' / 'Main' / 'train.txt').write_text('phone\n')
+    return root
+
+
+def test_voc_and_tfrecord_readers_keep_the_box_on_the_displayed_pixels(tmp_path):
+    import numpy as np
+    from ssd_tf import data as data_lib
+    from ssd_tf import images
+    from ssd_tf.datasets import check
+    from ssd_tf.datasets import factory
+    from ssd_tf.datasets import tfrecord
+    root = _turned_voc(tmp_path / 'voc')
+    records, _, summary = factory.load_records('voc', str(root), 'train')
+    assert len(records) == 1 and len(records[0].boxes) == 1, summary
+    box = np.asarray(records[0].boxes[0])
+    image = images.decode_record_image(records[0])
+    assert image.shape == (60, 40, 3)
+    y0, x0, y1, x1 = (box * [60, 40, 60, 40]).round().astype(int)
+    assert _is(image[(y0 + y1) // 2, (x0 + x1) // 2], RED)
+    assert y1 <= 30 and x1 <= 20  # the box is the top-left quadrant, not outside the image
+    # the converter keeps the bytes (EXIF included): the TFRecord pipeline shows them upright
+    tfrecord.write_tfrecords(records, str(tmp_path / 'rec'), 'p', 'train')
+    out = [ex for _, ex in data_lib.checked_tfrecords(
+        str(tmp_path / 'rec' / 'p_train_*.tfrecord'), check.DataProblems())][:-1]
+    assert len(out) == 1 and bool(out[0]['ok'])
+    assert tuple(out[0]['image'].shape) == (60, 40, 3)
+    assert _is(out[0]['image'].numpy()[10, 10], RED)
