@@ -401,9 +401,23 @@ def prune_checkpoints(directory, keep, newest):
     for prefix in dropped:
         for f in tf.io.gfile.glob(prefix + '.index') + tf.io.gfile.glob(prefix + '.data-*'):
             tf.io.gfile.remove(f)
-    tf.compat.v1.train.update_checkpoint_state(
-        directory, newest, all_model_checkpoint_paths=list(reversed(kept)) + [newest])
+    _write_checkpoint_state(directory, list(reversed(kept)) + [newest])
     return dropped
+
+
+def _write_checkpoint_state(directory, prefixes):
+    """Writes the 'checkpoint' state file (text proto `CheckpointState`) of `directory`:
+    `prefixes` oldest first, the last one the latest; atomically (a temporary file renamed).
+    The same file `tf.train.CheckpointManager` writes, without its deprecated helper."""
+    def quoted(prefix):
+        name = os.path.relpath(prefix, directory) if os.path.isabs(prefix) else prefix
+        return json.dumps(name)  # the text-proto string escapes of such names
+    text = f"model_checkpoint_path: {quoted(prefixes[-1])}\n" + ''.join(
+        f"all_model_checkpoint_paths: {quoted(p)}\n" for p in prefixes)
+    path = os.path.join(directory, 'checkpoint')
+    with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+        f.write(text)
+    tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
 
 
 def resolve_checkpoint(checkpoint_path):
