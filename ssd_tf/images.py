@@ -179,41 +179,50 @@ _PROBLEMS = ('', 'empty file', 'not a JPEG/PNG/GIF/BMP file',
 # tag 0x0112 is among the first dozen in camera files; IFD0 entries are sorted by tag).
 _EXIF_APP_SEGMENTS = 4
 _EXIF_MAX_ENTRIES = 48
+_EXIF_WINDOW = 2048
 _ORIENTATION_TAG = 0x0112
 
 
 def exif_orientation(data):
     """Scalar int32 1..8: the EXIF orientation tag of the JPEG `data` (scalar string): 1
     (as stored) for other formats, JPEGs without an Exif APP1 among their first
-    `_EXIF_APP_SEGMENTS` segments, without the tag in IFD0 or with a value outside 1..8.
-    Branch-free graph code (a fixed number of byte reads, no loop)."""
+    `_EXIF_APP_SEGMENTS` segments and within their first `_EXIF_WINDOW` bytes, without the
+    tag in IFD0 or with a value outside 1..8.
+
+    Branch-free graph code on one read of the first `_EXIF_WINDOW` bytes (gathers, no loop):
+    cameras and phones write the Exif APP1 first (or after a JFIF APP0) with IFD0 right
+    behind its header, so the tag lies within the first few hundred bytes.
+    """
     data = tf.convert_to_tensor(data, tf.string)
-    head = tf.cast(_bytes_at(data, 0, 2), tf.int64)
-    is_jpeg = tf.logical_and(tf.equal(head[0], 0xFF), tf.equal(head[1], 0xD8))
+    b = tf.cast(_bytes_at(data, 0, _EXIF_WINDOW), tf.int64)
+
+    def at(pos, n):  # n bytes from pos (zero outside the window)
+        idx = tf.clip_by_value(pos + tf.range(n, dtype=tf.int64), 0, _EXIF_WINDOW)
+        return tf.gather(tf.concat([b, [0]], 0), idx)
+    is_jpeg = tf.logical_and(tf.equal(b[0], 0xFF), tf.equal(b[1], 0xD8))
     exif = tf.constant(list(b'Exif\0\0'), tf.int64)
     pos = tf.constant(2, tf.int64)
     found = tf.constant(False)
     tiff = tf.constant(0, tf.int64)
     for _ in range(_EXIF_APP_SEGMENTS):
-        b = tf.cast(_bytes_at(data, pos, 10), tf.int64)
-        is_app = tf.logical_and(tf.equal(b[0], 0xFF),
-                                tf.logical_and(b[1] >= 0xE0, b[1] <= 0xEF))
-        hit = tf.logical_and(tf.logical_and(is_app, tf.equal(b[1], 0xE1)),
-                             tf.reduce_all(tf.equal(b[4:10], exif)))
+        seg = at(pos, 10)
+        is_app = tf.logical_and(tf.equal(seg[0], 0xFF),
+                                tf.logical_and(seg[1] >= 0xE0, seg[1] <= 0xEF))
+        hit = tf.logical_and(tf.logical_and(is_app, tf.equal(seg[1], 0xE1)),
+                             tf.reduce_all(tf.equal(seg[4:10], exif)))
         hit = tf.logical_and(hit, tf.logical_not(found))
         tiff = tf.where(hit, pos + 10, tiff)
         found = tf.logical_or(found, hit)
         walk = tf.logical_and(is_app, tf.logical_not(found))
-        pos = tf.where(walk, pos + 2 + b[2] * 256 + b[3], pos)
-    t = _bytes_at(data, tiff, 8)
+        pos = tf.where(walk, pos + 2 + seg[2] * 256 + seg[3], pos)
+    t = at(tiff, 8)
     big = tf.equal(t[0], ord('M'))  # 'MM' big-endian (Motorola), 'II' little-endian
 
     def number(raw):
         return tf.where(big, _uint(raw, True), _uint(raw, False))
     ifd = tiff + number(t[4:8])
-    count = number(_bytes_at(data, ifd, 2))
-    e = tf.cast(tf.reshape(_bytes_at(data, ifd + 2, 12 * _EXIF_MAX_ENTRIES),
-                           [_EXIF_MAX_ENTRIES, 12]), tf.int64)
+    count = number(at(ifd, 2))
+    e = tf.reshape(at(ifd + 2, 12 * _EXIF_MAX_ENTRIES), [_EXIF_MAX_ENTRIES, 12])
     tags = tf.where(big, e[:, 0] * 256 + e[:, 1], e[:, 1] * 256 + e[:, 0])
     values = tf.where(big, e[:, 8] * 256 + e[:, 9], e[:, 9] * 256 + e[:, 8])  # SHORT
     match = tf.logical_and(tf.equal(tags, _ORIENTATION_TAG),
