@@ -183,6 +183,7 @@ _EXIF_WINDOW = 2048
 _ORIENTATION_TAG = 0x0112
 
 
+@tf.autograph.experimental.do_not_convert  # graph code as written (a tf.data map converts)
 def exif_orientation(data):
     """Scalar int32 1..8: the EXIF orientation tag of the JPEG `data` (scalar string): 1
     (as stored) for other formats, JPEGs without an Exif APP1 among their first
@@ -233,6 +234,7 @@ def exif_orientation(data):
     return tf.cast(tf.where(valid, value, 1), tf.int32)
 
 
+@tf.autograph.experimental.do_not_convert
 def apply_orientation(image, orientation):
     """`image` `[H, W, C]` as stored -> as displayed, for the EXIF `orientation` 1..8 (scalar
     int32): 2 mirrored, 3 turned 180, 4 flipped upside down, 5 transposed, 6 turned 90 degrees

@@ -458,6 +458,7 @@ def check_example(serialized, num_classes=None, max_pixels=None, layout=SLIM, la
                           max_pixels, label_ids, label_texts)
 
 
+@tf.autograph.experimental.do_not_convert  # graph code as written
 def _text_problem(f, label_texts):
     """`(kind, detail)` of a record whose label texts disagree with `label_texts` (the name
     of each record label, '' for any), ('', '') otherwise or without texts."""
