@@ -672,3 +672,24 @@ def test_voc_and_tfrecord_readers_keep_the_box_on_the_displayed_pixels(tmp_path)
     assert len(out) == 1 and bool(out[0]['ok'])
     assert tuple(out[0]['image'].shape) == (60, 40, 3)
     assert _is(out[0]['image'].numpy()[10, 10], RED)
+
+
+@pytest.mark.slow
+def test_a_turned_phone_photo_trains_with_its_box_and_detect_reports_it_upright(
+        tmp_path, saved_model):
+    root = _turned_voc(tmp_path / 'voc')
+    r = program('train_ssd.py', ['--train_dir', tmp_path / 'run', '--dataset_name=voc',
+                                 '--dataset_dir', root, '--batch_size=1',
+                                 '--max_number_of_steps=1', '--warmup_steps=1',
+                                 '--eval_split_name='])
+    assert r.returncode == 0, r.stderr
+    summary = [line for line in r.stderr.splitlines() if line.startswith('train data:')]
+    # before the orientation: '1 boxes dropped' (it "lies entirely outside the image")
+    assert summary and '1 records read, 0 skipped, 0 boxes dropped' in summary[0], summary
+    assert 'outside' not in r.stderr
+    out = tmp_path / 'det'
+    r = program('detect.py', ['--model', saved_model, '--images',
+                              root / 'JPEGImages' / 'phone.jpg', '--output_dir', out])
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / 'detections.json').read_text())[0]
+    assert (result['height'], result['width']) == (60, 40)
