@@ -342,7 +342,7 @@ def find_intact_checkpoint(directory, on_damaged=_report_damage):
         return None, []
     damaged = []
     for prefix in checkpoint_prefixes(directory):
-        reason = checkpoint_damage(prefix)
+        reason = _cached_damage(prefix)
         if reason is None:
             return prefix, damaged
         damaged.append((prefix, reason))
