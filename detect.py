@@ -4,14 +4,15 @@
   python detect.py --model=/tmp/serving/ssd/1/tflite/model_int8.tflite --images=a.jpg
   python detect.py --model=runs/ssd_small_synthetic --images=a.jpg,b.png
 
---model: a SavedModel directory, a `.tflite` file or a training directory / checkpoint prefix
-(built here with nets.nets_factory and the eval pre-processing). Output names, skipped images
-and the JSON format: see `ssd_tf/detect.py` (`python -m ssd_tf.detect` runs this script).
+--model: a SavedModel directory, a `.tflite` file, a training directory / checkpoint prefix,
+or an original slim SSD checkpoint with --model_name and --num_classes (`ssd_tf.builder`).
+Output names, skipped images and the JSON format: see `ssd_tf/detect.py`
+(`python -m ssd_tf.detect` and the console command `ssd-detect` run this script).
 """
-import os
-
 from absl import app
 from absl import flags
+
+from ssd_tf.cli import flags as shared_flags
 
 flags.DEFINE_string('model', None, 'SavedModel dir, .tflite file, or training dir / '
                     'checkpoint prefix.')
@@ -19,20 +20,13 @@ flags.DEFINE_list('images', None, 'Image files and/or folders.')
 flags.DEFINE_string('output_dir', 'detections', 'Where PNGs and detections.json go (may be an '
                     'input folder: inputs are never overwritten).')
 flags.DEFINE_float('score_threshold', 0.3, 'Minimum score of a reported detection.')
-flags.DEFINE_string('label_map', None, 'Label map file; default: the one beside the model.')
-flags.DEFINE_string('model_name', None, 'Network of a checkpoint without config.json.')
-flags.DEFINE_integer('num_classes', None, 'Classes of a checkpoint without config.json.')
+shared_flags.define_model_flags(flags, extra={  # --model_name, --num_classes, --label_map
+    'label_map': "For a .tflite file: else the names embedded in it."})
 flags.DEFINE_integer('max_image_pixels', None, 'Images larger than this (width x height, read '
                      'from the header before decoding) are skipped; default '
                      'ssd_tf.images.DEFAULT_MAX_PIXELS (200 MP); 0: no limit.')
 flags.mark_flags_as_required(['model', 'images'])
 FLAGS = flags.FLAGS
-
-
-def preprocess_factory(shape):
-    """`img_shape -> preprocess_fn` of the eval pre-processing (warp resize, VGG means)."""
-    from preprocessing import ssd_vgg_preprocessing as prep
-    return prep.image_preprocess_fn(shape)
 
 
 def main(argv):
@@ -41,15 +35,10 @@ def main(argv):
     from ssd_tf import images
     max_pixels = images.DEFAULT_MAX_PIXELS if FLAGS.max_image_pixels is None else \
         FLAGS.max_image_pixels or None
-    get_network = factory = None
-    path = FLAGS.model
-    if not path.endswith('.tflite') and not os.path.isfile(os.path.join(path, 'saved_model.pb')):
-        from nets import nets_factory
-        get_network, factory = nets_factory.get_network, preprocess_factory
     try:
         detect.check_output_dir(FLAGS.output_dir)  # before the model loads
-        fn, labels = detect.make_detector(path, get_network, factory, FLAGS.model_name,
-                                          FLAGS.num_classes, FLAGS.label_map)
+        fn, labels = detect.make_detector(FLAGS.model, FLAGS.model_name, FLAGS.num_classes,
+                                          FLAGS.label_map)
         results = detect.run(fn, detect.list_images(FLAGS.images), FLAGS.output_dir, labels,
                              FLAGS.score_threshold, max_pixels)
     except (ValueError, FileNotFoundError) as err:

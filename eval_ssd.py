@@ -1,7 +1,8 @@
 """Evaluates an SSD checkpoint (training run, slim checkpoint or SavedModel) on a data set.
 
-The flags are those of the slim `eval_ssd_network.py`, with defaults that work: the default
-network is `ssd_small` and the default data set the built-in synthetic shapes (as training).
+The flags are those of the slim `eval_ssd_network.py`, with defaults that work: the network
+and the data set are the run's (its config.json; a checkpoint without one needs --model_name
+and --num_classes), the data set else the built-in synthetic shapes (as training).
 
   python eval_ssd.py --checkpoint_path=runs/ssd_small_synthetic
   python eval_ssd.py --checkpoint_path=VGG_VOC0712_SSD_300x300_ft_iter_120000.ckpt \
@@ -9,10 +10,11 @@ network is `ssd_small` and the default data set the built-in synthetic shapes (a
       --dataset_split_name=test --num_classes=21
 
 --checkpoint_path (required; there is no default under a shared, world-writable place such
-as /tmp, where another user could plant a model): a training directory (its latest
-tf.train.Checkpoint; `config.json` beside it gives model_name / num_classes / image size
-unless the flags are set), a checkpoint prefix
-(object-based or slim name-based), or a SavedModel directory (also export_savedmodel.py's
+as /tmp, where another user could plant a model): what `ssd_tf.builder` takes (a training
+directory: its latest tf.train.Checkpoint, `config.json` beside it giving model_name /
+num_classes / image size unless the flags are set; a checkpoint prefix, object-based or an
+original slim SSD one with --model_name and --num_classes; a Keras `.h5` weights file), or a
+SavedModel directory (also export_savedmodel.py's
 versioned output directory; its end-to-end signature keeps the thresholds it was exported
 with, so --select_threshold/--nms_threshold/--keep_top_k do not apply). Outputs in --eval_dir
 (default: next to the evaluated run, see `default_eval_dir`): see
@@ -27,10 +29,11 @@ from absl import flags
 from absl import logging
 
 from ssd_tf import postprocess
+from ssd_tf.cli import flags as shared_flags
 
 # ---------------------------------------------------------------------------- flags
 # Post-processing (the original's names; defaults from ssd_tf.postprocess).
-postprocess.define_detection_flags(flags)
+shared_flags.define_detection_flags(flags)
 flags.DEFINE_integer('keep_top_k', postprocess.KEEP_TOP_K, 'Detections kept per image after NMS.')
 flags.DEFINE_float('matching_threshold', postprocess.MATCHING_THRESHOLD,
                    'IoU a detection must exceed to match a ground-truth box.')
@@ -73,9 +76,6 @@ flags.DEFINE_string('dataset_name', None,
                     "API keys), tfds (tensorflow-datasets by name), or pascalvoc_2007 "
                     "/ pascalvoc_2012 (a VOC root with the Pascal VOC class ids). Default: the "
                     "run config's, else synthetic.")
-flags.DEFINE_integer('num_classes', None,
-                     'Classes including background; default: the run config, else the data '
-                     'set\'s label map.')
 flags.DEFINE_string('dataset_split_name', 'test', 'Split (ImageSets/Main/<split>.txt, or the '
                     'split in TFRecord file names).')
 flags.DEFINE_string('dataset_dir', None, 'VOC root, COCO root, TFRecord directory / '
@@ -83,9 +83,6 @@ flags.DEFINE_string('dataset_dir', None, 'VOC root, COCO root, TFRecord director
 flags.DEFINE_string('tfds_data_dir', None, 'tfds: where tensorflow-datasets keeps prepared '
                     'data; default: the run config\'s, else $TFDS_DATA_DIR, else '
                     '~/tensorflow_datasets. Nothing is downloaded.')
-flags.DEFINE_string('label_map', None, 'Label map file (labels.txt, .json or an OD API '
-                    'label_map.pbtxt); default: the run config\'s class names, else the data '
-                    'set\'s.')
 flags.DEFINE_integer('synthetic_num_images', None,
                      'Images of the synthetic test split; default: the run config\'s '
                      'synthetic_num_test, else 300.')
@@ -93,10 +90,10 @@ flags.DEFINE_integer('synthetic_seed', None,
                      'Seed of the synthetic data set; default: the run config\'s seed, else 0.')
 flags.DEFINE_enum('synthetic_objects', None, ['shapes', 'small'],
                   'Synthetic data mode; default: the run config\'s, else shapes.')
-# Network.
-flags.DEFINE_string('model_name', None, "Network (a train_ssd.py --model_name: 'ssd_small', "
-                    "'ssd_small_192', 'ssd_small_320', 'ssd_300_vgg', 'ssd_512_vgg', "
-                    "'ssdlite_mobilenet_v2'); default: the run config, else 'ssd_small'.")
+# Network: --model_name, --num_classes, --label_map (the builder's overrides).
+shared_flags.define_model_flags(flags, extra={
+    'num_classes': "Else the data set's label map.",
+    'label_map': "Else the data set's (it also gives the dataset ids of a map with gaps)."})
 flags.DEFINE_string('preprocessing_name', None, "The eval pre-processing: 'ssd_vgg' (the "
                     "only one: VGG means, --eval_resize) or, as slim's factory, a --model_name; "
                     "another name is an error. Default: ssd_vgg.")
@@ -106,30 +103,11 @@ flags.DEFINE_integer('num_sample_images', 8, 'Images in the detections.png grid 
 
 FLAGS = flags.FLAGS
 
-DEFAULT_MODEL_NAME = 'ssd_small'
 DEFAULT_DATASET_NAME = 'synthetic'
-EMA_WEIGHTS_FILENAME = 'ema.weights.h5'  # older runs' averages (now inside each checkpoint)
 DEFAULT_SYNTHETIC_NUM_TEST = 300  # train_ssd.py's --synthetic_num_test default
 
 
 # ---------------------------------------------------------------------------- wiring
-def get_network_class(model_name):
-    """SSDNet class of `model_name` via `nets.nets_factory`."""
-    from nets import nets_factory
-    try:
-        return nets_factory.get_network(model_name)
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"--model_name={model_name}: {e}") from e
-
-
-def _image_size(value):
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
-
-
 # Flags of the slim script that have no TF2 meaning: given, they are an error (not ignored).
 _UNSUPPORTED_FLAGS = {
     'master': "it is the address of a TF1 distributed master; eval_ssd.py evaluates in the "
@@ -289,35 +267,13 @@ def make_preprocess_fn(out_shape, resize):
 
 
 # ---------------------------------------------------------------------------- steps
-def resolve_model_name(config, path):
-    """The model name, after checking --model_name/--num_classes against the run config."""
-    cfg_classes = config.num_classes
-    if FLAGS.num_classes and cfg_classes and int(cfg_classes) != FLAGS.num_classes:
-        raise ValueError(f"--num_classes={FLAGS.num_classes} but the run config of "
-                         f"{path} says num_classes={cfg_classes}")
-    cfg_model = config.model_name
-    if FLAGS.model_name and cfg_model and cfg_model != FLAGS.model_name:
-        raise ValueError(f"--model_name={FLAGS.model_name} but the run config of {path} "
-                         f"says model_name={cfg_model}")
-    return FLAGS.model_name or cfg_model or DEFAULT_MODEL_NAME
-
-
 def resolve_data(config):
     """`(dataset_name, source, label_map, num_classes)` from the flags and the run config
     (`label_map`: a LabelMap, with the dataset ids of a map with gaps)."""
     from ssd_tf import evaluation
     from ssd_tf.datasets import labelmap as labelmap_lib
-    label_names = None
-    if FLAGS.label_map:
-        try:
-            label_names = labelmap_lib.LabelMap.read(FLAGS.label_map)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"--label_map={FLAGS.label_map}: {e}") from e
-    elif config.label_names:
-        try:
-            label_names = labelmap_lib.LabelMap(config.label_names, config.label_ids)
-        except ValueError as e:
-            raise ValueError(f"the run config's label_names/label_ids: {e}") from e
+    label_names = labelmap_lib.resolve_label_map(
+        FLAGS.label_map, recorded_names=config.label_names, recorded_ids=config.label_ids)
     if FLAGS.dataset_name:
         dataset_name, dataset_dir = FLAGS.dataset_name, FLAGS.dataset_dir
     else:
@@ -348,23 +304,6 @@ def resolve_data(config):
     return dataset_name, source, label_map, num_classes
 
 
-def build_net(get_network, model_name, num_classes, config):
-    """The SSDNet with the data set's class count, the run's anchors and the eval image
-    size."""
-    from ssd_tf import run_config
-    net_cls = get_network(model_name)
-    params = net_cls.default_params._replace(num_classes=num_classes,
-                                             no_annotation_label=num_classes)
-    # The run's fitted anchors (--anchors=auto), as it was trained.
-    params = run_config.run_params(params, config, where=f"the run config of "
-                                                         f"{FLAGS.checkpoint_path}")
-    size = _image_size(FLAGS.eval_image_size) or _image_size(
-        config.image_shape)
-    if size is not None and tuple(size) != tuple(params.img_shape):
-        params = params._replace(img_shape=tuple(size))
-    return net_cls(params, reference_compat=bool(config.reference_compat))
-
-
 def build_detector(evaluation, kind, path, net, model_name):
     """`(keras model or None, detector)` with the post-processing flags."""
     nms = dict(select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
@@ -379,12 +318,13 @@ def build_detector(evaluation, kind, path, net, model_name):
     return model, evaluation.keras_detector(model, net, **nms)
 
 
-def resolve_checkpoint_flag(evaluation):
-    """`(kind, path)` of --checkpoint_path (a directory to watch with
-    --wait_for_checkpoints)."""
+def resolve_checkpoint_flag():
+    """`(kind, path)` of --checkpoint_path (`builder.resolve_source`; a directory to watch
+    with --wait_for_checkpoints)."""
+    from ssd_tf import builder
     path = FLAGS.checkpoint_path
     if not FLAGS.wait_for_checkpoints:
-        return evaluation.resolve_checkpoint(path)
+        return builder.resolve_source(path)
     if not os.path.isdir(path):
         raise ValueError(f"--wait_for_checkpoints needs --checkpoint_path to be a "
                          f"training directory; {path} is not a directory")
@@ -404,21 +344,27 @@ def prepare_eval_dir(eval_dir):
 class Evaluation:
     """Everything one evaluation needs, built once from the flags (also used by tests)."""
 
-    def __init__(self, get_network=get_network_class):
+    def __init__(self, get_network=None):
+        from ssd_tf import builder
         from ssd_tf import data as data_lib
         from ssd_tf import evaluation
+        from ssd_tf import run_config
         self.ev = evaluation
         check_flags()
-        self.kind, self.path = resolve_checkpoint_flag(evaluation)
+        self.kind, self.path = resolve_checkpoint_flag()
         self.eval_dir = prepare_eval_dir(FLAGS.eval_dir or default_eval_dir(
             self.kind, self.path, FLAGS.checkpoint_path))
-        config = evaluation.read_run_config(
+        self.config = run_config.read_run_config(
             self.path if self.kind == 'saved_model' else FLAGS.checkpoint_path)
-        self.model_name = resolve_model_name(config, FLAGS.checkpoint_path)
+        builder.check_overrides(self.config, FLAGS.checkpoint_path, FLAGS.model_name,
+                                FLAGS.num_classes)
         self.dataset_name, self.source, self.label_map, self.num_classes = \
-            resolve_data(config)
+            resolve_data(self.config)
         self.class_names = list(self.label_map.names)
-        self.net = build_net(get_network, self.model_name, self.num_classes, config)
+        self.net = builder.resolve_network(
+            self.config, FLAGS.checkpoint_path, FLAGS.model_name, self.num_classes,
+            image_size=FLAGS.eval_image_size, get_network=get_network)
+        self.model_name = self.net.model_name
         self.model, self.detector = build_detector(evaluation, self.kind, self.path, self.net,
                                                    self.model_name)
         self.preprocess_fn = make_preprocess_fn(tuple(self.net.params.img_shape),
@@ -431,31 +377,19 @@ class Evaluation:
             label_ids=self.label_map.label_ids)
 
     def restore(self, path, kind):
+        """Loads the weights of `(kind, path)` into the model (`builder.restore_weights`;
+        --moving_average_decay requires the moving averages); nothing for a SavedModel."""
         if kind == 'saved_model':
             return
-        slim_map = None
-        if kind == 'slim':
-            from nets import ssd_vgg_keras
-            slim_map = ssd_vgg_keras.slim_variable_map(self.model)
-        from ssd_tf import run_config
-        # --moving_average_decay: the averages stored in each checkpoint of a run trained with
-        # it (so it works during training), else the ema.weights.h5 of an older run.
-        averaged = bool(FLAGS.moving_average_decay) and kind == 'tf2' and \
-            run_config.has_moving_average(path)
-        self.ev.restore_model(self.model, kind, path, slim_variable_map=slim_map,
-                              moving_average=averaged)
-        if FLAGS.moving_average_decay and not averaged:
-            ema = os.path.join(os.path.dirname(path), EMA_WEIGHTS_FILENAME)
-            if not os.path.isfile(ema):
-                raise ValueError(f"--moving_average_decay is set but {path} holds no moving "
-                                 f"averages and {ema} does not exist (train with "
-                                 f"--moving_average_decay)")
-            self.model.load_weights(ema)
+        from ssd_tf import builder
+        builder.restore_weights(self.model, self.net, kind, path, self.config,
+                                moving_average=True if FLAGS.moving_average_decay else None)
 
     def evaluate(self, path, kind, summaries=False):
         """Restores `path`, evaluates, writes the report; returns the metrics dict."""
+        from ssd_tf import run_config
         self.restore(path, kind)
-        step = self.ev.checkpoint_step(path) if kind != 'saved_model' else None
+        step = run_config.checkpoint_step(path) if kind in ('tf2', 'slim') else None
         run = self.ev.run_evaluation(
             self.detector, self.dataset, self.num_classes, self.class_names,
             max_num_batches=FLAGS.max_num_batches, remove_difficult=FLAGS.remove_difficult,
@@ -475,12 +409,13 @@ class Evaluation:
 
 def main(argv):
     del argv
+    from ssd_tf import builder
     e = Evaluation()
     if FLAGS.wait_for_checkpoints:
         timeout = FLAGS.checkpoint_timeout if FLAGS.checkpoint_timeout > 0 else None
         e.ev.watch_checkpoints(
             FLAGS.checkpoint_path,
-            lambda p: e.evaluate(p, e.ev.resolve_checkpoint(p)[0], summaries=True),
+            lambda p: e.evaluate(p, builder.resolve_source(p)[0], summaries=True),
             timeout=timeout)
     else:
         e.evaluate(e.path, e.kind)

@@ -8,24 +8,26 @@ assets/labels_tflite.txt, assets/export_config.json) and, with --tflite or
 --tflite_quantization, `output_dir/<version>/tflite/model_<variant>.tflite` beside the
 SavedModel. The whole version (TFLite files included) is written to a staging directory in
 --output_dir first and moved into place at the end, so with --overwrite a failure at any
-point leaves the old version serving. Signatures, inputs and outputs: see `ssd_tf/export.py`.
+point leaves the old version serving. Signatures, inputs and outputs: see
+`ssd_tf/export/saved_model.py` and `ssd_tf/export/tflite.py`. --checkpoint_path takes what
+`ssd_tf.builder.load_model` takes (a run, a checkpoint prefix, an original slim SSD
+checkpoint with --model_name and --num_classes).
 """
 from absl import app
 from absl import flags
 
 from ssd_tf import postprocess
+from ssd_tf.cli import flags as shared_flags
 
 flags.DEFINE_string('checkpoint_path', None, 'Training directory or checkpoint prefix written '
                     'by train_ssd.py, or a slim TF1 checkpoint (with --model_name and '
                     '--num_classes).')
-flags.DEFINE_string('model_name', None, 'Network; default: the run config (config.json).')
-flags.DEFINE_integer('num_classes', None, 'Classes incl. background; default: the run config.')
+shared_flags.define_model_flags(flags)  # --model_name, --num_classes, --label_map
 flags.DEFINE_string('output_dir', None, 'Model base directory (TF Serving --model_base_path).')
 flags.DEFINE_integer('version', 1, 'Version subdirectory to write.')
 flags.DEFINE_boolean('overwrite', False, 'Replace an existing version directory.')
-postprocess.define_detection_flags(flags)  # --select_threshold, --nms_threshold, --select_top_k
+shared_flags.define_detection_flags(flags)  # --select_threshold, --nms_threshold, --select_top_k
 flags.DEFINE_integer('max_detections', postprocess.MAX_DETECTIONS, 'Detections per image.')
-flags.DEFINE_string('label_map', None, "Label map file; default: the run's labels.txt.")
 flags.DEFINE_integer('max_image_pixels', None, 'Largest image (width x height, read from its '
                      'header before decoding) a request may send; default '
                      'ssd_tf.images.DEFAULT_MAX_PIXELS, 200 MP: fits the largest camera frame '
@@ -64,8 +66,8 @@ FLAGS = flags.FLAGS
 
 def calibration_images(img_shape):
     """uint8 [1, h, w, 3] images for int8 calibration (VOC --dataset_dir or synthetic)."""
-    from ssd_tf import export
     from ssd_tf import images
+    from ssd_tf.export import tflite as export_tflite
     from ssd_tf.datasets import factory
     if FLAGS.dataset_dir:
         records, _, _ = factory.load_records('voc', FLAGS.dataset_dir,
@@ -74,17 +76,18 @@ def calibration_images(img_shape):
         records, _, _ = factory.load_records('synthetic', None, 'train',
                                              num_images=FLAGS.num_calibration_images)
     decoded = (images.decode_record_image(r) for r in records)
-    return export.representative_images(decoded, img_shape, FLAGS.num_calibration_images)
+    return export_tflite.representative_images(decoded, img_shape,
+                                               FLAGS.num_calibration_images)
 
 
 def main(argv):
     del argv
     import os
-    from nets import nets_factory
-    from nets import ssd_vgg_keras
     from preprocessing import ssd_vgg_preprocessing as prep
-    from ssd_tf import export
+    from ssd_tf import builder
     from ssd_tf import images
+    from ssd_tf.export import saved_model as export
+    from ssd_tf.export import tflite as export_tflite
 
     variants = list(FLAGS.tflite_quantization) or (['float32'] if FLAGS.tflite else [])
     if FLAGS.allow_slow_bfloat16 and FLAGS.mixed_precision != 'mixed_bfloat16':
@@ -104,9 +107,9 @@ def main(argv):
     if variants:  # a missing mediapipe with --tflite_metadata=on fails before any work
         from ssd_tf import tflite_metadata
         tflite_metadata.resolve_mode(FLAGS.tflite_metadata)
-    net, model, label_names, path = export.load_from_checkpoint(
-        FLAGS.checkpoint_path, nets_factory.get_network, FLAGS.model_name, FLAGS.num_classes,
-        FLAGS.label_map, slim_variable_map_fn=ssd_vgg_keras.slim_variable_map)
+    built = builder.load_model(FLAGS.checkpoint_path, FLAGS.model_name, FLAGS.num_classes,
+                               label_map=FLAGS.label_map)
+    net, model, label_names, path = built.net, built.model, built.label_names, built.path
     shape = tuple(net.params.img_shape)
     preprocess = prep.image_preprocess_fn(shape)
 
@@ -117,7 +120,7 @@ def main(argv):
 
     def add_tflite(version_dir):
         if variants:
-            tflite_paths.update(export.export_tflite(
+            tflite_paths.update(export_tflite.export_tflite(
                 net, model, lambda im: preprocess(im)[0], os.path.join(version_dir, 'tflite'),
                 variants, reps, label_names=label_names,
                 postprocess_op=FLAGS.tflite_postprocess, metadata=FLAGS.tflite_metadata,
@@ -127,23 +130,13 @@ def main(argv):
         net, model, preprocess, FLAGS.output_dir, FLAGS.version, FLAGS.overwrite,
         label_names=label_names,
         metadata=dict(checkpoint_path=path, mixed_precision=FLAGS.mixed_precision,
-                      label_ids=_label_ids()),
+                      label_ids=built.label_map.label_ids if built.label_map else None),
         max_image_pixels=FLAGS.max_image_pixels or images.DEFAULT_MAX_PIXELS,
         max_batch_size=FLAGS.max_batch_size,
         before_publish=add_tflite, **nms)
     print(f"SavedModel: {target}")
     for q in tflite_paths:
         print(f"TFLite {q}: {os.path.join(target, 'tflite', f'model_{q}.tflite')}")
-
-
-def _label_ids():
-    """The dataset ids of a label map with gaps (--label_map, else the run config's), for
-    eval_ssd.py's COCO results of the SavedModel; None when they are 1..C-1."""
-    from ssd_tf import run_config
-    from ssd_tf.datasets import labelmap as labelmap_lib
-    if FLAGS.label_map:
-        return labelmap_lib.LabelMap.read(FLAGS.label_map).label_ids
-    return run_config.read_run_config(FLAGS.checkpoint_path).label_ids
 
 
 def run_main():

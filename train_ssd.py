@@ -302,39 +302,27 @@ def _resolve_num_classes(cfg, label_map, net_cls):
 
 
 def _slim_variable_map(net, model):
-    """`{slim name: variable}` of a VGG-style model; a UserError for networks without slim
-    names (the MobileNet), since slim checkpoints only load into the VGG networks."""
-    from nets import ssd_vgg_keras
+    """`{slim name: variable}` of a VGG-style model (`builder.slim_variable_map`); a UserError
+    for networks without slim names (the MobileNet)."""
+    from ssd_tf import builder
     try:
-        return ssd_vgg_keras.slim_variable_map(model, model_scope=net.model_name)
+        return builder.slim_variable_map(net, model)
     except ValueError as e:
-        raise UserError(f"--model_name={net.model_name} has no slim variable names ({e}); "
-                        "slim checkpoints, vgg_16 and Keras VGG16 weights load into the VGG "
-                        "networks") from e
+        raise UserError(str(e)) from e
 
 
 def _init_from_checkpoint(cfg, net, model):
-    """Initialises a new run from --checkpoint_path (slim, vgg_16, Keras .h5 or ssd-tf)."""
-    from ssd_tf import checkpoints
+    """Initialises a new run from --checkpoint_path with `builder.restore_weights` (slim,
+    vgg_16, Keras VGG16 .h5 or ssd-tf: the averaged weights of a run that recorded
+    --moving_average_decay, as every command loads it)."""
+    from ssd_tf import builder
     from ssd_tf import run_config
-    path = cfg.checkpoint_path
-    if path.endswith('.h5'):
-        report = checkpoints.load_keras_vgg16_h5(_slim_variable_map(net, model), path,
-                                                 model_scope=net.model_name)
-        return str(report)
-    kind, resolved = run_config.resolve_checkpoint(path)
-    if kind == 'saved_model':
-        raise UserError(f"--checkpoint_path={path} is a SavedModel; initialise from a "
-                        "checkpoint (a training directory or prefix)")
-    if kind == 'tf2':
-        run_config.restore_model(model, kind, resolved)
-        return f"restored the model from the ssd-tf checkpoint {resolved}"
-    report = checkpoints.load_slim_checkpoint(
-        _slim_variable_map(net, model), resolved,
-        model_scope=net.model_name, checkpoint_model_scope=cfg.checkpoint_model_scope,
+    kind, resolved = builder.resolve_source(cfg.checkpoint_path)
+    source = run_config.read_run_config(cfg.checkpoint_path) if kind == 'tf2' else None
+    return builder.restore_weights(
+        model, net, kind, resolved, source, checkpoint_model_scope=cfg.checkpoint_model_scope,
         exclude_scopes=cfg.checkpoint_exclude_scopes,
-        ignore_missing_vars=cfg.ignore_missing_vars)
-    return str(report)
+        ignore_missing_vars=cfg.ignore_missing_vars, backbone_h5=True)
 
 
 def _trainable_variables(cfg, net, model):
@@ -851,5 +839,10 @@ def main(argv):
         return 2
 
 
-if __name__ == '__main__':
+def run_main():
+    """Entry point (`ssd-train`)."""
     app.run(main)
+
+
+if __name__ == '__main__':
+    run_main()

@@ -60,15 +60,17 @@ def accuracy(checkpoint_path, num_images):
     SavedModel and as each TFLite variant, on the synthetic test split (int8 calibrated on
     100 synthetic training images)."""
     import tensorflow as tf
-    from nets import nets_factory
     from preprocessing import ssd_vgg_preprocessing as prep
-    from ssd_tf import evaluation
-    from ssd_tf import export
+    from ssd_tf import builder
+    from ssd_tf import images
+    from ssd_tf.export import saved_model as export
+    from ssd_tf.export import tflite as export_tflite
+    from ssd_tf.export import tflite_runtime
     from ssd_tf import metrics
     from ssd_tf.datasets import synthetic
 
-    net, model, names, _ = export.load_from_checkpoint(checkpoint_path,
-                                                       nets_factory.get_network)
+    built = builder.load_model(checkpoint_path)
+    net, model, names = built.net, built.model, built.label_names
     shape = tuple(net.params.img_shape)
 
     def preprocess(image):
@@ -77,22 +79,23 @@ def accuracy(checkpoint_path, num_images):
 
     tmp = tempfile.mkdtemp(prefix='bench_export_acc_')
     sm = export.export_saved_model(net, model, preprocess, tmp, label_names=names)
-    calib = export.representative_images(
+    calib = export_tflite.representative_images(
         (r.image for r in synthetic.make_synthetic_split('train', 100)), shape)
-    paths = export.export_tflite(net, model, lambda im: preprocess(im)[0],
-                                 os.path.join(tmp, 'tflite'), export.TFLITE_QUANTIZATIONS, calib)
+    paths = export_tflite.export_tflite(net, model, lambda im: preprocess(im)[0],
+                                        os.path.join(tmp, 'tflite'),
+                                        export_tflite.TFLITE_QUANTIZATIONS, calib)
     records = synthetic.make_synthetic_split('test', num_images)
     fn = tf.saved_model.load(sm).signatures['serving_default']
 
     def saved_model_detect(rec):
-        out = fn(image_bytes=tf.constant([evaluation._record_bytes(rec)]))
+        out = fn(image_bytes=tf.constant([images.read_image_bytes(rec)]))
         n = int(out['num_detections'][0])
         return (out['detection_boxes'][0, :n].numpy(), out['detection_scores'][0, :n].numpy(),
                 out['detection_classes'][0, :n].numpy().astype(int))
 
     detectors = {'SavedModel': saved_model_detect}
     for q, p in paths.items():
-        det = export.TFLiteDetector(p)
+        det = tflite_runtime.TFLiteDetector(p)
         detectors[f'TFLite {q}'] = lambda rec, det=det: (
             lambda o: (o['detection_boxes'], o['detection_scores'],
                        o['detection_classes']))(det(rec.image))
@@ -141,7 +144,9 @@ def postprocess_comparison(models, runs):
     import tensorflow as tf
     from nets import nets_factory
     from preprocessing import ssd_vgg_preprocessing as prep
-    from ssd_tf import export
+    from ssd_tf.export import saved_model as export
+    from ssd_tf.export import tflite as export_tflite
+    from ssd_tf.export import tflite_runtime
     from ssd_tf import postprocess
     from ssd_tf.datasets import synthetic
 
@@ -163,7 +168,7 @@ def postprocess_comparison(models, runs):
                 out = prep.preprocess_for_eval(image, None, None, out_shape=shape)
                 return out[0], out[3]
 
-            frames = export.representative_images(
+            frames = export_tflite.representative_images(
                 (synthetic.synthetic_image(0, synthetic.TEST_FIRST_INDEX + i, 300)[0]
                  for i in range(NUM_AGREEMENT)), shape)
             sm = export.export_saved_model(net, model, preprocess, os.path.join(tmp, f'{name}_{c}'))
@@ -177,7 +182,7 @@ def postprocess_comparison(models, runs):
                              out['detection_scores'][0, :n].numpy()))
             # The network alone (no decoding, no NMS): the post-processing's share by difference.
             raw = _raw_network_tflite(net, model, whiten)
-            raw_det = export.tflite_interpreter(model_content=raw, num_threads=2)
+            raw_det = tflite_runtime.tflite_interpreter(model_content=raw, num_threads=2)
             raw_det.allocate_tensors()
             raw_in = raw_det.get_input_details()[0]['index']
 
@@ -186,10 +191,11 @@ def postprocess_comparison(models, runs):
                 raw_det.invoke()
             dets, sizes, found = {'network only': run_raw}, {}, {}
             for op in postprocess.TFLITE_POSTPROCESS_OPTIONS:
-                path = export.export_tflite(net, model, whiten,
-                                            os.path.join(tmp, f'{name}_{c}_{op}'), ['float32'],
-                                            postprocess_op=op, metadata='off')['float32']
-                det = export.TFLiteDetector(path, num_threads=2)
+                path = export_tflite.export_tflite(net, model, whiten,
+                                                   os.path.join(tmp, f'{name}_{c}_{op}'),
+                                                   ['float32'], postprocess_op=op,
+                                                   metadata='off')['float32']
+                det = tflite_runtime.TFLiteDetector(path, num_threads=2)
                 dets[op] = lambda det=det: det.run_resized(frames[0])
                 sizes[op] = os.path.getsize(path) / 1e6
                 counts = np.zeros(4, int)
@@ -235,7 +241,9 @@ def _interleaved_medians(fns, runs):
 def _raw_network_tflite(net, model, whiten):
     """float32 TFLite of the network alone (image -> raw scores and offsets)."""
     import tensorflow as tf
-    from ssd_tf import export
+    from ssd_tf.export import saved_model as export
+    from ssd_tf.export import tflite as export_tflite
+    from ssd_tf.export import tflite_runtime
     h, w = net.params.img_shape
 
     @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name='images')])
@@ -282,7 +290,9 @@ def main():
     import tensorflow as tf
     from nets import nets_factory
     from preprocessing import ssd_vgg_preprocessing as prep
-    from ssd_tf import export
+    from ssd_tf.export import saved_model as export
+    from ssd_tf.export import tflite as export_tflite
+    from ssd_tf.export import tflite_runtime
     from ssd_tf.datasets import synthetic
 
     print(machine_info())
@@ -336,13 +346,14 @@ def main():
         calib = None
         if 'int8' in variants:
             images = [synthetic.synthetic_image(0, i, 160)[0] for i in range(20)]
-            calib = export.representative_images(images, shape)
-        paths = export.export_tflite(net, model, lambda im: preprocess(im)[0],
-                                     os.path.join(tmp, name + '_tflite'), variants, calib)
-        frame = export.representative_images([tf.io.decode_jpeg(jpegs[0]).numpy()], shape)[0]
+            calib = export_tflite.representative_images(images, shape)
+        paths = export_tflite.export_tflite(net, model, lambda im: preprocess(im)[0],
+                                            os.path.join(tmp, name + '_tflite'), variants, calib)
+        frame = export_tflite.representative_images([tf.io.decode_jpeg(jpegs[0]).numpy()],
+                                                    shape)[0]
         for q, p in paths.items():
             size_rows.append([name, f'TFLite {q}', f'{os.path.getsize(p) / 1e6:.1f}'])
-            det = export.TFLiteDetector(p, num_threads=2)
+            det = tflite_runtime.TFLiteDetector(p, num_threads=2)
             t = median_time(lambda: det.run_resized(frame), runs=args.runs)
             rows.append([name, f'TFLite {q} (uint8 input, NMS)', 1, f'{1e3 * t:.1f}',
                          f'{1 / t:.2f}'])

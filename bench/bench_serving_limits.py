@@ -67,7 +67,7 @@ def export_model(path):
     import keras
     from nets import nets_factory
     from preprocessing import ssd_vgg_preprocessing as prep
-    from ssd_tf import export
+    from ssd_tf.export import saved_model as export
     keras.utils.set_random_seed(0)
     net = nets_factory.get_network('ssd_small')()
     shape = tuple(net.params.img_shape)

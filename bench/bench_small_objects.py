@@ -113,9 +113,8 @@ def speed_table(runs):
 def train_row(model_name, anchors, args, gt_boxes):
     """Runs one training row; returns its table row."""
     max_steps = args.max_steps_small if model_name == SMALL_NET else args.max_steps
-    from nets import nets_factory
     from ssd_tf import anchors_report
-    from ssd_tf import export
+    from ssd_tf import builder
     with tempfile.TemporaryDirectory(prefix='bench_small_') as train_dir:
         cmd = [sys.executable, os.path.join(ROOT, 'train_ssd.py'), '--train_dir', train_dir,
                '--model_name', model_name, '--synthetic_objects', 'small',
@@ -132,7 +131,7 @@ def train_row(model_name, anchors, args, gt_boxes):
         with open(os.path.join(train_dir, 'final_metrics.json')) as f:
             m = json.load(f)
         # The anchors the run used (fitted ones included), as eval and export read them.
-        net = export.load_from_checkpoint(train_dir, nets_factory.get_network)[0]
+        net = builder.load_model(train_dir).net
         coverage = anchors_report.anchor_coverage(gt_boxes, net).fraction
     return [model_name, anchors, m['step'], f'{wall:.0f}', f'{100 * coverage:.1f} %',
             f"{m['voc07_map']:.4f}", f"{m['voc12_map']:.4f}"]

@@ -74,10 +74,6 @@ def num_anchors_per_location(params):
     return [len(s) + len(r) for s, r in zip(params.anchor_sizes, params.anchor_ratios)]
 
 
-# The slim name, kept for callers; it counts A per cell like `num_anchors_per_location`.
-num_anchors_per_layer = num_anchors_per_location
-
-
 def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weight_decay=0.0,
                         dropout=None, name=None, kernel_initializer='glorot_uniform',
                         head_initializer=None, batch_size=None):
@@ -103,30 +99,47 @@ def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weig
       pixels), output dict `{'predictions', 'localisations', 'logits'}` of per-layer lists
       `[B, H, W, A, C]`, `[B, H, W, A, 4]`, `[B, H, W, A, C]`.
     """
-    if isinstance(arch, str):
-        if arch not in ARCH_SPECS:
-            raise ValueError(f"arch must be one of {sorted(ARCH_SPECS)} or a VGGSpec, "
-                             f"got {arch!r}")
-        spec, default_name = ARCH_SPECS[arch], arch
-    elif isinstance(arch, VGGSpec):
-        spec, default_name = arch, 'ssd_vgg'
-    else:
-        raise TypeError(f"arch must be an architecture name or a VGGSpec, got {arch!r}")
-    name = name or default_name
+    spec, default_name = _arch_spec(arch)
     if dropout is None:
         dropout = bool(reference_compat and spec.dropout)
     regularizer = (keras.regularizers.L2(weight_decay * _SLIM_L2_FACTOR)
                    if weight_decay else None)
+    conv = _conv_builder(regularizer, kernel_initializer)
+    height, width = params.img_shape
+    inputs = keras.Input(shape=(height, width, 3), batch_size=batch_size, name='image')
+    end_points = _vgg_trunk(inputs, spec, conv, dropout)
+    outputs = _multibox_heads(end_points, params, conv, reference_compat,
+                              head_initializer or kernel_initializer)
+    return keras.Model(inputs, outputs, name=name or default_name)
 
+
+def _arch_spec(arch):
+    """`(VGGSpec, default model name)` of an architecture name or a VGGSpec."""
+    if isinstance(arch, str):
+        if arch not in ARCH_SPECS:
+            raise ValueError(f"arch must be one of {sorted(ARCH_SPECS)} or a VGGSpec, "
+                             f"got {arch!r}")
+        return ARCH_SPECS[arch], arch
+    if isinstance(arch, VGGSpec):
+        return arch, 'ssd_vgg'
+    raise TypeError(f"arch must be an architecture name or a VGGSpec, got {arch!r}")
+
+
+def _conv_builder(regularizer, kernel_initializer):
+    """`conv(x, filters, kernel, layer_name, ...)`: a biased Conv2D (ReLU by default) with the
+    model's regulariser and initialiser, applied to x."""
     def conv(x, filters, kernel, layer_name, strides=1, padding='same', dilation=1,
              activation='relu', initializer=kernel_initializer):
         return keras.layers.Conv2D(
             filters, kernel, strides=strides, padding=padding, dilation_rate=dilation,
             activation=activation, use_bias=True, kernel_initializer=initializer,
             bias_initializer='zeros', kernel_regularizer=regularizer, name=layer_name)(x)
+    return conv
 
-    height, width = params.img_shape
-    inputs = keras.Input(shape=(height, width, 3), batch_size=batch_size, name='image')
+
+def _vgg_trunk(inputs, spec, conv, dropout):
+    """VGG conv1..conv5, conv6/conv7 and the extra blocks on `inputs`; returns the end points
+    `{'block1': ..., 'block7': ..., <extra block name>: ...}`."""
     end_points = {}
     net = inputs
     if spec.input_scale is not None:
@@ -159,8 +172,12 @@ def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weig
         net = conv(net, block.out_channels, block.kernel, f'{block.name}_{suffix}',
                    strides=block.stride, padding='valid')
         end_points[block.name] = net
+    return end_points
 
-    # Multibox heads.
+
+def _multibox_heads(end_points, params, conv, reference_compat, head_init):
+    """The per-feature-map box and class heads: `{'predictions', 'localisations', 'logits'}`,
+    lists of `[B, H, W, A, C]`, `[B, H, W, A, 4]`, `[B, H, W, A, C]`."""
     anchors_per_layer = num_anchors_per_location(params)
     num_classes = params.num_classes
     predictions, localisations, logits = [], [], []
@@ -173,7 +190,6 @@ def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weig
                      else float(params.normalizations[i]))
             feat = L2Normalization(gamma_init=gamma, name=f'{box}_L2Normalization')(feat)
         n_anchors = anchors_per_layer[i]
-        head_init = head_initializer or kernel_initializer
         loc = conv(feat, n_anchors * 4, 3, f'{box}_conv_loc', activation=None,
                    initializer=head_init)
         cls = conv(feat, n_anchors * num_classes, 3, f'{box}_conv_cls', activation=None,
@@ -187,8 +203,7 @@ def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weig
         predictions.append(prob)
         localisations.append(loc)
         logits.append(cls)
-    outputs = {'predictions': predictions, 'localisations': localisations, 'logits': logits}
-    return keras.Model(inputs, outputs, name=name)
+    return {'predictions': predictions, 'localisations': localisations, 'logits': logits}
 
 
 # ---------------------------------------------------------------------------- slim names

@@ -1,78 +1,9 @@
-"""Writes a PNG grid of augmented training samples with their boxes, i.e. what the network sees.
-
-    python -m preprocessing.show_augmentation --dataset_dir DIR --num 16 --out samples.png \
-        --seed 0 --out_size 300
-
-Without --dataset_dir the built-in synthetic shapes set is used. The samples go through the
-training input pipeline (`ssd_tf.data.build_dataset` with `preprocess_for_train`), the mean
-subtraction is undone for display and the boxes the encoder would receive are drawn.
-"""
-from absl import app
-from absl import flags
-
-from preprocessing import ssd_vgg_preprocessing as prep
-from ssd_tf import data as data_lib
-from ssd_tf import visualize
-
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-    """Defines the command's flags; only when run as a program, so that importing this module
-    (tests, notebooks) next to another absl program never defines a flag twice."""
-    flags.DEFINE_string('dataset_dir', None,
-                        'Pascal VOC root (Annotations/, JPEGImages/, ImageSets/Main/). Default: '
-                        'the built-in synthetic shapes data set.')
-    flags.DEFINE_string('split', 'train',
-                        'ImageSets/Main/<split>.txt list to read from dataset_dir.')
-    flags.DEFINE_integer('num', 16, 'Number of augmented samples in the grid.')
-    flags.DEFINE_integer('cols', 4, 'Columns of the grid.')
-    flags.DEFINE_string('out', 'samples.png', 'Output PNG path.')
-    flags.DEFINE_integer('seed', 0, 'Seed of the sample order and of the augmentation.')
-    flags.DEFINE_integer('out_size', 300, 'Side of the (square) network input, in pixels.')
-    flags.DEFINE_bool('reference_compat', False,
-                      'Show the slim SSD augmentation instead of the SSD paper chain.')
-
-
-def load_source(dataset_dir, split, seed):
-    """(records, label_names) for a VOC root, or the synthetic set when dataset_dir is None."""
-    if dataset_dir is None:
-        from ssd_tf.datasets import synthetic
-        return (synthetic.make_synthetic_examples(64, seed=seed),
-                synthetic.SYNTHETIC_LABEL_MAP)
-    from ssd_tf.datasets import voc
-    label_map = voc.default_label_map([dataset_dir])
-    records, _ = voc.read_voc(dataset_dir, split=split, label_map=label_map, check_images=False)
-    return records, label_map
-
-
-def augmented_grid(records, label_names, num, cols, seed, out_size, reference_compat=False):
-    """uint8 RGB grid of `num` augmented samples with boxes drawn; label_names: id -> name."""
-    def preprocess_fn(image, labels, bboxes, seed):
-        return prep.preprocess_for_train(image, labels, bboxes, (out_size, out_size),
-                                         reference_compat=reference_compat, seed=seed)
-
-    ds = data_lib.build_dataset(records, preprocess_fn, batch_size=num, is_training=True,
-                                seed=seed, with_gt=True)
-    images, targets = next(iter(ds))
-    tiles = []
-    for i in range(num):
-        n = int(targets['num_boxes'][i])
-        tiles.append(visualize.draw_boxes(
-            prep.np_image_unwhitened(images[i].numpy()), targets['bboxes'][i, :n].numpy(),
-            targets['labels'][i, :n].numpy(), label_names=label_names))
-    return visualize.make_grid(tiles, cols)
-
-
-def main(argv):
-    del argv
-    records, label_map = load_source(FLAGS.dataset_dir, FLAGS.split, FLAGS.seed)
-    grid = augmented_grid(records, label_map.name, FLAGS.num, FLAGS.cols,
-                          FLAGS.seed, FLAGS.out_size, FLAGS.reference_compat)
-    visualize.save_png(FLAGS.out, grid)
-    print(f"wrote {FLAGS.num} augmented samples to {FLAGS.out}")
+"""`python -m preprocessing.show_augmentation`: the PNG grid of augmented training samples, kept
+at its documented path; the command is `ssd_tf.cli.show_augmentation`."""
 
 
 if __name__ == '__main__':
-    define_flags()
-    app.run(main)
+    # The command is ssd_tf.cli.show_augmentation,
+    # run without importing it (the library imports no program).
+    import runpy
+    runpy.run_module('ssd_tf.cli.show_augmentation', run_name='__main__', alter_sys=True)

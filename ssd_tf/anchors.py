@@ -129,10 +129,6 @@ def num_boxes_per_layer(anchors):
     return [int(y.shape[0] * y.shape[1] * np.asarray(h).shape[0]) for y, x, h, w in anchors]
 
 
-# The earlier name, kept for callers; it counts H * W * A like `num_boxes_per_layer`.
-num_anchors_per_layer = num_boxes_per_layer
-
-
 def anchors_flat(anchors):
     """Anchor layers -> `(ya, xa, ha, wa)`, numpy `[K]` each, layer-major then H, W, A.
 

@@ -1,4 +1,4 @@
-"""Anchor coverage: which ground-truth boxes a network's anchors can match, and the command.
+"""Anchor coverage: which ground-truth boxes a network's anchors can match.
 
 A box is *covered* when its best anchor reaches the matching threshold (IoU >= 0.5 by default,
 train_ssd.py's `--match_threshold`); an uncovered box can only be matched by the encoder's
@@ -10,16 +10,11 @@ The best anchor of a box on one feature map is exact and cheap: IoU falls with t
 the centres along each axis, so for every anchor shape the best position is the grid centre
 nearest to the box centre; one IoU per box and anchor shape (`ssd_tf.boxes.iou` on the box
 moved to that centre), not per anchor position. At most `MAX_BOXES` boxes are used (a seeded
-sample, said in the report).
-
-    python -m ssd_tf.anchors_report --dataset_name voc --dataset_dir DIR --model_name ssd_small \
-        [--split train] [--anchors auto] [--matching_threshold 0.5] [--json out.json]
+sample, said in the report). The command is `ssd_tf.cli.anchors` (`ssd-anchors`;
+`python -m ssd_tf.anchors_report` hands over to it).
 """
-import argparse
 import collections
 import dataclasses
-import json
-import sys
 
 import numpy as np
 
@@ -322,62 +317,8 @@ def training_boxes(dataset_name, dataset_dir, split, label_map=None, num_images=
     return boxes_of_records(records), len(records)
 
 
-# ---------------------------------------------------------------------------- the command
-def main(argv=None):
-    """`python -m ssd_tf.anchors_report`: prints the coverage report of a data set split for
-    a network (and of fitted anchors with `--anchors auto`, before and after)."""
-    from nets import nets_factory  # the command wires the core to the networks
-    from ssd_tf import anchor_fit
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--dataset_name', default='synthetic',
-                   choices=('voc', 'coco', 'synthetic', 'tfrecord', 'tfds'))
-    p.add_argument('--dataset_dir', default='', help='as train_ssd.py --dataset_dir')
-    p.add_argument('--split', default='train', help='voc/coco/synthetic: the split')
-    p.add_argument('--label_map', default=None, help='labels.txt (voc/coco)')
-    p.add_argument('--model_name', default='ssd_small', help='a network of nets_factory')
-    p.add_argument('--anchors', default='default', choices=('default', 'auto'),
-                   help='auto: also fit anchors to the boxes and report before and after')
-    p.add_argument('--matching_threshold', type=float, default=0.5,
-                   help="IoU an anchor needs to cover a box (train_ssd.py --match_threshold)")
-    p.add_argument('--num_images', type=int, default=1000, help='synthetic: images to make')
-    p.add_argument('--max_records', type=int, default=None,
-                   help='tfrecord: read at most this many records')
-    p.add_argument('--json', default=None, help='also write the report(s) to this JSON file')
-    args = p.parse_args(argv)
-    if not 0. < args.matching_threshold <= 1.:
-        print(f"error: --matching_threshold={args.matching_threshold} must be in (0, 1]",
-              file=sys.stderr)
-        return 2
-    try:
-        net = nets_factory.get_network(args.model_name)()
-        boxes, n_images = training_boxes(args.dataset_name, args.dataset_dir, args.split,
-                                         label_map=args.label_map, num_images=args.num_images,
-                                         max_records=args.max_records)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not len(valid_boxes(boxes)):
-        print(f"error: no ground-truth box in --dataset_dir={args.dataset_dir} "
-              f"(split {args.split})", file=sys.stderr)
-        return 2
-    small = small_object_network_name(nets_factory.networks_map)
-    report = anchor_coverage(boxes, net, args.matching_threshold,
-                             small_object_network=small)
-    print(f"{n_images} images, {len(boxes)} boxes")
-    print(report.format())
-    out = {'default': report.to_dict()}
-    if args.anchors == 'auto':
-        fitted = anchor_fit.fit_anchors(boxes, net, args.matching_threshold)
-        after = anchor_coverage(boxes, fitted, args.matching_threshold,
-                                small_object_network=small)
-        print(after.format())
-        print(anchor_fit.format_shapes(fitted))
-        out['auto'] = after.to_dict()
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(out, f, indent=2)
-    return 0
-
-
 if __name__ == '__main__':
-    sys.exit(main())
+    # The command is ssd_tf.cli.anchors,
+    # run without importing it (the library imports no program).
+    import runpy
+    runpy.run_module('ssd_tf.cli.anchors', run_name='__main__', alter_sys=True)

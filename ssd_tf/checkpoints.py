@@ -16,6 +16,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf import run_config
+
 _LOG = logging.getLogger(__name__)
 
 # fc6/fc7 of an ImageNet VGG16 that SSD's conv6/conv7 are subsampled from (paper, sec. 3).
@@ -123,13 +125,6 @@ def _mismatch_error(mismatches, source):
         f"checkpoint.")
 
 
-def resolve_checkpoint_path(checkpoint_path):
-    """A checkpoint prefix, or a directory -> its latest checkpoint prefix (the path of
-    `ssd_tf.run_config.resolve_checkpoint`, kept under its old name)."""
-    from ssd_tf import run_config  # run_config loads slim checkpoints through this module
-    return run_config.resolve_checkpoint(checkpoint_path)[1]
-
-
 def load_slim_checkpoint(variable_map, checkpoint_path, model_scope='ssd_300_vgg',
                          checkpoint_model_scope=None, exclude_scopes=None,
                          ignore_missing_vars=False):
@@ -153,7 +148,7 @@ def load_slim_checkpoint(variable_map, checkpoint_path, model_scope='ssd_300_vgg
       mismatch (and the flag that skips them) or on missing variables.
     """
     variables = _resolve_variable_map(variable_map)
-    path = resolve_checkpoint_path(checkpoint_path)
+    path = run_config.resolve_checkpoint(checkpoint_path)[1]
     try:
         reader = tf.train.load_checkpoint(path)
     except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
@@ -173,27 +168,14 @@ def load_slim_checkpoint(variable_map, checkpoint_path, model_scope='ssd_300_vgg
         ckpt_name = name
         if checkpoint_model_scope and model_scope and _in_scope(name, model_scope):
             ckpt_name = checkpoint_model_scope + name[len(model_scope):]
-        var_shape = tuple(var.shape)
-        note = ckpt_name
-        if ckpt_name not in ckpt_shapes:
-            fc_name = _fc_fallback_name(ckpt_name, ckpt_shapes)
-            if fc_name is None:
-                missing.append((name, ckpt_name))
-                continue
-            value = reader.get_tensor(fc_name)
-            try:
-                value = subsample_to_shape(value, var_shape)
-            except ValueError:
-                mismatches.append((name, var_shape, value.shape))
-                continue
-            ckpt_name = fc_name
-            note = (f"{fc_name}" if tuple(ckpt_shapes[fc_name]) == var_shape else
-                    f"{fc_name} subsampled {tuple(ckpt_shapes[fc_name])} -> {var_shape}")
-        else:
-            if tuple(ckpt_shapes[ckpt_name]) != var_shape:
-                mismatches.append((name, var_shape, tuple(ckpt_shapes[ckpt_name])))
-                continue
-            value = reader.get_tensor(ckpt_name)
+        found = _checkpoint_value(reader, ckpt_shapes, ckpt_name, tuple(var.shape))
+        if found[0] == 'missing':
+            missing.append((name, ckpt_name))
+            continue
+        if found[0] == 'mismatch':
+            mismatches.append((name, tuple(var.shape), found[1]))
+            continue
+        _, ckpt_name, value, note = found
         used.add(ckpt_name)
         assignments.append((name, var, value))
         report.restored[name] = note
@@ -214,6 +196,27 @@ def load_slim_checkpoint(variable_map, checkpoint_path, model_scope='ssd_300_vgg
     report.unused = sorted(set(ckpt_shapes) - used)
     _LOG.info('%s', report)
     return report
+
+
+def _checkpoint_value(reader, ckpt_shapes, ckpt_name, var_shape):
+    """The value for a model variable of shape `var_shape` stored as `ckpt_name`:
+    `('ok', name read, value, note)`, `('missing',)` or `('mismatch', stored shape)`. A
+    missing conv6/conv7 is read from fc6/fc7, subsampled when the shapes differ."""
+    if ckpt_name in ckpt_shapes:
+        if tuple(ckpt_shapes[ckpt_name]) != var_shape:
+            return ('mismatch', tuple(ckpt_shapes[ckpt_name]))
+        return ('ok', ckpt_name, reader.get_tensor(ckpt_name), ckpt_name)
+    fc_name = _fc_fallback_name(ckpt_name, ckpt_shapes)
+    if fc_name is None:
+        return ('missing',)
+    value = reader.get_tensor(fc_name)
+    try:
+        value = subsample_to_shape(value, var_shape)
+    except ValueError:
+        return ('mismatch', value.shape)
+    note = (f"{fc_name}" if tuple(ckpt_shapes[fc_name]) == var_shape else
+            f"{fc_name} subsampled {tuple(ckpt_shapes[fc_name])} -> {var_shape}")
+    return ('ok', fc_name, value, note)
 
 
 def _fc_fallback_name(ckpt_name, ckpt_shapes):

@@ -2,7 +2,8 @@
 -> encode -> batch.
 
 The augmentation and the anchor encoding are arguments (`preprocess_fn`, `encode_fn`), so this
-module imports neither `preprocessing/` nor `nets/`. Boxes are relative
+module imports neither `preprocessing/` nor `nets/`; `check_tfrecords` runs the same checks
+over a whole data set (the data check command). Boxes are relative
 `[ymin, xmin, ymax, xmax]` everywhere. `build_dataset` runs these steps, each a function
 below: source -> order (shuffle, repeat, skip `start`) -> load (decode; TFRecords are also
 parsed and checked, `tfrecord.check_example`) -> preprocess + encode -> batch. Every image is
@@ -50,8 +51,9 @@ import tensorflow as tf
 from ssd_tf.datasets import check as check_lib
 from ssd_tf.datasets import tfds as tfds_lib
 from ssd_tf.datasets import tfrecord as tfrecord_lib
+from ssd_tf.datasets import records as records_lib
 from ssd_tf.datasets.records import Record
-from ssd_tf.images import decode_image  # the one decoder (data.decode_image kept)
+from ssd_tf.images import decode_image  # the one decoder
 
 logger = logging.getLogger(__name__)
 
@@ -445,6 +447,26 @@ def checked_tfrecords(source, report, num_classes=None, max_pixels=None, label_i
                            report=report, layout=resolve_layout(files),
                            label_ids=label_ids, label_texts=label_texts).resolved()
     return _load_tfrecords(_order(ds, opts), opts, locate)
+
+
+def check_tfrecords(pattern, num_classes=None, strict=False, max_pixels=None, label_ids=None,
+                    label_texts=None):
+    """Scans every record of the TFRecord files matching `pattern` (a pattern or a list) with
+    the pipeline's checks (`checked_tfrecords`) and a decode of each image (`label_ids`: the
+    dataset ids of a label map with gaps, see `build_dataset`); returns
+    `(num_records, check.DataProblems)`. In strict mode the first problem raises DataError."""
+    problems = check_lib.DataProblems(strict=strict)
+    ds = checked_tfrecords(pattern, problems, num_classes=num_classes, max_pixels=max_pixels,
+                           label_ids=label_ids, label_texts=label_texts)
+    n = 0
+    try:
+        for position, _ in ds:  # the last element is the end marker, at position = count
+            n = int(position)
+    except tf.errors.OpError:
+        if problems.strict_error:
+            raise records_lib.DataError(problems.strict_error) from None
+        raise
+    return n, problems
 
 
 def _count_records(path):

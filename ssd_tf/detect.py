@@ -1,16 +1,18 @@
 """Runs an exported or trained SSD on image files and writes annotated PNGs and a JSON.
 
-Library code; the command line is the top-level script `detect.py` (`python -m ssd_tf.detect`
-delegates to it):
+Library code; the command line is the top-level script `detect.py` (also `ssd-detect`;
+`python -m ssd_tf.detect` hands over to it):
 
   python detect.py --model=/tmp/serving/ssd/1 --images=photos/ --output_dir=/tmp/det
   python detect.py --model=/tmp/serving/ssd/1/tflite/model_int8.tflite --images=a.jpg
   python detect.py --model=runs/ssd_small_synthetic --images=a.jpg,b.png
 
-model: a SavedModel directory (written by export_savedmodel.py), a `.tflite` file (labels
-from labels.txt beside it), or a training directory / checkpoint prefix; for the last, the
-network factory and the pre-processing are arguments (this module imports neither `nets/`
-nor `preprocessing/`; the script wires them).
+model: a SavedModel directory (written by export_savedmodel.py), a `.tflite` file, or what
+`ssd_tf.builder.load_model` takes (a training directory, a checkpoint prefix of ours or of the
+original slim SSD with model_name/num_classes, a Keras `.h5` weights file), run through the
+SavedModel's `DetectionModule` with the eval pre-processing. Class names:
+`datasets.labelmap.resolve_label_map` (label_map, the names the run or export recorded, a
+labels.txt beside the model, the names embedded in a .tflite).
 Outputs in output_dir, which may be an input folder: `<image file name>.png` per image
 (`a.jpg` -> `a.jpg.png`, so `a.jpg` and `a.png` do not collide; a name already taken by an
 input or another output gets `-2`, `-3`, ... before `.png`, so no input is ever overwritten),
@@ -32,9 +34,15 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from ssd_tf import export
+from preprocessing import ssd_vgg_preprocessing as prep
+from ssd_tf import builder
 from ssd_tf import images
+from ssd_tf import run_config
+from ssd_tf import tflite_metadata
 from ssd_tf import visualize
+from ssd_tf.datasets import labelmap as labelmap_lib
+from ssd_tf.export import saved_model as export_lib
+from ssd_tf.export import tflite_runtime
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 DETECTIONS_FILENAME = 'detections.json'
@@ -70,70 +78,64 @@ def check_output_dir(output_dir, flag='--output_dir'):
                          f"{e.strerror or e}") from None
 
 
-def _labels_near(directory):
-    from ssd_tf.datasets import labelmap as labelmap_lib
-    for d in (directory, os.path.join(directory, 'assets')):
-        if os.path.isfile(os.path.join(d, export.LABELS_FILENAME)):
-            return list(labelmap_lib.LabelMap.read(d).names)
-    return None
-
-
 def from_signature_output(out, index=0):
-    """Image `index` of a serving signature's batch output (`export.OUTPUT_KEYS`, arrays or
-    tensors) -> numpy `boxes [N, 4]`, `classes [N]` int64, `scores [N]` (N = its
-    num_detections)."""
+    """Image `index` of a serving signature's batch output
+    (`export.saved_model.OUTPUT_KEYS`, arrays or tensors) -> numpy `boxes [N, 4]`,
+    `classes [N]` int64, `scores [N]` (N = its num_detections)."""
     n = int(round(float(np.asarray(out['num_detections'])[index])))
     return {'boxes': np.asarray(out['detection_boxes'])[index, :n],
             'classes': np.asarray(out['detection_classes'])[index, :n].astype(np.int64),
             'scores': np.asarray(out['detection_scores'])[index, :n]}
 
 
-def make_detector(model_path, get_network=None, preprocess_factory=None, model_name=None,
-                  num_classes=None, label_map=None):
+def make_detector(model_path, model_name=None, num_classes=None, label_map=None):
     """`(detect, label_names)`: `detect(encoded bytes, image uint8 [H, W, 3])` -> dict of
     numpy `boxes [N, 4]` relative yxyx (original image), `classes [N]`, `scores [N]`.
 
-    model_path: SavedModel directory, `.tflite` file, or training directory / checkpoint.
-    get_network, preprocess_factory: needed for checkpoints (`nets_factory.get_network`;
-    `img_shape -> preprocess_fn` as `export.DetectionModule` takes).
+    model_path: SavedModel directory, `.tflite` file, or what `builder.load_model` takes
+    (model_name, num_classes: for a checkpoint without config.json). label_map: a label map
+    file (default: see the module docstring).
     """
-    from ssd_tf.datasets import labelmap as labelmap_lib
-    model_path = os.fspath(model_path)
-    labels = list(labelmap_lib.LabelMap.read(label_map).names) if label_map else None
-    if model_path.endswith('.tflite'):
-        det = export.TFLiteDetector(model_path)
+    kind, path = builder.resolve_source(model_path)
+    if kind == 'tflite':
+        det = tflite_runtime.TFLiteDetector(path)
 
         def detect(data, image):
             del data
             out = det(image)
             return {'boxes': out['detection_boxes'], 'classes': out['detection_classes'],
                     'scores': out['detection_scores']}
-        from ssd_tf import tflite_metadata
-        return detect, (labels or _labels_near(os.path.dirname(os.path.abspath(model_path)))
-                        or tflite_metadata.embedded_labels(model_path))
-    if os.path.isfile(os.path.join(model_path, 'saved_model.pb')):
-        loaded = tf.saved_model.load(model_path)
-        if export.BYTES_SIGNATURE not in loaded.signatures:
-            raise ValueError(f"--model={model_path}: SavedModel without a "
-                             f"{export.BYTES_SIGNATURE} signature")
-        fn = loaded.signatures[export.BYTES_SIGNATURE]
+        labels = labelmap_lib.resolve_label_map(
+            label_map, beside=[os.path.dirname(os.path.abspath(path))],
+            fallback=lambda: tflite_metadata.embedded_labels(path))
+        return detect, _names(labels)
+    if kind == 'saved_model':
+        loaded = tf.saved_model.load(path)
+        if export_lib.BYTES_SIGNATURE not in loaded.signatures:
+            raise ValueError(f"--model={path}: SavedModel without a "
+                             f"{export_lib.BYTES_SIGNATURE} signature")
+        fn = loaded.signatures[export_lib.BYTES_SIGNATURE]
 
         def detect(data, image):
             del image
-            return from_signature_output(fn(**{export.BYTES_INPUT: tf.constant([data])}))
-        return detect, labels or _labels_near(model_path)
-    if get_network is None or preprocess_factory is None:
-        raise ValueError(f"--model={model_path} is a checkpoint: the network factory and the "
-                         f"pre-processing are needed to build it")
-    net, model, names, _ = export.load_from_checkpoint(model_path, get_network, model_name,
-                                                       num_classes, label_map)
-    module = export.DetectionModule(net, model,
-                                    preprocess_factory(tuple(net.params.img_shape)))
+            return from_signature_output(fn(**{export_lib.BYTES_INPUT: tf.constant([data])}))
+        recorded = run_config.read_run_config(path)
+        labels = labelmap_lib.resolve_label_map(
+            label_map, recorded_names=recorded.label_names, recorded_ids=recorded.label_ids,
+            beside=[path])
+        return detect, _names(labels)
+    built = builder.load_model(model_path, model_name, num_classes, label_map=label_map)
+    module = export_lib.DetectionModule(
+        built.net, built.model, prep.image_preprocess_fn(tuple(built.net.params.img_shape)))
 
     def detect(data, image):
         del image
         return from_signature_output(module.detect_bytes(tf.constant([data])))
-    return detect, labels or names
+    return detect, built.label_names
+
+
+def _names(label_map):
+    return None if label_map is None else list(label_map.names)
 
 
 def output_paths(image_paths, output_dir):
@@ -286,6 +288,9 @@ def run(detect, image_paths, output_dir, label_names=None, score_threshold=0.3,
     return writer.results
 
 
+
 if __name__ == '__main__':
-    import detect as detect_script  # the top-level script (repository root or installed)
-    detect_script.run_main()
+    # `python -m ssd_tf.detect`: the program is the top-level script detect.py; run it without
+    # importing it (the library imports no program).
+    import runpy
+    runpy.run_module('detect', run_name='__main__', alter_sys=True)

@@ -35,8 +35,6 @@ from ssd_tf import images
 from ssd_tf import metrics as metrics_lib
 from ssd_tf import postprocess
 from ssd_tf import visualize
-# Moved to postprocess (decode + NMS glue); re-exported for existing callers.
-from ssd_tf.postprocess import detections_from_raw  # noqa: F401
 
 
 # Detection defaults of the slim eval script (eval_ssd_network.py), defined in postprocess.
@@ -51,9 +49,6 @@ _GT_PIXEL_DECIMALS = 4
 
 
 # ---------------------------------------------------------------------------- data
-# The image-bytes reader and the drawing decoder live in ssd_tf.images (old names kept).
-_record_bytes = images.read_image_bytes
-decode_record_image = images.decode_record_image
 
 
 # ---------------------------------------------------------------------------- detectors
@@ -71,8 +66,9 @@ def keras_detector(model, net, select_threshold=SELECT_THRESHOLD, nms_threshold=
     @tf.function(reduce_retracing=True)
     def detect(images):
         out = model(images, training=False)
-        return detections_from_raw(out['predictions'], out['localisations'], net, anchors,
-                                   select_threshold, nms_threshold, top_k, keep_top_k)
+        return postprocess.detections_from_raw(out['predictions'], out['localisations'], net,
+                                               anchors, select_threshold, nms_threshold,
+                                               top_k, keep_top_k)
     return detect
 
 
@@ -101,8 +97,8 @@ def saved_model_detector(path, net=None, select_threshold=SELECT_THRESHOLD,
     """A detector from an exported SavedModel directory (with saved_model.pb).
 
     Uses the `signature` (default serving_default) when present, else calls the loaded object.
-    - A signature taking a string tensor (`ssd_tf.export`'s `image_bytes`) is end to end: it
-      gets the encoded image files and returns boxes relative to the ORIGINAL image; the
+    - A signature taking a string tensor (`ssd_tf.export.saved_model`'s `image_bytes`) is end
+      to end: it gets the encoded image files and returns boxes relative to the ORIGINAL image; the
       detector then has `input_kind = 'encoded'` (see `run_evaluation`). Such a model applies
       the thresholds it was exported with (the arguments here do not apply).
     - Otherwise it gets the pre-processed images (`input_kind = 'preprocessed'`); its outputs
@@ -167,8 +163,8 @@ def saved_model_detector(path, net=None, select_threshold=SELECT_THRESHOLD,
         if net is None:
             raise ValueError(f"SavedModel {path} returns raw per-layer outputs; the network "
                              f"(--model_name) is needed to decode them")
-        return detections_from_raw(preds, locs, net, anchors, select_threshold, nms_threshold,
-                                   top_k, keep_top_k)
+        return postprocess.detections_from_raw(preds, locs, net, anchors, select_threshold,
+                                               nms_threshold, top_k, keep_top_k)
     detect.input_kind = input_kind
     return detect
 
@@ -410,7 +406,7 @@ def _grid_samples(run, records, num_images):
             image = images.decode_image(encoded, where=f'evaluated image {idx}').numpy()
         elif records is not None:
             boxes, labels = records[idx].boxes, records[idx].labels
-            image = decode_record_image(records[idx])
+            image = images.decode_record_image(records[idx])
         else:
             continue
         out.append((idx, image, np.asarray(boxes).reshape(-1, 4),
@@ -556,9 +552,3 @@ def warn_if_training_split(config, dataset_name, dataset_dir, split, stream=None
           f"held-out data", file=stream or sys.stderr)
     return True
 
-
-# ---------------------------------------------------------------------------- checkpoints
-# Run config and checkpoint resolution live in ssd_tf.run_config; these names stay importable.
-from ssd_tf.run_config import (  # noqa: E402,F401  (re-exports)
-    CONFIG_FILENAME, EXPORT_CONFIG_FILENAME, checkpoint_step, read_run_config, resolve_checkpoint,
-    restore_model)

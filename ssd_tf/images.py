@@ -1,6 +1,6 @@
 """The one image decoder of the project, and the byte-level checks that run before it.
 
-Training (`data.py`), evaluation, the SavedModel signatures (`export.py`), `detect` and the
+Training (`data.py`), evaluation, the SavedModel signatures (`export/`), `detect` and the
 dataset readers (`datasets/records.py`) all decode with `decode_image`, so a limit set here
 holds at every entry point. Before any pixel is decoded, `encoded_image_problem` reads only
 the file's header and tail:

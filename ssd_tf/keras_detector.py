@@ -5,8 +5,8 @@ Keras `Model` API. `train_step`/`test_step` run the one training loss
 (`training.count_positives` + `training.replica_losses`, what train_ssd.py's step runs) on
 batches of `data.build_dataset` with an `encode_fn` (`detector.encode_targets`);
 `predict_step` runs `postprocess.detections_from_raw`; `export` writes the SavedModel of
-`export.export_saved_model` (the `DetectionModule` of export_savedmodel.py); `from_checkpoint`
-loads a train_ssd.py run with `export.load_from_checkpoint` (`run_config.restore_model`).
+`export.saved_model.export_saved_model` (the `DetectionModule` of export_savedmodel.py);
+`from_checkpoint` loads a run or a checkpoint with `builder.load_model`, as every command does.
 
 Inputs: `call()` and the training batches take pre-processed float images `[B, h, w, 3]` (RGB
 minus the VGG means, what the pipeline's `preprocess_fn` gives). `predict` takes uint8 RGB
@@ -15,19 +15,21 @@ in the export) or such float pre-processed images, or a dataset of either, and r
 `{'boxes' [B, K, 4] yxyx relative, 'classes' [B, K] int32 1..C-1, 'scores' [B, K],
 'num_detections' [B] int32}` (K = keep_top_k; rows past num_detections are zero).
 
-The network is rebuilt from its name by `nets.nets_factory` when a `.keras` file is loaded and
-the eval pre-processing comes from `preprocessing`: this is the one core module that wires
-them (lazily, in `_network_class` and `_eval_preprocess`), because Keras' `load_model` can only
-pass a config, not the factories.
+The network is rebuilt from its name by `nets.nets_factory` when a `.keras` file is loaded
+(Keras' `load_model` can only pass a config) and the eval pre-processing comes from
+`preprocessing`.
 """
 import dataclasses
 
 import keras
 import tensorflow as tf
 
-from ssd_tf import export as export_lib
+from nets import nets_factory
+from preprocessing import ssd_vgg_preprocessing as prep
+from ssd_tf import builder
 from ssd_tf import postprocess
 from ssd_tf import training as training_lib
+from ssd_tf.export import saved_model as export_lib
 
 # train_ssd.py --weight_decay (slim's L2 scale on every conv kernel).
 DEFAULT_WEIGHT_DECAY = 0.0005
@@ -40,19 +42,12 @@ _TUPLE_LIST_FIELDS = ('feat_shapes', 'anchor_sizes')
 
 def _network_class(name):
     """`nets.nets_factory.get_network(name)` (ValueError naming the choices)."""
-    from nets import nets_factory
     return nets_factory.get_network(name)
-
-
-def _slim_variable_map(model):
-    from nets import ssd_vgg_keras
-    return ssd_vgg_keras.slim_variable_map(model)
 
 
 def _eval_preprocess(img_shape):
     """The evaluation pre-processing of export_savedmodel.py: `image uint8 [H, W, 3] ->
     (float32 [h, w, 3] warped to img_shape minus the VGG means, bbox_img [4])`."""
-    from preprocessing import ssd_vgg_preprocessing as prep
     return prep.image_preprocess_fn(img_shape)
 
 
@@ -133,7 +128,7 @@ class SSDDetector(keras.Model):
         self.weight_decay = float(weight_decay or 0.)
         self.network = model if model is not None else \
             net.keras_model(weight_decay=self.weight_decay)
-        export_lib._check_model(net, self.network)  # pylint: disable=protected-access
+        export_lib.check_model(net, self.network)
         if bool(self.network.losses) != bool(self.weight_decay):
             raise ValueError(f"SSDDetector: weight_decay={self.weight_decay} but the model was "
                              f"built {'with' if self.network.losses else 'without'} weight "
@@ -167,13 +162,12 @@ class SSDDetector(keras.Model):
         gives its averaged weights) or of a slim checkpoint (pass model_name, num_classes).
         `model_name`/`num_classes` that contradict the run are a ValueError naming both."""
         try:
-            net, model, label_names, _ = export_lib.load_from_checkpoint(
-                checkpoint_path, _network_class, model_name, num_classes, label_map,
-                slim_variable_map_fn=_slim_variable_map)
+            built = builder.load_model(checkpoint_path, model_name, num_classes,
+                                       label_map=label_map)
         except ValueError as e:
             raise ValueError(f"SSDDetector.from_checkpoint({checkpoint_path!r}): {e}") from None
-        detector = cls(net, label_names=label_names, **kwargs)
-        detector.network.set_weights(model.get_weights())
+        detector = cls(built.net, label_names=built.label_names, **kwargs)
+        detector.network.set_weights(built.model.get_weights())
         return detector
 
     def get_config(self):

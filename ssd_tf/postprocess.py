@@ -42,16 +42,6 @@ DETECTION_DEFAULTS = dict(select_threshold=SELECT_THRESHOLD, nms_threshold=NMS_T
                           top_k=SELECT_TOP_K, keep_top_k=KEEP_TOP_K)
 
 
-def define_detection_flags(flags):
-    """Defines `--select_threshold`, `--nms_threshold` and `--select_top_k` (the slim names)
-    with these defaults on an absl `flags` module; eval_ssd.py and export_savedmodel.py share
-    them (each adds its own count flag: --keep_top_k, --max_detections)."""
-    flags.DEFINE_float('select_threshold', SELECT_THRESHOLD,
-                       'Score threshold: class scores below it are not detections.')
-    flags.DEFINE_float('nms_threshold', NMS_THRESHOLD, 'Non-maximum suppression IoU threshold.')
-    flags.DEFINE_integer('select_top_k', SELECT_TOP_K, 'Candidates per class before NMS.')
-
-
 def _flatten_layers(predictions, localisations):
     """Per-layer `[B, H, W, A, C]` / `[B, H, W, A, 4]` -> `[B, K, C]` and `[B, K, 4]`."""
     if len(predictions) != len(localisations):

@@ -1,4 +1,4 @@
-"""A training run's configuration and its checkpoints: the one place that reads and writes them.
+"""A training run's configuration (`config.json`, read and written here) and its checkpoints.
 
 `RunConfig` is the typed form of the `config.json` that `train_ssd.py` writes next to its
 checkpoints (every training flag plus what the run resolved: num_classes, image_shape,
@@ -9,11 +9,11 @@ unchanged. `run_params` rebuilds a run's network parameters (its fitted anchors 
 
 `resolve_checkpoint` says what a `--checkpoint_path` is (a SavedModel, an object-based TF2
 checkpoint or a name-based slim one), `checkpoint_step` its training step, `read_run_config`
-finds the config beside it and `restore_model` loads its weights into a Keras model (the
-moving averages of the weights when asked and stored).
+finds the config beside it, `has_moving_average`/`moving_average_item` name where a checkpoint
+keeps the moving averages of the weights. Loading weights into a model is
+`ssd_tf.builder`'s job; writing checkpoints is `ssd_tf.training`'s.
 """
 import dataclasses
-import gc
 import json
 import os
 import sys
@@ -250,7 +250,7 @@ def read_run_config(checkpoint_path):
     """The RunConfig of the run beside a checkpoint; an empty RunConfig (falsy) if none.
 
     Looked for in the checkpoint's directory (the train_dir) and its parent; for a SavedModel
-    of `ssd_tf.export` also `assets/export_config.json`.
+    of `ssd_tf.export.saved_model` also `assets/export_config.json`.
     """
     path = os.fspath(checkpoint_path)
     base = path if tf.io.gfile.isdir(path) else os.path.dirname(path)
@@ -500,69 +500,3 @@ def moving_average_item(variables):
     item = tf.Module()
     item.averages = {str(i): v for i, v in variables}
     return item
-
-
-def _quiet_collect(ckpt):
-    """A failed restore leaves a Checkpoint with unrestored values that logs one warning per
-    optimizer slot when collected; collect it quietly so the error stands alone."""
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel('ERROR')
-    try:
-        del ckpt
-        gc.collect()
-    finally:
-        logger.setLevel(level)
-
-
-def restore_model(model, kind, path, slim_variable_map=None, model_scope=None,
-                  moving_average=False):
-    """Restores `model` weights from a checkpoint resolved by `resolve_checkpoint`.
-
-    'tf2': `tf.train.Checkpoint(model=model)`; every model variable must be in the checkpoint.
-    With `moving_average=True` the trained weights then get their moving averages from the
-    checkpoint (ValueError when it holds none). 'slim':
-    `ssd_tf.checkpoints.load_slim_checkpoint(slim_variable_map, ...)`; pass the map (e.g.
-    `nets.ssd_vgg_keras.slim_variable_map(model)`). Shape mismatches (usually another
-    --num_classes or --model_name than at training) are ValueErrors naming the path and flags.
-    """
-    hint = (f"check --model_name and --num_classes, and the anchors (anchors per location "
-            f"size the heads: --anchors and the anchor_shapes of the run's config.json); they "
-            f"must match the network that wrote {path}")
-    if kind == 'tf2':
-        ckpt = tf.train.Checkpoint(model=model)
-        error = None
-        try:
-            status = ckpt.restore(path)
-            status.expect_partial()
-            status.assert_existing_objects_matched()
-        except (ValueError, AssertionError, tf.errors.OpError) as e:
-            error = f"cannot restore the model from --checkpoint_path={path}: {e}\n{hint}"
-        if error is None:
-            if moving_average:
-                restore_moving_average(model, path)
-            return status
-        _quiet_collect(ckpt)
-        raise ValueError(error)
-    if kind == 'slim':
-        from ssd_tf import checkpoints as checkpoints_lib
-        if slim_variable_map is None:
-            raise ValueError(f"{path} is a slim (name-based) checkpoint; a slim variable map "
-                             f"of the model is needed to load it")
-        try:
-            return checkpoints_lib.load_slim_checkpoint(
-                slim_variable_map, path, model_scope=model_scope or model.name)
-        except ValueError as e:
-            raise ValueError(f"cannot load the slim checkpoint --checkpoint_path={path}: {e}\n"
-                             f"{hint}") from e
-    raise ValueError(f"unknown checkpoint kind {kind!r} for {path}")
-
-
-def restore_moving_average(model, path):
-    """Overwrites the trained weights of `model` with the moving averages stored in the TF2
-    checkpoint `path` (variables that were not trained keep the checkpoint's values)."""
-    if not has_moving_average(path):
-        raise ValueError(f"{path} holds no moving averages of the weights (the run was not "
-                         f"trained with --moving_average_decay)")
-    item = moving_average_item(enumerate(model.trainable_variables))
-    tf.train.Checkpoint(**{MOVING_AVERAGE_ITEM: item}).restore(path).expect_partial()

@@ -1,5 +1,8 @@
 """A client of the SSD served by TensorFlow Serving: writes what `ssd_tf.detect` writes.
 
+The command is `ssd_tf.cli.serving_client` (`ssd-serving-client`; `python -m
+ssd_tf.serving_client` hands over to it):
+
   python -m ssd_tf.serving_client --server http://localhost:8501 --images photos/ \\
       --export_dir /tmp/ssd_export/1 --output_dir detections
   python -m ssd_tf.serving_client --server localhost:8500 --protocol grpc --images a.jpg
@@ -35,7 +38,6 @@ import http.client
 import json
 import os
 import re
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -44,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssd_tf import detect as detect_lib
-from ssd_tf import export
+from ssd_tf.export import saved_model as export
 from ssd_tf import images
 
 DEFAULT_MAX_FILE_BYTES = 64 << 20      # one image file; a 200 MP JPEG is ~30-60 MB
@@ -343,69 +345,8 @@ def run(client, image_paths, output_dir, label_names=None, score_threshold=0.3,
     return writer.results
 
 
-def main(argv=None):
-    """The command line (see the module docstring); returns the exit code."""
-    import argparse
-    from ssd_tf import run_config
-    ap = argparse.ArgumentParser(prog='python -m ssd_tf.serving_client',
-                                 description=__doc__.split('\n')[0])
-    ap.add_argument('--server', required=True, help="REST: http://host:8501; gRPC: host:8500")
-    ap.add_argument('--images', required=True,
-                    help='image files and/or folders, comma-separated')
-    ap.add_argument('--model_name', default='ssd', help="the server's MODEL_NAME")
-    ap.add_argument('--model_version', type=int, default=None,
-                    help='a version to ask for (default: the latest the server has)')
-    ap.add_argument('--signature', default=export.BYTES_SIGNATURE)
-    ap.add_argument('--output_dir', default='detections')
-    ap.add_argument('--protocol', choices=('rest', 'grpc'), default='rest')
-    ap.add_argument('--columnar', action='store_true',
-                    help='REST: send {"inputs": ...} (columnar) instead of {"instances": ...}')
-    ap.add_argument('--export_dir', default=None,
-                    help='the served version directory: class names and request limits '
-                         'from its assets/export_config.json')
-    ap.add_argument('--labels', default=None, help='labels.txt (overrides --export_dir)')
-    ap.add_argument('--max_batch_size', type=int, default=None,
-                    help='images per request (default: the export\'s max_batch_size, else 64)')
-    ap.add_argument('--max_image_pixels', type=int, default=None,
-                    help='images over this (from the header) are not sent (default: the '
-                         'export\'s max_image_pixels, else 200 MP)')
-    ap.add_argument('--max_file_bytes', type=int, default=DEFAULT_MAX_FILE_BYTES)
-    ap.add_argument('--max_request_bytes', type=int, default=DEFAULT_MAX_REQUEST_BYTES)
-    ap.add_argument('--score_threshold', type=float, default=0.3)
-    ap.add_argument('--timeout', type=float, default=60., help='seconds per request')
-    args = ap.parse_args(argv)
-    try:
-        labels, config = read_export_info(args.export_dir) if args.export_dir else \
-            (None, run_config.RunConfig())
-        if args.labels:
-            from ssd_tf.datasets import labelmap as labelmap_lib
-            labels = list(labelmap_lib.LabelMap.read(args.labels).names)
-        for flag in ('max_batch_size', 'max_file_bytes', 'max_request_bytes', 'max_image_pixels'):
-            value = getattr(args, flag)
-            if value is not None and value <= 0:
-                raise ValueError(f"--{flag}={value} must be positive")
-        if args.columnar and args.protocol != 'rest':
-            raise ValueError("--columnar applies to --protocol=rest")
-        detect_lib.check_output_dir(args.output_dir)  # before talking to the server
-        kind = RestClient if args.protocol == 'rest' else GrpcClient
-        extra = {'columnar': args.columnar} if args.protocol == 'rest' else {}
-        client = kind(args.server, args.model_name, args.model_version, args.signature,
-                      args.timeout, **extra)
-        check_signature(client.signatures(), args.signature,
-                        f"--server={args.server} model {args.model_name!r}")
-        paths = detect_lib.list_images([p for p in args.images.split(',') if p])
-        results = run(client, paths, args.output_dir, labels, args.score_threshold,
-                      args.max_batch_size or config.get('max_batch_size') or
-                      export.MAX_BATCH_SIZE,
-                      args.max_image_pixels or config.get('max_image_pixels') or
-                      images.DEFAULT_MAX_PIXELS,
-                      args.max_file_bytes, args.max_request_bytes)
-    except (ValueError, ServingError) as err:
-        print(f"serving_client: error: {err}", file=sys.stderr)
-        return 2
-    print(detect_lib.summary(results, args.output_dir))
-    return 0
-
-
 if __name__ == '__main__':
-    sys.exit(main())
+    # The command is ssd_tf.cli.serving_client,
+    # run without importing it (the library imports no program).
+    import runpy
+    runpy.run_module('ssd_tf.cli.serving_client', run_name='__main__', alter_sys=True)

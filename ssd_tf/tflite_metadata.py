@@ -10,7 +10,7 @@ object_detector`, PyPI `mediapipe`, the extra `pip install -e '.[mobile]'`):
   input), `category [1, K]` (float, 0-based: line i of the embedded label file is category i),
   `score [1, K]`, `number of detections [1]`.
 The writer pairs the four outputs with their meaning by ascending tensor index (the port order
-of TFLite_Detection_PostProcess); `ssd_tf.export.convert_tflite` orders both the outputs and
+of TFLite_Detection_PostProcess); `ssd_tf.export.tflite.convert_tflite` orders both the outputs and
 their tensor indices that way.
 
 - `resolve_mode(mode)`: the `--tflite_metadata` flag (auto|on|off) -> write or not; `on`

@@ -36,9 +36,6 @@ import numpy as np
 import tensorflow as tf
 
 from ssd_tf import run_config
-# The run config moved to ssd_tf.run_config; the old names stay importable.
-from ssd_tf.run_config import CONFIG_FILENAME as CONFIG_FILE  # noqa: F401
-from ssd_tf.run_config import write_run_config as write_config  # noqa: F401
 
 _LOG = logging.getLogger(__name__)
 

@@ -319,29 +319,23 @@ def test_auto_run_reports_and_stores_its_anchors(auto_run):
 
 
 def test_export_and_eval_build_the_run_with_its_fitted_anchors(auto_run):
-    from ssd_tf import export
+    from ssd_tf import builder
     train_dir, _ = auto_run
     cfg = run_config.RunConfig.read(str(train_dir))
     want = SSDNet(run_config.run_params(
         nets_factory.get_network('ssd_small').default_params, cfg)).anchors()
     assert not np.allclose(want[0][2], nets_factory.get_network('ssd_small')().anchors()[0][2])
-    net, model, _, _ = export.load_from_checkpoint(str(train_dir), nets_factory.get_network)
+    net = builder.load_model(str(train_dir)).net
     for a, b in zip(net.anchors(), want):
         assert all(np.array_equal(u, v) for u, v in zip(a, b))
-    import eval_ssd
-    from absl import flags
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(['eval_ssd', f'--checkpoint_path={train_dir}'])
-    try:
-        net = eval_ssd.build_net(nets_factory.get_network, 'ssd_small', 5, cfg)
-    finally:
-        flags.FLAGS.unparse_flags()
+    # eval_ssd.py builds its network with builder.resolve_network (an --eval_image_size too)
+    net = builder.resolve_network(cfg, str(train_dir), 'ssd_small', 5)
     for a, b in zip(net.anchors(), want):
         assert all(np.array_equal(u, v) for u, v in zip(a, b))
 
 
 def test_a_checkpoint_whose_heads_do_not_match_the_anchors_is_refused(auto_run, tmp_path):
-    from ssd_tf import export
+    from ssd_tf import builder
     train_dir, _ = auto_run
     other = tmp_path / 'run'
     shutil.copytree(train_dir, other)
@@ -349,7 +343,7 @@ def test_a_checkpoint_whose_heads_do_not_match_the_anchors_is_refused(auto_run, 
     cfg['anchor_shapes'] = [layer[:2] for layer in cfg['anchor_shapes']]  # 2 anchors, not 4
     (other / 'config.json').write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match='anchors'):
-        export.load_from_checkpoint(str(other), nets_factory.get_network)
+        builder.load_model(str(other))
 
 
 def test_resume_keeps_the_saved_anchors_on_other_data(auto_run, tmp_path):
@@ -384,9 +378,10 @@ def test_auto_anchors_with_reference_compat_is_refused(tmp_path):
 
 
 def test_report_command_and_data_check_print_the_coverage(tmp_path, capsys):
-    from ssd_tf.datasets import check
+    from ssd_tf.cli import anchors as anchors_cli
+    from ssd_tf.cli import check_data as check
     out = str(tmp_path / 'cov.json')
-    assert anchors_report.main(['--dataset_name', 'synthetic', '--num_images', '30',
+    assert anchors_cli.main(['--dataset_name', 'synthetic', '--num_images', '30',
                                 '--model_name', 'ssd_small', '--anchors', 'auto',
                                 '--json', out]) == 0
     text = capsys.readouterr().out
@@ -397,6 +392,6 @@ def test_report_command_and_data_check_print_the_coverage(tmp_path, capsys):
     assert check.main(['--dataset_name', 'synthetic', '--num_images', '30',
                        '--model_name', 'ssd_small']) == 0
     assert 'anchor coverage of ssd_small (default anchors)' in capsys.readouterr().out
-    assert anchors_report.main(['--dataset_name', 'voc', '--dataset_dir',
+    assert anchors_cli.main(['--dataset_name', 'voc', '--dataset_dir',
                                 str(tmp_path / 'nowhere')]) == 2
     assert 'nowhere' in capsys.readouterr().err

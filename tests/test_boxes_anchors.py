@@ -105,7 +105,8 @@ def test_flip_left_right_is_an_involution_keeping_area(seed):
 def test_to_original_relative_numpy_and_tf_paths_agree():
     # evaluation (numpy, one image) and export (tf, a batch) both go through boxes.reframe +
     # clip_boxes; bbox_img [0, .25, 1, .75] = an image padded left and right.
-    from ssd_tf import evaluation, export
+    from ssd_tf import evaluation
+    from ssd_tf.export import saved_model as export
     det = np.array([[.25, .5, .5, 1.], [0., 0., .1, .1]], np.float32)
     bbox_img = np.array([0., .25, 1., .75], np.float32)
     a = evaluation.to_original_relative(det, bbox_img)
@@ -141,14 +142,12 @@ def test_anchor_counts_and_ratio_direction():
     a512 = ssd_vgg_512.SSDNet().anchors()
     assert sum(anchors_lib.num_boxes_per_layer(a300)) == 8732
     assert sum(anchors_lib.num_boxes_per_layer(a512)) == 24564
-    assert anchors_lib.num_anchors_per_layer is anchors_lib.num_boxes_per_layer  # old name
     # The network's heads count A per cell: 4, 6, 6, 6, 4, 4 for SSD300 (38*38*4 = 5776 ...).
     from nets import ssd_vgg_keras
     per_cell = ssd_vgg_keras.num_anchors_per_location(ssd_vgg_300.SSDNet.default_params)
     assert per_cell == [4, 6, 6, 6, 4, 4]
     assert [h * w * a for (h, w), a in zip(ssd_vgg_300.SSDNet.default_params.feat_shapes,
                                            per_cell)] == anchors_lib.num_boxes_per_layer(a300)
-    assert ssd_vgg_keras.num_anchors_per_layer is ssd_vgg_keras.num_anchors_per_location
     for (y, x, h, w), ratios in zip(a300, ssd_vgg_300.SSDNet.default_params.anchor_ratios):
         # aspect ratio means w / h, anchors 2.. follow the ratio list.
         np.testing.assert_allclose(w[2:] / h[2:], ratios, rtol=1e-5)

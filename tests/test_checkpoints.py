@@ -311,29 +311,35 @@ def test_run_config_round_trips_and_keeps_unknown_keys(tmp_path):
 
 
 def test_one_home_for_checkpoint_resolution():
+    # no second copy of the checkpoint and run-config helpers: each has one home
+    from ssd_tf import builder
+    from ssd_tf import checkpoints
     from ssd_tf import evaluation
-    from ssd_tf import export
     from ssd_tf import run_config
     from ssd_tf import training
+    from ssd_tf.export import saved_model as export
     for name in ('resolve_checkpoint', 'checkpoint_step', 'read_run_config', 'restore_model',
                  'CONFIG_FILENAME', 'EXPORT_CONFIG_FILENAME'):
-        assert getattr(evaluation, name) is getattr(run_config, name), name
+        assert not hasattr(evaluation, name), name
+    assert not hasattr(training, 'CONFIG_FILE') and not hasattr(training, 'write_config')
+    assert not hasattr(checkpoints, 'resolve_checkpoint_path')
+    assert not hasattr(run_config, 'restore_model') and callable(builder.restore_model)
     assert export.EXPORT_CONFIG_FILENAME is run_config.EXPORT_CONFIG_FILENAME
-    assert training.CONFIG_FILE == run_config.CONFIG_FILENAME
-    assert training.write_config is run_config.write_run_config
-    assert not hasattr(export, '_config_value')
+    assert not hasattr(export, 'load_from_checkpoint')
 
 
-def test_resolve_checkpoint_path_is_resolve_checkpoint(tmp_path):
-    # The old helper returned a missing prefix unchanged; it now fails as resolve_checkpoint
-    # does, naming the path.
+def test_load_slim_checkpoint_resolves_like_resolve_checkpoint(tmp_path):
+    # load_slim_checkpoint resolves its path with run_config.resolve_checkpoint: a missing
+    # prefix is an error naming it, a directory gives its latest checkpoint.
+    var = tf.Variable(np.ones(2, np.float32))
     missing = str(tmp_path / 'model.ckpt-5')
     with pytest.raises(ValueError, match='model.ckpt-5 does not exist'):
-        checkpoints.resolve_checkpoint_path(missing)
-    prefix = write_tf1_checkpoint(str(tmp_path / 'model.ckpt-7'),
-                                  {'w': np.zeros(2, np.float32)})
+        checkpoints.load_slim_checkpoint({'w': var}, missing, model_scope=None)
+    write_tf1_checkpoint(str(tmp_path / 'model.ckpt-7'), {'w': np.zeros(2, np.float32)})
     (tmp_path / 'checkpoint').write_text('model_checkpoint_path: "model.ckpt-7"\n')
-    assert checkpoints.resolve_checkpoint_path(str(tmp_path)) == prefix
+    report = checkpoints.load_slim_checkpoint({'w': var}, str(tmp_path), model_scope=None)
+    assert report.source.endswith('model.ckpt-7')
+    np.testing.assert_array_equal(var.numpy(), [0., 0.])  # the file's zeros replaced the ones
 
 
 @pytest.mark.parametrize('key, now', [

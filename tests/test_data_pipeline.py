@@ -13,6 +13,7 @@ import tensorflow as tf
 from ssd_tf import anchors as anchors_lib
 from ssd_tf import data
 from ssd_tf import encoding
+from ssd_tf.cli import check_data as check_cli
 from ssd_tf.datasets import check as check_lib
 from ssd_tf.datasets import records, synthetic, tfrecord
 
@@ -403,11 +404,11 @@ def test_check_command_names_every_bad_record_and_exits_1_with_strict_data(tmp_p
     pattern = str(tmp_path / 'x_*.tfrecord')
     # The two shards' label texts disagree: the name most records give label 2 is 'x', also
     # label 1's, so 'x' would stand for two labels: reported...
-    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern]) == 0
+    assert check_cli.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern]) == 0
     assert "class 'x' has labels 1 and 2" in capsys.readouterr().out
     # ... unless --label_map says which names are right (its 2 classes give C = 3).
     names = _write_labels(tmp_path / 'names.txt')
-    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern,
+    assert check_cli.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern,
                            '--label_map', names]) == 0
     out = capsys.readouterr().out
     assert '16 records read' in out and '9 records skipped' in out
@@ -415,15 +416,15 @@ def test_check_command_names_every_bad_record_and_exits_1_with_strict_data(tmp_p
         assert f'{path} record {index}: ' in out, index
     assert 'looks written in pixel coordinates' in out
     assert 'label out of range' in out  # g2 has label 3, outside [1, 3)
-    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern,
+    assert check_cli.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern,
                            '--num_classes', '3', '--strict_data']) == 1
     clean = str(tmp_path / 'x_ok_*.tfrecord')
-    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', clean,
+    assert check_cli.main(['--dataset_name', 'tfrecord', '--dataset_dir', clean,
                            '--strict_data']) == 0
     out = capsys.readouterr().out
     assert '0 records skipped, 0 boxes dropped' in out
     assert "['circle', 'cross', 'rectangle']" in out  # the classes in the records' label_text
-    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir',
+    assert check_cli.main(['--dataset_name', 'tfrecord', '--dataset_dir',
                            str(tmp_path / 'none_*.tfrecord')]) == 2
 
 
@@ -474,7 +475,7 @@ def test_a_truncated_shard_is_named_by_the_check_and_does_not_stop_eval(tmp_path
     with open(paths[0], 'wb') as f:
         f.write(whole[:-100])  # shard 0 (records 0, 2, 4) loses the end of its last record
     pattern = str(tmp_path / 's_*.tfrecord')
-    assert check_lib.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern,
+    assert check_cli.main(['--dataset_name', 'tfrecord', '--dataset_dir', pattern,
                            '--strict_data']) == 1
     assert f'{paths[0]} record 2 (the file ends inside this record' in capsys.readouterr().out
     report = check_lib.DataProblems()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ssd_tf.datasets import coco, convert, factory, labelmap, records, synthetic, tfrecord, voc
+from ssd_tf.cli import convert
+from ssd_tf.datasets import coco, factory, labelmap, records, synthetic, tfrecord, voc
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
 
@@ -571,7 +572,7 @@ def test_factory_loads_each_kind(tmp_path):
 
 
 def test_check_command_on_reader_data_sets(bad_voc, tmp_path, capsys):
-    from ssd_tf.datasets import check
+    from ssd_tf.cli import check_data as check
     args = ['--dataset_name', 'voc', '--dataset_dir', bad_voc, '--label_map']
     label_file = LABELS.write(str(tmp_path / 'labels.txt'))
     assert check.main(args + [label_file]) == 0

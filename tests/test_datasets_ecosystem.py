@@ -17,7 +17,9 @@ import conftest
 import eval_ssd
 from ssd_tf import data as data_lib
 from ssd_tf.datasets import check as check_lib
-from ssd_tf.datasets import convert
+from ssd_tf.cli import convert
+from ssd_tf.cli import tfds as tfds_cli
+from ssd_tf.data import check_tfrecords
 from ssd_tf.datasets import factory
 from ssd_tf.datasets import labelmap
 from ssd_tf.datasets import tfds as tfds_lib
@@ -333,9 +335,9 @@ def test_tfds_not_prepared_names_the_command_and_nothing_is_downloaded(tmp_path)
 
 def test_tfds_prepare_command_prepares_on_request(mock_tfds, capsys):
     # under the mock, tfds's download_and_prepare is a no-op: the command's own path runs
-    assert tfds_lib.main(['voc/2007', '--data_dir', '/nonexistent/tfds']) == 0
+    assert tfds_cli.main(['voc/2007', '--data_dir', '/nonexistent/tfds']) == 0
     assert 'voc/2007 prepared in /nonexistent/tfds' in capsys.readouterr().out
-    assert tfds_lib.main(['no_such_set_xyz']) == 2
+    assert tfds_cli.main(['no_such_set_xyz']) == 2
     assert 'not a tfds data set' in capsys.readouterr().err
 
 
@@ -473,7 +475,7 @@ def test_od_api_records_with_gapped_ids_get_contiguous_labels_and_unknown_ids_ar
     example = problems.examples[tfrecord.LABEL_NOT_IN_MAP][0]
     assert f"{shard} record 1" in example and '(label 5,' in example  # the record's own id
     # the data check tool maps alike (without the map, 90 would be 'label out of range')
-    n, checked = check_lib.check_tfrecords(shard, num_classes=4, label_ids=GAPPED_IDS)
+    n, checked = check_tfrecords(shard, num_classes=4, label_ids=GAPPED_IDS)
     assert n == 2 and checked.dropped_boxes == {tfrecord.LABEL_NOT_IN_MAP: 1}
 
 

@@ -16,7 +16,9 @@ from nets import ssd_vgg_keras
 from nets.ssd_base import SSDNet, SSDParams
 from ssd_tf import data as data_lib
 from ssd_tf import evaluation
+from ssd_tf import images
 from ssd_tf import metrics
+from ssd_tf import run_config
 from ssd_tf.datasets import records as records_lib
 from ssd_tf.datasets import synthetic
 
@@ -89,18 +91,18 @@ def test_to_original_relative_pad_and_resize():
 
 def test_resolve_checkpoint_errors_name_the_path(tmp_path):
     with pytest.raises(ValueError, match='nowhere/model.ckpt-5'):
-        evaluation.resolve_checkpoint(str(tmp_path / 'nowhere' / 'model.ckpt-5'))
+        run_config.resolve_checkpoint(str(tmp_path / 'nowhere' / 'model.ckpt-5'))
     with pytest.raises(ValueError, match=str(tmp_path)):
-        evaluation.resolve_checkpoint(str(tmp_path))  # an empty directory
+        run_config.resolve_checkpoint(str(tmp_path))  # an empty directory
     with pytest.raises(ValueError, match='checkpoint_path'):
-        evaluation.resolve_checkpoint('')
+        run_config.resolve_checkpoint('')
 
 
 def test_resolve_kinds_and_step(tmp_path):
     _, model = _tiny_model()
     prefix = _save_train_dir(str(tmp_path / 'train'), model, step=12)
-    assert evaluation.resolve_checkpoint(str(tmp_path / 'train')) == ('tf2', prefix)
-    assert evaluation.checkpoint_step(prefix) == 12
+    assert run_config.resolve_checkpoint(str(tmp_path / 'train')) == ('tf2', prefix)
+    assert run_config.checkpoint_step(prefix) == 12
     # a name-based (slim-like) checkpoint
     slim = str(tmp_path / 'slim' / 'model.ckpt-3')
     os.makedirs(os.path.dirname(slim))
@@ -111,8 +113,8 @@ def test_resolve_kinds_and_step(tmp_path):
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             saver.save(sess, slim)
-    assert evaluation.resolve_checkpoint(slim) == ('slim', slim)
-    assert evaluation.checkpoint_step(slim) == 0  # global_step variable is stored as 0
+    assert run_config.resolve_checkpoint(slim) == ('slim', slim)
+    assert run_config.checkpoint_step(slim) == 0  # global_step variable is stored as 0
 
 
 def test_run_evaluation_matches_voc_eval_on_written_voc_set(tmp_path):
@@ -253,7 +255,7 @@ def test_run_evaluation_streams_tfrecords_like_records(tmp_path, monkeypatch):
         assert r1['per_class'][name]['npos'] == r2['per_class'][name]['npos']
     assert sorted(runs[1].samples) == [0, 1]
     encoded, boxes, labels = runs[1].samples[1]
-    np.testing.assert_array_equal(evaluation.decode_record_image(
+    np.testing.assert_array_equal(images.decode_record_image(
         records_lib.make_record('x', 1, 1, [], [], [], encoded=encoded)), recs[1].image)
     np.testing.assert_allclose(boxes, recs[1].boxes)
     assert labels.tolist() == list(recs[1].labels)
@@ -348,7 +350,7 @@ def test_eval_ssd_end_to_end_export_agrees_with_checkpoint(tmp_path):
     """`ssd_tf.export`'s SavedModel (image bytes in, boxes relative to the original out, TF
     Serving's versioned layout) evaluates like the checkpoint it came from."""
     from preprocessing import ssd_vgg_preprocessing as prep
-    from ssd_tf import export
+    from ssd_tf.export import saved_model as export
     net, model = _tiny_model(seed=6)
     train = str(tmp_path / 'train')
     _save_train_dir(train, model)
@@ -365,7 +367,7 @@ def test_eval_ssd_end_to_end_export_agrees_with_checkpoint(tmp_path):
                                         nms_threshold=evaluation.NMS_THRESHOLD,
                                         max_detections=evaluation.KEEP_TOP_K,
                                         top_k=evaluation.SELECT_TOP_K)
-    assert evaluation.resolve_checkpoint(exported) == ('saved_model', version)
+    assert run_config.resolve_checkpoint(exported) == ('saved_model', version)
     dets = []
     for name, path in (('ckpt', train), ('export', exported)):
         out = str(tmp_path / f'eval_{name}')
@@ -462,7 +464,7 @@ def test_eval_ssd_wait_for_checkpoints_writes_summaries(tmp_path):
            '--checkpoint_timeout=1', '--synthetic_num_images=2', '--num_sample_images=0')
     e = eval_ssd.Evaluation(get_network=_get_network)
     res = evaluation.watch_checkpoints(
-        train, lambda p: e.evaluate(p, evaluation.resolve_checkpoint(p)[0], summaries=True),
+        train, lambda p: e.evaluate(p, run_config.resolve_checkpoint(p)[0], summaries=True),
         timeout=1)
     assert len(res) == 1 and res[0]['step'] == 3
     events = [f for f in os.listdir(out) if f.startswith('events.out.tfevents')]

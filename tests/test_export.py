@@ -22,7 +22,9 @@ import tensorflow as tf
 from nets import nets_factory
 from preprocessing import ssd_vgg_preprocessing as prep
 from ssd_tf import evaluation
-from ssd_tf import export
+from ssd_tf.export import saved_model as export
+from ssd_tf.export import tflite as export_tflite
+from ssd_tf.export import tflite_runtime
 from ssd_tf import metrics
 from ssd_tf.datasets import synthetic
 from conftest import sharpened_network
@@ -90,14 +92,15 @@ def _build_export(tmp_path_factory):
     synthetic.SYNTHETIC_LABEL_MAP.write(str(train_dir / 'labels.txt'))
     sm_dir = export.export_saved_model(net, model, _preprocess, root / 'serving', version=1,
                                        label_names=CLASS_NAMES, max_detections=MAX_DET)
-    calib = export.representative_images(_images(20, first=100), (IMG, IMG))
-    tfl = export.export_tflite(net, model, lambda im: _preprocess(im)[0], root / 'tflite',
-                               export.TFLITE_QUANTIZATIONS, calib, max_detections=MAX_DET,
-                               label_names=CLASS_NAMES)
+    calib = export_tflite.representative_images(_images(20, first=100), (IMG, IMG))
+    tfl = export_tflite.export_tflite(net, model, lambda im: _preprocess(im)[0], root / 'tflite',
+                                      export_tflite.TFLITE_QUANTIZATIONS, calib,
+                                      max_detections=MAX_DET, label_names=CLASS_NAMES)
     # The same network with TFLite_Detection_PostProcess (tests/test_mobile.py).
-    tfl_op = export.export_tflite(net, model, lambda im: _preprocess(im)[0], root / 'tflite_op',
-                                  ['float32'], max_detections=MAX_DET, label_names=CLASS_NAMES,
-                                  postprocess_op='detection_postprocess')
+    tfl_op = export_tflite.export_tflite(net, model, lambda im: _preprocess(im)[0],
+                                         root / 'tflite_op', ['float32'],
+                                         max_detections=MAX_DET, label_names=CLASS_NAMES,
+                                         postprocess_op='detection_postprocess')
     return dict(root=root, net=net, model=model, train_dir=train_dir, saved_model=sm_dir,
                 tflite=tfl, tflite_op=tfl_op['float32'], keras_detect=evaluation.keras_detector(model, net,
                                                                    keep_top_k=MAX_DET))
@@ -238,14 +241,14 @@ def test_export_refuses_to_overwrite_a_version(exported):
 
 
 def test_checkpoint_loading_checks_flags_against_config(exported):
-    get = nets_factory.get_network
+    from ssd_tf import builder
     with pytest.raises(ValueError, match='--num_classes=21.*num_classes=5'):
-        export.load_from_checkpoint(exported['train_dir'], get, num_classes=21)
+        builder.load_model(exported['train_dir'], num_classes=21)
     with pytest.raises(ValueError, match='--model_name=ssd_300_vgg'):
-        export.load_from_checkpoint(exported['train_dir'], get, model_name='ssd_300_vgg')
-    net, model, names, path = export.load_from_checkpoint(exported['train_dir'], get)
-    assert names == CLASS_NAMES and path.endswith('ckpt-1')
-    for a, b in zip(model.weights, exported['model'].weights):
+        builder.load_model(exported['train_dir'], model_name='ssd_300_vgg')
+    built = builder.load_model(exported['train_dir'])
+    assert built.label_names == CLASS_NAMES and built.path.endswith('ckpt-1')
+    for a, b in zip(built.model.weights, exported['model'].weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
@@ -289,11 +292,11 @@ def _agreement_map(detections, reference):
     return ev.evaluate()['map12']
 
 
-@pytest.mark.parametrize('variant', export.TFLITE_QUANTIZATIONS)
+@pytest.mark.parametrize('variant', export_tflite.TFLITE_QUANTIZATIONS)
 def test_tflite_variants_match_saved_model(exported, variant):
     images = _images(NUM_EVAL, 30)
     ref = _reference(exported, images)
-    det = export.TFLiteDetector(exported['tflite'][variant])
+    det = tflite_runtime.TFLiteDetector(exported['tflite'][variant])
     assert det.input_shape == (1, IMG, IMG, 3)
     outs = [_one_based(det.run_resized(im[None])) for im in images]
     assert list(outs[0]) == list(export.OUTPUT_KEYS)
@@ -320,7 +323,7 @@ def test_tflite_sizes(exported):
     assert size['float16'] < 0.6 * size['float32']
     assert size['int8'] < 0.35 * size['float32'] and size['dynamic'] < 0.35 * size['float32']
     # int8: the network's conv kernels are int8, the box decoding / NMS ops float32.
-    interp = export.tflite_interpreter(model_path=exported['tflite']['int8'])
+    interp = tflite_runtime.tflite_interpreter(model_path=exported['tflite']['int8'])
     ops = interp._get_ops_details()  # pylint: disable=protected-access
     dtypes = {d['index']: d['dtype'] for d in interp.get_tensor_details()}
     conv_in = {dtypes[op['inputs'][0]] for op in ops if op['op_name'] == 'CONV_2D'}
@@ -364,12 +367,7 @@ def test_detect_from_training_checkpoint_equals_saved_model(exported, tmp_path):
     path = tmp_path / 'a.png'
     path.write_bytes(_encode(image))
     sm_fn, _ = detect.make_detector(exported['saved_model'])
-    with pytest.raises(ValueError, match='is a checkpoint'):
-        detect.make_detector(exported['train_dir'])
-    ck_fn, labels = detect.make_detector(
-        exported['train_dir'], nets_factory.get_network,
-        lambda shape: (lambda im: tuple(prep.preprocess_for_eval(
-            im, None, None, out_shape=shape)[i] for i in (0, 3))))
+    ck_fn, labels = detect.make_detector(exported['train_dir'])
     assert labels == CLASS_NAMES
     a = detect.run(sm_fn, [str(path)], str(tmp_path / 'sm'), labels, 0.3)
     b = detect.run(ck_fn, [str(path)], str(tmp_path / 'ck'), labels, 0.3)
@@ -379,12 +377,12 @@ def test_detect_from_training_checkpoint_equals_saved_model(exported, tmp_path):
         np.testing.assert_allclose(da['box'], db['box'], atol=1e-4)
 
 
-@pytest.mark.parametrize('variant', export.TFLITE_QUANTIZATIONS)
+@pytest.mark.parametrize('variant', export_tflite.TFLITE_QUANTIZATIONS)
 def test_tflite_outputs_in_the_task_api_order(exported, variant):
     """The object-detector task APIs (MediaPipe, TFLite Task Library) index the outputs:
     locations, classes, scores, count, as outputs 0..3 and as ascending tensor indices (the
     metadata writer pairs them that way); the signature names them the same."""
-    interp = export.tflite_interpreter(model_path=exported['tflite'][variant])
+    interp = tflite_runtime.tflite_interpreter(model_path=exported['tflite'][variant])
     details = interp.get_output_details()
     shapes = [tuple(int(s) for s in d['shape']) for d in details]
     assert shapes == [(1, MAX_DET, 4), (1, MAX_DET), (1, MAX_DET), (1,)]
@@ -490,13 +488,13 @@ def test_overwrite_failure_mid_export_keeps_the_old_version(exported, tmp_path, 
     before = _tree(target)
 
     def add_tflite(version_dir):
-        export.export_tflite(net, model, lambda im: _preprocess(im)[0],
-                             os.path.join(version_dir, 'tflite'), ['float32'])
+        export_tflite.export_tflite(net, model, lambda im: _preprocess(im)[0],
+                                    os.path.join(version_dir, 'tflite'), ['float32'])
 
     def crash(*args, **kwargs):
         raise RuntimeError('injected TFLite converter crash')
 
-    monkeypatch.setattr(export, 'convert_tflite', crash)
+    monkeypatch.setattr(export_tflite, 'convert_tflite', crash)
     with pytest.raises(RuntimeError, match='injected'):
         export.export_saved_model(net, model, _preprocess, tmp_path, 1, overwrite=True,
                                   max_detections=7, before_publish=add_tflite)

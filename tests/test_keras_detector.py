@@ -186,8 +186,7 @@ def test_predict_equals_ssd_tf_detect_on_a_train_ssd_checkpoint(train_dir, train
     for a, b in zip(det.network.get_weights(), trained['detector'].network.get_weights()):
         np.testing.assert_array_equal(a, b)
     got = det.predict(images, verbose=0)
-    fn, labels = detect.make_detector(str(train_dir), nets_factory.get_network,
-                                      keras_detector._eval_preprocess)
+    fn, labels = detect.make_detector(str(train_dir))
     assert labels == NAMES
     for i, image in enumerate(images):
         ref = fn(_png(image), image)

@@ -20,7 +20,9 @@ import tensorflow as tf
 import conftest
 import test_export
 from conftest import SHARED_DATA
-from ssd_tf import export
+from ssd_tf.export import saved_model as export
+from ssd_tf.export import tflite as export_tflite
+from ssd_tf.export import tflite_runtime
 from ssd_tf import postprocess
 from ssd_tf import tflite_metadata
 
@@ -60,7 +62,7 @@ def raccoons():
 
 def _raccoons(root):
     """(name, RGB uint8 image at the model input size) of the first NUM_RACCOON raccoon test
-    images, warp-resized as the SavedModel does (`export.representative_images`). Both tools
+    images, warp-resized as the SavedModel does (`export_tflite.representative_images`). Both tools
     get these pixels: MediaPipe's own resize of a full frame uses another kernel, and the
     random-weight heads turn those pixel differences into different detections."""
     names = (root / 'ImageSets' / 'Main' / 'test.txt').read_text().split()[:NUM_RACCOON]
@@ -70,7 +72,7 @@ def _raccoons(root):
         image = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
                              cv2.COLOR_BGR2RGB)
         size = (test_export.IMG, test_export.IMG)
-        out.append((name, export.representative_images([image], size)[0][0]))
+        out.append((name, export_tflite.representative_images([image], size)[0][0]))
     return out
 
 
@@ -127,7 +129,7 @@ def _unmatched(a, b, tol):
     return missing, int(keep.sum())
 
 
-@pytest.mark.parametrize('variant', export.TFLITE_QUANTIZATIONS)
+@pytest.mark.parametrize('variant', export_tflite.TFLITE_QUANTIZATIONS)
 def test_mediapipe_object_detector_finds_the_saved_model_detections(
         exported, raccoons, saved_model_detections, variant):
     mine = _mediapipe_detections(exported['tflite'][variant], [r[1] for r in raccoons],
@@ -245,8 +247,8 @@ def test_metadata_modes(monkeypatch, caplog):
 def test_export_without_label_names_refuses_metadata_on(exported, tmp_path):
     ex = exported
     with pytest.raises(ValueError, match='--tflite_metadata=on needs the label names'):
-        export.export_tflite(ex['net'], ex['model'], lambda im: im, tmp_path, ['float32'],
-                             metadata='on')
+        export_tflite.export_tflite(ex['net'], ex['model'], lambda im: im, tmp_path, ['float32'],
+                                    metadata='on')
 
 
 def test_detection_postprocess_scales_goldens():
@@ -264,8 +266,8 @@ def test_detection_postprocess_op_decodes_like_ours(exported):
     one of builtin_nms with the same class and score come from the same anchor, and have the
     same box. The selections differ a little: the op suppresses on unclipped boxes (it decodes
     inside), builtin_nms on boxes clipped to the image (as the SavedModel)."""
-    op_det = export.TFLiteDetector(exported['tflite_op'])
-    builtin = export.TFLiteDetector(exported['tflite']['float32'])
+    op_det = tflite_runtime.TFLiteDetector(exported['tflite_op'])
+    builtin = tflite_runtime.TFLiteDetector(exported['tflite']['float32'])
     ops = {op['op_name'] for op in op_det.interpreter._get_ops_details()}  # noqa: SLF001
     assert postprocess.DETECTION_POSTPROCESS_OP in ops and 'NON_MAX_SUPPRESSION_V4' not in ops
     paired, total = 0, 0

@@ -185,7 +185,8 @@ def _script_flag_defaults(script, names):
 
 
 def test_one_set_of_detection_defaults():
-    from ssd_tf import evaluation, export
+    from ssd_tf import evaluation
+    from ssd_tf.export import saved_model as export
     assert (evaluation.SELECT_THRESHOLD, evaluation.NMS_THRESHOLD, evaluation.SELECT_TOP_K,
             evaluation.KEEP_TOP_K, evaluation.MATCHING_THRESHOLD) == (
         postprocess.SELECT_THRESHOLD, postprocess.NMS_THRESHOLD, postprocess.SELECT_TOP_K,
@@ -199,9 +200,6 @@ def test_one_set_of_detection_defaults():
     assert _script_flag_defaults('export_savedmodel', [
         'select_threshold', 'nms_threshold', 'select_top_k', 'max_detections']) == \
         (0.01, 0.45, 400, 100)
-    # the moved functions keep their old import paths
-    assert export.tflite_postprocess is postprocess.tflite_postprocess
-    assert evaluation.detections_from_raw is postprocess.detections_from_raw
 
 
 def test_ssdnet_detected_bboxes_default_nms_threshold_is_045():

@@ -280,10 +280,10 @@ def test_unwritable_output_dir_is_refused_naming_the_flag(tmp_path):
 
 @pytest.fixture(scope='module')
 def saved_model(tmp_path_factory):
-    """A SavedModel of a seeded ssd_small (export.export_saved_model), 5 classes."""
+    """A SavedModel of a seeded ssd_small (export.saved_model.export_saved_model), 5 classes."""
     from conftest import sharpened_network
     from preprocessing import ssd_vgg_preprocessing as prep
-    from ssd_tf import export
+    from ssd_tf.export import saved_model as export
     net, model = sharpened_network(0, 'ssd_small')
     root = tmp_path_factory.mktemp('robust_export')
     return export.export_saved_model(net, model, prep.image_preprocess_fn(net.params.img_shape),

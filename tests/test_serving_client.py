@@ -27,9 +27,10 @@ import tensorflow as tf
 
 from preprocessing import ssd_vgg_preprocessing as prep
 from ssd_tf import detect
-from ssd_tf import export
+from ssd_tf.export import saved_model as export
 from ssd_tf import hardware
 from ssd_tf import serving_client
+from ssd_tf.cli import serving_client as serving_client_cli
 from ssd_tf.datasets import synthetic
 from conftest import sharpened_network
 import conftest  # noqa: E402
@@ -268,7 +269,7 @@ def test_cli_end_to_end_and_its_errors(server, saved_model, image_dir, reference
     _, url = server
     _, ref, _ = reference
     out = tmp_path / 'out'
-    rc = serving_client.main(['--server', url, '--images', str(image_dir), '--output_dir',
+    rc = serving_client_cli.main(['--server', url, '--images', str(image_dir), '--output_dir',
                               str(out), '--export_dir', str(saved_model)])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
@@ -276,7 +277,7 @@ def test_cli_end_to_end_and_its_errors(server, saved_model, image_dir, reference
     _assert_same(_good(json.loads((out / 'detections.json').read_text())), _good(ref))
 
     def fails(*args):
-        rc = serving_client.main(['--images', str(image_dir), '--output_dir',
+        rc = serving_client_cli.main(['--images', str(image_dir), '--output_dir',
                                   str(tmp_path / 'x')] + list(args))
         err = capsys.readouterr().err
         assert rc == 2, err
@@ -465,8 +466,8 @@ _ENTRY = textwrap.dedent("""\
         mod.load_training_data = stop
     else:
         import export_savedmodel as mod
-        from ssd_tf import export
-        export.load_from_checkpoint = stop
+        from ssd_tf import builder
+        builder.load_model = stop
     results = []
     for cpuinfo, argv in json.loads(sys.argv[2]):
         hardware.CPUINFO_PATH = cpuinfo

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from nets import ssd_small
 from preprocessing import ssd_vgg_preprocessing as prep
+from ssd_tf import builder
 from ssd_tf import data as data_lib
 from ssd_tf import training
 from ssd_tf.datasets import synthetic
@@ -463,16 +464,16 @@ def test_moving_averages_in_every_checkpoint_and_the_final_weights(tmp_path, sub
              if any(v is t for t in trainer.trainable_variables)]
     # a mid-run checkpoint: raw weights as the model, the averages beside them
     fresh = net.keras_model()
-    run_config.restore_model(fresh, 'tf2', mid)
+    builder.restore_model(fresh, 'tf2', mid)
     for i, r in zip(index, raw):
         np.testing.assert_array_equal(fresh.trainable_variables[i].numpy(), r)
-    run_config.restore_model(fresh, 'tf2', mid, moving_average=True)
+    builder.restore_model(fresh, 'tf2', mid, moving_average=True)
     for i, a in zip(index, averages):
         np.testing.assert_array_equal(fresh.trainable_variables[i].numpy(), a)
     # the final checkpoint: the averages are the model's weights (eval and export use them)
     final_averages = [a.numpy() for a in opt.inner_optimizer._model_variables_moving_average]
     fresh = net.keras_model()
-    run_config.restore_model(fresh, 'tf2', final)
+    builder.restore_model(fresh, 'tf2', final)
     for i, a in zip(index, final_averages):
         np.testing.assert_array_equal(fresh.trainable_variables[i].numpy(), a)
 
@@ -516,7 +517,7 @@ def test_moving_average_with_trainable_scopes_for_eval_during_training_and_expor
     from absl import flags as absl_flags
     import eval_ssd
     from nets import nets_factory
-    from ssd_tf import export
+    from ssd_tf.export import saved_model as export
     train_dir = tmp_path / 'run'
     r = run_train(['--train_dir', str(train_dir), '--max_number_of_steps=3',
                    '--eval_split_name=test', '--moving_average_decay=0.5',
@@ -546,7 +547,8 @@ def test_moving_average_with_trainable_scopes_for_eval_during_training_and_expor
     finally:
         absl_flags.FLAGS.unparse_flags()
     # export: the final checkpoint's weights are the averages
-    _, model, _, path = export.load_from_checkpoint(str(train_dir), nets_factory.get_network)
+    built = builder.load_model(str(train_dir))
+    model, path = built.model, built.path
     assert path.endswith('ckpt-3')
     for i, value in averages(path).items():
         np.testing.assert_array_equal(model.trainable_variables[i].numpy(), value)

@@ -54,7 +54,7 @@ def test_save_png_round_trip(tmp_path):
 
 
 def test_show_augmentation_grid_on_synthetic_set():
-    from preprocessing import show_augmentation
+    from ssd_tf.cli import show_augmentation
     records, label_map = show_augmentation.load_source(None, 'train', seed=0)
     grid = show_augmentation.augmented_grid(records[:8], label_map.name, num=4, cols=2, seed=0,
                                             out_size=64)

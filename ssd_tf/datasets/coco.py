@@ -85,18 +85,7 @@ def read_coco(annotation_file, image_dir, strict=False, check_images=True, skip_
         elif (im.get('height'), im.get('width')) != (height, width):
             report.fix(path, f"JSON says {im.get('width')}x{im.get('height')} but the image is "
                              f"{width}x{height}; using the image's size")
-        objects, bad = [], None
-        for a in anns.get(im['id'], []):
-            cid = a.get('category_id')
-            if cid not in cat_to_label:
-                bad = f"annotation {a.get('id')} has unknown category_id {cid}"
-                break
-            bbox = a.get('bbox')
-            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-                bad = f"annotation {a.get('id')} has no valid bbox [x, y, w, h]: {bbox!r}"
-                break
-            x, y, w, h = (float(v) for v in bbox)
-            objects.append((cat_to_label[cid], [y, x, y + h, x + w], int(bool(a.get('iscrowd')))))
+        objects, bad = _image_objects(anns.get(im['id'], []), cat_to_label)
         if bad is not None:
             report.skip(path, bad)
             continue
@@ -111,3 +100,20 @@ def read_coco(annotation_file, image_dir, strict=False, check_images=True, skip_
     if report.skipped or report.dropped_boxes:
         logger.warning("%s", report.summary())
     return records, label_map, report
+
+
+def _image_objects(annotations, cat_to_label):
+    """`(objects, problem)` of one image's annotations: objects `[(label, [y, x, y + h,
+    x + w] pixels, is_crowd 0/1)]`, or `(..., reason)` at the first annotation with an unknown
+    category_id or without a valid bbox `[x, y, w, h]` (the image is then skipped)."""
+    objects = []
+    for a in annotations:
+        cid = a.get('category_id')
+        if cid not in cat_to_label:
+            return objects, f"annotation {a.get('id')} has unknown category_id {cid}"
+        bbox = a.get('bbox')
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            return objects, f"annotation {a.get('id')} has no valid bbox [x, y, w, h]: {bbox!r}"
+        x, y, w, h = (float(v) for v in bbox)
+        objects.append((cat_to_label[cid], [y, x, y + h, x + w], int(bool(a.get('iscrowd')))))
+    return objects, None

@@ -223,6 +223,49 @@ class LabelMap:
         return cls([by_id[i] for i in sorted(by_id)], sorted(by_id))
 
 
+def resolve_label_map(label_map=None, recorded_names=None, recorded_ids=None, beside=(),
+                      fallback=None, num_classes=None, flag='--label_map'):
+    """The class names of a model, found the same way by every command and the serving client:
+    the file `label_map` (the flag `flag`: labels.txt, .json or .pbtxt), else the names a run or
+    an export recorded (`recorded_names`, with their dataset ids `recorded_ids`: config.json,
+    export_config.json), else the first `labels.txt` in a directory of `beside` or its
+    `assets/` (a training directory, a SavedModel, the folder of a .tflite), else
+    `fallback()` (names, e.g. those embedded in a .tflite file), else None.
+
+    Returns a LabelMap or None. A file that cannot be read is a ValueError naming the flag;
+    with `num_classes` (classes + background) a map of another size is a ValueError.
+    """
+    found = None
+    if label_map:
+        try:
+            found = LabelMap.read(label_map)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{flag}={label_map}: {e}") from e
+    elif recorded_names:
+        try:
+            found = LabelMap(list(recorded_names), recorded_ids)
+        except ValueError as e:
+            raise ValueError(f"the recorded label_names/label_ids: {e}") from e
+    else:
+        found = _label_map_beside(beside)
+        if found is None and fallback is not None:
+            names = fallback()
+            found = LabelMap(list(names)) if names else None
+    if found is not None and num_classes is not None and found.num_classes != num_classes:
+        raise ValueError(f"the label map has {len(found)} classes but the network has "
+                         f"num_classes={num_classes} (= classes + background); check {flag}")
+    return found
+
+
+def _label_map_beside(directories):
+    """The LabelMap of the first `labels.txt` in `directories` (or their `assets/`), or None."""
+    for directory in directories:
+        for d in (directory, os.path.join(directory, 'assets')):
+            if os.path.isfile(os.path.join(d, LABELS_FILENAME)):
+                return LabelMap.read(d)
+    return None
+
+
 def _check_name(path, lineno, name):
     problem = class_name_problem(name)
     if problem:
@@ -305,74 +348,95 @@ def parse_pbtxt(text, path='label_map.pbtxt'):
     if len(text) > MAX_PBTXT_BYTES:
         raise ValueError(f"{path}: {len(text)} bytes is over the {MAX_PBTXT_BYTES}-byte "
                          f"limit of a label map")
-    tokens = list(_pbtxt_tokens(text, path))
-    items, i = [], 0
+    parser = _PbtxtParser(list(_pbtxt_tokens(text, path)), path)
+    items = []
+    while not parser.done():
+        fields, line = parser.item()
+        items.append(_pbtxt_item(fields, line, path))
+    return items
 
-    def expect(kind, what):
-        nonlocal i
-        if i >= len(tokens):
-            raise ValueError(f"{path}:{tokens[-1][2] if tokens else 1}: the file ends where "
-                             f"{what} was expected")
-        tok = tokens[i]
+
+class _PbtxtParser:
+    """Reads `item { ... }` blocks from the tokens of `_pbtxt_tokens` (kind, value, line)."""
+
+    def __init__(self, tokens, path):
+        self.tokens, self.path, self.i = tokens, path, 0
+
+    def done(self):
+        return self.i >= len(self.tokens)
+
+    def _next_is(self, value):
+        return not self.done() and self.tokens[self.i][1] == value
+
+    def expect(self, kind, what):
+        """The next token, which must be of `kind` (a token kind, punctuation or a tuple of
+        them); ValueError naming the line and `what` was expected."""
+        if self.done():
+            raise ValueError(f"{self.path}:{self.tokens[-1][2] if self.tokens else 1}: the file "
+                             f"ends where {what} was expected")
+        tok = self.tokens[self.i]
         kinds = (kind,) if isinstance(kind, str) else kind
         if not (tok[0] in kinds if tok[0] != 'punct' else tok[1] in kinds):
-            raise ValueError(f"{path}:{tok[2]}: expected {what}, got {tok[1]!r}")
-        i += 1
+            raise ValueError(f"{self.path}:{tok[2]}: expected {what}, got {tok[1]!r}")
+        self.i += 1
         return tok
 
-    def skip_value():
+    def skip_value(self):
         """Skips one field value: a scalar, a list `[...]` or a message `{...}`/`<...>`."""
-        nonlocal i
-        _, value, line = expect(('str', 'word', '{', '[', '<'), 'a value')
+        _, value, line = self.expect(('str', 'word', '{', '[', '<'), 'a value')
         if value in ('{', '[', '<'):
             depth = 1
             while depth:
-                kind, v, _ = expect(('str', 'word') + tuple('{}[]<>:,;'),
-                                    f"the end of the block opened on line {line}")
+                kind, v, _ = self.expect(('str', 'word') + tuple('{}[]<>:,;'),
+                                         f"the end of the block opened on line {line}")
                 depth += (kind == 'punct' and v in '{[<') - (kind == 'punct' and v in '}]>')
 
-    while i < len(tokens):
-        _, key, line = expect('word', "'item'")
+    def item(self):
+        """One `item { ... }`: `({'id'|'name'|'display_name': (value, line)}, item line)`."""
+        _, key, line = self.expect('word', "'item'")
         if key != 'item':
-            raise ValueError(f"{path}:{line}: expected 'item {{', got {key!r}")
-        if i < len(tokens) and tokens[i][1] == ':':
-            i += 1
-        close = {'{': '}', '<': '>'}[expect(('{', '<'), "'{' after item")[1]]
+            raise ValueError(f"{self.path}:{line}: expected 'item {{', got {key!r}")
+        if self._next_is(':'):
+            self.i += 1
+        close = {'{': '}', '<': '>'}[self.expect(('{', '<'), "'{' after item")[1]]
         fields = {}
         while True:
-            if i < len(tokens) and tokens[i][1] == close:
-                i += 1
-                break
-            _, field, fline = expect('word', f"a field name or {close!r} (the item opened on "
-                                             f"line {line})")
-            has_colon = i < len(tokens) and tokens[i][1] == ':'
-            i += has_colon
+            if self._next_is(close):
+                self.i += 1
+                return fields, line
+            _, field, fline = self.expect('word', f"a field name or {close!r} (the item "
+                                                  f"opened on line {line})")
+            has_colon = self._next_is(':')
+            self.i += has_colon
             if field in ('id', 'name', 'display_name'):
-                kind, value, _ = expect(('word',) if field == 'id' else ('str',),
-                                        'an integer' if field == 'id' else 'a quoted string')
+                _, value, _ = self.expect(('word',) if field == 'id' else ('str',),
+                                          'an integer' if field == 'id' else
+                                          'a quoted string')
                 if not has_colon:
-                    raise ValueError(f"{path}:{fline}: expected ':' after {field}")
+                    raise ValueError(f"{self.path}:{fline}: expected ':' after {field}")
                 if field in fields:
-                    raise ValueError(f"{path}:{fline}: {field} is given twice in one item")
+                    raise ValueError(f"{self.path}:{fline}: {field} is given twice in one item")
                 fields[field] = (value, fline)
             else:
-                skip_value()
-            if i < len(tokens) and tokens[i][1] in (',', ';'):
-                i += 1
-        if 'id' not in fields or 'name' not in fields and 'display_name' not in fields:
-            raise ValueError(f"{path}:{line}: an item needs an id and a name")
-        value, fline = fields['id']
-        if not re.fullmatch(r'\+?\d{1,12}', value) or not 1 <= int(value) <= MAX_ID:
-            raise ValueError(f"{path}:{fline}: id must be an integer 1..{MAX_ID} (0 is the "
-                             f"background), got {value}")
-        name = fields.get('name', (None,))[0]
-        display = fields.get('display_name', (None,))[0]
-        class_name = display if display is not None else name
-        name_line = fields['display_name' if display is not None else 'name'][1]
-        _check_name(path, name_line, class_name)
-        items.append({'id': int(value), 'name': name, 'display_name': display,
-                      'class_name': class_name, 'line': line})
-    return items
+                self.skip_value()
+            if self._next_is(',') or self._next_is(';'):
+                self.i += 1
 
+
+def _pbtxt_item(fields, line, path):
+    """The checked item dict of `parse_pbtxt` from an item's fields."""
+    if 'id' not in fields or 'name' not in fields and 'display_name' not in fields:
+        raise ValueError(f"{path}:{line}: an item needs an id and a name")
+    value, fline = fields['id']
+    if not re.fullmatch(r'\+?\d{1,12}', value) or not 1 <= int(value) <= MAX_ID:
+        raise ValueError(f"{path}:{fline}: id must be an integer 1..{MAX_ID} (0 is the "
+                         f"background), got {value}")
+    name = fields.get('name', (None,))[0]
+    display = fields.get('display_name', (None,))[0]
+    class_name = display if display is not None else name
+    name_line = fields['display_name' if display is not None else 'name'][1]
+    _check_name(path, name_line, class_name)
+    return {'id': int(value), 'name': name, 'display_name': display,
+            'class_name': class_name, 'line': line}
 
 VOC_LABEL_MAP = LabelMap(VOC_CLASSES)

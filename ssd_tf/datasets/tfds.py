@@ -14,16 +14,14 @@ checks as TFRecords (`tfrecord.check_features`), and the image bytes through the
 The label map is the names of the `objects/label` ClassLabel. Nothing is downloaded: a data
 set that is not prepared in the data dir (`--tfds_data_dir`, else `TFDS_DATA_DIR`, else
 tfds's `~/tensorflow_datasets`) is a ValueError naming the command that prepares it, this
-module's (on request only; `tfds build` of tensorflow-datasets 4.9 needs apache-beam):
+`ssd_tf.cli.tfds` (on request only; `tfds build` of tensorflow-datasets 4.9 needs apache-beam):
 
     python -m ssd_tf.datasets.tfds voc/2007 --data_dir /data/tfds
 
 tensorflow-datasets is the optional extra `tfds` (`pip install -e '.[tfds]'`).
 """
-import argparse
 import dataclasses
 import os
-import sys
 from typing import Optional
 
 import numpy as np
@@ -179,24 +177,14 @@ def prepare_command(name, data_dir=None):
     return f"python -m ssd_tf.datasets.tfds {name} --data_dir {data_dir_in_use(data_dir)}"
 
 
-def main(argv=None):
-    """Downloads and prepares a tfds data set (the user's explicit request)."""
-    p = argparse.ArgumentParser(description="Download and prepare a tensorflow-datasets data "
-                                            "set for --dataset_name=tfds.")
-    p.add_argument('name', help='tfds name, e.g. voc/2007, coco/2017 (optionally :version)')
-    p.add_argument('--data_dir', default=None,
-                   help='where to keep it (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)')
-    args = p.parse_args(argv)
-    try:
-        builder = _builder(args.name, args.data_dir)
-    except (ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    builder.download_and_prepare()
-    splits = {k: v.num_examples for k, v in builder.info.splits.items()}
-    print(f"{args.name} prepared in {data_dir_in_use(args.data_dir)}: splits {splits}")
-    return 0
+def prepare_builder(name, data_dir=None):
+    """The tfds builder of `name` in `data_dir` (for `ssd_tf.cli.tfds` to download and prepare);
+    ValueError/ImportError when tfds or the name is unusable."""
+    return _builder(name, data_dir)
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    # The command is ssd_tf.cli.tfds,
+    # run without importing it (the library imports no program).
+    import runpy
+    runpy.run_module('ssd_tf.cli.tfds', run_name='__main__', alter_sys=True)

@@ -1,0 +1,45 @@
+"""The absl flags that several programs share, each defined once (the slim names): the model
+overrides of `ssd_tf.builder` (eval_ssd.py, export_savedmodel.py, detect.py) and the detection
+post-processing (eval_ssd.py, export_savedmodel.py).
+
+Each `define_*` takes the absl `flags` module and defines its group there, with one help text
+per flag; a program may append a sentence of its own (`extra`) where its default goes further
+(eval_ssd.py falls back to the data set's classes).
+"""
+from ssd_tf import postprocess
+
+NETWORK_NAMES = ("'ssd_small', 'ssd_small_192', 'ssd_small_320', 'ssd_300_vgg', "
+                 "'ssd_512_vgg', 'ssdlite_mobilenet_v2'")
+
+
+def define_model_flags(flags, extra=None):
+    """--model_name, --num_classes, --label_map: the overrides `builder.load_model` takes
+    (default: what the run's config.json recorded). extra: `{flag: sentence}` appended to
+    its help."""
+    extra = extra or {}
+
+    def helptext(name, text):
+        return text + (' ' + extra[name] if name in extra else '')
+    flags.DEFINE_string('model_name', None, helptext(
+        'model_name', f"Network (a train_ssd.py --model_name: {NETWORK_NAMES}); default: the "
+                      f"run's config.json; needed for a checkpoint without one (an original "
+                      f"slim SSD checkpoint)."))
+    flags.DEFINE_integer('num_classes', None, helptext(
+        'num_classes', "Classes including the background; default: the run's config.json; "
+                       "needed for a checkpoint without one."))
+    flags.DEFINE_string('label_map', None, helptext(
+        'label_map', "Label map file (labels.txt, .json or an OD API label_map.pbtxt); "
+                     "default: the class names the run or export recorded, else a labels.txt "
+                     "beside the model."))
+
+
+def define_detection_flags(flags):
+    """--select_threshold, --nms_threshold and --select_top_k (the slim names) with
+    `ssd_tf.postprocess`'s defaults; each program adds its own count flag (--keep_top_k,
+    --max_detections)."""
+    flags.DEFINE_float('select_threshold', postprocess.SELECT_THRESHOLD,
+                       'Score threshold: class scores below it are not detections.')
+    flags.DEFINE_float('nms_threshold', postprocess.NMS_THRESHOLD,
+                       'Non-maximum suppression IoU threshold.')
+    flags.DEFINE_integer('select_top_k', postprocess.SELECT_TOP_K,
+                         'Candidates per class before NMS.')
