@@ -37,6 +37,7 @@ def main(argv):
     max_pixels = images.DEFAULT_MAX_PIXELS if FLAGS.max_image_pixels is None else \
         FLAGS.max_image_pixels or None
     try:
+        detect.check_output_dir(FLAGS.output_dir)  # before the model loads
         fn, labels = detect.make_detector(FLAGS.model, FLAGS.model_name, FLAGS.num_classes,
                                           FLAGS.label_map)
         results = detect.run(fn, detect.list_images(FLAGS.images), FLAGS.output_dir, labels,

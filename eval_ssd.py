@@ -271,6 +271,7 @@ def make_preprocess_fn(out_shape, resize):
 def resolve_data(config):
     """`(dataset_name, source, label_map, num_classes)` from the flags and the run config
     (`label_map`: a LabelMap, with the dataset ids of a map with gaps)."""
+    from ssd_tf import evaluation
     from ssd_tf.datasets import labelmap as labelmap_lib
     label_names = labelmap_lib.resolve_label_map(
         FLAGS.label_map, recorded_names=config.label_names, recorded_ids=config.label_ids)
@@ -279,6 +280,10 @@ def resolve_data(config):
     else:
         dataset_name = config.dataset_name or DEFAULT_DATASET_NAME
         dataset_dir = FLAGS.dataset_dir or config.dataset_dir
+        if dataset_name == 'tfrecord' and not FLAGS.dataset_dir:  # the eval split's shards
+            dataset_dir = evaluation.tfrecord_eval_source(config, FLAGS.dataset_split_name)
+    evaluation.warn_if_training_split(config, dataset_name, dataset_dir,
+                                      FLAGS.dataset_split_name)
     source, label_map = load_eval_source(
         dataset_name, dataset_dir, FLAGS.dataset_split_name, label_names,
         num_images=(FLAGS.synthetic_num_images or config.synthetic_num_test

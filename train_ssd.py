@@ -255,7 +255,8 @@ def _load_split(cfg, split, num_synthetic, flag='--dataset_split_name'):
     if cfg.dataset_name == 'tfrecord':  # records are read (and checked) in the graph
         try:
             layout = tfrecord_lib.detect_layout(cfg.dataset_dir)
-            return None, factory.tfrecord_label_map(cfg.dataset_dir, cfg.label_map, layout), \
+            return None, factory.tfrecord_label_map(cfg.dataset_dir, cfg.label_map, layout,
+                                                    cfg.num_classes), \
                 f"{cfg.dataset_dir}: {tfrecord_lib.layout_description(layout)}"
         except (ValueError, OSError) as e:
             raise UserError(f"--dataset_dir={cfg.dataset_dir} / --label_map={cfg.label_map}: "
@@ -390,9 +391,11 @@ def load_training_data(cfg, replicas):
 def check_resume(cfg, train_dir):
     """Refuses to resume the run in train_dir with other settings (before anything is
     written); returns whether train_dir holds a checkpoint to resume."""
-    import tensorflow as tf
     from ssd_tf import run_config
-    has_checkpoint = tf.train.latest_checkpoint(train_dir) is not None
+    try:  # damaged newer checkpoints are reported; none intact is refused (not step 0)
+        has_checkpoint = run_config.resume_checkpoint(train_dir) is not None
+    except ValueError as e:
+        raise UserError(str(e)) from e
     if not has_checkpoint or not os.path.isfile(os.path.join(train_dir,
                                                              run_config.CONFIG_FILENAME)):
         return has_checkpoint
@@ -549,7 +552,7 @@ def write_run_files(cfg, label_map):
     cfg.write(cfg.train_dir)
 
 
-def make_train_dataset(cfg, net, strategy, records, start_step):
+def make_train_dataset(cfg, net, strategy, records, start_step, label_texts=None):
     """`(dataset, problems)`: the distributed training dataset positioned at `start_step`,
     and the `check.DataProblems` that counts the TFRecord records it skips (strict mode: the
     first bad record stops the run, naming its shard and index)."""
@@ -576,7 +579,7 @@ def make_train_dataset(cfg, net, strategy, records, start_step):
         source, preprocess_train, encode, batch_size=cfg.batch_size, is_training=True,
         seed=cfg.seed, num_parallel_calls=threads, with_gt=True,
         start=start_step * cfg.batch_size, num_classes=cfg.num_classes, report=problems,
-        label_ids=cfg.label_ids)
+        label_ids=cfg.label_ids, label_texts=label_texts)
     return strategy.experimental_distribute_dataset(dataset), problems
 
 
@@ -600,12 +603,31 @@ class RunEvaluation:
         graph; its label map was resolved with the training split, so it is not scanned
         again here)."""
         if self.cfg.dataset_name == 'tfrecord':
-            return None
+            return self._tfrecord_split(split, flag)
         if split not in self.records:
             self.records[split] = _load_split(self.cfg, split, self.cfg.synthetic_num_test,
                                               flag=flag)[0]
             if self.cfg.dataset_name == 'tfds':  # streamed: the source, not records
                 self.records[split] = _tfds_source(self.cfg, split)
+        return self.records[split]
+
+    def _tfrecord_split(self, split, flag):
+        """The shards of `split` beside the training shards (a tuple of files), or None, said
+        on the console (a UserError for --validation_split, which asks for them)."""
+        import tensorflow as tf
+        from ssd_tf.datasets import tfrecord as tfrecord_lib
+        if split not in self.records:
+            pattern = tfrecord_lib.split_pattern(self.cfg.dataset_dir,
+                                                 self.cfg.dataset_split_name, split)
+            self.records[split] = tuple(sorted(tf.io.gfile.glob(pattern))) if pattern else None
+            why = (f"{flag}={split}: no TFRecord shards of split {split!r} beside "
+                   f"--dataset_dir={self.cfg.dataset_dir} (looked for its file names with "
+                   f"{split!r} in place of {self.cfg.dataset_split_name!r})")
+            if pattern is None and flag == '--validation_split':
+                raise UserError(why)
+            print(f"{flag}={split}: evaluating the shards {pattern}" if pattern else
+                  f"NO EVALUATION: {why}; evaluate later with eval_ssd.py --checkpoint_path="
+                  f"{self.cfg.train_dir} --dataset_dir=<the {split} shards>", file=sys.stderr)
         return self.records[split]
 
     def __call__(self, split, flag='--eval_split_name'):
@@ -729,6 +751,10 @@ def run(flag_values):
     cfg = run_config.RunConfig.from_dict(flag_values)
     strategy = setup_execution(cfg)
     chief = is_chief(strategy)
+    from ssd_tf import run_lock
+    lock = run_lock.acquire(cfg.train_dir) if chief else None  # one run per --train_dir
+    if lock is not None and lock.note:
+        print(f"WARNING: {lock.note}", file=sys.stderr)
     # A non-chief worker writes its checkpoints to a directory of its own, removed at exit
     # (every worker must save: saving takes part in the workers' collectives).
     save_dir = cfg.train_dir if chief else tempfile.mkdtemp(prefix='ssd_tf_worker_')
@@ -738,6 +764,8 @@ def run(flag_values):
     try:
         return _run(cfg, strategy, chief, save_dir)
     finally:
+        if lock is not None:
+            lock.release()
         if not chief:
             shutil.rmtree(save_dir, ignore_errors=True)
 
@@ -764,7 +792,8 @@ def _run(cfg, strategy, chief, save_dir):
     step = restore_or_initialise(cfg, trainer, init_report)
     if chief:
         write_run_files(cfg, label_map)
-    dataset, problems = make_train_dataset(cfg, net, strategy, records, step)
+    dataset, problems = make_train_dataset(cfg, net, strategy, records, step,
+                                           getattr(label_map, 'record_texts', None))
     writer = tf.summary.create_file_writer(cfg.train_dir) if chief \
         else tf.summary.create_noop_writer()
     write_anchor_summaries(cfg, anchor_text, writer, step)

@@ -129,6 +129,7 @@ class PipelineOptions:
     with_encoded: bool = False
     layout: Optional[str] = None
     label_ids: Optional[tuple] = None
+    label_texts: Optional[tuple] = None
 
     def resolved(self):
         """A copy with drop_remainder/repeat defaulting to is_training, with_gt to its
@@ -189,6 +190,9 @@ def build_dataset(source, preprocess_fn, encode_fn=None, options=None, **overrid
         labels are those ids, mapped to training labels 1..C-1 in the graph; a box whose id
         is not among them is dropped and reported. None: labels are training labels. Record
         lists and tfds sets hold training labels already (their readers map names).
+      label_texts: TFRecords: the name of each record label (`LabelMap.record_texts` of a
+        label map spelled by the records' label texts); a record naming a label otherwise
+        is skipped and counted like any bad record. None: texts are not checked.
 
     Bad TFRecord records (`tfrecord.check_example`: unequal box lists, missing or broken
     image bytes, boxes outside [0, 1]; and records the decoder fails on) are skipped with a
@@ -312,7 +316,7 @@ def _load_tfrecords(ds, opts, locate):
         else:
             ex, kind, detail, box_kinds, box_details = tfrecord_lib.check_example(
                 rec['serialized'], num_classes=opts.num_classes, max_pixels=opts.max_pixels,
-                layout=opts.layout, label_ids=opts.label_ids)
+                layout=opts.layout, label_ids=opts.label_ids, label_texts=opts.label_texts)
         real = rec['record'] >= 0  # the end-of-stream sentinel has record -1
         location = tf.strings.join([rec['file'], ' record ', tf.strings.as_string(rec['record'])])
         ok = tf.equal(kind, '')
@@ -417,7 +421,8 @@ def _refill_dropped(ds, start, report, locate):
     return ds.scan(tf.constant(int(start), tf.int64), step).flat_map(expand)
 
 
-def checked_tfrecords(source, report, num_classes=None, max_pixels=None, label_ids=None):
+def checked_tfrecords(source, report, num_classes=None, max_pixels=None, label_ids=None,
+                      label_texts=None):
     """Every record of the TFRecord files of `source` (a pattern or list), in file order,
     through the training pipeline's load step (`check_example`, decode; `label_ids` as in
     `build_dataset`); problems go to
@@ -440,18 +445,19 @@ def checked_tfrecords(source, report, num_classes=None, max_pixels=None, label_i
     ds = _with_end_marker(tf.data.Dataset.from_tensor_slices(files).flat_map(_read_file))
     opts = PipelineOptions(is_training=False, num_classes=num_classes, max_pixels=max_pixels,
                            report=report, layout=resolve_layout(files),
-                           label_ids=label_ids).resolved()
+                           label_ids=label_ids, label_texts=label_texts).resolved()
     return _load_tfrecords(_order(ds, opts), opts, locate)
 
 
-def check_tfrecords(pattern, num_classes=None, strict=False, max_pixels=None, label_ids=None):
+def check_tfrecords(pattern, num_classes=None, strict=False, max_pixels=None, label_ids=None,
+                    label_texts=None):
     """Scans every record of the TFRecord files matching `pattern` (a pattern or a list) with
     the pipeline's checks (`checked_tfrecords`) and a decode of each image (`label_ids`: the
     dataset ids of a label map with gaps, see `build_dataset`); returns
     `(num_records, check.DataProblems)`. In strict mode the first problem raises DataError."""
     problems = check_lib.DataProblems(strict=strict)
     ds = checked_tfrecords(pattern, problems, num_classes=num_classes, max_pixels=max_pixels,
-                           label_ids=label_ids)
+                           label_ids=label_ids, label_texts=label_texts)
     n = 0
     try:
         for position, _ in ds:  # the last element is the end marker, at position = count

@@ -57,7 +57,7 @@ def list_images(paths):
         if os.path.isdir(p):
             out.extend(sorted(os.path.join(p, f) for f in os.listdir(p)
                               if f.lower().endswith(IMAGE_EXTENSIONS)))
-        elif os.path.isfile(p):
+        elif os.path.exists(p):  # special files are listed, then skipped by read_image
             out.append(p)
         else:
             raise ValueError(f"--images: {p} is neither a file nor a directory")
@@ -65,6 +65,19 @@ def list_images(paths):
         raise ValueError(f"--images={','.join(paths)}: no image files found "
                          f"({', '.join(IMAGE_EXTENSIONS)})")
     return out
+
+
+def check_output_dir(output_dir, flag='--output_dir'):
+    """Creates `output_dir` if needed and checks that a file can be written in it, before any
+    model is loaded; ValueError naming `flag` otherwise."""
+    import tempfile
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix='.write_check_'):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag}={output_dir} is not a writable directory: "
+                         f"{e.strerror or e}") from None
 
 
 def from_signature_output(out, index=0):
@@ -163,8 +176,7 @@ def read_image(path, max_pixels):
     """`(encoded bytes, image uint8 [H, W, 3])` of an image file, decoded with
     `images.decode_image` within `max_pixels`; raises ValueError with the reason."""
     try:
-        with open(path, 'rb') as f:
-            data = f.read()
+        data = images.read_regular_file(path)
     except OSError as e:
         raise ValueError(f"cannot read the file: {e.strerror or e}") from None
     try:

@@ -23,6 +23,7 @@ Pieces:
 import collections
 import json
 import os
+import sys
 import time
 
 import cv2
@@ -560,3 +561,32 @@ def watch_checkpoints(checkpoint_dir, evaluate_fn, timeout=None, min_interval_se
         if max_evaluations is not None and len(results) >= max_evaluations:
             break
     return results
+
+
+# ---------------------------------------------------------------------------- which data
+def tfrecord_eval_source(config, split):
+    """The `--dataset_dir` that evaluates `split` of a TFRecord run (`config`, its RunConfig):
+    the shards of `split` beside the training shards (`tfrecord.split_pattern`), else the
+    training pattern itself (`warn_if_training_split` then says so)."""
+    from ssd_tf.datasets import tfrecord as tfrecord_lib
+    return tfrecord_lib.split_pattern(config.dataset_dir, config.dataset_split_name, split) \
+        or config.dataset_dir
+
+
+def warn_if_training_split(config, dataset_name, dataset_dir, split, stream=None):
+    """Writes a WARNING (stderr) when the data about to be evaluated is the run's training
+    data: the run's TFRecord shards (whatever the split flag says: the shards are the data),
+    or the run's data set and training split. Returns whether it warned."""
+    if not config or dataset_name != config.dataset_name or \
+            os.fspath(dataset_dir or '') != os.fspath(config.dataset_dir or ''):
+        return False
+    if dataset_name != 'tfrecord' and split != config.dataset_split_name:
+        return False
+    what = (f"the run's training shards --dataset_dir={dataset_dir} (no shards of split "
+            f"{split!r} were found beside them)" if dataset_name == 'tfrecord' else
+            f"the run's training split {split!r} of {dataset_name} {dataset_dir or ''}")
+    print(f"WARNING: evaluating {what}: the mAP measures the fit to the training data, not "
+          f"how the model generalises; pass --dataset_dir (and --dataset_split_name) of "
+          f"held-out data", file=stream or sys.stderr)
+    return True
+

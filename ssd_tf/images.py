@@ -176,6 +176,89 @@ _PROBLEMS = ('', 'empty file', 'not a JPEG/PNG/GIF/BMP file',
              'truncated JPEG (no end-of-image marker)', 'truncated PNG (no IEND chunk)')
 
 
+# EXIF orientation (JPEG only): the APPn segments looked through for the Exif APP1 (JFIF
+# APP0 first is common; cameras put APP1 first), and the IFD0 entries read (the orientation
+# tag 0x0112 is among the first dozen in camera files; IFD0 entries are sorted by tag).
+_EXIF_APP_SEGMENTS = 4
+_EXIF_MAX_ENTRIES = 48
+_EXIF_WINDOW = 2048
+_ORIENTATION_TAG = 0x0112
+
+
+@tf.autograph.experimental.do_not_convert  # graph code as written (a tf.data map converts)
+def exif_orientation(data):
+    """Scalar int32 1..8: the EXIF orientation tag of the JPEG `data` (scalar string): 1
+    (as stored) for other formats, JPEGs without an Exif APP1 among their first
+    `_EXIF_APP_SEGMENTS` segments and within their first `_EXIF_WINDOW` bytes, without the
+    tag in IFD0 or with a value outside 1..8.
+
+    Branch-free graph code on one read of the first `_EXIF_WINDOW` bytes (gathers, no loop):
+    cameras and phones write the Exif APP1 first (or after a JFIF APP0) with IFD0 right
+    behind its header, so the tag lies within the first few hundred bytes.
+    """
+    data = tf.convert_to_tensor(data, tf.string)
+    b = tf.cast(_bytes_at(data, 0, _EXIF_WINDOW), tf.int64)
+
+    def at(pos, n):  # n bytes from pos (zero outside the window)
+        idx = tf.clip_by_value(pos + tf.range(n, dtype=tf.int64), 0, _EXIF_WINDOW)
+        return tf.gather(tf.concat([b, [0]], 0), idx)
+    is_jpeg = tf.logical_and(tf.equal(b[0], 0xFF), tf.equal(b[1], 0xD8))
+    exif = tf.constant(list(b'Exif\0\0'), tf.int64)
+    pos = tf.constant(2, tf.int64)
+    found = tf.constant(False)
+    tiff = tf.constant(0, tf.int64)
+    for _ in range(_EXIF_APP_SEGMENTS):
+        seg = at(pos, 10)
+        is_app = tf.logical_and(tf.equal(seg[0], 0xFF),
+                                tf.logical_and(seg[1] >= 0xE0, seg[1] <= 0xEF))
+        hit = tf.logical_and(tf.logical_and(is_app, tf.equal(seg[1], 0xE1)),
+                             tf.reduce_all(tf.equal(seg[4:10], exif)))
+        hit = tf.logical_and(hit, tf.logical_not(found))
+        tiff = tf.where(hit, pos + 10, tiff)
+        found = tf.logical_or(found, hit)
+        walk = tf.logical_and(is_app, tf.logical_not(found))
+        pos = tf.where(walk, pos + 2 + seg[2] * 256 + seg[3], pos)
+    t = at(tiff, 8)
+    big = tf.equal(t[0], ord('M'))  # 'MM' big-endian (Motorola), 'II' little-endian
+
+    def number(raw):
+        return tf.where(big, _uint(raw, True), _uint(raw, False))
+    ifd = tiff + number(t[4:8])
+    count = number(at(ifd, 2))
+    e = tf.reshape(at(ifd + 2, 12 * _EXIF_MAX_ENTRIES), [_EXIF_MAX_ENTRIES, 12])
+    tags = tf.where(big, e[:, 0] * 256 + e[:, 1], e[:, 1] * 256 + e[:, 0])
+    values = tf.where(big, e[:, 8] * 256 + e[:, 9], e[:, 9] * 256 + e[:, 8])  # SHORT
+    match = tf.logical_and(tf.equal(tags, _ORIENTATION_TAG),
+                           tf.range(_EXIF_MAX_ENTRIES, dtype=tf.int64) < count)
+    value = tf.gather(values, tf.argmax(tf.cast(match, tf.int32)))
+    valid = tf.logical_and(tf.logical_and(is_jpeg, found), tf.reduce_any(match))
+    valid = tf.logical_and(valid, tf.logical_and(value >= 1, value <= 8))
+    return tf.cast(tf.where(valid, value, 1), tf.int32)
+
+
+@tf.autograph.experimental.do_not_convert
+def apply_orientation(image, orientation):
+    """`image` `[H, W, C]` as stored -> as displayed, for the EXIF `orientation` 1..8 (scalar
+    int32): 2 mirrored, 3 turned 180, 4 flipped upside down, 5 transposed, 6 turned 90 degrees
+    clockwise to display (a phone held upright, the usual portrait photo), 7 transverse, 8
+    turned 90 counter-clockwise. 5..8 swap height and width."""
+    def transposed(img):
+        return tf.transpose(img, [1, 0, 2])
+    branches = [
+        lambda: image,
+        lambda: tf.reverse(image, [1]),
+        lambda: tf.reverse(image, [0, 1]),
+        lambda: tf.reverse(image, [0]),
+        lambda: transposed(image),
+        lambda: tf.reverse(transposed(image), [1]),  # 90 clockwise
+        lambda: tf.reverse(transposed(image), [0, 1]),
+        lambda: tf.reverse(transposed(image), [0]),  # 90 counter-clockwise
+    ]
+    out = tf.switch_case(tf.clip_by_value(orientation - 1, 0, 7), branches)
+    out.set_shape([None, None, image.shape[-1]])
+    return out
+
+
 def _inspect(data, max_pixels):
     """`(problem, body)`: the problem string ('' when fine) and the bytes to decode (a GIF cut
     after its first image). Branch-free but for the two header walks, which take no step
@@ -306,12 +389,14 @@ def _decode(data, max_pixels, where):
     with tf.control_dependencies([check]):
         image = tf.io.decode_image(body, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    return image
+    return apply_orientation(image, exif_orientation(data))
 
 
 def decode_image(data, max_pixels=None, where=None):
     """Encoded JPEG/PNG/GIF/BMP bytes (scalar string, any channel count) -> uint8 `[H, W, 3]`
-    RGB; a GIF gives its first frame.
+    RGB as displayed: a JPEG's EXIF orientation is applied (`exif_orientation`,
+    `apply_orientation`; a phone's portrait photo stored turned comes out upright, with
+    height and width of the displayed image); a GIF gives its first frame.
 
     The header is checked first (`encoded_image_problem`): a problem raises
     InvalidArgumentError '<where>: <reason>' before anything is decoded. max_pixels: the
@@ -324,6 +409,34 @@ def decode_image(data, max_pixels=None, where=None):
         return _call_compiled(_DECODE_FN[max_pixels is not None],
                               _eager_args(data, max_pixels, where))
     return _decode(data, max_pixels, where)
+
+
+# ---------------------------------------------------------------------------- files
+def read_regular_file(path, limit=None):
+    """The bytes of the regular file `path` (at most `limit` + 1 of them with a limit).
+
+    A FIFO, device or socket is refused (ValueError 'not a regular file (a FIFO)') without
+    being opened for reading (`os.stat` first): reading a FIFO blocks until a writer comes,
+    so a pipe named `x.jpg` in a folder of photos would hang the program. The file is then
+    opened non-blocking and checked again (`os.fstat`), so a file swapped for a FIFO in
+    between cannot hang it either. Other OSErrors propagate."""
+    import os
+    import stat
+
+    def refuse(mode):
+        kind = ('a FIFO' if stat.S_ISFIFO(mode) else 'a socket' if stat.S_ISSOCK(mode)
+                else 'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+                'a directory' if stat.S_ISDIR(mode) else 'a special file')
+        return ValueError(f"not a regular file ({kind}); skipped without reading it")
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise refuse(mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+    with os.fdopen(fd, 'rb') as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise refuse(mode)
+        return f.read() if limit is None else f.read(limit + 1)
 
 
 # ---------------------------------------------------------------------------- records

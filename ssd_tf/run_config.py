@@ -16,6 +16,7 @@ keeps the moving averages of the weights. Loading weights into a model is
 import dataclasses
 import json
 import os
+import sys
 
 import tensorflow as tf
 
@@ -270,13 +271,164 @@ def _saved_model_version(path):
     return os.path.join(path, str(max(versions))) if versions else None
 
 
+def checkpoint_prefixes(directory):
+    """The prefixes of the TF2/slim checkpoints in `directory`, newest first (by the step that
+    ends the prefix, then by modification time): those the 'checkpoint' state file names and
+    those whose files are there (an `.index` or a `.data-*` shard), so a checkpoint that lost
+    a file, or a directory that lost its state file, is still seen."""
+    found = set()
+    state = tf.train.get_checkpoint_state(directory)
+    if state is not None:
+        for p in list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]:
+            if p:
+                found.add(p if os.path.isabs(p) else os.path.join(directory, p))
+    for name in tf.io.gfile.listdir(directory):
+        name = name.rstrip('/')
+        if name.endswith('.index'):
+            found.add(os.path.join(directory, name[:-len('.index')]))
+        elif '.data-' in name:
+            found.add(os.path.join(directory, name.split('.data-')[0]))
+
+    def key(prefix):
+        tail = os.path.basename(prefix).rsplit('-', 1)
+        step = int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else -1
+        files = tf.io.gfile.glob(prefix + '.*')
+        return step, max((tf.io.gfile.stat(f).mtime_nsec for f in files), default=0)
+    return sorted(found, key=key, reverse=True)
+
+
+def checkpoint_damage(prefix):
+    """None when the checkpoint `prefix` is intact, else why not (a short phrase).
+
+    Intact means: the `.index` and every `.data-NNNNN-of-MMMMM` shard it needs exist, and every
+    tensor reads back. Reading them all is what a restore does anyway (it costs one read of
+    the checkpoint) and it is the check that cannot be fooled: the bundle reader verifies each
+    tensor's size and CRC32C against the index, so a cut, padded or overwritten `.data`
+    file is found wherever the damage lies, which a size comparison alone would miss."""
+    if not tf.io.gfile.exists(prefix + '.index'):
+        return 'its .index file is missing'
+    shards = tf.io.gfile.glob(prefix + '.data-*')
+    if not shards:
+        return 'its .data file is missing'
+    total = shards[0].rsplit('-of-', 1)[-1]
+    if total.isdigit() and len(shards) < int(total):
+        return f'{int(total) - len(shards)} of its {int(total)} .data shards are missing'
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError, OSError) as e:
+        return f'it cannot be read ({str(e).strip().splitlines()[0][:200]})'
+    return None
+
+
+_REPORTED_DAMAGE = set()
+
+
+def _report_damage(prefix, reason):
+    """Says once per process that a damaged checkpoint was skipped (on stderr)."""
+    if prefix not in _REPORTED_DAMAGE:
+        _REPORTED_DAMAGE.add(prefix)
+        print(f"WARNING: checkpoint {prefix} is damaged ({reason}); it is skipped and left "
+              f"where it is", file=sys.stderr)
+
+
+def find_intact_checkpoint(directory, on_damaged=_report_damage):
+    """`(prefix, damaged)`: the newest intact checkpoint of `directory` (None when it has none)
+    and the `[(prefix, reason)]` of the damaged ones newer than it (or of all, when none is
+    intact), each also passed to `on_damaged(prefix, reason)`. An empty directory or one
+    without checkpoint files gives `(None, [])`."""
+    if not tf.io.gfile.isdir(directory):
+        return None, []
+    damaged = []
+    for prefix in checkpoint_prefixes(directory):
+        reason = _cached_damage(prefix)
+        if reason is None:
+            return prefix, damaged
+        damaged.append((prefix, reason))
+        if on_damaged is not None:
+            on_damaged(prefix, reason)
+    return None, damaged
+
+
+def no_intact_checkpoint_error(directory, damaged, flag='--checkpoint_path'):
+    """The ValueError for a directory whose checkpoints are all damaged."""
+    listed = '; '.join(f"{os.path.basename(p)}: {r}" for p, r in damaged)
+    return ValueError(f"{flag}={directory} holds checkpoints but none is intact ({listed}). "
+                      f"Nothing was changed. To start anew use a new --train_dir (or move "
+                      f"these files away); to use a checkpoint, repair or copy it back")
+
+
+_VERIFIED = {}
+
+
+def _cached_damage(prefix):
+    """`checkpoint_damage(prefix)`, read once per process while its files stay the same."""
+    files = sorted(tf.io.gfile.glob(prefix + '.index') + tf.io.gfile.glob(prefix + '.data-*'))
+    stamp = tuple((f, tf.io.gfile.stat(f).length, tf.io.gfile.stat(f).mtime_nsec)
+                  for f in files)
+    if _VERIFIED.get(prefix, (None,))[0] != stamp:
+        _VERIFIED[prefix] = (stamp, checkpoint_damage(prefix))
+    return _VERIFIED[prefix][1]
+
+
+def resume_checkpoint(train_dir):
+    """The checkpoint a training run in `train_dir` resumes from: the newest intact one, or
+    None for a new run. Checkpoint files of which none is intact are a ValueError saying how
+    to start anew; a `config.json` without any checkpoint (a run stopped before its first
+    save) is said on stderr before the run starts at step 0."""
+    latest, damaged = find_intact_checkpoint(train_dir)
+    if latest is None and damaged:
+        raise no_intact_checkpoint_error(train_dir, damaged, '--train_dir')
+    if latest is None and os.path.isfile(os.path.join(train_dir, CONFIG_FILENAME)):
+        print(f"--train_dir={train_dir} holds {CONFIG_FILENAME} but no checkpoint (the run "
+              f"stopped before its first save): starting at step 0", file=sys.stderr)
+    return latest
+
+
+def prune_checkpoints(directory, keep, newest):
+    """Deletes all but the `keep` newest intact checkpoints of `directory` and records the
+    kept ones in its state file, once the just-written checkpoint `newest` reads back intact
+    (when it does not, nothing is deleted: rotation never removes the last intact one).
+    Damaged checkpoints are left in place. Returns the deleted prefixes."""
+    reason = _cached_damage(newest)
+    if reason is not None:
+        _report_damage(newest, reason + '; no older checkpoint was deleted')
+        return []
+    intact = [p for p in checkpoint_prefixes(directory)
+              if p != newest and _cached_damage(p) is None]
+    kept, dropped = intact[:keep - 1], intact[keep - 1:]
+    for prefix in dropped:
+        for f in tf.io.gfile.glob(prefix + '.index') + tf.io.gfile.glob(prefix + '.data-*'):
+            tf.io.gfile.remove(f)
+    _write_checkpoint_state(directory, list(reversed(kept)) + [newest])
+    return dropped
+
+
+def _write_checkpoint_state(directory, prefixes):
+    """Writes the 'checkpoint' state file (text proto `CheckpointState`) of `directory`:
+    `prefixes` oldest first, the last one the latest; atomically (a temporary file renamed).
+    The same file `tf.train.CheckpointManager` writes, without its deprecated helper."""
+    def quoted(prefix):
+        name = os.path.relpath(prefix, directory) if os.path.isabs(prefix) else prefix
+        return json.dumps(name)  # the text-proto string escapes of such names
+    text = f"model_checkpoint_path: {quoted(prefixes[-1])}\n" + ''.join(
+        f"all_model_checkpoint_paths: {quoted(p)}\n" for p in prefixes)
+    path = os.path.join(directory, 'checkpoint')
+    with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+        f.write(text)
+    tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+
+
 def resolve_checkpoint(checkpoint_path):
     """What `--checkpoint_path` points to: `(kind, path)`.
 
     kind 'saved_model' (a directory with saved_model.pb, or TF Serving's versioned layout:
     the highest numbered subdirectory), 'tf2' (an object-based tf.train.Checkpoint, e.g. from
     training's CheckpointManager) or 'slim' (a name-based TF1 checkpoint). A directory resolves
-    to its latest checkpoint. Anything else is a ValueError naming the path.
+    to its newest intact checkpoint (`find_intact_checkpoint`: newer damaged ones are reported
+    by name on stderr and skipped; none intact is a ValueError); a damaged prefix is a
+    ValueError. Anything else is a ValueError naming the path.
     """
     path = os.fspath(checkpoint_path) if checkpoint_path else ''
     if not path:
@@ -288,7 +440,9 @@ def resolve_checkpoint(checkpoint_path):
         version = _saved_model_version(path)
         if version is not None:  # TF Serving's layout output_dir/<version>/ (ssd_tf.export)
             return 'saved_model', version
-        latest = tf.train.latest_checkpoint(path)
+        latest, damaged = find_intact_checkpoint(path)
+        if latest is None and damaged:
+            raise no_intact_checkpoint_error(path, damaged)
         if latest is None:
             raise ValueError(f"--checkpoint_path={path} is a directory with neither a "
                              f"checkpoint (no 'checkpoint' index file) nor saved_model.pb; "
@@ -296,8 +450,17 @@ def resolve_checkpoint(checkpoint_path):
                              f"{os.path.join(path, 'model.ckpt-NNNN')}")
         path = latest
     elif not tf.io.gfile.exists(path + '.index'):
+        if tf.io.gfile.glob(path + '.data-*'):
+            raise ValueError(f"--checkpoint_path={path} is damaged: its .index file is "
+                             f"missing; pass the training directory to use its newest intact "
+                             f"checkpoint")
         raise ValueError(f"--checkpoint_path={path} does not exist (no directory, and no "
                          f"checkpoint prefix with {os.path.basename(path)}.index)")
+    else:
+        reason = checkpoint_damage(path)
+        if reason is not None:
+            raise ValueError(f"--checkpoint_path={path} is damaged: {reason}; pass the "
+                             f"training directory to use its newest intact checkpoint")
     try:
         names = {n for n, _ in tf.train.list_variables(path)}
     except (tf.errors.OpError, ValueError) as e:

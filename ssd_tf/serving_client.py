@@ -173,8 +173,7 @@ def _read_checked(path, max_pixels, max_file_bytes):
         if size > max_file_bytes:
             raise ValueError(f"the file has {size} bytes, over --max_file_bytes="
                              f"{max_file_bytes}")
-        with open(path, 'rb') as f:
-            data = f.read(max_file_bytes + 1)
+        data = images.read_regular_file(path, max_file_bytes)
     except OSError as e:
         raise ValueError(f"cannot read the file: {e.strerror or e}") from None
     if len(data) > max_file_bytes:

@@ -545,9 +545,10 @@ class Trainer:
         items.update(self._moving_average_items())
         items.update(extra_checkpoint_items or {})
         self.checkpoint = tf.train.Checkpoint(**items)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.save_dir,
-                                                  max_to_keep=max_to_keep,
-                                                  checkpoint_name='ckpt')
+        # Rotation is run_config.prune_checkpoints' (after the new checkpoint reads back
+        # intact), so the manager itself keeps everything.
+        self.max_to_keep = max_to_keep
+        self.manager = self._new_manager()
         self.step = DistributedStep(net, model, optimizer, strategy, self.global_step,
                                     self.global_batch_size, self.trainable_variables,
                                     self.loss_config, jit_compile)
@@ -574,9 +575,17 @@ class Trainer:
         pairs = [(index[id(v)], a) for v, a in zip(self.trainable_variables, averages)]
         return {run_config.MOVING_AVERAGE_ITEM: run_config.moving_average_item(pairs)}
 
+    def _new_manager(self):
+        return tf.train.CheckpointManager(self.checkpoint, self.save_dir, max_to_keep=None,
+                                          checkpoint_name='ckpt')
+
     def restore(self):
-        """Restores the latest checkpoint of train_dir; returns its path or None."""
-        latest = tf.train.latest_checkpoint(self.train_dir)
+        """Restores the newest intact checkpoint of train_dir (newer damaged ones are reported
+        and skipped); returns its path or None. Checkpoint files of which none is intact are a
+        ValueError (the run is not restarted from step 0 over them)."""
+        latest, damaged = run_config.find_intact_checkpoint(self.train_dir)
+        if latest is None and damaged:
+            raise run_config.no_intact_checkpoint_error(self.train_dir, damaged, '--train_dir')
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             if isinstance(self.optimizer, SkipNonFiniteOptimizer):
@@ -585,8 +594,14 @@ class Trainer:
         return latest
 
     def save(self):
-        """Saves a checkpoint numbered by the global step; returns its path."""
-        return self.manager.save(checkpoint_number=int(self.global_step.numpy()))
+        """Saves a checkpoint numbered by the global step, then keeps the `max_to_keep` newest
+        intact ones (`run_config.prune_checkpoints`: none is deleted unless the new one reads
+        back intact); returns its path."""
+        path = self.manager.save(checkpoint_number=int(self.global_step.numpy()))
+        if self.max_to_keep:
+            run_config.prune_checkpoints(self.save_dir, self.max_to_keep, path)
+            self.manager = self._new_manager()  # re-read the state file prune wrote
+        return path
 
     def finalize_moving_average(self):
         """Replaces the trained weights by their moving averages (no-op without them)."""

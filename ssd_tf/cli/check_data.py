@@ -68,7 +68,8 @@ def main(argv=None):
         if args.dataset_name == 'tfrecord':
             label_problem = None
             try:
-                label_map = factory.tfrecord_label_map(args.dataset_dir, args.label_map)
+                label_map = factory.tfrecord_label_map(args.dataset_dir, args.label_map,
+                                                       num_classes=args.num_classes)
             except ValueError as e:  # label texts that disagree: a problem of the data
                 if args.label_map:
                     raise
@@ -79,7 +80,8 @@ def main(argv=None):
             if label_map is not None and label_map.mapping_description():
                 print(label_map.mapping_description())
             n, problems = check_tfrecords(args.dataset_dir, num_classes=num_classes,
-                                          label_ids=label_map.label_ids if label_map else None)
+                                          label_ids=label_map.label_ids if label_map else None,
+                                          label_texts=getattr(label_map, 'record_texts', None))
             print(f"{args.dataset_dir}: {n} records read, label map: "
                   f"{list(label_map.names) if label_map else 'none found'}, classes: "
                   f"{num_classes if num_classes is not None else 'not given (labels >= 1 only)'}")

@@ -56,6 +56,7 @@ def main(argv=None):
                 raise ValueError(f"--{flag}={value} must be positive")
         if args.columnar and args.protocol != 'rest':
             raise ValueError("--columnar applies to --protocol=rest")
+        detect_lib.check_output_dir(args.output_dir)  # before talking to the server
         kind = sc.RestClient if args.protocol == 'rest' else sc.GrpcClient
         extra = {'columnar': args.columnar} if args.protocol == 'rest' else {}
         client = kind(args.server, args.model_name, args.model_version, args.signature,

@@ -70,18 +70,23 @@ def load_records_and_report(dataset_name, dataset_dir, split, label_map=None, st
     raise ValueError(f"dataset_name must be one of {DATASET_NAMES}, got {dataset_name!r}")
 
 
-def tfrecord_label_map(dataset_dir, label_map=None, layout=None):
+def tfrecord_label_map(dataset_dir, label_map=None, layout=None, num_classes=None):
     """The LabelMap of TFRecord data (`dataset_dir` a file pattern or list of patterns):
     `label_map` (a LabelMap or a labels.txt/.json/.pbtxt path, e.g. the --label_map flag),
     else the `labels.txt` beside the shards (the converter writes it), else the TF Object
     Detection API's `label_map.pbtxt` beside them, else the class names stored in the
     records' label texts (`image/object/bbox/label_text`, or `image/object/class/text` in
     the OD API `layout`; None: `tfrecord.detect_layout`); None when none of these exists.
-    A label map file may skip ids (`LabelMap.label_ids`: the pipeline maps them); label texts
-    may not, since a class absent from the records would leave an unseen gap.
+    A label map file may skip ids (`LabelMap.label_ids`: the pipeline maps them).
 
-    Raises ValueError naming the shard and record when the records' label texts disagree
-    (one label with two names, one name with two labels) or leave a gap in 1..C-1.
+    Label texts are a hint, not a gate (`_label_map_from_records`): each label gets the name
+    most of its records give it; labels no record names (gaps, or up to `num_classes` - 1,
+    the --num_classes flag) are filled with the Pascal VOC name of that label when the named
+    ones all match VOC's (the slim converter's records of a subset of VOC), else
+    'class_<label>'. The map then carries `record_texts` (the name per label, '' for filled
+    ones): the pipeline skips and counts a record whose text disagrees. `num_classes` below
+    the largest label + 1 is a ValueError naming --num_classes; so is one name used for two
+    labels (naming the shard and record).
     """
     if isinstance(label_map, labelmap_lib.LabelMap):
         return label_map
@@ -91,7 +96,8 @@ def tfrecord_label_map(dataset_dir, label_map=None, layout=None):
     beside = label_map_beside(files)
     if beside is not None:
         return beside
-    return _label_map_from_records(files, layout or tfrecord_lib.detect_layout(files))
+    return _label_map_from_records(files, layout or tfrecord_lib.detect_layout(files),
+                                   num_classes)
 
 
 def label_map_beside(files):
@@ -121,29 +127,46 @@ def _label_pairs(index, serialized, layout):
         (tf.fill([n], index), labels[:n], texts[:n]))
 
 
-def _label_map_from_records(files, layout):
+def _label_map_from_records(files, layout, num_classes=None):
     """The label map spelled by the records' label texts (records that do not parse are left
-    to the pipeline's checks); None when no record has label texts."""
-    names = {}  # label -> (name, where first seen)
+    to the pipeline's checks); None when no record has label texts. See
+    `tfrecord_label_map`."""
+    votes = {}  # label -> {text: [count, where first seen]}
     pairs = functools.partial(_label_pairs, layout=layout)
     for f in files:
         ds = tf.data.TFRecordDataset(f).enumerate().flat_map(pairs).ignore_errors()
         for indices, labels, texts in ds.batch(_SCAN_BATCH).as_numpy_iterator():
             for index, label, text in zip(indices, labels, texts):
-                where = f"{f} record {index}"
-                text = text.decode('utf-8')
-                seen = names.setdefault(int(label), (text, where))
-                if seen[0] != text:
-                    raise ValueError(f"{where}: label {label} is named {text!r} but "
-                                     f"{seen[0]!r} in {seen[1]}; pass --label_map")
-    if not names:
+                if label < 1:
+                    continue  # the pipeline reports labels out of range
+                seen = votes.setdefault(int(label), {}).setdefault(
+                    text.decode('utf-8', 'replace'), [0, f"{f} record {index}"])
+                seen[0] += 1
+    if not votes:
         return None
+    names = {}  # label -> (the name most records give it, where first seen); ties: first
+    for label, texts in votes.items():
+        text, (_, where) = max(texts.items(), key=lambda kv: kv[1][0])
+        names[label] = (text, where)
     by_name = {}
-    for label, (text, where) in names.items():
+    for label, (text, where) in sorted(names.items()):
         if by_name.setdefault(text, label) != label:
             raise ValueError(f"{where}: class {text!r} has labels {by_name[text]} and {label}; "
                              f"pass --label_map")
-    if sorted(names) != list(range(1, len(names) + 1)):
-        raise ValueError(f"the label texts of {files[0]}... give labels {sorted(names)}, not "
-                         f"1..{len(names)} without gaps; pass --label_map")
-    return labelmap_lib.LabelMap([names[i][0] for i in range(1, len(names) + 1)])
+    largest = max(names)
+    if num_classes is not None and num_classes < largest + 1:
+        raise ValueError(f"--num_classes={num_classes} but the records have label {largest} "
+                         f"({names[largest][0]!r}): --num_classes must be at least "
+                         f"{largest + 1} (classes + background)")
+    size = largest + 1 if num_classes is None else num_classes
+    voc = all(label <= len(labelmap_lib.VOC_CLASSES) and
+              labelmap_lib.VOC_CLASSES[label - 1] == text for label, (text, _) in names.items())
+    voc = voc and size - 1 <= len(labelmap_lib.VOC_CLASSES)
+
+    def filler(label):
+        return labelmap_lib.VOC_CLASSES[label - 1] if voc else f'class_{label}'
+    label_map = labelmap_lib.LabelMap([names[i][0] if i in names else filler(i)
+                                       for i in range(1, size)])
+    label_map.record_texts = ('none',) + tuple(names[i][0] if i in names else ''
+                                               for i in range(1, size))
+    return label_map

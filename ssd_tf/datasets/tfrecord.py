@@ -27,6 +27,7 @@ with `parse_example` / `check_example`.
 """
 import hashlib
 import os
+import re
 import uuid
 
 import numpy as np
@@ -86,6 +87,7 @@ BAD_IMAGE = 'not a whole image'
 BOX_OUTSIDE = 'boxes outside [0, 1]'
 UNREADABLE = 'unparseable or undecodable record'
 OTHER_LAYOUT = 'record of the other key layout'
+LABEL_TEXT_DISAGREES = 'label text disagrees with the other records'
 INVERTED_BOX = 'inverted or empty box'
 LABEL_OUT_OF_RANGE = 'label out of range'
 LABEL_NOT_IN_MAP = 'class id not in the label map'
@@ -93,11 +95,34 @@ LABEL_NOT_IN_MAP = 'class id not in the label map'
 # clipped, not reported (a converter computing x / width may give 1.0000001).
 _BOX_TOLERANCE = 1e-3
 RECORD_KINDS = (UNEQUAL_BOX_LISTS, MISSING_IMAGE, BAD_IMAGE, BOX_OUTSIDE, UNREADABLE,
-                OTHER_LAYOUT)
+                OTHER_LAYOUT, LABEL_TEXT_DISAGREES)
 BOX_KINDS = (INVERTED_BOX, LABEL_OUT_OF_RANGE, LABEL_NOT_IN_MAP)
 
 
 # ---------------------------------------------------------------------------- writing
+def split_pattern(pattern, train_split, split):
+    """The file pattern of the shards of `split` beside the training shards `pattern`, or
+    None when there are none (or `split` is the training split).
+
+    A directory gives `<dir>/*<split>*.tfrecord*`; a pattern gives the same pattern with the
+    training split's name, where it stands between `_`, `-` or `.` in the file name, replaced
+    by `split` (`voc_2007_train_*.tfrecord` -> `voc_2007_test_*.tfrecord`, the names of the
+    slim converter and of `write_tfrecords`). The result must match at least one file."""
+    if not pattern or not split or split == train_split:
+        return None
+    pattern = os.fspath(pattern)
+    if tf.io.gfile.isdir(pattern):
+        candidate = os.path.join(pattern, f'*{split}*.tfrecord*')
+    else:
+        directory, base = os.path.split(pattern)
+        tokens = re.split(r'([_.-])', base)
+        if not train_split or train_split not in tokens:
+            return None
+        candidate = os.path.join(directory, ''.join(split if t == train_split else t
+                                                    for t in tokens))
+    return candidate if tf.io.gfile.glob(candidate) else None
+
+
 def match_files(source):
     """The sorted TFRecord files matching `source` (a file pattern, or a list of patterns);
     FileNotFoundError naming the patterns when none matches. Every reader of TFRecord files
@@ -424,12 +449,35 @@ def _record_problem(f, max_pixels):
                    lambda: tf.cond(unequal, length_problem, encoded_problem))
 
 
-def check_example(serialized, num_classes=None, max_pixels=None, layout=SLIM, label_ids=None):
+def check_example(serialized, num_classes=None, max_pixels=None, layout=SLIM, label_ids=None,
+                  label_texts=None):
     """Parses (keys of `layout`) and checks one serialized Example in the graph (the
     TFRecord counterpart of the VOC/COCO readers' checks); see `check_features`.
     A serialized string that is not an Example still fails (InvalidArgumentError)."""
     return check_features(_parse(serialized, _CHECK_FEATURES, layout), num_classes,
-                          max_pixels, label_ids)
+                          max_pixels, label_ids, label_texts)
+
+
+@tf.autograph.experimental.do_not_convert  # graph code as written
+def _text_problem(f, label_texts):
+    """`(kind, detail)` of a record whose label texts disagree with `label_texts` (the name
+    of each record label, '' for any), ('', '') otherwise or without texts."""
+    labels = f['image/object/bbox/label'].values
+    texts = f['image/object/bbox/label_text'].values
+    same_size = tf.equal(tf.size(labels), tf.size(texts))
+    n = tf.where(same_size, tf.size(labels), 0)
+    labels, texts = labels[:n], texts[:n]
+    table = tf.constant(list(label_texts), tf.string)
+    inside = tf.logical_and(labels >= 0, labels < len(label_texts))
+    expected = tf.gather(table, tf.clip_by_value(labels, 0, len(label_texts) - 1))
+    bad = tf.logical_and(tf.logical_and(inside, tf.strings.length(texts) > 0),
+                         tf.logical_and(tf.strings.length(expected) > 0,
+                                        tf.not_equal(texts, expected)))
+    first = tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int32)
+    detail = tf.cond(tf.reduce_any(bad), lambda: tf.strings.format(
+        'box {}: label {} is named {} here but {} in the other records', (
+            first, labels[first], texts[first], expected[first])), lambda: tf.constant(''))
+    return tf.where(tf.reduce_any(bad), LABEL_TEXT_DISAGREES, ''), detail
 
 
 def object_features(values):
@@ -460,7 +508,7 @@ def training_labels(dataset_ids, label_ids):
     return tf.where(known, pos + 1, tf.constant(-1, tf.int64)), known
 
 
-def check_features(f, num_classes=None, max_pixels=None, label_ids=None):
+def check_features(f, num_classes=None, max_pixels=None, label_ids=None, label_texts=None):
     """Checks one parsed record in the graph (`_parse`'s dict, or `object_features`).
 
     Returns `(example, kind, detail, box_kinds, box_details)`:
@@ -477,9 +525,16 @@ def check_features(f, num_classes=None, max_pixels=None, label_ids=None):
     label_ids: None (record labels are training labels), or the increasing dataset ids of a
       label map with gaps (`LabelMap.label_ids`): record labels are those ids and become
       their position 1..C-1 (`training_labels`); the box details show the record's id.
+    label_texts: None, or the name of each record label (index = label, '' for any name;
+      `LabelMap.record_texts` of a map spelled by the records' texts): a record naming a
+      label otherwise is skipped as LABEL_TEXT_DISAGREES.
     """
     f = dict(f)
     kind, detail = _record_problem(f, max_pixels)
+    if label_texts is not None:
+        text_kind, text_detail = _text_problem(f, label_texts)
+        use = tf.logical_and(tf.equal(kind, ''), tf.not_equal(text_kind, ''))
+        kind, detail = tf.where(use, text_kind, kind), tf.where(use, text_detail, detail)
     ok = tf.equal(kind, '')
     # A bad record's box lists are emptied, so that the stacking below cannot fail on them.
     for key in ('label', 'label_text', 'difficult', 'truncated', 'is_crowd') + _BOX_KEYS:

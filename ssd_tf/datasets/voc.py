@@ -11,7 +11,8 @@ The image size is the decoded image's; a different `<size>` in the XML is report
 """
 import logging
 import os
-import xml.etree.ElementTree as ET
+import defusedxml
+import defusedxml.ElementTree as ET
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def infer_label_map(dataset_dirs):
                 continue
             try:
                 root = ET.parse(os.path.join(ann, fname)).getroot()
-            except ET.ParseError:
+            except (ET.ParseError, defusedxml.DefusedXmlException):
                 continue  # reported when the record is read
             for obj in root.iter('object'):
                 name = (obj.findtext('name') or '').strip()
@@ -120,6 +121,10 @@ def read_annotation(xml_path):
     """
     try:
         root = ET.parse(xml_path).getroot()
+    except defusedxml.DefusedXmlException as e:  # entity declarations: no expansion
+        raise AnnotationError(f"refused: the annotation XML declares entities (entity "
+                              f"expansion, e.g. 'billion laughs', is not allowed; VOC files "
+                              f"never need it): {e!r}") from e
     except (ET.ParseError, OSError) as e:
         raise AnnotationError(f"cannot parse the annotation XML: {e}") from e
     size = None

@@ -164,7 +164,15 @@ class DetectionModule(tf.Module):
         return self._detect(images, bbox_img)
 
     def _detect(self, images, bbox_img):
-        """Pre-processed `[B, h, w, 3]`, bbox_img `[B, 4]` -> the output dict."""
+        """Pre-processed `[B, h, w, 3]`, bbox_img `[B, 4]` -> the output dict (a request of
+        zero images gets the outputs of shape [0, ...] without running the network)."""
+        k = self._nms['keep_top_k']
+        empty = {'detection_boxes': tf.zeros([0, k, 4]), 'detection_scores': tf.zeros([0, k]),
+                 'detection_classes': tf.zeros([0, k]), 'num_detections': tf.zeros([0])}
+        return tf.cond(tf.shape(images)[0] > 0,
+                       lambda: self._detect_nonempty(images, bbox_img), lambda: empty)
+
+    def _detect_nonempty(self, images, bbox_img):
         out = self.model(images, training=False)
         det = postprocess.detections_from_raw(out['predictions'], out['localisations'],
                                               self._net, self._anchors, **self._nms)
