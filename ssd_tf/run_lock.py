@@ -30,10 +30,11 @@ class RunDirBusy(ValueError):
 class RunLock:
     """The held lock of one directory (`release()` or the end of the process frees it)."""
 
-    def __init__(self, path, handle, note=''):
+    def __init__(self, path, handle, note='', created_dir=None):
         self.path = path
         self._handle = handle
         self.note = note
+        self._created_dir = created_dir  # made by `acquire`: removed again if left empty
 
     def release(self):
         if self._handle is not None:
@@ -41,6 +42,20 @@ class RunLock:
                 fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+        self._remove_unused_dir()
+
+    def _remove_unused_dir(self):
+        """A run refused before it wrote anything (bad flags, bad data) leaves no directory
+        behind: the one `acquire` created goes again when it holds only the lock file."""
+        if self._created_dir is None:
+            return
+        try:
+            if os.listdir(self._created_dir) == [LOCK_FILENAME]:
+                os.remove(self.path)
+                os.rmdir(self._created_dir)
+        except OSError:
+            pass  # another process wrote into it meanwhile: keep it
+        self._created_dir = None
 
     def __enter__(self):
         return self
@@ -66,11 +81,12 @@ def acquire(train_dir, program='train_ssd.py'):
     process holds it. The holder's description is written only once the lock is held, so a
     refused run never changes the file.
     """
+    created = None if os.path.isdir(train_dir) else train_dir
     os.makedirs(train_dir, exist_ok=True)
     path = os.path.join(train_dir, LOCK_FILENAME)
     if fcntl is None:
         return RunLock(path, None, note=f"no file locking on this system: nothing stops a "
-                                        f"second run in {train_dir}")
+                                        f"second run in {train_dir}", created_dir=created)
     handle = open(path, 'a+', encoding='utf-8')  # noqa: SIM115 (held for the whole run)
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,4 +104,4 @@ def acquire(train_dir, program='train_ssd.py'):
         'started': datetime.datetime.now(datetime.timezone.utc).strftime(
             '%Y-%m-%d %H:%M:%S UTC')}))
     handle.flush()
-    return RunLock(path, handle)
+    return RunLock(path, handle, created_dir=created)

@@ -80,6 +80,24 @@ def test_lock_refuses_a_second_holder_naming_dir_and_pid_and_kill9_frees_it(tmp_
     run_lock.acquire(str(tmp_path / 'run')).release()
 
 
+def test_lock_removes_the_directory_it_made_when_the_run_wrote_nothing(tmp_path):
+    # A run refused before writing anything (bad data, bad flags) leaves no --train_dir.
+    from ssd_tf import run_lock
+    fresh = tmp_path / 'fresh'
+    run_lock.acquire(str(fresh)).release()
+    assert not fresh.exists()
+    # A run that wrote into the directory it made keeps it (and its files).
+    used = tmp_path / 'used'
+    with run_lock.acquire(str(used)):
+        (used / 'config.json').write_text('{}')
+    assert sorted(p.name for p in used.iterdir()) == ['.train_lock', 'config.json']
+    # A directory that existed before is never removed, even when empty but for the lock.
+    old = tmp_path / 'old'
+    old.mkdir()
+    run_lock.acquire(str(old)).release()
+    assert old.is_dir()
+
+
 def test_lock_holder_description_of_a_garbled_file():
     from ssd_tf import run_lock
     assert run_lock.describe_holder('not json') == 'a process that wrote no description'
