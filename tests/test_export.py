@@ -49,8 +49,9 @@ MIN_MAP = {'float32': 0.99, 'float16': 0.97, 'dynamic': 0.97, 'int8': 0.9}
 
 
 def _preprocess(image):
-    out = prep.preprocess_for_eval(image, None, None, out_shape=(IMG, IMG))
-    return out[0], out[3]
+    # export_savedmodel.py's and detect's pre-processing: the one resize of every runtime
+    # (images.resize_to_input), then the eval pre-processing.
+    return prep.image_preprocess_fn((IMG, IMG))(image)
 
 
 def _images(n, first=0, size=IMG):
