@@ -77,10 +77,14 @@ flags.DEFINE_integer('num_classes', None,
                      'A value that disagrees with the data set is an error.')
 flags.DEFINE_boolean('reference_compat', False,
                      'Reproduce the slim SSD: its matching, loss, augmentation and L2Norm init.')
-flags.DEFINE_enum('anchors', 'default', ['default', 'auto'],
+flags.DEFINE_enum('anchors', None, ['default', 'auto'],
                   'default: the network\'s anchors; auto: anchor shapes fitted to the training '
                   'boxes (same feature maps and anchors per location), saved with the run and '
-                  'used by resume, eval and export. The anchor coverage is printed either way.')
+                  'used by resume, eval and export. Unset: auto for a new run trained from '
+                  'scratch (its heads learn the anchors they get), default with '
+                  '--checkpoint_path or --reference_compat (pretrained heads and the slim '
+                  'anchors), the run\'s own choice when resuming. The anchor coverage is '
+                  'printed either way.')
 # ------------------------------------------------------------------ loss
 flags.DEFINE_float('match_threshold', 0.5, 'IoU for an anchor to match a ground-truth box.')
 flags.DEFINE_float('negative_ratio', 3., 'Hard negatives per positive.')
@@ -89,11 +93,13 @@ flags.DEFINE_float('label_smoothing', 0., 'Label smoothing of the classification
 flags.DEFINE_float('weight_decay', 0.0005, 'L2 weight decay (slim: scale * sum(w^2) / 2).')
 # ------------------------------------------------------------------ optimisation
 flags.DEFINE_integer('batch_size', 32, 'Global batch size (split across replicas).')
-flags.DEFINE_integer('max_number_of_steps', 2500, 'Steps to train (global, resumable).')
+flags.DEFINE_integer('max_number_of_steps', 1200, 'Steps to train (global, resumable).')
 flags.DEFINE_enum('optimizer', 'adam',
                   ['adadelta', 'adagrad', 'adam', 'adamw', 'ftrl', 'momentum', 'sgd', 'rmsprop'],
                   'Optimizer (slim names; momentum = SGD with momentum).')
-flags.DEFINE_float('learning_rate', 0.002, 'Peak learning rate (after warm-up).')
+flags.DEFINE_float('learning_rate', None,
+                   'Peak learning rate (after warm-up). Unset: the resumed run\'s, else the '
+                   'network\'s own (ssd_small 0.006, the others 0.002).')
 flags.DEFINE_enum('learning_rate_decay_type', 'cosine',
                   ['fixed', 'exponential', 'polynomial', 'cosine'], 'Decay after warm-up.')
 flags.DEFINE_float('end_learning_rate', 1e-5, 'Final rate of polynomial/cosine decay.')
@@ -141,10 +147,14 @@ flags.DEFINE_integer('num_logical_cpus', 0,
                      'With --strategy=mirrored and no GPU: split the CPU into this many replicas '
                      '(for testing data parallelism).')
 flags.DEFINE_string('tpu', None, 'TPU name or address for --strategy=tpu.')
-flags.DEFINE_enum('mixed_precision', None, ['mixed_float16', 'mixed_bfloat16'],
-                  'Mixed precision policy (loss and L2 normalisation stay float32). '
-                  'mixed_bfloat16 is refused on a CPU without AVX512-BF16/AMX (about 5x '
-                  'slower than float32 there) unless --allow_slow_bfloat16.')
+flags.DEFINE_enum('mixed_precision', 'auto', ['auto', 'float32', 'mixed_float16', 'mixed_bfloat16'],
+                  'auto: mixed_bfloat16 where the hardware computes in bfloat16 (CPUs with '
+                  'AVX512-BF16/AMX, TPUs, Ampere or later GPUs; same mAP, about 1.9x the SSD300 '
+                  'step on such a CPU), float32 elsewhere; the choice is printed first and '
+                  'recorded in config.json. The loss and L2 normalisation stay float32. '
+                  'mixed_bfloat16 asked for on a CPU without AVX512-BF16/AMX is refused (about 5x '
+                  'slower than float32 there) unless --allow_slow_bfloat16. A run resumes in '
+                  'float32 or bfloat16 whichever it was trained in (not across mixed_float16).')
 flags.DEFINE_boolean('allow_slow_bfloat16', False,
                      'Run --mixed_precision=mixed_bfloat16 even where the hardware lacks '
                      'bfloat16 (ssd_tf.hardware), with a warning.')
@@ -209,9 +219,10 @@ def check_flags():
         errors.append("--num_samples must be positive")
     if FLAGS.batch_size <= 0 or FLAGS.max_number_of_steps <= 0:
         errors.append("--batch_size and --max_number_of_steps must be positive")
-    if FLAGS.learning_rate <= 0:
+    if FLAGS.learning_rate is not None and FLAGS.learning_rate <= 0:
         errors.append("--learning_rate must be positive")
-    if FLAGS.learning_rate_decay_type in ('polynomial', 'cosine') and \
+    if FLAGS.learning_rate is not None and \
+            FLAGS.learning_rate_decay_type in ('polynomial', 'cosine') and \
             FLAGS.end_learning_rate > FLAGS.learning_rate:
         errors.append(f"--end_learning_rate={FLAGS.end_learning_rate} is above "
                       f"--learning_rate={FLAGS.learning_rate}")
@@ -346,8 +357,10 @@ def _trainable_variables(cfg, net, model):
 
 # ------------------------------------------------------------------ the steps of a run
 def setup_execution(cfg):
-    """The strategy, precision policy and seeds; returns the strategy. mixed_bfloat16 on
-    hardware without bfloat16 is refused first (ssd_tf.hardware.check_bfloat16)."""
+    """The strategy, precision policy and seeds; returns `(cfg with the resolved
+    mixed_precision, strategy)`. --mixed_precision=auto is resolved by
+    `hardware.choose_precision` and printed; mixed_bfloat16 asked for on hardware without
+    bfloat16 is refused first (ssd_tf.hardware.check_bfloat16)."""
     import keras
     from ssd_tf import hardware
     from ssd_tf import training
@@ -356,15 +369,20 @@ def setup_execution(cfg):
                                        cfg.get('allow_slow_bfloat16', False), cfg.strategy)
         if note:
             print(note, file=sys.stderr)
+    policy, why = hardware.choose_precision(
+        cfg.mixed_precision, hardware.bfloat16_support(cfg.strategy)
+        if cfg.mixed_precision == 'auto' else None)
+    print(f"precision: {policy}" + (f" ({why})" if cfg.mixed_precision == 'auto' else ''),
+          file=sys.stderr)
+    cfg = cfg.replace(mixed_precision=policy)
     strategy = training.make_strategy(cfg.strategy, cfg.num_logical_cpus, cfg.tpu)
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:
         raise UserError(f"--batch_size={cfg.batch_size} is not divisible by the "
                         f"{replicas} replicas of --strategy={cfg.strategy}")
-    if cfg.mixed_precision:
-        keras.mixed_precision.set_dtype_policy(cfg.mixed_precision)
+    keras.mixed_precision.set_dtype_policy(policy)
     keras.utils.set_random_seed(cfg.seed)
-    return strategy
+    return cfg, strategy
 
 
 def load_training_data(cfg, replicas):
@@ -390,7 +408,8 @@ def load_training_data(cfg, replicas):
 
 def check_resume(cfg, train_dir):
     """Refuses to resume the run in train_dir with other settings (before anything is
-    written); returns whether train_dir holds a checkpoint to resume."""
+    written); returns `(cfg with --anchors resolved when unset, whether train_dir holds a
+    checkpoint to resume)`."""
     from ssd_tf import run_config
     try:  # damaged newer checkpoints are reported; none intact is refused (not step 0)
         has_checkpoint = run_config.resume_checkpoint(train_dir) is not None
@@ -398,14 +417,30 @@ def check_resume(cfg, train_dir):
         raise UserError(str(e)) from e
     if not has_checkpoint or not os.path.isfile(os.path.join(train_dir,
                                                              run_config.CONFIG_FILENAME)):
-        return has_checkpoint
-    changed = run_config.resume_conflicts(run_config.RunConfig.read(train_dir), cfg)
+        return _fill_unset(cfg, None, None if has_checkpoint else 'new'), has_checkpoint
+    previous = run_config.RunConfig.read(train_dir)
+    cfg = _fill_unset(cfg, previous.learning_rate, previous.anchors or 'default')
+    changed = run_config.resume_conflicts(previous, cfg)
+    then = previous.mixed_precision or 'float32'  # None: an older float32 run
+    if not changed and 'mixed_precision' in previous.recorded and then != cfg.mixed_precision:
+        print(f"resuming the run trained in {then} in {cfg.mixed_precision} (the same "
+              f"checkpoint; precision: as above)", file=sys.stderr)
     if changed:
         raise UserError(
             f"--train_dir={train_dir} holds a run with different settings: " +
             ', '.join(f"--{flag}={then} there, {now} now" for flag, then, now in changed) +
             "; use a new --train_dir, or the same flags to resume")
-    return has_checkpoint
+    return cfg, has_checkpoint
+
+
+def _fill_unset(cfg, learning_rate_then, anchors_then):
+    """cfg with --learning_rate and --anchors resolved when unset (run_config.default_*)."""
+    from ssd_tf import run_config
+    try:
+        cfg = run_config.default_learning_rate(cfg, learning_rate_then)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    return run_config.default_anchors(cfg, anchors_then)
 
 
 def _training_boxes(cfg, records):
@@ -423,12 +458,14 @@ def _training_boxes(cfg, records):
         raise UserError(f"--dataset_dir={cfg.dataset_dir}: {e}") from e
 
 
-def resolve_anchors(cfg, net, records, has_checkpoint):
+def resolve_anchors(cfg, net, records, has_checkpoint, implicit=False):
     """The run's anchors and their coverage of the training boxes: a resumed run keeps the
     anchors saved in its config.json (not refitted to the current data: they are part of the
-    model); a new `--anchors=auto` run fits them (`ssd_tf.anchor_fit`). Prints the coverage
-    report (before and after fitting) with its warning; returns `(cfg with anchor_shapes and
-    anchor_coverage, net, report text)`."""
+    model); a new `--anchors=auto` run fits them (`ssd_tf.anchor_fit`; when --anchors was not
+    given (`implicit`) and there is nothing to fit, the network's anchors, said so). Prints
+    the coverage report (the default anchors' headline, the fitted shapes, then the full
+    report of the anchors used, with its warning); returns `(cfg with anchors, anchor_shapes
+    and anchor_coverage, net, report text)`."""
     from nets import nets_factory
     from ssd_tf import anchor_fit
     from ssd_tf import anchors as anchors_lib
@@ -465,7 +502,11 @@ def resolve_anchors(cfg, net, records, has_checkpoint):
         try:
             net = anchor_fit.fit_anchors(boxes, net, cfg.match_threshold, seed=cfg.seed)
         except ValueError as e:
-            raise UserError(f"--anchors=auto: {e}") from e
+            if not implicit:
+                raise UserError(f"--anchors=auto: {e}") from e
+            print(f"anchors: the network's defaults (nothing to fit them to: {e})",
+                  file=sys.stderr)
+            cfg, before = cfg.replace(anchors='default'), None
     if not len(anchors_report.valid_boxes(boxes)):
         print("anchor coverage: no ground-truth box in the training data", file=sys.stderr)
         return cfg, net, ''
@@ -474,8 +515,10 @@ def resolve_anchors(cfg, net, records, has_checkpoint):
     shapes = [[list(hw) for hw in layer] for layer in net.params.anchor_sizes] \
         if explicit else None
     text = report.format()
-    if before is not None:
-        text = (f"{before.format()}\n{anchor_fit.format_shapes(net)}\n{text}")
+    if before is not None:  # the default anchors are not used: their headline only
+        why = ' (--anchors unset: fitted, as for every new run from scratch)' if implicit else ''
+        text = (f"{before.format().splitlines()[0]}{why}\n{anchor_fit.format_shapes(net)}\n"
+                f"{text}")
     print(text, file=sys.stderr)
     record = report.to_dict()
     if before is not None:
@@ -749,7 +792,7 @@ def run(flag_values):
     """Trains according to the resolved flag dict; returns the process exit code."""
     from ssd_tf import run_config
     cfg = run_config.RunConfig.from_dict(flag_values)
-    strategy = setup_execution(cfg)
+    cfg, strategy = setup_execution(cfg)
     chief = is_chief(strategy)
     from ssd_tf import run_lock
     lock = run_lock.acquire(cfg.train_dir) if chief else None  # one run per --train_dir
@@ -775,8 +818,10 @@ def _run(cfg, strategy, chief, save_dir):
     from ssd_tf import training
     cfg, net, records, label_map, summary = load_training_data(
         cfg, strategy.num_replicas_in_sync)
-    has_checkpoint = check_resume(cfg, cfg.train_dir)
-    cfg, net, anchor_text = resolve_anchors(cfg, net, records, has_checkpoint)
+    implicit_anchors = cfg.anchors is None
+    cfg, has_checkpoint = check_resume(cfg, cfg.train_dir)
+    cfg, net, anchor_text = resolve_anchors(cfg, net, records, has_checkpoint,
+                                            implicit_anchors)
     if cfg.learning_rate_decay_type in _DECAY_FLAGS['num_epochs_per_decay']:
         try:  # the schedule counts in epochs
             cfg = cfg.replace(num_samples=training.resolve_num_samples(

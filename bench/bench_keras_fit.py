@@ -62,8 +62,8 @@ def keras_fit(work_dir, steps, steps_per_log=100):
     flags.update(train_dir=os.path.join(work_dir, 'keras'))
     if steps is not None:
         flags['max_number_of_steps'] = steps
-    cfg = run_config.RunConfig.from_dict(flags)
-    strategy = train_ssd.setup_execution(cfg)  # the same seed before the weights are drawn
+    cfg = run_config.default_learning_rate(run_config.RunConfig.from_dict(flags), None)
+    cfg, strategy = train_ssd.setup_execution(cfg)  # the same seed before the weights are drawn
     cfg, net, records, _, _ = train_ssd.load_training_data(cfg, strategy.num_replicas_in_sync)
     trainer, _ = train_ssd.build_trainer(cfg, net, strategy, cfg.train_dir, False)
     detector = SSDDetector(net, label_names=cfg.label_names, model=trainer.model,

@@ -37,6 +37,9 @@ class SSDNet:
     """
     default_params = None  # set by each network module
     model_name = None
+    # train_ssd.py's peak learning rate (Adam, after warm-up) when --learning_rate is unset;
+    # a network whose training was measured at another rate overrides it
+    default_learning_rate = 0.002
 
     def __init__(self, params=None, reference_compat=False):
         if params is None:

@@ -110,6 +110,9 @@ class SSDNet(_SSDNetBase):
     """A small VGG-style SSD: 128x128 input, feature maps 16, 8, 4, 2, 1; see module doc."""
     model_name = 'ssd_small'
     default_params = small_params(_IMG)
+    # the main job's rate (1200 steps of 32, cosine; docs/benchmarks.md "The main job"):
+    # 0.006 reached VOC07 0.90 where 0.002 needed twice the steps
+    default_learning_rate = 0.006
 
     def keras_model(self, **kwargs):
         """The Keras functional model; kwargs as `nets.ssd_vgg_keras.build_ssd_vgg_keras`."""
@@ -125,6 +128,7 @@ class SSDNet192(SSDNet):
     128 pixels lose too much detail; about 2.3x the cost of `ssd_small`."""
     model_name = 'ssd_small_192'
     default_params = small_params(192)
+    default_learning_rate = 0.002  # the rate of the raccoon figures (docs/benchmarks.md)
 
 
 class SSDNetSmallObjects(SSDNet):
@@ -133,5 +137,6 @@ class SSDNetSmallObjects(SSDNet):
     (module docstring)."""
     model_name = 'ssd_small_320'
     small_objects = True
+    default_learning_rate = 0.002  # the rate of the small-object figures
     default_params = small_params(_SMALL_OBJECT_IMG, first_stride=4,
                                   scales=_SMALL_OBJECT_SCALES)

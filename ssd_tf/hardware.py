@@ -119,6 +119,32 @@ def bfloat16_support(strategy=None):
     return cpu_bfloat16()
 
 
+# --mixed_precision values of train_ssd.py; 'auto' is resolved by `choose_precision`.
+PRECISIONS = ('auto', 'float32', 'mixed_float16', 'mixed_bfloat16')
+
+
+def choose_precision(flag_value, support):
+    """`(policy, reason)`: the Keras dtype policy a `--mixed_precision=flag_value` run uses.
+
+    'auto' takes 'mixed_bfloat16' where `support` (a `Support`) says the device computes in
+    bfloat16 ('yes'), else 'float32' ('no' and 'unknown': an unknown device is not gambled
+    on, since bfloat16 without the hardware is about 5x slower). Any other value (None =
+    float32, as older runs recorded it) is returned as asked. reason: one line for the run's
+    first screen.
+    """
+    if flag_value in (None, 'float32'):
+        return 'float32', 'asked for'
+    if flag_value != 'auto':
+        if flag_value not in PRECISIONS:
+            raise ValueError(f"--mixed_precision={flag_value}: not one of {', '.join(PRECISIONS)}")
+        return flag_value, 'asked for'
+    if support.status == 'yes':
+        return 'mixed_bfloat16', (f"--mixed_precision=auto: this {support.device} computes in "
+                                  f"bfloat16 ({support.reason})")
+    return 'float32', (f"--mixed_precision=auto: bfloat16 arithmetic is {support.status} on "
+                       f"this {support.device} ({support.reason})")
+
+
 class SlowPrecisionError(ValueError):
     """mixed_bfloat16 asked for where the hardware lacks bfloat16 (see `check_bfloat16`)."""
 

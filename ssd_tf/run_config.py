@@ -192,15 +192,50 @@ class RunConfig:
         return write_run_config(directory, self)
 
 
+def default_learning_rate(cfg, then):
+    """cfg (a RunConfig) with `learning_rate` resolved when it was not given: `then`, the
+    resumed run's rate (a run keeps its schedule), else the network's `default_learning_rate`
+    (nets: ssd_small's was measured for the main job). ValueError when a polynomial or cosine
+    decay's `end_learning_rate` is above the rate taken."""
+    if cfg.learning_rate is not None:
+        return cfg
+    if then is None:
+        from nets import nets_factory
+        then = nets_factory.get_network(cfg.model_name).default_learning_rate
+    if cfg.learning_rate_decay_type in ('polynomial', 'cosine') and \
+            cfg.end_learning_rate is not None and cfg.end_learning_rate > then:
+        raise ValueError(f"--end_learning_rate={cfg.end_learning_rate} is above the learning "
+                         f"rate {then} ({cfg.model_name}'s default or the resumed run's): "
+                         "give --learning_rate")
+    return cfg.replace(learning_rate=float(then))
+
+
+def default_anchors(cfg, then):
+    """cfg (a RunConfig) with `anchors` resolved when it was not given: `then` is the resumed
+    run's choice, 'new' for a new run (auto from scratch; default with `checkpoint_path`, whose
+    heads were trained for the network's anchors, or `reference_compat`), None for a run
+    without config.json (default, as before --anchors existed)."""
+    if cfg.anchors is not None:
+        return cfg
+    if then == 'new':
+        then = 'default' if cfg.checkpoint_path or cfg.reference_compat else 'auto'
+    return cfg.replace(anchors=then or 'default')
+
+
 def resume_conflicts(previous, current, keys=RESUME_KEYS):
     """The settings that differ between the run `previous` (a RunConfig read from its
     train_dir) and the one about to resume it, as `[(flag, then, now)]`. A setting an older
-    config.json did not record is not compared."""
-    def norm(value):
+    config.json did not record is not compared. The precision counts only where it changes
+    the checkpoint: float32 (None in older runs) and mixed_bfloat16 keep float32 variables and
+    no loss scale, so they resume each other (a bfloat16 run resumes on a machine without
+    bfloat16); mixed_float16 adds a loss scale."""
+    def norm(key, value):
+        if key == 'mixed_precision':  # what the checkpoint holds: float16's loss scale or not
+            return value == 'mixed_float16'
         return list(value) if isinstance(value, (list, tuple)) else value
     return [(_RESUME_FLAG_NAMES.get(k, k), getattr(previous, k), getattr(current, k))
             for k in keys if k in previous.recorded and
-            norm(getattr(previous, k)) != norm(getattr(current, k))]
+            norm(k, getattr(previous, k)) != norm(k, getattr(current, k))]
 
 
 def run_params(params, config, where='config.json'):

@@ -362,10 +362,44 @@ def _train(args, timeout=600):
 @pytest.fixture(scope='module')
 def auto_run(tmp_path_factory):
     train_dir = tmp_path_factory.mktemp('auto') / 'run'
-    r = _train(['--train_dir', str(train_dir), '--anchors=auto', '--max_number_of_steps=2']
-               + TINY)
+    # no --anchors: a new run from scratch fits its anchors (the default since issue 22)
+    r = _train(['--train_dir', str(train_dir), '--max_number_of_steps=2'] + TINY)
     assert r.returncode == 0, r.stderr[-3000:]
     return train_dir, r
+
+
+@pytest.mark.parametrize('given, then, checkpoint, compat, want', [
+    (None, 'new', None, False, 'auto'),            # a new run from scratch: fitted anchors
+    (None, 'new', '/w/model.ckpt', False, 'default'),  # heads trained for the slim anchors
+    (None, 'new', None, True, 'default'),          # --reference_compat: the original's
+    (None, 'auto', None, False, 'auto'),           # a resumed run keeps its choice ...
+    (None, 'default', None, False, 'default'),
+    (None, None, None, False, 'default'),          # ... a run older than --anchors: default
+    ('default', 'new', None, False, 'default'),    # a given flag always wins
+    ('auto', 'new', '/w/model.ckpt', False, 'auto'),
+])
+def test_which_anchors_a_run_takes_when_the_flag_is_not_given(given, then, checkpoint, compat,
+                                                              want):
+    cfg = run_config.RunConfig.from_dict({'anchors': given, 'checkpoint_path': checkpoint,
+                                          'reference_compat': compat})
+    assert run_config.default_anchors(cfg, then).anchors == want
+
+
+@pytest.mark.parametrize('given, then, model, want', [
+    (None, None, 'ssd_small', 0.006),      # the main job's network: its measured rate
+    (None, None, 'ssd_small_192', 0.002),  # the raccoon figures' rate
+    (None, None, 'ssd_300_vgg', 0.002),
+    (None, 0.002, 'ssd_small', 0.002),     # a resumed run keeps its schedule
+    (0.01, 0.002, 'ssd_small', 0.01),      # a given flag always wins
+])
+def test_which_learning_rate_a_run_takes_when_the_flag_is_not_given(given, then, model, want):
+    cfg = run_config.RunConfig.from_dict({'learning_rate': given, 'model_name': model,
+                                          'learning_rate_decay_type': 'cosine',
+                                          'end_learning_rate': 1e-5})
+    assert run_config.default_learning_rate(cfg, then).learning_rate == want
+    with pytest.raises(ValueError, match='--end_learning_rate=0.004 is above'):
+        run_config.default_learning_rate(cfg.replace(learning_rate=None,
+                                                     end_learning_rate=0.004), 0.002)
 
 
 @pytest.mark.slow

@@ -375,6 +375,25 @@ def test_resume_conflicts_name_each_changed_setting(key, now):
     assert run_config.resume_conflicts(older, current) == []
 
 
+@pytest.mark.parametrize('then, now, conflict', [
+    (None, 'float32', False),                 # an older float32 run (None) resumed in float32
+    (None, 'mixed_bfloat16', False),          # ... on a machine with bfloat16 (auto)
+    ('mixed_bfloat16', 'float32', False),     # a bfloat16 run on a machine without it
+    ('float32', 'mixed_bfloat16', False),
+    ('mixed_bfloat16', 'mixed_float16', True),  # float16 adds a loss scale to the checkpoint
+    ('mixed_float16', 'float32', True),
+    ('mixed_float16', 'mixed_float16', False),
+])
+def test_resume_precision_conflicts_only_where_the_checkpoint_differs(then, now, conflict):
+    from ssd_tf import run_config
+    previous = run_config.RunConfig.from_dict({'model_name': 'ssd_small',
+                                               'mixed_precision': then})
+    current = run_config.RunConfig.from_dict({'model_name': 'ssd_small',
+                                              'mixed_precision': now})
+    got = run_config.resume_conflicts(previous, current)
+    assert got == ([('mixed_precision', then, now)] if conflict else [])
+
+
 def test_count_tfrecord_records_reads_headers_only(tmp_path):
     from ssd_tf import training
     for name, n in (('a-0.tfrecord', 3), ('a-1.tfrecord', 2), ('b.tfrecord', 7)):

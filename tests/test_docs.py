@@ -151,5 +151,16 @@ def test_readme_keeps_the_two_commands():
     """CI and users rely on these lines (see docs/testing.md)."""
     readme = (ROOT / 'README.md').read_text(encoding='utf-8')
     assert "pip install -e '.[dev]' && python train_ssd.py" in readme
-    assert '\npython -m pytest tests\n' in readme
+    assert '\npython -m pytest -n 2 tests\n' in readme
     assert len(readme.splitlines()) <= 220
+
+
+def test_ci_runs_the_readme_test_command():
+    """`.ci/run` runs the README's test command (plus coverage options), not another one."""
+    readme = (ROOT / 'README.md').read_text(encoding='utf-8')
+    command = re.search(r'Run the tests:\n\n```bash\n(python -m pytest[^\n]*)\n```', readme)
+    assert command, 'README.md: no "Run the tests:" block'
+    ci = (ROOT / '.ci' / 'run').read_text(encoding='utf-8').replace('\\\n', ' ')
+    want = command.group(1).replace('python -m', 'python3 -m')
+    assert any(line.strip().startswith(want + ' ') or line.strip() == want
+               for line in ci.splitlines()), f'.ci/run does not run {want!r}'

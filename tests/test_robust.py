@@ -122,8 +122,11 @@ def test_second_train_on_a_live_dir_is_refused_and_kill9_leaves_it_resumable(tmp
     finally:
         a.send_signal(signal.SIGKILL)
         a.wait(timeout=60)
-    # the refused run changed nothing: config.json is run A's (learning rate 0.002)
-    assert json.loads((train_dir / 'config.json').read_text())['learning_rate'] == 0.002
+    # the refused run changed nothing: config.json is run A's (the default learning rate)
+    from nets import nets_factory
+    config = json.loads((train_dir / 'config.json').read_text())
+    default_rate = nets_factory.get_network(config['model_name']).default_learning_rate
+    assert default_rate != 0.01 and config['learning_rate'] == default_rate
     r = program('train_ssd.py', args[:2] + ['--max_number_of_steps=6', '--save_every_n_steps=2',
                                             '--save_interval_secs=100000'] + TINY)
     assert r.returncode == 0, r.stderr

@@ -455,6 +455,22 @@ def test_check_bfloat16_refuses_allows_or_warns():
     assert hardware.check_bfloat16(flag, support=hardware.Support('yes', 'CPU', '')) is None
 
 
+@pytest.mark.parametrize('flag, status, policy', [
+    ('auto', 'yes', 'mixed_bfloat16'), ('auto', 'no', 'float32'),
+    ('auto', 'unknown', 'float32'),  # not gambled on: 5x slower without the hardware
+    ('float32', 'yes', 'float32'), (None, 'yes', 'float32'),  # None: an older run's float32
+    ('mixed_float16', 'no', 'mixed_float16'), ('mixed_bfloat16', 'no', 'mixed_bfloat16'),
+])
+def test_choose_precision(flag, status, policy):
+    support = hardware.Support(status, 'CPU', 'the reason')
+    got, why = hardware.choose_precision(flag, support)
+    assert got == policy
+    if flag == 'auto':  # the run's first screen says why, naming the flag and the device
+        assert why.startswith('--mixed_precision=auto') and 'CPU' in why and 'the reason' in why
+    with pytest.raises(ValueError, match='--mixed_precision=float64'):
+        hardware.choose_precision('float64', support)
+
+
 # The entry points in a subprocess each (their absl flags clash with eval_ssd's in this
 # process), with /proc/cpuinfo replaced; stopped right after the check, before any model.
 _ENTRY = textwrap.dedent("""\
@@ -501,14 +517,14 @@ def test_entry_points_refuse_slow_bfloat16_unless_allowed(tmp_path, script):
               [f'--checkpoint_path={tmp_path}', f'--output_dir={tmp_path / "out"}'])
     cases = [(str(lacks), common + c) for c in
              (bf16, bf16 + ['--allow_slow_bfloat16'], [], ['--allow_slow_bfloat16'])]
-    cases.append((str(has), common + bf16))
+    cases += [(str(has), common + bf16), (str(has), common)]
     out = subprocess.run(  # one process for all cases: the TensorFlow import is the cost
         [sys.executable, '-c', _ENTRY, script, json.dumps(cases)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={k: v for k, v in os.environ.items() if k != 'ONEDNN_MAX_CPU_ISA'})
     line = [x for x in out.stdout.splitlines() if x.startswith('RESULTS')]
     assert line, out.stderr[-3000:]
-    refused, allowed, plain, stray, fast = json.loads(line[0][len('RESULTS'):])
+    refused, allowed, plain, stray, fast, default = json.loads(line[0][len('RESULTS'):])
     logs = out.stderr.split('CASE\n')[1:]  # the stderr of each case, in order
     assert len(logs) == len(cases)
     if script == 'train':  # main prints the error and returns 2
@@ -522,3 +538,9 @@ def test_entry_points_refuse_slow_bfloat16_unless_allowed(tmp_path, script):
     assert allowed == ['reached', 'mixed_bfloat16'] and 'will be slow' in logs[1]
     assert plain == ['reached', 'float32']
     assert fast == ['reached', 'mixed_bfloat16'] and 'warning' not in logs[4]
+    if script == 'train':  # --mixed_precision=auto, the default: bfloat16 where it is fast
+        assert default == ['reached', 'mixed_bfloat16']
+        assert 'precision: mixed_bfloat16 (--mixed_precision=auto: this CPU computes' in logs[5]
+        assert 'precision: float32 (--mixed_precision=auto: bfloat16 arithmetic is no' in logs[2]
+    else:  # a SavedModel exports in float32 unless asked
+        assert default == ['reached', 'float32']

@@ -28,8 +28,8 @@ TINY = ['--synthetic_num_train=64', '--synthetic_num_test=16', '--batch_size=8',
         '--log_every_n_steps=1', '--warmup_steps=2']
 
 
-def run_train(args, timeout=600, **kw):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
+def run_train(args, timeout=600, env_extra=None, **kw):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1', **(env_extra or {}))
     return subprocess.run([sys.executable, str(ROOT / 'train_ssd.py')] + list(args),
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
                           **kw)
@@ -543,19 +543,31 @@ def _snapshot(train_dir):
 def test_refused_resume_names_the_flag_and_writes_nothing(tmp_path):
     train_dir = tmp_path / 'run'
     base = ['--train_dir', str(train_dir), '--max_number_of_steps=1', '--eval_split_name=']
-    r = run_train(base + TINY)
+    # trained in bfloat16 (--allow_slow_bfloat16: also on CPUs without it) ...
+    r = run_train(base + TINY + ['--mixed_precision=mixed_bfloat16', '--allow_slow_bfloat16'])
     assert r.returncode == 0, r.stderr
+    assert json.loads((train_dir / 'config.json').read_text())['mixed_precision'] == \
+        'mixed_bfloat16'
     before = _snapshot(train_dir)
     for flag, needle in (('--optimizer=sgd', '--optimizer=adam there, sgd now'),
                          ('--trainable_scopes=ssd_small/block4_box',
                           '--trainable_scopes=None there, ssd_small/block4_box now'),
-                         ('--mixed_precision=mixed_bfloat16 --allow_slow_bfloat16',
-                          '--mixed_precision=None there, mixed_bfloat16 now')):
+                         ('--mixed_precision=mixed_float16',  # float32/bfloat16 (auto) then
+                          ' there, mixed_float16 now')):
         r = run_train(base[:2] + ['--max_number_of_steps=3', '--eval_split_name='] +
                       flag.split() + TINY)  # --allow_slow_bfloat16: also on CPUs without bf16
         assert r.returncode == 2 and needle in r.stderr, (flag, r.stderr[-2000:])
         # labels.txt and config.json unchanged, no new checkpoint, no new event file
         assert _snapshot(train_dir) == before, flag
+    # ... resumes on a machine without bfloat16 (oneDNN capped below AVX512-BF16: what
+    # ssd_tf.hardware reads as 'no'), where --mixed_precision=auto takes float32
+    r = run_train(base[:2] + ['--max_number_of_steps=2', '--eval_split_name='] + TINY,
+                  env_extra={'ONEDNN_MAX_CPU_ISA': 'AVX512_CORE'})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'precision: float32 (--mixed_precision=auto: bfloat16 arithmetic is no' in r.stderr
+    assert 'resuming the run trained in mixed_bfloat16 in float32' in r.stderr
+    assert 'step 2/2' in r.stderr
+    assert json.loads((train_dir / 'config.json').read_text())['mixed_precision'] == 'float32'
 
 
 # A --max_number_of_steps=100000 run that must stop before step 1: fails by name if not.
