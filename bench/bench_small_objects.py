@@ -7,7 +7,7 @@ small-object configuration, on the synthetic small-object data (companion of ben
 Each training row runs (in this order: default, small, auto, then the optional small_auto)
 
     python train_ssd.py --train_dir <tmp> --synthetic_objects small --model_name M \
-        --max_train_secs 1200 --max_number_of_steps 2500 [--anchors auto]
+        --max_train_secs 1200 --max_number_of_steps 2500 --anchors default|auto
 
 rows: default = ssd_small_192 (the raccoon recipe's network) with its default anchors; small =
 ssd_small_320 (the small-object configuration); auto = ssd_small_192 with `--anchors=auto`;
@@ -141,8 +141,8 @@ def train_row(model_name, anchors, args, gt_boxes):
                '--model_name', model_name] + data + ['--seed', str(args.seed),
                '--max_train_secs', str(args.budget_secs),
                '--max_number_of_steps', str(max_steps), '--log_every_n_steps', '100']
-        if anchors != 'default':
-            cmd.append(f'--anchors={anchors}')
+        # always explicit: an unset --anchors means auto for a new run from scratch
+        cmd.append(f'--anchors={anchors}')
         print(' '.join(cmd), file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT)
