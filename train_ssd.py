@@ -475,14 +475,11 @@ def resolve_anchors(cfg, net, records, has_checkpoint, implicit=False):
     previous = run_config.RunConfig.read(config_path) \
         if has_checkpoint and os.path.isfile(config_path) else None
     boxes = _training_boxes(cfg, records)
-    small = anchors_report.small_object_network_name(nets_factory.networks_map)
-    small_input = None if small is None else \
-        tuple(nets_factory.networks_map[small].default_params.img_shape)
+    small = anchors_report.small_object_setup(nets_factory.networks_map)
 
     def coverage(n):
         return anchors_report.anchor_coverage(boxes, n, cfg.match_threshold, seed=cfg.seed,
-                                              small_object_network=small,
-                                              small_object_input=small_input)
+                                              **small)
     before = None
     if previous is not None:
         try:

@@ -3,6 +3,7 @@ small-object configuration, on the synthetic small-object data (companion of ben
 
     python bench/bench_small_objects.py [--budget_secs 1200] [--rows default,small,auto]
         [--devset DIR]   # the real small-object dev set instead of the synthetic shapes
+        [--extra="--learning_rate=0.006"]   # more train_ssd.py flags for every row
 
 Each training row runs (in this order: default, small, auto, then the optional small_auto)
 
@@ -12,9 +13,10 @@ Each training row runs (in this order: default, small, auto, then the optional s
 rows: default = ssd_small_192 (the raccoon recipe's network) with its default anchors; small =
 ssd_small_320 (the small-object configuration); auto = ssd_small_192 with `--anchors=auto`;
 small_auto = ssd_small_320 with `--anchors=auto` (not run unless asked). Training stops at the
-step limit (2500, as bench_raccoon.py; `--max_steps_small` 1000 for ssd_small_320, about what
-it trains in 20 minutes on an idle machine, so that its cosine schedule ends within the
-budget) or when the budget is spent; then the 300 synthetic test images are evaluated.
+step limit (2500, as bench_raccoon.py; `--max_steps_small` 1100 for ssd_small_320, about what
+it trains in 20 minutes on 2 cores with bfloat16 (33 images/s on the dev set; 1000 in
+float32), so that its cosine schedule ends within the budget) or when the budget is spent;
+then the test images (300 synthetic, or the dev set's 100) are evaluated.
 Columns: model, anchors, steps done, wall (training + data generation + evaluation), anchor
 coverage of the training boxes (share with an anchor of IoU >= 0.5, for the anchors the run
 used, read back from its checkpoint), VOC07 and VOC12 mAP, and the VOC07 AP of the small size
@@ -28,6 +30,7 @@ present), and the forward / training-step speed of ssd_small, ssd_small_192 and 
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -143,6 +146,7 @@ def train_row(model_name, anchors, args, gt_boxes):
                '--max_number_of_steps', str(max_steps), '--log_every_n_steps', '100']
         # always explicit: an unset --anchors means auto for a new run from scratch
         cmd.append(f'--anchors={anchors}')
+        cmd += shlex.split(args.extra)
         print(' '.join(cmd), file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT)
@@ -165,7 +169,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--budget_secs', type=int, default=1200)
     ap.add_argument('--max_steps', type=int, default=2500)
-    ap.add_argument('--max_steps_small', type=int, default=1000,
+    ap.add_argument('--max_steps_small', type=int, default=1100,
                     help=f'step limit of the {SMALL_NET} rows')
     ap.add_argument('--rows', default=DEFAULT_ROWS,
                     help=f'comma-separated subset of {", ".join(ROWS)} (run in that order); '
@@ -179,6 +183,8 @@ def main():
     ap.add_argument('--speed_runs', type=int, default=5)
     ap.add_argument('--skip_speed', action='store_true')
     ap.add_argument('--skip_coverage', action='store_true')
+    ap.add_argument('--extra', default='', help='more train_ssd.py flags for every row, one '
+                    'string; write --extra="--flag=value ..."')
     ap.add_argument('--devset', default=None,
                     help='train and evaluate the rows on this real small-object dev set (a VOC '
                          'root; made from --data_root raccoon and bccd by '
@@ -219,7 +225,7 @@ def main():
                 f'images of 320 px, 5-15 objects of 3-10 % of the side)')
         print(f'{what}, budget '
               f'{args.budget_secs} s or {args.max_steps} steps of 32 ({args.max_steps_small} '
-              f'for {SMALL_NET})\n')
+              f'for {SMALL_NET}) {args.extra}\n')
         print_table(['model', 'anchors', 'steps', 'wall s (incl. data + eval)',
                      'coverage', 'VOC07 mAP', 'VOC12 mAP'] +
                     [f'AP07 {b}' for b in SMALL_BUCKETS], results)

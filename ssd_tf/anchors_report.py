@@ -386,6 +386,19 @@ def small_object_network_name(networks_map):
     return sorted(names)[0] if names else None
 
 
+def small_object_setup(networks_map):
+    """The `anchor_coverage` keywords that let its warning name the small-object command:
+    `{'small_object_network': name or None, 'small_object_input': (H, W) or None}`, the
+    network found by `small_object_network_name` and its fixed input (its class's
+    `default_params.img_shape`). The one place the programs (train_ssd.py, ssd-anchors,
+    ssd-check-data) take them from, so that their warnings agree."""
+    name = small_object_network_name(networks_map)
+    params = getattr(networks_map[name], 'default_params', None) if name else None
+    shape = getattr(params, 'img_shape', None)
+    return {'small_object_network': name,
+            'small_object_input': tuple(int(v) for v in shape) if shape else None}
+
+
 # ---------------------------------------------------------------------------- boxes of data
 def boxes_of_records(records):
     """All ground-truth boxes `[N, 4]` (yxyx relative, float32) of reader `Record`s."""

@@ -153,6 +153,41 @@ def test_small_object_network_is_looked_up_by_attribute():
     assert anchors_report.small_object_network_name({'a': object}) is None
 
 
+def test_small_object_setup_gives_the_network_and_its_fixed_input():
+    class Params:
+        img_shape = (320, 256)
+
+    class Small:
+        small_objects = True
+        default_params = Params
+    assert anchors_report.small_object_setup({'a': object, 'z': Small}) == {
+        'small_object_network': 'z', 'small_object_input': (320, 256)}
+    assert anchors_report.small_object_setup({'a': object}) == {
+        'small_object_network': None, 'small_object_input': None}
+
+
+@pytest.mark.slow
+def test_every_program_names_the_small_object_command_with_its_input(tmp_path, capsys):
+    """train_ssd.py, ssd-anchors and ssd-check-data take the small-object network from one
+    place (anchors_report.small_object_setup): each warning names the command and its input
+    (ssd-anchors and ssd-check-data used to leave the input out)."""
+    from ssd_tf.cli import anchors as anchors_cli
+    from ssd_tf.cli import check_data as check
+    from ssd_tf.datasets import synthetic
+    root = str(tmp_path / 'small')
+    synthetic.write_synthetic_voc(root, 12, 2, objects='small')
+    want = ('python train_ssd.py --model_name=ssd_small_320 --anchors=auto',
+            '(input 320x320, fixed by ssd_small_320)')
+    assert anchors_cli.main(['--dataset_name', 'voc', '--dataset_dir', root,
+                             '--model_name', 'ssd_small']) == 0
+    text = capsys.readouterr().out
+    assert all(w in text for w in want), text
+    assert check.main(['--dataset_name', 'voc', '--dataset_dir', root,
+                       '--model_name', 'ssd_small']) == 0
+    text = capsys.readouterr().out
+    assert all(w in text for w in want), text
+
+
 def test_boxes_of_tfrecords_streams_only_the_boxes(tmp_path):
     import tensorflow as tf
 

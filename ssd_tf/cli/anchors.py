@@ -49,16 +49,14 @@ def main(argv=None):
         print(f"error: no ground-truth box in --dataset_dir={args.dataset_dir} "
               f"(split {args.split})", file=sys.stderr)
         return 2
-    small = anchors_report.small_object_network_name(nets_factory.networks_map)
-    report = anchors_report.anchor_coverage(boxes, net, args.matching_threshold,
-                                            small_object_network=small)
+    small = anchors_report.small_object_setup(nets_factory.networks_map)
+    report = anchors_report.anchor_coverage(boxes, net, args.matching_threshold, **small)
     print(f"{n_images} images, {len(boxes)} boxes")
     print(report.format())
     out = {'default': report.to_dict()}
     if args.anchors == 'auto':
         fitted = anchor_fit.fit_anchors(boxes, net, args.matching_threshold)
-        after = anchors_report.anchor_coverage(boxes, fitted, args.matching_threshold,
-                                               small_object_network=small)
+        after = anchors_report.anchor_coverage(boxes, fitted, args.matching_threshold, **small)
         print(after.format())
         print(anchor_fit.format_shapes(fitted))
         out['auto'] = after.to_dict()

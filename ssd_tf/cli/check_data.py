@@ -36,8 +36,7 @@ def _coverage_text(args, records):
         return "anchor coverage: no ground-truth box"
     return anchors_report.anchor_coverage(
         boxes, net, args.matching_threshold,
-        small_object_network=anchors_report.small_object_network_name(
-            nets_factory.networks_map)).format()
+        **anchors_report.small_object_setup(nets_factory.networks_map)).format()
 
 
 def main(argv=None):
