@@ -488,6 +488,49 @@ def test_eval_ssd_wait_for_checkpoints_writes_summaries(tmp_path):
     assert values['eval/mAP_VOC07'][1] == pytest.approx(np.nan_to_num(res[0]['voc07']['map']))
 
 
+def _tiny_checkpoints(directory, steps):
+    """Writes one tiny TF2 checkpoint per step (a 3-float variable whose value is the step)
+    with the training loop's manager; returns the prefixes, oldest first."""
+    v = tf.Variable([0.0, 0.0, 0.0])
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=v), directory, max_to_keep=None)
+    prefixes = []
+    for step in steps:
+        v.assign([float(step)] * 3)
+        prefixes.append(manager.save(checkpoint_number=step))
+    return prefixes
+
+
+def test_watch_checkpoints_skips_a_damaged_checkpoint_and_evaluates_the_newest_intact(
+        tmp_path, capsys):
+    """The newest checkpoint is cut short (its .data file truncated to half): the watcher
+    does not pass it to evaluate_fn (which would fail on it and end the watch), names it on
+    stderr, evaluates the newest intact one (step 2) instead, and leaves the files alone."""
+    d = str(tmp_path / 'train')
+    p1, p2, p3 = _tiny_checkpoints(d, [1, 2, 3])
+    data3 = tf.io.gfile.glob(p3 + '.data-*')[0]
+    with open(data3, 'rb') as f:
+        blob = f.read()
+    with open(data3, 'wb') as f:
+        f.write(blob[:len(blob) // 2])
+    seen = []
+    res = evaluation.watch_checkpoints(
+        d, lambda p: seen.append(p) or float(tf.train.load_checkpoint(p).get_tensor(
+            'v/.ATTRIBUTES/VARIABLE_VALUE')[0]), timeout=1)
+    assert seen == [p2] and res == [2.0]
+    err = capsys.readouterr().err
+    assert p3 in err and 'damaged' in err
+    assert os.path.getsize(data3) == len(blob) // 2 and tf.io.gfile.exists(p1 + '.index')
+
+
+def test_watch_checkpoints_evaluates_an_intact_newest_checkpoint_once(tmp_path, capsys):
+    d = str(tmp_path / 'train')
+    _, p2 = _tiny_checkpoints(d, [1, 2])
+    seen = []
+    assert evaluation.watch_checkpoints(d, lambda p: seen.append(p) or len(seen),
+                                        timeout=1) == [1]
+    assert seen == [p2] and 'damaged' not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_eval_ssd_cli_wrong_path_errors_clearly(tmp_path):
     missing = str(tmp_path / 'no_such_run')
