@@ -99,7 +99,7 @@ flags.DEFINE_enum('optimizer', 'adam',
                   'Optimizer (slim names; momentum = SGD with momentum).')
 flags.DEFINE_float('learning_rate', None,
                    'Peak learning rate (after warm-up). Unset: the resumed run\'s, else the '
-                   'network\'s own (ssd_small 0.006, the others 0.002).')
+                   'network\'s own (ssd_small and ssd_small_320 0.006, the others 0.002).')
 flags.DEFINE_enum('learning_rate_decay_type', 'cosine',
                   ['fixed', 'exponential', 'polynomial', 'cosine'], 'Decay after warm-up.')
 flags.DEFINE_float('end_learning_rate', 1e-5, 'Final rate of polynomial/cosine decay.')

@@ -423,6 +423,7 @@ def test_which_anchors_a_run_takes_when_the_flag_is_not_given(given, then, check
 @pytest.mark.parametrize('given, then, model, want', [
     (None, None, 'ssd_small', 0.006),      # the main job's network: its measured rate
     (None, None, 'ssd_small_192', 0.002),  # the raccoon figures' rate
+    (None, None, 'ssd_small_320', 0.006),  # the small-object dev set's measured rate
     (None, None, 'ssd_300_vgg', 0.002),
     (None, 0.002, 'ssd_small', 0.002),     # a resumed run keeps its schedule
     (0.01, 0.002, 'ssd_small', 0.01),      # a given flag always wins
