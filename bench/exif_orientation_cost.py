@@ -20,12 +20,12 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from bench.machine import machine_info, print_table  # noqa: E402
 from ssd_tf import images  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_IMAGE = os.path.join(ROOT, '..', 'shared', 'data', 'raccoon', 'JPEGImages',
                              'raccoon-1.jpg')
 

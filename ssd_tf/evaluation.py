@@ -552,9 +552,9 @@ def watch_checkpoints(checkpoint_dir, evaluate_fn, timeout=None, min_interval_se
                       max_evaluations=None):
     """Calls `evaluate_fn(checkpoint_path)` for each new checkpoint in `checkpoint_dir`.
 
-    A new checkpoint that is damaged (`run_config.checkpoint_damage`: a missing or cut file,
-    a tensor that fails its checksum) is not evaluated: a WARNING on stderr names it and the
-    reason, the newest intact checkpoint is evaluated instead when it has not been yet (as
+    A new checkpoint that is damaged (`run_config.find_intact_checkpoint`: a missing or cut
+    file, a tensor that fails its checksum) is not evaluated: a WARNING on stderr names it and
+    the reason, the newest intact checkpoint is evaluated instead when it has not been yet (as
     a single evaluation of the directory would), and the watch goes on; nothing is deleted.
     Stops after `timeout` seconds without a new checkpoint (None waits forever) or after
     `max_evaluations`. Returns the list of evaluate_fn results.
@@ -562,14 +562,10 @@ def watch_checkpoints(checkpoint_dir, evaluate_fn, timeout=None, min_interval_se
     results, evaluated = [], set()
     for path in tf.train.checkpoints_iterator(checkpoint_dir, min_interval_secs=min_interval_secs,
                                               timeout=timeout):
-        reason = run_config.checkpoint_damage(path)
-        if reason is not None:
-            print(f"WARNING: checkpoint {path} is damaged ({reason}); it is not evaluated and "
-                  f"left where it is", file=sys.stderr)
-            path, _ = run_config.find_intact_checkpoint(checkpoint_dir, on_damaged=None)
-            if path is None:
-                continue
-        if path in evaluated:
+        # the newest intact checkpoint (each read once while its files stay the same); newer
+        # damaged ones are named on stderr by run_config and skipped
+        path, _ = run_config.find_intact_checkpoint(checkpoint_dir)
+        if path is None or path in evaluated:
             continue
         evaluated.add(path)
         results.append(evaluate_fn(path))
