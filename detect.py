@@ -23,6 +23,7 @@ flags.DEFINE_string('output_dir', 'detections', 'Where PNGs and detections.json 
 flags.DEFINE_float('score_threshold', 0.3, 'Minimum score of a reported detection.')
 shared_flags.define_model_flags(flags, extra={  # --model_name, --num_classes, --label_map
     'label_map': "For a .tflite file: else the names embedded in it."})
+shared_flags.define_tiling_flags(flags, extra="For a checkpoint (training directory).")
 flags.DEFINE_integer('max_image_pixels', None, 'Images larger than this (width x height, read '
                      'from the header before decoding) are skipped; default '
                      'ssd_tf.images.DEFAULT_MAX_PIXELS (200 MP); 0: no limit.')
@@ -38,8 +39,10 @@ def main(argv):
         FLAGS.max_image_pixels or None
     try:
         detect.check_output_dir(FLAGS.output_dir)  # before the model loads
-        fn, labels = detect.make_detector(FLAGS.model, FLAGS.model_name, FLAGS.num_classes,
-                                          FLAGS.label_map)
+        fn, labels = detect.make_detector(
+            FLAGS.model, FLAGS.model_name, FLAGS.num_classes, FLAGS.label_map,
+            tiles=shared_flags.tiles_from_flags(FLAGS.tiles, FLAGS.tile_overlap,
+                                            FLAGS.tile_max_box))
         results = detect.run(fn, detect.list_images(FLAGS.images), FLAGS.output_dir, labels,
                              FLAGS.score_threshold, max_pixels)
     except (ValueError, FileNotFoundError) as err:

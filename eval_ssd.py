@@ -38,6 +38,9 @@ shared_flags.define_detection_flags(flags)
 flags.DEFINE_integer('keep_top_k', postprocess.KEEP_TOP_K, 'Detections kept per image after NMS.')
 flags.DEFINE_float('matching_threshold', postprocess.MATCHING_THRESHOLD,
                    'IoU a detection must exceed to match a ground-truth box.')
+shared_flags.define_tiling_flags(flags, extra=(
+    "Runs the export's pipeline (image bytes in, --eval_resize 4 only); a SavedModel is "
+    "tiled as it was exported (export_savedmodel.py --tiles)."))
 flags.DEFINE_integer('eval_resize', 4, 'Image resizing: 1 NONE, 2 CENTRAL_CROP, '
                      '3 PAD_AND_RESIZE, 4 WARP_RESIZE (the original Resize enum).')
 flags.DEFINE_integer('eval_image_size', None,
@@ -135,6 +138,11 @@ def check_flags():
             raise ValueError(f"--{name}={FLAGS[name].value} is not supported: {why}; remove it")
     if FLAGS.batch_size < 1:
         raise ValueError(f"--batch_size={FLAGS.batch_size} must be >= 1")
+    if shared_flags.tiles_from_flags(FLAGS.tiles, FLAGS.tile_overlap,
+                                            FLAGS.tile_max_box) is not None and \
+            FLAGS.eval_resize != 4:
+        raise ValueError(f"--tiles runs the export's pre-processing (a warp resize); "
+                         f"--eval_resize={FLAGS.eval_resize} does not apply with it")
     from nets import nets_factory
     known = (_PREPROCESSING_NAME,) + tuple(sorted(nets_factory.networks_map))
     if FLAGS.preprocessing_name not in (None,) + known:
@@ -309,14 +317,30 @@ def build_detector(evaluation, kind, path, net, model_name):
     """`(keras model or None, detector)` with the post-processing flags."""
     nms = dict(select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
                top_k=FLAGS.select_top_k, keep_top_k=FLAGS.keep_top_k)
+    tiles = shared_flags.tiles_from_flags(FLAGS.tiles, FLAGS.tile_overlap,
+                                            FLAGS.tile_max_box)
     if kind == 'saved_model':
+        if tiles is not None:
+            raise ValueError(f"--tiles={FLAGS.tiles} does not apply to a SavedModel "
+                             f"({path}): its tiling is fixed at export (export_savedmodel.py "
+                             f"--tiles)")
         return None, evaluation.saved_model_detector(path, net, **nms)
     try:
         model = net.keras_model()
     except ValueError as e:
         raise ValueError(f"cannot build {model_name} for --eval_image_size/"
                          f"img_shape {net.params.img_shape}: {e}") from e
-    return model, evaluation.keras_detector(model, net, **nms)
+    if tiles is None:
+        return model, evaluation.keras_detector(model, net, **nms)
+    # Tiled: the export's detection module (image bytes in, boxes in the original image).
+    from preprocessing import ssd_vgg_preprocessing as prep
+    from ssd_tf.export import saved_model as export_lib
+    module = export_lib.DetectionModule(
+        net, model, prep.image_preprocess_fn(tuple(net.params.img_shape)),
+        select_threshold=nms['select_threshold'], nms_threshold=nms['nms_threshold'],
+        max_detections=nms['keep_top_k'], top_k=nms['top_k'], max_image_pixels=None,
+        max_batch_size=max(FLAGS.batch_size, 1), tiles=tiles)
+    return model, evaluation.encoded_detector(module.detect_bytes, f"--tiles={FLAGS.tiles}")
 
 
 def resolve_checkpoint_flag():

@@ -28,6 +28,9 @@ flags.DEFINE_string('output_dir', None, 'Model base directory (TF Serving --mode
 flags.DEFINE_integer('version', 1, 'Version subdirectory to write.')
 flags.DEFINE_boolean('overwrite', False, 'Replace an existing version directory.')
 shared_flags.define_detection_flags(flags)  # --select_threshold, --nms_threshold, --select_top_k
+shared_flags.define_tiling_flags(flags, extra=(  # --tiles, --tile_overlap
+    "Both serving signatures tile; recorded in export_config.json. The TFLite models detect "
+    "the whole image: export them in a run without it."))
 flags.DEFINE_integer('max_detections', postprocess.MAX_DETECTIONS, 'Detections per image.')
 flags.DEFINE_integer('max_image_pixels', None, 'Largest image (width x height, read from its '
                      'header before decoding) a request may send; default '
@@ -90,6 +93,12 @@ def main(argv):
     from ssd_tf.export import tflite as export_tflite
 
     variants = list(FLAGS.tflite_quantization) or (['float32'] if FLAGS.tflite else [])
+    tiles = shared_flags.tiles_from_flags(FLAGS.tiles, FLAGS.tile_overlap,
+                                            FLAGS.tile_max_box)
+    if tiles is not None and variants:
+        raise ValueError(f"--tiles={FLAGS.tiles} applies to the SavedModel only (the TFLite "
+                         f"models detect the whole image); export the TFLite models in a run "
+                         f"without it")
     if FLAGS.allow_slow_bfloat16 and FLAGS.mixed_precision != 'mixed_bfloat16':
         raise ValueError("--allow_slow_bfloat16 applies to --mixed_precision=mixed_bfloat16")
     if FLAGS.mixed_precision:
@@ -134,7 +143,7 @@ def main(argv):
                       label_ids=built.label_map.label_ids if built.label_map else None),
         max_image_pixels=FLAGS.max_image_pixels or images.DEFAULT_MAX_PIXELS,
         max_batch_size=FLAGS.max_batch_size,
-        before_publish=add_tflite, **nms)
+        before_publish=add_tflite, tiles=tiles, **nms)
     print(f"SavedModel: {target}")
     for q in tflite_paths:
         print(f"TFLite {q}: {os.path.join(target, 'tflite', f'model_{q}.tflite')}")

@@ -90,15 +90,20 @@ def from_signature_output(out, index=0):
             'scores': np.asarray(out['detection_scores'])[index, :n]}
 
 
-def make_detector(model_path, model_name=None, num_classes=None, label_map=None):
+def make_detector(model_path, model_name=None, num_classes=None, label_map=None, tiles=None):
     """`(detect, label_names)`: `detect(encoded bytes, image uint8 [H, W, 3])` -> dict of
     numpy `boxes [N, 4]` relative yxyx (original image), `classes [N]`, `scores [N]`.
 
     model_path: SavedModel directory, `.tflite` file, or what `builder.load_model` takes
     (model_name, num_classes: for a checkpoint without config.json). label_map: a label map
-    file (default: see the module docstring).
+    file (default: see the module docstring). tiles: None or `(rows, cols, overlap)`, tiled
+    detection (`ssd_tf.tiling`) of a checkpoint; a SavedModel tiles as it was exported.
     """
     kind, path = builder.resolve_source(model_path)
+    if tiles is not None and kind in ('tflite', 'saved_model'):
+        raise ValueError(f"--tiles does not apply to {kind} {path}: a SavedModel tiles as it "
+                         f"was exported (export_savedmodel.py --tiles), a TFLite model "
+                         f"detects the whole image; pass the training directory")
     if kind == 'tflite':
         det = tflite_runtime.TFLiteDetector(path)
         with quiet.native_output_filtered():  # LiteRT's XNNPACK notice, at the first run
@@ -130,7 +135,8 @@ def make_detector(model_path, model_name=None, num_classes=None, label_map=None)
         return detect, _names(labels)
     built = builder.load_model(model_path, model_name, num_classes, label_map=label_map)
     module = export_lib.DetectionModule(
-        built.net, built.model, prep.image_preprocess_fn(tuple(built.net.params.img_shape)))
+        built.net, built.model, prep.image_preprocess_fn(tuple(built.net.params.img_shape)),
+        tiles=tiles)
 
     def detect(data, image):
         del image

@@ -11,7 +11,8 @@ metrics (`ssd_tf.metrics`).
 Pieces:
 - The input is `ssd_tf.data.build_eval_dataset` (the one evaluation pipeline; it streams
   TFRecords), with `with_encoded=True` for end-to-end SavedModels and the detection grid.
-- `keras_detector(model, net, ...)`, `saved_model_detector(path, net, ...)`: images ->
+- `keras_detector(model, net, ...)`, `saved_model_detector(path, net, ...)`,
+  `encoded_detector(detect_bytes)` (image bytes in; the tiled detector): images ->
   detections dict (scores [B, K], bboxes [B, K, 4], classes [B, K], num_detections [B]).
 - `run_evaluation(detector, dataset, class_names, ...)`: detections in original pixels,
   accumulated in a `metrics.VOCEvaluator` (difficult and crowd boxes ignored); returns an
@@ -146,15 +147,7 @@ def saved_model_detector(path, net=None, select_threshold=SELECT_THRESHOLD,
             images = tf.convert_to_tensor(images, tf.float32)
         out = call(images)
         if isinstance(out, dict) and any(k in out for k in _DETECTION_KEYS['num_detections']):
-            res = {}
-            for key, names in _DETECTION_KEYS.items():
-                name = next((n for n in names if n in out), None)
-                if name is None:
-                    raise ValueError(f"SavedModel {path}: outputs {sorted(out)} lack {key}")
-                res[key] = out[name]
-            res['classes'] = tf.cast(tf.round(res['classes']), tf.int32)
-            res['num_detections'] = tf.cast(tf.round(res['num_detections']), tf.int32)
-            return res
+            return _final_detections(out, f"SavedModel {path}")
         if input_kind == 'encoded':
             raise ValueError(f"SavedModel {path}: signature {signature!r} takes image bytes "
                              f"but returns no detections ({sorted(out)})")
@@ -171,6 +164,30 @@ def saved_model_detector(path, net=None, select_threshold=SELECT_THRESHOLD,
         return postprocess.detections_from_raw(preds, locs, net, anchors, select_threshold,
                                                nms_threshold, top_k, keep_top_k)
     detect.input_kind = input_kind
+    return detect
+
+
+def _final_detections(out, what):
+    """Final detections under any of `_DETECTION_KEYS`' names -> the detections dict."""
+    res = {}
+    for key, names in _DETECTION_KEYS.items():
+        name = next((n for n in names if n in out), None)
+        if name is None:
+            raise ValueError(f"{what}: outputs {sorted(out)} lack {key}")
+        res[key] = out[name]
+    res['classes'] = tf.cast(tf.round(res['classes']), tf.int32)
+    res['num_detections'] = tf.cast(tf.round(res['num_detections']), tf.int32)
+    return res
+
+
+def encoded_detector(detect_bytes, what='the detector'):
+    """An end-to-end detector (`input_kind = 'encoded'`, see `run_evaluation`) from a function
+    `image bytes string [B] -> final detections` (the serving signature's outputs, e.g.
+    `ssd_tf.export.saved_model.DetectionModule(...).detect_bytes`, with tiles or without):
+    boxes relative to the ORIGINAL image."""
+    def detect(images):
+        return _final_detections(detect_bytes(tf.convert_to_tensor(images, tf.string)), what)
+    detect.input_kind = 'encoded'
     return detect
 
 

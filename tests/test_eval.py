@@ -603,3 +603,84 @@ def test_eval_ssd_preprocessing_names_of_slim_are_accepted():
         with pytest.raises(ValueError, match=rf"--preprocessing_name={name} is unknown.*"
                                              r"'ssd_vgg' \(also named .*ssd_300_vgg"):
             eval_ssd.check_flags()
+
+
+# ---------------------------------------------------------------------------- tiles
+def _voc_results(out, class_names):
+    return [metrics.read_voc_results(os.path.join(out, 'results', f'comp4_det_test_{n}.txt'))
+            for n in class_names]
+
+
+def test_eval_ssd_tiles_run_the_tiled_module(tmp_path):
+    """--tiles=2x2 evaluates through the export's module with tiles (image bytes in);
+    --tiles=1x1 is the same pipeline without them, so the two differ only by the tiles."""
+    _, model = _tiny_model(seed=6)
+    train = str(tmp_path / 'train')
+    _save_train_dir(train, model)
+    dets = {}
+    for tiles in ('1x1', '2x2'):
+        out = str(tmp_path / f'eval_{tiles}')
+        _flags(f'--checkpoint_path={train}', f'--eval_dir={out}', '--synthetic_num_images=3',
+               '--batch_size=2', '--num_sample_images=0', f'--tiles={tiles}',
+               '--tile_overlap=0.5', '--tile_max_box=0')
+        e = eval_ssd.Evaluation(get_network=_get_network)
+        assert e.detector.input_kind == 'encoded'
+        m = e.evaluate(e.path, e.kind)
+        assert 0. <= m['voc07']['map'] <= 1.
+        dets[tiles] = _voc_results(out, e.class_names)
+    n1 = sum(len(d[0]) for d in dets['1x1'])
+    n2 = sum(len(d[0]) for d in dets['2x2'])
+    assert n1 > 0 and n2 > 0
+    assert dets['1x1'] != dets['2x2']
+
+
+@pytest.mark.parametrize('args,match', [
+    (['--tiles=2x2', '--eval_resize=3'], '--eval_resize=3 does not apply'),
+    (['--tiles=2by2'], "--tiles='2by2' is not ROWSxCOLS"),
+    (['--tiles=2x2', '--tile_overlap=-0.1'], '--tile_overlap=-0.1'),
+    (['--tiles=2x2', '--tile_max_box=2'], '--tile_max_box=2.0'),
+])
+def test_eval_ssd_bad_tiles_flags_are_named(tmp_path, args, match):
+    _, model = _tiny_model()
+    train = str(tmp_path / 'train')
+    _save_train_dir(train, model)
+    _flags(f'--checkpoint_path={train}', f'--eval_dir={tmp_path / "e"}', *args)
+    with pytest.raises(ValueError, match=match):
+        eval_ssd.Evaluation(get_network=_get_network)
+
+
+@pytest.mark.slow
+def test_tiled_export_evaluates_like_eval_ssd_tiles_on_the_checkpoint(tmp_path):
+    """export_saved_model(tiles=...) records the tiles and its SavedModel evaluates like
+    eval_ssd.py --tiles on the checkpoint it came from; --tiles on that SavedModel is an
+    error (its tiling is fixed at export)."""
+    from preprocessing import ssd_vgg_preprocessing as prep
+    from ssd_tf.export import saved_model as export
+    net, model = _tiny_model(seed=6)
+    train = str(tmp_path / 'train')
+    _save_train_dir(train, model)
+    exported = str(tmp_path / 'export')
+    version = export.export_saved_model(
+        net, model, prep.image_preprocess_fn(tuple(net.params.img_shape)), exported,
+        label_names=list(synthetic.SYNTHETIC_LABEL_MAP.names),
+        select_threshold=evaluation.SELECT_THRESHOLD, nms_threshold=evaluation.NMS_THRESHOLD,
+        max_detections=evaluation.KEEP_TOP_K, top_k=evaluation.SELECT_TOP_K,
+        tiles=(2, 3, 0.25, 0.2))
+    with open(os.path.join(version, 'assets', run_config.EXPORT_CONFIG_FILENAME)) as f:
+        assert json.load(f)['tiles'] == {'rows': 2, 'cols': 3, 'overlap': 0.25, 'max_box': 0.2}
+    dets = []
+    for path, extra in ((train, ['--tiles=2x3', '--tile_max_box=0.2']), (exported, [])):
+        out = str(tmp_path / f'eval_{len(dets)}')
+        _flags(f'--checkpoint_path={path}', f'--eval_dir={out}', '--synthetic_num_images=3',
+               '--batch_size=2', '--num_sample_images=0', *extra)
+        e = eval_ssd.Evaluation(get_network=_get_network)
+        e.evaluate(e.path, e.kind)
+        dets.append(_voc_results(out, e.class_names))
+    assert sum(len(d[0]) for d in dets[0]) > 0
+    for (ids1, s1, b1), (ids2, s2, b2) in zip(*dets):
+        assert ids1 == ids2
+        np.testing.assert_allclose(s1, s2, atol=1e-5)
+        np.testing.assert_allclose(b1, b2, atol=1e-2)  # pixels
+    _flags(f'--checkpoint_path={exported}', f'--eval_dir={tmp_path / "e"}', '--tiles=2x2')
+    with pytest.raises(ValueError, match='fixed at export'):
+        eval_ssd.Evaluation(get_network=_get_network)

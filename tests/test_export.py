@@ -391,6 +391,26 @@ def test_detect_from_training_checkpoint_equals_saved_model(exported, tmp_path):
 
 
 @pytest.mark.slow
+def test_detect_tiles_a_checkpoint_and_refuses_exports(exported, tmp_path):
+    """detect --tiles: a training directory detects on tiles (the tiled module: at least the
+    whole image's detections, here more); a SavedModel or a TFLite file is refused by name."""
+    from ssd_tf import detect
+    image = _images(1, 50, size=160)[0]
+    path = tmp_path / 'a.png'
+    path.write_bytes(_encode(image))
+    plain, labels = detect.make_detector(exported['train_dir'])
+    tiled, _ = detect.make_detector(exported['train_dir'], tiles=(2, 2, 0.25, 0.))
+    a = plain(path.read_bytes(), image)
+    b = tiled(path.read_bytes(), image)
+    assert len(a['scores']) > 0 and not (len(a['scores']) == len(b['scores']) and
+                                         np.allclose(a['scores'], b['scores']))
+    assert np.all((b['boxes'] >= 0) & (b['boxes'] <= 1))
+    for source in (exported['saved_model'], exported['tflite']['float32']):
+        with pytest.raises(ValueError, match='--tiles does not apply'):
+            detect.make_detector(source, tiles=(2, 2, 0.25))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', export_tflite.TFLITE_QUANTIZATIONS)
 def test_tflite_outputs_in_the_task_api_order(exported, variant):
     """The object-detector task APIs (MediaPipe, TFLite Task Library) index the outputs:
@@ -439,6 +459,25 @@ def test_export_script_bfloat16_saved_model_agrees_with_float(exported, tmp_path
     assert _agreement_map(dets, refs) >= 0.95
     cfg = json.loads((tmp_path / '1' / 'assets' / 'export_config.json').read_text())
     assert cfg['mixed_precision'] == 'mixed_bfloat16'
+
+
+@pytest.mark.slow
+def test_export_script_tiles(exported, tmp_path):
+    """export_savedmodel.py --tiles: refused beside --tflite (TFLite detects the whole image),
+    recorded in export_config.json, and the export tiles (more passes, other detections)."""
+    base = [sys.executable, str(REPO / 'export_savedmodel.py'),
+            f'--checkpoint_path={exported["train_dir"]}', f'--output_dir={tmp_path}',
+            f'--max_detections={MAX_DET}', '--tiles=2x2', '--tile_overlap=0.3', '--tile_max_box=0']
+    bad = subprocess.run(base + ['--tflite'], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and '--tiles=2x2 applies to the SavedModel only' in bad.stderr
+    subprocess.run(base, check=True, cwd=REPO, capture_output=True)
+    cfg = json.loads((tmp_path / '1' / 'assets' / 'export_config.json').read_text())
+    assert cfg['tiles'] == {'rows': 2, 'cols': 2, 'overlap': 0.3, 'max_box': 0.0}
+    images = tf.constant(np.stack(_images(2, 30)))
+    tiled = tf.saved_model.load(str(tmp_path / '1')).signatures['serving_images']
+    plain = tf.saved_model.load(exported['saved_model']).signatures['serving_images']
+    a, b = plain(images=images), tiled(images=images)
+    assert not np.allclose(a['detection_scores'].numpy(), b['detection_scores'].numpy())
 
 
 # ---------------------------------------------------------------------------- hardening

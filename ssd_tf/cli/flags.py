@@ -1,12 +1,14 @@
 """The absl flags that several programs share, each defined once (the slim names): the model
 overrides of `ssd_tf.builder` (eval_ssd.py, export_savedmodel.py, detect.py) and the detection
-post-processing (eval_ssd.py, export_savedmodel.py).
+post-processing (eval_ssd.py, export_savedmodel.py) and tiled detection (eval_ssd.py,
+export_savedmodel.py, detect.py).
 
 Each `define_*` takes the absl `flags` module and defines its group there, with one help text
 per flag; a program may append a sentence of its own (`extra`) where its default goes further
 (eval_ssd.py falls back to the data set's classes).
 """
 from ssd_tf import postprocess
+from ssd_tf import tiling
 
 NETWORK_NAMES = ("'ssd_small', 'ssd_small_192', 'ssd_small_320', 'ssd_300_vgg', "
                  "'ssd_512_vgg', 'ssdlite_mobilenet_v2'")
@@ -43,3 +45,32 @@ def define_detection_flags(flags):
                        'Non-maximum suppression IoU threshold.')
     flags.DEFINE_integer('select_top_k', postprocess.SELECT_TOP_K,
                          'Candidates per class before NMS.')
+
+
+def define_tiling_flags(flags, extra=''):
+    """--tiles and --tile_overlap (`ssd_tf.tiling`): detection on overlapping tiles as well
+    as on the whole image. extra: a sentence appended to --tiles' help."""
+    flags.DEFINE_string(
+        'tiles', None,
+        "ROWSxCOLS (e.g. 2x2): detect on the whole image AND on that many overlapping tiles, "
+        "each warped to the network input (small objects get larger), then merge the "
+        "detections by NMS; rows x cols + 1 network passes per image. 1x1: the same pipeline "
+        "without tiles. Default: no tiling." + (' ' + extra if extra else ''))
+    flags.DEFINE_float('tile_overlap', tiling.DEFAULT_OVERLAP,
+                       "With --tiles: the share of a tile's side that neighbouring tiles have "
+                       "in common (objects up to it appear whole in some tile).")
+    flags.DEFINE_float('tile_max_box', tiling.DEFAULT_MAX_BOX,
+                       "With --tiles: a tile's detections are kept only for boxes whose side "
+                       "(square root of the area) is under this share of the image side; "
+                       "larger objects come from the whole-image pass. 0 keeps them all. The "
+                       "default was chosen on the small-object dev set (docs/evaluation.md).")
+
+
+def tiles_from_flags(tiles, overlap, max_box=tiling.DEFAULT_MAX_BOX):
+    """`tiling.Tiles` from --tiles/--tile_overlap/--tile_max_box, or None without --tiles; a
+    bad value is a ValueError naming the flag."""
+    parsed = tiling.parse_tiles(tiles)
+    if parsed is None:
+        return None
+    tiling.check_tiles(parsed[0], parsed[1], overlap, max_box)
+    return tiling.Tiles(parsed[0], parsed[1], overlap, max_box)

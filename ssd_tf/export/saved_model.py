@@ -35,6 +35,7 @@ import tensorflow as tf
 from ssd_tf import boxes as boxes_lib
 from ssd_tf import images as images_lib
 from ssd_tf import postprocess
+from ssd_tf import tiling
 from ssd_tf.datasets import labelmap as labelmap_lib
 from ssd_tf.run_config import EXPORT_CONFIG_FILENAME  # its home: run_config
 
@@ -101,13 +102,19 @@ class DetectionModule(tf.Module):
       max_image_pixels: pixel budget of one image (header checked before decoding; None: no
         limit); max_batch_size: images per request; decode_parallelism: images decoded and
         pre-processed at once. Requests over a limit raise InvalidArgumentError naming it.
+      tiles: None, or `tiling.Tiles(rows, cols, overlap, max_box)` (or a tuple of its first
+        2-4 fields): each image is also detected on `rows x cols` overlapping tiles
+        (`ssd_tf.tiling`; rows * cols + 1 network passes per image), the tiles' detections of
+        boxes under `max_box` of the image side kept, and all merged by per-class NMS; 1x1 is
+        no tiling.
     Methods `detect_bytes(image_bytes)` and `detect_images(images)` are the two signatures.
     """
 
     def __init__(self, net, model, preprocess_fn, select_threshold=SELECT_THRESHOLD,
                  nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
                  top_k=SELECT_TOP_K, label_file=None, max_image_pixels=MAX_IMAGE_PIXELS,
-                 max_batch_size=MAX_BATCH_SIZE, decode_parallelism=DECODE_PARALLELISM):
+                 max_batch_size=MAX_BATCH_SIZE, decode_parallelism=DECODE_PARALLELISM,
+                 tiles=None):
         super().__init__(name='ssd_detection')
         check_model(net, model)
         self.model = model
@@ -121,7 +128,19 @@ class DetectionModule(tf.Module):
         self._max_batch = int(max_batch_size)
         self._parallel = int(decode_parallelism)
         h, w = net.params.img_shape
-        self._out_spec = (tf.TensorSpec([h, w, 3], tf.float32), tf.TensorSpec([4], tf.float32))
+        self._windows = None
+        self._tiles = None if tiles is None else tiling.Tiles(*tiles)
+        if self._tiles is not None:
+            tiling.check_tiles(*self._tiles)
+            if self._tiles.rows * self._tiles.cols > 1:
+                self._windows = tiling.tile_windows(*self._tiles[:3])
+        if self._windows is None:
+            self._out_spec = (tf.TensorSpec([h, w, 3], tf.float32),
+                              tf.TensorSpec([4], tf.float32))
+        else:  # the whole image and its tiles: images, bbox_img, the tiles' windows
+            n = len(self._windows) + 1
+            self._out_spec = (tf.TensorSpec([n, h, w, 3], tf.float32),
+                              tf.TensorSpec([n, 4], tf.float32), tf.TensorSpec([n, 4], tf.float32))
         if label_file is not None:
             self.labels_file = tf.saved_model.Asset(label_file)
         self.detect_bytes = tf.function(
@@ -132,6 +151,8 @@ class DetectionModule(tf.Module):
             input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)])
 
     def _preprocess(self, image):
+        if self._windows is not None:
+            return tiling.crop_windows(image, self._windows, self._preprocess_fn)
         image, bbox_img = self._preprocess_fn(image)
         return tf.cast(image, tf.float32), tf.cast(bbox_img, tf.float32)
 
@@ -143,10 +164,10 @@ class DetectionModule(tf.Module):
             return self._preprocess(decode_image(data, index, self._max_pixels))
 
         with tf.control_dependencies([_check_batch(n, self._max_batch)]):
-            images, bbox_img = tf.map_fn(one, (image_bytes, tf.range(n)),
-                                         fn_output_signature=self._out_spec,
-                                         parallel_iterations=self._parallel)
-        return self._detect(images, bbox_img)
+            inputs = tf.map_fn(one, (image_bytes, tf.range(n)),
+                               fn_output_signature=self._out_spec,
+                               parallel_iterations=self._parallel)
+        return self._detect(*inputs)
 
     def _detect_images(self, images):
         shape = tf.shape(images)
@@ -158,24 +179,57 @@ class DetectionModule(tf.Module):
                 '--max_image_pixels)', (shape[2], shape[1], self._max_pixels))],
                 name='check_image_pixels'))
         with tf.control_dependencies(checks):
-            images, bbox_img = tf.map_fn(self._preprocess, images,
-                                         fn_output_signature=self._out_spec,
-                                         parallel_iterations=self._parallel)
-        return self._detect(images, bbox_img)
+            inputs = tf.map_fn(self._preprocess, images, fn_output_signature=self._out_spec,
+                               parallel_iterations=self._parallel)
+        return self._detect(*inputs)
 
-    def _detect(self, images, bbox_img):
+    def _detect(self, images, bbox_img, windows=None):
         """Pre-processed `[B, h, w, 3]`, bbox_img `[B, 4]` -> the output dict (a request of
-        zero images gets the outputs of shape [0, ...] without running the network)."""
+        zero images gets the outputs of shape [0, ...] without running the network). Tiled:
+        `[B, T + 1, h, w, 3]`, `[B, T + 1, 4]` and the windows `[B, T + 1, 4]`."""
         k = self._nms['keep_top_k']
         empty = {'detection_boxes': tf.zeros([0, k, 4]), 'detection_scores': tf.zeros([0, k]),
                  'detection_classes': tf.zeros([0, k]), 'num_detections': tf.zeros([0])}
-        return tf.cond(tf.shape(images)[0] > 0,
-                       lambda: self._detect_nonempty(images, bbox_img), lambda: empty)
+        def run():
+            if windows is None:
+                return self._detect_nonempty(images, bbox_img)
+            return self._detect_tiled(images, bbox_img, windows)
+        return tf.cond(tf.shape(images)[0] > 0, run, lambda: empty)
+
+    def _detections(self, images):
+        out = self.model(images, training=False)
+        return postprocess.detections_from_raw(out['predictions'], out['localisations'],
+                                               self._net, self._anchors, **self._nms)
+
+    def _detect_tiled(self, images, bbox_img, windows):
+        """Every pass of every image through the network, its detections mapped to the whole
+        image, those cut by an inner tile edge dropped, the rest merged per image."""
+        b = tf.shape(images)[0]
+        n = images.shape[1]                    # passes per image: the whole image + tiles
+        k = self._nms['keep_top_k']
+        det = self._detections(tf.reshape(images, [-1] + images.shape[2:].as_list()))
+        flat_windows = tf.reshape(windows, [-1, 4])
+        boxes = tiling.from_window(
+            to_original_relative(det['bboxes'], tf.reshape(bbox_img, [-1, 4])), flat_windows)
+        live = tf.range(k)[None, :] < det['num_detections'][:, None]  # [B * n, K]
+        keep = tf.logical_and(live, tf.logical_not(tiling.cut_by_tile_edge(boxes,
+                                                                            flat_windows)))
+        if self._tiles.max_box > 0.:  # the tiles keep small boxes, the whole image all
+            is_tile = tf.tile(tf.range(n) > 0, [b])[:, None]                # [B * n, 1]
+            keep = tf.logical_and(keep, tf.logical_or(
+                tf.logical_not(is_tile), tiling.small_enough(boxes, self._tiles.max_box)))
+        merged = tiling.merge(tf.reshape(boxes, [b, n * k, 4]),
+                              tf.reshape(det['scores'], [b, n * k]),
+                              tf.reshape(det['classes'], [b, n * k]),
+                              tf.reshape(keep, [b, n * k]), self._net.params.num_classes,
+                              self._nms['nms_threshold'], k)
+        return {'detection_boxes': merged['bboxes'],
+                'detection_scores': merged['scores'],
+                'detection_classes': tf.cast(merged['classes'], tf.float32),
+                'num_detections': tf.cast(merged['num_detections'], tf.float32)}
 
     def _detect_nonempty(self, images, bbox_img):
-        out = self.model(images, training=False)
-        det = postprocess.detections_from_raw(out['predictions'], out['localisations'],
-                                              self._net, self._anchors, **self._nms)
+        det = self._detections(images)
         boxes = to_original_relative(det['bboxes'], bbox_img)
         live = tf.range(self._nms['keep_top_k'])[None, :] < det['num_detections'][:, None]
         boxes = tf.where(live[..., None], boxes, 0.)
@@ -210,7 +264,7 @@ def export_saved_model(net, model, preprocess_fn, output_dir, version=1, overwri
                        nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
                        top_k=SELECT_TOP_K, metadata=None, max_image_pixels=MAX_IMAGE_PIXELS,
                        max_batch_size=MAX_BATCH_SIZE, decode_parallelism=DECODE_PARALLELISM,
-                       before_publish=None):
+                       before_publish=None, tiles=None):
     """Writes the SavedModel to `output_dir/<version>/` and returns that path.
 
     label_names: object class names (ids 1..C-1), written as `assets/labels.txt` (`id:name`
@@ -222,7 +276,9 @@ def export_saved_model(net, model, preprocess_fn, output_dir, version=1, overwri
     TFLite models there). The version is written in full to a staging directory inside
     `output_dir` and then moved into place (`publish_version`), so a server watching
     `output_dir` never sees a half-written version and a failure at any point, with
-    `overwrite`, leaves the old version in place.
+    `overwrite`, leaves the old version in place. tiles: None or `tiling.Tiles` (or a tuple of its
+    fields), the serving signatures' tiled detection (`DetectionModule`), recorded as `tiles`:
+    `{"rows", "cols", "overlap", "max_box"}`.
     """
     target = version_dir(output_dir, version)
     if os.path.exists(target) and not overwrite:
@@ -246,12 +302,13 @@ def export_saved_model(net, model, preprocess_fn, output_dir, version=1, overwri
                       label_names=list(label_names) if label_names is not None else None,
                       signatures={BYTES_SIGNATURE: BYTES_INPUT, IMAGES_SIGNATURE: IMAGES_INPUT},
                       max_image_pixels=max_image_pixels, max_batch_size=max_batch_size,
-                      decode_parallelism=decode_parallelism, **(metadata or {}))
+                      decode_parallelism=decode_parallelism,
+                      tiles=None if tiles is None else tiling.Tiles(*tiles)._asdict(), **(metadata or {}))
         module = DetectionModule(net, model, preprocess_fn, select_threshold, nms_threshold,
                                  max_detections, top_k, label_file=label_file,
                                  max_image_pixels=max_image_pixels,
                                  max_batch_size=max_batch_size,
-                                 decode_parallelism=decode_parallelism)
+                                 decode_parallelism=decode_parallelism, tiles=tiles)
         out = os.path.join(staging, 'model')
         tf.saved_model.save(module, out, signatures=module.signatures())
         assets = os.path.join(out, 'assets')
