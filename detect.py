@@ -42,7 +42,7 @@ def main(argv):
         fn, labels = detect.make_detector(
             FLAGS.model, FLAGS.model_name, FLAGS.num_classes, FLAGS.label_map,
             tiles=shared_flags.tiles_from_flags(FLAGS.tiles, FLAGS.tile_overlap,
-                                            FLAGS.tile_max_box))
+                                                FLAGS.tile_max_box))
         results = detect.run(fn, detect.list_images(FLAGS.images), FLAGS.output_dir, labels,
                              FLAGS.score_threshold, max_pixels)
     except (ValueError, FileNotFoundError) as err:

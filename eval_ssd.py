@@ -139,7 +139,7 @@ def check_flags():
     if FLAGS.batch_size < 1:
         raise ValueError(f"--batch_size={FLAGS.batch_size} must be >= 1")
     if shared_flags.tiles_from_flags(FLAGS.tiles, FLAGS.tile_overlap,
-                                            FLAGS.tile_max_box) is not None and \
+                                     FLAGS.tile_max_box) is not None and \
             FLAGS.eval_resize != 4:
         raise ValueError(f"--tiles runs the export's pre-processing (a warp resize); "
                          f"--eval_resize={FLAGS.eval_resize} does not apply with it")
@@ -318,7 +318,7 @@ def build_detector(evaluation, kind, path, net, model_name):
     nms = dict(select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
                top_k=FLAGS.select_top_k, keep_top_k=FLAGS.keep_top_k)
     tiles = shared_flags.tiles_from_flags(FLAGS.tiles, FLAGS.tile_overlap,
-                                            FLAGS.tile_max_box)
+                                          FLAGS.tile_max_box)
     if kind == 'saved_model':
         if tiles is not None:
             raise ValueError(f"--tiles={FLAGS.tiles} does not apply to a SavedModel "

@@ -94,7 +94,7 @@ def main(argv):
 
     variants = list(FLAGS.tflite_quantization) or (['float32'] if FLAGS.tflite else [])
     tiles = shared_flags.tiles_from_flags(FLAGS.tiles, FLAGS.tile_overlap,
-                                            FLAGS.tile_max_box)
+                                          FLAGS.tile_max_box)
     if tiles is not None and variants:
         raise ValueError(f"--tiles={FLAGS.tiles} applies to the SavedModel only (the TFLite "
                          f"models detect the whole image); export the TFLite models in a run "

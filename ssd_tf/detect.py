@@ -96,7 +96,7 @@ def make_detector(model_path, model_name=None, num_classes=None, label_map=None,
 
     model_path: SavedModel directory, `.tflite` file, or what `builder.load_model` takes
     (model_name, num_classes: for a checkpoint without config.json). label_map: a label map
-    file (default: see the module docstring). tiles: None or `(rows, cols, overlap)`, tiled
+    file (default: see the module docstring). tiles: None or `tiling.Tiles`, tiled
     detection (`ssd_tf.tiling`) of a checkpoint; a SavedModel tiles as it was exported.
     """
     kind, path = builder.resolve_source(model_path)

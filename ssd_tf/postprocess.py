@@ -135,9 +135,17 @@ def detected_bboxes_combined(predictions, localisations, select_threshold=SELECT
     # combined NMS wants class-specific boxes [B, N, q, 4] and scores [B, N, q].
     boxes_q = tf.transpose(cand_boxes, [0, 2, 1, 3])  # [B, k, C-1, 4]
     scores_q = tf.transpose(cand_scores, [0, 2, 1])  # [B, k, C-1]
+    return _combined_nms(boxes_q, scores_q, k, keep_top_k, nms_threshold, select_threshold)
+
+
+def _combined_nms(boxes_q, scores_q, max_per_class, keep_top_k, nms_threshold,
+                  score_threshold):
+    """Combined NMS of class-specific boxes `[B, N, q, 4]` and scores `[B, N, q]` (q = C-1
+    or 1 shared box) -> the detections dict of `detected_bboxes_combined` (classes 1..C-1,
+    rows past `num_detections` zero)."""
     nmsed_boxes, nmsed_scores, nmsed_classes, valid = tf.image.combined_non_max_suppression(
-        boxes_q, scores_q, max_output_size_per_class=k, max_total_size=keep_top_k,
-        iou_threshold=nms_threshold, score_threshold=select_threshold,
+        boxes_q, scores_q, max_output_size_per_class=max_per_class, max_total_size=keep_top_k,
+        iou_threshold=nms_threshold, score_threshold=score_threshold,
         pad_per_class=False, clip_boxes=False)
     valid = tf.cast(valid, tf.int32)
     row = tf.range(keep_top_k)[None, :]
@@ -147,6 +155,24 @@ def detected_bboxes_combined(predictions, localisations, select_threshold=SELECT
             'bboxes': tf.where(live[..., None], nmsed_boxes, 0.),
             'classes': classes,
             'num_detections': valid}
+
+
+def merge_detections(boxes, scores, classes, valid, num_classes, nms_threshold, keep_top_k):
+    """Per-class NMS over detections gathered from several passes of each image (tiled
+    inference, `ssd_tf.tiling`).
+
+    boxes `[B, N, 4]` (relative to the image), scores `[B, N]`, classes `[B, N]` int 1..C-1,
+    valid bool `[B, N]` (False: padding, or dropped). num_classes: C (with the background).
+    Returns the dict of `detected_bboxes_combined` (boxes clamped into [0, 1]), K = keep_top_k.
+    """
+    boxes = tf.cast(boxes, tf.float32)
+    scores = tf.where(valid, tf.cast(scores, tf.float32), 0.)
+    one_hot = tf.one_hot(tf.cast(classes, tf.int32) - 1, num_classes - 1)  # [B, N, C-1]
+    # a score of exactly 0 is padding; any real detection passed the select threshold
+    out = _combined_nms(boxes[:, :, None, :], one_hot * scores[..., None], keep_top_k,
+                        keep_top_k, nms_threshold, 1e-12)
+    out['bboxes'] = boxes_lib.clip_boxes(out['bboxes'])  # padding rows stay 0
+    return out
 
 
 def tflite_postprocess(scores, boxes, num_classes, select_threshold=SELECT_THRESHOLD,

@@ -20,7 +20,8 @@ every detection back to the whole image and merges them with per-class NMS:
   at the scale the network was trained on (a tile magnifies them and its large detections
   were mostly false or duplicates on the small-object dev set, crowding the small ones out of
   the `keep_top_k` the merge keeps).
-- `merge(boxes, scores, classes, valid, ...)`: per-class NMS over all passes of an image.
+- the merge, per-class NMS over all passes of an image, is NMS's home's:
+  `ssd_tf.postprocess.merge_detections`.
 
 `Tiles(rows, cols, overlap, max_box)` carries the settings (`--tiles`, `--tile_overlap`,
 `--tile_max_box`).
@@ -168,31 +169,4 @@ def small_enough(boxes, max_box):
     boxes = tf.convert_to_tensor(boxes)
     if max_box <= 0.:
         return tf.ones(tf.shape(boxes)[:-1], tf.bool)
-    area = tf.maximum(boxes[..., 2] - boxes[..., 0], 0.) * \
-        tf.maximum(boxes[..., 3] - boxes[..., 1], 0.)
-    return area < tf.cast(max_box, boxes.dtype) ** 2
-
-
-def merge(boxes, scores, classes, valid, num_classes, nms_threshold, keep_top_k):
-    """Per-class NMS over the detections of all passes of each image.
-
-    boxes `[B, N, 4]` (relative to the image), scores `[B, N]`, classes `[B, N]` int 1..C-1,
-    valid bool `[B, N]` (False: padding, or dropped). num_classes: C (with the background).
-    Returns the dict of `postprocess.detected_bboxes_combined`: scores `[B, K]`, bboxes
-    `[B, K, 4]`, classes `[B, K]` int32 1..C-1, num_detections `[B]` int32, K = keep_top_k.
-    """
-    boxes = tf.cast(boxes, tf.float32)
-    scores = tf.where(valid, tf.cast(scores, tf.float32), 0.)
-    one_hot = tf.one_hot(tf.cast(classes, tf.int32) - 1, num_classes - 1)  # [B, N, C-1]
-    per_class = one_hot * scores[..., None]
-    # a score of exactly 0 is padding; any real detection passed the select threshold
-    nmsed_boxes, nmsed_scores, nmsed_classes, count = tf.image.combined_non_max_suppression(
-        boxes[:, :, None, :], per_class, max_output_size_per_class=keep_top_k,
-        max_total_size=keep_top_k, iou_threshold=nms_threshold, score_threshold=1e-12,
-        pad_per_class=False, clip_boxes=False)
-    count = tf.cast(count, tf.int32)
-    live = tf.range(keep_top_k)[None, :] < count[:, None]
-    return {'scores': tf.where(live, nmsed_scores, 0.),
-            'bboxes': tf.where(live[..., None], boxes_lib.clip_boxes(nmsed_boxes), 0.),
-            'classes': tf.where(live, tf.cast(nmsed_classes, tf.int32) + 1, 0),
-            'num_detections': count}
+    return boxes_lib.area(boxes) < tf.cast(max_box, boxes.dtype) ** 2

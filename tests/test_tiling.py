@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from conftest import sharpened_network
 from preprocessing import ssd_vgg_preprocessing as prep
+from ssd_tf import postprocess
 from ssd_tf import tiling
 from ssd_tf.cli import flags as shared_flags
 from ssd_tf.export import saved_model as export
@@ -100,7 +101,7 @@ def test_merge_suppresses_within_a_class_only():
     scores = [[0.9, 0.6, 0.7, 0.95, 0.]]
     classes = [[1, 1, 2, 1, 0]]
     valid = [[True, True, True, False, False]]
-    out = tiling.merge(boxes, scores, classes, valid, num_classes=3, nms_threshold=0.45,
+    out = postprocess.merge_detections(boxes, scores, classes, valid, num_classes=3, nms_threshold=0.45,
                        keep_top_k=4)
     assert int(out['num_detections'][0]) == 2
     np.testing.assert_allclose(out['scores'][0].numpy(), [0.9, 0.7, 0., 0.])
@@ -109,7 +110,7 @@ def test_merge_suppresses_within_a_class_only():
 
 
 def test_merge_of_an_image_without_detections():
-    out = tiling.merge(tf.zeros([1, 3, 4]), tf.zeros([1, 3]), tf.zeros([1, 3], tf.int32),
+    out = postprocess.merge_detections(tf.zeros([1, 3, 4]), tf.zeros([1, 3]), tf.zeros([1, 3], tf.int32),
                        tf.zeros([1, 3], tf.bool), num_classes=3, nms_threshold=0.45,
                        keep_top_k=2)
     assert int(out['num_detections'][0]) == 0

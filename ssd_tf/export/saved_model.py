@@ -218,7 +218,7 @@ class DetectionModule(tf.Module):
             is_tile = tf.tile(tf.range(n) > 0, [b])[:, None]                # [B * n, 1]
             keep = tf.logical_and(keep, tf.logical_or(
                 tf.logical_not(is_tile), tiling.small_enough(boxes, self._tiles.max_box)))
-        merged = tiling.merge(tf.reshape(boxes, [b, n * k, 4]),
+        merged = postprocess.merge_detections(tf.reshape(boxes, [b, n * k, 4]),
                               tf.reshape(det['scores'], [b, n * k]),
                               tf.reshape(det['classes'], [b, n * k]),
                               tf.reshape(keep, [b, n * k]), self._net.params.num_classes,
@@ -303,7 +303,8 @@ def export_saved_model(net, model, preprocess_fn, output_dir, version=1, overwri
                       signatures={BYTES_SIGNATURE: BYTES_INPUT, IMAGES_SIGNATURE: IMAGES_INPUT},
                       max_image_pixels=max_image_pixels, max_batch_size=max_batch_size,
                       decode_parallelism=decode_parallelism,
-                      tiles=None if tiles is None else tiling.Tiles(*tiles)._asdict(), **(metadata or {}))
+                      tiles=None if tiles is None else tiling.Tiles(*tiles)._asdict(),
+                      **(metadata or {}))
         module = DetectionModule(net, model, preprocess_fn, select_threshold, nms_threshold,
                                  max_detections, top_k, label_file=label_file,
                                  max_image_pixels=max_image_pixels,
