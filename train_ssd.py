@@ -86,6 +86,14 @@ flags.DEFINE_enum('anchors', None, ['default', 'auto'],
                   'anchors), the run\'s own choice when resuming. The anchor coverage is '
                   'printed either way.')
 # ------------------------------------------------------------------ loss
+# ------------------------------------------------------------------ augmentation
+flags.DEFINE_float('expand_max_ratio', None,
+                   'Largest zoom-out of the SSD paper\'s augmentation: half the images are '
+                   'placed in a mean-filled canvas up to this many times their side, which '
+                   'makes objects smaller; 1 turns zoom-out off. Unset: the network\'s default '
+                   '(4, the paper\'s; 1 for ssd_small_320, whose objects are small already), '
+                   'the run\'s own when resuming. Not with --reference_compat (the slim chain '
+                   'has no zoom-out).')
 flags.DEFINE_float('match_threshold', 0.5, 'IoU for an anchor to match a ground-truth box.')
 flags.DEFINE_float('negative_ratio', 3., 'Hard negatives per positive.')
 flags.DEFINE_float('loss_alpha', 1., 'Weight of the localisation loss.')
@@ -229,6 +237,12 @@ def check_flags():
     if FLAGS.reference_compat and FLAGS.anchors == 'auto':
         errors.append("--anchors=auto with --reference_compat: the slim SSD's anchors are part "
                       "of what reference_compat reproduces; drop one of them")
+    if FLAGS.reference_compat and FLAGS.expand_max_ratio is not None:
+        errors.append("--expand_max_ratio with --reference_compat: the slim SSD's augmentation "
+                      "has no zoom-out step; drop one of them")
+    if FLAGS.expand_max_ratio is not None and not 1. <= FLAGS.expand_max_ratio < float('inf'):
+        errors.append(f"--expand_max_ratio must be >= 1 (1: no zoom-out), got "
+                      f"{FLAGS.expand_max_ratio}")
     if FLAGS.reference_compat and _present('label_smoothing'):
         errors.append("--label_smoothing with --reference_compat: the original ignored label "
                       "smoothing and reference_compat keeps that; drop one of them")
@@ -417,9 +431,9 @@ def check_resume(cfg, train_dir):
         raise UserError(str(e)) from e
     if not has_checkpoint or not os.path.isfile(os.path.join(train_dir,
                                                              run_config.CONFIG_FILENAME)):
-        return _fill_unset(cfg, None, None if has_checkpoint else 'new'), has_checkpoint
+        return _fill_unset(cfg, None, has_checkpoint), has_checkpoint
     previous = run_config.RunConfig.read(train_dir)
-    cfg = _fill_unset(cfg, previous.learning_rate, previous.anchors or 'default')
+    cfg = _fill_unset(cfg, previous, has_checkpoint)
     changed = run_config.resume_conflicts(previous, cfg)
     then = previous.mixed_precision or 'float32'  # None: an older float32 run
     if not changed and 'mixed_precision' in previous.recorded and then != cfg.mixed_precision:
@@ -433,14 +447,13 @@ def check_resume(cfg, train_dir):
     return cfg, has_checkpoint
 
 
-def _fill_unset(cfg, learning_rate_then, anchors_then):
-    """cfg with --learning_rate and --anchors resolved when unset (run_config.default_*)."""
+def _fill_unset(cfg, previous, has_checkpoint):
+    """cfg with the flags that default to the run's own resolved (run_config.fill_unset)."""
     from ssd_tf import run_config
     try:
-        cfg = run_config.default_learning_rate(cfg, learning_rate_then)
+        return run_config.fill_unset(cfg, previous, has_checkpoint)
     except ValueError as e:
         raise UserError(str(e)) from e
-    return run_config.default_anchors(cfg, anchors_then)
 
 
 def _training_boxes(cfg, records):
@@ -605,7 +618,8 @@ def make_train_dataset(cfg, net, strategy, records, start_step, label_texts=None
 
     def preprocess_train(image, labels, bboxes, seed=None):
         return prep.preprocess_for_train(image, labels, bboxes, out_shape=image_shape,
-                                         reference_compat=cfg.reference_compat, seed=seed)
+                                         reference_compat=cfg.reference_compat, seed=seed,
+                                         expand_max_ratio=cfg.expand_max_ratio)
 
     def encode(labels, bboxes):
         return net.bboxes_encode(labels, bboxes, anchors, match_threshold=cfg.match_threshold)
@@ -775,6 +789,16 @@ def final_evaluation(cfg, evaluate, writer, step):
                    'voc12_map': m['voc12']['map']}, f, indent=2)
 
 
+def augmentation_text(cfg):
+    """The training augmentation in words, for the run's first lines."""
+    if cfg.reference_compat:
+        return 'augmentation: the slim SSD chain'
+    if cfg.expand_max_ratio == 1:
+        return 'augmentation: the SSD paper chain without zoom-out (--expand_max_ratio=1)'
+    return (f'augmentation: the SSD paper chain, zoom-out up to {cfg.expand_max_ratio:g}x '
+            '(--expand_max_ratio)')
+
+
 def is_chief(strategy):
     """True for the process that writes into --train_dir (the only one, except in a
     multi-worker run: there the 'chief' task, or worker 0 of a cluster without one)."""
@@ -843,8 +867,8 @@ def _run(cfg, strategy, chief, save_dir):
     print(f"training {net.model_name} ({trainer.model.count_params():,} parameters, "
           f"{cfg.num_classes} classes, input {cfg.image_shape[0]}x{cfg.image_shape[1]}) on "
           f"{cfg.dataset_name} with {cfg.num_replicas} replica(s), global batch "
-          f"{cfg.batch_size}; steps {step} -> {cfg.max_number_of_steps}; train_dir "
-          f"{cfg.train_dir}", file=sys.stderr)
+          f"{cfg.batch_size}; steps {step} -> {cfg.max_number_of_steps}; "
+          f"{augmentation_text(cfg)}; train_dir {cfg.train_dir}", file=sys.stderr)
     try:
         reason = trainer.train(
             dataset, cfg.max_number_of_steps, log_every_n_steps=cfg.log_every_n_steps,

@@ -15,7 +15,8 @@ keeps the slim order (means subtracted at full size, then TF1's bilinear resize)
 
 Two training chains:
 - default: the SSD paper's augmentation (photometric distortions, expand / zoom-out, min-IoU
-  patch sampling, horizontal flip, one resize). Boxes are clipped to the sampled patch; boxes
+  patch sampling, horizontal flip, one resize). `expand_max_ratio` bounds the zoom-out (1: none,
+  for data whose objects are already small). Boxes are clipped to the sampled patch; boxes
   whose centre leaves the patch, or thinner than `MIN_BOX_SIZE`, are dropped. For speed the
   expand + patch + flip + resize is one `crop_and_resize` read straight from the uint8 image
   (no full-resolution float copy), and the photometric distortions run afterwards on the
@@ -78,7 +79,7 @@ SATURATION_RANGE = (0.5, 1.5)
 HUE_DELTA = 18. / 360.          # caffe's hue_delta of 18 degrees, as a fraction of the circle.
 PHOTOMETRIC_PROB = 0.5          # Each photometric distortion is applied with this probability.
 EXPAND_PROB = 0.5
-EXPAND_MAX_RATIO = 4.
+EXPAND_MAX_RATIO = 4.           # The paper's; `preprocess_for_train(expand_max_ratio=...)`.
 # Patch sampling modes: NaN = the whole image, -inf = any patch, else the minimum IoU with some
 # ground-truth box. Each mode is drawn with equal probability.
 PATCH_MIN_IOUS = (float('nan'), 0.1, 0.3, 0.5, 0.7, 0.9, float('-inf'))
@@ -295,7 +296,8 @@ def _valid_run(positions, size_in):
     return start, count, first / tf.maximum(limit, 1.), last / tf.maximum(limit, 1.)
 
 
-def _preprocess_train_paper(image, labels, bboxes, difficults, out_shape, seed):
+def _preprocess_train_paper(image, labels, bboxes, difficults, out_shape, seed,
+                           expand_max_ratio=EXPAND_MAX_RATIO):
     out_h, out_w = out_shape
     seeds = _seeds(seed, 10)
     shape = tf.shape(image)
@@ -304,7 +306,7 @@ def _preprocess_train_paper(image, labels, bboxes, difficults, out_shape, seed):
     # Expand (zoom out): the image sits at (ty, tx) in a canvas `ratio` times larger, in
     # canvas-relative units; the rest of the canvas is filled with the mean.
     ratio = tf.where(_uniform(seeds[0]) < EXPAND_PROB,
-                     _uniform(seeds[1], (), 1., EXPAND_MAX_RATIO), 1.)
+                     _uniform(seeds[1], (), 1., expand_max_ratio), 1.)
     offset = _uniform(seeds[2], [2]) * (1. - 1. / ratio)  # [ty, tx]
     offset4 = tf.tile(offset, [2])
     canvas_boxes = bboxes / ratio + offset4
@@ -427,7 +429,7 @@ def _preprocess_train_slim(image, labels, bboxes, difficults, out_shape, seed):
 
 def preprocess_for_train(image, labels, bboxes, out_shape, data_format='NHWC',
                          scope='ssd_preprocessing_train', reference_compat=False, seed=None,
-                         difficults=None):
+                         difficults=None, expand_max_ratio=None):
     """Augments one training example.
 
     Args:
@@ -442,6 +444,11 @@ def preprocess_for_train(image, labels, bboxes, out_shape, data_format='NHWC',
       seed: int32/int64 `[2]` tensor for the stateless random ops; same seed -> same output.
         None draws one from the global generator (not reproducible).
       difficults: optional `[N]` flags, filtered like the labels.
+      expand_max_ratio: the paper chain's largest zoom-out: with probability `EXPAND_PROB` the
+        image is placed in a mean-filled canvas whose side is a ratio drawn uniformly from
+        `[1, expand_max_ratio]` times its own. None: `EXPAND_MAX_RATIO` (4, the paper's); 1: no
+        zoom-out (the same random draws otherwise). The slim chain has no zoom-out: a value
+        with `reference_compat=True` is a ValueError.
 
     Returns:
       A `TrainExample(image, labels, bboxes, difficults)`: image float32 `[h, w, 3]` of
@@ -449,12 +456,27 @@ def preprocess_for_train(image, labels, bboxes, out_shape, data_format='NHWC',
       image, difficults `[M]` (all-zero int64 when not given), for the M <= N boxes kept.
     """
     out_shape = _out_hw(out_shape)
+    if reference_compat and expand_max_ratio is not None:
+        raise ValueError(f"expand_max_ratio={expand_max_ratio} with reference_compat=True: the "
+                         "slim chain has no zoom-out (expand) step")
+    if expand_max_ratio is None:
+        expand_max_ratio = EXPAND_MAX_RATIO
+    try:
+        ratio = float(expand_max_ratio)
+    except (TypeError, ValueError):
+        ratio = float('nan')
+    if not 1. <= ratio < float('inf'):
+        raise ValueError(f"expand_max_ratio must be a finite number >= 1 (1: no zoom-out), "
+                         f"got {expand_max_ratio!r}")
     with tf.name_scope(scope):
         image, labels, bboxes, difficults = _check_inputs(image, labels, bboxes, difficults,
                                                           'preprocess_for_train')
-        chain = _preprocess_train_slim if reference_compat else _preprocess_train_paper
-        image, labels, bboxes, difficults = chain(image, labels, bboxes, difficults,
-                                                  out_shape, seed)
+        if reference_compat:
+            image, labels, bboxes, difficults = _preprocess_train_slim(
+                image, labels, bboxes, difficults, out_shape, seed)
+        else:
+            image, labels, bboxes, difficults = _preprocess_train_paper(
+                image, labels, bboxes, difficults, out_shape, seed, ratio)
         image = _to_data_format(image, data_format)
         return TrainExample(image, labels, bboxes, difficults)
 

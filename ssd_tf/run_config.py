@@ -76,6 +76,9 @@ class RunConfig:
     anchors: str = None
     anchor_shapes: list = None
     anchor_coverage: dict = None
+    # augmentation: the largest zoom-out of the SSD paper's chain (1: none; None with
+    # reference_compat, whose slim chain has none)
+    expand_max_ratio: float = None
     # loss
     match_threshold: float = None
     negative_ratio: float = None
@@ -208,6 +211,48 @@ def default_learning_rate(cfg, then):
                          f"rate {then} ({cfg.model_name}'s default or the resumed run's): "
                          "give --learning_rate")
     return cfg.replace(learning_rate=float(then))
+
+
+def default_expand_max_ratio(cfg, then):
+    """cfg (a RunConfig) with `expand_max_ratio` resolved when it was not given: `then`, the
+    resumed run's ratio (a run keeps its augmentation), else the network's
+    `default_expand_max_ratio` (4, the SSD paper's; 1 for ssd_small_320). Unchanged with
+    `reference_compat` (the slim chain has no zoom-out: the field stays None)."""
+    if cfg.expand_max_ratio is not None or cfg.reference_compat:
+        return cfg
+    if then is None:
+        from nets import nets_factory
+        then = nets_factory.get_network(cfg.model_name).default_expand_max_ratio
+    return cfg.replace(expand_max_ratio=float(then))
+
+
+def resumed_expand_max_ratio(previous):
+    """The zoom-out ratio the run `previous` (a RunConfig read from its train_dir; None for a
+    checkpoint without config.json) trained with: the recorded one, else the paper's (runs
+    from before the setting was recorded all used it)."""
+    from preprocessing import ssd_vgg_preprocessing as prep
+    if previous is not None and previous.expand_max_ratio is not None:
+        return previous.expand_max_ratio
+    return prep.EXPAND_MAX_RATIO
+
+
+def fill_unset(cfg, previous, has_checkpoint):
+    """cfg (a RunConfig) with --learning_rate, --expand_max_ratio and --anchors resolved when
+    unset, for the run about to start in a train_dir: `previous` is the RunConfig read from
+    it (None when it has no config.json), `has_checkpoint` whether it holds a checkpoint to
+    resume. A resumed run keeps its own settings (a run older than a setting: what it trained
+    with then), a new one takes the network's defaults. ValueError as
+    `default_learning_rate`."""
+    if not has_checkpoint:  # a new run, whatever config.json a failed start left
+        then = (None, 'new', None)
+    elif previous is None:  # a checkpoint from before config.json was written
+        then = (None, None, resumed_expand_max_ratio(None))
+    else:
+        then = (previous.learning_rate, previous.anchors or 'default',
+                resumed_expand_max_ratio(previous))
+    cfg = default_learning_rate(cfg, then[0])
+    cfg = default_expand_max_ratio(cfg, then[2])
+    return default_anchors(cfg, then[1])
 
 
 def default_anchors(cfg, then):

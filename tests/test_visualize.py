@@ -60,3 +60,18 @@ def test_show_augmentation_grid_on_synthetic_set():
     grid = show_augmentation.augmented_grid(records[:8], label_map.name, num=4, cols=2, seed=0,
                                             out_size=64)
     assert grid.dtype == np.uint8 and grid.shape == (2 * 64 + 3 * 2, 2 * 64 + 3 * 2, 3)
+
+
+@pytest.mark.slow
+def test_show_augmentation_shows_the_zoom_out_bound():
+    """--expand_max_ratio reaches the grid: with 1 no pixel is the mean-coloured canvas that
+    the paper's zoom-out (the default, 4) shows on some of 8 samples."""
+    from ssd_tf.cli import show_augmentation
+    records, label_map = show_augmentation.load_source(None, 'train', seed=0)
+    mean = np.array([123, 117, 104], np.uint8)  # the VGG means: the canvas after unwhitening
+
+    def canvas_pixels(ratio):
+        grid = show_augmentation.augmented_grid(records[:8], label_map.name, num=8, cols=4,
+                                                seed=0, out_size=64, expand_max_ratio=ratio)
+        return int(np.all(grid == mean, axis=-1).sum())
+    assert canvas_pixels(None) > 64 and canvas_pixels(1.) == 0

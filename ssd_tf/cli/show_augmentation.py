@@ -32,6 +32,9 @@ def define_flags():
     flags.DEFINE_integer('out_size', 300, 'Side of the (square) network input, in pixels.')
     flags.DEFINE_bool('reference_compat', False,
                       'Show the slim SSD augmentation instead of the SSD paper chain.')
+    flags.DEFINE_float('expand_max_ratio', None,
+                       'Largest zoom-out of the SSD paper chain (train_ssd.py '
+                       '--expand_max_ratio; 1: none). Unset: the paper\'s 4.')
 
 
 def load_source(dataset_dir, split, seed):
@@ -46,11 +49,14 @@ def load_source(dataset_dir, split, seed):
     return records, label_map
 
 
-def augmented_grid(records, label_names, num, cols, seed, out_size, reference_compat=False):
-    """uint8 RGB grid of `num` augmented samples with boxes drawn; label_names: id -> name."""
+def augmented_grid(records, label_names, num, cols, seed, out_size, reference_compat=False,
+                   expand_max_ratio=None):
+    """uint8 RGB grid of `num` augmented samples with boxes drawn; label_names: id -> name;
+    expand_max_ratio as `preprocess_for_train`'s."""
     def preprocess_fn(image, labels, bboxes, seed):
         return prep.preprocess_for_train(image, labels, bboxes, (out_size, out_size),
-                                         reference_compat=reference_compat, seed=seed)
+                                         reference_compat=reference_compat, seed=seed,
+                                         expand_max_ratio=expand_max_ratio)
 
     ds = data_lib.build_dataset(records, preprocess_fn, batch_size=num, is_training=True,
                                 seed=seed, with_gt=True)
@@ -66,9 +72,13 @@ def augmented_grid(records, label_names, num, cols, seed, out_size, reference_co
 
 def main(argv):
     del argv
+    if FLAGS.reference_compat and FLAGS.expand_max_ratio is not None:
+        raise app.UsageError("--expand_max_ratio with --reference_compat: the slim chain has no "
+                             "zoom-out step")
     records, label_map = load_source(FLAGS.dataset_dir, FLAGS.split, FLAGS.seed)
     grid = augmented_grid(records, label_map.name, FLAGS.num, FLAGS.cols,
-                          FLAGS.seed, FLAGS.out_size, FLAGS.reference_compat)
+                          FLAGS.seed, FLAGS.out_size, FLAGS.reference_compat,
+                          FLAGS.expand_max_ratio)
     visualize.save_png(FLAGS.out, grid)
     print(f"wrote {FLAGS.num} augmented samples to {FLAGS.out}")
 
