@@ -90,10 +90,10 @@ flags.DEFINE_enum('anchors', None, ['default', 'auto'],
 flags.DEFINE_float('expand_max_ratio', None,
                    'Largest zoom-out of the SSD paper\'s augmentation: half the images are '
                    'placed in a mean-filled canvas up to this many times their side, which '
-                   'makes objects smaller; 1 turns zoom-out off. Unset: the network\'s default '
-                   '(4, the paper\'s; 1 for ssd_small_320, whose objects are small already), '
-                   'the run\'s own when resuming. Not with --reference_compat (the slim chain '
-                   'has no zoom-out).')
+                   'makes objects smaller; 1 turns zoom-out off. Unset: chosen from the '
+                   'training boxes, 1 when their median side is under 8% of the image side '
+                   '(small objects already), else 4 (the paper\'s); the run\'s own when '
+                   'resuming. Not with --reference_compat (the slim chain has no zoom-out).')
 flags.DEFINE_float('match_threshold', 0.5, 'IoU for an anchor to match a ground-truth box.')
 flags.DEFINE_float('negative_ratio', 3., 'Hard negatives per positive.')
 flags.DEFINE_float('loss_alpha', 1., 'Weight of the localisation loss.')
@@ -471,14 +471,26 @@ def _training_boxes(cfg, records):
         raise UserError(f"--dataset_dir={cfg.dataset_dir}: {e}") from e
 
 
-def resolve_anchors(cfg, net, records, has_checkpoint, implicit=False):
+def resolve_expand_max_ratio(cfg, boxes):
+    """cfg with `expand_max_ratio` chosen from the training boxes `[N, 4]` when neither the
+    flag nor the resumed run set it (`prep.expand_max_ratio_for_boxes`, its reason printed);
+    unchanged with --reference_compat."""
+    from preprocessing import ssd_vgg_preprocessing as prep
+    if cfg.expand_max_ratio is not None or cfg.reference_compat:
+        return cfg
+    ratio, reason = prep.expand_max_ratio_for_boxes(boxes)
+    print(f"augmentation: --expand_max_ratio={ratio:g} ({reason})", file=sys.stderr)
+    return cfg.replace(expand_max_ratio=float(ratio))
+
+
+def resolve_anchors(cfg, net, records, has_checkpoint, implicit=False, boxes=None):
     """The run's anchors and their coverage of the training boxes: a resumed run keeps the
     anchors saved in its config.json (not refitted to the current data: they are part of the
     model); a new `--anchors=auto` run fits them (`ssd_tf.anchor_fit`; when --anchors was not
     given (`implicit`) and there is nothing to fit, the network's anchors, said so). Prints
     the coverage report (the default anchors' headline, the fitted shapes, then the full
     report of the anchors used, with its warning); returns `(cfg with anchors, anchor_shapes
-    and anchor_coverage, net, report text)`."""
+    and anchor_coverage, net, report text)`. `boxes`: the training boxes, when read already."""
     from nets import nets_factory
     from ssd_tf import anchor_fit
     from ssd_tf import anchors as anchors_lib
@@ -487,7 +499,8 @@ def resolve_anchors(cfg, net, records, has_checkpoint, implicit=False):
     config_path = os.path.join(cfg.train_dir, run_config.CONFIG_FILENAME)
     previous = run_config.RunConfig.read(config_path) \
         if has_checkpoint and os.path.isfile(config_path) else None
-    boxes = _training_boxes(cfg, records)
+    if boxes is None:
+        boxes = _training_boxes(cfg, records)
     small = anchors_report.small_object_setup(nets_factory.networks_map)
 
     def coverage(n):
@@ -841,8 +854,10 @@ def _run(cfg, strategy, chief, save_dir):
         cfg, strategy.num_replicas_in_sync)
     implicit_anchors = cfg.anchors is None
     cfg, has_checkpoint = check_resume(cfg, cfg.train_dir)
+    boxes = _training_boxes(cfg, records)
     cfg, net, anchor_text = resolve_anchors(cfg, net, records, has_checkpoint,
-                                            implicit_anchors)
+                                            implicit_anchors, boxes=boxes)
+    cfg = resolve_expand_max_ratio(cfg, boxes)
     if cfg.learning_rate_decay_type in _DECAY_FLAGS['num_epochs_per_decay']:
         try:  # the schedule counts in epochs
             cfg = cfg.replace(num_samples=training.resolve_num_samples(

@@ -40,9 +40,6 @@ class SSDNet:
     # train_ssd.py's peak learning rate (Adam, after warm-up) when --learning_rate is unset;
     # a network whose training was measured at another rate overrides it
     default_learning_rate = 0.002
-    # train_ssd.py's --expand_max_ratio when unset: the largest zoom-out of the SSD paper's
-    # augmentation (preprocessing.ssd_vgg_preprocessing.EXPAND_MAX_RATIO); 1 turns it off
-    default_expand_max_ratio = 4.
 
     def __init__(self, params=None, reference_compat=False):
         if params is None:

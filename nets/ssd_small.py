@@ -141,9 +141,5 @@ class SSDNetSmallObjects(SSDNet):
     # of 32, bfloat16): VOC07 0.7295 / 0.7316 at 0.006 against 0.6838 / 0.6680 at 0.002
     # (seeds 0 / 1; docs/small-objects.md)
     default_learning_rate = 0.006
-    # no zoom-out: it shrinks the already small objects below what the first map resolves;
-    # on the dev set (same runs, lr 0.006) VOC07 0.7387 / 0.7470 against 0.7295 / 0.7316 with
-    # the paper's ratio 4 (docs/small-objects.md "Augmentation without zoom-out")
-    default_expand_max_ratio = 1.
     default_params = small_params(_SMALL_OBJECT_IMG, first_stride=4,
                                   scales=_SMALL_OBJECT_SCALES)

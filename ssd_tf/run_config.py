@@ -213,19 +213,6 @@ def default_learning_rate(cfg, then):
     return cfg.replace(learning_rate=float(then))
 
 
-def default_expand_max_ratio(cfg, then):
-    """cfg (a RunConfig) with `expand_max_ratio` resolved when it was not given: `then`, the
-    resumed run's ratio (a run keeps its augmentation), else the network's
-    `default_expand_max_ratio` (4, the SSD paper's; 1 for ssd_small_320). Unchanged with
-    `reference_compat` (the slim chain has no zoom-out: the field stays None)."""
-    if cfg.expand_max_ratio is not None or cfg.reference_compat:
-        return cfg
-    if then is None:
-        from nets import nets_factory
-        then = nets_factory.get_network(cfg.model_name).default_expand_max_ratio
-    return cfg.replace(expand_max_ratio=float(then))
-
-
 def resumed_expand_max_ratio(previous):
     """The zoom-out ratio the run `previous` (a RunConfig read from its train_dir; None for a
     checkpoint without config.json) trained with: the recorded one, else the paper's (runs
@@ -237,11 +224,13 @@ def resumed_expand_max_ratio(previous):
 
 
 def fill_unset(cfg, previous, has_checkpoint):
-    """cfg (a RunConfig) with --learning_rate, --expand_max_ratio and --anchors resolved when
+    """cfg (a RunConfig) with --learning_rate, --anchors and --expand_max_ratio resolved when
     unset, for the run about to start in a train_dir: `previous` is the RunConfig read from
     it (None when it has no config.json), `has_checkpoint` whether it holds a checkpoint to
     resume. A resumed run keeps its own settings (a run older than a setting: what it trained
-    with then), a new one takes the network's defaults. ValueError as
+    with then); a new one takes the network's learning rate and `default_anchors`' choice,
+    and keeps `expand_max_ratio` None, for train_ssd.py to choose from the training boxes
+    (`preprocessing.ssd_vgg_preprocessing.expand_max_ratio_for_boxes`). ValueError as
     `default_learning_rate`."""
     if not has_checkpoint:  # a new run, whatever config.json a failed start left
         then = (None, 'new', None)
@@ -251,7 +240,8 @@ def fill_unset(cfg, previous, has_checkpoint):
         then = (previous.learning_rate, previous.anchors or 'default',
                 resumed_expand_max_ratio(previous))
     cfg = default_learning_rate(cfg, then[0])
-    cfg = default_expand_max_ratio(cfg, then[2])
+    if cfg.expand_max_ratio is None and not cfg.reference_compat and then[2] is not None:
+        cfg = cfg.replace(expand_max_ratio=float(then[2]))
     return default_anchors(cfg, then[1])
 
 

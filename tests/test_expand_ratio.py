@@ -1,6 +1,6 @@
 """--expand_max_ratio: the zoom-out bound of the SSD paper's augmentation (preprocessing), the
-network defaults (4, the paper's; 1 for ssd_small_320), its resolution for new, resumed and
-older runs (run_config, train_ssd.check_resume), and the flag's errors."""
+choice from the training boxes (1 when the median box is small, else the paper's 4), its
+resolution for new, resumed and older runs (run_config.fill_unset), and the flag's errors."""
 import os
 import pathlib
 import subprocess
@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-from nets import nets_factory
 from preprocessing import ssd_vgg_preprocessing as prep
 from ssd_tf import run_config
 
@@ -87,26 +86,39 @@ def test_ratio_with_the_slim_chain_is_refused():
     assert _train(0, None, reference_compat=True).image.shape == (64, 64, 3)
 
 
-def test_network_defaults():
-    assert nets_factory.get_network('ssd_small').default_expand_max_ratio == 4.
-    assert nets_factory.get_network('ssd_300_vgg').default_expand_max_ratio == 4.
-    assert nets_factory.get_network('ssd_small_320').default_expand_max_ratio == 1.
-    assert prep.EXPAND_MAX_RATIO == 4.
+def _square(side, centre=0.5):
+    """One square box of the given side (relative), yxyx."""
+    lo, hi = centre - side / 2, centre + side / 2
+    return [lo, lo, hi, hi]
 
 
-@pytest.mark.parametrize('given, then, model, compat, want', [
-    (None, None, 'ssd_small', False, 4.),      # a new run: the network's default
-    (None, None, 'ssd_300_vgg', False, 4.),
-    (None, None, 'ssd_small_320', False, 1.),
-    (None, 4., 'ssd_small_320', False, 4.),    # a resumed run keeps its augmentation
-    (None, 1., 'ssd_small', False, 1.),
-    (2.5, 1., 'ssd_small_320', False, 2.5),    # a given flag always wins
-    (None, None, 'ssd_small_320', True, None),  # the slim chain: nothing to resolve
+@pytest.mark.parametrize('sides, want', [
+    ([0.04, 0.05, 0.06], 1.),               # median 5 % < 8 %: no zoom-out
+    ([0.02, 0.07, 0.5], 1.),                # median 7 %
+    ([0.02, 0.08, 0.5], 4.),                # median exactly 8 %: not under it
+    ([0.5, 0.6, 0.7], 4.),                  # large objects: the paper's
+    ([0.05, 0.05, 0.3, 0.3], 4.),           # median of an even count: 17.5 %
 ])
-def test_which_ratio_a_run_takes_when_the_flag_is_not_given(given, then, model, compat, want):
-    cfg = run_config.RunConfig.from_dict({'expand_max_ratio': given, 'model_name': model,
-                                          'reference_compat': compat})
-    assert run_config.default_expand_max_ratio(cfg, then).expand_max_ratio == want
+def test_ratio_from_the_median_box_side(sides, want):
+    ratio, reason = prep.expand_max_ratio_for_boxes([_square(x) for x in sides])
+    assert ratio == want
+    assert ('no zoom-out' in reason) == (want == 1.)
+
+
+def test_ratio_from_boxes_uses_sqrt_area_and_ignores_degenerate_boxes():
+    # 0.02 x 0.5: sqrt = 0.1 (not small) though its height is 2 %; NaN, empty and inverted
+    # boxes do not count; the two 4 % squares stay the minority
+    boxes = [[0.1, 0.1, 0.12, 0.6]] * 3 + [_square(0.04)] * 2 + \
+        [[np.nan, 0, 1, 1], [0.5, 0.5, 0.5, 0.6], [0.6, 0.6, 0.5, 0.5]] * 3
+    assert prep.expand_max_ratio_for_boxes(boxes)[0] == 4.
+    ratio, reason = prep.expand_max_ratio_for_boxes(np.array([_square(0.03)] * 4, np.float32))
+    assert ratio == 1. and '3.0% of the image side, under 8%' in reason
+
+
+def test_ratio_without_boxes_is_the_papers():
+    for empty in ([], np.zeros((0, 4)), [[np.nan] * 4]):
+        ratio, reason = prep.expand_max_ratio_for_boxes(empty)
+        assert ratio == 4. and 'no training box' in reason
 
 
 def test_a_resumed_run_trained_with_what_it_recorded_else_the_papers():
@@ -122,8 +134,8 @@ def test_a_resumed_run_trained_with_what_it_recorded_else_the_papers():
 
 
 @pytest.mark.parametrize('previous, has_checkpoint, want', [
-    (None, False, 1.),                                       # a new run: the network's
-    ({'model_name': 'ssd_small_320', 'expand_max_ratio': 2.}, False, 1.),  # a failed start
+    (None, False, None),                                     # a new run: from its boxes
+    ({'model_name': 'ssd_small_320', 'expand_max_ratio': 2.}, False, None),  # failed start
     ({'model_name': 'ssd_small_320'}, True, 4.),             # an older run: what it used
     ({'model_name': 'ssd_small_320', 'expand_max_ratio': 1.}, True, 1.),
     ({'model_name': 'ssd_small_320', 'expand_max_ratio': 2.}, True, 2.),
@@ -143,6 +155,8 @@ def test_fill_unset_resolves_the_ratio_for_new_resumed_and_older_runs(previous, 
     assert out.anchors == ('default' if has_checkpoint else 'auto')
     given = run_config.fill_unset(cfg.replace(expand_max_ratio=3.), previous, has_checkpoint)
     assert given.expand_max_ratio == 3.
+    slim = run_config.fill_unset(cfg.replace(reference_compat=True), previous, has_checkpoint)
+    assert slim.expand_max_ratio is None
 
 
 @pytest.mark.parametrize('args, needle', [
@@ -159,17 +173,27 @@ def test_bad_flag_fails_at_once_naming_it(args, needle, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_records_the_ratio_and_trains_with_it(tmp_path):
-    """The tiny ssd_small_320 run records 1 and says so; a run given 2 records 2."""
+def test_a_run_chooses_the_ratio_from_its_boxes_and_records_it(tmp_path):
+    """Small synthetic objects (3-10 % of the side) train without zoom-out, the shapes (10-60 %)
+    with the paper's, a given flag as given; each says so and records it; a resume keeps it."""
     tiny = ['--synthetic_num_train=16', '--synthetic_num_test=8', '--batch_size=4',
             '--log_every_n_steps=1', '--warmup_steps=1', '--eval_split_name=',
-            '--max_number_of_steps=2', '--anchors=default']
-    for extra, want in (([], 1.), (['--expand_max_ratio=2'], 2.)):
-        train_dir = tmp_path / f'r{want:g}'
+            '--max_number_of_steps=1', '--anchors=default']
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+
+    def train(train_dir, extra):
         r = subprocess.run([sys.executable, str(ROOT / 'train_ssd.py'), '--train_dir',
-                            str(train_dir), '--model_name=ssd_small_320'] + tiny + extra,
-                           capture_output=True, text=True, timeout=600, cwd=ROOT,
-                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+                            str(train_dir)] + tiny + extra, capture_output=True, text=True,
+                           timeout=600, cwd=ROOT, env=env)
         assert r.returncode == 0, r.stderr[-3000:]
-        assert run_config.RunConfig.read(str(train_dir)).expand_max_ratio == want
-        assert ('without zoom-out' in r.stderr) == (want == 1.)
+        return r.stderr, run_config.RunConfig.read(str(train_dir)).expand_max_ratio
+    err, ratio = train(tmp_path / 'small', ['--synthetic_objects=small'])
+    assert ratio == 1. and 'augmentation: --expand_max_ratio=1 (the median training box is' \
+        in err and 'without zoom-out' in err
+    err, ratio = train(tmp_path / 'shapes', [])
+    assert ratio == 4. and 'the paper\'s zoom-out)' in err and 'zoom-out up to 4x' in err
+    err, ratio = train(tmp_path / 'given', ['--synthetic_objects=small', '--expand_max_ratio=2'])
+    assert ratio == 2. and 'augmentation: --expand_max_ratio' not in err
+    err, ratio = train(tmp_path / 'small', ['--synthetic_objects=small',
+                                            '--max_number_of_steps=2'])
+    assert ratio == 1. and 'resuming' in err and 'augmentation: --expand_max_ratio' not in err
