@@ -422,8 +422,8 @@ def load_training_data(cfg, replicas):
 
 def check_resume(cfg, train_dir):
     """Refuses to resume the run in train_dir with other settings (before anything is
-    written); returns `(cfg with --anchors resolved when unset, whether train_dir holds a
-    checkpoint to resume)`."""
+    written); returns `(cfg with the flags that default to the run's own resolved
+    (run_config.fill_unset), whether train_dir holds a checkpoint to resume)`."""
     from ssd_tf import run_config
     try:  # damaged newer checkpoints are reported; none intact is refused (not step 0)
         has_checkpoint = run_config.resume_checkpoint(train_dir) is not None
