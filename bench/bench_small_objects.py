@@ -157,10 +157,14 @@ def train_row(model_name, anchors, args, gt_boxes):
         with open(os.path.join(train_dir, 'eval', 'metrics.json')) as f:
             by_size = json.load(f).get('by_size', {})
         small_ap = [by_size.get(b, {}).get('map07') for b in SMALL_BUCKETS]
+        # The zoom-out bound the run chose (--expand_max_ratio; 1 = none), from its config.
+        with open(os.path.join(train_dir, 'config.json')) as f:
+            expand = json.load(f).get('expand_max_ratio')
         # The anchors the run used (fitted ones included), as eval and export read them.
         net = builder.load_model(train_dir).net
         coverage = anchors_report.anchor_coverage(gt_boxes, net).fraction
-    return [model_name, anchors, m['step'], f'{wall:.0f}', f'{100 * coverage:.1f} %',
+    return [model_name, anchors, '-' if expand is None else f'{expand:g}', m['step'],
+            f'{wall:.0f}', f'{100 * coverage:.1f} %',
             f"{m['voc07_map']:.4f}", f"{m['voc12_map']:.4f}"] + \
         ['-' if v is None else f'{v:.4f}' for v in small_ap]
 
@@ -226,7 +230,7 @@ def main():
         print(f'{what}, budget '
               f'{args.budget_secs} s or {args.max_steps} steps of 32 ({args.max_steps_small} '
               f'for {SMALL_NET}) {args.extra}\n')
-        print_table(['model', 'anchors', 'steps', 'wall s (incl. data + eval)',
+        print_table(['model', 'anchors', 'zoom-out', 'steps', 'wall s (incl. data + eval)',
                      'coverage', 'VOC07 mAP', 'VOC12 mAP'] +
                     [f'AP07 {b}' for b in SMALL_BUCKETS], results)
 
