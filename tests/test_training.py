@@ -397,6 +397,9 @@ def test_short_default_run_clearly_beats_untrained(tmp_path):
                    '--validation_split=test', '--eval_every_n_steps=150'], timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'VOC07 mAP (test, 100 images)' in r.stdout
+    # the shapes (10-60 % of the side) keep the paper's zoom-out, chosen from the boxes
+    assert "augmentation: --expand_max_ratio=4 (the median training box is" in r.stderr
+    assert json.loads((tmp_path / 'run' / 'config.json').read_text())['expand_max_ratio'] == 4.
     trained = json.loads((tmp_path / 'run' / 'final_metrics.json').read_text())['voc07_map']
     untrained = _untrained_map(100)
     assert untrained < 0.05
