@@ -11,6 +11,7 @@ precision, trainable scopes) is refused before anything is written. An error dur
 saves the last completed step first. TensorBoard: `tensorboard --logdir <train_dir>`.
 
 `run` is a list of steps (setup_execution, load_training_data, check_resume, resolve_anchors,
+resolve_expand_max_ratio,
 build_trainer,
 restore_or_initialise, write_run_files, make_train_dataset, the loop, report_data_quality,
 final_evaluation); the logic they call lives in `ssd_tf` (run_config, training, evaluation).
@@ -85,7 +86,6 @@ flags.DEFINE_enum('anchors', None, ['default', 'auto'],
                   '--checkpoint_path or --reference_compat (pretrained heads and the slim '
                   'anchors), the run\'s own choice when resuming. The anchor coverage is '
                   'printed either way.')
-# ------------------------------------------------------------------ loss
 # ------------------------------------------------------------------ augmentation
 flags.DEFINE_float('expand_max_ratio', None,
                    'Largest zoom-out of the SSD paper\'s augmentation: half the images are '
@@ -94,6 +94,7 @@ flags.DEFINE_float('expand_max_ratio', None,
                    'training boxes, 1 when their median side is under 8% of the image side '
                    '(small objects already), else 4 (the paper\'s); the run\'s own when '
                    'resuming. Not with --reference_compat (the slim chain has no zoom-out).')
+# ------------------------------------------------------------------ loss
 flags.DEFINE_float('match_threshold', 0.5, 'IoU for an anchor to match a ground-truth box.')
 flags.DEFINE_float('negative_ratio', 3., 'Hard negatives per positive.')
 flags.DEFINE_float('loss_alpha', 1., 'Weight of the localisation loss.')
@@ -483,14 +484,15 @@ def resolve_expand_max_ratio(cfg, boxes):
     return cfg.replace(expand_max_ratio=float(ratio))
 
 
-def resolve_anchors(cfg, net, records, has_checkpoint, implicit=False, boxes=None):
+def resolve_anchors(cfg, net, boxes, has_checkpoint, implicit=False):
     """The run's anchors and their coverage of the training boxes: a resumed run keeps the
     anchors saved in its config.json (not refitted to the current data: they are part of the
     model); a new `--anchors=auto` run fits them (`ssd_tf.anchor_fit`; when --anchors was not
     given (`implicit`) and there is nothing to fit, the network's anchors, said so). Prints
     the coverage report (the default anchors' headline, the fitted shapes, then the full
     report of the anchors used, with its warning); returns `(cfg with anchors, anchor_shapes
-    and anchor_coverage, net, report text)`. `boxes`: the training boxes, when read already."""
+    and anchor_coverage, net, report text)`. `boxes`: the training boxes `[N, 4]`
+    (`_training_boxes`)."""
     from nets import nets_factory
     from ssd_tf import anchor_fit
     from ssd_tf import anchors as anchors_lib
@@ -499,8 +501,6 @@ def resolve_anchors(cfg, net, records, has_checkpoint, implicit=False, boxes=Non
     config_path = os.path.join(cfg.train_dir, run_config.CONFIG_FILENAME)
     previous = run_config.RunConfig.read(config_path) \
         if has_checkpoint and os.path.isfile(config_path) else None
-    if boxes is None:
-        boxes = _training_boxes(cfg, records)
     small = anchors_report.small_object_setup(nets_factory.networks_map)
 
     def coverage(n):
@@ -855,8 +855,7 @@ def _run(cfg, strategy, chief, save_dir):
     implicit_anchors = cfg.anchors is None
     cfg, has_checkpoint = check_resume(cfg, cfg.train_dir)
     boxes = _training_boxes(cfg, records)
-    cfg, net, anchor_text = resolve_anchors(cfg, net, records, has_checkpoint,
-                                            implicit_anchors, boxes=boxes)
+    cfg, net, anchor_text = resolve_anchors(cfg, net, boxes, has_checkpoint, implicit_anchors)
     cfg = resolve_expand_max_ratio(cfg, boxes)
     if cfg.learning_rate_decay_type in _DECAY_FLAGS['num_epochs_per_decay']:
         try:  # the schedule counts in epochs
