@@ -11,6 +11,7 @@ networks_map = {
     'ssd_small': ssd_small.SSDNet,
     'ssd_small_192': ssd_small.SSDNet192,
     'ssd_small_320': ssd_small.SSDNetSmallObjects,
+    'ssd_small_320_fpn': ssd_small.SSDNetSmallObjectsFPN,
 }
 
 

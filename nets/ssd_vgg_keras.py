@@ -38,6 +38,9 @@ VGGSpec = collections.namedtuple('VGGSpec',
                                  ['blocks', 'conv6', 'conv7', 'extras', 'dropout', 'input_scale'],
                                  defaults=(None,))
 
+# A top-down fusion path (FPN-lite) over the `levels` finest feature maps, `channels` wide.
+TopDown = collections.namedtuple('TopDown', ['levels', 'channels'])
+
 _VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 
 ARCH_SPECS = {
@@ -76,7 +79,7 @@ def num_anchors_per_location(params):
 
 def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weight_decay=0.0,
                         dropout=None, name=None, kernel_initializer='glorot_uniform',
-                        head_initializer=None, batch_size=None):
+                        head_initializer=None, batch_size=None, top_down=None):
     """Builds a VGG-style SSD as a Keras functional model.
 
     Args:
@@ -93,6 +96,9 @@ def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weig
       kernel_initializer: conv kernel initialiser (slim: Xavier uniform = glorot_uniform).
       head_initializer: kernel initialiser of the conv_loc/conv_cls heads (default: the same).
       batch_size: optional static batch size of the input.
+      top_down: None, or `TopDown(levels, channels)`: a top-down fusion path (FPN-lite)
+        over the `levels` finest feature maps before the heads (`_top_down`); None keeps the
+        original's heads on the raw maps.
 
     Returns:
       keras.Model: input float32 `[B, H, W, 3]` (H, W = params.img_shape, preprocessed
@@ -108,6 +114,8 @@ def build_ssd_vgg_keras(params, arch='ssd_300_vgg', reference_compat=False, weig
     height, width = params.img_shape
     inputs = keras.Input(shape=(height, width, 3), batch_size=batch_size, name='image')
     end_points = _vgg_trunk(inputs, spec, conv, dropout)
+    if top_down is not None:
+        end_points = _top_down(end_points, params, conv, top_down)
     outputs = _multibox_heads(end_points, params, conv, reference_compat,
                               head_initializer or kernel_initializer)
     return keras.Model(inputs, outputs, name=name or default_name)
@@ -173,6 +181,39 @@ def _vgg_trunk(inputs, spec, conv, dropout):
                    strides=block.stride, padding='valid')
         end_points[block.name] = net
     return end_points
+
+
+def _top_down(end_points, params, conv, top_down):
+    """The end points with the `top_down.levels` finest feature maps of `params` replaced by
+    their top-down fusion (FPN, Lin et al. 2017, without its 3x3 smoothing convs: the heads
+    are 3x3 convs already): from the coarsest of them down, `p_k = lateral_k(c_k) +
+    nearest_upsample(p_{k+1})`, every lateral a linear 1x1 conv to `channels`
+    (`<layer>_fpn_lateral`, slim scope `<layer>/fpn_lateral`); an upsampled map larger than
+    the finer one (odd sizes) is cropped at its bottom/right, the cells SAME convs padded.
+    So the finest maps, only a few convs deep, see the deeper maps' features. `[B, H, W, C]`
+    maps in, `[B, H, W, channels]` for the fused ones."""
+    levels, channels = top_down
+    if not 2 <= levels <= len(params.feat_layers):
+        raise ValueError(f"top_down levels must be 2..{len(params.feat_layers)} (the feature "
+                         f"maps), got {levels}")
+    feats = [feature_map(end_points, params, i) for i in range(levels)]
+    fused = dict(end_points)
+    upper = None
+    for i in reversed(range(levels)):
+        layer = params.feat_layers[i]
+        p = conv(feats[i], channels, 1, f'{layer}_fpn_lateral', activation=None)
+        if upper is not None:
+            up = keras.layers.UpSampling2D(2, interpolation='nearest',
+                                           name=f'{layer}_fpn_upsample')(upper)
+            h, w = feats[i].shape[1:3]
+            extra_h, extra_w = up.shape[1] - h, up.shape[2] - w
+            if extra_h or extra_w:
+                up = keras.layers.Cropping2D(((0, extra_h), (0, extra_w)),
+                                             name=f'{layer}_fpn_crop')(up)
+            p = keras.layers.Add(name=f'{layer}_fpn_add')([p, up])
+        fused[layer] = p
+        upper = p
+    return fused
 
 
 def _multibox_heads(end_points, params, conv, reference_compat, head_init):

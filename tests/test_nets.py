@@ -286,12 +286,12 @@ def test_slim_scope_names_are_reversible():
 # ---------------------------------------------------------------------------- factory
 def test_factory_names_and_unknown_name():
     assert NAMES == ['ssd_300_vgg', 'ssd_512_vgg', 'ssd_small', 'ssd_small_192',
-                     'ssd_small_320', 'ssdlite_mobilenet_v2']
+                     'ssd_small_320', 'ssd_small_320_fpn', 'ssdlite_mobilenet_v2']
     for name in NAMES:
         assert nets_factory.get_network(name).model_name == name
     with pytest.raises(ValueError, match='ssd_300_vgg, ssd_512_vgg, ssd_small, '
                                          'ssd_small_192, ssd_small_320, '
-                                         'ssdlite_mobilenet_v2'):
+                                         'ssd_small_320_fpn, ssdlite_mobilenet_v2'):
         nets_factory.get_network('ssd_300')
 
 
@@ -325,6 +325,9 @@ README_TABLE = {  # name: (feature maps, anchors per location, anchors, paramete
     'ssd_small': ([16, 8, 4, 2, 1], [4] * 5, 1364, 594_500),
     'ssd_small_192': ([24, 12, 6, 3, 2], [4] * 5, 3076, 594_500),
     'ssd_small_320': ([80, 40, 20, 10, 5, 3], [4] * 6, 34136, 615_272),
+    # FPN-lite: 615,272 - 20,736 (the block7 heads' 3x3 convs read 64 fewer channels:
+    # 9 * 64 * (4 * 5 + 4 * 4)) + 16,576 (the three 1x1 laterals to 64 channels, with biases).
+    'ssd_small_320_fpn': ([80, 40, 20, 10, 5, 3], [4] * 6, 34136, 611_112),
 }
 
 
@@ -347,7 +350,7 @@ def test_readme_table_feature_maps_and_anchor_counts(name):
     # SSD300 is counted in test_ssd300_has_the_originals_parameter_count.
     pytest.param('ssd_512_vgg', marks=pytest.mark.slow),
     pytest.param('ssdlite_mobilenet_v2', marks=pytest.mark.slow),
-    'ssd_small', 'ssd_small_192', 'ssd_small_320'])
+    'ssd_small', 'ssd_small_192', 'ssd_small_320', 'ssd_small_320_fpn'])
 def test_readme_table_parameter_counts(name):
     # With the default classes: 21 (VOC) for the VGG and MobileNet networks, 5 for ssd_small*
     # (the synthetic shapes); ssd_small and ssd_small_192 differ only in the input size, which

@@ -10,8 +10,8 @@ per flag; a program may append a sentence of its own (`extra`) where its default
 from ssd_tf import postprocess
 from ssd_tf import tiling
 
-NETWORK_NAMES = ("'ssd_small', 'ssd_small_192', 'ssd_small_320', 'ssd_300_vgg', "
-                 "'ssd_512_vgg', 'ssdlite_mobilenet_v2'")
+NETWORK_NAMES = ("'ssd_small', 'ssd_small_192', 'ssd_small_320', 'ssd_small_320_fpn', "
+                 "'ssd_300_vgg', 'ssd_512_vgg', 'ssdlite_mobilenet_v2'")
 
 
 def define_model_flags(flags, extra=None):
