@@ -114,12 +114,14 @@ class SSDNet(_SSDNetBase):
     # the main job's rate (1200 steps of 32, cosine; docs/benchmarks.md "The main job"):
     # 0.006 reached VOC07 0.90 where 0.002 needed twice the steps
     default_learning_rate = 0.006
+    top_down = None  # or `ssd_vgg_keras.TopDown`: an FPN-lite path (`ssd_small_320_fpn`)
 
     def keras_model(self, **kwargs):
         """The Keras functional model; kwargs as `nets.ssd_vgg_keras.build_ssd_vgg_keras`."""
         kwargs.setdefault('name', self.model_name)
         kwargs.setdefault('kernel_initializer', 'he_uniform')
         kwargs.setdefault('head_initializer', keras.initializers.RandomNormal(stddev=HEAD_STDDEV))
+        kwargs.setdefault('top_down', self.top_down)
         return ssd_vgg_keras.build_ssd_vgg_keras(
             self.params, arch=SMALL_SPEC, reference_compat=self.reference_compat, **kwargs)
 
@@ -156,7 +158,3 @@ class SSDNetSmallObjectsFPN(SSDNetSmallObjects):
     model_name = 'ssd_small_320_fpn'
     small_objects = False
     top_down = ssd_vgg_keras.TopDown(levels=3, channels=64)
-
-    def keras_model(self, **kwargs):
-        kwargs.setdefault('top_down', self.top_down)
-        return super().keras_model(**kwargs)

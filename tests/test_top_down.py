@@ -28,15 +28,21 @@ def _params(shapes):
                      normalizations=[-1] * n, prior_scaling=[0.1, 0.1, 0.2, 0.2])
 
 
-def _fuse(maps, levels):
-    """Runs `_top_down` with sum-of-channels laterals on the given `[H, W, C]` arrays (one per
-    feature map, finest first); returns the fused maps `[H, W]` (channels=1)."""
+def _top_down_graph(maps, levels):
+    """`_top_down` with sum-of-channels laterals (channels=1) on Keras inputs shaped like the
+    `[H, W, C]` arrays `maps` (one per feature map, finest first): (inputs, end points, fused)."""
     params = _params([m.shape[0] for m in maps])
     inputs = [keras.Input(m.shape) for m in maps]
     end_points = {f'block{i + 3}': x for i, x in enumerate(inputs)}
     fused = ssd_vgg_keras._top_down(end_points, params, _ones_conv,
                                     ssd_vgg_keras.TopDown(levels, 1))
-    model = keras.Model(inputs, [fused[layer] for layer in params.feat_layers])
+    return inputs, end_points, fused
+
+
+def _fuse(maps, levels):
+    """Runs `_top_down_graph` on the arrays `maps`; returns every fused map `[H, W]`."""
+    inputs, _, fused = _top_down_graph(maps, levels)
+    model = keras.Model(inputs, [fused[f'block{i + 3}'] for i in range(len(maps))])
     out = model([m[None].astype('float32') for m in maps])
     return [np.asarray(o)[0, ..., 0] for o in out]
 
@@ -71,11 +77,7 @@ def test_top_down_golden_odd_size_crops_bottom_right_and_chains_three_levels():
 def test_top_down_leaves_the_coarser_maps_alone():
     # levels=2 of 3 maps: the third (coarsest) map is the raw end point, not a lateral
     maps = [np.ones((4, 4, 1)), np.ones((2, 2, 2)), np.full((1, 1, 1), 5.)]
-    params = _params([4, 2, 1])
-    inputs = [keras.Input(m.shape) for m in maps]
-    end_points = {f'block{i + 3}': x for i, x in enumerate(inputs)}
-    fused = ssd_vgg_keras._top_down(end_points, params, _ones_conv,
-                                    ssd_vgg_keras.TopDown(2, 1))
+    inputs, end_points, fused = _top_down_graph(maps, levels=2)
     assert fused['block5'] is end_points['block5']
     p = keras.Model(inputs, fused['block3'])([m[None].astype('float32') for m in maps])
     np.testing.assert_array_equal(np.asarray(p)[0, ..., 0], np.full((4, 4), 3.))  # 1 + (1+1)
