@@ -99,6 +99,12 @@ flags.DEFINE_float('match_threshold', 0.5, 'IoU for an anchor to match a ground-
 flags.DEFINE_float('negative_ratio', 3., 'Hard negatives per positive.')
 flags.DEFINE_float('loss_alpha', 1., 'Weight of the localisation loss.')
 flags.DEFINE_float('label_smoothing', 0., 'Label smoothing of the classification targets.')
+flags.DEFINE_float('class_balance', 0.,
+                   'Class-balanced loss for rare classes: each positive anchor\'s classification '
+                   'loss is weighted by (mean count / its class\'s count)^class_balance, counts '
+                   'of positive anchors in the batch, rescaled so the loss keeps its size. '
+                   '0 (default): off; 0.5: inverse square root of the frequency; 1: inverse '
+                   'frequency. Not with --reference_compat.')
 flags.DEFINE_float('weight_decay', 0.0005, 'L2 weight decay (slim: scale * sum(w^2) / 2).')
 # ------------------------------------------------------------------ optimisation
 flags.DEFINE_integer('batch_size', 32, 'Global batch size (split across replicas).')
@@ -260,6 +266,11 @@ def check_flags():
         errors.append("--eval_every_n_steps needs --validation_split")
     if not 0. <= FLAGS.label_smoothing < 1.:
         errors.append("--label_smoothing must be in [0, 1)")
+    if not 0. <= FLAGS.class_balance <= 1.:
+        errors.append(f"--class_balance must be in [0, 1] (0: off), got {FLAGS.class_balance}")
+    if FLAGS.reference_compat and FLAGS.class_balance:
+        errors.append("--class_balance with --reference_compat: the slim loss has no class "
+                      "weights and reference_compat keeps that; drop one of them")
     if FLAGS.moving_average_decay is not None and not 0. < FLAGS.moving_average_decay < 1.:
         errors.append("--moving_average_decay must be in (0, 1)")
     if errors:
@@ -586,7 +597,8 @@ def build_trainer(cfg, net, strategy, save_dir, has_checkpoint):
         trainer = training.Trainer(
             net, model, optimizer, strategy, cfg.train_dir, cfg.batch_size,
             loss_config=training.LossConfig(cfg.match_threshold, cfg.negative_ratio,
-                                            cfg.loss_alpha, cfg.label_smoothing),
+                                            cfg.loss_alpha, cfg.label_smoothing,
+                                            cfg.class_balance or 0.),
             jit_compile=cfg.jit_compile,
             trainable_variables=_trainable_variables(cfg, net, model),
             max_to_keep=cfg.max_checkpoints_to_keep, save_dir=save_dir)

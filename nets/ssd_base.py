@@ -91,14 +91,15 @@ class SSDNet:
     # ------------------------------------------------------------------ loss
     def losses(self, logits, localisations, gclasses, glocalisations, gscores,
                match_threshold=0.5, negative_ratio=3., alpha=1., label_smoothing=0.,
-               scope=None, num_positives=None):
+               scope=None, num_positives=None, class_balance=0., class_positives=None):
         """Multibox loss on batched per-layer tensors; see `ssd_tf.losses.ssd_losses`."""
         del scope
         return losses_lib.ssd_losses(
             logits, localisations, gclasses, glocalisations, gscores,
             match_threshold=match_threshold, negative_ratio=negative_ratio, alpha=alpha,
             label_smoothing=label_smoothing, reference_compat=self.reference_compat,
-            num_positives=num_positives)
+            num_positives=num_positives, class_balance=class_balance,
+            class_positives=class_positives)
 
     # ------------------------------------------------------------------ detection
     def detected_bboxes(self, predictions, localisations, select_threshold=None,

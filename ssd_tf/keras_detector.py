@@ -189,9 +189,11 @@ class SSDDetector(keras.Model):
     def compile(self, optimizer='adam', match_threshold=training_lib.LossConfig.match_threshold,
                 negative_ratio=training_lib.LossConfig.negative_ratio,
                 alpha=training_lib.LossConfig.alpha,
-                label_smoothing=training_lib.LossConfig.label_smoothing, **kwargs):
+                label_smoothing=training_lib.LossConfig.label_smoothing,
+                class_balance=training_lib.LossConfig.class_balance, **kwargs):
         """Keras `compile` with the multibox loss options of train_ssd.py (same defaults:
-        --match_threshold, --negative_ratio, --loss_alpha, --label_smoothing). Other keyword
+        --match_threshold, --negative_ratio, --loss_alpha, --label_smoothing,
+        --class_balance). Other keyword
         arguments go to Keras (steps_per_execution, jit_compile, run_eagerly, ...); `loss` and
         `metrics` are not taken (the loss is the SSD's; it reports loss, cls_loss, loc_loss).
         For train_ssd.py's optimizer pass `training.build_optimizer(...)`; under a
@@ -214,9 +216,15 @@ class SSDDetector(keras.Model):
         if label_smoothing and self.net.reference_compat:
             raise ValueError("SSDDetector.compile: label_smoothing with reference_compat: the "
                              "slim loss ignores it; drop one of them")
+        if not 0. <= class_balance <= 1.:
+            raise ValueError(f"SSDDetector.compile: class_balance={class_balance} must be "
+                             f"in [0, 1]")
+        if class_balance and self.net.reference_compat:
+            raise ValueError("SSDDetector.compile: class_balance with reference_compat: the "
+                             "slim loss has no class weights; drop one of them")
         self.loss_config = training_lib.LossConfig(float(match_threshold),
                                                    float(negative_ratio), float(alpha),
-                                                   float(label_smoothing))
+                                                   float(label_smoothing), float(class_balance))
         super().compile(optimizer=optimizer, **kwargs)
 
     def get_compile_config(self):
@@ -288,8 +296,10 @@ class SSDDetector(keras.Model):
         n_pos, batch = ctx.all_reduce(
             tf.distribute.ReduceOp.SUM,
             [training_lib.count_positives(self.net, targets, self.loss_config), local])
-        return training_lib.replica_losses(self.net, outputs, targets, self.loss_config, n_pos,
-                                           local / tf.maximum(batch, 1.), self.network.losses)
+        return training_lib.replica_losses(
+            self.net, outputs, targets, self.loss_config, n_pos, local / tf.maximum(batch, 1.),
+            self.network.losses,
+            training_lib.global_class_positives(self.net, targets, self.loss_config))
 
     def _update_metrics(self, losses):
         # Each replica holds its share of the global loss; the trackers average over the

@@ -16,7 +16,8 @@ gscores `[B, H, W, A]`. The output is a dict of scalar float32 tensors `cross_en
   with the highest background loss (ties broken by anchor index); every term divided by the
   number of positives in the batch (or `num_positives` when given, e.g. the global count across
   replicas); zero positives give a zero loss, never NaN; label smoothing spreads `eps` over all
-  classes.
+  classes; `class_balance` b > 0 weights each positive's cross-entropy by its class's
+  `(mean count / count)^b` (see `class_balance_weights`), for rare classes.
 
 The mining uses sorts and top-k on fixed shapes only, so the loss compiles under XLA.
 """
@@ -40,18 +41,46 @@ def _check_layers(logits, localisations, gclasses, glocalisations, gscores):
 
 def ssd_losses(logits, localisations, gclasses, glocalisations, gscores, match_threshold=0.5,
                negative_ratio=3., alpha=1., label_smoothing=0., reference_compat=False,
-               num_positives=None):
+               num_positives=None, class_balance=0., class_positives=None):
     """Multibox loss; see the module docstring for the two behaviours.
 
     num_positives: optional scalar normaliser for the default loss (the positives of the
     global batch under tf.distribute, so that replicas sum to the single-replica loss).
+    class_balance: the power b of the class-balanced weights of the positives'
+    cross-entropy (default loss only; 0: off). class_positives: optional `[C]` positive
+    anchors per class they are computed from (of the global batch under tf.distribute;
+    None: this batch's).
     """
     _check_layers(logits, localisations, gclasses, glocalisations, gscores)
     if reference_compat:
+        if class_balance:
+            raise ValueError("class_balance with reference_compat: the slim loss has no class "
+                             "weights")
         return _ssd_losses_reference(logits, localisations, gclasses, glocalisations, gscores,
                                      match_threshold, negative_ratio, alpha)
     return _ssd_losses_default(logits, localisations, gclasses, glocalisations, negative_ratio,
-                               alpha, label_smoothing, num_positives)
+                               alpha, label_smoothing, num_positives, class_balance,
+                               class_positives)
+
+
+def class_balance_weights(class_positives, power):
+    """Weights of the positives' cross-entropy per class: `[C]` float32 from the positive
+    anchors per class `class_positives` `[C]` (entry 0, background, is not a positive class and
+    gets weight 1). Each foreground class c with n_c > 0 positives gets
+    `s * (m / n_c)^power`, m the mean of n_c over the classes present, and s the one factor
+    that keeps the total weight of the positives `sum_c n_c w_c` equal to `sum_c n_c`, so the
+    loss keeps its scale; absent classes get 0 (they have no positives to weigh). power 0:
+    all 1; 1: each present class weighs the same in total (inverse frequency); 0.5: inverse
+    square root. No positives: all 1."""
+    counts = tf.cast(tf.convert_to_tensor(class_positives), tf.float32)[1:]  # [C-1]
+    present = counts > 0.
+    n_present = tf.reduce_sum(tf.cast(present, tf.float32))
+    total = tf.reduce_sum(counts)
+    mean = total / tf.maximum(n_present, 1.)
+    raw = tf.where(present, tf.pow(mean / tf.maximum(counts, 1e-12), float(power)), 0.)
+    scale = total / tf.maximum(tf.reduce_sum(raw * counts), 1e-12)
+    fg = tf.where(total > 0., raw * scale, tf.ones_like(raw))
+    return tf.concat([tf.ones([1], tf.float32), fg], 0)
 
 
 def _ssd_losses_reference(logits, localisations, gclasses, glocalisations, gscores,
@@ -114,7 +143,7 @@ def _rank_descending(values):
 
 
 def _ssd_losses_default(logits, localisations, gclasses, glocalisations, negative_ratio, alpha,
-                        label_smoothing, num_positives):
+                        label_smoothing, num_positives, class_balance=0., class_positives=None):
     # The loss is computed in float32 even when the network runs in float16/bfloat16.
     num_classes = logits[0].shape[-1]
     flogits = tf.cast(_flatten_per_image(logits, num_classes), tf.float32)  # [B, K, C]
@@ -142,6 +171,12 @@ def _ssd_losses_default(logits, localisations, gclasses, glocalisations, negativ
     fnmask = tf.cast(nmask, tf.float32)
 
     onehot = tf.one_hot(fgclasses, num_classes, dtype=tf.float32)  # [B, K, C]
+    pos_weight = fpmask  # [B, K]
+    if class_balance:
+        if class_positives is None:
+            class_positives = tf.reduce_sum(onehot * fpmask[..., None], axis=[0, 1])  # [C]
+        weights = class_balance_weights(class_positives, class_balance)  # [C]
+        pos_weight = fpmask * tf.gather(weights, fgclasses)
     if label_smoothing:
         onehot = onehot * (1. - label_smoothing) + label_smoothing / num_classes
     ce = -tf.reduce_sum(onehot * log_probs, axis=-1)  # [B, K]
@@ -149,7 +184,7 @@ def _ssd_losses_default(logits, localisations, gclasses, glocalisations, negativ
     if num_positives is None:
         num_positives = tf.reduce_sum(fpmask)
     normaliser = tf.maximum(tf.cast(num_positives, tf.float32), 1.)
-    ce_pos = tf.reduce_sum(ce * fpmask) / normaliser
+    ce_pos = tf.reduce_sum(ce * pos_weight) / normaliser
     ce_neg = tf.reduce_sum(ce * fnmask) / normaliser
     loc = tf.reduce_sum(abs_smooth(flocs - fglocs) * fpmask[..., None]) * alpha / normaliser
     return _as_dict(ce_pos, ce_neg, loc)

@@ -84,6 +84,7 @@ class RunConfig:
     negative_ratio: float = None
     loss_alpha: float = None
     label_smoothing: float = None
+    class_balance: float = None
     weight_decay: float = None
     # optimisation
     batch_size: int = None

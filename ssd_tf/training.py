@@ -321,11 +321,13 @@ class NonFiniteLossError(RuntimeError):
 @dataclasses.dataclass
 class LossConfig:
     """The loss flags of train_ssd.py (--match_threshold, --negative_ratio, --loss_alpha,
-    --label_smoothing), same defaults; `keras_detector.SSDDetector.compile` takes them too."""
+    --label_smoothing, --class_balance), same defaults; `keras_detector.SSDDetector.compile`
+    takes them too."""
     match_threshold: float = 0.5
     negative_ratio: float = 3.
     alpha: float = 1.
     label_smoothing: float = 0.
+    class_balance: float = 0.
 
 
 def count_positives(net, targets, loss_config):
@@ -339,6 +341,29 @@ def count_positives(net, targets, loss_config):
     return tf.add_n([tf.reduce_sum(tf.cast(g > 0, tf.float32)) for g in targets['gclasses']])
 
 
+def count_class_positives(net, targets):
+    """Positive anchors per class of a batch of encoded targets (`targets['gclasses']`, per
+    layer `[B, H, W, A]`, the encoder's labels; background and labels outside the network's
+    classes count in entry 0): `[C]` float32, C = `net.params.num_classes`; what
+    `--class_balance` weighs by, once summed over the replicas."""
+    num_classes = net.params.num_classes
+    total = tf.zeros([num_classes], tf.float32)
+    for g in targets['gclasses']:
+        g = tf.reshape(tf.cast(g, tf.int32), [-1])
+        g = tf.where((g > 0) & (g < num_classes), g, 0)
+        total += tf.math.unsorted_segment_sum(tf.ones_like(g, tf.float32), g, num_classes)
+    return total
+
+
+def global_class_positives(net, targets, loss_config):
+    """`count_class_positives` summed over the replicas (in a replica context), or None
+    when `loss_config.class_balance` is 0 (nothing weighs by it)."""
+    if not loss_config.class_balance:
+        return None
+    return tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, count_class_positives(net, targets))
+
+
 def poison_gradients(grads, summed_loss):
     """`grads` plus `0 * summed_loss` (the loss summed over the replicas): all NaN on every
     replica when any replica's loss is not finite, so that every replica's loss-scale
@@ -348,14 +373,16 @@ def poison_gradients(grads, summed_loss):
 
 
 def replica_losses(net, outputs, targets, loss_config, num_positives, local_fraction,
-                   regularization_losses=()):
+                   regularization_losses=(), class_positives=None):
     """The one training loss (train_ssd.py's step and `SSDDetector.train_step` call it).
 
     outputs: the network's raw dict (`logits`, `localisations`, per layer `[B, H, W, A, C|4]`);
     targets: the encoded targets of the data pipeline (`gclasses`, `glocalisations`,
     `gscores`, per layer); num_positives: the positives of the GLOBAL batch (summed over the
     replicas, see `count_positives`); local_fraction: this replica's share of the global batch
-    (1 on one replica); regularization_losses: the model's `losses` (weight decay).
+    (1 on one replica); regularization_losses: the model's `losses` (weight decay);
+    class_positives: `[C]` the positives per class of the global batch for --class_balance
+    (`global_class_positives`; None: this replica's).
     Returns float32 scalars `cross_entropy_pos`, `cross_entropy_neg`, `localization`,
     `regularization` and `total` (their sum), scaled so that the replicas' values sum to the
     loss of the global batch on one replica.
@@ -365,7 +392,8 @@ def replica_losses(net, outputs, targets, loss_config, num_positives, local_frac
         outputs['logits'], outputs['localisations'], list(targets['gclasses']),
         list(targets['glocalisations']), list(targets['gscores']),
         match_threshold=cfg.match_threshold, negative_ratio=cfg.negative_ratio,
-        alpha=cfg.alpha, label_smoothing=cfg.label_smoothing, num_positives=num_positives)
+        alpha=cfg.alpha, label_smoothing=cfg.label_smoothing, num_positives=num_positives,
+        class_balance=cfg.class_balance, class_positives=class_positives)
     losses = {k: tf.cast(v, tf.float32) for k, v in losses.items()}
     if net.reference_compat:
         # slim divides by its (local) batch size: rescale so replicas sum to the global-batch
@@ -441,12 +469,13 @@ class DistributedStep:
                                                    jit_compile=jit_compile or None)
         self._step_fn = None
 
-    def _loss_and_grads(self, images, gclasses, glocs, gscores, num_positives, local_fraction):
+    def _loss_and_grads(self, images, gclasses, glocs, gscores, num_positives, local_fraction,
+                        class_positives=None):
         with tf.GradientTape() as tape:
             out = self.model(images, training=True)
             targets = dict(gclasses=gclasses, glocalisations=glocs, gscores=gscores)
             losses = replica_losses(self.net, out, targets, self.loss_config, num_positives,
-                                    local_fraction, self.model.losses)
+                                    local_fraction, self.model.losses, class_positives)
             scaled = self.optimizer.scale_loss(losses['total'])
         grads = tape.gradient(scaled, self.trainable_variables)
         return losses, grads
@@ -455,10 +484,11 @@ class DistributedStep:
         ctx = tf.distribute.get_replica_context()
         n_pos = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
                                count_positives(self.net, targets, self.loss_config))
+        class_pos = global_class_positives(self.net, targets, self.loss_config)
         local_fraction = tf.cast(tf.shape(images)[0], tf.float32) / self.global_batch_size
         losses, grads = self.compiled_loss_and_grads(
             images, targets['gclasses'], targets['glocalisations'], targets['gscores'], n_pos,
-            local_fraction)
+            local_fraction, class_pos)
         # One replica's non-finite loss makes every replica skip (see the module docstring),
         # and a stop asked on any worker (a signal) is seen by all after this same step, so
         # none is left waiting in the next step's all-reduce: one all-reduce for both.

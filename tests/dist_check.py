@@ -1,12 +1,13 @@
 """Helper process for the distribution tests (not a test module).
 
-    python dist_check.py MODE OUT_JSON WEIGHTS_NPZ
+    python dist_check.py MODE OUT_JSON WEIGHTS_NPZ [CLASS_BALANCE]
 
 MODE: 'single' (default strategy), 'mirrored' (two logical CPU devices) or 'multi_worker'
 (TF_CONFIG set by the caller). Runs one SGD training step of `ssd_small` from the weights in
 WEIGHTS_NPZ (written by 'single' when absent) on a fixed global batch of 4 synthetic images
 and writes the summed losses to OUT_JSON and the updated weights to OUT_JSON + '.npz'
 (`w0`, `w1`, ... in `model.get_weights()` order), compared elementwise by the test.
+CLASS_BALANCE: the loss's --class_balance (default 0).
 """
 import json
 import os
@@ -27,7 +28,7 @@ from ssd_tf.datasets import synthetic  # noqa: E402
 GLOBAL_BATCH = 4
 
 
-def main(mode, out_path, weights_path):
+def main(mode, out_path, weights_path, class_balance='0'):
     if mode == 'mirrored':
         strategy = training.make_strategy('mirrored', num_logical_cpus=2)
     elif mode == 'multi_worker':
@@ -48,7 +49,8 @@ def main(mode, out_path, weights_path):
             raise SystemExit('weights file missing')
         opt = training.build_optimizer('sgd', 0.1)
         trainer = training.Trainer(net, model, opt, strategy, os.path.dirname(out_path),
-                                   GLOBAL_BATCH)
+                                   GLOBAL_BATCH, loss_config=training.LossConfig(
+                                       class_balance=float(class_balance)))
     records = synthetic.make_synthetic_examples(GLOBAL_BATCH, seed=7, image_size=96)
     ds = data_lib.build_dataset(
         records, lambda i, l, b: prep.preprocess_for_eval(i, l, b,
@@ -70,4 +72,4 @@ def main(mode, out_path, weights_path):
 
 
 if __name__ == '__main__':
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -355,6 +355,8 @@ def test_bad_inputs_give_clear_errors(trained, train_dir, records):
         _detector().compile(loss='mse')
     with pytest.raises(ValueError, match='label_smoothing=1.5'):
         _detector().compile(label_smoothing=1.5)
+    with pytest.raises(ValueError, match='class_balance=1.5'):
+        _detector().compile(class_balance=1.5)
     with pytest.raises(ValueError, match='weight_decay=0.0005 but the model was built without'):
         ssd_tf.SSDDetector(det.net, model=det.net.keras_model())
     with pytest.raises(TypeError, match='takes an SSDNet'):

@@ -202,13 +202,81 @@ def test_out_of_range_labels_are_background():
     assert all(np.isfinite(v) for v in got.values()) and got['cross_entropy_pos'] == 0.
 
 
+# ------------------------------------------------------------------ class balance
+@pytest.mark.parametrize('counts, power, want', [
+    # n = (1, 4), mean 2.5: sqrt(2.5), sqrt(0.625) -> sqrt(2.5) (1, 1/2) scaled so that
+    # 1 w1 + 4 w2 = 5: w1 = 5/3, w2 = 5/6.
+    ([9., 1., 4.], 0.5, [1., 5. / 3., 5. / 6.]),
+    # power 1: mean 2.5 over the present classes; 1 x 2.5 + 4 x 0.625 = 5 already; the absent
+    # class gets 0.
+    ([7., 1., 4., 0.], 1., [1., 2.5, 0.625, 0.]),
+    ([7., 1., 4., 0.], 0., [1., 1., 1., 0.]),   # power 0: the unweighted loss
+    ([7., 0., 0.], 1., [1., 1., 1.]),           # no positives at all
+    ([0., 3., 3.], 1., [1., 1., 1.]),           # balanced already
+])
+def test_class_balance_weights_golden(counts, power, want):
+    got = losses.class_balance_weights(tf.constant(counts), power).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def _three_positives():
+    # 3 anchors, C = 3: anchors 0 and 1 of class 1 with uniform logits (CE log 3), anchor 2 of
+    # class 2 with logits (0, 0, log 2): p2 = 2/4, CE log 2. No negatives mined (ratio 0).
+    logits = np.array([[0., 0., 0.], [0., 0., 0.], [0., 0., np.log(2.)]],
+                      np.float32)[None, :, None, None, :]  # [1, 3, 1, 1, 3]
+    gclasses = np.array([1, 2], np.int64)[[0, 0, 1]][None, :, None, None]
+    locs = np.zeros([1, 3, 1, 1, 4], np.float32)
+    glocs = np.full([1, 3, 1, 1, 4], .5, np.float32)
+    return [logits], [locs], [gclasses], [glocs], [np.ones([1, 3, 1, 1], np.float32)]
+
+
+def test_class_balance_loss_golden():
+    args = _three_positives()
+    plain = _np(losses.ssd_losses(*args, negative_ratio=0.))
+    assert plain['cross_entropy_pos'] == pytest.approx((2 * np.log(3.) + np.log(2.)) / 3,
+                                                       rel=1e-6)
+    # counts (2, 1), mean 1.5: weights 0.75 and 1.5 (sum 2 x 0.75 + 1.5 = 3, no rescaling):
+    # (0.75 x 2 log 3 + 1.5 log 2) / 3 = (log 3 + log 2) / 2
+    got = _np(losses.ssd_losses(*args, negative_ratio=0., class_balance=1.))
+    assert got['cross_entropy_pos'] == pytest.approx(np.log(6.) / 2, rel=1e-6)
+    assert got['localization'] == pytest.approx(plain['localization'])
+    assert got['cross_entropy_neg'] == plain['cross_entropy_neg'] == 0.
+    # Given counts (e.g. the global batch's) are used instead of the batch's: equal counts
+    # give weight 1, the unweighted loss.
+    given = _np(losses.ssd_losses(*args, negative_ratio=0., class_balance=1.,
+                                  class_positives=tf.constant([0., 5., 5.])))
+    assert given['cross_entropy_pos'] == pytest.approx(plain['cross_entropy_pos'], rel=1e-6)
+
+
+def test_class_balance_keeps_the_mining_and_one_class_batches():
+    args = _batch(np.random.default_rng(8), 2)
+    plain = _np(losses.ssd_losses(*args))
+    got = _np(losses.ssd_losses(*args, class_balance=0.5))
+    assert got['cross_entropy_pos'] != pytest.approx(plain['cross_entropy_pos'], rel=1e-4)
+    assert got['cross_entropy_neg'] == pytest.approx(plain['cross_entropy_neg'])
+    assert got['localization'] == pytest.approx(plain['localization'])
+    # one foreground class only: its weight is 1 whatever the power
+    one = list(args)
+    one[2] = [np.where(g > 0, 2, 0) for g in args[2]]
+    assert _np(losses.ssd_losses(*one, class_balance=1.)) == pytest.approx(
+        _np(losses.ssd_losses(*one)))
+
+
+def test_class_balance_refused_with_reference_compat():
+    args = _batch(np.random.default_rng(9), 1)
+    with pytest.raises(ValueError, match='class_balance with reference_compat'):
+        losses.ssd_losses(*args, reference_compat=True, class_balance=0.5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('rc', [False, True])
 def test_loss_compiles_with_xla(rc):
     args = _batch(np.random.default_rng(7), 2)
-    fn = tf.function(lambda *a: losses.ssd_losses(*a, reference_compat=rc), jit_compile=True)
+    balance = 0. if rc else 0.5
+    fn = tf.function(lambda *a: losses.ssd_losses(*a, reference_compat=rc,
+                                                  class_balance=balance), jit_compile=True)
     got = _np(fn(*[[tf.constant(x) for x in a] for a in args]))
-    want = _np(losses.ssd_losses(*args, reference_compat=rc))
+    want = _np(losses.ssd_losses(*args, reference_compat=rc, class_balance=balance))
     for key in want:
         assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6)
 

@@ -74,6 +74,8 @@ def latest_step(train_dir):
     (['--no_such_flag=1'], 'no_such_flag'),
     (['--optimizer=adamm'], 'optimizer'),
     (['--reference_compat', '--label_smoothing=0.1'], '--label_smoothing with --reference_compat'),
+    (['--class_balance=1.5'], '--class_balance must be in [0, 1]'),
+    (['--reference_compat', '--class_balance=0.5'], '--class_balance with --reference_compat'),
 ])
 def test_bad_flags_fail_at_once_naming_them(args, needle, tmp_path):
     t0 = time.time()
@@ -203,6 +205,20 @@ def test_mixed_precision_steps_are_finite(tmp_path):
             keras.mixed_precision.set_dtype_policy('float32')
 
 
+def test_count_class_positives_golden():
+    class Net:  # count_class_positives reads only the number of classes
+        class params:
+            num_classes = 4
+    # two layers: labels 1, 1, 3 and background, a label 7 outside the 4 classes and a -1
+    # (the encoder's ignored anchors) -> background
+    layers = [np.array([[[[1], [0]], [[3], [7]]]], np.int64),  # [1, 2, 2, 1]
+              np.array([[[[1, -1, 0]]]], np.int64)]           # [1, 1, 1, 3]
+    got = training.count_class_positives(Net, {'gclasses': [tf.constant(x) for x in layers]})
+    np.testing.assert_array_equal(got.numpy(), [4., 2., 0., 1.])
+    assert training.global_class_positives(Net, {'gclasses': layers},
+                                           training.LossConfig()) is None
+
+
 def test_schedule_warmup_and_decays():
     s = training.WarmupDecaySchedule(1.0, 'cosine', total_steps=100, warmup_steps=10,
                                      end_learning_rate=0.)
@@ -277,10 +293,11 @@ def test_resume_with_changed_model_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------ distribution
-def _dist(mode, out, weights, env=None, wait=True):
+def _dist(mode, out, weights, env=None, wait=True, class_balance=0.):
     e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
     e.update(env or {})
-    cmd = [sys.executable, str(ROOT / 'tests' / 'dist_check.py'), mode, str(out), str(weights)]
+    cmd = [sys.executable, str(ROOT / 'tests' / 'dist_check.py'), mode, str(out), str(weights),
+           str(class_balance)]
     if not wait:
         return subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
@@ -338,6 +355,22 @@ def test_mirrored_and_multi_worker_equal_single_replica(tmp_path):
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     _assert_same_step(single, _dist_result(tmp_path / 'mw.json'), 2)
+
+
+@pytest.mark.slow
+def test_class_balance_weighs_by_the_global_batch_on_two_replicas(tmp_path):
+    # The class counts are summed over the replicas before the weights are made: each
+    # replica's half of the batch holds other class shares, so weights from local counts
+    # would give another step.
+    weights = tmp_path / 'w0.npz'
+    plain = _dist('single', tmp_path / 'plain.json', weights)
+    single = _dist('single', tmp_path / 'single.json', weights, class_balance=1.)
+    assert single['losses']['cross_entropy_pos'] != pytest.approx(
+        plain['losses']['cross_entropy_pos'], rel=1e-4)
+    assert single['losses']['localization'] == pytest.approx(plain['losses']['localization'],
+                                                             rel=1e-5)
+    mirrored = _dist('mirrored', tmp_path / 'mirrored.json', weights, class_balance=1.)
+    _assert_same_step(single, mirrored, 2)
 
 
 # ------------------------------------------------------------------ fine-tuning
