@@ -37,6 +37,9 @@ SMALL_BUCKETS = 4
 # being too small (`loss_reasons`): under one cell of the finest feature map of every network
 # here (stride 8: 38 x 38 on SSD300, 16 x 16 on ssd_small's 128 px).
 MIN_INPUT_PIXELS = 8
+# The --class_balance of the small-object command (`recommended_command`): chosen on the real
+# small-object dev set (docs/small-objects.md#class-balanced-loss); a no-op on one class.
+SMALL_OBJECT_CLASS_BALANCE = 0.5
 # Where boxes are lost (`loss_reasons`), in the order the reasons are tried.
 LOSS_REASONS = ('input too small', 'no anchor shape', 'map too coarse')
 # Aspect ratio buckets on w / h (relative units, as the network sees the warped image).
@@ -161,11 +164,12 @@ class AnchorCoverage:
     def recommended_command(self):
         """When most boxes are small (`small_share` >= 0.5) and a small-object network is
         known: the one `train_ssd.py` command for such data (that network, whose input size
-        comes with it, and anchors fitted to the boxes), else ''. The data flags are the
-        user's own (written as a placeholder)."""
+        comes with it, anchors fitted to the boxes and class-balanced loss weights), else ''.
+        The data flags are the user's own (written as a placeholder)."""
         if not self.small_object_network or not self.num_boxes or self.small_share < 0.5:
             return ''
         text = (f"python train_ssd.py --model_name={self.small_object_network} --anchors=auto "
+                f"--class_balance={SMALL_OBJECT_CLASS_BALANCE:g} "
                 f"<your --dataset_name/--dataset_dir flags>")
         if self.small_object_input:
             h, w = self.small_object_input

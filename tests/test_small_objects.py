@@ -106,6 +106,20 @@ def test_a_run_records_the_mode_and_refuses_to_resume_with_another():
     assert run_config.resume_conflicts(older, now) == []
 
 
+def test_readme_shows_the_command_the_warning_names():
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / 'README.md').read_text()
+    report = anchors_report.anchor_coverage(
+        np.array([[0.1, 0.1, 0.13, 0.13]] * 4), ssd_small.SSDNet(),
+        **anchors_report.small_object_setup(nets_factory.networks_map))
+    command = report.recommended_command()
+    flags = command.split(' <your')[0]
+    assert flags.startswith('python train_ssd.py --model_name=ssd_small_320 --anchors=auto')
+    shown = re.findall(r'^python train_ssd\.py --model_name=ssd_small_320 [^\n]*', readme, re.M)
+    assert shown and all(line.startswith(flags + ' --dataset_name') for line in shown), shown
+
+
 # ---------------------------------------------------------------------------- the network
 def test_small_object_network_is_as_documented():
     cls = nets_factory.get_network('ssd_small_320')
