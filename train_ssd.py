@@ -824,6 +824,14 @@ def augmentation_text(cfg):
             '(--expand_max_ratio)')
 
 
+def loss_text(cfg):
+    """The loss settings that are not the default, in words, for the run's first lines."""
+    if cfg.class_balance:
+        return (f'; loss: class-balanced weights (--class_balance={cfg.class_balance:g}: '
+                f'positives weighted by (mean count / class count)^{cfg.class_balance:g})')
+    return ''
+
+
 def is_chief(strategy):
     """True for the process that writes into --train_dir (the only one, except in a
     multi-worker run: there the 'chief' task, or worker 0 of a cluster without one)."""
@@ -894,7 +902,8 @@ def _run(cfg, strategy, chief, save_dir):
           f"{cfg.num_classes} classes, input {cfg.image_shape[0]}x{cfg.image_shape[1]}) on "
           f"{cfg.dataset_name} with {cfg.num_replicas} replica(s), global batch "
           f"{cfg.batch_size}; steps {step} -> {cfg.max_number_of_steps}; "
-          f"{augmentation_text(cfg)}; train_dir {cfg.train_dir}", file=sys.stderr)
+          f"{augmentation_text(cfg)}{loss_text(cfg)}; train_dir {cfg.train_dir}",
+          file=sys.stderr)
     try:
         reason = trainer.train(
             dataset, cfg.max_number_of_steps, log_every_n_steps=cfg.log_every_n_steps,

@@ -576,6 +576,17 @@ def _snapshot(train_dir):
 
 
 @pytest.mark.slow
+def test_class_balance_run_says_so_and_records_it(tmp_path):
+    train_dir = tmp_path / 'run'
+    r = run_train(['--train_dir', str(train_dir), '--max_number_of_steps=2',
+                   '--eval_split_name=', '--class_balance=0.5'] + TINY)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'loss: class-balanced weights (--class_balance=0.5' in r.stderr
+    assert json.loads((train_dir / 'config.json').read_text())['class_balance'] == 0.5
+    assert 'step 2/2' in r.stderr and 'nan' not in r.stderr.split('step 2/2')[1].split('\n')[0]
+
+
+@pytest.mark.slow
 def test_refused_resume_names_the_flag_and_writes_nothing(tmp_path):
     train_dir = tmp_path / 'run'
     base = ['--train_dir', str(train_dir), '--max_number_of_steps=1', '--eval_split_name=']
