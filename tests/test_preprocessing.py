@@ -145,7 +145,15 @@ def test_property_boxes_valid_and_labels_aligned(height, width, n, seed, data):
         assert out.shape == (24, 24, 3) and np.all(np.isfinite(out))
         assert len(l) == len(b) <= n
         assert np.all(np.diff(l) > 0)  # a subsequence of 1..n
-        assert np.all(b[:, 2] > b[:, 0]) and np.all(b[:, 3] > b[:, 1])
+        positive = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        if rc:
+            # The slim chain keeps every box it does not crop away, bit for bit: one thinner
+            # than float32's resolution can come out with zero size (hypothesis found a box
+            # 1.2e-38 wide at x = 0, flipped to x = 1 - 1.2e-38 = 1). Boxes of a side of at
+            # least 1e-6 (16 ulps at 1) keep a positive size.
+            sides = boxes[l - 1, 2:] - boxes[l - 1, :2]
+            positive |= np.any(sides < 1e-6, axis=1)
+        assert np.all(positive)
         if not rc:  # the slim chain keeps boxes unclipped by design
             assert np.all(b >= 0.) and np.all(b <= 1.)
 
