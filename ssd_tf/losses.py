@@ -136,10 +136,40 @@ def _flatten_per_image(tensors, last):
     return tf.concat([tf.reshape(t, shape) for t in tensors], axis=1)
 
 
-def _rank_descending(values):
-    """Rank of each entry along the last axis, highest first, ties by index: `[B, K]` int32."""
-    order = tf.argsort(values, axis=-1, direction='DESCENDING', stable=True)  # [B, K]
-    return tf.argsort(order, axis=-1, stable=True)
+# Rows whose count of hard negatives stays within this take the threshold from a partial
+# `top_k` (about 2x cheaper than a full sort on CPU at 34k anchors); larger counts sort the row.
+TOP_N_PARTIAL = 2048
+
+
+def _top_n_mask(values, n, partial=TOP_N_PARTIAL):
+    """The `n[b]` largest entries of each row of `values` `[B, K]` (float), `n` `[B]` int32 with
+    0 <= n <= K: `[B, K]` bool. Ties at the cut go to the lower index, as with a stable
+    descending sort; exactly `n[b]` entries are True in row b.
+
+    One value sort (or a `top_k` of `partial` when every n is within it) gives each row's cut,
+    the n-th largest value; entries above it are in, and of those equal to it the first
+    `n - #above` by index. Static shapes only (XLA-compilable); no gradient.
+    """
+    values = tf.stop_gradient(values)
+    k = values.shape[-1]
+
+    def cut_of(sorted_desc):  # [B, M] -> [B, 1], the n-th largest value (the largest for n 0)
+        return tf.gather(sorted_desc, tf.maximum(n - 1, 0), batch_dims=1)[:, None]
+
+    def full_sort():
+        return cut_of(tf.sort(values, axis=-1, direction='DESCENDING'))
+
+    if k is not None and partial and k > partial:
+        cut = tf.cond(tf.reduce_max(n) <= partial,
+                      lambda: cut_of(tf.math.top_k(values, k=partial, sorted=True).values),
+                      full_sort)
+    else:
+        cut = full_sort()
+    above = values > cut
+    at_cut = values == cut
+    room = n - tf.reduce_sum(tf.cast(above, tf.int32), axis=-1)  # [B], places left at the cut
+    at_cut_before = tf.cumsum(tf.cast(at_cut, tf.int32), axis=-1, exclusive=True)
+    return above | (at_cut & (at_cut_before < room[:, None]))
 
 
 def _ssd_losses_default(logits, localisations, gclasses, glocalisations, negative_ratio, alpha,
@@ -163,11 +193,10 @@ def _ssd_losses_default(logits, localisations, gclasses, glocalisations, negativ
     bg_loss = -log_probs[..., 0]  # [B, K]
     neg_candidates = tf.logical_not(pmask)
     mining_score = tf.where(neg_candidates, bg_loss, -tf.ones_like(bg_loss))
-    rank = _rank_descending(mining_score)  # [B, K]
     n_neg_cand = tf.reduce_sum(tf.cast(neg_candidates, tf.int32), axis=1)  # [B]
     n_neg = tf.minimum(tf.cast(tf.cast(n_pos_image, tf.float32) * negative_ratio, tf.int32),
                        n_neg_cand)  # [B]
-    nmask = neg_candidates & (rank < n_neg[:, None])
+    nmask = neg_candidates & _top_n_mask(mining_score, n_neg)
     fnmask = tf.cast(nmask, tf.float32)
 
     onehot = tf.one_hot(fgclasses, num_classes, dtype=tf.float32)  # [B, K, C]

@@ -211,6 +211,86 @@ def test_encoding_compiles_with_xla_and_in_graph():
     assert _flat(out[0][0]).sum() > 0 and _flat(out[1][0]).sum() == 0
 
 
+# padded_box_count, by hand: p = the power of two >= max(n, 16), then the next multiple of
+# p / 8: 17 -> p 32, step 4 -> 20; 52 -> p 64, step 8 -> 56; 100 -> p 128, step 16 -> 112;
+# 129 -> p 256, step 32 -> 160; 1000 -> p 1024, step 128 -> 1024.
+@pytest.mark.parametrize('n, want', [(0, 16), (1, 16), (16, 16), (17, 20), (20, 20), (21, 24),
+                                     (33, 40), (52, 56), (64, 64), (65, 80), (100, 112),
+                                     (129, 160), (1000, 1024)])
+def test_padded_box_count_golden(n, want):
+    assert int(encoding.padded_box_count(tf.constant(n))) == want
+
+
+def _both_paths(labels, bboxes, anchors=ANCHORS, num_classes=21):
+    return [encoding.bboxes_encode_flat(labels, bboxes, anchors, num_classes, jit_compile=jit)
+            for jit in (True, False)]
+
+
+def _assert_same_targets(a, b):
+    # XLA may contract a multiply and an add (FMA): the IoU can differ in its last bit
+    np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())  # classes
+    np.testing.assert_allclose(a[2].numpy(), b[2].numpy(), rtol=1e-6, atol=0)  # IoU scores
+    np.testing.assert_allclose(a[1].numpy(), b[1].numpy(), rtol=0, atol=1e-5)  # offsets
+
+
+@pytest.mark.parametrize('n', [0, 3, 17])
+def test_xla_matcher_equals_op_by_op(n):
+    # ignored rows among the boxes: label 0, a label out of range, a zero-area box
+    labels, bboxes = _random_gt(np.random.default_rng(n), n)
+    if n >= 3:
+        labels[0], labels[1], bboxes[2, 2] = 0, 99, bboxes[2, 0]
+    xla, graph = _both_paths(labels, bboxes)
+    _assert_same_targets(xla, graph)
+    assert (_flat(xla[0]) > 0).any() == (n > 3)
+
+
+def test_padding_rows_change_nothing():
+    # 5 boxes pad to 16; with 30 ignored rows added (label 0, real boxes) they pad to 40
+    labels, bboxes = _random_gt(np.random.default_rng(4), 5)
+    _, extra = _random_gt(np.random.default_rng(5), 30)
+    plain = encoding.bboxes_encode_flat(labels, bboxes, ANCHORS, 21)
+    padded = encoding.bboxes_encode_flat(np.concatenate([labels, np.zeros(30, np.int64)]),
+                                         np.concatenate([bboxes, extra]), ANCHORS, 21)
+    _assert_same_targets(plain, padded)
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1), st.integers(0, 70))
+def test_xla_matcher_equals_op_by_op_property(seed, n):
+    rng = np.random.default_rng(seed)
+    labels, bboxes = _random_gt(rng, n)
+    labels = np.where(rng.random(n) < 0.1, 0, labels)  # some ignored rows
+    xla, graph = _both_paths(labels, bboxes)
+    # Equal except where the last bit of an IoU can decide (XLA may fuse a multiply-add): an
+    # anchor at the threshold, two boxes tied on an anchor, or a box's best anchor tied (the
+    # bipartite pick), judged on float64 IoUs.
+    iou = _np_iou(bboxes[labels > 0], np.concatenate(
+        [np.stack([a.reshape(-1) for a in np.broadcast_arrays(y, x, h, w)], -1)
+         for y, x, h, w in ANCHORS]))
+    top2 = -np.sort(-np.concatenate([iou, np.zeros((2, iou.shape[1]))]), axis=0)[:2]
+    box_best = iou.max(axis=1, keepdims=True)
+    near_best = ((iou >= box_best - 1e-5) & (box_best > 0)).any(axis=0)
+    tie = (top2[0] - top2[1] < 1e-5) & (top2[0] > 0)
+    clear = ~((np.abs(top2[0] - 0.5) < 1e-5) | tie | near_best)
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(_flat(xla[0])[clear], _flat(graph[0])[clear])
+    np.testing.assert_allclose(_flat(xla[2])[clear], _flat(graph[2])[clear], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(_flat(xla[1], 4)[clear], _flat(graph[1], 4)[clear], atol=1e-5)
+
+
+def _np_iou(boxes, anchors_cyxhw):
+    """IoU `[N, K]` in float64 of yxyx boxes `[N, 4]` and anchors `[K, 4]` (cy, cx, h, w)."""
+    cy, cx, h, w = anchors_cyxhw.astype(np.float64).T
+    a = np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], -1)
+    b = boxes.astype(np.float64)[:, None]
+    ih = np.clip(np.minimum(a[:, 2], b[..., 2]) - np.maximum(a[:, 0], b[..., 0]), 0, None)
+    iw = np.clip(np.minimum(a[:, 3], b[..., 3]) - np.maximum(a[:, 1], b[..., 1]), 0, None)
+    inter = ih * iw
+    union = h * w + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    return inter / np.maximum(union, 1e-12)
+
+
 def test_bad_box_shape_rejected():
     with pytest.raises(ValueError, match=r'\[N, 4\]'):
         NET.bboxes_encode(np.array([1]), np.zeros([1, 5], np.float32), ANCHORS)

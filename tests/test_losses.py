@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings, strategies as st
 
 import slim_port
 from ssd_tf import losses
@@ -114,6 +115,50 @@ def test_ties_are_deterministic_and_exact_count():
     assert a == b
     # 6 negatives x log(3) / 2 positives
     assert a['cross_entropy_neg'] == pytest.approx(6 * np.log(3.) / 2, rel=1e-6)
+
+
+# The mining's cut: values [3, 1, 3, 2]; the two 3s tie, the lower index goes first.
+@pytest.mark.parametrize('partial', [None, 2])
+@pytest.mark.parametrize('n, want', [
+    (0, [0, 0, 0, 0]), (1, [1, 0, 0, 0]), (2, [1, 0, 1, 0]), (3, [1, 0, 1, 1]),
+    (4, [1, 1, 1, 1])])
+def test_top_n_mask_golden(n, want, partial):
+    # partial=2: n <= 2 takes the top_k branch, n >= 3 the full sort
+    got = losses._top_n_mask(tf.constant([[3., 1., 3., 2.]]), tf.constant([n]), partial)
+    assert got.numpy()[0].astype(int).tolist() == want
+
+
+def _stable_top_n(values, n):
+    """Oracle: rank by a stable descending argsort (numpy), keep ranks < n."""
+    out = np.zeros(values.shape, bool)
+    for b, row in enumerate(values):
+        order = np.argsort(-row, kind='stable')
+        out[b, order[:n[b]]] = True
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 40), st.integers(1, 6), st.sampled_from([None, 1, 5]),
+       st.integers(0, 2 ** 31 - 1))
+def test_top_n_mask_matches_a_stable_sort(rows, k, levels, partial, seed):
+    # few distinct levels: many ties at the cut
+    rng = np.random.default_rng(seed)
+    values = (rng.integers(0, levels, size=(rows, k)) / levels - (rng.random((rows, k)) < .2)
+              ).astype(np.float32)
+    n = rng.integers(0, k + 1, size=rows).astype(np.int32)
+    got = losses._top_n_mask(tf.constant(values), tf.constant(n), partial).numpy()
+    np.testing.assert_array_equal(got, _stable_top_n(values, n))
+    np.testing.assert_array_equal(got.sum(axis=1), n)
+
+
+@pytest.mark.slow
+def test_top_n_mask_compiles_with_xla():
+    rng = np.random.default_rng(3)
+    values = np.round(rng.random((3, 50)) * 4).astype(np.float32)
+    for n in ([2, 0, 5], [2, 30, 50]):  # within `partial` (top_k), then beyond it (sort)
+        fn = tf.function(lambda v, m: losses._top_n_mask(v, m, partial=8), jit_compile=True)
+        got = fn(tf.constant(values), tf.constant(n, tf.int32)).numpy()
+        np.testing.assert_array_equal(got, _stable_top_n(values, n))
 
 
 def test_zero_positives_is_finite_zero():
