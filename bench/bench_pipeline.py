@@ -1,6 +1,11 @@
-"""Input pipeline throughput: decode + augmentation (+ SSD300 target encoding) + batching.
+"""Input pipeline throughput: decode + augmentation (+ target encoding) + batching.
 
     python bench/bench_pipeline.py [--dataset_dir ../shared/data/raccoon] [--runs 5]
+    python bench/bench_pipeline.py --model_name ssd_small_320 --dataset_dir /tmp/small_devset
+
+`--model_name` picks the network whose input size and anchors are used (default SSD300). The
+default matcher runs XLA-compiled (`encoding.bboxes_encode(jit_compile=True)`); one row runs it
+op by op, as it ran before, for the comparison in the same run.
 
 Reads the VOC train split with `ssd_tf.datasets.voc.read_voc`, builds the training pipeline
 with `ssd_tf.data.build_dataset` (batch 32, AUTOTUNE parallel map) and times `--batches`
@@ -18,12 +23,14 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.machine import machine_info, print_table  # noqa: E402
-from nets import ssd_vgg_300  # noqa: E402
+from nets import nets_factory  # noqa: E402
 from preprocessing import ssd_vgg_preprocessing as prep  # noqa: E402
 from ssd_tf import data as data_lib  # noqa: E402
+from ssd_tf import encoding  # noqa: E402
 from ssd_tf.datasets import voc  # noqa: E402
 
 _DEFAULT_DIR = os.path.join(os.path.dirname(_ROOT), 'shared', 'data', 'raccoon')
@@ -36,8 +43,10 @@ def train_fn(reference_compat, out_shape=(300, 300)):
     return preprocess_fn
 
 
-def eval_fn(image, labels, bboxes):
-    return prep.preprocess_for_eval(image, labels, bboxes, (300, 300))
+def eval_fn(out_shape=(300, 300)):
+    def fn(image, labels, bboxes):
+        return prep.preprocess_for_eval(image, labels, bboxes, out_shape)
+    return fn
 
 
 def throughput(records, preprocess_fn, encode_fn, batch_size, batches, runs):
@@ -65,24 +74,39 @@ def main():
     ap.add_argument('--batch_size', type=int, default=32)
     ap.add_argument('--batches', type=int, default=20, help='batches timed per run')
     ap.add_argument('--runs', type=int, default=5)
+    ap.add_argument('--model_name', default='ssd_300_vgg',
+                    help='network whose input size and anchors to use')
     args = ap.parse_args()
     if not os.path.isdir(args.dataset_dir):
         sys.exit(f"--dataset_dir {args.dataset_dir} does not exist; pass a Pascal VOC root")
 
     cores = os.cpu_count()
     records, _ = voc.read_voc(args.dataset_dir, split=args.split, check_images=False)
-    net = ssd_vgg_300.SSDNet()
+    net = nets_factory.get_network(args.model_name)()
+    ref_net = nets_factory.get_network(args.model_name)(reference_compat=True)
     anchors = net.anchors()
+    size = tuple(net.params.img_shape)
+    num_anchors = sum(int(np.prod(y.shape[:2])) * len(h) for y, x, h, w in anchors)
+    tag = f'{args.model_name} ({num_anchors} anchors)'
 
-    def encode_fn(labels, bboxes):
-        return net.bboxes_encode(labels, bboxes, anchors)
+    def encoder(the_net, jit_compile=True):
+        def encode_fn(labels, bboxes):
+            p = the_net.params
+            return encoding.bboxes_encode(labels, bboxes, anchors, p.num_classes,
+                                          prior_scaling=p.prior_scaling,
+                                          reference_compat=the_net.reference_compat,
+                                          jit_compile=jit_compile)
+        return encode_fn
 
     configs = [
-        ('paper augmentation + SSD300 encoding', train_fn(False), encode_fn),
-        ('paper augmentation, no encoding', train_fn(False), None),
-        ('slim augmentation (reference_compat) + SSD300 encoding', train_fn(True), encode_fn),
-        ('eval warp resize, no augmentation, + SSD300 encoding', eval_fn, encode_fn),
-        ('eval warp resize, no augmentation, no encoding', eval_fn, None),
+        (f'paper augmentation + {tag} encoding', train_fn(False, size), encoder(net)),
+        (f'paper augmentation + {tag} encoding op by op (before XLA)', train_fn(False, size),
+         encoder(net, jit_compile=False)),
+        ('paper augmentation, no encoding', train_fn(False, size), None),
+        (f'slim augmentation (reference_compat) + {tag} slim encoding', train_fn(True, size),
+         encoder(ref_net)),
+        (f'eval warp resize, no augmentation, + {tag} encoding', eval_fn(size), encoder(net)),
+        ('eval warp resize, no augmentation, no encoding', eval_fn(size), None),
     ]
     load_before = os.getloadavg()
     rows = []

@@ -40,6 +40,10 @@ MIN_INPUT_PIXELS = 8
 # The --class_balance of the small-object command (`recommended_command`): chosen on the real
 # small-object dev set (docs/small-objects.md#class-balanced-loss); a no-op on one class.
 SMALL_OBJECT_CLASS_BALANCE = 0.5
+# The --max_number_of_steps of the small-object command: what a 20-minute budget buys
+# ssd_small_320 at batch 32 on 2 CPU cores in bfloat16 (about 19 minutes with evaluation, since
+# the matcher runs XLA-compiled; docs/small-objects.md#results-on-the-real-dev-set).
+SMALL_OBJECT_STEPS = 1600
 # Where boxes are lost (`loss_reasons`), in the order the reasons are tried.
 LOSS_REASONS = ('input too small', 'no anchor shape', 'map too coarse')
 # Aspect ratio buckets on w / h (relative units, as the network sees the warped image).
@@ -164,12 +168,14 @@ class AnchorCoverage:
     def recommended_command(self):
         """When most boxes are small (`small_share` >= 0.5) and a small-object network is
         known: the one `train_ssd.py` command for such data (that network, whose input size
-        comes with it, anchors fitted to the boxes and class-balanced loss weights), else ''.
+        comes with it, anchors fitted to the boxes, class-balanced loss weights and the steps of
+        a 20-minute budget), else ''.
         The data flags are the user's own (written as a placeholder)."""
         if not self.small_object_network or not self.num_boxes or self.small_share < 0.5:
             return ''
         text = (f"python train_ssd.py --model_name={self.small_object_network} --anchors=auto "
                 f"--class_balance={SMALL_OBJECT_CLASS_BALANCE:g} "
+                f"--max_number_of_steps={SMALL_OBJECT_STEPS} "
                 f"<your --dataset_name/--dataset_dir flags>")
         if self.small_object_input:
             h, w = self.small_object_input

@@ -25,7 +25,12 @@ Two matchers:
   unmatched anchor, its best IoU with any valid box).
 
 Everything runs as graph ops with no loop over boxes or anchors, works in tf.data and compiles
-under XLA (`tf.function(jit_compile=True)`).
+under XLA (`tf.function(jit_compile=True)`). The default matcher runs XLA-compiled unless
+`jit_compile=False`: its `[N, K]` IoU and reductions fuse, which at 34k anchors
+(`ssd_small_320`) cuts the input pipeline's CPU time per image to about half or less
+(bench/bench_pipeline.py, docs/benchmarks.md). Its offsets and IoUs may differ from op-by-op
+ones in the last bit, so an anchor on a tie or exactly at the threshold may match differently.
+The reference matcher always runs op by op, bit-exact with the slim graph.
 """
 import numpy as np
 import tensorflow as tf
@@ -177,17 +182,22 @@ def _match(labels, bboxes, ya, xa, ha, wa, num_classes, prior_scaling, match_thr
     else:
         # Bipartite step: each usable box's best anchor (first on ties), when it overlaps at all.
         best_anchor, gt_best_iou = _first_argmax(scores[:-1], axis=1)  # [N], [N]
-        forced_pair = (tf.equal(best_anchor[:, None], tf.range(k)[None, :])
-                       & (usable & (gt_best_iou > 0.))[:, None])  # [N, K]
-        # Several boxes may pick the same anchor: the one with the highest IoU wins, then the
-        # lowest index, so the result does not depend on scatter order.
-        forced_scores = tf.where(forced_pair, scores[:-1], -2. * tf.ones_like(iou))
-        forced_gt, _ = _first_argmax(forced_scores, axis=0)  # [K]
-        forced = tf.reduce_any(forced_pair, axis=0)  # [K]
+        picks = usable & (gt_best_iou > 0.)  # [N]
+        # Several boxes may pick the same anchor: the one with the highest IoU there (its best
+        # IoU) wins, then the lowest index, so the result does not depend on scatter order.
+        # Decided among the N boxes ([N, N]), not over the anchors.
+        box = tf.range(n)
+        iou_i, iou_j = gt_best_iou[:, None], gt_best_iou[None, :]
+        beaten = (tf.equal(best_anchor[:, None], best_anchor[None, :]) & picks[None, :]
+                  & ((iou_j > iou_i) | ((iou_j == iou_i) & (box[None, :] < box[:, None]))))
+        winner = picks & tf.logical_not(tf.reduce_any(beaten, axis=1))  # [N]
+        # Each winner has its anchor to itself; the other boxes go to a spare slot K, dropped.
+        slot = tf.where(winner, best_anchor, k)[:, None]  # [N, 1]
+        forced_gt = tf.scatter_nd(slot, box + 1, [k + 1])[:k] - 1  # [K], -1: not forced
+        forced = forced_gt >= 0
+        forced_iou = tf.scatter_nd(slot, tf.where(winner, gt_best_iou, 0.), [k + 1])[:k]
         best_gt = tf.where(forced, forced_gt, best_gt)
         threshold_match = best_iou >= match_threshold
-        # The winner of a forced anchor has the highest IoU among the boxes that picked it.
-        forced_iou = tf.reduce_max(tf.where(forced_pair, iou, tf.zeros_like(iou)), axis=0)
         best_iou = tf.where(forced, forced_iou, best_iou)
         matched = forced | threshold_match
 
@@ -205,8 +215,8 @@ def _match(labels, bboxes, ya, xa, ha, wa, num_classes, prior_scaling, match_thr
     return gclasses, glocs, gscores
 
 
-# The [N, K] IoU and its reductions fuse under XLA: about a third of the CPU time per image of
-# the op-by-op graph at 34k anchors (bench/bench_pipeline.py --model_name ssd_small_320).
+# The [N, K] IoU and its reductions fuse under XLA (bench/bench_pipeline.py --model_name
+# ssd_small_320 compares it with the op-by-op graph).
 _match_xla = tf.function(_match, jit_compile=True, autograph=False)
 
 

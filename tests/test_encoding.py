@@ -96,6 +96,19 @@ def test_two_boxes_same_best_anchor_deterministic():
     assert set(_flat(gc)[_flat(gc) > 0]) == {4}
 
 
+@pytest.mark.parametrize('jit', [True, False])
+def test_two_boxes_same_best_anchor_the_higher_iou_wins(jit):
+    # Two thin boxes around the same centre, neither reaching 0.5 anywhere; both have their
+    # best IoU on the same anchor (float64 IoUs: 0.2230 for the first, 0.2706 for the second,
+    # slightly wider one). The second box wins that anchor although its index is higher.
+    bboxes = np.array([[.35, .5, .65, .52], [.34, .4975, .66, .5225]], np.float32)
+    gc, gs = [x.numpy() for x in encoding.bboxes_encode_flat(
+        np.array([4, 9]), bboxes, ANCHORS, 21, jit_compile=jit)[::2]]
+    assert (gc > 0).sum() == 1
+    assert gc[gc > 0].tolist() == [9]
+    assert gs[gc > 0][0] == pytest.approx(0.27058, abs=1e-4)
+
+
 def test_no_ground_truth():
     for net in (NET, NET_REF):
         gc, gl, gs = net.bboxes_encode(np.zeros([0], np.int64), np.zeros([0, 4], np.float32),
@@ -241,7 +254,7 @@ def test_xla_matcher_equals_op_by_op(n):
         labels[0], labels[1], bboxes[2, 2] = 0, 99, bboxes[2, 0]
     xla, graph = _both_paths(labels, bboxes)
     _assert_same_targets(xla, graph)
-    assert (_flat(xla[0]) > 0).any() == (n > 3)
+    assert (xla[0].numpy() > 0).any() == (n > 3)
 
 
 def test_padding_rows_change_nothing():
@@ -262,21 +275,66 @@ def test_xla_matcher_equals_op_by_op_property(seed, n):
     labels, bboxes = _random_gt(rng, n)
     labels = np.where(rng.random(n) < 0.1, 0, labels)  # some ignored rows
     xla, graph = _both_paths(labels, bboxes)
-    # Equal except where the last bit of an IoU can decide (XLA may fuse a multiply-add): an
-    # anchor at the threshold, two boxes tied on an anchor, or a box's best anchor tied (the
-    # bipartite pick), judged on float64 IoUs.
-    iou = _np_iou(bboxes[labels > 0], np.concatenate(
-        [np.stack([a.reshape(-1) for a in np.broadcast_arrays(y, x, h, w)], -1)
-         for y, x, h, w in ANCHORS]))
+    # Equal except where the last bit of an IoU can decide (XLA may fuse a multiply-add)
+    clear = _clear_anchors(labels, bboxes)
+    np.testing.assert_array_equal(xla[0].numpy()[clear], graph[0].numpy()[clear])
+    np.testing.assert_allclose(xla[2].numpy()[clear], graph[2].numpy()[clear], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(xla[1].numpy()[clear], graph[1].numpy()[clear], atol=1e-5)
+
+
+def _anchor_table():
+    """The SSD300 anchors as `[K, 4]` (cy, cx, h, w), in the encoder's order."""
+    return np.concatenate([np.stack([a.reshape(-1) for a in np.broadcast_arrays(y, x, h, w)],
+                                    -1) for y, x, h, w in ANCHORS])
+
+
+def _clear_anchors(labels, bboxes, threshold=0.5):
+    """`[K]` bool: anchors whose match no last-bit rounding of an IoU can change: not within
+    1e-5 of the threshold, no two boxes within 1e-5 of each other on the anchor, and not an
+    anchor within 1e-5 of some box's best (the bipartite pick); float64 IoUs."""
+    iou = _np_iou(bboxes[labels > 0], _anchor_table())
     top2 = -np.sort(-np.concatenate([iou, np.zeros((2, iou.shape[1]))]), axis=0)[:2]
     box_best = iou.max(axis=1, keepdims=True)
     near_best = ((iou >= box_best - 1e-5) & (box_best > 0)).any(axis=0)
     tie = (top2[0] - top2[1] < 1e-5) & (top2[0] > 0)
-    clear = ~((np.abs(top2[0] - 0.5) < 1e-5) | tie | near_best)
+    clear = ~((np.abs(top2[0] - threshold) < 1e-5) | tie | near_best)
     assert clear.mean() > 0.9
-    np.testing.assert_array_equal(_flat(xla[0])[clear], _flat(graph[0])[clear])
-    np.testing.assert_allclose(_flat(xla[2])[clear], _flat(graph[2])[clear], rtol=1e-6, atol=0)
-    np.testing.assert_allclose(_flat(xla[1], 4)[clear], _flat(graph[1], 4)[clear], atol=1e-5)
+    return clear
+
+
+def _np_default_matcher(labels, bboxes, threshold=0.5):
+    """The paper's matcher written out with loops in float64, for labels in 1..20 or 0
+    (ignored): `(classes [K], scores [K])`."""
+    keep = labels > 0
+    lab, iou = labels[keep], _np_iou(bboxes[keep], _anchor_table())  # [M], [M, K]
+    k = iou.shape[1]
+    classes, scores = np.zeros(k, np.int64), np.zeros(k)
+    if len(lab):
+        best = iou.argmax(axis=0)
+        scores = iou.max(axis=0)
+        classes = np.where(scores >= threshold, lab[best], 0)
+    picked = {}  # anchor -> the boxes whose best anchor it is
+    for i in range(len(lab)):
+        if iou[i].max() > 0:
+            picked.setdefault(int(iou[i].argmax()), []).append(i)
+    for a, boxes in picked.items():
+        winner = max(boxes, key=lambda i: (iou[i, a], -i))  # highest IoU, then lowest index
+        classes[a], scores[a] = lab[winner], iou[winner, a]
+    return classes, scores
+
+
+@pytest.mark.parametrize('jit', [True, False])
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1), st.integers(0, 40))
+def test_default_matcher_equals_a_loop_written_out(jit, seed, n):
+    rng = np.random.default_rng(seed)
+    labels, bboxes = _random_gt(rng, n)
+    labels = np.where(rng.random(n) < 0.15, 0, labels)
+    got = encoding.bboxes_encode_flat(labels, bboxes, ANCHORS, 21, jit_compile=jit)
+    want_classes, want_scores = _np_default_matcher(labels, bboxes)
+    clear = _clear_anchors(labels, bboxes)
+    np.testing.assert_array_equal(got[0].numpy()[clear], want_classes[clear])
+    np.testing.assert_allclose(got[2].numpy()[clear], want_scores[clear], rtol=1e-5, atol=1e-6)
 
 
 def _np_iou(boxes, anchors_cyxhw):
