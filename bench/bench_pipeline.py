@@ -4,8 +4,9 @@
     python bench/bench_pipeline.py --model_name ssd_small_320 --dataset_dir /tmp/small_devset
 
 `--model_name` picks the network whose input size and anchors are used (default SSD300). The
-default matcher runs XLA-compiled (`encoding.bboxes_encode(jit_compile=True)`); one row runs it
-op by op, as it ran before, for the comparison in the same run.
+default matcher runs XLA-compiled (`encoding.bboxes_encode(jit_compile=True)`), its boxes
+padded to `padded_box_count(N)`; for the comparison in the same run, one row pads them to at
+least 16 (`MIN_PADDED_BOXES` as it was) and one runs the matcher op by op (as before XLA).
 
 Reads the VOC train split with `ssd_tf.datasets.voc.read_voc`, builds the training pipeline
 with `ssd_tf.data.build_dataset` (batch 32, AUTOTUNE parallel map) and times `--batches`
@@ -74,6 +75,9 @@ def main():
     ap.add_argument('--batch_size', type=int, default=32)
     ap.add_argument('--batches', type=int, default=20, help='batches timed per run')
     ap.add_argument('--runs', type=int, default=5)
+    ap.add_argument('--rounds', type=int, default=1,
+                    help='repeat every configuration this many times, alternating the order; '
+                         'the table gives the medians over rounds')
     ap.add_argument('--model_name', default='ssd_300_vgg',
                     help='network whose input size and anchors to use')
     args = ap.parse_args()
@@ -89,17 +93,25 @@ def main():
     num_anchors = sum(int(np.prod(y.shape[:2])) * len(h) for y, x, h, w in anchors)
     tag = f'{args.model_name} ({num_anchors} anchors)'
 
-    def encoder(the_net, jit_compile=True):
+    def encoder(the_net, jit_compile=True, min_padded=None):
         def encode_fn(labels, bboxes):
             p = the_net.params
-            return encoding.bboxes_encode(labels, bboxes, anchors, p.num_classes,
-                                          prior_scaling=p.prior_scaling,
-                                          reference_compat=the_net.reference_compat,
-                                          jit_compile=jit_compile)
+            # Read when the map function is traced, so the override holds for this pipeline.
+            saved = encoding.MIN_PADDED_BOXES
+            encoding.MIN_PADDED_BOXES = min_padded or saved
+            try:
+                return encoding.bboxes_encode(labels, bboxes, anchors, p.num_classes,
+                                              prior_scaling=p.prior_scaling,
+                                              reference_compat=the_net.reference_compat,
+                                              jit_compile=jit_compile)
+            finally:
+                encoding.MIN_PADDED_BOXES = saved
         return encode_fn
 
     configs = [
         (f'paper augmentation + {tag} encoding', train_fn(False, size), encoder(net)),
+        (f'paper augmentation + {tag} encoding, boxes padded to >= 16 (before)',
+         train_fn(False, size), encoder(net, min_padded=16)),
         (f'paper augmentation + {tag} encoding op by op (before XLA)', train_fn(False, size),
          encoder(net, jit_compile=False)),
         ('paper augmentation, no encoding', train_fn(False, size), None),
@@ -109,17 +121,24 @@ def main():
         ('eval warp resize, no augmentation, no encoding', eval_fn(size), None),
     ]
     load_before = os.getloadavg()
+    ips_of, cpu_of = {}, {}
+    for r in range(args.rounds):
+        for name, fn, enc in (configs if r % 2 == 0 else configs[::-1]):
+            ips, cpu_ms = throughput(records, fn, enc, args.batch_size, args.batches, args.runs)
+            ips_of.setdefault(name, []).append(ips)
+            cpu_of.setdefault(name, []).append(cpu_ms)
     rows = []
-    for name, fn, enc in configs:
-        ips, cpu_ms = throughput(records, fn, enc, args.batch_size, args.batches, args.runs)
+    for name, _, _ in configs:
+        ips, cpu_ms = statistics.median(ips_of[name]), statistics.median(cpu_of[name])
         rows.append([name, f'{ips:.0f}', f'{cpu_ms:.2f}', f'{1e3 * cores / cpu_ms:.0f}'])
     load_after = os.getloadavg()
     print(f'Machine: {machine_info()}')
     print(f'Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} '
           f'(other processes share the cores when it exceeds the core count)\n')
     print(f'{len(records)} images of {args.dataset_dir} ({args.split}), batch {args.batch_size}, '
-          f'median of {args.runs} runs of {args.batches} batches. CPU ms/image = CPU time of '
-          f'this process (all threads) per image; "{cores} idle cores" = {cores} x 1000 / '
+          f'median of {args.runs} runs of {args.batches} batches (after {args.batches} batches '
+          f'of warm-up), median over {args.rounds} rounds in alternating order. CPU ms/image = '
+          f'CPU time of this process (all threads) per image; "{cores} idle cores" = {cores} x 1000 / '
           f'CPU ms, what the pipeline would reach with the cores to itself.\n')
     print_table(['pipeline (read + decode JPEG + ... + batch)', 'images/s (wall)',
                  'CPU ms/image', f'images/s on {cores} idle cores'], rows)

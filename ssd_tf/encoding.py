@@ -117,7 +117,8 @@ def bboxes_encode(labels, bboxes, anchors, num_classes, prior_scaling=(0.1, 0.1,
     labels: `[N]` int (0 background, 1..C-1 objects). bboxes: `[N, 4]` yxyx relative.
     anchors: list of `(y [H,W,1], x [H,W,1], h [A], w [A])`.
     jit_compile: the default matcher runs XLA-compiled, its boxes padded with ignored rows to
-      `padded_box_count(N)` so that XLA compiles once per size, not once per box count; False
+      `padded_box_count(N)` (exact up to 8, then 4 sizes per octave) so that XLA compiles
+      once per size, not once per box count; False
       runs it op by op (the offsets may then differ in the last bits). The reference matcher
       always runs op by op, as the slim graph did, so that it stays bit-exact.
     Returns `(gclasses, glocalisations, gscores)`: lists per layer of `[H, W, A]` int64,
@@ -142,18 +143,22 @@ def bboxes_encode(labels, bboxes, anchors, num_classes, prior_scaling=(0.1, 0.1,
     return tuple(_split_layers(t, anchors) for t in flat)
 
 
-MIN_PADDED_BOXES = 16
+# Images without boxes are padded to one ignored row. A floor above 1 costs: the matcher's
+# work grows with the padded count, and most photos have a few boxes (at 1 box, padding to 16
+# made the XLA matcher slower than op by op; bench/bench_pipeline.py compares the two floors).
+MIN_PADDED_BOXES = 1
 
 
 def padded_box_count(n):
     """The box count `n` (int32 scalar tensor) rounded up to one of four sizes per octave, at
-    least `MIN_PADDED_BOXES`: with p the power of two >= n, the next multiple of p / 8 (16, 20,
-    24, 28, 32, 40, 48, 56, 64, 80, ...): at most 25 % padding, 4 XLA compilations per octave."""
+    least `MIN_PADDED_BOXES`: with p the power of two >= n, the next multiple of max(p / 8, 1)
+    (1, 2, ..., 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, ...): at most 25 % padding, one XLA
+    compilation per size."""
     n = tf.maximum(tf.cast(n, tf.int32), MIN_PADDED_BOXES)
     p = n - 1
     for shift in (1, 2, 4, 8, 16):
         p = tf.bitwise.bitwise_or(p, tf.bitwise.right_shift(p, shift))
-    step = (p + 1) // 8
+    step = tf.maximum((p + 1) // 8, 1)
     return (n + step - 1) // step * step
 
 

@@ -224,14 +224,30 @@ def test_encoding_compiles_with_xla_and_in_graph():
     assert _flat(out[0][0]).sum() > 0 and _flat(out[1][0]).sum() == 0
 
 
-# padded_box_count, by hand: p = the power of two >= max(n, 16), then the next multiple of
-# p / 8: 17 -> p 32, step 4 -> 20; 52 -> p 64, step 8 -> 56; 100 -> p 128, step 16 -> 112;
-# 129 -> p 256, step 32 -> 160; 1000 -> p 1024, step 128 -> 1024.
-@pytest.mark.parametrize('n, want', [(0, 16), (1, 16), (16, 16), (17, 20), (20, 20), (21, 24),
+# padded_box_count, by hand: p = the power of two >= max(n, 1), then the next multiple of
+# max(p / 8, 1): up to 8 the count itself (0 -> 1, an image without boxes gets one ignored
+# row); 9 -> p 16, step 2 -> 10; 11 -> 12; 17 -> p 32, step 4 -> 20; 52 -> p 64, step 8 -> 56;
+# 100 -> p 128, step 16 -> 112; 129 -> p 256, step 32 -> 160; 1000 -> p 1024, step 128 -> 1024.
+@pytest.mark.parametrize('n, want', [(0, 1), (1, 1), (2, 2), (3, 3), (5, 5), (8, 8), (9, 10),
+                                     (11, 12), (16, 16), (17, 20), (20, 20), (21, 24),
                                      (33, 40), (52, 56), (64, 64), (65, 80), (100, 112),
                                      (129, 160), (1000, 1024)])
 def test_padded_box_count_golden(n, want):
     assert int(encoding.padded_box_count(tf.constant(n))) == want
+
+
+def test_padded_box_count_bounds_padding_and_compilations():
+    """Every count 0..4096: padded >= the count, padding at most 25 % above 8 boxes and none
+    up to 8 (most photos have a few boxes; the matcher's work grows with the padded count),
+    and 4 sizes in each octave (2^j, 2^(j+1)]: XLA compiles once per size."""
+    counts = np.arange(4097)
+    got = encoding.padded_box_count(tf.constant(counts, tf.int32)).numpy()  # elementwise
+    assert (got >= np.maximum(counts, 1)).all()
+    assert (got[1:9] == counts[1:9]).all()
+    assert (got[9:] <= 1.25 * counts[9:]).all()
+    for j in range(3, 12):
+        octave = got[2 ** j + 1:2 ** (j + 1) + 1]
+        assert len(set(octave.tolist())) == 4, j
 
 
 def _both_paths(labels, bboxes, anchors=ANCHORS, num_classes=21):
