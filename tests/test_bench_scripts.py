@@ -19,7 +19,7 @@ def _pages():
     return [ROOT / 'README.md'] + sorted((ROOT / 'docs').glob('*.md'))
 
 
-def documented_calls(text):
+def documented_calls(text, call=_CALL):
     """`{script: set of flags}` of the `python bench/X.py ...` calls in `text`. A call inside
     an inline code span (an odd number of backticks before it on its line) runs to the closing
     backtick, over line breaks; elsewhere (a fenced block) to the end of its line, and on over
@@ -27,10 +27,10 @@ def documented_calls(text):
     another program) are not its own."""
     calls = collections.defaultdict(set)
     # prose wraps lines anywhere: `python` at the end of a line, its script on the next
-    text = re.sub(r'\b(python3?)[ \t]*\n[ \t]*(bench/)', r'\1 \2', text)
+    text = re.sub(r'\b(python3?)[ \t]*\n[ \t]*([\w/]+\.py)', r'\1 \2', text)
     lines = text.splitlines()
     for i, line in enumerate(lines):
-        for m in _CALL.finditer(line):
+        for m in call.finditer(line):
             inline = line[:m.start()].count('`') % 2 == 1
             rest, j = line[m.end():], i
             while True:
@@ -50,10 +50,11 @@ def documented_calls(text):
     return calls
 
 
-def _all_calls():
+def all_documented_calls(call=_CALL):
+    """`documented_calls` over README.md and docs/*.md, merged per script."""
     calls = collections.defaultdict(set)
     for page in _pages():
-        for script, flags in documented_calls(page.read_text(encoding='utf-8')).items():
+        for script, flags in documented_calls(page.read_text(encoding='utf-8'), call).items():
             calls[script] |= flags
     return calls
 
@@ -98,7 +99,7 @@ def test_defines_flag_on_hand_written_sources():
 def test_every_documented_benchmark_flag_is_defined():
     """The flags the pages pass to a benchmark script are flags it defines: a renamed or
     removed flag would leave a documented command that fails at its first argument."""
-    calls = _all_calls()
+    calls = all_documented_calls()
     assert sum(len(f) for f in calls.values()) >= 30  # a broken parser finds few
     unknown = sorted(f'{s} --{f}' for s, flags in calls.items() if (ROOT / s).is_file()
                      for f in flags if not _defines_flag((ROOT / s).read_text('utf-8'), f))
@@ -106,7 +107,7 @@ def test_every_documented_benchmark_flag_is_defined():
 
 
 def test_every_documented_benchmark_script_exists():
-    calls = _all_calls()
+    calls = all_documented_calls()
     assert len(calls) >= 10  # the pages name most of bench/: a broken parser finds none
     missing = sorted(s for s in calls if not (ROOT / s).is_file())
     assert not missing, f'the documentation names benchmark scripts that do not exist: {missing}'
