@@ -671,7 +671,9 @@ class RunEvaluation:
         from ssd_tf import evaluation
         self.cfg = cfg
         self.net = net
-        self.detect = evaluation.keras_detector(model, net)
+        self.model = model
+        self.detect = evaluation.keras_detector(model, net)  # the summary images
+        self._float32 = None  # (network, detector) of the mAP: float32, as eval_ssd.py's
         self.records = {}
         shape = tuple(cfg.image_shape)
         self.preprocess = lambda i, l, b: prep.preprocess_for_eval(i, l, b, out_shape=shape)
@@ -709,6 +711,20 @@ class RunEvaluation:
                   f"{self.cfg.train_dir} --dataset_dir=<the {split} shards>", file=sys.stderr)
         return self.records[split]
 
+    def float32_detect(self):
+        """The detector of the mAP: the current weights in float32 (`builder.float32_network`),
+        so that a run trained in bfloat16 reports what eval_ssd.py reports on its checkpoint
+        (which builds the network in float32)."""
+        from ssd_tf import builder
+        from ssd_tf import evaluation
+        if self._float32 is None:
+            network = builder.float32_network(self.model, self.net)
+            self._float32 = (network, self.detect if network is self.model
+                             else evaluation.keras_detector(network, self.net))
+        else:
+            builder.float32_network(self.model, self.net, copy=self._float32[0])
+        return self._float32[1]
+
     def __call__(self, split, flag='--eval_split_name'):
         """`(EvalRun, metrics)` of `split`, or None for data read in the graph (TFRecord)."""
         from ssd_tf import data as data_lib
@@ -718,7 +734,7 @@ class RunEvaluation:
             return None
         ds = data_lib.build_eval_dataset(records, self.preprocess, batch_size=16,
                                          label_ids=self.cfg.label_ids)
-        run_ = evaluation.run_evaluation(self.detect, ds, self.cfg.num_classes,
+        run_ = evaluation.run_evaluation(self.float32_detect(), ds, self.cfg.num_classes,
                                          class_names=self.cfg.label_names,
                                          category_ids=self.cfg.label_ids)
         return run_, evaluation.compute_metrics(run_)

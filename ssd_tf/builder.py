@@ -22,6 +22,8 @@ one command takes, all take, and they resolve it the same way:
   `--moving_average_decay`: the checkpoint's, else an older run's `ema.weights.h5`);
   'slim' through `checkpoints.load_slim_checkpoint` with the network's slim variable map
   (`slim_variable_map`: the VGG networks);
+- the precision (`float32_network`): the network always computes in float32 here; a model
+  trained in a mixed policy is evaluated through a float32 copy of its weights;
 - the class names (`ssd_tf.datasets.labelmap.resolve_label_map`): `--label_map`, else the
   run config's `label_names` (with their dataset ids), else a `labels.txt` beside the model.
 """
@@ -281,6 +283,27 @@ def load_model(checkpoint_path, model_name=None, num_classes=None, image_size=No
         label_map, recorded_names=config.label_names, recorded_ids=config.label_ids,
         beside=[run_dir(checkpoint_path)], num_classes=net.params.num_classes)
     return BuiltModel(net, model, labels, kind, path, config)
+
+
+def float32_network(model, net, copy=None):
+    """The network of `model` computing in float32, as evaluation, export and detection build
+    it (`net.keras_model()` under the float32 policy; `load_model`): `model` itself when it
+    already computes in float32, else `copy` (or a new build when None) with `model`'s weights
+    copied in. A run trained in `mixed_bfloat16` or `mixed_float16` evaluates through it, so
+    that its report equals eval_ssd.py's on the same checkpoint. Pass the returned copy back as
+    `copy` to refresh its weights without building again."""
+    import keras
+    if model.compute_dtype == 'float32':
+        return model
+    if copy is None:
+        saved = keras.mixed_precision.dtype_policy()
+        keras.mixed_precision.set_dtype_policy('float32')
+        try:
+            copy = net.keras_model()
+        finally:
+            keras.mixed_precision.set_dtype_policy(saved)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def run_dir(checkpoint_path):

@@ -50,6 +50,49 @@ def test_image_size_override_then_config_then_network():
     assert net.params.num_classes == net.params.no_annotation_label == 5
 
 
+# ---------------------------------------------------------------------------- precision
+def test_float32_network_of_a_bfloat16_model_computes_as_a_float32_build():
+    """A model trained in mixed_bfloat16 is evaluated as eval_ssd.py builds it: in float32,
+    with the same weights. The float32 copy's outputs equal those of a float32 build given
+    the weights (what eval_ssd.py restores), and differ from the bfloat16 model's own."""
+    import keras
+    from nets import ssd_small
+    net = ssd_small.SSDNet()
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_dtype_policy('mixed_bfloat16')  # as train_ssd.py sets it
+    try:
+        trained = net.keras_model()
+        copy = builder.float32_network(trained, net)
+        assert keras.mixed_precision.dtype_policy().name == 'mixed_bfloat16'  # put back
+    finally:
+        keras.mixed_precision.set_dtype_policy('float32')
+    assert trained.compute_dtype == 'bfloat16'
+    assert copy is not trained and copy.compute_dtype == 'float32'
+    reference = net.keras_model()  # eval_ssd.py's build
+    reference.set_weights(trained.get_weights())
+    h, w = net.params.img_shape
+    images = tf.random.stateless_uniform([2, h, w, 3], [1, 2], -100., 100.)
+    want = reference(images, training=False)
+    got = copy(images, training=False)
+    for key in ('predictions', 'localisations'):
+        for g, w in zip(got[key], want[key]):
+            np.testing.assert_array_equal(g.numpy(), w.numpy())
+    bf16 = trained(images, training=False)['localisations'][0]
+    assert np.abs(tf.cast(bf16, tf.float32).numpy() - want['localisations'][0].numpy()).max() > 0
+    # a refresh copies the current weights into the same copy
+    trained.set_weights([w + 1. for w in trained.get_weights()])
+    assert builder.float32_network(trained, net, copy=copy) is copy
+    for a, b in zip(copy.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_float32_network_of_a_float32_model_is_the_model():
+    from nets import ssd_small
+    net = ssd_small.SSDNet()
+    model = net.keras_model()
+    assert builder.float32_network(model, net) is model
+
+
 def test_resolve_source_kinds(tmp_path):
     weights = tmp_path / 'w.weights.h5'
     with pytest.raises(ValueError, match='no such Keras weights file'):

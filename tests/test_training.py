@@ -403,6 +403,33 @@ def test_fine_tune_from_slim_checkpoint_with_another_class_count(tmp_path):
     assert int(reader.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE')) == 2
 
 
+# ------------------------------------------------------------------ one evaluation
+@pytest.mark.slow
+def test_a_bfloat16_run_reports_what_eval_ssd_reports_on_its_checkpoint(tmp_path):
+    """The training's final report and eval_ssd.py's on the final checkpoint are one
+    evaluation: eval_ssd.py builds the network in float32, and so does the final report of a
+    run trained in mixed_bfloat16 (before, it evaluated in bfloat16 and its mAP differed from
+    eval_ssd.py's in the third or fourth digit)."""
+    run = tmp_path / 'run'
+    r = run_train(['--train_dir', str(run), '--max_number_of_steps=60',
+                   '--synthetic_num_train=300', '--synthetic_num_test=60',
+                   '--log_every_n_steps=30', '--save_summaries_secs=0',
+                   '--mixed_precision=mixed_bfloat16', '--allow_slow_bfloat16'], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'precision: mixed_bfloat16' in r.stderr
+    e = subprocess.run([sys.executable, str(ROOT / 'eval_ssd.py'), f'--checkpoint_path={run}',
+                        f'--eval_dir={tmp_path / "eval"}', '--batch_size=16'],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+    assert e.returncode == 0, e.stderr[-3000:]
+    trained = json.loads((run / 'eval' / 'metrics.json').read_text())
+    evaluated = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    assert trained['num_detections'] == evaluated['num_detections']
+    assert trained['voc07'] == evaluated['voc07'] and trained['voc12'] == evaluated['voc12']
+    assert json.loads((run / 'final_metrics.json').read_text())['voc07_map'] == \
+        evaluated['voc07']['map']
+
+
 # ------------------------------------------------------------------ it learns
 def _untrained_map(num_test):
     from ssd_tf import evaluation
