@@ -34,10 +34,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench.bench_pipeline import train_fn  # noqa: E402
 from bench.bench_train import fixed_batch  # noqa: E402
 from bench.machine import machine_info, median_time, print_table  # noqa: E402
 from nets import nets_factory  # noqa: E402
-from preprocessing import ssd_vgg_preprocessing as prep  # noqa: E402
 from ssd_tf import data as data_lib  # noqa: E402
 from ssd_tf import encoding, losses, training  # noqa: E402
 from ssd_tf.datasets import voc  # noqa: E402
@@ -90,14 +90,11 @@ def pipeline_step_time(devset, old, policy, warmup=8, steps=16):
         p = net.params
         records, _ = voc.read_voc(devset, split='train', check_images=False)
 
-        def preprocess(image, labels, bboxes, seed=None):
-            return prep.preprocess_for_train(image, labels, bboxes, tuple(p.img_shape),
-                                             seed=seed, expand_max_ratio=1.)
-
         def encode(labels, bboxes):
             return encoding.bboxes_encode(labels, bboxes, anchors, p.num_classes,
                                           prior_scaling=p.prior_scaling, jit_compile=not old)
 
+        preprocess = train_fn(False, tuple(p.img_shape), expand_max_ratio=1.)
         ds = data_lib.build_dataset(records, preprocess, encode, batch_size=32,
                                     is_training=True, seed=0)
         model = net.keras_model(weight_decay=0.0005)

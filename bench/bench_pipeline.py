@@ -24,12 +24,12 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.machine import machine_info, print_table  # noqa: E402
 from nets import nets_factory  # noqa: E402
 from preprocessing import ssd_vgg_preprocessing as prep  # noqa: E402
+from ssd_tf import anchors as anchors_lib  # noqa: E402
 from ssd_tf import data as data_lib  # noqa: E402
 from ssd_tf import encoding  # noqa: E402
 from ssd_tf.datasets import voc  # noqa: E402
@@ -37,10 +37,11 @@ from ssd_tf.datasets import voc  # noqa: E402
 _DEFAULT_DIR = os.path.join(os.path.dirname(_ROOT), 'shared', 'data', 'raccoon')
 
 
-def train_fn(reference_compat, out_shape=(300, 300)):
+def train_fn(reference_compat, out_shape=(300, 300), expand_max_ratio=None):
     def preprocess_fn(image, labels, bboxes, seed):
         return prep.preprocess_for_train(image, labels, bboxes, out_shape, seed=seed,
-                                         reference_compat=reference_compat)
+                                         reference_compat=reference_compat,
+                                         expand_max_ratio=expand_max_ratio)
     return preprocess_fn
 
 
@@ -90,7 +91,7 @@ def main():
     ref_net = nets_factory.get_network(args.model_name)(reference_compat=True)
     anchors = net.anchors()
     size = tuple(net.params.img_shape)
-    num_anchors = sum(int(np.prod(y.shape[:2])) * len(h) for y, x, h, w in anchors)
+    num_anchors = len(anchors_lib.anchors_flat(anchors)[0])
     tag = f'{args.model_name} ({num_anchors} anchors)'
 
     def encoder(the_net, jit_compile=True, min_padded=None):
