@@ -67,7 +67,7 @@ flags.DEFINE_integer('num_samples', None,
                      'the records read (VOC/COCO/synthetic) or counted in the TFRecord files.')
 flags.DEFINE_integer('seed', 0, 'Seed of the data order, augmentation and initialisation.')
 flags.DEFINE_integer('num_preprocessing_threads', 4,
-                     'Parallel calls of the decode/augment/encode map (0: AUTOTUNE).')
+                     'Parallel calls of the decode/augment/encode map (0: one per core, at most 16).')
 # ------------------------------------------------------------------ network
 flags.DEFINE_string('model_name', 'ssd_small',
                     'ssd_small (CPU-sized, 128 px), ssd_small_192 (real photographs), '

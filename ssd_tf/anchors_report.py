@@ -422,6 +422,7 @@ def boxes_of_tfrecords(pattern, max_records=None):
     whose four coordinate lists differ in length are left out (the data check reports them).
     At most `max_records` records are read (None: all). Returns `(boxes, records_read)`."""
     import tensorflow as tf
+    from ssd_tf import tfdata_options
     from ssd_tf.datasets import tfrecord as tfrecord_lib
     keys = ['image/object/bbox/' + k for k in ('ymin', 'xmin', 'ymax', 'xmax')]
     features = {k: tf.io.VarLenFeature(tf.float32) for k in keys}
@@ -439,7 +440,7 @@ def boxes_of_tfrecords(pattern, max_records=None):
         ds = ds.take(int(max_records))
     ds = ds.map(parse).ignore_errors()
     parts, n = [], 0
-    for b in ds.prefetch(64).as_numpy_iterator():
+    for b in tfdata_options.configure(ds.prefetch(64)).as_numpy_iterator():
         parts.append(b)
         n += 1
     return (np.concatenate(parts) if parts else np.zeros([0, 4], np.float32)), n

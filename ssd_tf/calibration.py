@@ -28,6 +28,7 @@ import os
 import tensorflow as tf
 
 from ssd_tf import images as images_lib
+from ssd_tf import tfdata_options
 
 KINDS = ('voc', 'coco', 'tfrecord', 'tfds', 'synthetic')
 SPEC_HELP = ("run (the run's training data, the default when it is there), synthetic, "
@@ -124,7 +125,8 @@ def source_images(source, limit):
         from ssd_tf.datasets import tfrecord as tfrecord_lib
         files = tfrecord_lib.match_files(source.dataset_dir)
         layout = tfrecord_lib.detect_layout(files)
-        for i, serialized in enumerate(tf.data.TFRecordDataset(files).take(limit)):
+        ds = tfdata_options.configure(tf.data.TFRecordDataset(files).take(limit))
+        for i, serialized in enumerate(ds):
             data = tfrecord_lib.parse_example(serialized, layout)['encoded']
             yield images_lib.decode_image(data, where=f"{source.dataset_dir} record {i}").numpy()
         return

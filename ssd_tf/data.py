@@ -53,6 +53,7 @@ from ssd_tf.datasets import tfds as tfds_lib
 from ssd_tf.datasets import tfrecord as tfrecord_lib
 from ssd_tf.datasets import records as records_lib
 from ssd_tf.datasets.records import Record
+from ssd_tf import tfdata_options
 from ssd_tf.images import decode_image  # the one decoder
 
 logger = logging.getLogger(__name__)
@@ -476,7 +477,7 @@ def _count_records(path):
     the headers, for the epoch size)."""
     n = 0
     try:
-        for _ in tf.data.TFRecordDataset(path):
+        for _ in tfdata_options.configure(tf.data.TFRecordDataset(path)):
             n += 1
     except tf.errors.DataLossError:
         return n, True
@@ -548,7 +549,8 @@ _OK = '_ok'  # per-element flag carried to the batch when bad records are replac
 
 def _batch(ds, opts):
     """Batches (padding the ground truth when `with_gt`), replaces bad records' rows, and
-    prefetches; sets the deterministic option."""
+    prefetches; sets the library's dataset options (`tfdata_options`: deterministic, no
+    autotuning thread)."""
     if opts.with_gt:
         ds = ds.padded_batch(opts.batch_size,
                              padded_shapes=_padded_shapes(ds.element_spec, opts.max_boxes),
@@ -561,9 +563,7 @@ def _batch(ds, opts):
                     deterministic=True)
     if opts.prefetch:
         ds = ds.prefetch(opts.prefetch)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options)
+    return tfdata_options.configure(ds, deterministic=True)
 
 
 def _replace_bad_rows(images, targets):

@@ -7,6 +7,7 @@ import os
 
 import tensorflow as tf
 
+from ssd_tf import tfdata_options
 from ssd_tf.datasets import coco as coco_lib
 from ssd_tf.datasets import labelmap as labelmap_lib
 from ssd_tf.datasets import synthetic as synthetic_lib
@@ -134,7 +135,8 @@ def _label_map_from_records(files, layout, num_classes=None):
     votes = {}  # label -> {text: [count, where first seen]}
     pairs = functools.partial(_label_pairs, layout=layout)
     for f in files:
-        ds = tf.data.TFRecordDataset(f).enumerate().flat_map(pairs).ignore_errors()
+        ds = tfdata_options.configure(
+            tf.data.TFRecordDataset(f).enumerate().flat_map(pairs).ignore_errors())
         for indices, labels, texts in ds.batch(_SCAN_BATCH).as_numpy_iterator():
             for index, label, text in zip(indices, labels, texts):
                 if label < 1:

@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf import tfdata_options
 from ssd_tf.datasets import labelmap as labelmap_lib
 
 EXTRA = "pip install -e '.[tfds]'  (or: pip install tensorflow-datasets)"
@@ -166,8 +167,9 @@ class TfdsSource:
         ds = self._as_dataset(False, None)
         if max_examples is not None:
             ds = ds.take(int(max_examples))
-        parts = [np.asarray(b, np.float32).reshape(-1, 4) for b in ds.map(
-            lambda ex: tf.cast(ex['objects']['bbox'], tf.float32)).as_numpy_iterator()]
+        ds = tfdata_options.configure(
+            ds.map(lambda ex: tf.cast(ex['objects']['bbox'], tf.float32)))
+        parts = [np.asarray(b, np.float32).reshape(-1, 4) for b in ds.as_numpy_iterator()]
         boxes = np.concatenate(parts) if parts else np.zeros([0, 4], np.float32)
         return boxes, len(parts)
 

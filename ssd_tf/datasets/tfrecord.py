@@ -35,6 +35,7 @@ import tensorflow as tf
 from google.protobuf import message
 
 from ssd_tf import images as images_lib
+from ssd_tf import tfdata_options
 from ssd_tf.datasets import records as records_lib
 
 _BOX_KEYS = ('ymin', 'xmin', 'ymax', 'xmax')
@@ -298,7 +299,8 @@ def detect_layout(source):
     found = {}  # layout -> first 'shard record i' that has it
     for path in match_files(source):
         try:
-            for i, raw in enumerate(tf.data.TFRecordDataset(path).take(_DETECT_RECORDS)):
+            ds = tfdata_options.configure(tf.data.TFRecordDataset(path).take(_DETECT_RECORDS))
+            for i, raw in enumerate(ds):
                 try:
                     layouts = example_layouts(tf.train.Example.FromString(raw.numpy()))
                 except message.DecodeError:
@@ -576,7 +578,7 @@ def read_tfrecord_records(file_pattern, layout=None):
     files = match_files(file_pattern)
     layout = layout or detect_layout(files)
     out = []
-    for i, serialized in enumerate(tf.data.TFRecordDataset(files)):
+    for i, serialized in enumerate(tfdata_options.configure(tf.data.TFRecordDataset(files))):
         p = {k: v.numpy() for k, v in parse_example(serialized, layout).items()}
         out.append(records_lib.make_record(
             p['image_id'].decode() or f'{i:06d}', p['height'], p['width'], p['bboxes'],
