@@ -27,7 +27,6 @@ The writing (`read_image`, `output_paths`, `DetectionWriter`, `summary`) and
 `from_signature_output` are shared with `ssd_tf.serving_client`, which gets the detections
 from a TF Serving server.
 """
-import json
 import logging
 import math
 import os
@@ -36,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from preprocessing import ssd_vgg_preprocessing as prep
+from ssd_tf import atomic_files
 from ssd_tf import builder
 from ssd_tf import images
 from ssd_tf import quiet
@@ -201,10 +201,7 @@ def _detect_one(detect, path, max_pixels):
 
 
 def _write_json(results, path):
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, path)
+    atomic_files.write_json(path, results, indent=1)
 
 
 class DetectionWriter:

@@ -22,7 +22,6 @@ Pieces:
 - `watch_checkpoints(...)`: evaluates each new checkpoint of a training run.
 """
 import collections
-import json
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from ssd_tf import atomic_files
 from ssd_tf import boxes as boxes_lib
 from ssd_tf import images
 from ssd_tf import metrics as metrics_lib
@@ -521,19 +521,16 @@ def write_report(run, eval_dir, split='test', coco=False, step=None, records=Non
     paths['coco_results'] = run.evaluator.write_coco_results(
         os.path.join(eval_dir, 'coco_detections.json'))
     paths['coco_groundtruth'] = os.path.join(eval_dir, 'coco_groundtruth.json')
-    with open(paths['coco_groundtruth'], 'w') as f:
-        json.dump(run.evaluator.coco_ground_truth(), f)
+    atomic_files.write_json(paths['coco_groundtruth'], run.evaluator.coco_ground_truth())
     paths['pr_curves'] = draw_pr_curves(m, os.path.join(eval_dir, 'pr_curves.png'))
     if num_sample_images > 0 and (run.samples or records is not None):
         paths['detections'] = draw_detection_grid(
             run, records, run.evaluator.class_names, os.path.join(eval_dir, 'detections.png'),
             num_images=num_sample_images)
     paths['table'] = os.path.join(eval_dir, 'metrics.txt')
-    with open(paths['table'], 'w') as f:
-        f.write(table + '\n')
+    atomic_files.write_text(paths['table'], table + '\n')
     paths['json'] = os.path.join(eval_dir, 'metrics.json')
-    with open(paths['json'], 'w') as f:
-        json.dump(_json_safe(m), f, indent=2, sort_keys=True)
+    atomic_files.write_json(paths['json'], _json_safe(m), indent=2, sort_keys=True)
     m['table'] = table
     return m, paths
 

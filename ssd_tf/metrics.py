@@ -27,6 +27,7 @@ import json
 import os
 import numpy as np
 
+from ssd_tf import atomic_files
 from ssd_tf.datasets import voc as voc_lib
 
 # The 11 recall thresholds of the VOC2007 metric exactly as py-faster-rcnn computes them
@@ -539,7 +540,7 @@ def write_voc_results(out_dir, class_names, class_inputs, split='test', prefix='
             used.add(part)
         _, ids, scores, boxes = class_inputs(label)
         path = os.path.join(out_dir, f'{prefix}{split}_{part}.txt')
-        with open(path, 'w') as f:
+        with atomic_files.replacing(path) as f:
             for image_id, s, b in zip(ids, scores, boxes):
                 f.write(f'{image_id} {s:.6f} {b[1]:.6f} {b[0]:.6f} {b[3]:.6f} {b[2]:.6f}\n')
         paths[name] = path
@@ -638,9 +639,7 @@ def detections_to_coco(coco_image_id, boxes, scores, classes, category_ids=None)
 def write_coco_results(path, results):
     """Writes a COCO results list to JSON; returns the path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(results, f)
-    return path
+    return atomic_files.write_json(path, results)
 
 
 def _json_or_path(value, what):

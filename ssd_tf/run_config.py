@@ -21,6 +21,7 @@ import sys
 import tensorflow as tf
 
 from ssd_tf import anchors as anchors_lib
+from ssd_tf import atomic_files
 
 CONFIG_FILENAME = 'config.json'
 EXPORT_CONFIG_FILENAME = 'export_config.json'  # ssd_tf.export's assets/ file
@@ -309,12 +310,8 @@ def write_run_config(train_dir, config):
     if isinstance(config, RunConfig):
         config = config.to_dict()
     os.makedirs(train_dir, exist_ok=True)
-    path = os.path.join(train_dir, CONFIG_FILENAME)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(config, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-    return path
+    return atomic_files.write_json(os.path.join(train_dir, CONFIG_FILENAME), config, indent=2,
+                                   sort_keys=True, default=str)
 
 
 def read_run_config(checkpoint_path):

@@ -9,6 +9,8 @@ import colorsys
 import cv2
 import numpy as np
 
+from ssd_tf import atomic_files
+
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -110,6 +112,12 @@ def make_grid(images, cols, pad=2, pad_value=255):
 def save_png(path, image):
     """Writes a uint8 RGB `[H, W, 3]` image to `path` as PNG (parent directory must exist)."""
     image = _to_uint8_rgb(image)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"save_png: could not write {path}; check the directory exists and is "
-                      f"writable and the name ends in .png")
+    ok, png = cv2.imencode('.png', cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    try:
+        if not ok:
+            raise OSError('the PNG encoder failed')
+        with atomic_files.replacing(path, 'wb') as f:
+            f.write(png.tobytes())
+    except OSError as e:
+        raise OSError(f"save_png: could not write {path} ({e}); check the directory exists "
+                      f"and is writable") from e

@@ -6,11 +6,11 @@ anchor coverage of a data set split by a network (`ssd_tf.anchors_report`), and 
         [--split train] [--anchors auto] [--matching_threshold 0.5] [--json out.json]
 """
 import argparse
-import json
 import sys
 
 from nets import nets_factory
 from ssd_tf import anchor_fit
+from ssd_tf import atomic_files
 from ssd_tf import anchors_report
 
 
@@ -61,8 +61,7 @@ def main(argv=None):
         print(anchor_fit.format_shapes(fitted))
         out['auto'] = after.to_dict()
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(out, f, indent=2)
+        atomic_files.write_json(args.json, out, indent=2)
     return 0
 
 

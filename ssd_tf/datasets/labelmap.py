@@ -18,6 +18,8 @@ import json
 import os
 import re
 
+from ssd_tf import atomic_files
+
 BACKGROUND_NAME = 'none'
 MAX_ID = 2**31 - 1  # dataset ids are int64 in records; larger ones are refused as absurd
 LABELS_FILENAME = 'labels.txt'
@@ -174,9 +176,7 @@ class LabelMap:
                            for i, n in zip(self._dataset_ids, self._names))
         else:
             text = ''.join(f'{i}:{n}\n' for n, i in self.to_dict().items())
-        with open(path, 'w', encoding='utf-8') as f:
-            f.write(text)
-        return path
+        return atomic_files.write_text(path, text)
 
     @classmethod
     def read(cls, path):

@@ -1,0 +1,63 @@
+"""Files written whole or not at all: the one home for writing a file the user keeps.
+
+A plain `open(path, 'w')` empties the old file first, so a full disk, a quota, a kill or a
+crash part-way leaves an empty or cut file where a good one was (a run's `labels.txt` or
+`config.json`, the evaluation report, `detections.json`). Here the text goes to a temporary
+file beside `path`, is flushed to disk, and replaces `path` in one `os.replace`: a reader sees
+the old file or the new one, never a part. On failure the temporary file is removed and the
+error propagates; the old file is untouched.
+"""
+import contextlib
+import json
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def replacing(path, mode='w', encoding='utf-8'):
+    """`with replacing(path) as f:` writes `f` to a temporary file in `path`'s directory that
+    replaces `path` when the block ends without an exception (then the temporary file is
+    removed and `path` is left as it was). `mode`: 'w' (text, `encoding`) or 'wb'."""
+    if mode not in ('w', 'wb'):
+        raise ValueError(f"mode must be 'w' or 'wb', not {mode!r}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp',
+                               dir=directory)
+    try:
+        with os.fdopen(fd, mode, encoding=None if 'b' in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        _keep_mode(path, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _keep_mode(path, tmp):
+    """The new file gets the old one's permission bits, or the usual ones for a new file
+    (mkstemp makes it 0600, readable by its owner only)."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
+
+
+def write_text(path, text, encoding='utf-8'):
+    """Writes `text` to `path` whole or not at all; returns `path`."""
+    with replacing(path, 'w', encoding) as f:
+        f.write(text)
+    return path
+
+
+def write_json(path, obj, **dump_kwargs):
+    """`json.dump(obj, ...)` to `path` whole or not at all (the object is encoded before
+    anything is written, so an object JSON cannot encode leaves `path` as it was); returns
+    `path`."""
+    return write_text(path, json.dumps(obj, **dump_kwargs))
