@@ -16,7 +16,6 @@ build_trainer,
 restore_or_initialise, write_run_files, make_train_dataset, the loop, report_data_quality,
 final_evaluation); the logic they call lives in `ssd_tf` (run_config, training, evaluation).
 """
-import json
 import os
 import shutil
 import sys
@@ -808,6 +807,7 @@ def final_evaluation(cfg, evaluate, writer, step):
     """Evaluates --eval_split_name, writes the report (eval/, final_metrics.json) and the mAP
     summary."""
     import tensorflow as tf
+    from ssd_tf import atomic_files
     from ssd_tf import evaluation
     if not cfg.eval_split_name:
         return
@@ -825,9 +825,9 @@ def final_evaluation(cfg, evaluate, writer, step):
     print(evaluation.format_table(m))
     print(f"VOC07 mAP ({cfg.eval_split_name}, {m['num_images']} images): "
           f"{m['voc07']['map']:.4f}   (report: {eval_dir})")
-    with open(os.path.join(cfg.train_dir, 'final_metrics.json'), 'w') as f:
-        json.dump({'step': step, 'voc07_map': m['voc07']['map'],
-                   'voc12_map': m['voc12']['map']}, f, indent=2)
+    atomic_files.write_json(os.path.join(cfg.train_dir, 'final_metrics.json'),
+                            {'step': step, 'voc07_map': m['voc07']['map'],
+                             'voc12_map': m['voc12']['map']}, indent=2)
 
 
 def augmentation_text(cfg):

@@ -140,3 +140,22 @@ def test_an_evaluation_report_cut_by_a_full_disk_keeps_the_last_whole_report(tmp
     with pytest.raises(OSError, match='No space left'):
         evaluation.write_report(run, str(tmp_path), step=2, num_sample_images=0)
     assert everything() == before  # no file cut or emptied, no temporary file left
+
+
+def test_the_exported_label_files_survive_a_full_disk(tmp_path, monkeypatch):
+    from ssd_tf.export import saved_model
+    saved_model.write_label_files(['cat', 'dog'], str(tmp_path))
+    before = {n: (tmp_path / n).read_text() for n in os.listdir(tmp_path)}
+    assert before[saved_model.TFLITE_LABELS_FILENAME] == 'cat\ndog\n'
+    real_fsync = os.fsync
+
+    def full_for_the_tflite_labels(fd):  # labels.txt is written, then the disk is full
+        if saved_model.TFLITE_LABELS_FILENAME in os.readlink(f'/proc/self/fd/{fd}'):
+            _full_disk()
+        real_fsync(fd)
+    monkeypatch.setattr(atomic_files.os, 'fsync', full_for_the_tflite_labels)
+    with pytest.raises(OSError, match='No space left'):
+        saved_model.write_label_files(['bird'], str(tmp_path))
+    assert (tmp_path / 'labels.txt').read_text() == '0:none\n1:bird\n'
+    assert (tmp_path / saved_model.TFLITE_LABELS_FILENAME).read_text() == 'cat\ndog\n'
+    assert sorted(os.listdir(tmp_path)) == sorted(before)

@@ -32,6 +32,7 @@ import tempfile
 
 import tensorflow as tf
 
+from ssd_tf import atomic_files
 from ssd_tf import boxes as boxes_lib
 from ssd_tf import images as images_lib
 from ssd_tf import postprocess
@@ -370,6 +371,5 @@ def write_label_files(label_names, directory):
     path = labelmap_lib.LabelMap(list(label_names)).write(os.path.join(directory,
                                                                        LABELS_FILENAME))
     plain = os.path.join(directory, TFLITE_LABELS_FILENAME)
-    with open(plain, 'w', encoding='utf-8') as f:
-        f.write('\n'.join(list(label_names)) + '\n')
+    atomic_files.write_text(plain, '\n'.join(list(label_names)) + '\n')
     return path, plain

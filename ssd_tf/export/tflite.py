@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssd_tf import anchors as anchors_lib
+from ssd_tf import atomic_files
 from ssd_tf import postprocess
 from ssd_tf.export import saved_model
 from ssd_tf.export import tflite_runtime
@@ -252,7 +253,7 @@ def export_tflite(net, model, whiten_fn, output_dir, quantizations=('float32',),
         if with_metadata:
             data = tflite_metadata.add_metadata(data, label_names)
         paths[q] = os.path.join(output_dir, f'model_{q}.tflite')
-        with open(paths[q], 'wb') as f:
+        with atomic_files.replacing(paths[q], 'wb') as f:
             f.write(data)
     if label_names is not None:
         saved_model.write_label_files(label_names, output_dir)
