@@ -16,11 +16,14 @@ import tempfile
 @contextlib.contextmanager
 def replacing(path, mode='w', encoding='utf-8'):
     """`with replacing(path) as f:` writes `f` to a temporary file in `path`'s directory that
-    replaces `path` when the block ends without an exception (then the temporary file is
-    removed and `path` is left as it was). `mode`: 'w' (text, `encoding`) or 'wb'."""
+    replaces `path` when the block ends (on an exception the temporary file is removed instead
+    and `path` is left as it was). `mode`: 'w' (text, `encoding`) or 'wb'. A symbolic link
+    `path` is written through to its target."""
     if mode not in ('w', 'wb'):
         raise ValueError(f"mode must be 'w' or 'wb', not {mode!r}")
-    path = os.fspath(path)
+    # A symbolic link is written through, as open(path, 'w') would: its target is replaced
+    # and the link stays.
+    path = os.path.realpath(path) if os.path.islink(path) else os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp',
                                dir=directory)

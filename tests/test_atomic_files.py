@@ -159,3 +159,17 @@ def test_the_exported_label_files_survive_a_full_disk(tmp_path, monkeypatch):
     assert (tmp_path / 'labels.txt').read_text() == '0:none\n1:bird\n'
     assert (tmp_path / saved_model.TFLITE_LABELS_FILENAME).read_text() == 'cat\ndog\n'
     assert sorted(os.listdir(tmp_path)) == sorted(before)
+
+
+def test_a_symbolic_link_is_written_through_and_stays_a_link(tmp_path):
+    shared = tmp_path / 'shared'
+    shared.mkdir()
+    target = shared / 'labels.txt'
+    target.write_text('old')
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'labels.txt').symlink_to(target)
+    atomic_files.write_text(run / 'labels.txt', 'new')
+    assert os.path.islink(run / 'labels.txt')
+    assert target.read_text() == 'new'
+    assert sorted(os.listdir(shared)) == ['labels.txt'] and os.listdir(run) == ['labels.txt']
