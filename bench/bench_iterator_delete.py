@@ -3,6 +3,8 @@
     python bench/bench_iterator_delete.py [--dataset_dir ../shared/data/raccoon] [--trials 6]
         [--seconds 30] [--model_name ssd_300_vgg]
 
+    python bench/bench_iterator_delete.py --memory_cycles 8
+
 Builds the training pipeline of `ssd_tf.data.build_dataset` (the paper augmentation and the
 network's target encoding, batch 32) two ways: as the library builds it (`tfdata_options`:
 autotuning off) and with `tf.data.Options().autotune.enabled = True` put back (tf.data's
@@ -10,7 +12,14 @@ default, what the library ran before). Each trial iterates each pipeline for `--
 then times `del iterator`; the two run alternately in the same process. Prints, per
 configuration, the median images/s and CPU ms per image while iterating, and the median and
 largest delete times with the number of deletes over one second.
+
+`--memory_cycles N` measures instead how the prefetch buffer grows when the consumer pauses
+(as training does for validation, summaries and checkpoints): N cycles of 20 batches then a
+6 s pause, each configuration in a fresh process (so neither inherits the other's freed
+memory); prints the resident memory after each cycle and how fast the 20 batches came (a
+buffer that holds them all hands them over at once).
 """
+import subprocess
 import argparse
 import os
 import statistics
@@ -56,6 +65,55 @@ def one_trial(records, net, autotune, seconds, batch_size):
     return batch_size * n / wall, 1e3 * cpu / (batch_size * n), time.perf_counter() - d0
 
 
+def rss_mb():
+    """This process's resident memory in MB (Linux /proc)."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS'):
+                return int(line.split()[1]) // 1024
+    return -1
+
+
+def memory_cycles(records, net, autotune, cycles, batch_size, batches=20, pause=6.):
+    """[(seconds for `batches` batches, RSS MB after them)] over `cycles` pause cycles."""
+    anchors = net.anchors()
+    ds = data_lib.build_dataset(records, train_fn(False, tuple(net.params.img_shape)),
+                                encode_fn=lambda l, b: net.bboxes_encode(l, b, anchors),
+                                batch_size=batch_size, is_training=True, seed=0)
+    if autotune:
+        opts = tf.data.Options()
+        opts.autotune.enabled = True
+        ds = ds.with_options(opts)
+    it, out = iter(ds), []
+    for _ in range(cycles):
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        out.append((time.perf_counter() - t0, rss_mb()))
+        time.sleep(pause)
+    return out
+
+
+def memory_table(args):
+    """Runs `memory_cycles` for each configuration in a fresh process and prints the table."""
+    rows = {}
+    for autotune in (False, True):
+        cmd = [sys.executable, os.path.abspath(__file__), '--dataset_dir', args.dataset_dir,
+               '--split', args.split, '--model_name', args.model_name, '--batch_size',
+               str(args.batch_size), '--memory_cycles', str(args.memory_cycles),
+               '--_child', 'on' if autotune else 'off']
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows[TF_DEFAULT if autotune else LIBRARY] = [
+            tuple(float(v) for v in line.split()[1:]) for line in out.splitlines()
+            if line.startswith('CYCLE ')]
+    print(f'Machine: {machine_info()}')
+    print(f'{args.model_name}, batch {args.batch_size}, {args.dataset_dir}: {args.memory_cycles} '
+          f'cycles of 20 batches then a 6 s pause, each configuration in its own process. '
+          f'Per cycle: seconds for the 20 batches / resident MB after them.\n')
+    print_table(['pipeline'] + [f'cycle {i}' for i in range(args.memory_cycles)],
+                [[name] + [f'{t:.2f} s / {m:.0f}' for t, m in r] for name, r in rows.items()])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--dataset_dir', default=_DEFAULT_DIR, help='Pascal VOC root to read')
@@ -66,11 +124,23 @@ def main():
     ap.add_argument('--seconds', type=float, default=30.,
                     help='how long each trial iterates before deleting the iterator')
     ap.add_argument('--trials', type=int, default=6, help='trials per configuration')
+    ap.add_argument('--memory_cycles', type=int, default=0,
+                    help='instead: the memory of the prefetch buffer over this many cycles of '
+                         '20 batches and a 6 s pause (0: the delete benchmark)')
+    ap.add_argument('--_child', choices=['on', 'off'], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not os.path.isdir(args.dataset_dir):
         sys.exit(f"--dataset_dir {args.dataset_dir} does not exist; pass a Pascal VOC root")
+    if args.memory_cycles and not args._child:
+        memory_table(args)
+        return
     records, _ = voc.read_voc(args.dataset_dir, split=args.split, check_images=False)
     net = nets_factory.get_network(args.model_name)()
+    if args._child:
+        for t, m in memory_cycles(records, net, args._child == 'on', args.memory_cycles,
+                                  args.batch_size):
+            print(f'CYCLE {t:.3f} {m}', flush=True)
+        return
     results = {LIBRARY: [], TF_DEFAULT: []}
     for trial in range(args.trials):
         order = [False, True] if trial % 2 == 0 else [True, False]

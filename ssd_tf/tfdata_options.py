@@ -17,11 +17,12 @@ What it sets, and why:
   iterating a training pipeline in 3 of 13 tries (`bench/bench_iterator_delete.py`), and
   40-45 s at the end of about half of the main job's trainings. Without the model thread,
   `num_parallel_calls=tf.data.AUTOTUNE` means one call per core (at most 16; TensorFlow's
-  `GetAutotuneDefaultParallelism`) and `prefetch(tf.data.AUTOTUNE)` grows its buffer while the
-  consumer waits (the prefetch's own tuner). On this project's 2-core machine the pipeline is
-  no slower for it (1.025x the autotuned one's images/s, same run); on a machine with more
-  than 16 cores pass an explicit parallelism (`--num_preprocessing_threads`,
-  `--num_readers`).
+  `GetAutotuneDefaultParallelism`) and `prefetch(tf.data.AUTOTUNE)` is sized by the
+  prefetch's own tuner, which doubles the buffer each time a full buffer is emptied (a pause
+  of the consumer, then a burst: measured, the buffer and the memory grow exactly as much as
+  with the autotuning model). On this project's 2-core machine the pipeline is no slower for
+  it (1.025x the autotuned one's images/s, same run); on a machine with more than 16 cores
+  pass an explicit parallelism (`--num_preprocessing_threads`, `--num_readers`).
 - **deterministic** element order, for the pipelines that promise it (training and
   evaluation: a resumed run sees the batches an uninterrupted one would).
 """
