@@ -5,7 +5,8 @@ crash part-way leaves an empty or cut file where a good one was (a run's `labels
 `config.json`, the evaluation report, `detections.json`). Here the text goes to a temporary
 file beside `path`, is flushed to disk, and replaces `path` in one `os.replace`: a reader sees
 the old file or the new one, never a part. On failure the temporary file is removed and the
-error propagates; the old file is untouched.
+error propagates; the old file is untouched. (A process killed outright, `kill -9`, can leave
+its hidden temporary file `.NAME.XXXXXXXX.tmp` beside the target; the target is still whole.)
 """
 import contextlib
 import json
@@ -46,10 +47,23 @@ def _keep_mode(path, tmp):
     try:
         mode = os.stat(path).st_mode & 0o777
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
+        mode = 0o666 & ~_umask()
     os.chmod(tmp, mode)
+
+
+def _umask():
+    """The process's umask, read without changing it where Linux tells it (`os.umask` can only
+    set it, and setting it for a moment would touch files other threads create meanwhile)."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def write_text(path, text, encoding='utf-8'):

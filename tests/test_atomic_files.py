@@ -173,3 +173,14 @@ def test_a_symbolic_link_is_written_through_and_stays_a_link(tmp_path):
     assert os.path.islink(run / 'labels.txt')
     assert target.read_text() == 'new'
     assert sorted(os.listdir(shared)) == ['labels.txt'] and os.listdir(run) == ['labels.txt']
+
+
+def test_the_umask_is_read_without_changing_it(tmp_path):
+    old = os.umask(0o027)
+    try:
+        assert atomic_files._umask() == 0o027
+        assert os.umask(0o027) == 0o027  # still what was set
+        atomic_files.write_text(tmp_path / 'n.txt', 'x')
+        assert stat.S_IMODE(os.stat(tmp_path / 'n.txt').st_mode) == 0o640
+    finally:
+        os.umask(old)
