@@ -77,9 +77,10 @@ flags.DEFINE_float('gpu_memory_fraction', None, 'Not supported in TF2; an error 
 flags.DEFINE_string('dataset_name', None,
                     "synthetic (built-in shapes), voc (a VOC root; labels.txt or the "
                     "annotations' class names), coco, tfrecord (slim or TF Object Detection "
-                    "API keys), tfds (tensorflow-datasets by name), or pascalvoc_2007 "
-                    "/ pascalvoc_2012 (a VOC root with the Pascal VOC class ids). Default: the "
-                    "run config's, else synthetic.")
+                    "API keys), tfds (tensorflow-datasets by name), or the slim names "
+                    "pascalvoc_2007 / pascalvoc_2012 / pascalvoc (the slim converter's TFRecords "
+                    "voc_2007_<split>_*.tfrecord in --dataset_dir, or a VOC root; Pascal VOC "
+                    "class ids). Default: the run config's, else synthetic.")
 flags.DEFINE_string('dataset_split_name', 'test', 'Split (ImageSets/Main/<split>.txt, or the '
                     'split in TFRecord file names).')
 flags.DEFINE_string('dataset_dir', None, 'VOC root, COCO root, TFRecord directory / '
@@ -166,10 +167,6 @@ def default_eval_dir(kind, path, checkpoint_path):
     return os.path.join(os.path.dirname(os.path.abspath(path)), 'eval')
 
 
-# slim dataset names accepted as VOC directories with the Pascal VOC class ids.
-_PASCAL_NAMES = ('pascalvoc_2007', 'pascalvoc_2012', 'pascalvoc')
-
-
 def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_images=None,
                      seed=0, tfds_data_dir=None, synthetic_objects='shapes'):
     """`(source, label_map)` of the evaluation set (see the --dataset_name flag): source is
@@ -183,8 +180,9 @@ def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_ima
     from ssd_tf.datasets import labelmap as labelmap_lib
     label_map = label_names if isinstance(label_names, labelmap_lib.LabelMap) else \
         labelmap_lib.LabelMap(list(label_names)) if label_names else None
-    if dataset_name in _PASCAL_NAMES:
-        dataset_name, label_map = 'voc', label_map or labelmap_lib.VOC_LABEL_MAP
+    if dataset_name in factory.SLIM_VOC_NAMES:  # the slim names: its TFRecords or a VOC root
+        dataset_name, dataset_dir = factory.resolve_slim_name(dataset_name, dataset_dir, split)
+        label_map = label_map or labelmap_lib.VOC_LABEL_MAP
     if dataset_name == 'tfrecord':
         files = _tfrecord_files(dataset_dir, split, label_map)
         data_map = factory.label_map_beside(files) if label_map is not None else None
@@ -206,7 +204,7 @@ def load_eval_source(dataset_name, dataset_dir, split, label_names=None, num_ima
         return _tfds_source(dataset_dir, split, label_map, tfds_data_dir)
     if dataset_name not in factory.DATASET_NAMES:
         raise ValueError(f"--dataset_name={dataset_name} is unknown; use one of "
-                         f"{', '.join(factory.DATASET_NAMES + ('tfrecord',) + _PASCAL_NAMES)}")
+                         f"{', '.join(factory.DATASET_NAMES + ('tfrecord',) + tuple(factory.SLIM_VOC_NAMES))}")
     if dataset_name != 'synthetic' and not dataset_dir:
         raise ValueError(f"--dataset_name={dataset_name} needs --dataset_dir")
     try:

@@ -35,8 +35,11 @@ flags.DEFINE_string('train_dir', 'runs/ssd_small_synthetic',
 flags.DEFINE_string('dataset_name', 'synthetic',
                     'synthetic (built in, no download), voc (Pascal VOC layout), coco '
                     '(annotations/instances_<split>.json), tfrecord (slim or TF Object '
-                    'Detection API keys, found from the shards) or tfds (tensorflow-datasets '
-                    'by name: pip install -e \'.[tfds]\').')
+                    'Detection API keys, found from the shards), tfds (tensorflow-datasets '
+                    'by name: pip install -e \'.[tfds]\'), or the slim names pascalvoc_2007 / '
+                    'pascalvoc_2012 / pascalvoc (the slim converter\'s TFRecords '
+                    'voc_2012_<split>_*.tfrecord in --dataset_dir, or a VOC root with the '
+                    'Pascal VOC class ids).')
 flags.DEFINE_string('dataset_dir', None,
                     'voc: root(s), comma-separated (VOC2007,VOC2012); coco: folder with '
                     'annotations/ and <split>/; tfrecord: a file pattern; tfds: the tfds name '
@@ -315,6 +318,28 @@ def _load_split(cfg, split, num_synthetic, flag='--dataset_split_name'):
         raise UserError(f"{flag}={split}: no usable image in split {split!r} of --dataset_dir="
                         f"{cfg.dataset_dir} ({summary})")
     return records, label_map, summary
+
+
+def resolve_slim_dataset(cfg):
+    """A slim data set name (`factory.resolve_slim_name`: pascalvoc_2007 and the like) of the
+    slim converter's TFRecords becomes --dataset_name=tfrecord with their file pattern (what
+    the rest of training reads, and what config.json records); of a Pascal VOC root it stays
+    (the VOC reader gives it Pascal VOC's class ids). Says which on stderr."""
+    from ssd_tf.datasets import factory
+    if cfg.dataset_name not in factory.SLIM_VOC_NAMES:
+        return cfg
+    try:
+        kind, where = factory.resolve_slim_name(cfg.dataset_name, cfg.dataset_dir,
+                                                cfg.dataset_split_name)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if kind == 'tfrecord':
+        print(f"--dataset_name={cfg.dataset_name}: the slim converter's TFRecords {where} "
+              f"(read as --dataset_name=tfrecord --dataset_dir={where})", file=sys.stderr)
+        return cfg.replace(dataset_name='tfrecord', dataset_dir=where)
+    print(f"--dataset_name={cfg.dataset_name}: the Pascal VOC root {where}, with the Pascal "
+          f"VOC class ids", file=sys.stderr)
+    return cfg
 
 
 def _tfds_source(cfg, split):
@@ -861,7 +886,7 @@ def is_chief(strategy):
 def run(flag_values):
     """Trains according to the resolved flag dict; returns the process exit code."""
     from ssd_tf import run_config
-    cfg = run_config.RunConfig.from_dict(flag_values)
+    cfg = resolve_slim_dataset(run_config.RunConfig.from_dict(flag_values))
     cfg, strategy = setup_execution(cfg)
     chief = is_chief(strategy)
     from ssd_tf import run_lock

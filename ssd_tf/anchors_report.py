@@ -450,13 +450,15 @@ def training_boxes(dataset_name, dataset_dir, split, label_map=None, num_images=
                    max_records=None, tfds_data_dir=None):
     """The ground-truth boxes of a data set split (factory names; TFRecord and tfds streamed,
     at most `max_records` examples) for a coverage report: `(boxes [N, 4], number of images
-    read)`."""
+    read)`. The slim names (pascalvoc_2007, ...) mean what `factory.resolve_slim_name` says."""
+    from ssd_tf.datasets import factory
+    dataset_name, dataset_dir = factory.resolve_slim_name(dataset_name, dataset_dir, split) \
+        if dataset_name in factory.SLIM_VOC_NAMES else (dataset_name, dataset_dir)
     if dataset_name == 'tfrecord':
         return boxes_of_tfrecords(dataset_dir, max_records=max_records)
     if dataset_name == 'tfds':  # dataset_dir: the tfds name, e.g. voc/2007
         from ssd_tf.datasets import tfds as tfds_lib
         return tfds_lib.TfdsSource(dataset_dir, split, tfds_data_dir).boxes(max_records)
-    from ssd_tf.datasets import factory
     records, _, _ = factory.load_records(dataset_name, dataset_dir, split, label_map=label_map,
                                          num_images=num_images, seed=seed, check_images=False)
     return boxes_of_records(records), len(records)

@@ -19,7 +19,9 @@ def main(argv=None):
     data set split for a network (and of fitted anchors with `--anchors auto`, before and after)."""
     p = argparse.ArgumentParser(description=anchors_report.__doc__.split('\n\n')[0])
     p.add_argument('--dataset_name', default='synthetic',
-                   choices=('voc', 'coco', 'synthetic', 'tfrecord', 'tfds'))
+                   choices=('voc', 'coco', 'synthetic', 'tfrecord', 'tfds',
+                            'pascalvoc_2007', 'pascalvoc_2012', 'pascalvoc'),
+                   help='as train_ssd.py --dataset_name (the slim names included)')
     p.add_argument('--dataset_dir', default='', help='as train_ssd.py --dataset_dir')
     p.add_argument('--split', default='train', help='voc/coco/synthetic: the split')
     p.add_argument('--label_map', default=None, help='labels.txt (voc/coco)')

@@ -15,6 +15,42 @@ from ssd_tf.datasets import tfrecord as tfrecord_lib
 from ssd_tf.datasets import voc as voc_lib
 
 DATASET_NAMES = ('voc', 'coco', 'synthetic')
+# The slim SSD's names of Pascal VOC (its dataset_factory) -> the year in its TFRecord file
+# names (None: any year).
+SLIM_VOC_NAMES = {'pascalvoc_2007': '2007', 'pascalvoc_2012': '2012', 'pascalvoc': None}
+
+
+def resolve_slim_name(dataset_name, dataset_dir, split):
+    """What the slim SSD's `--dataset_name=pascalvoc_2007|pascalvoc_2012|pascalvoc` means
+    here: `(dataset_name, dataset_dir)`, where the name is 'tfrecord' or 'voc'; any other
+    name is returned unchanged. One home for train_ssd.py and eval_ssd.py.
+
+    The slim SSD read these names as the TFRecords its converter wrote,
+    `<dataset_dir>/voc_2007_<split>_*.tfrecord` (`voc_2012_...`; `pascalvoc`: any year), with
+    the Pascal VOC classes. Here:
+    - a directory holding such files -> `('tfrecord', '<dir>/voc_<year>_<split>_*.tfrecord')`;
+    - a Pascal VOC root (a directory with `Annotations/`) -> `('voc', dataset_dir)`;
+    - anything else that is not a directory (a file pattern) -> `('tfrecord', dataset_dir)`.
+    A directory with neither is a ValueError naming both flags and what was looked for. The
+    classes are Pascal VOC's (`labelmap.VOC_LABEL_MAP`) unless a label map says otherwise: the
+    callers give that map to the VOC reader; the slim converter's TFRecords name their labels.
+    """
+    if dataset_name not in SLIM_VOC_NAMES:
+        return dataset_name, dataset_dir
+    if not dataset_dir:
+        raise ValueError(f"--dataset_name={dataset_name} needs --dataset_dir (the slim "
+                         f"converter's TFRecord directory, or a Pascal VOC root)")
+    year = SLIM_VOC_NAMES[dataset_name] or '*'
+    if not tf.io.gfile.isdir(dataset_dir):
+        return 'tfrecord', dataset_dir
+    pattern = os.path.join(dataset_dir, f'voc_{year}_{split}_*.tfrecord')
+    if tf.io.gfile.glob(pattern):
+        return 'tfrecord', pattern
+    if tf.io.gfile.isdir(os.path.join(dataset_dir, 'Annotations')):
+        return 'voc', dataset_dir
+    raise ValueError(f"--dataset_name={dataset_name} --dataset_dir={dataset_dir} "
+                     f"--dataset_split_name={split}: no TFRecord files {pattern} (the slim "
+                     f"converter's names) and no Pascal VOC root (Annotations/) there")
 
 
 def load_records(dataset_name, dataset_dir, split, label_map=None, strict=False,
@@ -43,7 +79,16 @@ def load_records_and_report(dataset_name, dataset_dir, split, label_map=None, st
                             num_images=1000, seed=0, image_size=None, check_images=True,
                             synthetic_objects='shapes'):
     """As `load_records`, but `(records, label_map, DataReport)` (the report is None for
-    synthetic data, which has nothing to check)."""
+    synthetic data, which has nothing to check). A slim name (`SLIM_VOC_NAMES`) of a Pascal
+    VOC root reads it as voc with Pascal VOC's class ids when no `label_map` is given; of
+    TFRecords it is a ValueError (they are streamed by `data.build_dataset`, not read here)."""
+    if dataset_name in SLIM_VOC_NAMES:
+        kind, where = resolve_slim_name(dataset_name, dataset_dir, split)
+        if kind != 'voc':
+            raise ValueError(f"--dataset_name={dataset_name}: {where} are TFRecords, streamed "
+                             f"by the pipeline, not read as records")
+        dataset_name = 'voc'
+        label_map = labelmap_lib.VOC_LABEL_MAP if label_map is None else label_map
     if dataset_name == 'voc':
         if not dataset_dir:
             raise ValueError("dataset_dir is required for voc (a VOC root, or several "
@@ -68,7 +113,8 @@ def load_records_and_report(dataset_name, dataset_dir, split, label_map=None, st
         records = synthetic_lib.make_synthetic_split(split, num_images, seed, image_size,
                                                      objects=synthetic_objects)
         return records, synthetic_lib.SYNTHETIC_LABEL_MAP, None
-    raise ValueError(f"dataset_name must be one of {DATASET_NAMES}, got {dataset_name!r}")
+    raise ValueError(f"dataset_name must be one of {DATASET_NAMES + tuple(SLIM_VOC_NAMES)}, "
+                     f"got {dataset_name!r}")
 
 
 def tfrecord_label_map(dataset_dir, label_map=None, layout=None, num_classes=None):
