@@ -31,6 +31,7 @@ from absl import logging
 
 from ssd_tf import postprocess
 from ssd_tf.cli import flags as shared_flags
+from ssd_tf.cli import slim_flags
 
 # ---------------------------------------------------------------------------- flags
 # Post-processing (the original's names; defaults from ssd_tf.postprocess).
@@ -102,6 +103,9 @@ shared_flags.define_model_flags(flags, extra={
 flags.DEFINE_string('preprocessing_name', None, "The eval pre-processing: 'ssd_vgg' (the "
                     "only one: VGG means, --eval_resize) or, as slim's factory, a --model_name; "
                     "another name is an error. Default: ssd_vgg.")
+# Slim flags accepted at their slim default only (`slim_flags.SLIM_DEFAULT_ONLY`).
+_SLIM_DEFAULT_ONLY = ('labels_offset',)
+slim_flags.define_slim_default_only_flags(flags, _SLIM_DEFAULT_ONLY)
 # Outputs.
 flags.DEFINE_boolean('coco_metrics', False, 'Also compute COCO metrics (pycocotools).')
 flags.DEFINE_integer('num_sample_images', 8, 'Images in the detections.png grid (0: none).')
@@ -122,9 +126,6 @@ _UNSUPPORTED_FLAGS = {
     'num_preprocessing_threads': "decoding and pre-processing run in one map whose "
                                  "parallelism is --num_readers",
 }
-# The one eval pre-processing (VGG means + --eval_resize) and the names slim's
-# preprocessing_factory gave it (its model names).
-_PREPROCESSING_NAME = 'ssd_vgg'
 
 
 def check_flags():
@@ -144,12 +145,10 @@ def check_flags():
             FLAGS.eval_resize != 4:
         raise ValueError(f"--tiles runs the export's pre-processing (a warp resize); "
                          f"--eval_resize={FLAGS.eval_resize} does not apply with it")
-    from nets import nets_factory
-    known = (_PREPROCESSING_NAME,) + tuple(sorted(nets_factory.networks_map))
-    if FLAGS.preprocessing_name not in (None,) + known:
-        raise ValueError(f"--preprocessing_name={FLAGS.preprocessing_name} is unknown; the "
-                         f"eval pre-processing is {_PREPROCESSING_NAME!r} (also named "
-                         f"{', '.join(known[1:])})")
+    errors = slim_flags.slim_default_only_errors(FLAGS, _SLIM_DEFAULT_ONLY)
+    preprocessing = slim_flags.preprocessing_name_error(FLAGS.preprocessing_name)
+    if errors or preprocessing:
+        raise ValueError('; '.join(errors + ([preprocessing] if preprocessing else [])))
 
 
 def default_eval_dir(kind, path, checkpoint_path):

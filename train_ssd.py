@@ -26,6 +26,8 @@ from ssd_tf import quiet  # noqa: E402,F401  first: quiets TensorFlow in the pro
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from ssd_tf.cli import slim_flags  # noqa: E402  (no TensorFlow import)
+
 FLAGS = flags.FLAGS
 
 # ------------------------------------------------------------------ run and data
@@ -70,6 +72,15 @@ flags.DEFINE_integer('num_samples', None,
 flags.DEFINE_integer('seed', 0, 'Seed of the data order, augmentation and initialisation.')
 flags.DEFINE_integer('num_preprocessing_threads', 4,
                      'Parallel calls of the decode/augment/encode map (0: one per core, at most 16).')
+# Slim flags accepted at their slim default only (`slim_flags.SLIM_DEFAULT_ONLY`), and
+# slim's name of the pre-processing.
+_SLIM_DEFAULT_ONLY = ('num_clones', 'clone_on_cpu', 'labels_offset', 'train_image_size',
+                      'num_readers')
+slim_flags.define_slim_default_only_flags(flags, _SLIM_DEFAULT_ONLY)
+flags.DEFINE_string('preprocessing_name', None,
+                    "Slim flag: the training augmentation is the SSD's ('ssd_vgg', also named "
+                    "after a network as slim's factory did; the paper's chain, or slim's with "
+                    "--reference_compat); another name is an error.")
 # ------------------------------------------------------------------ network
 flags.DEFINE_string('model_name', 'ssd_small',
                     'ssd_small (CPU-sized, 128 px), ssd_small_192 (real photographs), '
@@ -232,6 +243,10 @@ def check_flags():
     if FLAGS.dataset_name == 'tfds' and FLAGS.label_map:
         errors.append("--label_map does not apply to --dataset_name=tfds (the tfds class "
                       "names are the label map)")
+    errors += slim_flags.slim_default_only_errors(FLAGS, _SLIM_DEFAULT_ONLY)
+    preprocessing = slim_flags.preprocessing_name_error(FLAGS.preprocessing_name)
+    if preprocessing:
+        errors.append(preprocessing)
     if FLAGS.num_samples is not None and FLAGS.num_samples <= 0:
         errors.append("--num_samples must be positive")
     if FLAGS.batch_size <= 0 or FLAGS.max_number_of_steps <= 0:

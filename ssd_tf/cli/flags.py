@@ -74,3 +74,4 @@ def tiles_from_flags(tiles, overlap, max_box=tiling.DEFAULT_MAX_BOX):
         return None
     tiling.check_tiles(parsed[0], parsed[1], overlap, max_box)
     return tiling.Tiles(parsed[0], parsed[1], overlap, max_box)
+
