@@ -39,21 +39,33 @@ from ssd_tf import data as data_lib  # noqa: E402
 from ssd_tf.datasets import voc  # noqa: E402
 
 _DEFAULT_DIR = os.path.join(os.path.dirname(_ROOT), 'shared', 'data', 'raccoon')
-LIBRARY = 'library options (autotuning off)'
-TF_DEFAULT = 'tf.data default (autotuning on; before)'
+LIBRARY = (f'library default (autotuning off, prefetch '
+           f'{data_lib.PipelineOptions().prefetch} batches)')
+AUTOTUNE_OFF = 'autotuning off, prefetch AUTOTUNE (its own tuner)'
+TF_DEFAULT = 'tf.data default (autotuning on, prefetch AUTOTUNE)'
+# name -> (tf.data's autotuning model on, prefetch override or None for the library's)
+CONFIGS = {LIBRARY: (False, None), AUTOTUNE_OFF: (False, tf.data.AUTOTUNE),
+           TF_DEFAULT: (True, tf.data.AUTOTUNE)}
 
 
-def one_trial(records, net, autotune, seconds, batch_size):
-    """Iterates a fresh pipeline for `seconds`; returns (images/s, CPU ms/image, delete s)."""
+def pipeline(records, net, config, batch_size):
+    """The training pipeline of `build_dataset` in configuration `config` (a CONFIGS key)."""
+    autotune, prefetch = CONFIGS[config]
     anchors = net.anchors()
+    extra = {} if prefetch is None else {'prefetch': prefetch}
     ds = data_lib.build_dataset(records, train_fn(False, tuple(net.params.img_shape)),
                                 encode_fn=lambda l, b: net.bboxes_encode(l, b, anchors),
-                                batch_size=batch_size, is_training=True, seed=0)
+                                batch_size=batch_size, is_training=True, seed=0, **extra)
     if autotune:
         opts = tf.data.Options()
         opts.autotune.enabled = True
         ds = ds.with_options(opts)
-    it = iter(ds)
+    return ds
+
+
+def one_trial(records, net, config, seconds, batch_size):
+    """Iterates a fresh pipeline for `seconds`; returns (images/s, CPU ms/image, delete s)."""
+    it = iter(pipeline(records, net, config, batch_size))
     next(it)  # tracing and the first batch are not timed
     w0, c0, n = time.perf_counter(), time.process_time(), 0
     while time.perf_counter() - w0 < seconds:
@@ -74,17 +86,9 @@ def rss_mb():
     return -1
 
 
-def memory_cycles(records, net, autotune, cycles, batch_size, batches=20, pause=6.):
+def memory_cycles(records, net, config, cycles, batch_size, batches=20, pause=6.):
     """[(seconds for `batches` batches, RSS MB after them)] over `cycles` pause cycles."""
-    anchors = net.anchors()
-    ds = data_lib.build_dataset(records, train_fn(False, tuple(net.params.img_shape)),
-                                encode_fn=lambda l, b: net.bboxes_encode(l, b, anchors),
-                                batch_size=batch_size, is_training=True, seed=0)
-    if autotune:
-        opts = tf.data.Options()
-        opts.autotune.enabled = True
-        ds = ds.with_options(opts)
-    it, out = iter(ds), []
+    it, out = iter(pipeline(records, net, config, batch_size)), []
     for _ in range(cycles):
         t0 = time.perf_counter()
         for _ in range(batches):
@@ -97,15 +101,14 @@ def memory_cycles(records, net, autotune, cycles, batch_size, batches=20, pause=
 def memory_table(args):
     """Runs `memory_cycles` for each configuration in a fresh process and prints the table."""
     rows = {}
-    for autotune in (False, True):
+    for i, config in enumerate(CONFIGS):
         cmd = [sys.executable, os.path.abspath(__file__), '--dataset_dir', args.dataset_dir,
                '--split', args.split, '--model_name', args.model_name, '--batch_size',
                str(args.batch_size), '--memory_cycles', str(args.memory_cycles),
-               '--_child', 'on' if autotune else 'off']
+               '--_child', str(i)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rows[TF_DEFAULT if autotune else LIBRARY] = [
-            tuple(float(v) for v in line.split()[1:]) for line in out.splitlines()
-            if line.startswith('CYCLE ')]
+        rows[config] = [tuple(float(v) for v in line.split()[1:]) for line in out.splitlines()
+                        if line.startswith('CYCLE ')]
     print(f'Machine: {machine_info()}')
     print(f'{args.model_name}, batch {args.batch_size}, {args.dataset_dir}: {args.memory_cycles} '
           f'cycles of 20 batches then a 6 s pause, each configuration in its own process. '
@@ -127,28 +130,28 @@ def main():
     ap.add_argument('--memory_cycles', type=int, default=0,
                     help='instead: the memory of the prefetch buffer over this many cycles of '
                          '20 batches and a 6 s pause (0: the delete benchmark)')
-    ap.add_argument('--_child', choices=['on', 'off'], help=argparse.SUPPRESS)
+    ap.add_argument('--_child', type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not os.path.isdir(args.dataset_dir):
         sys.exit(f"--dataset_dir {args.dataset_dir} does not exist; pass a Pascal VOC root")
-    if args.memory_cycles and not args._child:
+    if args.memory_cycles and args._child is None:
         memory_table(args)
         return
     records, _ = voc.read_voc(args.dataset_dir, split=args.split, check_images=False)
     net = nets_factory.get_network(args.model_name)()
-    if args._child:
-        for t, m in memory_cycles(records, net, args._child == 'on', args.memory_cycles,
-                                  args.batch_size):
+    if args._child is not None:
+        for t, m in memory_cycles(records, net, list(CONFIGS)[args._child],
+                                  args.memory_cycles, args.batch_size):
             print(f'CYCLE {t:.3f} {m}', flush=True)
         return
-    results = {LIBRARY: [], TF_DEFAULT: []}
+    results = {config: [] for config in CONFIGS}
     for trial in range(args.trials):
-        order = [False, True] if trial % 2 == 0 else [True, False]
-        for autotune in order:
-            r = one_trial(records, net, autotune, args.seconds, args.batch_size)
-            results[TF_DEFAULT if autotune else LIBRARY].append(r)
-            print(f"trial {trial} {'autotune on ' if autotune else 'autotune off'}: "
-                  f"{r[0]:.0f} img/s, {r[1]:.2f} CPU ms/img, delete {r[2]:.2f} s", flush=True)
+        order = list(CONFIGS) if trial % 2 == 0 else list(CONFIGS)[::-1]
+        for config in order:
+            r = one_trial(records, net, config, args.seconds, args.batch_size)
+            results[config].append(r)
+            print(f"trial {trial} {config}: {r[0]:.0f} img/s, {r[1]:.2f} CPU ms/img, delete "
+                  f"{r[2]:.2f} s", flush=True)
     rows = []
     for name, rs in results.items():
         ips, cpu, dels = zip(*rs)

@@ -109,3 +109,29 @@ def test_the_tfds_box_scan_runs_without_the_autotuning_thread(iterated):
     assert n == 3 and boxes.shape[1] == 4
     assert iterated and iterated == [False] * len(iterated)
     np.testing.assert_array_less(-1e-6, boxes)
+
+
+def test_the_default_prefetch_holds_a_fixed_number_of_batches_across_pauses():
+    # prefetch(AUTOTUNE) doubles its buffer each time a pause lets it fill and a burst empties
+    # it; the default depth (data.PREFETCH_BATCHES) never runs further ahead. Counted: images
+    # the map has prepared minus images the consumer took, after each pause.
+    import time
+    produced = tf.Variable(0, dtype=tf.int64)
+
+    def counting(image, labels, bboxes):
+        with tf.control_dependencies([produced.assign_add(1)]):
+            return tf.image.resize(image, (8, 8)), labels, bboxes
+    records = synthetic.make_synthetic_examples(16, seed=0, image_size=16)
+    ds = data_lib.build_dataset(records, counting, batch_size=1, is_training=True, seed=0,
+                                num_parallel_calls=1)
+    it, taken, ahead = iter(ds), 0, []
+    for _ in range(6):
+        for _ in range(12):  # a burst empties the buffer
+            next(it)
+            taken += 1
+        time.sleep(0.4)  # a pause lets it fill
+        ahead.append(int(produced.numpy()) - taken)
+    # the buffer, plus the few elements in flight in the map and the batch (2 seen here; the
+    # prefetch's own tuner reached 10 and 18 in the same loop)
+    assert max(ahead) <= data_lib.PREFETCH_BATCHES + 3, ahead
+    assert max(ahead) >= data_lib.PREFETCH_BATCHES  # it did fill during the pauses
