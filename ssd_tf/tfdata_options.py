@@ -19,10 +19,11 @@ What it sets, and why:
   `num_parallel_calls=tf.data.AUTOTUNE` means one call per core (at most 16; TensorFlow's
   `GetAutotuneDefaultParallelism`) and `prefetch(tf.data.AUTOTUNE)` is sized by the
   prefetch's own tuner, which doubles the buffer each time a full buffer is emptied (a pause
-  of the consumer, then a burst: measured, the buffer and the memory grow exactly as much as
-  with the autotuning model). On this project's 2-core machine the pipeline is no slower for
-  it (1.025x the autotuned one's images/s, same run); on a machine with more than 16 cores
-  pass an explicit parallelism (`--num_preprocessing_threads`, `--num_readers`).
+  of the consumer, then a burst), as the model's did; so `data.build_dataset` prefetches a
+  fixed depth by default (`data.PREFETCH_BATCHES`). On this project's 2-core machine the
+  pipeline is no slower for it (1.025x the autotuned one's images/s, same run); on a machine
+  with more than 16 cores pass an explicit parallelism (`--num_preprocessing_threads`,
+  `--num_readers`).
 - **deterministic** element order, for the pipelines that promise it (training and
   evaluation: a resumed run sees the batches an uninterrupted one would).
 """
