@@ -180,7 +180,7 @@ def build_dataset(source, preprocess_fn, encode_fn=None, options=None, **overrid
       max_boxes: pad ground truth to this fixed count (an image with more fails loudly);
         None pads to the largest count in each batch.
       prefetch: batches to prefetch (0 for none; `tf.data.AUTOTUNE` for the prefetch's own
-        tuner, whose buffer can grow without bound: see `PREFETCH_BATCHES`).
+        tuner, whose buffer grows with each pause of the consumer: see `PREFETCH_BATCHES`).
       start: skip the first `start` elements of the (shuffled, repeated) stream before any
         record is parsed or decoded, keeping each element's position-derived seed: a resumed
         run passes `step * batch_size` and continues with exactly the batches it would have
