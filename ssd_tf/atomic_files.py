@@ -7,10 +7,19 @@ file beside `path`, is flushed to disk, and replaces `path` in one `os.replace`:
 the old file or the new one, never a part. On failure the temporary file is removed and the
 error propagates; the old file is untouched. (A process killed outright, `kill -9`, can leave
 its hidden temporary file `.NAME.XXXXXXXX.tmp` beside the target; the target is still whole.)
+
+A set of files that belong together (the evaluation report: its table, JSON, results files
+and pictures) is written with `staged(directory)`: every file goes to a hidden staging
+directory first, and only when all of them are written are they moved over their namesakes,
+one `os.replace` each, the `last` ones last. A failure or a kill while they are written
+(the slow part: drawing, encoding) leaves the old set whole and unmixed; only a kill within
+the moves themselves (microseconds) could mix two sets, and then `last` (the report's
+`metrics.json`) is still the old one.
 """
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 
 
@@ -39,6 +48,33 @@ def replacing(path, mode='w', encoding='utf-8'):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def staged(directory, last=()):
+    """`with staged(directory) as tmp:` files written under the directory `tmp` (any depth)
+    replace their namesakes under `directory` when the block ends, the relative paths in
+    `last` after all others; on an exception nothing under `directory` changes. The staging
+    directory (`directory/.staged-XXXXXXXX`) is removed in both cases. A file under
+    `directory` that the block does not write is left as it is. New files get the usual
+    permissions, replaced ones keep theirs; a symbolic link is written through."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.staged-', dir=directory)
+    try:
+        yield tmp
+        written = sorted(os.path.relpath(os.path.join(d, n), tmp)
+                         for d, _, names in os.walk(tmp) for n in names)
+        last = [os.path.normpath(p) for p in last]
+        written.sort(key=lambda p: last.index(p) if p in last else -1)
+        for rel in written:
+            dest = os.path.join(directory, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            dest = os.path.realpath(dest) if os.path.islink(dest) else dest
+            _keep_mode(dest, os.path.join(tmp, rel))
+            os.replace(os.path.join(tmp, rel), dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _keep_mode(path, tmp):

@@ -507,30 +507,41 @@ def write_report(run, eval_dir, split='test', coco=False, step=None, records=Non
     results; image ids are positions in `coco_groundtruth.json`, also written),
     `pr_curves.png`, and `detections.png` (`num_sample_images` images from `run.samples`,
     else re-read from `records`, the evaluated Record list, when given).
+    The files are written as one set (`atomic_files.staged`): an evaluation that fails or is
+    killed while writing them leaves the previous report whole, never half of each.
     """
-    os.makedirs(eval_dir, exist_ok=True)
     m = compute_metrics(run, coco=coco)
     if step is not None:
         m['step'] = int(step)
     if extra:
         m.update(extra)
     table = format_table(m)
+    names = {'coco_results': 'coco_detections.json', 'coco_groundtruth': 'coco_groundtruth.json',
+             'pr_curves': 'pr_curves.png', 'detections': 'detections.png',
+             'table': 'metrics.txt', 'json': 'metrics.json'}
     paths = {}
-    paths['voc_results'] = run.evaluator.write_voc_results(os.path.join(eval_dir, 'results'),
-                                                           split=split)
-    paths['coco_results'] = run.evaluator.write_coco_results(
-        os.path.join(eval_dir, 'coco_detections.json'))
-    paths['coco_groundtruth'] = os.path.join(eval_dir, 'coco_groundtruth.json')
-    atomic_files.write_json(paths['coco_groundtruth'], run.evaluator.coco_ground_truth())
-    paths['pr_curves'] = draw_pr_curves(m, os.path.join(eval_dir, 'pr_curves.png'))
-    if num_sample_images > 0 and (run.samples or records is not None):
-        paths['detections'] = draw_detection_grid(
-            run, records, run.evaluator.class_names, os.path.join(eval_dir, 'detections.png'),
-            num_images=num_sample_images)
-    paths['table'] = os.path.join(eval_dir, 'metrics.txt')
-    atomic_files.write_text(paths['table'], table + '\n')
-    paths['json'] = os.path.join(eval_dir, 'metrics.json')
-    atomic_files.write_json(paths['json'], _json_safe(m), indent=2, sort_keys=True)
+    # One report: every file is written to a staging directory, then all are moved into
+    # eval_dir, metrics.json last (atomic_files.staged); a failure part-way keeps the last
+    # report whole instead of mixing two evaluations.
+    with atomic_files.staged(eval_dir, last=[names['json']]) as tmp:
+        paths['voc_results'] = run.evaluator.write_voc_results(os.path.join(tmp, 'results'),
+                                                               split=split)
+        paths['coco_results'] = run.evaluator.write_coco_results(
+            os.path.join(tmp, names['coco_results']))
+        paths['coco_groundtruth'] = atomic_files.write_json(
+            os.path.join(tmp, names['coco_groundtruth']), run.evaluator.coco_ground_truth())
+        paths['pr_curves'] = draw_pr_curves(m, os.path.join(tmp, names['pr_curves']))
+        if num_sample_images > 0 and (run.samples or records is not None):
+            paths['detections'] = draw_detection_grid(
+                run, records, run.evaluator.class_names, os.path.join(tmp, names['detections']),
+                num_images=num_sample_images)
+        paths['table'] = atomic_files.write_text(os.path.join(tmp, names['table']), table + '\n')
+        paths['json'] = atomic_files.write_json(os.path.join(tmp, names['json']), _json_safe(m),
+                                                indent=2, sort_keys=True)
+    final = {k: os.path.join(eval_dir, names[k]) for k in names if paths.get(k)}
+    final['voc_results'] = {c: os.path.join(eval_dir, 'results', os.path.basename(f))
+                            for c, f in paths['voc_results'].items()}
+    paths.update(final)
     m['table'] = table
     return m, paths
 

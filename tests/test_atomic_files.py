@@ -184,3 +184,81 @@ def test_the_umask_is_read_without_changing_it(tmp_path):
         assert stat.S_IMODE(os.stat(tmp_path / 'n.txt').st_mode) == 0o640
     finally:
         os.umask(old)
+
+
+def _tree(root):
+    return {os.path.relpath(os.path.join(d, n), root): open(os.path.join(d, n), 'rb').read()
+            for d, _, names in os.walk(root) for n in names}
+
+
+def test_staged_files_replace_their_namesakes_together_the_last_ones_last(tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / 'sub').mkdir()
+    (tmp_path / 'a.txt').write_text('old a')
+    (tmp_path / 'b.json').write_text('old z')
+    (tmp_path / 'keep.txt').write_text('not written by the block')
+    os.chmod(tmp_path / 'a.txt', 0o640)
+    moves = []
+    real_replace = os.replace
+    monkeypatch.setattr(atomic_files.os, 'replace',
+                        lambda a, b: (moves.append(os.path.relpath(b, tmp_path)),
+                                      real_replace(a, b)))
+    with atomic_files.staged(tmp_path, last=['b.json']) as tmp:
+        os.mkdir(os.path.join(tmp, 'sub'))
+        for name in ('b.json', 'a.txt', os.path.join('sub', 'b.txt'), 'new.txt'):
+            atomic_files.write_text(os.path.join(tmp, name), f'new {name}')
+        assert _tree(tmp_path)['a.txt'] == b'old a'  # nothing moves before the block ends
+    assert _tree(tmp_path) == {'a.txt': b'new a.txt', 'b.json': b'new b.json',
+                               'keep.txt': b'not written by the block',
+                               os.path.join('sub', 'b.txt'): b'new ' + os.path.join(
+                                   'sub', 'b.txt').encode(), 'new.txt': b'new new.txt'}
+    moved = [m for m in moves if not m.startswith('.staged-')]  # not the writers' own
+    assert moved[-1] == 'b.json' and sorted(moved) == sorted(
+        ['a.txt', 'new.txt', os.path.join('sub', 'b.txt'), 'b.json'])
+    assert stat.S_IMODE(os.stat(tmp_path / 'a.txt').st_mode) == 0o640
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / 'new.txt').st_mode) == 0o666 & ~umask
+    assert sorted(os.listdir(tmp_path)) == ['a.txt', 'b.json', 'keep.txt', 'new.txt', 'sub']
+
+
+def test_a_failure_inside_staged_changes_nothing_and_leaves_no_staging_directory(tmp_path):
+    (tmp_path / 'a.txt').write_text('old a')
+    with pytest.raises(RuntimeError, match='drawing failed'):
+        with atomic_files.staged(tmp_path) as tmp:
+            atomic_files.write_text(os.path.join(tmp, 'a.txt'), 'new a')
+            atomic_files.write_text(os.path.join(tmp, 'b.txt'), 'new b')
+            raise RuntimeError('drawing failed')
+    assert _tree(tmp_path) == {'a.txt': b'old a'}
+    assert os.listdir(tmp_path) == ['a.txt']
+
+
+def test_an_evaluation_report_that_fails_part_way_does_not_mix_two_evaluations(tmp_path,
+                                                                            monkeypatch):
+    from ssd_tf import evaluation, metrics
+
+    def run_of(score):
+        ev = metrics.VOCEvaluator(2, ['thing'])
+        ev.add_image('i', [[10, 10, 20, 20]], [1], det_boxes=[[10, 10, 20, 20]],
+                     det_scores=[score], det_classes=[1], image_shape=(100, 100), relative=False)
+        return evaluation.EvalRun(evaluator=ev, num_images=1, seconds=1., detect_seconds=0.,
+                                  detections={}, samples={})
+    _, paths = evaluation.write_report(run_of(.9), str(tmp_path), step=1, num_sample_images=0)
+    assert paths['json'] == os.path.join(str(tmp_path), 'metrics.json')
+    assert paths['voc_results'] == {
+        'thing': os.path.join(str(tmp_path), 'results', 'comp4_det_test_thing.txt')}
+    before = _tree(tmp_path)
+    assert ' 0.900000 ' in before[os.path.join('results', 'comp4_det_test_thing.txt')].decode()
+
+    def broken(*_, **__):  # the results files are written; the pictures fail
+        raise MemoryError('cannot draw')
+    monkeypatch.setattr(evaluation, 'draw_pr_curves', broken)
+    with pytest.raises(MemoryError):
+        evaluation.write_report(run_of(.4), str(tmp_path), step=2, num_sample_images=0)
+    assert _tree(tmp_path) == before  # the step-1 results files, not step 2's
+    monkeypatch.undo()
+    _, paths = evaluation.write_report(run_of(.4), str(tmp_path), step=2, num_sample_images=0)
+    after = _tree(tmp_path)
+    assert json.loads(after['metrics.json'])['step'] == 2
+    assert ' 0.400000 ' in after[os.path.join('results', 'comp4_det_test_thing.txt')].decode()
+    assert set(after) == set(before) and os.path.isfile(paths['pr_curves'])
