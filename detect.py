@@ -24,6 +24,8 @@ flags.DEFINE_float('score_threshold', 0.3, 'Minimum score of a reported detectio
 shared_flags.define_model_flags(flags, extra={  # --model_name, --num_classes, --label_map
     'label_map': "For a .tflite file: else the names embedded in it."})
 shared_flags.define_tiling_flags(flags, extra="For a checkpoint (training directory).")
+shared_flags.define_test_time_flip_flag(flags, extra=(
+    "For a checkpoint (training directory); a SavedModel flips as it was exported."))
 flags.DEFINE_integer('max_image_pixels', None, 'Images larger than this (width x height, read '
                      'from the header before decoding) are skipped; default '
                      'ssd_tf.images.DEFAULT_MAX_PIXELS (200 MP); 0: no limit.')
@@ -42,7 +44,8 @@ def main(argv):
         fn, labels = detect.make_detector(
             FLAGS.model, FLAGS.model_name, FLAGS.num_classes, FLAGS.label_map,
             tiles=shared_flags.tiles_from_flags(FLAGS.tiles, FLAGS.tile_overlap,
-                                                FLAGS.tile_max_box))
+                                                FLAGS.tile_max_box),
+            test_time_flip=FLAGS.test_time_flip)
         results = detect.run(fn, detect.list_images(FLAGS.images), FLAGS.output_dir, labels,
                              FLAGS.score_threshold, max_pixels)
     except (ValueError, FileNotFoundError) as err:

@@ -42,6 +42,8 @@ flags.DEFINE_float('matching_threshold', postprocess.MATCHING_THRESHOLD,
 shared_flags.define_tiling_flags(flags, extra=(
     "Runs the export's pipeline (image bytes in, --eval_resize 4 only); a SavedModel is "
     "tiled as it was exported (export_savedmodel.py --tiles)."))
+shared_flags.define_test_time_flip_flag(flags, extra=(
+    "A SavedModel flips as it was exported (export_savedmodel.py --test_time_flip)."))
 flags.DEFINE_integer('eval_resize', 4, 'Image resizing: 1 NONE, 2 CENTRAL_CROP, '
                      '3 PAD_AND_RESIZE, 4 WARP_RESIZE (the original Resize enum).')
 flags.DEFINE_integer('eval_image_size', None,
@@ -316,7 +318,12 @@ def build_detector(evaluation, kind, path, net, model_name):
                top_k=FLAGS.select_top_k, keep_top_k=FLAGS.keep_top_k)
     tiles = shared_flags.tiles_from_flags(FLAGS.tiles, FLAGS.tile_overlap,
                                           FLAGS.tile_max_box)
+    flip = FLAGS.test_time_flip
     if kind == 'saved_model':
+        if flip:
+            raise ValueError(f"--test_time_flip does not apply to a SavedModel ({path}): its "
+                             f"detection is fixed at export (export_savedmodel.py "
+                             f"--test_time_flip)")
         if tiles is not None:
             raise ValueError(f"--tiles={FLAGS.tiles} does not apply to a SavedModel "
                              f"({path}): its tiling is fixed at export (export_savedmodel.py "
@@ -328,7 +335,7 @@ def build_detector(evaluation, kind, path, net, model_name):
         raise ValueError(f"cannot build {model_name} for --eval_image_size/"
                          f"img_shape {net.params.img_shape}: {e}") from e
     if tiles is None:
-        return model, evaluation.keras_detector(model, net, **nms)
+        return model, evaluation.keras_detector(model, net, test_time_flip=flip, **nms)
     # Tiled: the export's detection module (image bytes in, boxes in the original image).
     from preprocessing import ssd_vgg_preprocessing as prep
     from ssd_tf.export import saved_model as export_lib
@@ -336,7 +343,7 @@ def build_detector(evaluation, kind, path, net, model_name):
         net, model, prep.image_preprocess_fn(tuple(net.params.img_shape)),
         select_threshold=nms['select_threshold'], nms_threshold=nms['nms_threshold'],
         max_detections=nms['keep_top_k'], top_k=nms['top_k'], max_image_pixels=None,
-        max_batch_size=max(FLAGS.batch_size, 1), tiles=tiles)
+        max_batch_size=max(FLAGS.batch_size, 1), tiles=tiles, test_time_flip=flip)
     return model, evaluation.encoded_detector(module.detect_bytes, f"--tiles={FLAGS.tiles}")
 
 
@@ -421,7 +428,8 @@ class Evaluation:
             run, self.eval_dir, split=FLAGS.dataset_split_name, coco=FLAGS.coco_metrics,
             step=step, num_sample_images=FLAGS.num_sample_images,
             extra=dict(checkpoint_path=path, model_name=self.model_name,
-                       dataset_name=self.dataset_name))
+                       dataset_name=self.dataset_name, test_time_flip=FLAGS.test_time_flip,
+                       tiles=FLAGS.tiles or None))
         if summaries:
             self.ev.write_summaries(self.eval_dir, m, step or 0)
         logging.info('Evaluated %s: VOC07 mAP %.4f', path, m['voc07']['map'])

@@ -31,6 +31,9 @@ shared_flags.define_detection_flags(flags)  # --select_threshold, --nms_threshol
 shared_flags.define_tiling_flags(flags, extra=(  # --tiles, --tile_overlap
     "Both serving signatures tile; recorded in export_config.json. The TFLite models detect "
     "the whole image: export them in a run without it."))
+shared_flags.define_test_time_flip_flag(flags, extra=(
+    "Both serving signatures flip; recorded in export_config.json. The TFLite models detect "
+    "each image once: export them in a run without it."))
 flags.DEFINE_integer('max_detections', postprocess.MAX_DETECTIONS, 'Detections per image.')
 flags.DEFINE_integer('max_image_pixels', None, 'Largest image (width x height, read from its '
                      'header before decoding) a request may send; default '
@@ -99,6 +102,10 @@ def main(argv):
         raise ValueError(f"--tiles={FLAGS.tiles} applies to the SavedModel only (the TFLite "
                          f"models detect the whole image); export the TFLite models in a run "
                          f"without it")
+    if FLAGS.test_time_flip and variants:
+        raise ValueError("--test_time_flip applies to the SavedModel only (the TFLite models "
+                         "detect each image once); export the TFLite models in a run without "
+                         "it")
     if FLAGS.allow_slow_bfloat16 and FLAGS.mixed_precision != 'mixed_bfloat16':
         raise ValueError("--allow_slow_bfloat16 applies to --mixed_precision=mixed_bfloat16")
     if FLAGS.mixed_precision:
@@ -143,7 +150,7 @@ def main(argv):
                       label_ids=built.label_map.label_ids if built.label_map else None),
         max_image_pixels=FLAGS.max_image_pixels or images.DEFAULT_MAX_PIXELS,
         max_batch_size=FLAGS.max_batch_size,
-        before_publish=add_tflite, tiles=tiles, **nms)
+        before_publish=add_tflite, tiles=tiles, test_time_flip=FLAGS.test_time_flip, **nms)
     print(f"SavedModel: {target}")
     for q in tflite_paths:
         print(f"TFLite {q}: {os.path.join(target, 'tflite', f'model_{q}.tflite')}")

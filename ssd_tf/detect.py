@@ -90,7 +90,8 @@ def from_signature_output(out, index=0):
             'scores': np.asarray(out['detection_scores'])[index, :n]}
 
 
-def make_detector(model_path, model_name=None, num_classes=None, label_map=None, tiles=None):
+def make_detector(model_path, model_name=None, num_classes=None, label_map=None, tiles=None,
+                  test_time_flip=False):
     """`(detect, label_names)`: `detect(encoded bytes, image uint8 [H, W, 3])` -> dict of
     numpy `boxes [N, 4]` relative yxyx (original image), `classes [N]`, `scores [N]`.
 
@@ -98,8 +99,14 @@ def make_detector(model_path, model_name=None, num_classes=None, label_map=None,
     (model_name, num_classes: for a checkpoint without config.json). label_map: a label map
     file (default: see the module docstring). tiles: None or `tiling.Tiles`, tiled
     detection (`ssd_tf.tiling`) of a checkpoint; a SavedModel tiles as it was exported.
+    test_time_flip: each image also detected mirrored and averaged in
+    (`postprocess.detections_of`), for a checkpoint; a SavedModel flips as it was exported.
     """
     kind, path = builder.resolve_source(model_path)
+    if test_time_flip and kind in ('tflite', 'saved_model'):
+        raise ValueError(f"--test_time_flip does not apply to {kind} {path}: a SavedModel "
+                         f"flips as it was exported (export_savedmodel.py --test_time_flip), "
+                         f"a TFLite model detects the image once; pass the training directory")
     if tiles is not None and kind in ('tflite', 'saved_model'):
         raise ValueError(f"--tiles does not apply to {kind} {path}: a SavedModel tiles as it "
                          f"was exported (export_savedmodel.py --tiles), a TFLite model "
@@ -136,7 +143,7 @@ def make_detector(model_path, model_name=None, num_classes=None, label_map=None,
     built = builder.load_model(model_path, model_name, num_classes, label_map=label_map)
     module = export_lib.DetectionModule(
         built.net, built.model, prep.image_preprocess_fn(tuple(built.net.params.img_shape)),
-        tiles=tiles)
+        tiles=tiles, test_time_flip=test_time_flip)
 
     def detect(data, image):
         del image

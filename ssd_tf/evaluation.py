@@ -55,7 +55,7 @@ _GT_PIXEL_DECIMALS = 4
 
 # ---------------------------------------------------------------------------- detectors
 def keras_detector(model, net, select_threshold=SELECT_THRESHOLD, nms_threshold=NMS_THRESHOLD,
-                   top_k=SELECT_TOP_K, keep_top_k=KEEP_TOP_K):
+                   top_k=SELECT_TOP_K, keep_top_k=KEEP_TOP_K, test_time_flip=False):
     """A compiled function `images [B, h, w, 3] -> detections` for a Keras SSD model.
 
     The model's `localisations` are decoded on `net.anchors()` with `net.bboxes_decode`, then
@@ -64,17 +64,16 @@ def keras_detector(model, net, select_threshold=SELECT_THRESHOLD, nms_threshold=
     classes `[B, K]` int32 1..C-1, num_detections `[B]` int32.
     The images must be float32 of the network's `img_shape` `(h, w)`; the batch size may
     change from call to call (the summary images' 3, the eval batches, a last partial batch):
-    the function is traced once, for any batch size.
+    the function is traced once, for any batch size. test_time_flip: each image is also
+    detected mirrored left-right, averaged in anchor by anchor (`postprocess.detections_of`).
     """
     anchors = net.anchors()
     h, w = (int(s) for s in net.params.img_shape)
 
     @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)])
     def detect(images):
-        out = model(images, training=False)
-        return postprocess.detections_from_raw(out['predictions'], out['localisations'], net,
-                                               anchors, select_threshold, nms_threshold,
-                                               top_k, keep_top_k)
+        return postprocess.detections_of(model, images, net, anchors, select_threshold,
+                                         nms_threshold, top_k, keep_top_k, test_time_flip)
     return detect
 
 

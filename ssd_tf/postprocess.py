@@ -14,7 +14,11 @@ of `encoding`; `detections_from_raw` only glues the two for callers holding raw 
 - `tflite_detection_postprocess`: TFLite's custom op TFLite_Detection_PostProcess (decoding
   and per-class NMS in one op, as the TF OD API's mobile SSDs), `detection_postprocess_scales`
   maps our prior_scaling to its scales. `TFLITE_POSTPROCESS_OPTIONS` names both variants.
-- `detections_from_raw`: raw per-layer network outputs -> decode -> `detected_bboxes_combined`.
+- `detections_from_raw`: raw per-layer network outputs -> decode -> `detected_bboxes_combined`;
+  with `mirrored=` the outputs of the left-right mirrored images are first averaged in
+  (`average_mirrored`: test-time flip).
+- `detections_of(model, images, ...)`: the model run on images (and, with
+  `test_time_flip=True`, on their mirror images in the same batch), then `detections_from_raw`.
 
 Detection defaults (defined here only; evaluation, export, the scripts and `SSDNet` read them):
 `SELECT_THRESHOLD` 0.01, `SELECT_TOP_K` 400 candidates per class, `NMS_THRESHOLD` 0.45,
@@ -271,20 +275,66 @@ def tflite_detection_postprocess(offsets, scores, anchors, num_classes, scales,
     return boxes_lib.clip_boxes(boxes[0]), classes[0], out_scores[0], count[0]
 
 
+def average_mirrored(predictions, bboxes, mirrored_predictions, mirrored_bboxes):
+    """Test-time flip: per-layer outputs of images averaged with those of their mirror images.
+
+    predictions: per layer `[B, H, W, A, C]`; bboxes: per layer decoded `[B, H, W, A, 4]` yxyx
+    relative to the network input. mirrored_*: the same for the images flipped left-right (the
+    whole network input), boxes relative to that mirrored input. Each mirrored layer is
+    flipped back along W (anchor column j <-> W-1-j, the anchor at the mirrored place) and its
+    boxes mirrored (`x -> 1 - x`), then averaged with the image's, anchor by anchor: class
+    probabilities and box corners (for grids whose anchor centres are not exactly
+    mirror-symmetric, SSD300's, the two anchors averaged are a few pixels apart; each box is
+    still decoded on its own anchor). Returns `(predictions, bboxes)` per-layer lists.
+    """
+    out_p, out_b = [], []
+    for p, b, mp, mb in zip(predictions, bboxes, mirrored_predictions, mirrored_bboxes):
+        mp = tf.reverse(mp, [-3])
+        mb = boxes_lib.flip_left_right(tf.reverse(mb, [-3]))
+        out_p.append((p + tf.cast(mp, p.dtype)) / 2.)
+        out_b.append((b + tf.cast(mb, b.dtype)) / 2.)
+    return out_p, out_b
+
+
 def detections_from_raw(predictions, localisations, net, anchors,
                         select_threshold=SELECT_THRESHOLD, nms_threshold=NMS_THRESHOLD,
-                        top_k=SELECT_TOP_K, keep_top_k=KEEP_TOP_K):
+                        top_k=SELECT_TOP_K, keep_top_k=KEEP_TOP_K, mirrored=None):
     """Raw per-layer outputs -> the combined detections dict (decode, select, NMS, clip).
 
     predictions: per layer `[B, H, W, A, C]` probabilities; localisations: per layer
     `[B, H, W, A, 4]` offsets, decoded with `net.bboxes_decode` on `anchors` (the network
-    object is an argument, so this module imports no network). Returns the dict of
-    `detected_bboxes_combined`, boxes clipped to [0, 1] of the network input.
+    object is an argument, so this module imports no network). mirrored: None, or
+    `(predictions, localisations)` of the same images flipped left-right, averaged in
+    (`average_mirrored`) before selection. Returns the dict of `detected_bboxes_combined`,
+    boxes clipped to [0, 1] of the network input.
     """
     decoded = net.bboxes_decode(localisations, anchors)
+    if mirrored is not None:
+        predictions, decoded = average_mirrored(
+            predictions, decoded, mirrored[0], net.bboxes_decode(mirrored[1], anchors))
     # top_k cannot exceed the number of anchors (small networks); the flattened anchor count
     # is not always static inside detected_bboxes_combined, so cap it here.
     num_anchors = sum(anchors_lib.num_boxes_per_layer(anchors))
     return detected_bboxes_combined(
         predictions, decoded, select_threshold=select_threshold, nms_threshold=nms_threshold,
         clipping_bbox=(0., 0., 1., 1.), top_k=min(top_k, num_anchors), keep_top_k=keep_top_k)
+
+
+def detections_of(model, images, net, anchors, select_threshold=SELECT_THRESHOLD,
+                  nms_threshold=NMS_THRESHOLD, top_k=SELECT_TOP_K, keep_top_k=KEEP_TOP_K,
+                  test_time_flip=False):
+    """`model` (a Keras SSD: images -> `{'predictions', 'localisations'}`) on images
+    `[B, h, w, 3]` -> `detections_from_raw`'s dict. test_time_flip: the images' mirror images
+    run in the same batch (2B images, twice the network's work) and are averaged in
+    (`average_mirrored`)."""
+    if not test_time_flip:
+        out = model(images, training=False)
+        return detections_from_raw(out['predictions'], out['localisations'], net, anchors,
+                                   select_threshold, nms_threshold, top_k, keep_top_k)
+    n = tf.shape(images)[0]
+    out = model(tf.concat([images, tf.reverse(images, [2])], 0), training=False)
+    first = {k: [t[:n] for t in out[k]] for k in ('predictions', 'localisations')}
+    second = {k: [t[n:] for t in out[k]] for k in ('predictions', 'localisations')}
+    return detections_from_raw(first['predictions'], first['localisations'], net, anchors,
+                               select_threshold, nms_threshold, top_k, keep_top_k,
+                               mirrored=(second['predictions'], second['localisations']))

@@ -634,6 +634,29 @@ def test_eval_ssd_tiles_run_the_tiled_module(tmp_path):
     assert dets['1x1'] != dets['2x2']
 
 
+def test_eval_ssd_test_time_flip_is_used_and_recorded(tmp_path):
+    """--test_time_flip: other detections than without it (the model also runs on the mirror
+    images); metrics.json records it and the tiles (none here, 2x2 with them)."""
+    _, model = _tiny_model(seed=6)
+    train = str(tmp_path / 'train')
+    _save_train_dir(train, model)
+    dets, recorded = {}, {}
+    for args in ([], ['--test_time_flip'], ['--test_time_flip', '--tiles=2x2']):
+        out = str(tmp_path / f'eval_{len(dets)}')
+        _flags(f'--checkpoint_path={train}', f'--eval_dir={out}', '--synthetic_num_images=3',
+               '--batch_size=2', '--num_sample_images=0', *args)
+        e = eval_ssd.Evaluation(get_network=_get_network)
+        e.evaluate(e.path, e.kind)
+        dets[' '.join(args)] = _voc_results(out, e.class_names)
+        with open(os.path.join(out, 'metrics.json')) as f:
+            m = json.load(f)
+        recorded[' '.join(args)] = (m['test_time_flip'], m['tiles'])
+    assert recorded == {'': (False, None), '--test_time_flip': (True, None),
+                        '--test_time_flip --tiles=2x2': (True, '2x2')}
+    assert sum(len(d[0]) for d in dets['']) > 0
+    assert dets[''] != dets['--test_time_flip'] != dets['--test_time_flip --tiles=2x2']
+
+
 @pytest.mark.parametrize('args,match', [
     (['--tiles=2x2', '--eval_resize=3'], '--eval_resize=3 does not apply'),
     (['--tiles=2by2'], "--tiles='2by2' is not ROWSxCOLS"),
@@ -683,4 +706,7 @@ def test_tiled_export_evaluates_like_eval_ssd_tiles_on_the_checkpoint(tmp_path):
         np.testing.assert_allclose(b1, b2, atol=1e-2)  # pixels
     _flags(f'--checkpoint_path={exported}', f'--eval_dir={tmp_path / "e"}', '--tiles=2x2')
     with pytest.raises(ValueError, match='fixed at export'):
+        eval_ssd.Evaluation(get_network=_get_network)
+    _flags(f'--checkpoint_path={exported}', f'--eval_dir={tmp_path / "e"}', '--test_time_flip')
+    with pytest.raises(ValueError, match='--test_time_flip does not apply to a SavedModel'):
         eval_ssd.Evaluation(get_network=_get_network)

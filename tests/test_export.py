@@ -702,3 +702,46 @@ def test_at_most_two_images_are_decoded_at_once():
     # with decode_parallelism=6 the same count sees more: the instrument is not the limit.
     assert seen['default_bytes'] == 2 and seen['default_images'] == 2, seen
     assert seen['six_bytes'] > 2 and seen['six_images'] > 2, seen
+
+
+@pytest.mark.slow
+def test_export_and_detect_test_time_flip(exported, tmp_path):
+    """export_savedmodel.py --test_time_flip: refused beside --tflite, recorded in
+    export_config.json, and its SavedModel detects like DetectionModule(test_time_flip=True)
+    on the checkpoint (other detections than the plain export); detect.py flips a checkpoint
+    and refuses a SavedModel or a TFLite file by name."""
+    from ssd_tf import builder, detect
+    base = [sys.executable, str(REPO / 'export_savedmodel.py'),
+            f'--checkpoint_path={exported["train_dir"]}', f'--output_dir={tmp_path}',
+            f'--max_detections={MAX_DET}', '--test_time_flip']
+    bad = subprocess.run(base + ['--tflite'], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and '--test_time_flip applies to the SavedModel only' in bad.stderr
+    subprocess.run(base, check=True, cwd=REPO, capture_output=True)
+    cfg = json.loads((tmp_path / '1' / 'assets' / 'export_config.json').read_text())
+    assert cfg['test_time_flip'] is True
+    plain_cfg = json.loads((pathlib.Path(exported['saved_model']) / 'assets' /
+                            'export_config.json').read_text())
+    assert plain_cfg['test_time_flip'] is False
+    images = tf.constant(np.stack(_images(2, 30)))
+    flipped = tf.saved_model.load(str(tmp_path / '1')).signatures['serving_images']
+    plain = tf.saved_model.load(exported['saved_model']).signatures['serving_images']
+    a, b = plain(images=images), flipped(images=images)
+    assert not np.allclose(a['detection_scores'].numpy(), b['detection_scores'].numpy())
+    built = builder.load_model(exported['train_dir'])
+    module = export.DetectionModule(
+        built.net, built.model, prep.image_preprocess_fn(tuple(built.net.params.img_shape)),
+        max_detections=MAX_DET, test_time_flip=True)
+    c = module.detect_images(images)
+    np.testing.assert_allclose(b['detection_scores'].numpy(), c['detection_scores'].numpy(),
+                               atol=1e-5)
+    image = _images(1, 50, size=160)[0]
+    path = tmp_path / 'a.png'
+    path.write_bytes(_encode(image))
+    one, _ = detect.make_detector(exported['train_dir'], test_time_flip=True)
+    two, _ = detect.make_detector(exported['train_dir'])
+    d1, d2 = one(path.read_bytes(), image), two(path.read_bytes(), image)
+    assert len(d1['scores']) > 0 and not (len(d1['scores']) == len(d2['scores']) and
+                                          np.allclose(d1['scores'], d2['scores']))
+    for source in (exported['saved_model'], exported['tflite']['float32']):
+        with pytest.raises(ValueError, match='--test_time_flip does not apply'):
+            detect.make_detector(source, test_time_flip=True)

@@ -108,6 +108,9 @@ class DetectionModule(tf.Module):
         (`ssd_tf.tiling`; rows * cols + 1 network passes per image), the tiles' detections of
         boxes under `max_box` of the image side kept, and all merged by per-class NMS; 1x1 is
         no tiling.
+      test_time_flip: every network pass (the whole image, each tile) also runs on its mirror
+        image, averaged in anchor by anchor (`postprocess.detections_of`; twice the network's
+        work).
     Methods `detect_bytes(image_bytes)` and `detect_images(images)` are the two signatures.
     """
 
@@ -115,7 +118,7 @@ class DetectionModule(tf.Module):
                  nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
                  top_k=SELECT_TOP_K, label_file=None, max_image_pixels=MAX_IMAGE_PIXELS,
                  max_batch_size=MAX_BATCH_SIZE, decode_parallelism=DECODE_PARALLELISM,
-                 tiles=None):
+                 tiles=None, test_time_flip=False):
         super().__init__(name='ssd_detection')
         check_model(net, model)
         self.model = model
@@ -128,6 +131,7 @@ class DetectionModule(tf.Module):
         self._max_pixels = None if max_image_pixels is None else int(max_image_pixels)
         self._max_batch = int(max_batch_size)
         self._parallel = int(decode_parallelism)
+        self._flip = bool(test_time_flip)
         h, w = net.params.img_shape
         self._windows = None
         self._tiles = None if tiles is None else tiling.Tiles(*tiles)
@@ -198,9 +202,8 @@ class DetectionModule(tf.Module):
         return tf.cond(tf.shape(images)[0] > 0, run, lambda: empty)
 
     def _detections(self, images):
-        out = self.model(images, training=False)
-        return postprocess.detections_from_raw(out['predictions'], out['localisations'],
-                                               self._net, self._anchors, **self._nms)
+        return postprocess.detections_of(self.model, images, self._net, self._anchors,
+                                         test_time_flip=self._flip, **self._nms)
 
     def _detect_tiled(self, images, bbox_img, windows):
         """Every pass of every image through the network, its detections mapped to the whole
@@ -265,7 +268,7 @@ def export_saved_model(net, model, preprocess_fn, output_dir, version=1, overwri
                        nms_threshold=NMS_THRESHOLD, max_detections=MAX_DETECTIONS,
                        top_k=SELECT_TOP_K, metadata=None, max_image_pixels=MAX_IMAGE_PIXELS,
                        max_batch_size=MAX_BATCH_SIZE, decode_parallelism=DECODE_PARALLELISM,
-                       before_publish=None, tiles=None):
+                       before_publish=None, tiles=None, test_time_flip=False):
     """Writes the SavedModel to `output_dir/<version>/` and returns that path.
 
     label_names: object class names (ids 1..C-1), written as `assets/labels.txt` (`id:name`
@@ -279,7 +282,9 @@ def export_saved_model(net, model, preprocess_fn, output_dir, version=1, overwri
     `output_dir` never sees a half-written version and a failure at any point, with
     `overwrite`, leaves the old version in place. tiles: None or `tiling.Tiles` (or a tuple of its
     fields), the serving signatures' tiled detection (`DetectionModule`), recorded as `tiles`:
-    `{"rows", "cols", "overlap", "max_box"}`.
+    `{"rows", "cols", "overlap", "max_box"}`. test_time_flip: the signatures' detection also
+    runs each image mirrored and averages it in (`DetectionModule`), recorded as
+    `test_time_flip`.
     """
     target = version_dir(output_dir, version)
     if os.path.exists(target) and not overwrite:
@@ -305,12 +310,13 @@ def export_saved_model(net, model, preprocess_fn, output_dir, version=1, overwri
                       max_image_pixels=max_image_pixels, max_batch_size=max_batch_size,
                       decode_parallelism=decode_parallelism,
                       tiles=None if tiles is None else tiling.Tiles(*tiles)._asdict(),
-                      **(metadata or {}))
+                      test_time_flip=bool(test_time_flip), **(metadata or {}))
         module = DetectionModule(net, model, preprocess_fn, select_threshold, nms_threshold,
                                  max_detections, top_k, label_file=label_file,
                                  max_image_pixels=max_image_pixels,
                                  max_batch_size=max_batch_size,
-                                 decode_parallelism=decode_parallelism, tiles=tiles)
+                                 decode_parallelism=decode_parallelism, tiles=tiles,
+                                 test_time_flip=test_time_flip)
         out = os.path.join(staging, 'model')
         tf.saved_model.save(module, out, signatures=module.signatures())
         assets = os.path.join(out, 'assets')
