@@ -15,8 +15,8 @@ the tiled pipeline (the export's: image bytes in, the runtimes' resize) with one
 control for the grids; `RxC` adds R x C overlapping tiles to the whole image, one row per
 --tile_max_box value (a tile's detections kept for boxes under that share of the image side;
 0 keeps them all); each row once per --test_time_flip value (1: --test_time_flip, the
-network also run on the mirror image and averaged in). Images/s is the evaluation's own count (data, network, NMS), the median of
---runs evaluations.
+network also run on the mirror image and averaged in). Images/s is the evaluation's own count
+(data, network, NMS), the median of --runs evaluations.
 """
 import argparse
 import json
@@ -96,7 +96,8 @@ def main():
     print(f'\n{machine_info()}')
     print(f'{args.checkpoint_path} (step {m.get("step")}), {m["num_images"]} test images of '
           f'{args.dataset_dir}; overlap {args.tile_overlap}; images/s median of {args.runs}\n')
-    print_table(['tiles', 'max box', 'flip', 'VOC07', 'VOC12'] + [f'AP07 {b}' for b in SMALL_BUCKETS] +
+    print_table(['tiles', 'max box', 'flip', 'VOC07', 'VOC12'] +
+                [f'AP07 {b}' for b in SMALL_BUCKETS] +
                 [f'recall {SMALL_BUCKETS[0]}', 'images/s'], rows)
 
 

@@ -515,32 +515,30 @@ def write_report(run, eval_dir, split='test', coco=False, step=None, records=Non
     if extra:
         m.update(extra)
     table = format_table(m)
-    names = {'coco_results': 'coco_detections.json', 'coco_groundtruth': 'coco_groundtruth.json',
-             'pr_curves': 'pr_curves.png', 'detections': 'detections.png',
-             'table': 'metrics.txt', 'json': 'metrics.json'}
     paths = {}
     # One report: every file is written to a staging directory, then all are moved into
     # eval_dir, metrics.json last (atomic_files.staged); a failure part-way keeps the last
     # report whole instead of mixing two evaluations.
-    with atomic_files.staged(eval_dir, last=[names['json']]) as tmp:
+    with atomic_files.staged(eval_dir, last=['metrics.json']) as tmp:
         paths['voc_results'] = run.evaluator.write_voc_results(os.path.join(tmp, 'results'),
                                                                split=split)
         paths['coco_results'] = run.evaluator.write_coco_results(
-            os.path.join(tmp, names['coco_results']))
+            os.path.join(tmp, 'coco_detections.json'))
         paths['coco_groundtruth'] = atomic_files.write_json(
-            os.path.join(tmp, names['coco_groundtruth']), run.evaluator.coco_ground_truth())
-        paths['pr_curves'] = draw_pr_curves(m, os.path.join(tmp, names['pr_curves']))
+            os.path.join(tmp, 'coco_groundtruth.json'), run.evaluator.coco_ground_truth())
+        paths['pr_curves'] = draw_pr_curves(m, os.path.join(tmp, 'pr_curves.png'))
         if num_sample_images > 0 and (run.samples or records is not None):
             paths['detections'] = draw_detection_grid(
-                run, records, run.evaluator.class_names, os.path.join(tmp, names['detections']),
+                run, records, run.evaluator.class_names, os.path.join(tmp, 'detections.png'),
                 num_images=num_sample_images)
-        paths['table'] = atomic_files.write_text(os.path.join(tmp, names['table']), table + '\n')
-        paths['json'] = atomic_files.write_json(os.path.join(tmp, names['json']), _json_safe(m),
+        paths['table'] = atomic_files.write_text(os.path.join(tmp, 'metrics.txt'), table + '\n')
+        paths['json'] = atomic_files.write_json(os.path.join(tmp, 'metrics.json'), _json_safe(m),
                                                 indent=2, sort_keys=True)
-    final = {k: os.path.join(eval_dir, names[k]) for k in names if paths.get(k)}
-    final['voc_results'] = {c: os.path.join(eval_dir, 'results', os.path.basename(f))
-                            for c, f in paths['voc_results'].items()}
-    paths.update(final)
+
+    def moved(path):  # where a staged file now is
+        return None if path is None else os.path.join(eval_dir, os.path.relpath(path, tmp))
+    paths = {k: {c: moved(f) for c, f in v.items()} if isinstance(v, dict) else moved(v)
+             for k, v in paths.items()}
     m['table'] = table
     return m, paths
 

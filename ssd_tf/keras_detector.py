@@ -4,7 +4,7 @@ It is not the job of this module to hold any SSD maths: it binds the homes of ea
 Keras `Model` API. `train_step`/`test_step` run the one training loss
 (`training.count_positives` + `training.replica_losses`, what train_ssd.py's step runs) on
 batches of `data.build_dataset` with an `encode_fn` (`detector.encode_targets`);
-`predict_step` runs `postprocess.detections_from_raw`; `export` writes the SavedModel of
+`predict_step` runs `postprocess.detections_of`; `export` writes the SavedModel of
 `export.saved_model.export_saved_model` (the `DetectionModule` of export_savedmodel.py);
 `from_checkpoint` loads a run or a checkpoint with `builder.load_model`, as every command does.
 
@@ -376,9 +376,8 @@ class SSDDetector(keras.Model):
 
     def predict_step(self, data):
         images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        outputs = self(self._network_input(images), training=False)
-        det = postprocess.detections_from_raw(outputs['predictions'], outputs['localisations'],
-                                              self.net, self.net.anchors(), **self.detection)
+        det = postprocess.detections_of(self, self._network_input(images), self.net,
+                                        self.net.anchors(), **self.detection)
         return {'boxes': det['bboxes'], 'classes': det['classes'], 'scores': det['scores'],
                 'num_detections': det['num_detections']}
 
