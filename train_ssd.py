@@ -189,7 +189,15 @@ flags.DEFINE_boolean('allow_slow_bfloat16', False,
 flags.DEFINE_boolean('jit_compile', False, 'XLA-compile the forward/loss/gradient computation.')
 flags.DEFINE_float('max_train_secs', None,
                    'Stop training after this many seconds (then evaluate as if finished): a fixed '
-                   'time budget for comparisons.')
+                   'time budget for comparisons. Counts per process, unless '
+                   '--fit_schedule_to_budget.')
+flags.DEFINE_boolean('fit_schedule_to_budget', False,
+                     'With --max_train_secs: fit the run to the budget instead of cutting it '
+                     'off. From the measured step rate (refitted every 10 steps) the last step '
+                     'becomes what fits in the budget, at most --max_number_of_steps, and the '
+                     'cosine learning-rate decay ends there. The seconds spent and the fitted '
+                     'last step are kept in the checkpoint: a resumed run goes on with the '
+                     'budget that is left.')
 flags.DEFINE_integer('log_every_n_steps', 10, 'Progress line and scalar summaries period.')
 flags.DEFINE_integer('save_interval_secs', 600, 'Checkpoint period in seconds.')
 flags.DEFINE_integer('save_every_n_steps', None, 'Also checkpoint every this many steps.')
@@ -207,6 +215,8 @@ _OPTIMIZER_FLAGS = {
     'ftrl_l1': ('ftrl',), 'ftrl_l2': ('ftrl',), 'momentum': ('momentum',),
     'rmsprop_momentum': ('rmsprop',), 'rmsprop_decay': ('rmsprop',),
 }
+# --fit_schedule_to_budget refits the last step every this many steps (its help says 10).
+_REFIT_EVERY = 10
 _DECAY_FLAGS = {'learning_rate_decay_factor': ('exponential',),
                 'num_epochs_per_decay': ('exponential', 'polynomial'),
                 'end_learning_rate': ('polynomial', 'cosine')}
@@ -290,10 +300,30 @@ def check_flags():
                       "weights and reference_compat keeps that; drop one of them")
     if FLAGS.moving_average_decay is not None and not 0. < FLAGS.moving_average_decay < 1.:
         errors.append("--moving_average_decay must be in (0, 1)")
+    if FLAGS.max_train_secs is not None and not 0. < FLAGS.max_train_secs < float('inf'):
+        errors.append(f"--max_train_secs must be a positive number of seconds, got "
+                      f"{FLAGS.max_train_secs}")
+    errors += _budget_errors()
     if errors:
         raise app.UsageError('\n'.join(errors))
 
 
+
+
+def _budget_errors():
+    """What --fit_schedule_to_budget needs."""
+    if not FLAGS.fit_schedule_to_budget:
+        return []
+    errors = []
+    if FLAGS.max_train_secs is None:
+        errors.append("--fit_schedule_to_budget needs --max_train_secs (the budget to fit)")
+    if FLAGS.learning_rate_decay_type != 'cosine':
+        errors.append(f"--fit_schedule_to_budget fits the cosine decay, not "
+                      f"--learning_rate_decay_type={FLAGS.learning_rate_decay_type}")
+    if FLAGS.strategy == 'multi_worker':
+        errors.append("--fit_schedule_to_budget with --strategy=multi_worker: each worker "
+                      "would fit its own last step; pass --max_number_of_steps instead")
+    return errors
 
 
 class UserError(Exception):
@@ -623,6 +653,9 @@ def build_trainer(cfg, net, strategy, save_dir, has_checkpoint):
         init_report = None
         if cfg.checkpoint_path and not has_checkpoint:
             init_report = _init_from_checkpoint(cfg, net, model)
+        budget = training.TimeBudget(cfg.max_train_secs, cfg.max_number_of_steps,
+                                     refit_every=_REFIT_EVERY) \
+            if cfg.fit_schedule_to_budget else None
         schedule = training.WarmupDecaySchedule(
             cfg.learning_rate, cfg.learning_rate_decay_type,
             decay_steps=int(cfg.num_epochs_per_decay *
@@ -631,6 +664,8 @@ def build_trainer(cfg, net, strategy, save_dir, has_checkpoint):
             decay_factor=cfg.learning_rate_decay_factor,
             end_learning_rate=cfg.end_learning_rate,
             total_steps=cfg.max_number_of_steps, warmup_steps=cfg.warmup_steps)
+        if budget is not None:
+            schedule.follow(budget.last_step)
         optimizer = training.build_optimizer(training.OptimizerConfig.from_run_config(cfg),
                                              schedule)
         trainer = training.Trainer(
@@ -640,7 +675,7 @@ def build_trainer(cfg, net, strategy, save_dir, has_checkpoint):
                                             cfg.class_balance or 0.),
             jit_compile=cfg.jit_compile,
             trainable_variables=_trainable_variables(cfg, net, model),
-            max_to_keep=cfg.max_checkpoints_to_keep, save_dir=save_dir)
+            max_to_keep=cfg.max_checkpoints_to_keep, save_dir=save_dir, time_budget=budget)
     return trainer, init_report
 
 

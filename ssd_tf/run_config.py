@@ -34,7 +34,7 @@ _OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
 RESUME_KEYS = ('model_name', 'num_classes', 'batch_size', 'reference_compat', 'dataset_name',
                'dataset_dir', 'dataset_split_name', 'label_names', 'seed', 'image_shape',
                'optimizer', 'mixed_precision', 'trainable_scopes', 'label_ids',
-               'synthetic_objects', 'anchors')
+               'synthetic_objects', 'anchors', 'fit_schedule_to_budget')
 _RESUME_FLAG_NAMES = {'label_names': 'label_map (class names in order)',
                       'label_ids': 'label_map (dataset ids of the classes)',
                       'image_shape': 'model_name (input size)'}
@@ -124,6 +124,7 @@ class RunConfig:
     mixed_precision: str = None
     jit_compile: bool = None
     max_train_secs: float = None
+    fit_schedule_to_budget: bool = None
     log_every_n_steps: int = None
     save_interval_secs: int = None
     save_every_n_steps: int = None

@@ -65,6 +65,20 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.total_steps = max(int(total_steps), 1)
         self.warmup_steps = int(warmup_steps)
 
+    def follow(self, last_step):
+        """The cosine decay ends at the value of the variable `last_step` (a scalar
+        `tf.Variable`, read at every step: `TimeBudget.last_step`) instead of `total_steps`.
+        Returns self."""
+        self.last_step_variable = last_step
+        return self
+
+    def _total_steps(self):
+        """The step the cosine decay ends at: float32 scalar."""
+        var = getattr(self, 'last_step_variable', None)
+        if var is None:
+            return tf.constant(float(self.total_steps))
+        return tf.maximum(tf.cast(var, tf.float32), 1.)
+
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         lr0, end = self.learning_rate, self.end_learning_rate
@@ -76,17 +90,130 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
             frac = tf.minimum(step, self.decay_steps) / self.decay_steps
             lr = (lr0 - end) * (1. - frac) + end
         else:
-            frac = tf.minimum(step, self.total_steps) / self.total_steps
+            total = self._total_steps()
+            frac = tf.minimum(step, total) / total
             lr = end + (lr0 - end) * 0.5 * (1. + tf.cos(math.pi * frac))
         if self.warmup_steps > 0:
             lr = lr * tf.minimum(1., (step + 1.) / self.warmup_steps)
         return lr
 
     def get_config(self):
+        var = getattr(self, 'last_step_variable', None)
         return dict(learning_rate=self.learning_rate, decay_type=self.decay_type,
                     decay_steps=self.decay_steps, decay_factor=self.decay_factor,
-                    end_learning_rate=self.end_learning_rate, total_steps=self.total_steps,
+                    end_learning_rate=self.end_learning_rate,
+                    total_steps=self.total_steps if var is None else int(var.numpy()),
                     warmup_steps=self.warmup_steps)
+
+
+# ---------------------------------------------------------------------------- time budget
+def fitted_last_step(step, remaining_seconds, seconds_per_step, max_steps):
+    """The last step of a run at `step` with `remaining_seconds` of its budget left, at
+    `seconds_per_step`: `step + floor(remaining / seconds_per_step)`, within
+    `[step, max_steps]` (`max_steps` when the rate is not a positive finite number)."""
+    step, max_steps = int(step), int(max_steps)
+    if not (math.isfinite(seconds_per_step) and seconds_per_step > 0):
+        return max(step, max_steps)
+    more = math.floor(max(float(remaining_seconds), 0.) / seconds_per_step)
+    return max(min(step + more, max_steps), step)
+
+
+class TimeBudget:
+    """Fits the last step of a run, and with it the end of the cosine decay, to a wall-clock
+    budget (train_ssd.py `--fit_schedule_to_budget` with `--max_train_secs`).
+
+    The budget counts the seconds of the training loop over the whole run: `seconds_spent` is
+    a checkpoint variable like `last_step`, so a resumed run goes on with what is left (the
+    time between a crash and the resume is not counted). In each process the step rate is
+    measured from its `settle_steps`-th step on (the first steps trace the step function and
+    fill the data pipeline) over every step since, saves, summaries and validations included,
+    and the last step is fitted again every `refit_every` steps. A resumed run starts from the
+    rate its checkpoint implies (seconds spent / step). A run that has reached its last step
+    is finished: the same flags resume it to no more steps, while a larger budget or
+    `--max_number_of_steps` trains on (`fitted_for`, the budget and max steps it was fitted
+    for, is a checkpoint variable too). The loop also stops when the budget is spent, as
+    `--max_train_secs` does without fitting.
+    """
+
+    def __init__(self, budget_seconds, max_steps, settle_steps=10, refit_every=10):
+        if not (math.isfinite(budget_seconds) and budget_seconds > 0):
+            raise ValueError(f"--max_train_secs must be a positive number of seconds, got "
+                             f"{budget_seconds}")
+        self.budget = float(budget_seconds)
+        self.max_steps = int(max_steps)
+        self.settle_steps = max(int(settle_steps), 0)
+        self.refit_every = max(int(refit_every), 1)
+        self.last_step = tf.Variable(self.max_steps, dtype=tf.int64, trainable=False,
+                                     name='fitted_last_step')
+        self.seconds_spent = tf.Variable(0., dtype=tf.float64, trainable=False,
+                                         name='train_seconds')
+        self.fitted_for = tf.Variable([self.budget, self.max_steps], dtype=tf.float64,
+                                      trainable=False, name='fitted_for')
+        self._t0 = self._spent0 = self._start_step = self._mark = None
+
+    def checkpoint_items(self):
+        """The checkpoint entries (train_ssd.py saves them beside the model)."""
+        return {'fitted_last_step': self.last_step, 'train_seconds': self.seconds_spent,
+                'fitted_for': self.fitted_for}
+
+    def restore(self, path):
+        """Reads the entries from the checkpoint `path`; returns False (the variables keep
+        their new-run values) when it does not hold them (a run started before them)."""
+        status = tf.train.Checkpoint(**self.checkpoint_items()).restore(path).expect_partial()
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError:
+            self.last_step.assign(self.max_steps)
+            self.seconds_spent.assign(0.)
+            self.fitted_for.assign([self.budget, self.max_steps])
+            return False
+        return True
+
+    @property
+    def measured_from(self):
+        """The step this process measures the rate from (None before it settles)."""
+        return None if self._mark is None else self._mark[0]
+
+    def stop_step(self):
+        """The step the run ends at: the fitted last step, at most `max_steps`."""
+        return min(self.max_steps, int(self.last_step.numpy()))
+
+    def elapsed(self, now):
+        """Seconds of the budget spent at `now` (a `time.perf_counter()` value)."""
+        return self._spent0 + (now - self._t0)
+
+    def spent(self, now):
+        return self.elapsed(now) >= self.budget
+
+    def start(self, step, now):
+        """The loop starts at `step` (after a restore). A resumed run is fitted at once from
+        its checkpoint's rate, unless it is finished (at its last step, with the budget and
+        max steps it was fitted for)."""
+        self._t0, self._start_step, self._mark = now, int(step), None
+        self._spent0 = float(self.seconds_spent.numpy())
+        same = list(self.fitted_for.numpy()) == [self.budget, float(self.max_steps)]
+        self.fitted_for.assign([self.budget, self.max_steps])
+        if step <= 0 or self._spent0 <= 0 or (step >= int(self.last_step.numpy()) and same):
+            return
+        self.last_step.assign(fitted_last_step(step, self.budget - self._spent0,
+                                               self._spent0 / step, self.max_steps))
+
+    def after_step(self, step, now):
+        """Records the time after `step`; refits every `refit_every` steps once settled.
+        Returns `(last step, seconds per step)` when it fitted, else None."""
+        self.seconds_spent.assign(self.elapsed(now))
+        if self._mark is None:
+            if step - self._start_step >= self.settle_steps:
+                self._mark = (int(step), now)
+            return None
+        done = step - self._mark[0]
+        if done <= 0 or done % self.refit_every:
+            return None
+        rate = (now - self._mark[1]) / done
+        new = fitted_last_step(step, self.budget - self.elapsed(now), rate, self.max_steps)
+        if new != int(self.last_step.numpy()):
+            self.last_step.assign(new)
+        return new, rate
 
 
 OPTIMIZERS = ('adadelta', 'adagrad', 'adam', 'adamw', 'ftrl', 'momentum', 'sgd', 'rmsprop')
@@ -548,12 +675,14 @@ class Trainer:
     non-chief worker of a multi-worker run passes a temporary directory of its own). With a
     moving-average optimizer (`use_ema`), every checkpoint also stores the averages
     (`run_config.MOVING_AVERAGE_ITEM`), and the checkpoint saved when training finishes holds
-    the averaged weights as the model's.
+    the averaged weights as the model's. With a `TimeBudget` (`time_budget`), the run ends at
+    its fitted last step (the optimizer's `WarmupDecaySchedule` must `follow` the budget's
+    `last_step`), and checkpoints hold the budget's entries too.
     """
 
     def __init__(self, net, model, optimizer, strategy, train_dir, global_batch_size,
                  loss_config=None, jit_compile=False, trainable_variables=None, max_to_keep=5,
-                 extra_checkpoint_items=None, save_dir=None):
+                 extra_checkpoint_items=None, save_dir=None, time_budget=None):
         self.net = net
         self.model = model
         self.optimizer = optimizer
@@ -574,6 +703,12 @@ class Trainer:
         items = dict(model=model, optimizer=optimizer, global_step=self.global_step)
         items.update(self._moving_average_items())
         items.update(extra_checkpoint_items or {})
+        # What a restore must find; the budget's entries are read on their own (a run started
+        # before they existed has none).
+        self._restored = tf.train.Checkpoint(**items)
+        self.time_budget = time_budget
+        if time_budget is not None:
+            items.update(time_budget.checkpoint_items())
         self.checkpoint = tf.train.Checkpoint(**items)
         # Rotation is run_config.prune_checkpoints' (after the new checkpoint reads back
         # intact), so the manager itself keeps everything.
@@ -584,6 +719,8 @@ class Trainer:
                                     self.loss_config, jit_compile)
         self._compiled_loss_and_grads = self.step.compiled_loss_and_grads
         self.stop_requested_elsewhere = False
+        self._budget_announced = False
+        self.clock = time.perf_counter  # the time budget's clock (tests replace it)
 
     @property
     def multi_worker(self):
@@ -617,7 +754,12 @@ class Trainer:
         if latest is None and damaged:
             raise run_config.no_intact_checkpoint_error(self.train_dir, damaged, '--train_dir')
         if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            status = self._restored.restore(latest)
+            status.assert_existing_objects_matched()
+            status.expect_partial()  # the budget's entries, read next (or a resume without it)
+            if self.time_budget is not None and not self.time_budget.restore(latest):
+                print(f"{latest} does not record the training time: the time budget "
+                      "counts from now", file=sys.stderr)
             if isinstance(self.optimizer, SkipNonFiniteOptimizer):
                 # a run written before the scale was pinned may hold a halved one
                 self.optimizer.dynamic_scale.assign(1.0)
@@ -661,7 +803,9 @@ class Trainer:
         on_summary(step, batch): called every `save_summaries_secs` for image/mAP summaries.
         on_step(step, losses): called after each step (tests, callbacks).
         max_seconds: a wall-clock budget; when spent, training stops as if done (checkpoint
-          saved), so a fixed-time comparison can be made.
+          saved), so a fixed-time comparison can be made. With the Trainer's `time_budget`,
+          that budget (spanning resumes) is the one used, and the run ends at its fitted last
+          step (at most `max_steps`).
         Any other exception (from the data, a callback, a summary write) first saves a
         checkpoint of the last completed step, then propagates.
         Returns the reason it stopped: 'done', 'time budget', 'SIGINT' or 'SIGTERM' (also
@@ -671,6 +815,12 @@ class Trainer:
                           max_consecutive_nonfinite, save_summaries_secs, max_seconds)
         step = int(self.global_step.numpy())
         progress = progress or ProgressBar(max_steps, step, log_every_n_steps)
+        if self.time_budget is not None:
+            if self.multi_worker:
+                raise ValueError("a fitted time budget (--fit_schedule_to_budget) needs one "
+                                 "process: the workers would fit different last steps")
+            self.time_budget.start(step, self.clock())
+            progress.total = self.time_budget.stop_step()
         with _StopSignals() as signals:
             try:
                 reason = self._loop(iter(dataset), max_steps, loop, signals, progress,
@@ -680,21 +830,40 @@ class Trainer:
             except Exception:
                 self._save_after_failure(progress)
                 raise
-        return self._finish(reason, max_steps, progress)
+        if self.time_budget is not None and reason in ('done', 'time budget'):
+            b = self.time_budget
+            progress.message(f"time budget: training ended at step "
+                             f"{int(self.global_step.numpy())} after "
+                             f"{float(b.seconds_spent.numpy()):.0f} s of {b.budget:.0f} s")
+        return self._finish(reason, self._end_step(max_steps), progress)
+
+    def _end_step(self, max_steps):
+        """The step the loop runs to: `max_steps`, or the budget's fitted last step."""
+        if self.time_budget is None:
+            return max_steps
+        return min(max_steps, self.time_budget.stop_step())
+
+    def _budget_spent(self, start, max_seconds):
+        """`(whether the time budget is spent, the budget in seconds)`."""
+        if self.time_budget is not None:
+            return self.time_budget.spent(self.clock()), self.time_budget.budget
+        spent = max_seconds is not None and self.clock() - start >= max_seconds
+        return spent, max_seconds
 
     def _loop(self, iterator, max_steps, loop, signals, progress, summary_writer, on_summary,
               on_step):
         """The steps; returns why they stopped."""
-        clock = {'start': time.perf_counter(), 'save': time.perf_counter(),
+        clock = {'save': time.perf_counter(),
                  'summary': time.perf_counter()}
         bad_in_a_row = 0
         self.stop_requested_elsewhere = False
-        while int(self.global_step.numpy()) < max_steps:
+        start = self.clock()
+        while int(self.global_step.numpy()) < self._end_step(max_steps):
             if self.stop_requested_elsewhere or (signals.received and not self.multi_worker):
                 return signals.received or 'SIGTERM'
-            if loop.max_seconds is not None and \
-                    time.perf_counter() - clock['start'] >= loop.max_seconds:
-                progress.message(f"time budget of {loop.max_seconds:.0f} s spent at step "
+            spent, budget = self._budget_spent(start, loop.max_seconds)
+            if spent:
+                progress.message(f"time budget of {budget:.0f} s spent at step "
                                  f"{int(self.global_step.numpy())}")
                 return 'time budget'
             t0 = time.perf_counter()
@@ -703,6 +872,7 @@ class Trainer:
                       self.train_step(batch, stop_request=signals.received).items()}
             dt = time.perf_counter() - t0
             step = int(self.global_step.numpy())
+            self._refit(step, progress)
             if not all(math.isfinite(v) for v in losses.values()):
                 bad_in_a_row = self._non_finite_step(step, losses, bad_in_a_row + 1, loop,
                                                      progress)
@@ -722,6 +892,23 @@ class Trainer:
                 self.save()
                 clock['save'] = time.perf_counter()
         return 'done'
+
+    def _refit(self, step, progress):
+        """Fits the time budget's last step again after `step` (the progress bar follows)."""
+        if self.time_budget is None:
+            return
+        fit = self.time_budget.after_step(step, self.clock())
+        if fit is None:
+            return
+        progress.total = self.time_budget.stop_step()
+        if not self._budget_announced:
+            self._budget_announced = True
+            b = self.time_budget
+            progress.message(
+                f"time budget: {b.budget:.0f} s at {fit[1]:.3f} s/step (measured from step "
+                f"{b.measured_from}): the learning-rate schedule ends at step {b.stop_step()} "
+                f"(--max_number_of_steps={b.max_steps}); fitted again every {b.refit_every} "
+                "steps")
 
     def _non_finite_step(self, step, losses, bad_in_a_row, loop, progress):
         """Reports a skipped step; raises NonFiniteLossError after too many in a row."""

@@ -76,6 +76,10 @@ def latest_step(train_dir):
     (['--reference_compat', '--label_smoothing=0.1'], '--label_smoothing with --reference_compat'),
     (['--class_balance=1.5'], '--class_balance must be in [0, 1]'),
     (['--reference_compat', '--class_balance=0.5'], '--class_balance with --reference_compat'),
+    (['--fit_schedule_to_budget'], '--fit_schedule_to_budget needs --max_train_secs'),
+    (['--fit_schedule_to_budget', '--max_train_secs=60', '--learning_rate_decay_type=fixed'],
+     '--fit_schedule_to_budget fits the cosine decay, not --learning_rate_decay_type=fixed'),
+    (['--max_train_secs=0'], '--max_train_secs must be a positive number of seconds'),
 ])
 def test_bad_flags_fail_at_once_naming_them(args, needle, tmp_path):
     t0 = time.time()
