@@ -312,18 +312,20 @@ def resolve_data(config):
     return dataset_name, source, label_map, num_classes
 
 
-def build_detector(evaluation, kind, path, net, model_name):
-    """`(keras model or None, detector)` with the post-processing flags."""
+def build_detector(evaluation, kind, path, net, model_name, flip=False):
+    """`(keras model or None, detector)` with the post-processing flags; flip: the resolved
+    test-time flip (`builder.run_test_time_flip`)."""
     nms = dict(select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
                top_k=FLAGS.select_top_k, keep_top_k=FLAGS.keep_top_k)
     tiles = shared_flags.tiles_from_flags(FLAGS.tiles, FLAGS.tile_overlap,
                                           FLAGS.tile_max_box)
-    flip = FLAGS.test_time_flip
     if kind == 'saved_model':
-        if flip:
-            raise ValueError(f"--test_time_flip does not apply to a SavedModel ({path}): its "
+        if FLAGS.test_time_flip is not None and FLAGS.test_time_flip != flip:
+            flag = '--test_time_flip' if FLAGS.test_time_flip else '--notest_time_flip'
+            raise ValueError(f"{flag} does not apply to a SavedModel ({path}): its "
                              f"detection is fixed at export (export_savedmodel.py "
-                             f"--test_time_flip)")
+                             f"--test_time_flip; this one was exported "
+                             f"{'with' if flip else 'without'} it)")
         if tiles is not None:
             raise ValueError(f"--tiles={FLAGS.tiles} does not apply to a SavedModel "
                              f"({path}): its tiling is fixed at export (export_savedmodel.py "
@@ -394,8 +396,10 @@ class Evaluation:
             self.config, FLAGS.checkpoint_path, FLAGS.model_name, self.num_classes,
             image_size=FLAGS.eval_image_size, get_network=get_network)
         self.model_name = self.net.model_name
+        # the flag, else the run's choice (a SavedModel: its export's)
+        self.flip = builder.run_test_time_flip(FLAGS.test_time_flip, self.config)
         self.model, self.detector = build_detector(evaluation, self.kind, self.path, self.net,
-                                                   self.model_name)
+                                                   self.model_name, self.flip)
         self.preprocess_fn = make_preprocess_fn(tuple(self.net.params.img_shape),
                                                 FLAGS.eval_resize)
         with_encoded = (getattr(self.detector, 'input_kind', '') == 'encoded'
@@ -428,7 +432,7 @@ class Evaluation:
             run, self.eval_dir, split=FLAGS.dataset_split_name, coco=FLAGS.coco_metrics,
             step=step, num_sample_images=FLAGS.num_sample_images,
             extra=dict(checkpoint_path=path, model_name=self.model_name,
-                       dataset_name=self.dataset_name, test_time_flip=FLAGS.test_time_flip,
+                       dataset_name=self.dataset_name, test_time_flip=self.flip,
                        tiles=FLAGS.tiles or None))
         if summaries:
             self.ev.write_summaries(self.eval_dir, m, step or 0)

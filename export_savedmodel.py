@@ -126,6 +126,13 @@ def main(argv):
     built = builder.load_model(FLAGS.checkpoint_path, FLAGS.model_name, FLAGS.num_classes,
                                label_map=FLAGS.label_map)
     net, model, label_names, path = built.net, built.model, built.label_names, built.path
+    flip = builder.run_test_time_flip(FLAGS.test_time_flip, built.config)
+    if flip and FLAGS.test_time_flip is None:
+        import sys
+        print("test-time flip: on, as the run was trained (train_ssd.py --test_time_flip); "
+              "--notest_time_flip turns it off" +
+              ("; the TFLite models detect each image once" if variants else ""),
+              file=sys.stderr)
     shape = tuple(net.params.img_shape)
     preprocess = prep.image_preprocess_fn(shape)
 
@@ -150,7 +157,7 @@ def main(argv):
                       label_ids=built.label_map.label_ids if built.label_map else None),
         max_image_pixels=FLAGS.max_image_pixels or images.DEFAULT_MAX_PIXELS,
         max_batch_size=FLAGS.max_batch_size,
-        before_publish=add_tflite, tiles=tiles, test_time_flip=FLAGS.test_time_flip, **nms)
+        before_publish=add_tflite, tiles=tiles, test_time_flip=flip, **nms)
     print(f"SavedModel: {target}")
     for q in tflite_paths:
         print(f"TFLite {q}: {os.path.join(target, 'tflite', f'model_{q}.tflite')}")

@@ -44,6 +44,12 @@ SMALL_OBJECT_CLASS_BALANCE = 0.5
 # ssd_small_320 at batch 32 on 2 CPU cores in bfloat16 (about 19 minutes with evaluation, since
 # the matcher runs XLA-compiled; docs/small-objects.md#results-on-the-real-dev-set).
 SMALL_OBJECT_STEPS = 1600
+# The --max_train_secs of the small-object command: the training loop's share of the 20
+# minutes (start-up and the final evaluation take the rest, about 40 s on 2 cores). Where
+# SMALL_OBJECT_STEPS take longer, the run stops there, before its decay ends: as good on the
+# dev set as a decay fitted to the budget (--fit_schedule_to_budget;
+# docs/small-objects.md#a-budget-fitted-to-the-schedule).
+SMALL_OBJECT_BUDGET_SECS = 1140
 # Where boxes are lost (`loss_reasons`), in the order the reasons are tried.
 LOSS_REASONS = ('input too small', 'no anchor shape', 'map too coarse')
 # Aspect ratio buckets on w / h (relative units, as the network sees the warped image).
@@ -168,14 +174,16 @@ class AnchorCoverage:
     def recommended_command(self):
         """When most boxes are small (`small_share` >= 0.5) and a small-object network is
         known: the one `train_ssd.py` command for such data (that network, whose input size
-        comes with it, anchors fitted to the boxes, class-balanced loss weights and the steps of
-        a 20-minute budget), else ''.
+        comes with it, anchors fitted to the boxes, class-balanced loss weights, the steps of
+        a 20-minute budget and that budget, and the test-time flip, which its report and every
+        later command use), else ''.
         The data flags are the user's own (written as a placeholder)."""
         if not self.small_object_network or not self.num_boxes or self.small_share < 0.5:
             return ''
         text = (f"python train_ssd.py --model_name={self.small_object_network} --anchors=auto "
                 f"--class_balance={SMALL_OBJECT_CLASS_BALANCE:g} "
                 f"--max_number_of_steps={SMALL_OBJECT_STEPS} "
+                f"--max_train_secs={SMALL_OBJECT_BUDGET_SECS} --test_time_flip "
                 f"<your --dataset_name/--dataset_dir flags>")
         if self.small_object_input:
             h, w = self.small_object_input

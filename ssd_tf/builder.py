@@ -25,7 +25,9 @@ one command takes, all take, and they resolve it the same way:
 - the precision (`float32_network`): the network always computes in float32 here; a model
   trained in a mixed policy is evaluated through a float32 copy of its weights;
 - the class names (`ssd_tf.datasets.labelmap.resolve_label_map`): `--label_map`, else the
-  run config's `label_names` (with their dataset ids), else a `labels.txt` beside the model.
+  run config's `label_names` (with their dataset ids), else a `labels.txt` beside the model;
+- the test-time flip (`run_test_time_flip`): `--test_time_flip`/`--notest_time_flip`, else
+  the run's own choice (train_ssd.py `--test_time_flip`; a SavedModel's export), else off.
 """
 import dataclasses
 import os
@@ -242,6 +244,15 @@ def restore_weights(model, net, kind, path, config=None, moving_average=None,
         return f"restored {path} with the moving averages of {ema}"
     return (f"restored the model from the ssd-tf checkpoint {path}" +
             (" (the moving averages of the weights)" if averaged else ""))
+
+
+def run_test_time_flip(flag, config):
+    """Whether a command detects with the test-time flip: `flag` (its --test_time_flip:
+    True, False, or None when not given), else what `config` (the run's RunConfig, or a
+    SavedModel's export config) records, else False."""
+    if flag is not None:
+        return bool(flag)
+    return bool(config is not None and config.test_time_flip)
 
 
 @dataclasses.dataclass

@@ -91,7 +91,7 @@ def from_signature_output(out, index=0):
 
 
 def make_detector(model_path, model_name=None, num_classes=None, label_map=None, tiles=None,
-                  test_time_flip=False):
+                  test_time_flip=None):
     """`(detect, label_names)`: `detect(encoded bytes, image uint8 [H, W, 3])` -> dict of
     numpy `boxes [N, 4]` relative yxyx (original image), `classes [N]`, `scores [N]`.
 
@@ -100,13 +100,19 @@ def make_detector(model_path, model_name=None, num_classes=None, label_map=None,
     file (default: see the module docstring). tiles: None or `tiling.Tiles`, tiled
     detection (`ssd_tf.tiling`) of a checkpoint; a SavedModel tiles as it was exported.
     test_time_flip: each image also detected mirrored and averaged in
-    (`postprocess.detections_of`), for a checkpoint; a SavedModel flips as it was exported.
+    (`postprocess.detections_of`), for a checkpoint; None: the run's own choice
+    (`builder.run_test_time_flip`). A SavedModel flips as it was exported, a TFLite model
+    never: a value that asks otherwise is a ValueError.
     """
     kind, path = builder.resolve_source(model_path)
-    if test_time_flip and kind in ('tflite', 'saved_model'):
-        raise ValueError(f"--test_time_flip does not apply to {kind} {path}: a SavedModel "
-                         f"flips as it was exported (export_savedmodel.py --test_time_flip), "
-                         f"a TFLite model detects the image once; pass the training directory")
+    if kind in ('tflite', 'saved_model') and test_time_flip is not None:
+        fixed = kind == 'saved_model' and bool(run_config.read_run_config(path).test_time_flip)
+        if bool(test_time_flip) != fixed:
+            flag = '--test_time_flip' if test_time_flip else '--notest_time_flip'
+            raise ValueError(f"{flag} does not apply to {kind} {path}: a SavedModel flips as "
+                             f"it was exported (export_savedmodel.py --test_time_flip; this "
+                             f"one {'does' if fixed else 'does not'}), a TFLite model detects "
+                             f"the image once; pass the training directory")
     if tiles is not None and kind in ('tflite', 'saved_model'):
         raise ValueError(f"--tiles does not apply to {kind} {path}: a SavedModel tiles as it "
                          f"was exported (export_savedmodel.py --tiles), a TFLite model "
@@ -143,7 +149,7 @@ def make_detector(model_path, model_name=None, num_classes=None, label_map=None,
     built = builder.load_model(model_path, model_name, num_classes, label_map=label_map)
     module = export_lib.DetectionModule(
         built.net, built.model, prep.image_preprocess_fn(tuple(built.net.params.img_shape)),
-        tiles=tiles, test_time_flip=test_time_flip)
+        tiles=tiles, test_time_flip=builder.run_test_time_flip(test_time_flip, built.config))
 
     def detect(data, image):
         del image

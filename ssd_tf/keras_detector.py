@@ -52,9 +52,10 @@ def _eval_preprocess(img_shape):
 
 
 def detection_settings(detection=None):
-    """`postprocess.DETECTION_DEFAULTS` updated by `detection` (select_threshold,
-    nms_threshold, top_k, keep_top_k); ValueError naming an unknown or out-of-range one."""
-    settings = dict(postprocess.DETECTION_DEFAULTS)
+    """`postprocess.DETECTION_DEFAULTS` and `test_time_flip` (False) updated by `detection`
+    (select_threshold, nms_threshold, top_k, keep_top_k, test_time_flip); ValueError naming an
+    unknown or out-of-range one."""
+    settings = dict(postprocess.DETECTION_DEFAULTS, test_time_flip=False)
     given = dict(detection or {})
     unknown = sorted(set(given) - set(settings))
     if unknown:
@@ -69,6 +70,11 @@ def detection_settings(detection=None):
         if int(settings[key]) != settings[key] or int(settings[key]) < 1:
             raise ValueError(f"detection: {key}={settings[key]} must be a positive integer")
         settings[key] = int(settings[key])
+    flip = settings['test_time_flip']
+    if isinstance(flip, str) or flip not in (True, False):
+        raise ValueError(f"detection: test_time_flip={settings['test_time_flip']!r} must be "
+                         f"True or False")
+    settings['test_time_flip'] = bool(settings['test_time_flip'])
     return settings
 
 
@@ -102,8 +108,9 @@ class SSDDetector(keras.Model):
         `nets_factory.get_network('ssd_small')(params)`; or use `from_network`.
       label_names: the C-1 object class names (ids 1..C-1), saved and exported with the model.
       detection: overrides of `postprocess.DETECTION_DEFAULTS` for `predict` (select_threshold,
-        nms_threshold, top_k candidates per class, keep_top_k detections per image); `export`
-        uses the same thresholds and keeps `max_detections`.
+        nms_threshold, top_k candidates per class, keep_top_k detections per image) and
+        `test_time_flip` (each image also detected mirrored, averaged in; default False);
+        `export` uses the same settings and keeps `max_detections`.
       weight_decay: slim's L2 weight decay on every conv kernel, added to the loss
         (train_ssd.py's default 0.0005; 0 for none).
       model: the Keras network to wrap (default `net.keras_model(weight_decay=...)`); its
@@ -159,14 +166,18 @@ class SSDDetector(keras.Model):
                         **kwargs):
         """The detector of a train_ssd.py run (a train_dir or checkpoint prefix; config.json
         beside it gives the network, classes and labels; a run with --moving_average_decay
-        gives its averaged weights) or of a slim checkpoint (pass model_name, num_classes).
+        gives its averaged weights, a run with --test_time_flip detects so unless `detection`
+        says `test_time_flip`) or of a slim checkpoint (pass model_name, num_classes).
         `model_name`/`num_classes` that contradict the run are a ValueError naming both."""
         try:
             built = builder.load_model(checkpoint_path, model_name, num_classes,
                                        label_map=label_map)
         except ValueError as e:
             raise ValueError(f"SSDDetector.from_checkpoint({checkpoint_path!r}): {e}") from None
-        detector = cls(built.net, label_names=built.label_names, **kwargs)
+        detection = dict(kwargs.pop('detection', None) or {})
+        detection.setdefault('test_time_flip',
+                             builder.run_test_time_flip(None, built.config))
+        detector = cls(built.net, label_names=built.label_names, detection=detection, **kwargs)
         detector.network.set_weights(built.model.get_weights())
         return detector
 
@@ -412,7 +423,7 @@ class SSDDetector(keras.Model):
             select_threshold=det['select_threshold'], nms_threshold=det['nms_threshold'],
             max_detections=max_detections, top_k=det['top_k'],
             metadata={'exported_by': 'SSDDetector.export'}, max_image_pixels=max_image_pixels,
-            max_batch_size=max_batch_size)
+            max_batch_size=max_batch_size, test_time_flip=det['test_time_flip'])
         if verbose:
             print(f"SavedModel: {target}")
         return target

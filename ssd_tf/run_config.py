@@ -125,6 +125,7 @@ class RunConfig:
     jit_compile: bool = None
     max_train_secs: float = None
     fit_schedule_to_budget: bool = None
+    test_time_flip: bool = None
     log_every_n_steps: int = None
     save_interval_secs: int = None
     save_every_n_steps: int = None

@@ -31,6 +31,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ssd_tf import run_config
@@ -145,9 +146,10 @@ class TimeBudget:
         self.refit_every = max(int(refit_every), 1)
         self.last_step = tf.Variable(self.max_steps, dtype=tf.int64, trainable=False,
                                      name='fitted_last_step')
-        self.seconds_spent = tf.Variable(0., dtype=tf.float64, trainable=False,
+        # float32, not float64: a TPU holds no float64 variable (1 ms steps at 10^4 s)
+        self.seconds_spent = tf.Variable(0., dtype=tf.float32, trainable=False,
                                          name='train_seconds')
-        self.fitted_for = tf.Variable([self.budget, self.max_steps], dtype=tf.float64,
+        self.fitted_for = tf.Variable([self.budget, self.max_steps], dtype=tf.float32,
                                       trainable=False, name='fitted_for')
         self._t0 = self._spent0 = self._start_step = self._mark = None
 
@@ -191,7 +193,8 @@ class TimeBudget:
         max steps it was fitted for)."""
         self._t0, self._start_step, self._mark = now, int(step), None
         self._spent0 = float(self.seconds_spent.numpy())
-        same = list(self.fitted_for.numpy()) == [self.budget, float(self.max_steps)]
+        same = self.fitted_for.numpy().tolist() == np.float32(
+            [self.budget, self.max_steps]).tolist()
         self.fitted_for.assign([self.budget, self.max_steps])
         if step <= 0 or self._spent0 <= 0 or (step >= int(self.last_step.numpy()) and same):
             return

@@ -53,3 +53,18 @@ def sharpened_network(seed, name='ssd_small', scale=5., background_bias=4.):
     model = net.keras_model()
     sharpen_class_heads(model, net.params.num_classes, scale, background_bias)
     return net, model
+
+
+def quiet_progress(total, start=0):
+    """A `training.ProgressBar` for in-process training tests: prints nothing and keeps its
+    messages in `.messages`."""
+    from ssd_tf import training
+
+    class Quiet(training.ProgressBar):
+        def __init__(self):
+            super().__init__(total, start, 1000, stream=open(os.devnull, 'w'))
+            self.messages = []
+
+        def message(self, text):
+            self.messages.append(text)
+    return Quiet()

@@ -177,7 +177,7 @@ def test_every_program_names_the_small_object_command_with_its_input(tmp_path, c
     root = str(tmp_path / 'small')
     synthetic.write_synthetic_voc(root, 12, 2, objects='small')
     want = ('python train_ssd.py --model_name=ssd_small_320 --anchors=auto --class_balance=0.5 '
-            '--max_number_of_steps=1600',
+            '--max_number_of_steps=1600 --max_train_secs=1140 --test_time_flip',
             '(input 320x320, fixed by ssd_small_320)')
     assert anchors_cli.main(['--dataset_name', 'voc', '--dataset_dir', root,
                              '--model_name', 'ssd_small']) == 0

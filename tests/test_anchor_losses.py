@@ -74,7 +74,8 @@ def test_small_boxes_warning_names_the_small_object_command():
     assert report.small_share == 1.0  # all 12 boxes are under 16 % of the side
     warning = report.warning()
     assert ('python train_ssd.py --model_name=ssd_small_320 --anchors=auto --class_balance=0.5 '
-            '--max_number_of_steps=1600 <your --dataset_name/--dataset_dir flags> '
+            '--max_number_of_steps=1600 --max_train_secs=1140 --test_time_flip '
+            '<your --dataset_name/--dataset_dir flags> '
             '(input 320x320') in warning
     # the two 0.01 boxes are 0.01 * 320 = 3.2 px at 320 px: still under 8 px
     assert '2 boxes stay under 8 px even at that input' in warning

@@ -151,3 +151,110 @@ def test_with_tiles_every_pass_is_flipped(network):
     data = tf.constant([_png(image)])
     assert all(found(both.detect_bytes(data), flipped))
     assert not all(found(tiles_only.detect_bytes(data), flipped))
+
+
+# ------------------------------------------------------------------ the run's own choice
+def test_run_test_time_flip_resolution():
+    from ssd_tf import builder
+    from ssd_tf import run_config
+    flipped = run_config.RunConfig(test_time_flip=True)
+    older = run_config.RunConfig.from_dict({'model_name': 'ssd_small'})  # before the field
+    assert builder.run_test_time_flip(None, flipped) is True      # unset: the run's
+    assert builder.run_test_time_flip(False, flipped) is False    # --notest_time_flip
+    assert builder.run_test_time_flip(True, older) is True        # --test_time_flip
+    assert builder.run_test_time_flip(None, older) is False
+    assert builder.run_test_time_flip(None, run_config.RunConfig()) is False  # no config
+    assert builder.run_test_time_flip(None, None) is False
+
+
+def test_keras_detection_settings_take_the_flip():
+    from ssd_tf import keras_detector
+    assert keras_detector.detection_settings()['test_time_flip'] is False
+    assert keras_detector.detection_settings({'test_time_flip': True})['test_time_flip'] is True
+    for bad in ('yes', None, 2):
+        with pytest.raises(ValueError, match='test_time_flip'):
+            keras_detector.detection_settings({'test_time_flip': bad})
+
+
+@pytest.fixture(scope='module')
+def flip_run(network, tmp_path_factory):
+    """A training directory (Trainer checkpoint, config.json) of `network` whose run was
+    trained with --test_time_flip."""
+    from ssd_tf import run_config
+    from ssd_tf import training
+    net, model = network
+    d = tmp_path_factory.mktemp('flip_run') / 'train'
+    trainer = training.Trainer(net, model, training.build_optimizer('adam', 1e-3),
+                               tf.distribute.get_strategy(), str(d), 4)
+    trainer.save()
+    run_config.RunConfig(model_name='ssd_small', num_classes=net.params.num_classes,
+                         image_shape=list(net.params.img_shape),
+                         label_names=[f'c{i}' for i in range(1, net.params.num_classes)],
+                         test_time_flip=True).write(str(d))
+    return d
+
+
+def test_a_flip_run_is_detected_flipped_unless_told_otherwise(flip_run):
+    """detect.make_detector and SSDDetector.from_checkpoint take the run's --test_time_flip
+    when not told (the detections equal the explicitly flipped ones, not the plain ones)."""
+    import ssd_tf
+    from ssd_tf import detect
+    photos = _photos(1, seed=4)
+    data = _png(photos[0])
+    got = {flip: detect.make_detector(str(flip_run), test_time_flip=flip)[0](data, photos[0])
+           for flip in (None, True, False)}
+    np.testing.assert_allclose(got[None]['scores'], got[True]['scores'], atol=1e-6)
+    np.testing.assert_allclose(got[None]['boxes'], got[True]['boxes'], atol=1e-6)
+    assert not np.allclose(got[None]['scores'][:5], got[False]['scores'][:5])
+    assert ssd_tf.SSDDetector.from_checkpoint(str(flip_run)).detection['test_time_flip']
+    told = ssd_tf.SSDDetector.from_checkpoint(str(flip_run),
+                                              detection={'test_time_flip': False})
+    assert told.detection['test_time_flip'] is False
+
+
+@pytest.mark.slow
+def test_train_eval_and_export_share_the_runs_flip(tmp_path):
+    """train_ssd.py --test_time_flip: recorded in config.json and the report; eval_ssd.py on
+    the run reports the same numbers without being told, --notest_time_flip others; the export
+    flips as the run did (export_config.json), and its SavedModel refuses --notest_time_flip
+    in eval_ssd.py."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+
+    def run(script, *args):
+        return subprocess.run([sys.executable, str(root / script)] + list(args),
+                              capture_output=True, text=True, timeout=600, cwd=root, env=env)
+    train_dir = tmp_path / 'run'
+    r = run('train_ssd.py', f'--train_dir={train_dir}', '--synthetic_num_train=32',
+            '--synthetic_num_test=12', '--batch_size=8', '--max_number_of_steps=30',
+            '--log_every_n_steps=10', '--warmup_steps=2', '--test_time_flip')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'images, test-time flip): ' in r.stdout
+    assert json.loads((train_dir / 'config.json').read_text())['test_time_flip'] is True
+    trained = json.loads((train_dir / 'eval' / 'metrics.json').read_text())
+    assert trained['test_time_flip'] is True
+    for args, flip in (((), True), (('--notest_time_flip',), False)):
+        out = tmp_path / f'eval_{flip}'
+        r = run('eval_ssd.py', f'--checkpoint_path={train_dir}', f'--eval_dir={out}',
+                '--batch_size=16', *args)
+        assert r.returncode == 0, r.stderr[-3000:]
+        m = json.loads((out / 'metrics.json').read_text())
+        assert m['test_time_flip'] is flip
+        assert (m['voc07'] == trained['voc07'] and
+                m['num_detections'] == trained['num_detections']) is flip
+    r = run('export_savedmodel.py', f'--checkpoint_path={train_dir}',
+            f'--output_dir={tmp_path / "export"}')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'test-time flip: on, as the run was trained' in r.stderr
+    exported = tmp_path / 'export' / '1'
+    assert json.loads((exported / 'assets' / 'export_config.json').read_text())[
+        'test_time_flip'] is True
+    r = run('eval_ssd.py', f'--checkpoint_path={exported}', f'--eval_dir={tmp_path / "e"}',
+            '--notest_time_flip')
+    assert r.returncode != 0 and '--notest_time_flip does not apply to a SavedModel' in \
+        r.stderr, r.stderr[-2000:]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import quiet_progress
 from nets import ssd_small
 from preprocessing import ssd_vgg_preprocessing as prep
 from ssd_tf import data as data_lib
@@ -175,14 +176,6 @@ def _trainer(train_dir, budget, max_steps, end_lr=0.001):
     return trainer, data
 
 
-class _Quiet(training.ProgressBar):
-    def __init__(self, total, start=0):
-        super().__init__(total, start, 1000, stream=open(os.devnull, 'w'))
-        self.messages = []
-
-    def message(self, text):
-        self.messages.append(text)
-
 
 def _saved(train_dir):
     r = tf.train.load_checkpoint(str(train_dir))
@@ -196,7 +189,7 @@ def test_a_fitted_run_ends_its_decay_in_the_budget_and_a_cut_run_does_not(tmp_pa
     # with the learning rate at its end value, and the checkpoint of step 8 saved.
     budget = training.TimeBudget(8., max_steps=50, settle_steps=2, refit_every=2)
     trainer, data = _trainer(tmp_path / 'fit', budget, 50)
-    progress = _Quiet(50)
+    progress = quiet_progress(50)
     assert trainer.train(data(), 50, progress=progress) == 'done'
     assert int(trainer.global_step.numpy()) == 8 and progress.total == 8
     assert trainer.current_learning_rate() == pytest.approx(0.001, rel=1e-4)
@@ -206,13 +199,13 @@ def test_a_fitted_run_ends_its_decay_in_the_budget_and_a_cut_run_does_not(tmp_pa
     budget = training.TimeBudget(8., max_steps=50, settle_steps=2, refit_every=2)
     trainer, data = _trainer(tmp_path / 'fit', budget, 50)
     assert trainer.restore() is not None
-    assert trainer.train(data(start=8 * 4), 50, progress=_Quiet(50, 8)) == 'done'
+    assert trainer.train(data(start=8 * 4), 50, progress=quiet_progress(50, 8)) == 'done'
     assert int(trainer.global_step.numpy()) == 8
     assert any('ends at step 8' in m for m in progress.messages), progress.messages
     # Cut (--max_train_secs alone, as before): stops when 8 s are spent, at step 8, with the
     # decay planned for 50 steps barely begun: 0.001 + 0.009 * 0.5 * (1 + cos(pi * 8 / 50)).
     trainer, data = _trainer(tmp_path / 'cut', None, 50)
-    assert trainer.train(data(), 50, progress=_Quiet(50), max_seconds=8.) == 'time budget'
+    assert trainer.train(data(), 50, progress=quiet_progress(50), max_seconds=8.) == 'time budget'
     assert int(trainer.global_step.numpy()) == 8
     assert trainer.current_learning_rate() == pytest.approx(
         0.001 + 0.009 * 0.5 * (1 + math.cos(math.pi * 8 / 50)), rel=1e-4)
@@ -224,22 +217,22 @@ def test_a_resumed_fitted_run_keeps_its_budget_and_an_older_run_resumes(tmp_path
     # process: 3 s spent, so 7 of the 10 s are left at 1 s/step -> ends at step 10.
     budget = training.TimeBudget(10., max_steps=50, settle_steps=2, refit_every=2)
     trainer, data = _trainer(tmp_path / 'run', budget, 50)
-    trainer.train(data(), 3, progress=_Quiet(3))
+    trainer.train(data(), 3, progress=quiet_progress(3))
     budget = training.TimeBudget(10., max_steps=50, settle_steps=2, refit_every=2)
     trainer, data = _trainer(tmp_path / 'run', budget, 50)
     assert trainer.restore() is not None
     assert budget.stop_step() == 50 and float(budget.seconds_spent.numpy()) == 3.
-    assert trainer.train(data(start=3 * 4), 50, progress=_Quiet(50, 3)) == 'done'
+    assert trainer.train(data(start=3 * 4), 50, progress=quiet_progress(50, 3)) == 'done'
     assert _saved(tmp_path / 'run') == {'global_step': 10, 'fitted_last_step': 10,
                                         'train_seconds': 10.}
     # A run saved without the budget's entries (before they existed) resumes with it; the
     # budget counts from the resume: 3 steps, then 6 s more at 1 s/step -> step 9.
     trainer, data = _trainer(tmp_path / 'older', None, 50)
-    trainer.train(data(), 3, progress=_Quiet(3))
+    trainer.train(data(), 3, progress=quiet_progress(3))
     budget = training.TimeBudget(6., max_steps=50, settle_steps=2, refit_every=2)
     trainer, data = _trainer(tmp_path / 'older', budget, 50)
     assert trainer.restore() is not None
-    assert trainer.train(data(start=3 * 4), 50, progress=_Quiet(50, 3)) == 'done'
+    assert trainer.train(data(start=3 * 4), 50, progress=quiet_progress(50, 3)) == 'done'
     assert _saved(tmp_path / 'older') == {'global_step': 9, 'fitted_last_step': 9,
                                           'train_seconds': 6.}
 
@@ -274,3 +267,10 @@ def test_train_ssd_records_the_fitted_run_and_refuses_to_resume_it_unfitted(tmp_
     r = train('--max_number_of_steps=16', '--max_train_secs=3600', '--fit_schedule_to_budget')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'step 16/16' in r.stderr  # more --max_number_of_steps: trains on
+    # the checkpoint, with the budget's entries, is one every program reads
+    e = subprocess.run([sys.executable, os.path.join(root, 'eval_ssd.py'),
+                        f'--checkpoint_path={train_dir}', f'--eval_dir={tmp_path / "eval"}',
+                        '--batch_size=4'], capture_output=True, text=True, timeout=600,
+                       cwd=root, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+    assert e.returncode == 0, e.stderr[-3000:]
+    assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text())['step'] == 16

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import quiet_progress
 from nets import ssd_small
 from preprocessing import ssd_vgg_preprocessing as prep
 from ssd_tf import builder
@@ -117,14 +118,6 @@ def _setup(tmp_path, steps_records=64, batch=8, optimizer='adam', lr=1e-3, seed=
     return net, model, opt, trainer, dataset
 
 
-class _Quiet(training.ProgressBar):
-    def __init__(self, total, start=0):
-        super().__init__(total, start, 1000, stream=open(os.devnull, 'w'))
-        self.messages = []
-
-    def message(self, text):
-        self.messages.append(text)
-
 
 def _opt_state(opt):
     return [v.numpy().copy() for v in opt.variables]
@@ -134,11 +127,11 @@ def _opt_state(opt):
 def test_resume_gives_same_step_optimizer_state_and_weights(tmp_path):
     # Uninterrupted: 4 steps.
     _, model_a, opt_a, tr_a, ds_a = _setup(tmp_path / 'a')
-    tr_a.train(ds_a(), 4, progress=_Quiet(4))
+    tr_a.train(ds_a(), 4, progress=quiet_progress(4))
     # Interrupted after 2 steps, then a fresh process-like restart: new objects, restore, resume
     # the data stream at the saved position.
     _, _, opt_b, tr_b, ds_b = _setup(tmp_path / 'b')
-    tr_b.train(ds_b(), 2, progress=_Quiet(2))
+    tr_b.train(ds_b(), 2, progress=quiet_progress(2))
     saved_state = _opt_state(opt_b)
     _, model_c, opt_c, tr_c, ds_c = _setup(tmp_path / 'b')
     model_c.set_weights([np.zeros_like(w) for w in model_c.get_weights()])  # restored over
@@ -146,7 +139,7 @@ def test_resume_gives_same_step_optimizer_state_and_weights(tmp_path):
     assert int(tr_c.global_step.numpy()) == 2
     for x, y in zip(saved_state, _opt_state(opt_c)):
         np.testing.assert_array_equal(x, y)
-    tr_c.train(ds_c(start=2 * 8), 4, progress=_Quiet(4, 2))
+    tr_c.train(ds_c(start=2 * 8), 4, progress=quiet_progress(4, 2))
     assert int(tr_c.global_step.numpy()) == 4
     assert int(opt_c.iterations.numpy()) == 4
     for wa, wc in zip(model_a.get_weights(), model_c.get_weights()):
@@ -162,10 +155,10 @@ def test_nan_in_data_is_skipped_then_repeated_nans_stop(tmp_path):
     glocs = tuple(tf.fill(tf.shape(g), float('nan')) for g in targets['glocalisations'])
     poisoned = (images, dict(targets, glocalisations=glocs))
     seen = []
-    trainer.train([batches[0]], 1, progress=_Quiet(1))
+    trainer.train([batches[0]], 1, progress=quiet_progress(1))
     before = [w.copy() for w in model.get_weights()]
     iters = int(opt.iterations.numpy())
-    progress = _Quiet(3, 1)
+    progress = quiet_progress(3, 1)
     trainer.train([poisoned, batches[2]], 3, progress=progress,
                   on_step=lambda s, l: seen.append(s))
     assert any('non-finite loss at step 2' in m for m in progress.messages)
@@ -175,7 +168,7 @@ def test_nan_in_data_is_skipped_then_repeated_nans_stop(tmp_path):
     # Several in a row: stop, keep the last good checkpoint.
     good = trainer.save()
     with pytest.raises(training.NonFiniteLossError, match='last good checkpoint is kept'):
-        trainer.train([poisoned] * 5, 100, max_consecutive_nonfinite=3, progress=_Quiet(100, 4))
+        trainer.train([poisoned] * 5, 100, max_consecutive_nonfinite=3, progress=quiet_progress(100, 4))
     assert trainer.manager.latest_checkpoint == good
 
 
@@ -551,7 +544,7 @@ def test_an_exception_in_the_loop_saves_the_last_good_step_first(tmp_path, fault
     kwargs = {'callback': dict(on_step=on_step), 'summary': dict(summary_writer=_FailingWriter(),
                                                                  log_every_n_steps=2),
               'data': {}}[fault]
-    progress = _Quiet(10)
+    progress = quiet_progress(10)
     with pytest.raises((ValueError, OSError, tf.errors.InvalidArgumentError)):
         trainer.train(data(), 10, save_interval_secs=1e9, progress=progress, **kwargs)
     assert latest_step(tmp_path) == 2  # steps 1 and 2 completed, none saved before the fault
@@ -577,7 +570,7 @@ def test_moving_averages_in_every_checkpoint_and_the_final_weights(tmp_path, sub
                        ._model_variables_moving_average],
                       [v.numpy().copy() for v in trainer.trainable_variables])
     assert trainer.train(ds(), 3, save_every_n_steps=2, on_step=on_step,
-                         progress=_Quiet(3)) == 'done'
+                         progress=quiet_progress(3)) == 'done'
     mid, final = str(tmp_path / 'ckpt-2'), str(tmp_path / 'ckpt-3')
     averages, raw = snap[2]
     assert any(not np.array_equal(a, r) for a, r in zip(averages, raw))

@@ -66,15 +66,20 @@ def define_tiling_flags(flags, extra=''):
                        "default was chosen on the small-object dev set (docs/evaluation.md).")
 
 
-def define_test_time_flip_flag(flags, extra=''):
+def define_test_time_flip_flag(flags, extra='', default=None):
     """--test_time_flip (`postprocess.detections_of`): each image also detected mirrored
-    left-right and averaged in. extra: a sentence appended to the help."""
+    left-right and averaged in. extra: a sentence appended to the help. default None (the
+    programs that load a run): unset, the run's own choice (`builder.run_test_time_flip`);
+    --notest_time_flip turns it off."""
+    unset = (" Default: the run's own choice (train_ssd.py --test_time_flip, recorded in its "
+             "config.json), else off; --notest_time_flip turns it off." if default is None
+             else "")
     flags.DEFINE_boolean(
-        'test_time_flip', False,
+        'test_time_flip', default,
         "Also run the network on each image mirrored left-right and average the two anchor by "
         "anchor (class scores and boxes) before NMS: twice the network's work per image, "
         "usually a higher mAP (on the small-object dev set VOC07 +0.02; docs/evaluation.md). "
-        "With --tiles every tile is flipped too." + (' ' + extra if extra else ''))
+        "With --tiles every tile is flipped too." + unset + (' ' + extra if extra else ''))
 
 
 def tiles_from_flags(tiles, overlap, max_box=tiling.DEFAULT_MAX_BOX):
