@@ -314,7 +314,8 @@ def resolve_data(config):
 
 def build_detector(evaluation, kind, path, net, model_name, flip=False):
     """`(keras model or None, detector)` with the post-processing flags; flip: the resolved
-    test-time flip (`builder.run_test_time_flip`)."""
+    test-time flip (`builder.run_test_time_flip`; a SavedModel's: the one it was exported
+    with)."""
     nms = dict(select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
                top_k=FLAGS.select_top_k, keep_top_k=FLAGS.keep_top_k)
     tiles = shared_flags.tiles_from_flags(FLAGS.tiles, FLAGS.tile_overlap,
@@ -396,8 +397,10 @@ class Evaluation:
             self.config, FLAGS.checkpoint_path, FLAGS.model_name, self.num_classes,
             image_size=FLAGS.eval_image_size, get_network=get_network)
         self.model_name = self.net.model_name
-        # the flag, else the run's choice (a SavedModel: its export's)
-        self.flip = builder.run_test_time_flip(FLAGS.test_time_flip, self.config)
+        # the flag, else the run's choice; a SavedModel's is its export's (a flag asking
+        # otherwise is refused in build_detector)
+        self.flip = builder.run_test_time_flip(
+            None if self.kind == 'saved_model' else FLAGS.test_time_flip, self.config)
         self.model, self.detector = build_detector(evaluation, self.kind, self.path, self.net,
                                                    self.model_name, self.flip)
         self.preprocess_fn = make_preprocess_fn(tuple(self.net.params.img_shape),

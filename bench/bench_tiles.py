@@ -51,8 +51,8 @@ def eval_row(args, tiles, max_box, flip=False):
             if tiles != 'none':
                 cmd += [f'--tiles={tiles}', f'--tile_overlap={args.tile_overlap}',
                         f'--tile_max_box={max_box}']
-            if flip:
-                cmd.append('--test_time_flip')
+            # explicit both ways: unset, eval_ssd.py would take the run's own choice
+            cmd.append('--test_time_flip' if flip else '--notest_time_flip')
             print(' '.join(cmd), file=sys.stderr, flush=True)
             subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
             with open(os.path.join(eval_dir, 'metrics.json')) as f:
