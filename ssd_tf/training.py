@@ -706,13 +706,12 @@ class Trainer:
         items = dict(model=model, optimizer=optimizer, global_step=self.global_step)
         items.update(self._moving_average_items())
         items.update(extra_checkpoint_items or {})
-        # What a restore must find; the budget's entries are read on their own (a run started
-        # before they existed has none).
-        self._restored = tf.train.Checkpoint(**items)
         self.time_budget = time_budget
-        if time_budget is not None:
-            items.update(time_budget.checkpoint_items())
-        self.checkpoint = tf.train.Checkpoint(**items)
+        budget_items = time_budget.checkpoint_items() if time_budget is not None else {}
+        self.checkpoint = tf.train.Checkpoint(**items, **budget_items)
+        # What a restore must find: without a budget, everything the checkpoint saves; with
+        # one, all but the budget's entries (a run started before they existed has none).
+        self._restored = tf.train.Checkpoint(**items) if budget_items else self.checkpoint
         # Rotation is run_config.prune_checkpoints' (after the new checkpoint reads back
         # intact), so the manager itself keeps everything.
         self.max_to_keep = max_to_keep
@@ -759,7 +758,10 @@ class Trainer:
         if latest:
             status = self._restored.restore(latest)
             status.assert_existing_objects_matched()
-            status.expect_partial()  # the budget's entries, read next (or a resume without it)
+            if self._restored is not self.checkpoint:
+                status.expect_partial()  # the budget's entries, read next
+                # the saving object's own save counter, and the budget's entries when there
+                self.checkpoint.restore(latest).expect_partial()
             if self.time_budget is not None and not self.time_budget.restore(latest):
                 print(f"{latest} does not record the training time: the time budget "
                       "counts from now", file=sys.stderr)

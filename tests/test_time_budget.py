@@ -180,7 +180,8 @@ def _trainer(train_dir, budget, max_steps, end_lr=0.001):
 def _saved(train_dir):
     r = tf.train.load_checkpoint(str(train_dir))
     return {k.split('/')[0]: r.get_tensor(k) for k in r.get_variable_to_shape_map()
-            if k.split('/')[0] in ('global_step', 'fitted_last_step', 'train_seconds')}
+            if k.split('/')[0] in ('global_step', 'fitted_last_step', 'train_seconds',
+                                   'save_counter')}
 
 
 @pytest.mark.slow
@@ -194,7 +195,7 @@ def test_a_fitted_run_ends_its_decay_in_the_budget_and_a_cut_run_does_not(tmp_pa
     assert int(trainer.global_step.numpy()) == 8 and progress.total == 8
     assert trainer.current_learning_rate() == pytest.approx(0.001, rel=1e-4)
     assert _saved(tmp_path / 'fit') == {'global_step': 8, 'fitted_last_step': 8,
-                                        'train_seconds': 8.}
+                                        'train_seconds': 8., 'save_counter': 1}
     # The same flags again: finished, no step more.
     budget = training.TimeBudget(8., max_steps=50, settle_steps=2, refit_every=2)
     trainer, data = _trainer(tmp_path / 'fit', budget, 50)
@@ -223,8 +224,9 @@ def test_a_resumed_fitted_run_keeps_its_budget_and_an_older_run_resumes(tmp_path
     assert trainer.restore() is not None
     assert budget.stop_step() == 50 and float(budget.seconds_spent.numpy()) == 3.
     assert trainer.train(data(start=3 * 4), 50, progress=quiet_progress(50, 3)) == 'done'
+    # one save per process, the counter restored with the rest
     assert _saved(tmp_path / 'run') == {'global_step': 10, 'fitted_last_step': 10,
-                                        'train_seconds': 10.}
+                                        'train_seconds': 10., 'save_counter': 2}
     # A run saved without the budget's entries (before they existed) resumes with it; the
     # budget counts from the resume: 3 steps, then 6 s more at 1 s/step -> step 9.
     trainer, data = _trainer(tmp_path / 'older', None, 50)
@@ -234,7 +236,7 @@ def test_a_resumed_fitted_run_keeps_its_budget_and_an_older_run_resumes(tmp_path
     assert trainer.restore() is not None
     assert trainer.train(data(start=3 * 4), 50, progress=quiet_progress(50, 3)) == 'done'
     assert _saved(tmp_path / 'older') == {'global_step': 9, 'fitted_last_step': 9,
-                                          'train_seconds': 6.}
+                                          'train_seconds': 6., 'save_counter': 2}
 
 
 # ------------------------------------------------------------------ train_ssd.py
