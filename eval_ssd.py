@@ -316,17 +316,13 @@ def build_detector(evaluation, kind, path, net, model_name, flip=False):
     """`(keras model or None, detector)` with the post-processing flags; flip: the resolved
     test-time flip (`builder.run_test_time_flip`; a SavedModel's: the one it was exported
     with)."""
+    from ssd_tf import builder
     nms = dict(select_threshold=FLAGS.select_threshold, nms_threshold=FLAGS.nms_threshold,
                top_k=FLAGS.select_top_k, keep_top_k=FLAGS.keep_top_k)
     tiles = shared_flags.tiles_from_flags(FLAGS.tiles, FLAGS.tile_overlap,
                                           FLAGS.tile_max_box)
     if kind == 'saved_model':
-        if FLAGS.test_time_flip is not None and FLAGS.test_time_flip != flip:
-            flag = '--test_time_flip' if FLAGS.test_time_flip else '--notest_time_flip'
-            raise ValueError(f"{flag} does not apply to a SavedModel ({path}): its "
-                             f"detection is fixed at export (export_savedmodel.py "
-                             f"--test_time_flip; this one was exported "
-                             f"{'with' if flip else 'without'} it)")
+        builder.check_fixed_flip(FLAGS.test_time_flip, kind, path, fixed=flip)
         if tiles is not None:
             raise ValueError(f"--tiles={FLAGS.tiles} does not apply to a SavedModel "
                              f"({path}): its tiling is fixed at export (export_savedmodel.py "

@@ -223,8 +223,6 @@ _OPTIMIZER_FLAGS = {
     'ftrl_l1': ('ftrl',), 'ftrl_l2': ('ftrl',), 'momentum': ('momentum',),
     'rmsprop_momentum': ('rmsprop',), 'rmsprop_decay': ('rmsprop',),
 }
-# --fit_schedule_to_budget refits the last step every this many steps (its help says 10).
-_REFIT_EVERY = 10
 _DECAY_FLAGS = {'learning_rate_decay_factor': ('exponential',),
                 'num_epochs_per_decay': ('exponential', 'polynomial'),
                 'end_learning_rate': ('polynomial', 'cosine')}
@@ -661,8 +659,7 @@ def build_trainer(cfg, net, strategy, save_dir, has_checkpoint):
         init_report = None
         if cfg.checkpoint_path and not has_checkpoint:
             init_report = _init_from_checkpoint(cfg, net, model)
-        budget = training.TimeBudget(cfg.max_train_secs, cfg.max_number_of_steps,
-                                     refit_every=_REFIT_EVERY) \
+        budget = training.TimeBudget(cfg.max_train_secs, cfg.max_number_of_steps) \
             if cfg.fit_schedule_to_budget else None
         schedule = training.WarmupDecaySchedule(
             cfg.learning_rate, cfg.learning_rate_decay_type,

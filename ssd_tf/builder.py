@@ -255,6 +255,22 @@ def run_test_time_flip(flag, config):
     return bool(config is not None and config.test_time_flip)
 
 
+def check_fixed_flip(flag, kind, path, fixed=False):
+    """A SavedModel flips as it was exported (`fixed`), a TFLite model never: a ValueError
+    when `flag` (a command's --test_time_flip: True, False, or None when not given) asks
+    otherwise of the model `path` of source `kind` ('saved_model' or 'tflite')."""
+    if flag is None or bool(flag) == bool(fixed):
+        return
+    name = '--test_time_flip' if flag else '--notest_time_flip'
+    if kind == 'saved_model':
+        raise ValueError(f"{name} does not apply to a SavedModel ({path}): its detection is "
+                         f"fixed at export (export_savedmodel.py --test_time_flip; this one was "
+                         f"exported {'with' if fixed else 'without'} it); pass the training "
+                         f"directory to choose")
+    raise ValueError(f"{name} does not apply to a TFLite model ({path}): it detects each "
+                     f"image once; pass the training directory")
+
+
 @dataclasses.dataclass
 class BuiltModel:
     """A network with its weights: `net` (SSDNet), `model` (its Keras model), `label_map`

@@ -106,13 +106,9 @@ def make_detector(model_path, model_name=None, num_classes=None, label_map=None,
     """
     kind, path = builder.resolve_source(model_path)
     if kind in ('tflite', 'saved_model') and test_time_flip is not None:
-        fixed = kind == 'saved_model' and bool(run_config.read_run_config(path).test_time_flip)
-        if bool(test_time_flip) != fixed:
-            flag = '--test_time_flip' if test_time_flip else '--notest_time_flip'
-            raise ValueError(f"{flag} does not apply to {kind} {path}: a SavedModel flips as "
-                             f"it was exported (export_savedmodel.py --test_time_flip; this "
-                             f"one {'does' if fixed else 'does not'}), a TFLite model detects "
-                             f"the image once; pass the training directory")
+        exported = run_config.read_run_config(path) if kind == 'saved_model' else None
+        builder.check_fixed_flip(test_time_flip, kind, path,
+                                 fixed=builder.run_test_time_flip(None, exported))
     if tiles is not None and kind in ('tflite', 'saved_model'):
         raise ValueError(f"--tiles does not apply to {kind} {path}: a SavedModel tiles as it "
                          f"was exported (export_savedmodel.py --tiles), a TFLite model "

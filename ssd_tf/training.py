@@ -158,18 +158,17 @@ class TimeBudget:
         return {'fitted_last_step': self.last_step, 'train_seconds': self.seconds_spent,
                 'fitted_for': self.fitted_for}
 
-    def restore(self, path):
-        """Reads the entries from the checkpoint `path`; returns False (the variables keep
-        their new-run values) when it does not hold them (a run started before them)."""
-        status = tf.train.Checkpoint(**self.checkpoint_items()).restore(path).expect_partial()
-        try:
-            status.assert_existing_objects_matched()
-        except AssertionError:
-            self.last_step.assign(self.max_steps)
-            self.seconds_spent.assign(0.)
-            self.fitted_for.assign([self.budget, self.max_steps])
-            return False
-        return True
+    def recorded_in(self, path):
+        """Whether the checkpoint `path` holds the entries (a run started before them does
+        not); reads its index only."""
+        names = {n.split('/')[0] for n, _ in tf.train.list_variables(path)}
+        return set(self.checkpoint_items()) <= names
+
+    def reset(self):
+        """The entries of a new run: nothing spent, the last step `max_steps`."""
+        self.last_step.assign(self.max_steps)
+        self.seconds_spent.assign(0.)
+        self.fitted_for.assign([self.budget, self.max_steps])
 
     @property
     def measured_from(self):
@@ -709,9 +708,8 @@ class Trainer:
         self.time_budget = time_budget
         budget_items = time_budget.checkpoint_items() if time_budget is not None else {}
         self.checkpoint = tf.train.Checkpoint(**items, **budget_items)
-        # What a restore must find: without a budget, everything the checkpoint saves; with
-        # one, all but the budget's entries (a run started before they existed has none).
-        self._restored = tf.train.Checkpoint(**items) if budget_items else self.checkpoint
+        # What must match when resuming a run saved before the budget's entries existed.
+        self._without_budget = tf.train.Checkpoint(**items) if budget_items else None
         # Rotation is run_config.prune_checkpoints' (after the new checkpoint reads back
         # intact), so the manager itself keeps everything.
         self.max_to_keep = max_to_keep
@@ -756,13 +754,13 @@ class Trainer:
         if latest is None and damaged:
             raise run_config.no_intact_checkpoint_error(self.train_dir, damaged, '--train_dir')
         if latest:
-            status = self._restored.restore(latest)
-            status.assert_existing_objects_matched()
-            if self._restored is not self.checkpoint:
-                status.expect_partial()  # the budget's entries, read next
-                # the saving object's own save counter, and the budget's entries when there
+            if self.time_budget is None or self.time_budget.recorded_in(latest):
+                self.checkpoint.restore(latest).assert_existing_objects_matched()
+            else:  # everything else must match; the budget counts from now
+                self._without_budget.restore(latest).assert_existing_objects_matched()
+                # the saver's own save counter (the strict restore was another object's)
                 self.checkpoint.restore(latest).expect_partial()
-            if self.time_budget is not None and not self.time_budget.restore(latest):
+                self.time_budget.reset()
                 print(f"{latest} does not record the training time: the time budget "
                       "counts from now", file=sys.stderr)
             if isinstance(self.optimizer, SkipNonFiniteOptimizer):

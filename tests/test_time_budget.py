@@ -116,19 +116,25 @@ def test_budget_refuses_a_non_positive_budget():
             training.TimeBudget(bad, 10)
 
 
-def test_budget_restore_from_checkpoints_with_and_without_its_entries(tmp_path):
+def test_budget_entries_in_checkpoints_with_and_without_them(tmp_path):
     old = tf.train.Checkpoint(w=tf.Variable(1.)).save(str(tmp_path / 'old' / 'ckpt'))
     b = training.TimeBudget(60., max_steps=40)
     b.last_step.assign(7)
     b.seconds_spent.assign(3.)
-    assert b.restore(old) is False   # a run from before the budget: counts from now
+    b.fitted_for.assign([30., 20.])
+    assert b.recorded_in(old) is False   # a run from before the budget: counts from now
+    b.reset()
     assert (int(b.last_step.numpy()), float(b.seconds_spent.numpy())) == (40, 0.)
     assert list(b.fitted_for.numpy()) == [60., 40.]
     b.last_step.assign(25)
     b.seconds_spent.assign(41.5)
-    new = tf.train.Checkpoint(**b.checkpoint_items()).save(str(tmp_path / 'new' / 'ckpt'))
+    new = tf.train.Checkpoint(w=tf.Variable(1.), **b.checkpoint_items()).save(
+        str(tmp_path / 'new' / 'ckpt'))
     c = training.TimeBudget(90., max_steps=50)
-    assert c.restore(new) is True
+    assert c.recorded_in(new) is True
+    # the Trainer restores them with the rest (its checkpoint holds checkpoint_items)
+    tf.train.Checkpoint(w=tf.Variable(0.), **c.checkpoint_items()).restore(
+        new).assert_existing_objects_matched()
     assert (int(c.last_step.numpy()), float(c.seconds_spent.numpy())) == (25, 41.5)
     assert list(c.fitted_for.numpy()) == [60., 40.]
 
