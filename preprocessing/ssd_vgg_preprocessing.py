@@ -16,7 +16,9 @@ keeps the slim order (means subtracted at full size, then TF1's bilinear resize)
 Two training chains:
 - default: the SSD paper's augmentation (photometric distortions, expand / zoom-out, min-IoU
   patch sampling, horizontal flip, one resize). `expand_max_ratio` bounds the zoom-out (1: none,
-  for data whose objects are already small). Boxes are clipped to the sampled patch; boxes
+  for data whose objects are already small); `patch_overlap='coverage'` measures the patch
+  sampling's overlap by the fraction of a box inside the patch instead of the IoU, so that it
+  crops (zooms in) around small boxes too. Boxes are clipped to the sampled patch; boxes
   whose centre leaves the patch, or thinner than `MIN_BOX_SIZE`, are dropped. For speed the
   expand + patch + flip + resize is one `crop_and_resize` read straight from the uint8 image
   (no full-resolution float copy), and the photometric distortions run afterwards on the
@@ -89,6 +91,12 @@ PATCH_MIN_IOUS = (float('nan'), 0.1, 0.3, 0.5, 0.7, 0.9, float('-inf'))
 PATCH_SCALE_RANGE = (0.3, 1.)   # sqrt of the patch area, relative to the (expanded) image.
 PATCH_ASPECT_RANGE = (0.5, 2.)  # width / height, relative units.
 PATCH_TRIALS = 50               # Candidate patches sampled at once (caffe's max_trials).
+# How a candidate patch's overlap with a box is measured against the mode's minimum
+# (`preprocess_for_train(patch_overlap=...)`): 'iou', the paper's; 'coverage', the fraction of
+# the box inside the patch (what slim's min_object_covered measures). A patch at least
+# PATCH_SCALE_RANGE[0] of the side reaches IoU 0.1 only with a box of 0.3 * sqrt(0.1) = 9.5 %
+# of the side or more, so on small objects the paper's IoU modes fall back to the whole image.
+PATCH_OVERLAPS = ('iou', 'coverage')
 FLIP_PROB = 0.5
 # Boxes thinner than this (relative to the output image) after clipping are dropped.
 MIN_BOX_SIZE = 1e-3
@@ -180,15 +188,17 @@ def _out_hw(out_shape):
 
 
 # --------------------------------------------------------------------------- paper chain
-def _sample_patch(bboxes, image_rect, seeds):
+def _sample_patch(bboxes, image_rect, seeds, overlap='iou'):
     """Min-IoU patch sampling (SSD paper), vectorised over `PATCH_TRIALS` candidates.
 
     bboxes `[N, 4]` and image_rect `[4]` yxyx relative to the (expanded) canvas. Draws a mode
     from `PATCH_MIN_IOUS` and `PATCH_TRIALS` candidate patches (scale `PATCH_SCALE_RANGE`,
     aspect w/h `PATCH_ASPECT_RANGE`, uniform position); a candidate is valid when some box has
-    IoU >= the mode's minimum with it and it contains at least one box centre (with no box: when
-    it contains the image's centre). Returns the first valid patch `[4]` yxyx, or
-    `[0, 0, 1, 1]` for the whole-image mode or when no candidate is valid.
+    an overlap >= the mode's minimum with it and it contains at least one box centre (with no
+    box: when it contains the image's centre). The overlap is the IoU (`overlap='iou'`, the
+    paper's) or the fraction of the box inside the patch (`'coverage'`, see `PATCH_OVERLAPS`).
+    Returns the first valid patch `[4]` yxyx, or `[0, 0, 1, 1]` for the whole-image mode or
+    when no candidate is valid.
     """
     min_ious = tf.constant(PATCH_MIN_IOUS, tf.float32)
     mode = tf.random.stateless_uniform([], seeds[0], maxval=len(PATCH_MIN_IOUS), dtype=tf.int32)
@@ -213,7 +223,8 @@ def _sample_patch(bboxes, image_rect, seeds):
                 (cx > patches[:, 1:2]) & (cx < patches[:, 3:4]))
 
     has_boxes = tf.shape(bboxes)[0] > 0
-    iou_ok = tf.reduce_any(boxes_lib.iou(patches, bboxes) >= min_iou, axis=1)  # [K]
+    measure = boxes_lib.coverage if overlap == 'coverage' else boxes_lib.iou
+    iou_ok = tf.reduce_any(measure(patches, bboxes) >= min_iou, axis=1)  # [K]
     valid = tf.where(has_boxes, iou_ok & tf.reduce_any(centre_in(bboxes), axis=1),
                      centre_in(image_rect[None])[:, 0])
     first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
@@ -300,7 +311,7 @@ def _valid_run(positions, size_in):
 
 
 def _preprocess_train_paper(image, labels, bboxes, difficults, out_shape, seed,
-                           expand_max_ratio=EXPAND_MAX_RATIO):
+                           expand_max_ratio=EXPAND_MAX_RATIO, patch_overlap='iou'):
     out_h, out_w = out_shape
     seeds = _seeds(seed, 10)
     shape = tf.shape(image)
@@ -316,7 +327,7 @@ def _preprocess_train_paper(image, labels, bboxes, difficults, out_shape, seed,
     image_rect = tf.concat([offset, offset + 1. / ratio], axis=0)
 
     # Patch in canvas units, then boxes: keep those whose centre is in the patch, clip, rescale.
-    patch = _sample_patch(canvas_boxes, image_rect, seeds[3:7])
+    patch = _sample_patch(canvas_boxes, image_rect, seeds[3:7], patch_overlap)
     centres = (canvas_boxes[:, 0:2] + canvas_boxes[:, 2:4]) / 2.  # [N, 2]
     keep = tf.reduce_all((centres > patch[0:2]) & (centres < patch[2:4]), axis=1)
     patch_size = tf.tile(patch[2:4] - patch[0:2], [2])
@@ -456,7 +467,7 @@ def _preprocess_train_slim(image, labels, bboxes, difficults, out_shape, seed):
 
 def preprocess_for_train(image, labels, bboxes, out_shape, data_format='NHWC',
                          scope='ssd_preprocessing_train', reference_compat=False, seed=None,
-                         difficults=None, expand_max_ratio=None):
+                         difficults=None, expand_max_ratio=None, patch_overlap=None):
     """Augments one training example.
 
     Args:
@@ -476,6 +487,10 @@ def preprocess_for_train(image, labels, bboxes, out_shape, data_format='NHWC',
         `[1, expand_max_ratio]` times its own. None: `EXPAND_MAX_RATIO` (4, the paper's); 1: no
         zoom-out (the same random draws otherwise). The slim chain has no zoom-out: a value
         with `reference_compat=True` is a ValueError.
+      patch_overlap: how the paper chain's patch sampling measures a patch's overlap with a
+        box: 'iou' (None: the paper's) or 'coverage' (the fraction of the box inside the
+        patch, which lets the sampling zoom in on small objects too; `PATCH_OVERLAPS`). The
+        same random draws either way. A value with `reference_compat=True` is a ValueError.
 
     Returns:
       A `TrainExample(image, labels, bboxes, difficults)`: image float32 `[h, w, 3]` of
@@ -495,6 +510,13 @@ def preprocess_for_train(image, labels, bboxes, out_shape, data_format='NHWC',
     if not 1. <= ratio < float('inf'):
         raise ValueError(f"expand_max_ratio must be a finite number >= 1 (1: no zoom-out), "
                          f"got {expand_max_ratio!r}")
+    if reference_compat and patch_overlap is not None:
+        raise ValueError(f"patch_overlap={patch_overlap!r} with reference_compat=True: the slim "
+                         "chain samples its crop by sample_distorted_bounding_box")
+    if patch_overlap is None:
+        patch_overlap = 'iou'
+    if patch_overlap not in PATCH_OVERLAPS:
+        raise ValueError(f"patch_overlap must be one of {PATCH_OVERLAPS}, got {patch_overlap!r}")
     with tf.name_scope(scope):
         image, labels, bboxes, difficults = _check_inputs(image, labels, bboxes, difficults,
                                                           'preprocess_for_train')
@@ -503,7 +525,7 @@ def preprocess_for_train(image, labels, bboxes, out_shape, data_format='NHWC',
                 image, labels, bboxes, difficults, out_shape, seed)
         else:
             image, labels, bboxes, difficults = _preprocess_train_paper(
-                image, labels, bboxes, difficults, out_shape, seed, ratio)
+                image, labels, bboxes, difficults, out_shape, seed, ratio, patch_overlap)
         image = _to_data_format(image, data_format)
         return TrainExample(image, labels, bboxes, difficults)
 

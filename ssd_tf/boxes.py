@@ -39,6 +39,18 @@ def intersection(boxes1, boxes2):
     return h * w
 
 
+def coverage(windows, boxes):
+    """Pairwise fraction of each box's area inside each window: windows `[K, 4]`, boxes
+    `[M, 4]` (yxyx) -> `[K, M]` in [0, 1] (intersection / box area; 1 for a box wholly inside).
+
+    The window's own size does not count, unlike `iou`: a window far larger than a box covers
+    it fully. A zero-area box is covered by nothing (0), so it never makes a window valid.
+    """
+    windows = _as_boxes(windows, name="windows")
+    boxes = _as_boxes(boxes, dtype=windows.dtype, name="boxes")
+    return tf.math.divide_no_nan(intersection(windows, boxes), area(boxes)[None, :])
+
+
 def iou(boxes1, boxes2):
     """Pairwise IoU: boxes1 `[N, 4]`, boxes2 `[M, 4]` (yxyx) -> `[N, M]` in [0, 1].
 

@@ -80,6 +80,9 @@ class RunConfig:
     # augmentation: the largest zoom-out of the SSD paper's chain (1: none; None with
     # reference_compat, whose slim chain has none)
     expand_max_ratio: float = None
+    # how its patch sampling measures a patch's overlap with a box: 'iou' or 'coverage' (None
+    # with reference_compat)
+    patch_overlap: str = None
     # loss
     match_threshold: float = None
     negative_ratio: float = None
@@ -227,25 +230,42 @@ def resumed_expand_max_ratio(previous):
     return prep.EXPAND_MAX_RATIO
 
 
+def resumed_patch_overlap(previous):
+    """The patch overlap measure the run `previous` (a RunConfig, or None for a checkpoint
+    without config.json) trained with: the recorded one, else the paper's IoU (runs from
+    before the setting was recorded all used it). ValueError for a value that is not one of
+    `PATCH_OVERLAPS` (config.json is an untrusted file)."""
+    from preprocessing import ssd_vgg_preprocessing as prep
+    if previous is None or previous.patch_overlap is None:
+        return 'iou'
+    if previous.patch_overlap not in prep.PATCH_OVERLAPS:
+        raise ValueError(f"the run's config.json: patch_overlap={previous.patch_overlap!r} is "
+                         f"not one of {prep.PATCH_OVERLAPS}; correct it or use a new --train_dir")
+    return previous.patch_overlap
+
+
 def fill_unset(cfg, previous, has_checkpoint):
-    """cfg (a RunConfig) with --learning_rate, --anchors and --expand_max_ratio resolved when
-    unset, for the run about to start in a train_dir: `previous` is the RunConfig read from
-    it (None when it has no config.json), `has_checkpoint` whether it holds a checkpoint to
-    resume. A resumed run keeps its own settings (a run older than a setting: what it trained
-    with then); a new one takes the network's learning rate and `default_anchors`' choice,
-    and keeps `expand_max_ratio` None, for train_ssd.py to choose from the training boxes
+    """cfg (a RunConfig) with --learning_rate, --anchors, --expand_max_ratio and
+    --patch_overlap resolved when unset, for the run about to start in a train_dir: `previous`
+    is the RunConfig read from it (None when it has no config.json), `has_checkpoint` whether
+    it holds a checkpoint to resume. A resumed run keeps its own settings (a run older than a
+    setting: what it trained with then); a new one takes the network's learning rate,
+    `default_anchors`' choice and the paper's patch overlap ('iou'), and keeps
+    `expand_max_ratio` None, for train_ssd.py to choose from the training boxes
     (`preprocessing.ssd_vgg_preprocessing.expand_max_ratio_for_boxes`). ValueError as
-    `default_learning_rate`."""
+    `default_learning_rate` and `resumed_patch_overlap`."""
     if not has_checkpoint:  # a new run, whatever config.json a failed start left
-        then = (None, 'new', None)
+        then = (None, 'new', None, 'iou')
     elif previous is None:  # a checkpoint from before config.json was written
-        then = (None, None, resumed_expand_max_ratio(None))
+        then = (None, None, resumed_expand_max_ratio(None), resumed_patch_overlap(None))
     else:
         then = (previous.learning_rate, previous.anchors or 'default',
-                resumed_expand_max_ratio(previous))
+                resumed_expand_max_ratio(previous), resumed_patch_overlap(previous))
     cfg = default_learning_rate(cfg, then[0])
     if cfg.expand_max_ratio is None and not cfg.reference_compat and then[2] is not None:
         cfg = cfg.replace(expand_max_ratio=float(then[2]))
+    if cfg.patch_overlap is None and not cfg.reference_compat and then[3] is not None:
+        cfg = cfg.replace(patch_overlap=then[3])
     return default_anchors(cfg, then[1])
 
 

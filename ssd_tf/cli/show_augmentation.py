@@ -5,12 +5,15 @@
 
 Without --dataset_dir the built-in synthetic shapes set is used. The samples go through the
 training input pipeline (`ssd_tf.data.build_dataset` with `preprocess_for_train`), the mean
-subtraction is undone for display and the boxes the encoder would receive are drawn.
+subtraction is undone for display and the boxes the encoder would receive are drawn. Unset,
+--expand_max_ratio is chosen from the boxes of the split shown, as train_ssd.py chooses it
+from its training boxes.
 """
 from absl import app
 from absl import flags
 
 from preprocessing import ssd_vgg_preprocessing as prep
+from ssd_tf import anchors_report
 from ssd_tf import data as data_lib
 from ssd_tf import visualize
 
@@ -34,7 +37,12 @@ def define_flags():
                       'Show the slim SSD augmentation instead of the SSD paper chain.')
     flags.DEFINE_float('expand_max_ratio', None,
                        'Largest zoom-out of the SSD paper chain (train_ssd.py '
-                       '--expand_max_ratio; 1: none). Unset: the paper\'s 4.')
+                       '--expand_max_ratio; 1: none). Unset: chosen from the boxes shown, '
+                       'as train_ssd.py does (1 when their median side is under 8% of the '
+                       'image side, else the paper\'s 4).')
+    flags.DEFINE_enum('patch_overlap', None, list(prep.PATCH_OVERLAPS),
+                      'How the crop sampling measures a patch\'s overlap with a box '
+                      '(train_ssd.py --patch_overlap). Unset: iou, the paper\'s.')
 
 
 def load_source(dataset_dir, split, seed):
@@ -50,13 +58,14 @@ def load_source(dataset_dir, split, seed):
 
 
 def augmented_grid(records, label_names, num, cols, seed, out_size, reference_compat=False,
-                   expand_max_ratio=None):
+                   expand_max_ratio=None, patch_overlap=None):
     """uint8 RGB grid of `num` augmented samples with boxes drawn; label_names: id -> name;
-    expand_max_ratio as `preprocess_for_train`'s."""
+    expand_max_ratio and patch_overlap as `preprocess_for_train`'s (None: the paper's)."""
     def preprocess_fn(image, labels, bboxes, seed):
         return prep.preprocess_for_train(image, labels, bboxes, (out_size, out_size),
                                          reference_compat=reference_compat, seed=seed,
-                                         expand_max_ratio=expand_max_ratio)
+                                         expand_max_ratio=expand_max_ratio,
+                                         patch_overlap=patch_overlap)
 
     ds = data_lib.build_dataset(records, preprocess_fn, batch_size=num, is_training=True,
                                 seed=seed, with_gt=True)
@@ -70,15 +79,32 @@ def augmented_grid(records, label_names, num, cols, seed, out_size, reference_co
     return visualize.make_grid(tiles, cols)
 
 
+def chosen_expand_max_ratio(records, expand_max_ratio=None):
+    """`(expand_max_ratio, note)`: the given ratio (note None), else the one chosen from the
+    records' boxes as train_ssd.py chooses it (`prep.expand_max_ratio_for_boxes`), with a note
+    that says why."""
+    if expand_max_ratio is not None:
+        return expand_max_ratio, None
+    ratio, reason = prep.expand_max_ratio_for_boxes(anchors_report.boxes_of_records(records))
+    return ratio, f"--expand_max_ratio={ratio:g} ({reason})"
+
+
 def main(argv):
     del argv
     if FLAGS.reference_compat and FLAGS.expand_max_ratio is not None:
         raise app.UsageError("--expand_max_ratio with --reference_compat: the slim chain has no "
                              "zoom-out step")
+    if FLAGS.reference_compat and FLAGS.patch_overlap is not None:
+        raise app.UsageError("--patch_overlap with --reference_compat: the slim chain samples "
+                             "its crop its own way")
     records, label_map = load_source(FLAGS.dataset_dir, FLAGS.split, FLAGS.seed)
-    grid = augmented_grid(records, label_map.name, FLAGS.num, FLAGS.cols,
-                          FLAGS.seed, FLAGS.out_size, FLAGS.reference_compat,
-                          FLAGS.expand_max_ratio)
+    ratio = FLAGS.expand_max_ratio
+    if not FLAGS.reference_compat:
+        ratio, note = chosen_expand_max_ratio(records, ratio)
+        if note:
+            print(f"augmentation: {note}")
+    grid = augmented_grid(records, label_map.name, FLAGS.num, FLAGS.cols, FLAGS.seed,
+                          FLAGS.out_size, FLAGS.reference_compat, ratio, FLAGS.patch_overlap)
     visualize.save_png(FLAGS.out, grid)
     print(f"wrote {FLAGS.num} augmented samples to {FLAGS.out}")
 
