@@ -11,8 +11,8 @@ precision, trainable scopes) is refused before anything is written. An error dur
 saves the last completed step first. TensorBoard: `tensorboard --logdir <train_dir>`.
 
 `run` is a list of steps (setup_execution, load_training_data, check_resume, resolve_anchors,
-resolve_expand_max_ratio, build_trainer, restore_or_initialise, write_run_files, make_train_dataset, the loop, report_data_quality,
-final_evaluation); the logic they call lives in `ssd_tf` (run_config, training, evaluation).
+resolve_expand_max_ratio, build_trainer, restore_or_initialise, write_run_files,
+make_train_dataset, the loop, report_data_quality, final_evaluation); the logic they call lives in `ssd_tf` (run_config, training, evaluation).
 """
 import os
 import shutil
@@ -118,10 +118,10 @@ flags.DEFINE_enum('patch_overlap', None, ['iou', 'coverage'],
                   'with a box (it needs one of 0.1-0.9 with some box): iou, the paper\'s, '
                   'which cannot crop around a box under about 9% of the image side, so small '
                   'objects are seen almost only at their own size; coverage, the fraction of '
-                  'the box inside the patch, which zooms in on small objects too (measured on '
-                  'the small-object dev set: not better; docs/small-objects.md). Unset: iou, '
-                  'or the run\'s own when resuming. Not with --reference_compat (the slim '
-                  'chain crops its own way).')
+                  'the box inside the patch, which zooms in on small objects too (on the '
+                  'small-object dev set: the same whole-image mAP, better when detecting with '
+                  '--tiles; docs/small-objects.md). Unset: iou, or the run\'s own when '
+                  'resuming. Not with --reference_compat (the slim chain crops its own way).')
 # ------------------------------------------------------------------ loss
 flags.DEFINE_float('match_threshold', 0.5, 'IoU for an anchor to match a ground-truth box.')
 flags.DEFINE_float('negative_ratio', 3., 'Hard negatives per positive.')
