@@ -68,3 +68,17 @@ def quiet_progress(total, start=0):
         def message(self, text):
             self.messages.append(text)
     return Quiet()
+
+
+def assert_train_flag_refused(tmp_path, args, needle):
+    """train_ssd.py with `args` fails at once: non-zero exit, `needle` in its stderr, no
+    traceback, and nothing written to its --train_dir (`tmp_path/r`)."""
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / 'train_ssd.py'), '--train_dir',
+                        str(tmp_path / 'r')] + list(args), capture_output=True, text=True,
+                       timeout=120, cwd=root, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+    assert r.returncode != 0 and needle in r.stderr, r.stderr[-2000:]
+    assert 'Traceback' not in r.stderr
+    assert not (tmp_path / 'r').exists()
