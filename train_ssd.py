@@ -12,7 +12,8 @@ saves the last completed step first. TensorBoard: `tensorboard --logdir <train_d
 
 `run` is a list of steps (setup_execution, load_training_data, check_resume, resolve_anchors,
 resolve_expand_max_ratio, build_trainer, restore_or_initialise, write_run_files,
-make_train_dataset, the loop, report_data_quality, final_evaluation); the logic they call lives in `ssd_tf` (run_config, training, evaluation).
+make_train_dataset, the loop, report_data_quality, final_evaluation); the logic they call lives
+in `ssd_tf` (run_config, training, evaluation).
 """
 import os
 import shutil
@@ -113,6 +114,7 @@ flags.DEFINE_float('expand_max_ratio', None,
                    'training boxes, 1 when their median side is under 8% of the image side '
                    '(small objects already), else 4 (the paper\'s); the run\'s own when '
                    'resuming. Not with --reference_compat (the slim chain has no zoom-out).')
+# prep.PATCH_OVERLAPS, written out: the flags are defined before TensorFlow is imported.
 flags.DEFINE_enum('patch_overlap', None, ['iou', 'coverage'],
                   'How the SSD paper\'s crop sampling measures a candidate patch\'s overlap '
                   'with a box (it needs one of 0.1-0.9 with some box): iou, the paper\'s, '

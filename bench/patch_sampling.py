@@ -45,14 +45,17 @@ def main():
     parser.add_argument('--images', type=int, default=100)
     parser.add_argument('--draws', type=int, default=10, help='patches sampled per image')
     args = parser.parse_args()
+    import numpy as np
     from preprocessing import ssd_vgg_preprocessing as prep
+    from ssd_tf import anchors_report
+    from ssd_tf.datasets import small_devset
     from ssd_tf.datasets import voc
     records, _ = voc.read_voc(args.dataset_dir, split=args.split, check_images=False)
     records = records[:args.images]
+    side = float(np.median(small_devset.box_sides(anchors_report.boxes_of_records(records))))
     print(machine_info())
     print(f"{args.dataset_dir} ({args.split}): {len(records)} images x {args.draws} draws, "
-          f"no zoom-out; median box side "
-          f"{100 * prep_median_side(records):.1f}% of the image side")
+          f"no zoom-out; median box side {100 * side:.1f}% of the image side")
     rows = []
     for overlap in prep.PATCH_OVERLAPS:
         z = zooms(records, overlap, args.draws)
@@ -61,14 +64,6 @@ def main():
                      f"{max(z):.2f}"])
     print_table(['--patch_overlap', 'whole image', 'median zoom', 'mean zoom', 'max zoom'],
                 rows)
-
-
-def prep_median_side(records):
-    """Median sqrt(h * w) of the records' boxes, relative to the image side."""
-    import numpy as np
-    b = np.concatenate([np.asarray(r.boxes, np.float64).reshape(-1, 4) for r in records])
-    return float(np.median(np.sqrt(np.clip(b[:, 2] - b[:, 0], 0, None) *
-                                   np.clip(b[:, 3] - b[:, 1], 0, None))))
 
 
 if __name__ == '__main__':

@@ -224,8 +224,8 @@ def _sample_patch(bboxes, image_rect, seeds, overlap='iou'):
 
     has_boxes = tf.shape(bboxes)[0] > 0
     measure = boxes_lib.coverage if overlap == 'coverage' else boxes_lib.iou
-    iou_ok = tf.reduce_any(measure(patches, bboxes) >= min_iou, axis=1)  # [K]
-    valid = tf.where(has_boxes, iou_ok & tf.reduce_any(centre_in(bboxes), axis=1),
+    overlap_ok = tf.reduce_any(measure(patches, bboxes) >= min_iou, axis=1)  # [K]
+    valid = tf.where(has_boxes, overlap_ok & tf.reduce_any(centre_in(bboxes), axis=1),
                      centre_in(image_rect[None])[:, 0])
     first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
     use_patch = tf.reduce_any(valid) & tf.logical_not(tf.math.is_nan(min_iou))

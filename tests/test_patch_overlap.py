@@ -226,3 +226,14 @@ def test_a_run_chooses_the_overlap_from_its_boxes_records_and_resumes_it(tmp_pat
     err, _ = train(tmp_path / 'given', ['--max_number_of_steps=4'], ok=False)
     assert "patch_overlap='zoom' is not one of" in err and 'Traceback' not in err
     assert json.loads(path.read_text()) == cfg  # left as it was
+
+
+def test_the_flags_values_are_the_preprocessings():
+    """train_ssd.py writes the values out (its flags are defined before TensorFlow is
+    imported): they must stay `prep.PATCH_OVERLAPS`, as show_augmentation's flag takes them."""
+    import ast
+    tree = ast.parse((ROOT / 'train_ssd.py').read_text())
+    values = [ast.literal_eval(call.args[2]) for call in ast.walk(tree)
+              if isinstance(call, ast.Call) and getattr(call.func, 'attr', '') == 'DEFINE_enum'
+              and isinstance(call.args[0], ast.Constant) and call.args[0].value == 'patch_overlap']
+    assert values == [list(prep.PATCH_OVERLAPS)]
