@@ -465,6 +465,7 @@ def _preprocess_train_slim(image, labels, bboxes, difficults, out_shape, seed):
     return image, labels, bboxes, difficults
 
 
+@tf.autograph.experimental.do_not_convert  # graph code as written (see ssd_tf/data.py)
 def preprocess_for_train(image, labels, bboxes, out_shape, data_format='NHWC',
                          scope='ssd_preprocessing_train', reference_compat=False, seed=None,
                          difficults=None, expand_max_ratio=None, patch_overlap=None):
@@ -599,6 +600,7 @@ def _eval_resize(image, bboxes, out_shape, resize, reference_compat):
     return (image if whiten is None else whiten(image)), bboxes
 
 
+@tf.autograph.experimental.do_not_convert  # graph code as written (see ssd_tf/data.py)
 def preprocess_for_eval(image, labels, bboxes, out_shape=EVAL_SIZE, data_format='NHWC',
                         difficults=None, resize=Resize.WARP_RESIZE,
                         scope='ssd_preprocessing_eval', reference_compat=False):

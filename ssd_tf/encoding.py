@@ -109,6 +109,7 @@ def _encode_offsets(ymin, xmin, ymax, xmax, ya, xa, ha, wa, prior_scaling):
     return tf.stack([cx, cy, w, h], axis=-1)
 
 
+@tf.autograph.experimental.do_not_convert  # graph code as written (see ssd_tf/data.py)
 def bboxes_encode(labels, bboxes, anchors, num_classes, prior_scaling=(0.1, 0.1, 0.2, 0.2),
                   match_threshold=0.5, reference_compat=False, dtype=tf.float32,
                   jit_compile=True):

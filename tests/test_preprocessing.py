@@ -501,3 +501,51 @@ def test_eval_input_already_at_output_size_is_only_whitened():
                      input_signature=[tf.TensorSpec([40, 50, 3], tf.uint8)])
     ops = {op.type for op in fn.get_concrete_function().graph.get_operations()}
     assert 'ResizeBilinear' not in ops
+
+
+# ------------------------------------------------- graph code as written (no AutoGraph)
+def _in_graph(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` inside a `tf.function` with AutoGraph on: an unmarked `fn` is
+    converted (its Python control flow rewritten), a `do_not_convert` one runs as written."""
+    @tf.function(autograph=True)
+    def f():
+        return fn(*args, **kwargs)
+    return [t.numpy() for t in tf.nest.flatten(f())]
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(), dict(patch_overlap='coverage'), dict(expand_max_ratio=2.),
+    dict(reference_compat=True)], ids=['paper', 'coverage', 'expand', 'reference_compat'])
+def test_the_training_chain_runs_unconverted_and_equals_its_autograph_conversion(kwargs):
+    """The tf.data map converts with AutoGraph whatever it calls; preprocess_for_train is
+    marked to run as written (its graph code has no Python control flow on tensors), which
+    saves seconds of conversion per dataset. Converted or not, the same outputs."""
+    fn = prep.preprocess_for_train
+    assert fn.__wrapped__ is not fn  # marked: the original is the wrapped function
+    image, labels, boxes, difficult = scene()
+    args = (tf.constant(image), tf.constant(labels), tf.constant(boxes))
+    kw = dict(out_shape=(64, 64), seed=tf.constant([3, 5], tf.int64),
+              difficults=tf.constant(difficult), **kwargs)
+    as_written = _in_graph(fn, *args, **kw)
+    converted = _in_graph(fn.__wrapped__, *args, **kw)
+    assert len(as_written) == len(converted)
+    for a, b in zip(as_written, converted):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_eval_preprocessing_and_encoding_run_unconverted_and_equal_their_conversion():
+    from nets import nets_factory
+    from ssd_tf import encoding
+    image, labels, boxes, _ = scene()
+    for compat in (False, True):
+        args = (tf.constant(image), tf.constant(labels), tf.constant(boxes))
+        kw = dict(out_shape=(64, 64), reference_compat=compat)
+        for a, b in zip(_in_graph(prep.preprocess_for_eval, *args, **kw),
+                        _in_graph(prep.preprocess_for_eval.__wrapped__, *args, **kw)):
+            np.testing.assert_array_equal(a, b)
+    cls = nets_factory.get_network('ssd_small')
+    anchors = cls(cls.default_params._replace(num_classes=4)).anchors()
+    args = (tf.constant(labels), tf.constant(boxes), anchors)
+    for a, b in zip(_in_graph(encoding.bboxes_encode, *args, num_classes=4),
+                    _in_graph(encoding.bboxes_encode.__wrapped__, *args, num_classes=4)):
+        np.testing.assert_array_equal(a, b)
