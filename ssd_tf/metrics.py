@@ -335,7 +335,7 @@ def relative_sides(boxes, image_shape):
 
 
 def size_bucket_results(image_ids, gt, det, image_shapes, num_labels, edges, names,
-                        ovthresh=0.5):
+                        ovthresh=0.5, min_positives=1):
     """AP and recall per object-size bucket, with COCO's rule for area ranges applied to the
     VOC matching.
 
@@ -348,13 +348,16 @@ def size_bucket_results(image_ids, gt, det, image_shapes, num_labels, edges, nam
     - a detection left unmatched (FP: no overlap above ovthresh, or a duplicate) counts as FP
       only when its own size is in b; otherwise it is ignored.
     So the bucket of a matched detection is its ground truth's size, that of an unmatched one
-    its own size. Then VOC07/VOC12 AP per class on those flags, the mean over the classes with
-    ground truth in b (nan if none), and the recall: matched ground truth of b over all of it
-    (nan without any).
+    its own size. Then VOC07/VOC12 AP per class on those flags; the mean over the classes with
+    at least `min_positives` ground-truth boxes in b (nan if none: the AP of a class with one
+    box there is 0 or 1, and would swing the mean by a whole class's share); and the recall:
+    matched ground truth of b over all of it (nan without any), every class counted.
 
     image_ids, gt, det: as `VOCEvaluator` keeps them (pixel boxes); image_shapes: image_id ->
     (height, width). Returns {bucket name: dict(npos, num_detections (TP + FP), tp, map07,
-    map12, recall, ap07, ap12 ({label: AP} of the classes with npos > 0))}.
+    map12, recall, ap07, ap12 ({label: AP} of the classes with npos > 0, those left out of the
+    mean too), class_npos ({label: npos > 0}), left_out (labels with 0 < npos <
+    min_positives))}.
     """
     edges = np.asarray(edges, np.float64)
     gt_bucket = {i: np.searchsorted(edges, relative_sides(gt[i][0], image_shapes[i]),
@@ -364,7 +367,7 @@ def size_bucket_results(image_ids, gt, det, image_shapes, num_labels, edges, nam
     out = {}
     for b, name in enumerate(names):
         total = dict(npos=0, tp=0, fp=0)
-        ap07, ap12 = {}, {}
+        ap07, ap12, class_npos = {}, {}, {}
         for label in range(1, num_labels + 1):
             gt_by_image, ids, scores, boxes = _gather_class(image_ids, gt, det, label)
             restricted, det_in = {}, []
@@ -383,12 +386,17 @@ def size_bucket_results(image_ids, gt, det, image_shapes, num_labels, edges, nam
                 recall, precision = _precision_recall(tp, fp, npos)
                 ap07[label] = average_precision_voc07(precision, recall)
                 ap12[label] = average_precision_voc12(precision, recall)
+                class_npos[label] = int(npos)
+        counted = [label for label, n in class_npos.items() if n >= min_positives]
+
+        def mean(aps):
+            return float(np.mean([aps[label] for label in counted])) if counted else float('nan')
         out[name] = dict(
             npos=total['npos'], tp=total['tp'], num_detections=total['tp'] + total['fp'],
-            map07=float(np.mean(list(ap07.values()))) if ap07 else float('nan'),
-            map12=float(np.mean(list(ap12.values()))) if ap12 else float('nan'),
+            map07=mean(ap07), map12=mean(ap12),
             recall=total['tp'] / total['npos'] if total['npos'] else float('nan'),
-            ap07=ap07, ap12=ap12)
+            ap07=ap07, ap12=ap12, class_npos=class_npos,
+            left_out=[label for label in class_npos if label not in counted])
     return out
 
 
@@ -469,17 +477,20 @@ class VOCEvaluator:
         out['map'] = out['map07'] if self.use_07_metric else out['map12']
         return out
 
-    def evaluate_by_size(self, edges, names):
+    def evaluate_by_size(self, edges, names, min_positives=1):
         """VOC07/VOC12 mAP and recall per object-size bucket (see `size_bucket_results`);
-        `edges`, `names`: the buckets (`ssd_tf.boxes.SIZE_EDGES` / `SIZE_NAMES`).
+        `edges`, `names`: the buckets (`ssd_tf.boxes.SIZE_EDGES` / `SIZE_NAMES`);
+        `min_positives`: the boxes a class needs in a bucket to enter its mean.
         None when an image was added without its `image_shape` (sizes are relative to it)."""
         if any(self.image_shapes[i] is None for i in self.image_ids):
             return None
         out = size_bucket_results(self.image_ids, self._gt, self._det, self.image_shapes,
-                                  self.num_classes - 1, edges, names, self.ovthresh)
-        for v in out.values():  # per-class APs by class name
-            for key in ('ap07', 'ap12'):
-                v[key] = {self.class_names[label - 1]: ap for label, ap in v[key].items()}
+                                  self.num_classes - 1, edges, names, self.ovthresh,
+                                  min_positives)
+        for v in out.values():  # per-class results by class name
+            for key in ('ap07', 'ap12', 'class_npos'):
+                v[key] = {self.class_names[label - 1]: x for label, x in v[key].items()}
+            v['left_out'] = [self.class_names[label - 1] for label in v['left_out']]
         return out
 
     def write_voc_results(self, out_dir, split='test', prefix='comp4_det_'):

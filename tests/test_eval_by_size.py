@@ -82,11 +82,87 @@ def test_report_table_and_json_carry_the_size_buckets(tmp_path):
     m = evaluation.compute_metrics(run)
     assert list(m['by_size']) == ['8-16%', '32-64%']  # buckets with ground truth only
     table = evaluation.format_table(m)
-    # bucket, npos, dets counted, AP07, AP12, recall (goldens of test_per_size_ap_hand_golden)
+    # bucket, npos, dets counted, AP07, AP12, recall (goldens of test_per_size_ap_hand_golden);
+    # one box of the class per bucket, under the report's 10: no mean AP, the class named
+    assert '8-16%          1       2     nan     nan  1.0000' in table
+    assert '32-64%         1       1     nan     nan  1.0000' in table
+    assert 'left out: 8-16% thing (1); 32-64% thing (1)' in table
+    # with every class counted, the hand goldens
+    table = evaluation.format_size_table(evaluation.size_metrics(run.evaluator, 1), 1)
     assert '8-16%          1       2  0.5000  0.5000  1.0000' in table
     assert '32-64%         1       1  1.0000  1.0000  1.0000' in table
     m, paths = evaluation.write_report(run, str(tmp_path), num_sample_images=0)
     with open(paths['json']) as f:
         saved = json.load(f)
-    assert saved['by_size']['8-16%']['map07'] == pytest.approx(0.5)
+    assert saved['by_size']['8-16%']['map07'] is None
+    assert saved['by_size']['8-16%']['ap07'] == {'thing': pytest.approx(0.5)}
     assert saved['by_size']['32-64%']['ap12'] == {'thing': 1.0}
+
+
+def _two_class_bucket(num_a):
+    """One 100 x 100 image; every box 10 x 10 px (10 % of the side -> bucket 8-16%).
+    Class 'a': `num_a` boxes in a row at x = 10 * k, each detected exactly (score .9).
+    Class 'b': one box at [80, 80, 90, 90], not detected.
+    So AP('a') = 1 and AP('b') = 0 in the bucket; recall num_a / (num_a + 1)."""
+    ev = metrics.VOCEvaluator(3, ['a', 'b'])
+    boxes_a = [[0, 10 * k, 10, 10 * k + 10] for k in range(num_a)]
+    ev.add_image('i', boxes_a + [[80, 80, 90, 90]], [1] * num_a + [2],
+                 det_boxes=boxes_a, det_scores=[.9] * num_a, det_classes=[1] * num_a,
+                 image_shape=(100, 100), relative=False)
+    return ev
+
+
+def test_a_class_with_few_boxes_in_a_bucket_is_left_out_of_its_mean_not_of_its_recall():
+    # min_positives 1 (every class): mean of AP 1 and AP 0 = 1/2
+    b = _two_class_bucket(2).evaluate_by_size(EDGES, NAMES)['8-16%']
+    assert b['map07'] == pytest.approx(1 / 2) and b['map12'] == pytest.approx(1 / 2)
+    assert b['left_out'] == [] and b['class_npos'] == {'a': 2, 'b': 1}
+    # min_positives 2: 'b' (one box) is left out -> the mean is AP('a') = 1; its AP and
+    # count are still reported, and the recall still counts its missed box: 2 / 3
+    b = _two_class_bucket(2).evaluate_by_size(EDGES, NAMES, min_positives=2)['8-16%']
+    assert b['map07'] == pytest.approx(1.) and b['map12'] == pytest.approx(1.)
+    assert b['left_out'] == ['b'] and b['ap07'] == {'a': pytest.approx(1.), 'b': 0.}
+    assert b['recall'] == pytest.approx(2 / 3)
+    # min_positives 3: both classes are under it -> no mean (nan), recall still 2 / 3
+    b = _two_class_bucket(2).evaluate_by_size(EDGES, NAMES, min_positives=3)['8-16%']
+    assert np.isnan(b['map07']) and np.isnan(b['map12'])
+    assert sorted(b['left_out']) == ['a', 'b'] and b['recall'] == pytest.approx(2 / 3)
+
+
+def test_the_report_needs_ten_boxes_of_a_class_in_a_bucket_and_names_those_left_out(
+        tmp_path):
+    import json
+    from ssd_tf import evaluation
+    assert evaluation.MIN_BUCKET_POSITIVES == 10
+
+    def report(num_a):
+        run = evaluation.EvalRun(evaluator=_two_class_bucket(num_a), num_images=1,
+                                 seconds=1., detect_seconds=0., detections={}, samples={})
+        return run, evaluation.compute_metrics(run)
+    # 10 boxes of 'a' (AP 1) and 1 of 'b' (AP 0): the bucket's AP is 1, not 1/2
+    run, m = report(10)
+    b = m['by_size']['8-16%']
+    assert b['map07'] == pytest.approx(1.) and b['left_out'] == ['b']
+    assert b['recall'] == pytest.approx(10 / 11)
+    table = evaluation.format_table(m)
+    assert '8-16%         11      10  1.0000  1.0000  0.9091' in table
+    assert ('AP over the classes with >= 10 boxes in the bucket (nan: none has); '
+            'left out: 8-16% b (1)') in table
+    m, paths = evaluation.write_report(run, str(tmp_path), num_sample_images=0)
+    with open(paths['json']) as f:
+        saved = json.load(f)['by_size']['8-16%']
+    assert saved['class_npos'] == {'a': 10, 'b': 1} and saved['left_out'] == ['b']
+    assert saved['ap07'] == {'a': pytest.approx(1.), 'b': 0.}
+    # 9 boxes of 'a': no class reaches 10 -> nan (null in metrics.json)
+    _, m = report(9)
+    assert np.isnan(m['by_size']['8-16%']['map07'])
+    assert '8-16%         10       9     nan     nan  0.9000' in evaluation.format_table(m)
+
+
+def test_a_metrics_json_written_before_the_minimum_still_formats():
+    from ssd_tf import evaluation
+    old = {'8-16%': {'npos': 3, 'num_detections': 2, 'recall': 2 / 3, 'map07': .5,
+                     'map12': .5, 'ap07': {'a': 1., 'b': 0.}, 'ap12': {'a': 1., 'b': 0.}}}
+    table = evaluation.format_size_table(old)
+    assert '8-16%          3       2  0.5000  0.5000  0.6667' in table
+    assert 'left out' not in table
