@@ -315,12 +315,17 @@ def test_tfds_voc_reaches_the_pipeline_with_tfds_labels(mock_tfds):
 
 
 @pytest.mark.slow
-def test_tfds_coco_crowd_is_kept_for_eval_and_dropped_in_training(mock_tfds):
+def test_tfds_coco_crowd_is_kept_for_eval_and_dropped_in_training(mock_tfds, tmp_path,
+                                                                   monkeypatch):
+    import tempfile
     source = tfds_lib.TfdsSource('coco/2017', 'validation')
     # the names of tfds's ClassLabel (prepared COCO carries the category names; the mock,
-    # without generated metadata, numbers them)
+    # without generated metadata, numbers them), read from tfds itself, whose builder leaves
+    # an empty directory in the temporary directory: a test's own here
     names = source.label_map().names
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
     assert names == tuple(mock_tfds.builder('coco/2017').info.features['objects']['label'].names)
+    monkeypatch.undo()
     assert len(names) == 80
     rows = _eval_rows(source)
     assert [r['labels'] for r in rows] == [[1, 3], [1, 3]]
@@ -333,14 +338,22 @@ def test_tfds_coco_crowd_is_kept_for_eval_and_dropped_in_training(mock_tfds):
     assert t['labels'].numpy().tolist() == [[1], [1]]  # the crowd of cars is not a target
 
 
-def test_tfds_not_prepared_names_the_command_and_nothing_is_downloaded(tmp_path):
+def test_tfds_not_prepared_names_the_command_and_nothing_is_downloaded(tmp_path,
+                                                                        monkeypatch):
+    import tempfile
     _tfds()
+    # the process's temporary directory: tfds's builder of an unprepared set makes an empty
+    # tmp...tfds directory there and leaves it; the builder call must leave nothing
+    temp = tmp_path / 'temp'
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(temp))
     source = tfds_lib.TfdsSource('voc/2007', 'train', str(tmp_path / 'tfds'))
     with pytest.raises(ValueError) as e:
         source.check()
     assert f"python -m ssd_tf.datasets.tfds voc/2007 --data_dir {tmp_path / 'tfds'}" in \
         str(e.value)
     assert not (tmp_path / 'tfds' / 'downloads').exists()
+    assert list(temp.iterdir()) == [] and tempfile.tempdir == str(temp)
     with pytest.raises(ValueError, match='--dataset_dir=no_such_set_xyz: not a tfds data set'):
         tfds_lib.TfdsSource('no_such_set_xyz', 'train').label_map()
 

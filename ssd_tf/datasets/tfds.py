@@ -22,6 +22,7 @@ tensorflow-datasets is the optional extra `tfds` (`pip install -e '.[tfds]'`).
 """
 import dataclasses
 import os
+import tempfile
 from typing import Optional
 
 import numpy as np
@@ -56,9 +57,18 @@ def data_dir_in_use(data_dir=None):
 
 
 def _builder(name, data_dir):
+    """`tfds.builder(name, data_dir=...)`. A builder of a set not prepared in `data_dir` makes
+    an empty `tmp...tfds` directory for tfds's metadata lookup and never removes it (one per
+    call, tensorflow-datasets 4.9): its temporary files go to a directory of ours, removed
+    after the call (the builder has read what they held by then)."""
     tfds = import_tfds()
     try:
-        return tfds.builder(name, data_dir=data_dir)
+        with tempfile.TemporaryDirectory(prefix='ssd_tf_tfds_') as private:
+            before, tempfile.tempdir = tempfile.tempdir, private
+            try:
+                return tfds.builder(name, data_dir=data_dir)
+            finally:
+                tempfile.tempdir = before
     except (ValueError, KeyError) as e:  # DatasetNotFoundError is a ValueError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"--dataset_dir={name}: not a tfds data set ({first}); give the "
