@@ -124,6 +124,12 @@ flags.DEFINE_enum('patch_overlap', None, ['iou', 'coverage'],
                   'small-object dev set: the same whole-image mAP, better when detecting with '
                   '--tiles; docs/small-objects.md). Unset: iou, or the run\'s own when '
                   'resuming. Not with --reference_compat (the slim chain crops its own way).')
+flags.DEFINE_float('mosaic_prob', None,
+                   'Probability that a training image becomes a mosaic of four images of its '
+                   'batch after the augmentation: cut at a random point into four rectangles, '
+                   'each a window of another image at its own scale (objects keep their size; '
+                   'more objects and contexts per image). 0: none. Unset: 0, or the run\'s '
+                   'own when resuming. Not with --reference_compat.')
 # ------------------------------------------------------------------ loss
 flags.DEFINE_float('match_threshold', 0.5, 'IoU for an anchor to match a ground-truth box.')
 flags.DEFINE_float('negative_ratio', 3., 'Hard negatives per positive.')
@@ -300,6 +306,9 @@ def check_flags():
         errors.append("--eval_every_n_steps needs --validation_split")
     if not 0. <= FLAGS.label_smoothing < 1.:
         errors.append("--label_smoothing must be in [0, 1)")
+    if FLAGS.mosaic_prob is not None and not 0. <= FLAGS.mosaic_prob <= 1.:
+        errors.append(f"--mosaic_prob must be a probability in [0, 1] (0: no mosaics), got "
+                      f"{FLAGS.mosaic_prob}")
     if not 0. <= FLAGS.class_balance <= 1.:
         errors.append(f"--class_balance must be in [0, 1] (0: off), got {FLAGS.class_balance}")
     if FLAGS.moving_average_decay is not None and not 0. < FLAGS.moving_average_decay < 1.:
@@ -324,6 +333,8 @@ def _reference_compat_errors():
               "the slim SSD's augmentation has no zoom-out step"),
              ('patch_overlap', FLAGS.patch_overlap is not None,
               "the slim SSD's augmentation samples its crop its own way"),
+             ('mosaic_prob', bool(FLAGS.mosaic_prob),
+              "the slim SSD's augmentation has no mosaics"),
              ('label_smoothing', _present('label_smoothing'),
               "the original ignored label smoothing and reference_compat keeps that"),
              ('class_balance', bool(FLAGS.class_balance),
@@ -754,7 +765,7 @@ def make_train_dataset(cfg, net, strategy, records, start_step, label_texts=None
         source, preprocess_train, encode, batch_size=cfg.batch_size, is_training=True,
         seed=cfg.seed, num_parallel_calls=threads, with_gt=True,
         start=start_step * cfg.batch_size, num_classes=cfg.num_classes, report=problems,
-        label_ids=cfg.label_ids, label_texts=label_texts)
+        label_ids=cfg.label_ids, label_texts=label_texts, mosaic_prob=cfg.mosaic_prob or 0.)
     return strategy.experimental_distribute_dataset(dataset), problems
 
 
@@ -941,6 +952,9 @@ def augmentation_text(cfg):
                 '(--expand_max_ratio)')
     if cfg.patch_overlap == 'coverage':
         text += ', crops measured by box coverage (--patch_overlap=coverage)'
+    if cfg.mosaic_prob:
+        text += (f', then {100 * cfg.mosaic_prob:g}% of the images mosaics of four '
+                 '(--mosaic_prob)')
     return text
 
 

@@ -51,10 +51,11 @@ def eval_fn(out_shape=(300, 300)):
     return fn
 
 
-def throughput(records, preprocess_fn, encode_fn, batch_size, batches, runs):
+def throughput(records, preprocess_fn, encode_fn, batch_size, batches, runs, mosaic_prob=0.):
     """(median images/s wall clock, median process CPU ms per image) over `runs` runs."""
     ds = data_lib.build_dataset(records, preprocess_fn, encode_fn=encode_fn,
-                                batch_size=batch_size, is_training=True, seed=0)
+                                batch_size=batch_size, is_training=True, seed=0,
+                                mosaic_prob=mosaic_prob)
     it = iter(ds)
     for _ in range(batches):  # warm-up: tracing, autotuning, file cache
         next(it)
@@ -79,6 +80,8 @@ def main():
     ap.add_argument('--rounds', type=int, default=1,
                     help='repeat every configuration this many times, alternating the order; '
                          'the table gives the medians over rounds')
+    ap.add_argument('--mosaic_prob', type=float, default=0.5,
+                    help='mosaic probability of the mosaic row (build_dataset mosaic_prob)')
     ap.add_argument('--model_name', default='ssd_300_vgg',
                     help='network whose input size and anchors to use')
     args = ap.parse_args()
@@ -111,6 +114,8 @@ def main():
 
     configs = [
         (f'paper augmentation + {tag} encoding', train_fn(False, size), encoder(net)),
+        (f'paper augmentation, mosaic_prob {args.mosaic_prob:g}, + {tag} encoding',
+         train_fn(False, size), encoder(net), args.mosaic_prob),
         (f'paper augmentation + {tag} encoding, boxes padded to >= 16 (before)',
          train_fn(False, size), encoder(net, min_padded=16)),
         (f'paper augmentation + {tag} encoding op by op (before XLA)', train_fn(False, size),
@@ -124,12 +129,13 @@ def main():
     load_before = os.getloadavg()
     ips_of, cpu_of = {}, {}
     for r in range(args.rounds):
-        for name, fn, enc in (configs if r % 2 == 0 else configs[::-1]):
-            ips, cpu_ms = throughput(records, fn, enc, args.batch_size, args.batches, args.runs)
+        for name, fn, enc, *mosaic in (configs if r % 2 == 0 else configs[::-1]):
+            ips, cpu_ms = throughput(records, fn, enc, args.batch_size, args.batches, args.runs,
+                                     *mosaic)
             ips_of.setdefault(name, []).append(ips)
             cpu_of.setdefault(name, []).append(cpu_ms)
     rows = []
-    for name, _, _ in configs:
+    for name, *_ in configs:
         ips, cpu_ms = statistics.median(ips_of[name]), statistics.median(cpu_of[name])
         rows.append([name, f'{ips:.0f}', f'{cpu_ms:.2f}', f'{1e3 * cores / cpu_ms:.0f}'])
     load_after = os.getloadavg()

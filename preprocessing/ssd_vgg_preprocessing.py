@@ -98,6 +98,8 @@ PATCH_TRIALS = 50               # Candidate patches sampled at once (caffe's max
 # of the side or more, so on small objects the paper's IoU modes fall back to the whole image.
 PATCH_OVERLAPS = ('iou', 'coverage')
 FLIP_PROB = 0.5
+# mosaic_batch: where a mosaic's rows and columns are cut, as a fraction of the side.
+MOSAIC_SPLIT_RANGE = (0.25, 0.75)
 # Boxes thinner than this (relative to the output image) after clipping are dropped.
 MIN_BOX_SIZE = 1e-3
 
@@ -529,6 +531,112 @@ def preprocess_for_train(image, labels, bboxes, out_shape, data_format='NHWC',
                 image, labels, bboxes, difficults, out_shape, seed, ratio, patch_overlap)
         image = _to_data_format(image, data_format)
         return TrainExample(image, labels, bboxes, difficults)
+
+
+# --------------------------------------------------------------------------- mosaic
+def _mosaic_rows(images, split, offsets):
+    """The mosaic images: row i's `[H, W, C]` image is the four rectangles of `split` `[B, 2]`
+    (py, px pixels: top-left `[0, py) x [0, px)`, top-right, bottom-left, bottom-right), the
+    q-th copied from row `(i + q) % B` at its pixel offset `offsets[:, q]` `[B, 4, 2]` (oy, ox:
+    the window's top-left corner in that row's image). Pure slicing, no resampling."""
+    b, h, w = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+
+    def one(i):
+        py, px = split[i, 0], split[i, 1]
+        sizes = ((py, px), (py, w - px), (h - py, px), (h - py, w - px))
+        parts = [tf.slice(images[(i + q) % b], tf.stack([offsets[i, q, 0], offsets[i, q, 1], 0]),
+                          tf.stack([sizes[q][0], sizes[q][1], -1])) for q in range(4)]
+        return tf.concat([tf.concat(parts[0:2], axis=1), tf.concat(parts[2:4], axis=1)], axis=0)
+
+    out = tf.map_fn(one, tf.range(b), fn_output_signature=images.dtype)
+    return tf.ensure_shape(out, images.shape)
+
+
+@tf.autograph.experimental.do_not_convert  # graph code as written (see ssd_tf/data.py)
+def mosaic_batch(images, labels, bboxes, seed, prob):
+    """Scale-keeping mosaics of a batch of augmented training examples (after
+    `preprocess_for_train`, before target encoding).
+
+    Each row becomes a mosaic with probability `prob`: its image is cut at a point drawn
+    uniformly in `MOSAIC_SPLIT_RANGE` of the height and of the width into four rectangles,
+    filled from rows i (top-left), i+1 (top-right), i+2 (bottom-left) and i+3 (bottom-right)
+    of the batch (cyclically), each with a window of the rectangle's size at a uniformly
+    random whole-pixel place in that row's image. Pixels are copied, not resized, so objects
+    keep their size (unlike a mosaic of shrunk images, or the zoom-out); the images show more
+    objects, contexts and cut objects per step. A box goes with its pixels: kept when its
+    centre lies in its rectangle (half-open), clipped to it, and dropped when thinner than
+    `MIN_BOX_SIZE` (the crop rule of the paper chain). Other rows are returned unchanged.
+
+    Args:
+      images: `[B, H, W, C]` float (NHWC; the same size for every row).
+      labels: `[B, M]` int, 0 for padding (no box).
+      bboxes: `[B, M, 4]` yxyx relative to the images (padding rows are ignored).
+      seed: `[2]` int seed of the stateless draws (the same seed, the same mosaics).
+      prob: the probability of a mosaic per row, in [0, 1].
+
+    Returns:
+      `(images [B, H, W, C], labels [B, 4M], bboxes [B, 4M, 4])`: each row's boxes from its
+      four sources in rectangle order, label 0 and a zero box where a box was dropped or
+      padded (a row left unchanged keeps its boxes in the first M places).
+    """
+    prob = float(prob)
+    if not 0. <= prob <= 1.:
+        raise ValueError(f"mosaic prob must be in [0, 1], got {prob}")
+    images = tf.convert_to_tensor(images)
+    labels, bboxes = tf.convert_to_tensor(labels), tf.convert_to_tensor(bboxes)
+    if images.shape.rank != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"mosaic_batch needs NHWC images [B, H, W, C], got {images.shape}")
+    shape = tf.shape(images)
+    b, h, w = shape[0], shape[1], shape[2]
+    hw = tf.stack([h, w])
+    seeds = _seeds(seed, 3)
+    on = _uniform(seeds[0], tf.stack([b])) < prob  # [B]
+    lo, hi = MOSAIC_SPLIT_RANGE
+    cut = tf.cast(tf.round(_uniform(seeds[1], tf.stack([b, 2]), lo, hi) *
+                           tf.cast(hw, tf.float32)), tf.int32)
+    split = tf.where(on[:, None], cut, hw[None])  # [B, 2]: (H, W) leaves the row as it was
+    rect = _mosaic_rects(split, hw)
+    size = rect[:, :, 2:4] - rect[:, :, 0:2]  # [B, 4, 2]
+    room = tf.cast(hw[None, None] - size + 1, tf.float32)
+    offsets = tf.minimum(tf.cast(tf.floor(_uniform(seeds[2], tf.stack([b, 4, 2])) * room),
+                                 tf.int32), hw[None, None] - size)  # [B, 4, 2]
+    labels, bboxes = _mosaic_boxes(labels, bboxes, split, offsets, hw)
+    return _mosaic_rows(images, split, offsets), labels, bboxes
+
+
+def _mosaic_rects(split, hw):
+    """The four rectangles `[B, 4, 4]` (r0, c0, r1, c1) in pixels, in source order (top-left,
+    top-right, bottom-left, bottom-right), of the cuts `split` `[B, 2]` (py, px) of images of
+    `hw` `[2]` pixels."""
+    py, px = split[:, 0], split[:, 1]
+    zero = tf.zeros_like(py)
+    full_h, full_w = zero + hw[0], zero + hw[1]
+    return tf.stack([tf.stack([zero, zero, py, px], 1), tf.stack([zero, px, py, full_w], 1),
+                     tf.stack([py, zero, full_h, px], 1), tf.stack([py, px, full_h, full_w], 1)],
+                    1)
+
+
+def _mosaic_boxes(labels, bboxes, split, offsets, hw):
+    """The boxes of the mosaics `_mosaic_rows` makes with `split` `[B, 2]` and `offsets`
+    `[B, 4, 2]` on images of `hw` `[2]` pixels: `(labels [B, 4M], bboxes [B, 4M, 4])` from
+    labels `[B, M]` (0: padding) and bboxes `[B, M, 4]` (the rule in `mosaic_batch`)."""
+    b, m = tf.shape(labels)[0], tf.shape(labels)[1]
+    rect = _mosaic_rects(split, hw)
+    scale = tf.cast(tf.tile(hw, [2]), tf.float32)  # [4] (H, W, H, W)
+    r = (tf.cast(rect, tf.float32) / scale)[:, :, None]  # [B, 4, 1, 4] relative
+    shift = tf.cast(tf.tile(rect[:, :, 0:2] - offsets, [1, 1, 2]), tf.float32) / scale
+    src = (tf.range(b)[:, None] + tf.range(4)[None]) % b  # [B, 4]
+    q_boxes = tf.gather(tf.cast(bboxes, tf.float32), src) + shift[:, :, None]  # [B, 4, M, 4]
+    q_labels = tf.gather(labels, src)  # [B, 4, M]
+    centre = (q_boxes[..., 0:2] + q_boxes[..., 2:4]) / 2.
+    inside = tf.reduce_all((centre >= r[..., 0:2]) & (centre < r[..., 2:4]), axis=-1)
+    clipped = tf.minimum(tf.maximum(q_boxes, tf.tile(r[..., 0:2], [1, 1, 1, 2])),
+                         tf.tile(r[..., 2:4], [1, 1, 1, 2]))
+    keep = inside & (q_labels > 0) & tf.reduce_all(
+        clipped[..., 2:4] - clipped[..., 0:2] > MIN_BOX_SIZE, axis=-1)
+    out_labels = tf.reshape(tf.where(keep, q_labels, tf.zeros_like(q_labels)), [b, 4 * m])
+    out_boxes = tf.reshape(tf.where(keep[..., None], clipped, 0.), [b, 4 * m, 4])
+    return out_labels, out_boxes
 
 
 # --------------------------------------------------------------------------- evaluation

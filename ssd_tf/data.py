@@ -1,12 +1,14 @@
 """The tf.data input pipeline: records, TFRecords or a tfds data set -> decode -> preprocess
 -> encode -> batch.
 
-The augmentation and the anchor encoding are arguments (`preprocess_fn`, `encode_fn`), so this
-module imports neither `preprocessing/` nor `nets/`; `check_tfrecords` runs the same checks
+The per-image augmentation and the anchor encoding are arguments (`preprocess_fn`,
+`encode_fn`), so this module imports no network; from `preprocessing/` it takes only the
+batch-level mosaic (`mosaic_prob`, which needs the batch before encoding); `check_tfrecords` runs the same checks
 over a whole data set (the data check command). Boxes are relative
 `[ymin, xmin, ymax, xmax]` everywhere. `build_dataset` runs these steps, each a function
 below: source -> order (shuffle, repeat, skip `start`) -> load (decode; TFRecords are also
-parsed and checked, `tfrecord.check_example`) -> preprocess + encode -> batch. Every image is
+parsed and checked, `tfrecord.check_example`) -> preprocess + encode -> batch (with mosaics:
+preprocess -> batch -> mosaic -> encode -> batch). Every image is
 decoded exactly once, after the skip. Its options are a `PipelineOptions`. TFRecords of the
 slim or the TF Object Detection API key layout are read (`tfrecord.detect_layout`, logged);
 a `datasets.tfds.TfdsSource` streams through the same checks (`tfrecord.check_features`).
@@ -54,6 +56,7 @@ from ssd_tf.datasets import tfrecord as tfrecord_lib
 from ssd_tf.datasets import records as records_lib
 from ssd_tf.datasets.records import Record
 from ssd_tf import tfdata_options
+from preprocessing import ssd_vgg_preprocessing as prep
 from ssd_tf.images import decode_image  # the one decoder
 
 logger = logging.getLogger(__name__)
@@ -137,6 +140,7 @@ class PipelineOptions:
     layout: Optional[str] = None
     label_ids: Optional[tuple] = None
     label_texts: Optional[tuple] = None
+    mosaic_prob: float = 0.
 
     def resolved(self):
         """A copy with drop_remainder/repeat defaulting to is_training, with_gt to its
@@ -205,6 +209,10 @@ def build_dataset(source, preprocess_fn, encode_fn=None, options=None, **overrid
       label_texts: TFRecords: the name of each record label (`LabelMap.record_texts` of a
         label map spelled by the records' label texts); a record naming a label otherwise
         is skipped and counted like any bad record. None: texts are not checked.
+      mosaic_prob: training only: the probability that an image becomes a mosaic of four
+        of its batch after `preprocess_fn` (NHWC images of one size; `prep.mosaic_batch`),
+        its targets encoded after it; 0: none. Drawn from `seed` and the batch's stream
+        position, so a resumed run sees the same mosaics.
 
     Bad TFRecord records (`tfrecord.check_example`: unequal box lists, missing or broken
     image bytes, boxes outside [0, 1]; and records the decoder fails on) are skipped with a
@@ -214,9 +222,25 @@ def build_dataset(source, preprocess_fn, encode_fn=None, options=None, **overrid
     """
     opts = dataclasses.replace(options or PipelineOptions(), **overrides).resolved()
     opts = dataclasses.replace(opts, layout=resolve_layout(source, opts.layout))
+    _check_mosaic(opts)
+    ds = _prepared(source, _preparer(preprocess_fn, encode_fn, opts), opts)
+    if opts.mosaic_prob:
+        ds = _mosaic(ds, opts, encode_fn)
+    return _batch(ds, opts)
+
+
+def _preparer(preprocess_fn, encode_fn, opts):
+    """`_prepare` bound to the pipeline's functions and options. With mosaics the targets
+    are encoded after them: each element carries its boxes and stream position instead."""
     pass_seed = 'seed' in inspect.signature(preprocess_fn).parameters
-    prepare = functools.partial(_prepare, preprocess_fn=preprocess_fn, encode_fn=encode_fn,
-                                opts=opts, pass_seed=pass_seed)
+    mosaic = bool(opts.mosaic_prob)
+    return functools.partial(
+        _prepare, preprocess_fn=preprocess_fn, encode_fn=None if mosaic else encode_fn,
+        opts=dataclasses.replace(opts, with_gt=True) if mosaic else opts, pass_seed=pass_seed)
+
+
+def _prepared(source, prepare, opts):
+    """The ordered, loaded and prepared (unbatched) elements of `source`."""
     if isinstance(source, tfds_lib.TfdsSource) or _is_tfrecord_source(source):
         ds = _order(_tfds_source(source, opts) if isinstance(source, tfds_lib.TfdsSource)
                     else _tfrecord_source(source, opts), opts)
@@ -232,7 +256,21 @@ def build_dataset(source, preprocess_fn, encode_fn=None, options=None, **overrid
         ds = _order(ds, opts, int(ds.cardinality()))
         ds = ds.map(lambda position, meta: prepare(position, _load_record(meta, images)),
                     num_parallel_calls=opts.num_parallel_calls, deterministic=True)
-    return _batch(ds, opts)
+    return ds
+
+
+def _check_mosaic(opts):
+    """ValueError for a `mosaic_prob` outside [0, 1] or given to an evaluation stream."""
+    try:
+        prob = float(opts.mosaic_prob)
+    except (TypeError, ValueError):
+        prob = float('nan')
+    if not 0. <= prob <= 1.:
+        raise ValueError(f"mosaic_prob must be a probability in [0, 1] (0: no mosaics), got "
+                         f"{opts.mosaic_prob!r}")
+    if prob and not opts.is_training:
+        raise ValueError(f"mosaic_prob={opts.mosaic_prob} with is_training=False: mosaics are "
+                         "a training augmentation; evaluation reads every image as it is")
 
 
 def _is_tfrecord_source(source):
@@ -531,12 +569,9 @@ def _prepare(position, ex, preprocess_fn, encode_fn, opts, pass_seed, keep_flag=
     out_image, p_labels, p_bboxes = outs[:3]
     p_labels = tf.cast(p_labels, tf.int64)
     p_bboxes = tf.reshape(tf.cast(p_bboxes, tf.float32), [-1, 4])
-    targets = {}
-    if encode_fn is not None:
-        gclasses, glocs, gscores = encode_fn(p_labels, p_bboxes)
-        targets['gclasses'] = tuple(tf.cast(g, tf.int64) for g in gclasses)
-        targets['glocalisations'] = tuple(tf.cast(g, tf.float32) for g in glocs)
-        targets['gscores'] = tuple(tf.cast(g, tf.float32) for g in gscores)
+    targets = _encoded(encode_fn, p_labels, p_bboxes)
+    if opts.mosaic_prob:
+        targets['_position'] = position
     if opts.with_gt:
         if opts.is_training:
             targets.update(labels=p_labels, bboxes=p_bboxes)
@@ -552,6 +587,58 @@ def _prepare(position, ex, preprocess_fn, encode_fn, opts, pass_seed, keep_flag=
     if keep_flag:
         targets[_OK] = ex['ok']
     return tf.cast(out_image, tf.float32), targets
+
+
+def _encoded(encode_fn, labels, bboxes):
+    """The encoded targets `{gclasses, glocalisations, gscores}` (tuples per layer) of one
+    example's labels `[N]` and boxes `[N, 4]`; `{}` without an encode_fn."""
+    if encode_fn is None:
+        return {}
+    gclasses, glocs, gscores = encode_fn(labels, bboxes)
+    return {'gclasses': tuple(tf.cast(g, tf.int64) for g in gclasses),
+            'glocalisations': tuple(tf.cast(g, tf.float32) for g in glocs),
+            'gscores': tuple(tf.cast(g, tf.float32) for g in gscores)}
+
+
+def _mosaic(ds, opts, encode_fn):
+    """Prepared training elements (image, {labels, bboxes, num_boxes, _position[, _ok]}) ->
+    the same stream after `mosaic_batch` on each batch of `batch_size` (bad records' rows
+    replaced first, as `_batch` does), unbatched again with the targets encoded and, when
+    `with_gt`, the ground truth of each mosaic. Batches keep their stream positions, so the
+    final `_batch` regroups exactly these rows."""
+    ds = ds.padded_batch(opts.batch_size, padded_shapes=_padded_shapes(ds.element_spec, None),
+                         drop_remainder=opts.drop_remainder)
+    if _OK in ds.element_spec[1]:
+        ds = ds.map(_replace_bad_rows, num_parallel_calls=opts.num_parallel_calls,
+                    deterministic=True)
+    base = tf.constant(0 if opts.seed is None else int(opts.seed), tf.int64)
+
+    def mix(images, targets):
+        # A seed apart from the elements' own (seed, position >= 0).
+        seed = tf.stack([base, -1 - targets['_position'][0]])
+        # One padding box more: unbatch() crashes the process (TensorFlow 2.21) on a
+        # component with a zero-size dimension, [B, 0] for a batch without boxes.
+        labels = tf.pad(targets['labels'], [[0, 0], [0, 1]])
+        bboxes = tf.pad(targets['bboxes'], [[0, 0], [0, 1], [0, 0]])
+        return prep.mosaic_batch(images, labels, bboxes, seed, opts.mosaic_prob)
+
+    def finish(image, labels, bboxes):
+        keep = labels > 0
+        labels, bboxes = tf.boolean_mask(labels, keep), tf.boolean_mask(bboxes, keep)
+        if opts.max_boxes is not None:
+            tf.debugging.assert_less_equal(
+                tf.size(labels), opts.max_boxes,
+                message=f"a mosaic has more boxes than max_boxes={opts.max_boxes}; raise "
+                        "max_boxes")
+        targets = _encoded(encode_fn, labels, bboxes)
+        if opts.with_gt:
+            targets.update(labels=labels, bboxes=bboxes,
+                           num_boxes=tf.size(labels, out_type=tf.int32))
+        return image, targets
+
+    ds = ds.map(mix, num_parallel_calls=opts.num_parallel_calls, deterministic=True)
+    return ds.unbatch().map(finish, num_parallel_calls=opts.num_parallel_calls,
+                            deterministic=True)
 
 
 # ---------------------------------------------------------------------------- batch

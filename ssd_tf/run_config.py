@@ -83,6 +83,9 @@ class RunConfig:
     # how its patch sampling measures a patch's overlap with a box: 'iou' or 'coverage' (None
     # with reference_compat)
     patch_overlap: str = None
+    # the probability of a scale-keeping mosaic per training image (0: none; None in runs from
+    # before the setting was recorded, which had none)
+    mosaic_prob: float = None
     # loss
     match_threshold: float = None
     negative_ratio: float = None
@@ -244,28 +247,46 @@ def resumed_patch_overlap(previous):
     return previous.patch_overlap
 
 
+def resumed_mosaic_prob(previous):
+    """The mosaic probability the run `previous` (a RunConfig, or None for a checkpoint
+    without config.json) trained with: the recorded one, else 0 (runs from before the
+    setting was recorded had no mosaics). ValueError for a value that is not a number in
+    [0, 1] (config.json is an untrusted file)."""
+    if previous is None or previous.mosaic_prob is None:
+        return 0.
+    value = previous.mosaic_prob
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0. <= value <= 1.:
+        raise ValueError(f"the run's config.json: mosaic_prob={value!r} is not a probability "
+                         f"in [0, 1]; correct it or use a new --train_dir")
+    return float(value)
+
+
 def fill_unset(cfg, previous, has_checkpoint):
-    """cfg (a RunConfig) with --learning_rate, --anchors, --expand_max_ratio and
-    --patch_overlap resolved when unset, for the run about to start in a train_dir: `previous`
+    """cfg (a RunConfig) with --learning_rate, --anchors, --expand_max_ratio,
+    --patch_overlap and --mosaic_prob resolved when unset, for the run about to start in a train_dir: `previous`
     is the RunConfig read from it (None when it has no config.json), `has_checkpoint` whether
     it holds a checkpoint to resume. A resumed run keeps its own settings (a run older than a
     setting: what it trained with then); a new one takes the network's learning rate,
-    `default_anchors`' choice and the paper's patch overlap ('iou'), and keeps
+    `default_anchors`' choice, the paper's patch overlap ('iou') and no mosaics, and keeps
     `expand_max_ratio` None, for train_ssd.py to choose from the training boxes
     (`preprocessing.ssd_vgg_preprocessing.expand_max_ratio_for_boxes`). ValueError as
-    `default_learning_rate` and `resumed_patch_overlap`."""
+    `default_learning_rate`, `resumed_patch_overlap` and `resumed_mosaic_prob`."""
     if not has_checkpoint:  # a new run, whatever config.json a failed start left
-        then = (None, 'new', None, 'iou')
+        then = (None, 'new', None, 'iou', 0.)
     elif previous is None:  # a checkpoint from before config.json was written
-        then = (None, None, resumed_expand_max_ratio(None), resumed_patch_overlap(None))
+        then = (None, None, resumed_expand_max_ratio(None), resumed_patch_overlap(None),
+                resumed_mosaic_prob(None))
     else:
         then = (previous.learning_rate, previous.anchors or 'default',
-                resumed_expand_max_ratio(previous), resumed_patch_overlap(previous))
+                resumed_expand_max_ratio(previous), resumed_patch_overlap(previous),
+                resumed_mosaic_prob(previous))
     cfg = default_learning_rate(cfg, then[0])
     if cfg.expand_max_ratio is None and not cfg.reference_compat and then[2] is not None:
         cfg = cfg.replace(expand_max_ratio=float(then[2]))
     if cfg.patch_overlap is None and not cfg.reference_compat and then[3] is not None:
         cfg = cfg.replace(patch_overlap=then[3])
+    if cfg.mosaic_prob is None and not cfg.reference_compat:
+        cfg = cfg.replace(mosaic_prob=then[4])
     return default_anchors(cfg, then[1])
 
 

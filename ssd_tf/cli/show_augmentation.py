@@ -43,6 +43,8 @@ def define_flags():
     flags.DEFINE_enum('patch_overlap', None, list(prep.PATCH_OVERLAPS),
                       'How the crop sampling measures a patch\'s overlap with a box '
                       '(train_ssd.py --patch_overlap). Unset: iou, the paper\'s.')
+    flags.DEFINE_float('mosaic_prob', 0., 'Probability of a mosaic of four images per sample '
+                       '(train_ssd.py --mosaic_prob); 0: none.')
 
 
 def load_source(dataset_dir, split, seed):
@@ -58,9 +60,10 @@ def load_source(dataset_dir, split, seed):
 
 
 def augmented_grid(records, label_names, num, cols, seed, out_size, reference_compat=False,
-                   expand_max_ratio=None, patch_overlap=None):
+                   expand_max_ratio=None, patch_overlap=None, mosaic_prob=0.):
     """uint8 RGB grid of `num` augmented samples with boxes drawn; label_names: id -> name;
-    expand_max_ratio and patch_overlap as `preprocess_for_train`'s (None: the paper's)."""
+    expand_max_ratio and patch_overlap as `preprocess_for_train`'s (None: the paper's),
+    mosaic_prob as `data.build_dataset`'s (the samples form one batch)."""
     def preprocess_fn(image, labels, bboxes, seed):
         return prep.preprocess_for_train(image, labels, bboxes, (out_size, out_size),
                                          reference_compat=reference_compat, seed=seed,
@@ -68,7 +71,7 @@ def augmented_grid(records, label_names, num, cols, seed, out_size, reference_co
                                          patch_overlap=patch_overlap)
 
     ds = data_lib.build_dataset(records, preprocess_fn, batch_size=num, is_training=True,
-                                seed=seed, with_gt=True)
+                                seed=seed, with_gt=True, mosaic_prob=mosaic_prob)
     images, targets = next(iter(ds))
     tiles = []
     for i in range(num):
@@ -97,6 +100,11 @@ def main(argv):
     if FLAGS.reference_compat and FLAGS.patch_overlap is not None:
         raise app.UsageError("--patch_overlap with --reference_compat: the slim chain samples "
                              "its crop its own way")
+    if FLAGS.reference_compat and FLAGS.mosaic_prob:
+        raise app.UsageError("--mosaic_prob with --reference_compat: the slim chain has no "
+                             "mosaics")
+    if not 0. <= FLAGS.mosaic_prob <= 1.:
+        raise app.UsageError(f"--mosaic_prob must be in [0, 1], got {FLAGS.mosaic_prob}")
     records, label_map = load_source(FLAGS.dataset_dir, FLAGS.split, FLAGS.seed)
     ratio = FLAGS.expand_max_ratio
     if not FLAGS.reference_compat:
@@ -104,7 +112,8 @@ def main(argv):
         if note:
             print(f"augmentation: {note}")
     grid = augmented_grid(records, label_map.name, FLAGS.num, FLAGS.cols, FLAGS.seed,
-                          FLAGS.out_size, FLAGS.reference_compat, ratio, FLAGS.patch_overlap)
+                          FLAGS.out_size, FLAGS.reference_compat, ratio, FLAGS.patch_overlap,
+                          FLAGS.mosaic_prob)
     visualize.save_png(FLAGS.out, grid)
     print(f"wrote {FLAGS.num} augmented samples to {FLAGS.out}")
 
