@@ -3,13 +3,13 @@
 
 The per-image augmentation and the anchor encoding are arguments (`preprocess_fn`,
 `encode_fn`), so this module imports no network; from `preprocessing/` it takes only the
-batch-level mosaic (`mosaic_prob`, which needs the batch before encoding); `check_tfrecords` runs the same checks
-over a whole data set (the data check command). Boxes are relative
+batch-level mosaic (`mosaic_prob`, which needs the batch before encoding). `check_tfrecords`
+runs the same checks over a whole data set (the data check command). Boxes are relative
 `[ymin, xmin, ymax, xmax]` everywhere. `build_dataset` runs these steps, each a function
 below: source -> order (shuffle, repeat, skip `start`) -> load (decode; TFRecords are also
 parsed and checked, `tfrecord.check_example`) -> preprocess + encode -> batch (with mosaics:
-preprocess -> batch -> mosaic -> encode -> batch). Every image is
-decoded exactly once, after the skip. Its options are a `PipelineOptions`. TFRecords of the
+preprocess -> batch -> mosaic -> encode -> batch). Every image is decoded exactly once,
+after the skip. Its options are a `PipelineOptions`. TFRecords of the
 slim or the TF Object Detection API key layout are read (`tfrecord.detect_layout`, logged);
 a `datasets.tfds.TfdsSource` streams through the same checks (`tfrecord.check_features`).
 

@@ -262,10 +262,10 @@ def resumed_mosaic_prob(previous):
 
 
 def fill_unset(cfg, previous, has_checkpoint):
-    """cfg (a RunConfig) with --learning_rate, --anchors, --expand_max_ratio,
-    --patch_overlap and --mosaic_prob resolved when unset, for the run about to start in a train_dir: `previous`
-    is the RunConfig read from it (None when it has no config.json), `has_checkpoint` whether
-    it holds a checkpoint to resume. A resumed run keeps its own settings (a run older than a
+    """cfg (a RunConfig) with --learning_rate, --anchors, --expand_max_ratio, --patch_overlap
+    and --mosaic_prob resolved when unset, for the run about to start in a train_dir: `previous`
+    is the RunConfig read from it (None when it has no config.json), `has_checkpoint` whether it
+    holds a checkpoint to resume. A resumed run keeps its own settings (a run older than a
     setting: what it trained with then); a new one takes the network's learning rate,
     `default_anchors`' choice, the paper's patch overlap ('iou') and no mosaics, and keeps
     `expand_max_ratio` None, for train_ssd.py to choose from the training boxes
