@@ -600,7 +600,7 @@ def mosaic_batch(images, labels, bboxes, seed, prob):
     room = tf.cast(hw[None, None] - size + 1, tf.float32)
     offsets = tf.minimum(tf.cast(tf.floor(_uniform(seeds[2], tf.stack([b, 4, 2])) * room),
                                  tf.int32), hw[None, None] - size)  # [B, 4, 2]
-    labels, bboxes = _mosaic_boxes(labels, bboxes, split, offsets, hw)
+    labels, bboxes = _mosaic_boxes(labels, bboxes, rect, offsets, hw)
     return _mosaic_rows(images, split, offsets), labels, bboxes
 
 
@@ -616,12 +616,12 @@ def _mosaic_rects(split, hw):
                     1)
 
 
-def _mosaic_boxes(labels, bboxes, split, offsets, hw):
-    """The boxes of the mosaics `_mosaic_rows` makes with `split` `[B, 2]` and `offsets`
-    `[B, 4, 2]` on images of `hw` `[2]` pixels: `(labels [B, 4M], bboxes [B, 4M, 4])` from
-    labels `[B, M]` (0: padding) and bboxes `[B, M, 4]` (the rule in `mosaic_batch`)."""
+def _mosaic_boxes(labels, bboxes, rect, offsets, hw):
+    """The boxes of the mosaics `_mosaic_rows` makes with the rectangles `rect` `[B, 4, 4]`
+    (`_mosaic_rects` of its cuts) and `offsets` `[B, 4, 2]` on images of `hw` `[2]` pixels:
+    `(labels [B, 4M], bboxes [B, 4M, 4])` from labels `[B, M]` (0: padding) and bboxes
+    `[B, M, 4]` (the rule in `mosaic_batch`)."""
     b, m = tf.shape(labels)[0], tf.shape(labels)[1]
-    rect = _mosaic_rects(split, hw)
     scale = tf.cast(tf.tile(hw, [2]), tf.float32)  # [4] (H, W, H, W)
     r = (tf.cast(rect, tf.float32) / scale)[:, :, None]  # [B, 4, 1, 4] relative
     shift = tf.cast(tf.tile(rect[:, :, 0:2] - offsets, [1, 1, 2]), tf.float32) / scale

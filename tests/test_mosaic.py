@@ -65,8 +65,9 @@ def test_boxes_golden():
     split = tf.constant([[1, 3], [4, 4]], tf.int32)
     offsets = tf.constant([[[2, 1], [0, 0], [1, 0], [0, 3]],
                            [[0, 0], [0, 4], [4, 0], [4, 4]]], tf.int32)
-    out_labels, out_boxes = prep._mosaic_boxes(labels, boxes, split, offsets,
-                                               tf.constant([4, 4]))
+    hw = tf.constant([4, 4])
+    out_labels, out_boxes = prep._mosaic_boxes(labels, boxes, prep._mosaic_rects(split, hw),
+                                               offsets, hw)
     np.testing.assert_array_equal(out_labels, [[0, 0, 2, 0, 1, 0, 0, 3],
                                                [2, 3, 0, 0, 0, 0, 0, 0]])
     want = np.zeros([2, 8, 4], np.float32)
